@@ -1,0 +1,109 @@
+//! Commands: the only way the replicated state changes. Each Raft log entry carries one
+//! [`Proposal`], a batch of commands stamped with the leader's clock, and produces one
+//! [`Response`] per command.
+//!
+//! Commands are versioned by their variant order: new variants are only ever appended, so an
+//! older replica that meets a command it does not know fails to decode it and stops loudly
+//! instead of diverging.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Fence, JobId, JobSpec, Millis, NodeId, Outcome, TaskId};
+
+/// One Raft log entry's payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The proposing leader's wall clock; every replica applies this same time.
+    pub at_ms: Millis,
+    pub commands: Vec<Command>,
+}
+
+/// What a worker says about itself when it joins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub name: String,
+    /// Random id of the worker process: a different value under the same name means the
+    /// worker restarted and lost whatever it was running.
+    pub instance: u64,
+    pub cpus: u32,
+    pub memory: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A scheduler decision: run `task` on `worker`. Checked again when applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub task: TaskId,
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    SubmitJob {
+        spec: JobSpec,
+        /// Client-chosen id that makes a retried submission idempotent.
+        request_id: Option<String>,
+    },
+    CancelJob {
+        job: JobId,
+    },
+    RegisterWorker(WorkerInfo),
+    WorkerLost {
+        name: String,
+        incarnation: u64,
+        reason: String,
+    },
+    Assign {
+        placements: Vec<Placement>,
+    },
+    TaskStarted {
+        task: TaskId,
+        fence: Fence,
+        worker: String,
+    },
+    TaskFinished {
+        task: TaskId,
+        fence: Fence,
+        worker: String,
+        outcome: Outcome,
+    },
+    /// Written by each new leader first; its term is the entry's term.
+    LeaderElected {
+        node: NodeId,
+    },
+    MasterReachability {
+        node: NodeId,
+        reachable: bool,
+    },
+}
+
+/// One committed assignment, as the leader pushes it to the worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assigned {
+    pub task: TaskId,
+    pub worker: String,
+    pub fence: Fence,
+}
+
+/// A running attempt that must be stopped on its worker.
+pub type Kill = Assigned;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    JobSubmitted { job: JobId, duplicate: bool },
+    JobCancelled { job: JobId, kill: Vec<Kill> },
+    WorkerRegistered { incarnation: u64, kill: Vec<Kill> },
+    WorkerLost { requeued: u64 },
+    Assigned { runs: Vec<Assigned> },
+    Started,
+    ResultRecorded,
+    /// The same result delivered again (a worker retrying after a lost ack); nothing changed.
+    Duplicate,
+    /// The attempt is fenced off: the worker must stop it; nothing changed but the journal.
+    Stale { reason: String },
+    Noted,
+    /// The command was refused; nothing changed.
+    Invalid { error: String },
+}

@@ -1,0 +1,26 @@
+//! Flotilla's functional core: the replicated state machine and the scheduler.
+//!
+//! Everything in this crate is plain, synchronous, deterministic Rust: no I/O, no clock, no
+//! randomness. The masters run it inside Raft (the imperative shell lives in `flotilla-raft` and
+//! `flotilla-master`); tests and simulations run it directly.
+//!
+//! - [`model`]: jobs, tasks, attempts and their fencing tokens.
+//! - [`index_set`]: task index sets as ranges (a million-task array is one range).
+//! - [`command`]: the commands in the Raft log and their responses.
+//! - [`state`]: [`state::ClusterState`] and `apply`, the transition function.
+//! - [`scheduler`]: state snapshot in, placement plan out.
+//! - [`journal`]: the replicated event journal.
+//! - [`units`]: durations and sizes as users write them.
+
+pub mod command;
+pub mod index_set;
+pub mod journal;
+pub mod model;
+pub mod scheduler;
+pub mod state;
+pub mod units;
+
+pub use command::{Assigned, Command, Placement, Proposal, Response, WorkerInfo};
+pub use index_set::IndexSet;
+pub use model::{Fence, JobId, JobSpec, Outcome, TaskId, TaskSlot};
+pub use state::{ApplyCtx, ClusterState};

@@ -1,0 +1,282 @@
+//! The vocabulary shared by every role: jobs, tasks, attempts and their fencing tokens, workers.
+//!
+//! These types travel in the Raft log, in snapshots and on the wire, so they are encoded with a
+//! compact non-self-describing format: no `#[serde(tag)]`, `flatten` or `skip_serializing_if`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::index_set::{IndexSet, IndexSetError};
+
+pub type JobId = u64;
+pub type TaskIndex = u64;
+/// Wall-clock milliseconds since the Unix epoch, stamped by the leader into each proposal so that
+/// every replica applies the same time.
+pub type Millis = u64;
+/// A master's Raft node id.
+pub type NodeId = u64;
+
+/// Each task's stdout and stderr are kept up to this many bytes in the replicated state.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+/// A task whose worker is lost this many times fails instead of being re-queued again, so a task
+/// that crashes its worker cannot loop forever.
+pub const MAX_WORKER_LOSSES: u32 = 3;
+pub const MAX_COMMAND_ARGS: usize = 4096;
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Which task of a job: one element of the array, or the job's reduce step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TaskSlot {
+    Array(TaskIndex),
+    Reduce,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaskId {
+    pub job: JobId,
+    pub slot: TaskSlot,
+}
+
+impl TaskId {
+    pub fn array(job: JobId, index: TaskIndex) -> Self {
+        TaskId { job, slot: TaskSlot::Array(index) }
+    }
+    pub fn reduce(job: JobId) -> Self {
+        TaskId { job, slot: TaskSlot::Reduce }
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.slot {
+            TaskSlot::Array(i) => write!(f, "{}[{}]", self.job, i),
+            TaskSlot::Reduce => write!(f, "{}[reduce]", self.job),
+        }
+    }
+}
+
+/// The fencing token of one attempt of a task: the Raft term whose leader committed the
+/// assignment, and the task's attempt number (unique per task, increasing). Anything that
+/// names another token than the task's current one is stale and is rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Fence {
+    pub term: u64,
+    pub attempt: u32,
+}
+
+impl fmt::Display for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "attempt {} (term {})", self.attempt, self.term)
+    }
+}
+
+/// What a user submits. Validated by [`JobSpec::validate`] before it is proposed, and again when
+/// applied so that a bad entry can never corrupt the state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: Option<String>,
+    /// Program and arguments, passed verbatim (no shell).
+    pub command: Vec<String>,
+    /// Task indices; `None` is a single task with index 0.
+    pub array: Option<IndexSet>,
+    pub cpus: u32,
+    /// How many times a failed process (non-zero exit, timeout) is run again.
+    pub retries: u32,
+    pub timeout_ms: Option<u64>,
+    /// Higher runs first; FIFO within a priority.
+    pub priority: i32,
+    /// Labels a worker must carry (all of them) to run this job's tasks.
+    pub selector: BTreeMap<String, String>,
+    /// A shell command run once after all tasks succeed, with their stdout on its stdin.
+    pub reduce: Option<String>,
+    /// Extra environment variables for the tasks.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for JobSpec {
+    fn default() -> Self {
+        JobSpec {
+            name: None,
+            command: Vec::new(),
+            array: None,
+            cpus: 1,
+            retries: 0,
+            timeout_ms: None,
+            priority: 0,
+            selector: BTreeMap::new(),
+            reduce: None,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("no command given (put it after --, for example: flotilla submit -- echo hello)")]
+    NoCommand,
+    #[error("the command is empty")]
+    EmptyProgram,
+    #[error("too many command arguments ({0}; limit {MAX_COMMAND_ARGS})")]
+    TooManyArgs(usize),
+    #[error("cpus must be at least 1")]
+    ZeroCpus,
+    #[error("timeout must be more than 0")]
+    ZeroTimeout,
+    #[error("invalid array: {0}")]
+    Array(#[from] IndexSetError),
+    #[error("the array is empty")]
+    EmptyArray,
+    #[error("name is longer than {MAX_NAME_LEN} characters")]
+    NameTooLong,
+    #[error("the reduce command is empty")]
+    EmptyReduce,
+    #[error("invalid environment variable name '{0}'")]
+    BadEnvName(String),
+}
+
+impl JobSpec {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.command.is_empty() {
+            return Err(SpecError::NoCommand);
+        }
+        if self.command[0].is_empty() {
+            return Err(SpecError::EmptyProgram);
+        }
+        if self.command.len() > MAX_COMMAND_ARGS {
+            return Err(SpecError::TooManyArgs(self.command.len()));
+        }
+        if self.cpus == 0 {
+            return Err(SpecError::ZeroCpus);
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(SpecError::ZeroTimeout);
+        }
+        if let Some(array) = &self.array {
+            if array.is_empty() {
+                return Err(SpecError::EmptyArray);
+            }
+        }
+        if self.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_LEN) {
+            return Err(SpecError::NameTooLong);
+        }
+        if self.reduce.as_ref().is_some_and(|r| r.trim().is_empty()) {
+            return Err(SpecError::EmptyReduce);
+        }
+        for key in self.env.keys() {
+            let valid = !key.is_empty()
+                && !key.contains('=')
+                && !key.contains('\0')
+                && !key.starts_with("FLOTILLA_");
+            if !valid {
+                return Err(SpecError::BadEnvName(key.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The task indices this job runs.
+    pub fn indices(&self) -> IndexSet {
+        self.array.clone().unwrap_or_else(|| IndexSet::range(0, 0))
+    }
+
+    /// Whether a worker's labels satisfy this job's selector.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// Captured output of a stream, cut at [`MAX_OUTPUT_BYTES`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Captured {
+    pub text: String,
+    /// True when the process wrote more than was kept.
+    pub truncated: bool,
+    /// Total bytes the process wrote, kept or not.
+    pub total_bytes: u64,
+}
+
+impl Captured {
+    /// Keeps at most [`MAX_OUTPUT_BYTES`] of `bytes`, cut on a character boundary.
+    pub fn from_bytes(bytes: &[u8], total_bytes: u64) -> Self {
+        let mut end = bytes.len().min(MAX_OUTPUT_BYTES);
+        // Step back out of a UTF-8 sequence the cut fell into, so no replacement char appears.
+        if end < bytes.len() {
+            while end > 0 && (bytes[end] & 0xC0) == 0x80 {
+                end -= 1;
+            }
+        }
+        let kept = &bytes[..end];
+        // Invalid UTF-8 is replaced, which can grow the text; cut again to stay within bounds.
+        let mut text = String::from_utf8_lossy(kept).into_owned();
+        while text.len() > MAX_OUTPUT_BYTES {
+            text.pop();
+        }
+        Captured { text, truncated: total_bytes > kept.len() as u64 || end < bytes.len(), total_bytes }
+    }
+}
+
+/// How one attempt of a task ended, as the worker observed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Exit status when the process exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal that ended the process, if any.
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// The process could not be started (for example, the program does not exist).
+    pub spawn_error: Option<String>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub duration_ms: u64,
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out && self.spawn_error.is_none()
+    }
+
+    /// One line describing a failure, for events and `job show`.
+    pub fn describe(&self) -> String {
+        if let Some(e) = &self.spawn_error {
+            return format!("could not start: {e}");
+        }
+        if self.timed_out {
+            return "timed out".to_string();
+        }
+        match (self.exit_code, self.signal) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(s)) => format!("killed by signal {s}"),
+            (None, None) => "ended without status".to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_catches_bad_specs() {
+        let ok = JobSpec { command: vec!["true".into()], ..Default::default() };
+        assert!(ok.validate().is_ok());
+        assert_eq!(JobSpec::default().validate(), Err(SpecError::NoCommand));
+        let zero = JobSpec { cpus: 0, ..ok.clone() };
+        assert_eq!(zero.validate(), Err(SpecError::ZeroCpus));
+        let env = JobSpec {
+            env: [("FLOTILLA_JOB_ID".to_string(), "x".to_string())].into(),
+            ..ok.clone()
+        };
+        assert!(matches!(env.validate(), Err(SpecError::BadEnvName(_))));
+    }
+
+    #[test]
+    fn output_is_cut_on_a_char_boundary() {
+        let big = "aé".repeat(MAX_OUTPUT_BYTES);
+        let c = Captured::from_bytes(big.as_bytes(), big.len() as u64);
+        assert!(c.truncated);
+        assert!(c.text.len() <= MAX_OUTPUT_BYTES);
+        assert!(c.text.chars().all(|ch| ch == 'é' || ch == 'a'));
+    }
+}

@@ -1,0 +1,112 @@
+use super::*;
+use crate::command::{Command, Response, WorkerInfo};
+use crate::index_set::IndexSet;
+use crate::model::JobSpec;
+use crate::state::{ApplyCtx, ClusterState};
+use crate::Proposal;
+use std::collections::BTreeMap;
+
+struct Setup {
+    state: ClusterState,
+    index: u64,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Setup { state: ClusterState::new(), index: 0 }
+    }
+    fn apply(&mut self, c: Command) -> Response {
+        self.index += 1;
+        let ctx = ApplyCtx { index: self.index, term: 1, at_ms: self.index };
+        self.state.apply(ctx, &Proposal { at_ms: self.index, commands: vec![c] }).remove(0)
+    }
+    fn worker(&mut self, name: &str, cpus: u32, labels: &[(&str, &str)]) {
+        let labels: BTreeMap<String, String> =
+            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.apply(Command::RegisterWorker(WorkerInfo {
+            name: name.into(),
+            instance: 1,
+            cpus,
+            memory: None,
+            labels,
+        }));
+    }
+    fn job(&mut self, tasks: u64, priority: i32, cpus: u32, selector: &[(&str, &str)]) -> u64 {
+        let spec = JobSpec {
+            command: vec!["x".into()],
+            array: Some(IndexSet::range(1, tasks)),
+            priority,
+            cpus,
+            selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        match self.apply(Command::SubmitJob { spec, request_id: None }) {
+            Response::JobSubmitted { job, .. } => job,
+            r => panic!("{r:?}"),
+        }
+    }
+}
+
+#[test]
+fn higher_priority_first_then_fifo() {
+    let mut s = Setup::new();
+    let low = s.job(5, 0, 1, &[]);
+    let high = s.job(5, 10, 1, &[]);
+    let low2 = s.job(5, 0, 1, &[]);
+    s.worker("a", 7, &[]);
+    let plan = plan(&s.state, usize::MAX);
+    let jobs: Vec<u64> = plan.iter().map(|p| p.task.job).collect();
+    assert_eq!(jobs, vec![high, high, high, high, high, low, low]);
+    assert!(!jobs.contains(&low2));
+}
+
+#[test]
+fn load_is_spread_to_the_least_loaded_worker() {
+    let mut s = Setup::new();
+    s.job(6, 0, 1, &[]);
+    s.worker("a", 4, &[]);
+    s.worker("b", 2, &[]);
+    let plan = plan(&s.state, usize::MAX);
+    let on_a = plan.iter().filter(|p| p.worker == "a").count();
+    let on_b = plan.iter().filter(|p| p.worker == "b").count();
+    assert_eq!((on_a, on_b), (4, 2));
+    // With spare capacity, the first placements alternate rather than filling one worker.
+    let first_two: Vec<&str> = plan.iter().take(2).map(|p| p.worker.as_str()).collect();
+    assert_eq!(first_two, vec!["a", "b"]);
+}
+
+#[test]
+fn selectors_and_cpus_restrict_placement_and_blocked_jobs_do_not_block_others() {
+    let mut s = Setup::new();
+    let zoned = s.job(3, 5, 1, &[("zone", "b")]);
+    let big = s.job(1, 4, 8, &[]);
+    let any = s.job(2, 0, 1, &[]);
+    s.worker("a", 2, &[("zone", "a")]);
+    let plan = plan(&s.state, usize::MAX);
+    assert!(plan.iter().all(|p| p.task.job == any));
+    assert_eq!(plan.len(), 2);
+    let zoned_job = s.state.job(zoned).unwrap();
+    assert!(unschedulable_reason(&s.state, zoned_job).unwrap().contains("zone=b"));
+    let big_job = s.state.job(big).unwrap();
+    assert!(unschedulable_reason(&s.state, big_job).unwrap().contains("8 cpus"));
+    assert_eq!(unschedulable_reason(&s.state, s.state.job(any).unwrap()), None);
+}
+
+#[test]
+fn no_workers_is_reported() {
+    let mut s = Setup::new();
+    let j = s.job(1, 0, 1, &[]);
+    assert!(plan(&s.state, 10).is_empty());
+    assert_eq!(
+        unschedulable_reason(&s.state, s.state.job(j).unwrap()).as_deref(),
+        Some("no workers are connected")
+    );
+}
+
+#[test]
+fn the_plan_respects_its_size_limit() {
+    let mut s = Setup::new();
+    s.job(100, 0, 1, &[]);
+    s.worker("a", 50, &[]);
+    assert_eq!(plan(&s.state, 7).len(), 7);
+}

@@ -1,0 +1,534 @@
+//! The transition function: one command at a time, deterministic, total (every input yields a
+//! response; a command that does not fit the state is refused without changing it).
+
+use std::cmp::Reverse;
+
+use super::*;
+use crate::command::{Assigned, Command, Kill, Placement, Proposal, Response, WorkerInfo};
+use crate::journal::EventKind;
+use crate::model::{Fence, Outcome, TaskId, TaskSlot, MAX_WORKER_LOSSES};
+
+impl ClusterState {
+    /// Applies one log entry's batch of commands; one response per command.
+    pub fn apply(&mut self, ctx: ApplyCtx, proposal: &Proposal) -> Vec<Response> {
+        let ctx = ApplyCtx { at_ms: proposal.at_ms, ..ctx };
+        let responses = proposal.commands.iter().map(|c| self.apply_command(ctx, c)).collect();
+        self.applied_index = self.applied_index.max(ctx.index);
+        responses
+    }
+
+    pub fn apply_command(&mut self, ctx: ApplyCtx, command: &Command) -> Response {
+        match command {
+            Command::SubmitJob { spec, request_id } => self.submit(ctx, spec, request_id.as_deref()),
+            Command::CancelJob { job } => self.cancel(ctx, *job),
+            Command::RegisterWorker(info) => self.register_worker(ctx, info),
+            Command::WorkerLost { name, incarnation, reason } => {
+                self.worker_lost(ctx, name, *incarnation, reason)
+            }
+            Command::Assign { placements } => self.assign(ctx, placements),
+            Command::TaskStarted { task, fence, worker } => self.task_started(ctx, *task, *fence, worker),
+            Command::TaskFinished { task, fence, worker, outcome } => {
+                self.task_finished(ctx, *task, *fence, worker, outcome)
+            }
+            Command::LeaderElected { node } => {
+                self.leader = Some((*node, ctx.term));
+                self.journal.record(ctx.at_ms, EventKind::LeaderElected { node: *node, term: ctx.term });
+                Response::Noted
+            }
+            Command::MasterReachability { node, reachable } => {
+                let changed = if *reachable {
+                    self.unreachable_masters.remove(node)
+                } else {
+                    self.unreachable_masters.insert(*node)
+                };
+                if changed {
+                    let kind = if *reachable {
+                        EventKind::MasterReachable { node: *node }
+                    } else {
+                        EventKind::MasterUnreachable { node: *node }
+                    };
+                    self.journal.record(ctx.at_ms, kind);
+                }
+                Response::Noted
+            }
+        }
+    }
+
+    fn submit(&mut self, ctx: ApplyCtx, spec: &JobSpec, request_id: Option<&str>) -> Response {
+        if let Some(existing) = request_id.and_then(|r| self.request_ids.get(r)) {
+            return Response::JobSubmitted { job: *existing, duplicate: true };
+        }
+        if let Err(e) = spec.validate() {
+            return Response::Invalid { error: e.to_string() };
+        }
+        let id = self.next_job_id;
+        self.next_job_id += 1;
+        let pending = spec.indices();
+        let total = pending.len();
+        let job = Job {
+            id,
+            spec: spec.clone(),
+            submitted_at: ctx.at_ms,
+            finished_at: None,
+            state: JobState::Waiting,
+            total,
+            pending,
+            tasks: BTreeMap::new(),
+            reduce: None,
+            reduce_pending: false,
+            counts: TaskCounts { waiting: total, ..Default::default() },
+            failure: None,
+        };
+        self.queue.insert((Reverse(spec.priority), id));
+        self.jobs.insert(id, job);
+        if let Some(r) = request_id {
+            self.request_ids.insert(r.to_string(), id);
+            self.request_order.push_back(r.to_string());
+            while self.request_order.len() > REQUEST_ID_WINDOW {
+                if let Some(old) = self.request_order.pop_front() {
+                    self.request_ids.remove(&old);
+                }
+            }
+        }
+        self.journal.record(ctx.at_ms, EventKind::JobSubmitted { job: id, tasks: total });
+        Response::JobSubmitted { job: id, duplicate: false }
+    }
+
+    fn cancel(&mut self, ctx: ApplyCtx, id: JobId) -> Response {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Response::Invalid { error: format!("no job {id}") };
+        };
+        match job.state {
+            JobState::Cancelled => return Response::JobCancelled { job: id, kill: Vec::new() },
+            s if s.is_terminal() => {
+                return Response::Invalid { error: format!("job {id} already {}", s.name()) }
+            }
+            _ => {}
+        }
+        let mut kill: Vec<Kill> = Vec::new();
+        let waiting = job.pending.len();
+        job.pending.clear();
+        job.reduce_pending = false;
+        job.counts.waiting -= waiting;
+        job.counts.cancelled += waiting;
+        for (&index, task) in job.tasks.iter_mut() {
+            if task.state == TaskState::Waiting {
+                // A re-queued task: counted among the waiting ones cleared above.
+                task.state = TaskState::Cancelled;
+                continue;
+            }
+            if let Some((worker, fence)) = task.state.in_flight() {
+                kill.push(Assigned { task: TaskId::array(id, index), worker: worker.to_string(), fence });
+                match task.state {
+                    TaskState::Assigned { .. } => job.counts.assigned -= 1,
+                    _ => job.counts.running -= 1,
+                }
+                job.counts.cancelled += 1;
+                task.state = TaskState::Cancelled;
+            }
+        }
+        if let Some(reduce) = job.reduce.as_mut() {
+            if reduce.state == TaskState::Waiting {
+                reduce.state = TaskState::Cancelled;
+            }
+            if let Some((worker, fence)) = reduce.state.in_flight() {
+                kill.push(Assigned { task: TaskId::reduce(id), worker: worker.to_string(), fence });
+                reduce.state = TaskState::Cancelled;
+            }
+        }
+        let cpus = job.spec.cpus;
+        for k in &kill {
+            self.release(&k.worker, k.task, cpus);
+        }
+        self.finish_job(ctx, id, JobState::Cancelled);
+        Response::JobCancelled { job: id, kill }
+    }
+
+    fn register_worker(&mut self, ctx: ApplyCtx, info: &WorkerInfo) -> Response {
+        if let Some(existing) = self.workers.get(&info.name) {
+            if existing.state == WorkerState::Ready && existing.instance == info.instance {
+                // The same process registering twice (a retried proposal): nothing to do.
+                return Response::WorkerRegistered { incarnation: existing.incarnation, kill: Vec::new() };
+            }
+            if existing.state == WorkerState::Ready {
+                self.lose_worker(ctx, &info.name, "worker restarted");
+            }
+        }
+        if info.cpus == 0 {
+            return Response::Invalid { error: "a worker needs at least 1 cpu".to_string() };
+        }
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        self.workers.insert(
+            info.name.clone(),
+            Worker {
+                name: info.name.clone(),
+                instance: info.instance,
+                incarnation,
+                cpus: info.cpus,
+                memory: info.memory,
+                labels: info.labels.clone(),
+                state: WorkerState::Ready,
+                cpus_used: 0,
+                tasks: BTreeMap::new(),
+                joined_at: ctx.at_ms,
+                lost_at: None,
+                lost_reason: None,
+            },
+        );
+        self.forget_old_lost_workers();
+        self.journal.record(ctx.at_ms, EventKind::WorkerJoined { worker: info.name.clone(), cpus: info.cpus });
+        Response::WorkerRegistered { incarnation, kill: Vec::new() }
+    }
+
+    fn worker_lost(&mut self, ctx: ApplyCtx, name: &str, incarnation: u64, reason: &str) -> Response {
+        match self.workers.get(name) {
+            Some(w) if w.state == WorkerState::Ready && w.incarnation == incarnation => {
+                let requeued = self.lose_worker(ctx, name, reason);
+                Response::WorkerLost { requeued }
+            }
+            _ => Response::Noted,
+        }
+    }
+
+    /// Marks a worker lost and puts every attempt it held back in the queue.
+    fn lose_worker(&mut self, ctx: ApplyCtx, name: &str, reason: &str) -> u64 {
+        let Some(worker) = self.workers.get_mut(name) else { return 0 };
+        worker.state = WorkerState::Lost;
+        worker.lost_at = Some(ctx.at_ms);
+        worker.lost_reason = Some(reason.to_string());
+        worker.cpus_used = 0;
+        let held = std::mem::take(&mut worker.tasks);
+        let requeued = held.len() as u64;
+        self.journal.record(
+            ctx.at_ms,
+            EventKind::WorkerLost { worker: name.to_string(), reason: reason.to_string(), requeued },
+        );
+        for (task, fence) in held {
+            self.requeue_after_loss(ctx, task, fence, name);
+        }
+        requeued
+    }
+
+    fn requeue_after_loss(&mut self, ctx: ApplyCtx, id: TaskId, fence: Fence, worker: &str) {
+        let Some(job) = self.jobs.get_mut(&id.job) else { return };
+        let Some(task) = task_mut(job, id.slot) else { return };
+        if task.state.in_flight().map(|(_, f)| f) != Some(fence) {
+            debug_assert!(false, "worker {worker} held {id} {fence} but the task is {:?}", task.state);
+            return;
+        }
+        task.losses += 1;
+        let was_running = matches!(task.state, TaskState::Running { .. });
+        if task.losses > MAX_WORKER_LOSSES {
+            let reason = format!("its worker was lost {} times (last: {worker})", task.losses);
+            task.state = TaskState::Failed;
+            self.journal.record(
+                ctx.at_ms,
+                EventKind::TaskFailed { task: id, attempt: fence.attempt, reason: reason.clone() },
+            );
+            if let TaskSlot::Array(_) = id.slot {
+                move_count(&mut job.counts, was_running, Dest::Failed);
+            }
+            job.failure.get_or_insert_with(|| format!("task {id} failed: {reason}"));
+        } else {
+            task.state = TaskState::Waiting;
+            match id.slot {
+                TaskSlot::Array(i) => {
+                    job.pending.insert(i);
+                    move_count(&mut job.counts, was_running, Dest::Waiting);
+                }
+                TaskSlot::Reduce => job.reduce_pending = true,
+            }
+            self.journal.record(
+                ctx.at_ms,
+                EventKind::TaskRescheduled {
+                    task: id,
+                    attempt: fence.attempt,
+                    reason: format!("worker {worker} lost"),
+                },
+            );
+        }
+        self.after_task_change(ctx, id.job);
+    }
+
+    fn assign(&mut self, ctx: ApplyCtx, placements: &[Placement]) -> Response {
+        let mut runs = Vec::with_capacity(placements.len());
+        for p in placements {
+            if let Some(fence) = self.try_assign(ctx, p) {
+                runs.push(Assigned { task: p.task, worker: p.worker.clone(), fence });
+            }
+        }
+        Response::Assigned { runs }
+    }
+
+    /// Re-checks one planned placement against the current state; `None` if it no longer fits.
+    fn try_assign(&mut self, ctx: ApplyCtx, p: &Placement) -> Option<Fence> {
+        let job = self.jobs.get_mut(&p.task.job)?;
+        let worker = self.workers.get_mut(&p.worker)?;
+        let cpus = job.spec.cpus;
+        if job.state.is_terminal()
+            || worker.state != WorkerState::Ready
+            || worker.free_cpus() < cpus
+            || !job.spec.selects(&worker.labels)
+        {
+            return None;
+        }
+        let task = match p.task.slot {
+            TaskSlot::Array(i) => {
+                if !job.pending.remove(i) {
+                    return None;
+                }
+                job.counts.waiting -= 1;
+                job.counts.assigned += 1;
+                job.tasks.entry(i).or_insert_with(Task::new)
+            }
+            TaskSlot::Reduce => {
+                if !job.reduce_pending {
+                    return None;
+                }
+                job.reduce_pending = false;
+                job.reduce.get_or_insert_with(Task::new)
+            }
+        };
+        task.attempts += 1;
+        let fence = Fence { term: ctx.term, attempt: task.attempts };
+        task.state = TaskState::Assigned { worker: p.worker.clone(), fence, since: ctx.at_ms };
+        worker.cpus_used += cpus;
+        worker.tasks.insert(p.task, fence);
+        if job.state == JobState::Waiting {
+            job.state = JobState::Running;
+        }
+        self.refresh_queue(p.task.job);
+        Some(fence)
+    }
+
+    fn task_started(&mut self, ctx: ApplyCtx, id: TaskId, fence: Fence, worker: &str) -> Response {
+        let Some(job) = self.jobs.get_mut(&id.job) else {
+            return Response::Stale { reason: format!("no job {}", id.job) };
+        };
+        let is_array = matches!(id.slot, TaskSlot::Array(_));
+        let Some(task) = task_mut(job, id.slot) else {
+            return Response::Stale { reason: format!("no task {id}") };
+        };
+        match &task.state {
+            TaskState::Assigned { worker: w, fence: f, .. } if *f == fence && w == worker => {
+                task.state = TaskState::Running { worker: worker.to_string(), fence, since: ctx.at_ms };
+                if is_array {
+                    job.counts.assigned -= 1;
+                    job.counts.running += 1;
+                }
+                Response::Started
+            }
+            TaskState::Running { worker: w, fence: f, .. } if *f == fence && w == worker => Response::Duplicate,
+            other => Response::Stale { reason: stale_reason(other, fence) },
+        }
+    }
+
+    fn task_finished(
+        &mut self,
+        ctx: ApplyCtx,
+        id: TaskId,
+        fence: Fence,
+        worker: &str,
+        outcome: &Outcome,
+    ) -> Response {
+        let current = self
+            .jobs
+            .get(&id.job)
+            .and_then(|job| job.task(id.slot))
+            .map(|task| (task.state.clone(), task.result.as_ref().map(|r| r.fence)));
+        let (state, recorded) = match current {
+            Some(c) => c,
+            None => {
+                let reason = format!("no attempt of task {id} was ever assigned");
+                return self.reject(ctx, id, fence, worker, reason);
+            }
+        };
+        let live = matches!(state.in_flight(), Some((w, f)) if f == fence && w == worker);
+        if !live {
+            if recorded == Some(fence) {
+                return Response::Duplicate;
+            }
+            return self.reject(ctx, id, fence, worker, stale_reason(&state, fence));
+        }
+        let was_running = matches!(state, TaskState::Running { .. });
+        let cpus = self.jobs[&id.job].spec.cpus;
+        self.release(worker, id, cpus);
+        let job = self.jobs.get_mut(&id.job).expect("job checked above");
+        let retries = job.spec.retries;
+        let task = task_mut(job, id.slot).expect("task checked above");
+        task.result = Some(TaskResult {
+            fence,
+            worker: worker.to_string(),
+            outcome: outcome.clone(),
+            finished_at: ctx.at_ms,
+        });
+        let dest = if outcome.succeeded() {
+            task.state = TaskState::Succeeded;
+            Dest::Succeeded
+        } else {
+            task.failures += 1;
+            let reason = outcome.describe();
+            if task.failures <= retries {
+                task.state = TaskState::Waiting;
+                self.journal.record(
+                    ctx.at_ms,
+                    EventKind::TaskRescheduled {
+                        task: id,
+                        attempt: fence.attempt,
+                        reason: format!("{reason}; retry {} of {retries}", task.failures),
+                    },
+                );
+                Dest::Waiting
+            } else {
+                task.state = TaskState::Failed;
+                self.journal.record(
+                    ctx.at_ms,
+                    EventKind::TaskFailed { task: id, attempt: fence.attempt, reason: reason.clone() },
+                );
+                job.failure.get_or_insert_with(|| format!("task {id} failed: {reason}"));
+                Dest::Failed
+            }
+        };
+        match id.slot {
+            TaskSlot::Array(i) => {
+                move_count(&mut job.counts, was_running, dest);
+                if dest == Dest::Waiting {
+                    job.pending.insert(i);
+                }
+            }
+            TaskSlot::Reduce => {
+                if dest == Dest::Waiting {
+                    job.reduce_pending = true;
+                }
+            }
+        }
+        self.after_task_change(ctx, id.job);
+        Response::ResultRecorded
+    }
+
+    fn reject(&mut self, ctx: ApplyCtx, task: TaskId, fence: Fence, worker: &str, reason: String) -> Response {
+        self.journal.record(
+            ctx.at_ms,
+            EventKind::ResultRejected { task, fence, worker: worker.to_string(), reason: reason.clone() },
+        );
+        Response::Stale { reason }
+    }
+
+    /// Frees the cpus a worker held for one attempt.
+    fn release(&mut self, worker: &str, task: TaskId, cpus: u32) {
+        if let Some(w) = self.workers.get_mut(worker) {
+            if w.tasks.remove(&task).is_some() {
+                w.cpus_used -= cpus;
+            }
+        }
+    }
+
+    /// Moves a job forward after one of its tasks changed: starts the reduce step, or finishes
+    /// the job, and keeps the scheduling queue in step.
+    fn after_task_change(&mut self, ctx: ApplyCtx, id: JobId) {
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        if job.state.is_terminal() {
+            self.refresh_queue(id);
+            return;
+        }
+        let next = if job.counts.unfinished() > 0 {
+            None
+        } else if job.counts.failed > 0 {
+            Some(JobState::Failed)
+        } else if job.spec.reduce.is_none() {
+            Some(JobState::Succeeded)
+        } else {
+            match job.reduce.as_ref().map(|r| &r.state) {
+                None if !job.reduce_pending => {
+                    job.reduce_pending = true;
+                    job.state = JobState::Reducing;
+                    None
+                }
+                Some(TaskState::Succeeded) => Some(JobState::Succeeded),
+                Some(TaskState::Failed) => Some(JobState::Failed),
+                _ => {
+                    job.state = JobState::Reducing;
+                    None
+                }
+            }
+        };
+        match next {
+            Some(state) => self.finish_job(ctx, id, state),
+            None => self.refresh_queue(id),
+        }
+    }
+
+    fn finish_job(&mut self, ctx: ApplyCtx, id: JobId, state: JobState) {
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        job.state = state;
+        job.finished_at = Some(ctx.at_ms);
+        job.pending.clear();
+        job.reduce_pending = false;
+        self.queue.remove(&(Reverse(job.spec.priority), id));
+        self.journal.record(ctx.at_ms, EventKind::JobFinished { job: id, state });
+    }
+
+    /// Keeps `queue` holding exactly the jobs with waiting work.
+    fn refresh_queue(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        let key = (Reverse(job.spec.priority), id);
+        if job.has_waiting_work() {
+            self.queue.insert(key);
+        } else {
+            self.queue.remove(&key);
+        }
+    }
+
+    fn forget_old_lost_workers(&mut self) {
+        let lost = self.workers.values().filter(|w| w.state == WorkerState::Lost).count();
+        if lost <= LOST_WORKERS_KEPT {
+            return;
+        }
+        let mut by_age: Vec<(Millis, String)> = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Lost)
+            .map(|w| (w.lost_at.unwrap_or(0), w.name.clone()))
+            .collect();
+        by_age.sort();
+        for (_, name) in by_age.into_iter().take(lost - LOST_WORKERS_KEPT) {
+            self.workers.remove(&name);
+        }
+    }
+}
+
+fn task_mut(job: &mut Job, slot: TaskSlot) -> Option<&mut Task> {
+    match slot {
+        TaskSlot::Array(i) => job.tasks.get_mut(&i),
+        TaskSlot::Reduce => job.reduce.as_mut(),
+    }
+}
+
+fn stale_reason(state: &TaskState, fence: Fence) -> String {
+    match state.in_flight() {
+        Some((w, current)) => format!("{fence} is stale: the task now runs {current} on {w}"),
+        None => format!("{fence} is stale: the task is {}", state.name()),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    Waiting,
+    Succeeded,
+    Failed,
+}
+
+/// Moves one array task out of assigned/running into `dest` in the job's counters.
+fn move_count(counts: &mut TaskCounts, was_running: bool, dest: Dest) {
+    if was_running {
+        counts.running -= 1;
+    } else {
+        counts.assigned -= 1;
+    }
+    match dest {
+        Dest::Waiting => counts.waiting += 1,
+        Dest::Succeeded => counts.succeeded += 1,
+        Dest::Failed => counts.failed += 1,
+    }
+}

@@ -1,0 +1,401 @@
+//! The replicated cluster state and its deterministic transition function.
+//!
+//! ```text
+//!  HTTP submit ─┐                      ┌─ Response (job id, runs to push, attempts to kill)
+//!  worker msgs ─┼─▶ Command ─▶ Raft log ─▶ ClusterState::apply(ctx, proposal)
+//!  scheduler ───┘   (batched)  (quorum)    same result on every master
+//! ```
+//!
+//! Nothing here does I/O or reads a clock: the leader's time arrives in [`ApplyCtx`], so every
+//! replica that applies the same log reaches the same state.
+
+mod apply;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::index_set::IndexSet;
+use crate::journal::Journal;
+use crate::model::{Fence, JobId, JobSpec, Millis, NodeId, Outcome, TaskId, TaskIndex, TaskSlot};
+
+/// Submission request ids remembered for idempotent retries.
+pub const REQUEST_ID_WINDOW: usize = 100_000;
+/// Lost workers kept for `status` before the oldest are forgotten.
+pub const LOST_WORKERS_KEPT: usize = 1_000;
+
+/// Where a command is applied: its log position and the leader's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyCtx {
+    pub index: u64,
+    /// Term of the leader that wrote the entry; becomes the term of assignments' fences.
+    pub term: u64,
+    pub at_ms: Millis,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Waiting,
+    Running,
+    Reducing,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Waiting => "waiting",
+            JobState::Running => "running",
+            JobState::Reducing => "reducing",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// Array tasks of a job by state. The reduce task is not counted here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    pub waiting: u64,
+    pub assigned: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl TaskCounts {
+    pub fn unfinished(&self) -> u64 {
+        self.waiting + self.assigned + self.running
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    Waiting,
+    Assigned { worker: String, fence: Fence, since: Millis },
+    Running { worker: String, fence: Fence, since: Millis },
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskState::Waiting => "waiting",
+            TaskState::Assigned { .. } => "assigned",
+            TaskState::Running { .. } => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The worker and fence of the attempt in flight, if any.
+    pub fn in_flight(&self) -> Option<(&str, Fence)> {
+        match self {
+            TaskState::Assigned { worker, fence, .. } | TaskState::Running { worker, fence, .. } => {
+                Some((worker, *fence))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The outcome recorded for one attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub fence: Fence,
+    pub worker: String,
+    pub outcome: Outcome,
+    pub finished_at: Millis,
+}
+
+/// A task that has been assigned at least once. Tasks that never left the queue exist only as
+/// indices in [`Job::pending`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub state: TaskState,
+    /// Attempts started so far; the current attempt's number.
+    pub attempts: u32,
+    /// Failed runs, counted against the job's retries.
+    pub failures: u32,
+    /// Times the task's worker was lost while holding it.
+    pub losses: u32,
+    /// The latest recorded outcome: the final one once the task is finished.
+    pub result: Option<TaskResult>,
+}
+
+impl Task {
+    fn new() -> Self {
+        Task { state: TaskState::Waiting, attempts: 0, failures: 0, losses: 0, result: None }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub submitted_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub state: JobState,
+    pub total: u64,
+    /// Array tasks waiting to be assigned (new or re-queued).
+    pub pending: IndexSet,
+    pub tasks: BTreeMap<TaskIndex, Task>,
+    /// The reduce step, once it has been assigned.
+    pub reduce: Option<Task>,
+    /// The reduce step is waiting to be assigned.
+    pub reduce_pending: bool,
+    pub counts: TaskCounts,
+    /// Why the job failed (the first task that exhausted its retries).
+    pub failure: Option<String>,
+}
+
+impl Job {
+    pub fn task(&self, slot: TaskSlot) -> Option<&Task> {
+        match slot {
+            TaskSlot::Array(i) => self.tasks.get(&i),
+            TaskSlot::Reduce => self.reduce.as_ref(),
+        }
+    }
+
+    pub fn has_waiting_work(&self) -> bool {
+        !self.state.is_terminal() && (!self.pending.is_empty() || self.reduce_pending)
+    }
+
+    /// The job's result: the reduce step's stdout, or without a reduce the tasks' stdout
+    /// concatenated in index order.
+    pub fn result_text(&self) -> Option<String> {
+        if self.state != JobState::Succeeded {
+            return None;
+        }
+        match &self.reduce {
+            Some(reduce) => reduce.result.as_ref().map(|r| r.outcome.stdout.text.clone()),
+            None => Some(self.concatenated_stdout()),
+        }
+    }
+
+    /// Array tasks' stdout in index order: the reduce step's stdin.
+    pub fn concatenated_stdout(&self) -> String {
+        let mut out = String::new();
+        for task in self.tasks.values() {
+            if let Some(r) = &task.result {
+                out.push_str(&r.outcome.stdout.text);
+            }
+        }
+        out
+    }
+
+    /// What the reduce step reads: every array task's stdout, in index order.
+    pub fn reduce_input(&self) -> String {
+        self.concatenated_stdout()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerState {
+    Ready,
+    Lost,
+}
+
+impl WorkerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerState::Ready => "ready",
+            WorkerState::Lost => "lost",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    pub name: String,
+    pub instance: u64,
+    /// Cluster-assigned number of this join; assignments are only valid for the incarnation
+    /// they were made to.
+    pub incarnation: u64,
+    pub cpus: u32,
+    pub memory: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    pub state: WorkerState,
+    pub cpus_used: u32,
+    /// Attempts this worker holds (assigned or running).
+    pub tasks: BTreeMap<TaskId, Fence>,
+    pub joined_at: Millis,
+    pub lost_at: Option<Millis>,
+    pub lost_reason: Option<String>,
+}
+
+impl Worker {
+    pub fn free_cpus(&self) -> u32 {
+        self.cpus.saturating_sub(self.cpus_used)
+    }
+}
+
+/// Everything the masters agree on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    next_job_id: JobId,
+    jobs: BTreeMap<JobId, Job>,
+    /// Jobs with work waiting, in scheduling order: higher priority first, then older first.
+    queue: BTreeSet<(Reverse<i32>, JobId)>,
+    workers: BTreeMap<String, Worker>,
+    next_incarnation: u64,
+    request_ids: BTreeMap<String, JobId>,
+    request_order: VecDeque<String>,
+    journal: Journal,
+    /// Leader and term as of the last `LeaderElected` entry.
+    leader: Option<(NodeId, u64)>,
+    unreachable_masters: BTreeSet<NodeId>,
+    /// Index of the last applied entry.
+    applied_index: u64,
+}
+
+impl Default for ClusterState {
+    fn default() -> Self {
+        ClusterState {
+            next_job_id: 1,
+            jobs: BTreeMap::new(),
+            queue: BTreeSet::new(),
+            workers: BTreeMap::new(),
+            next_incarnation: 1,
+            request_ids: BTreeMap::new(),
+            request_order: VecDeque::new(),
+            journal: Journal::default(),
+            leader: None,
+            unreachable_masters: BTreeSet::new(),
+            applied_index: 0,
+        }
+    }
+}
+
+impl ClusterState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    pub fn jobs(&self) -> impl DoubleEndedIterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    pub fn worker(&self, name: &str) -> Option<&Worker> {
+        self.workers.get(name)
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    /// Jobs with waiting work, in the order the scheduler serves them.
+    pub fn queued_jobs(&self) -> impl Iterator<Item = &Job> {
+        self.queue.iter().filter_map(|(_, id)| self.jobs.get(id))
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn leader(&self) -> Option<(NodeId, u64)> {
+        self.leader
+    }
+
+    pub fn unreachable_masters(&self) -> &BTreeSet<NodeId> {
+        &self.unreachable_masters
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Counts of jobs by state name.
+    pub fn job_counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut counts = BTreeMap::new();
+        for job in self.jobs.values() {
+            *counts.entry(job.state.name()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Checks every cross-structure invariant; tests call it after each step.
+    pub fn sanity_check(&self) {
+        let mut held: BTreeMap<&str, (u32, BTreeMap<TaskId, Fence>)> = BTreeMap::new();
+        for job in self.jobs.values() {
+            job.pending.sanity_check();
+            let mut counts = TaskCounts { waiting: job.pending.len(), ..Default::default() };
+            for (&index, task) in &job.tasks {
+                let id = TaskId::array(job.id, index);
+                assert!(task.attempts >= 1, "materialized task {id} never attempted");
+                match &task.state {
+                    TaskState::Waiting => {
+                        assert!(job.pending.contains(index), "waiting task {id} not queued")
+                    }
+                    TaskState::Assigned { .. } => counts.assigned += 1,
+                    TaskState::Running { .. } => counts.running += 1,
+                    TaskState::Succeeded => counts.succeeded += 1,
+                    TaskState::Failed => counts.failed += 1,
+                    TaskState::Cancelled => {}
+                }
+                if !matches!(task.state, TaskState::Waiting) {
+                    assert!(!job.pending.contains(index), "task {id} both queued and {:?}", task.state);
+                }
+                if let Some((worker, fence)) = task.state.in_flight() {
+                    let entry = held.entry(worker).or_default();
+                    entry.0 += job.spec.cpus;
+                    entry.1.insert(id, fence);
+                }
+            }
+            if let Some(reduce) = &job.reduce {
+                if let Some((worker, fence)) = reduce.state.in_flight() {
+                    let entry = held.entry(worker).or_default();
+                    entry.0 += job.spec.cpus;
+                    entry.1.insert(TaskId::reduce(job.id), fence);
+                }
+            }
+            assert_eq!(counts.waiting, job.counts.waiting, "job {} waiting count", job.id);
+            assert_eq!(counts.assigned, job.counts.assigned, "job {} assigned count", job.id);
+            assert_eq!(counts.running, job.counts.running, "job {} running count", job.id);
+            assert_eq!(counts.succeeded, job.counts.succeeded, "job {} succeeded count", job.id);
+            assert_eq!(counts.failed, job.counts.failed, "job {} failed count", job.id);
+            let c = &job.counts;
+            assert_eq!(
+                c.unfinished() + c.succeeded + c.failed + c.cancelled,
+                job.total,
+                "job {} counts do not add up",
+                job.id
+            );
+            let queued = self.queue.contains(&(Reverse(job.spec.priority), job.id));
+            assert_eq!(queued, job.has_waiting_work(), "job {} queue membership", job.id);
+            if job.state.is_terminal() {
+                assert!(job.pending.is_empty() && !job.reduce_pending, "finished job {} has work", job.id);
+            }
+        }
+        for worker in self.workers.values() {
+            let (cpus, tasks) = held.remove(worker.name.as_str()).unwrap_or_default();
+            assert_eq!(worker.cpus_used, cpus, "worker {} cpus_used", worker.name);
+            assert_eq!(worker.tasks, tasks, "worker {} task list", worker.name);
+            assert!(worker.cpus_used <= worker.cpus, "worker {} over capacity", worker.name);
+            if worker.state == WorkerState::Lost {
+                assert!(worker.tasks.is_empty(), "lost worker {} holds tasks", worker.name);
+            }
+        }
+        assert!(held.is_empty(), "tasks held by unknown workers: {:?}", held.keys());
+        assert_eq!(self.queue.len(), self.jobs.values().filter(|j| j.has_waiting_work()).count());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,468 @@
+//! Unit and property tests of the transition function.
+
+use super::*;
+use crate::command::{Command, Placement, Proposal, Response, WorkerInfo};
+use crate::model::{Captured, Outcome, MAX_WORKER_LOSSES};
+use crate::scheduler;
+use proptest::prelude::*;
+
+/// Drives a `ClusterState` the way the leader would: numbered entries, an advancing clock.
+pub(crate) struct Driver {
+    pub state: ClusterState,
+    pub log: Vec<(ApplyCtx, Proposal)>,
+    pub term: u64,
+    pub now: Millis,
+}
+
+impl Driver {
+    pub fn new() -> Self {
+        Driver { state: ClusterState::new(), log: Vec::new(), term: 1, now: 1_000 }
+    }
+
+    pub fn apply(&mut self, command: Command) -> Response {
+        self.now += 10;
+        let ctx = ApplyCtx { index: self.log.len() as u64 + 1, term: self.term, at_ms: self.now };
+        let proposal = Proposal { at_ms: self.now, commands: vec![command] };
+        let mut responses = self.state.apply(ctx, &proposal);
+        self.log.push((ctx, proposal));
+        self.state.sanity_check();
+        responses.pop().expect("one response per command")
+    }
+
+    pub fn submit(&mut self, spec: JobSpec) -> JobId {
+        match self.apply(Command::SubmitJob { spec, request_id: None }) {
+            Response::JobSubmitted { job, .. } => job,
+            other => panic!("submit refused: {other:?}"),
+        }
+    }
+
+    pub fn worker(&mut self, name: &str, cpus: u32) -> u64 {
+        let info = WorkerInfo {
+            name: name.to_string(),
+            instance: 7,
+            cpus,
+            memory: None,
+            labels: BTreeMap::new(),
+        };
+        match self.apply(Command::RegisterWorker(info)) {
+            Response::WorkerRegistered { incarnation, .. } => incarnation,
+            other => panic!("register refused: {other:?}"),
+        }
+    }
+
+    pub fn schedule(&mut self) -> Vec<crate::command::Assigned> {
+        let placements = scheduler::plan(&self.state, usize::MAX);
+        match self.apply(Command::Assign { placements }) {
+            Response::Assigned { runs } => runs,
+            other => panic!("assign refused: {other:?}"),
+        }
+    }
+
+    pub fn finish(&mut self, run: &crate::command::Assigned, exit: i32, stdout: &str) -> Response {
+        self.apply(Command::TaskFinished {
+            task: run.task,
+            fence: run.fence,
+            worker: run.worker.clone(),
+            outcome: outcome(exit, stdout),
+        })
+    }
+
+    /// Replays the recorded log into a fresh state.
+    pub fn replay(&self) -> ClusterState {
+        let mut fresh = ClusterState::new();
+        for (ctx, proposal) in &self.log {
+            fresh.apply(*ctx, proposal);
+        }
+        fresh
+    }
+}
+
+pub(crate) fn outcome(exit: i32, stdout: &str) -> Outcome {
+    Outcome {
+        exit_code: Some(exit),
+        stdout: Captured::from_bytes(stdout.as_bytes(), stdout.len() as u64),
+        ..Default::default()
+    }
+}
+
+fn spec(array: &str) -> JobSpec {
+    JobSpec {
+        command: vec!["echo".into()],
+        array: Some(IndexSet::parse(array).unwrap()),
+        ..Default::default()
+    }
+}
+
+impl ClusterState {
+    fn without_journal(&self) -> ClusterState {
+        ClusterState { journal: Journal::default(), applied_index: 0, ..self.clone() }
+    }
+}
+
+#[test]
+fn a_job_with_a_reduce_runs_to_completion() {
+    let mut d = Driver::new();
+    let job = d.submit(JobSpec { reduce: Some("sum".into()), ..spec("1-3") });
+    d.worker("a", 2);
+    let runs = d.schedule();
+    assert_eq!(runs.len(), 2, "two cpus, two tasks");
+    assert_eq!(d.state.job(job).unwrap().state, JobState::Running);
+    for r in &runs {
+        let i = match r.task.slot {
+            TaskSlot::Array(i) => i,
+            TaskSlot::Reduce => unreachable!(),
+        };
+        assert_eq!(d.finish(r, 0, &format!("{i}\n")), Response::ResultRecorded);
+    }
+    let runs = d.schedule();
+    assert_eq!(runs.len(), 1);
+    d.finish(&runs[0], 0, "3\n");
+    assert_eq!(d.state.job(job).unwrap().state, JobState::Reducing);
+    let runs = d.schedule();
+    assert_eq!(runs[0].task, TaskId::reduce(job));
+    assert_eq!(d.state.job(job).unwrap().reduce_input(), "1\n2\n3\n");
+    d.finish(&runs[0], 0, "6\n");
+    let j = d.state.job(job).unwrap();
+    assert_eq!(j.state, JobState::Succeeded);
+    assert_eq!(j.result_text().as_deref(), Some("6\n"));
+    assert_eq!(d.replay(), d.state);
+}
+
+#[test]
+fn a_stale_result_is_rejected_journalled_and_changes_nothing_else() {
+    let mut d = Driver::new();
+    d.submit(spec("1"));
+    d.worker("a", 1);
+    let run = d.schedule().remove(0);
+    let stale = crate::command::Assigned {
+        fence: Fence { attempt: run.fence.attempt + 1, ..run.fence },
+        ..run.clone()
+    };
+    let before = d.state.without_journal();
+    let seq = d.state.journal().last_seq();
+    assert!(matches!(d.finish(&stale, 0, "x"), Response::Stale { .. }));
+    assert_eq!(d.state.without_journal(), before);
+    let event = d.state.journal().since(seq, 10).next().unwrap();
+    assert_eq!(event.kind.name(), "result_rejected");
+    // The right attempt is still accepted, exactly once.
+    assert_eq!(d.finish(&run, 0, "x"), Response::ResultRecorded);
+    assert_eq!(d.finish(&run, 0, "x"), Response::Duplicate);
+}
+
+#[test]
+fn a_lost_worker_gives_its_tasks_back_with_a_new_attempt() {
+    let mut d = Driver::new();
+    let job = d.submit(spec("1-2"));
+    let inc = d.worker("a", 2);
+    let first = d.schedule();
+    assert_eq!(
+        d.apply(Command::WorkerLost { name: "a".into(), incarnation: inc, reason: "silent".into() }),
+        Response::WorkerLost { requeued: 2 }
+    );
+    assert_eq!(d.state.job(job).unwrap().counts.waiting, 2);
+    d.worker("b", 2);
+    let second = d.schedule();
+    assert!(second.iter().all(|r| r.worker == "b" && r.fence.attempt == 2));
+    // The lost worker's late result is fenced off.
+    assert!(matches!(d.finish(&first[0], 0, "late"), Response::Stale { .. }));
+    for r in &second {
+        d.finish(r, 0, "ok");
+    }
+    assert_eq!(d.state.job(job).unwrap().state, JobState::Succeeded);
+}
+
+#[test]
+fn a_task_that_keeps_losing_its_worker_fails_instead_of_looping() {
+    let mut d = Driver::new();
+    let job = d.submit(spec("1"));
+    for round in 0..=MAX_WORKER_LOSSES {
+        let name = format!("w{round}");
+        let inc = d.worker(&name, 1);
+        assert_eq!(d.schedule().len(), 1);
+        d.apply(Command::WorkerLost { name, incarnation: inc, reason: "crash".into() });
+    }
+    let j = d.state.job(job).unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    assert!(j.failure.as_ref().unwrap().contains("lost"));
+}
+
+#[test]
+fn failures_are_retried_up_to_the_limit() {
+    let mut d = Driver::new();
+    let job = d.submit(JobSpec { retries: 1, ..spec("1") });
+    d.worker("a", 1);
+    let r = d.schedule().remove(0);
+    d.finish(&r, 1, "");
+    assert_eq!(d.state.job(job).unwrap().counts.waiting, 1);
+    let r = d.schedule().remove(0);
+    assert_eq!(r.fence.attempt, 2);
+    d.finish(&r, 1, "");
+    let j = d.state.job(job).unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    assert_eq!(j.counts.failed, 1);
+}
+
+#[test]
+fn cancelling_stops_running_attempts_and_drops_waiting_ones() {
+    let mut d = Driver::new();
+    let job = d.submit(spec("1-10"));
+    d.worker("a", 3);
+    let runs = d.schedule();
+    let Response::JobCancelled { kill, .. } = d.apply(Command::CancelJob { job }) else {
+        panic!("cancel refused")
+    };
+    assert_eq!(kill.len(), runs.len());
+    let j = d.state.job(job).unwrap();
+    assert_eq!(j.state, JobState::Cancelled);
+    assert_eq!(j.counts.cancelled, 10);
+    assert_eq!(d.state.worker("a").unwrap().cpus_used, 0);
+    assert!(matches!(d.apply(Command::CancelJob { job: 99 }), Response::Invalid { .. }));
+}
+
+#[test]
+fn a_retried_submission_creates_one_job() {
+    let mut d = Driver::new();
+    let cmd = Command::SubmitJob { spec: spec("1"), request_id: Some("r1".into()) };
+    let a = d.apply(cmd.clone());
+    let b = d.apply(cmd);
+    assert_eq!(a, Response::JobSubmitted { job: 1, duplicate: false });
+    assert_eq!(b, Response::JobSubmitted { job: 1, duplicate: true });
+    assert_eq!(d.state.jobs().count(), 1);
+}
+
+#[test]
+fn an_invalid_spec_is_refused_by_apply() {
+    let mut d = Driver::new();
+    let r = d.apply(Command::SubmitJob { spec: JobSpec::default(), request_id: None });
+    assert!(matches!(r, Response::Invalid { .. }));
+    assert_eq!(d.state.jobs().count(), 0);
+}
+
+#[test]
+fn a_restarted_worker_loses_what_its_old_process_held() {
+    let mut d = Driver::new();
+    let job = d.submit(spec("1"));
+    d.worker("a", 1);
+    d.schedule();
+    let info = WorkerInfo { name: "a".into(), instance: 8, cpus: 1, memory: None, labels: BTreeMap::new() };
+    d.apply(Command::RegisterWorker(info));
+    assert_eq!(d.state.job(job).unwrap().counts.waiting, 1);
+    assert_eq!(d.schedule()[0].fence.attempt, 2);
+}
+
+#[test]
+fn the_million_task_array_is_stored_as_a_range() {
+    let mut d = Driver::new();
+    let job = d.submit(spec("1-1000000"));
+    let j = d.state.job(job).unwrap();
+    assert_eq!(j.total, 1_000_000);
+    assert_eq!(j.pending.range_count(), 1);
+    assert!(j.tasks.is_empty());
+}
+
+#[test]
+fn the_state_survives_an_encode_decode_round_trip() {
+    let mut d = Driver::new();
+    d.submit(JobSpec { reduce: Some("cat".into()), ..spec("1-5") });
+    d.worker("a", 2);
+    let runs = d.schedule();
+    d.finish(&runs[0], 0, "hello");
+    let bytes = postcard::to_allocvec(&d.state).unwrap();
+    let back: ClusterState = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(back, d.state);
+}
+
+/// A random step, interpreted against the current state so that most steps are meaningful.
+#[derive(Clone, Debug)]
+enum Op {
+    Submit { tasks: u8, cpus: u8, retries: u8, reduce: bool, priority: i8, zone: Option<u8> },
+    Register { worker: u8, cpus: u8, zone: u8, restart: bool },
+    Lose { worker: u8 },
+    Schedule { max: u8 },
+    Start { pick: u16 },
+    Finish { pick: u16, ok: bool, stale: bool },
+    Cancel { pick: u8 },
+    NewTerm,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1u8..8, 1u8..3, 0u8..2, any::<bool>(), -1i8..2, proptest::option::of(0u8..2)).prop_map(
+            |(tasks, cpus, retries, reduce, priority, zone)| Op::Submit {
+                tasks,
+                cpus,
+                retries,
+                reduce,
+                priority,
+                zone
+            }
+        ),
+        (0u8..4, 1u8..4, 0u8..2, any::<bool>())
+            .prop_map(|(worker, cpus, zone, restart)| Op::Register { worker, cpus, zone, restart }),
+        (0u8..4).prop_map(|worker| Op::Lose { worker }),
+        (1u8..10).prop_map(|max| Op::Schedule { max }),
+        any::<u16>().prop_map(|pick| Op::Start { pick }),
+        (any::<u16>(), any::<bool>(), proptest::bool::weighted(0.2))
+            .prop_map(|(pick, ok, stale)| Op::Finish { pick, ok, stale }),
+        (0u8..8).prop_map(|pick| Op::Cancel { pick }),
+        Just(Op::NewTerm),
+    ]
+}
+
+/// Every attempt currently in flight, in a stable order.
+fn in_flight(state: &ClusterState) -> Vec<(TaskId, String, Fence, bool)> {
+    let mut out = Vec::new();
+    for w in state.workers() {
+        for (task, fence) in &w.tasks {
+            let job = state.job(task.job).unwrap();
+            let running = matches!(job.task(task.slot).unwrap().state, TaskState::Running { .. });
+            out.push((*task, w.name.clone(), *fence, running));
+        }
+    }
+    out
+}
+
+fn run_op(d: &mut Driver, op: &Op) {
+    match op.clone() {
+        Op::Submit { tasks, cpus, retries, reduce, priority, zone } => {
+            let spec = JobSpec {
+                command: vec!["t".into()],
+                array: Some(IndexSet::range(1, u64::from(tasks))),
+                cpus: u32::from(cpus),
+                retries: u32::from(retries),
+                reduce: reduce.then(|| "r".to_string()),
+                priority: i32::from(priority),
+                selector: zone.map(|z| [("zone".to_string(), z.to_string())].into()).unwrap_or_default(),
+                ..Default::default()
+            };
+            d.submit(spec);
+        }
+        Op::Register { worker, cpus, zone, restart } => {
+            let name = format!("w{worker}");
+            let old = d.state.worker(&name).map(|w| w.instance).unwrap_or(0);
+            let info = WorkerInfo {
+                name,
+                instance: if restart { old + 1 } else { old },
+                cpus: u32::from(cpus),
+                memory: None,
+                labels: [("zone".to_string(), zone.to_string())].into(),
+            };
+            d.apply(Command::RegisterWorker(info));
+        }
+        Op::Lose { worker } => {
+            let name = format!("w{worker}");
+            if let Some(w) = d.state.worker(&name) {
+                let incarnation = w.incarnation;
+                d.apply(Command::WorkerLost { name, incarnation, reason: "test".into() });
+            }
+        }
+        Op::Schedule { max } => {
+            let placements = scheduler::plan(&d.state, usize::from(max));
+            check_plan(&d.state, &placements);
+            let n = placements.len();
+            match d.apply(Command::Assign { placements }) {
+                Response::Assigned { runs } => assert_eq!(runs.len(), n, "a fresh plan applies whole"),
+                other => panic!("{other:?}"),
+            }
+        }
+        Op::Start { pick } => {
+            let flights = in_flight(&d.state);
+            if let Some((task, worker, fence, _)) = flights.get(usize::from(pick) % flights.len().max(1)).cloned() {
+                d.apply(Command::TaskStarted { task, fence, worker });
+            }
+        }
+        Op::Finish { pick, ok, stale } => {
+            let flights = in_flight(&d.state);
+            let Some((task, worker, fence, _)) = flights.get(usize::from(pick) % flights.len().max(1)).cloned()
+            else {
+                return;
+            };
+            let command = |fence| Command::TaskFinished {
+                task,
+                fence,
+                worker: worker.clone(),
+                outcome: outcome(if ok { 0 } else { 1 }, "out\n"),
+            };
+            if stale {
+                // Invariant: a fenced result never changes the state (only the journal).
+                let before = d.state.without_journal();
+                let old = Fence { attempt: fence.attempt + 100, ..fence };
+                assert!(matches!(d.apply(command(old)), Response::Stale { .. }));
+                assert_eq!(d.state.without_journal(), before);
+            } else {
+                assert_eq!(d.apply(command(fence)), Response::ResultRecorded);
+                // Delivered twice: recorded once.
+                let before = d.state.clone();
+                let again = d.apply(command(fence));
+                assert!(matches!(again, Response::Duplicate | Response::Stale { .. }), "{again:?}");
+                if again == Response::Duplicate {
+                    assert_eq!(d.state.without_journal(), before.without_journal());
+                }
+            }
+        }
+        Op::Cancel { pick } => {
+            let ids: Vec<JobId> = d.state.jobs().map(|j| j.id).collect();
+            if let Some(&job) = ids.get(usize::from(pick) % ids.len().max(1)) {
+                d.apply(Command::CancelJob { job });
+            }
+        }
+        Op::NewTerm => {
+            d.term += 1;
+            d.apply(Command::LeaderElected { node: d.term % 3 + 1 });
+        }
+    }
+}
+
+/// A plan never exceeds capacity, never places on an ineligible worker, never repeats a task.
+fn check_plan(state: &ClusterState, placements: &[Placement]) {
+    let mut used: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for p in placements {
+        assert!(seen.insert(p.task), "task {} placed twice", p.task);
+        let job = state.job(p.task.job).unwrap();
+        let w = state.worker(&p.worker).unwrap();
+        assert_eq!(w.state, WorkerState::Ready);
+        assert!(job.spec.selects(&w.labels));
+        let u = used.entry(&w.name).or_insert(w.cpus_used);
+        *u += job.spec.cpus;
+        assert!(*u <= w.cpus, "worker {} over capacity", w.name);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Replaying the log gives the same state; invariants hold after every step (sanity_check
+    /// runs inside `Driver::apply`), including capacity and fencing.
+    #[test]
+    fn random_histories_keep_every_invariant_and_replay_identically(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut d = Driver::new();
+        for op in &ops {
+            run_op(&mut d, op);
+        }
+        prop_assert_eq!(d.replay(), d.state.clone());
+    }
+
+    /// With enough steps every job finishes when workers are plentiful and everything succeeds.
+    #[test]
+    fn every_job_finishes_when_tasks_succeed(jobs in proptest::collection::vec((1u8..20, 1u8..3), 1..6)) {
+        let mut d = Driver::new();
+        d.worker("a", 4);
+        d.worker("b", 3);
+        for (tasks, cpus) in &jobs {
+            d.submit(JobSpec { cpus: u32::from(*cpus), ..spec(&format!("1-{tasks}")) });
+        }
+        for _ in 0..500 {
+            let runs = d.schedule();
+            if runs.is_empty() && in_flight(&d.state).is_empty() {
+                break;
+            }
+            for (task, worker, fence, _) in in_flight(&d.state) {
+                d.apply(Command::TaskFinished { task, fence, worker, outcome: outcome(0, "") });
+            }
+        }
+        for job in d.state.jobs() {
+            prop_assert_eq!(job.state, JobState::Succeeded);
+        }
+    }
+}
