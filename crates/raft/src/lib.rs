@@ -1,1 +1,58 @@
+//! Flotilla's Raft plumbing around `openraft`: how the masters' replicated log is stored and
+//! carried. The state machine logic itself is `flotilla-core`; this crate only feeds it.
+//!
+//! - [`TypeConfig`]: the openraft type configuration (a log entry carries one
+//!   [`flotilla_core::Proposal`]; its result is one [`Applied`]).
+//! - [`log_store`]: the Raft log, vote and committed index in `redb`, fsynced before openraft
+//!   is told they are durable.
+//! - [`state_machine`]: the in-memory [`flotilla_core::ClusterState`] plus snapshots persisted in
+//!   `redb`, rebuilt on restart from the last snapshot and the committed log.
+//! - [`network`]: openraft's RPCs over gRPC to the peers.
+//! - [`config`]: timing defaults.
 
+pub mod config;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use flotilla_core::{Proposal, Response};
+
+/// What applying one log entry produced: one response per command of the proposal (empty for
+/// Raft's own blank and membership entries).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub responses: Vec<Response>,
+}
+
+openraft::declare_raft_types!(
+    /// Flotilla's openraft types.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type Node = openraft::BasicNode;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// A storage error for openraft, with the failing operation and its cause.
+pub(crate) fn storage_error(
+    subject: openraft::ErrorSubject<NodeId>,
+    verb: openraft::ErrorVerb,
+    error: &(dyn std::error::Error + 'static),
+) -> StorageError {
+    openraft::StorageError::IO {
+        source: openraft::StorageIOError::new(subject, verb, openraft::AnyError::from_dyn(error, None)),
+    }
+}

@@ -1,0 +1,73 @@
+//! Messages of a worker session: one gRPC bidirectional stream between a worker and the leader.
+//!
+//! ```text
+//! worker                                 leader
+//!   Hello{info, known attempts} ───────▶  (register or re-attach, reconcile)
+//!   ◀─────── Welcome | NotLeader{addr} | Refused
+//!   ◀─────── Run{task, fence, command…}   (only committed assignments)
+//!   Started / Finished ────────────────▶  (proposed to Raft, then…)
+//!   ◀─────── Ack{task, fence} | Stop{task, fence}
+//!   Heartbeat ─────────────────────────▶  (liveness, leader memory only)
+//! ```
+//!
+//! Every master message carries the sender's Raft term; a worker ignores messages from a term
+//! lower than the highest it has seen, so a deposed leader cannot make it act.
+
+use serde::{Deserialize, Serialize};
+
+use flotilla_core::model::{Fence, NodeId, Outcome, TaskId};
+use flotilla_core::WorkerInfo;
+
+/// Bumped when session messages change incompatibly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerMsg {
+    Hello {
+        protocol: u32,
+        info: WorkerInfo,
+        /// Attempts the worker is running or has finished without an ack.
+        known: Vec<(TaskId, Fence)>,
+        highest_term: u64,
+    },
+    Heartbeat,
+    Started { task: TaskId, fence: Fence },
+    Finished { task: TaskId, fence: Fence, outcome: Outcome },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterMsg {
+    pub term: u64,
+    pub body: MasterBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MasterBody {
+    Welcome {
+        leader: NodeId,
+        incarnation: u64,
+        heartbeat_ms: u64,
+    },
+    /// This master does not lead; try the leader's address if known.
+    NotLeader { leader: Option<String> },
+    /// The session is refused for good (bad protocol, bad registration).
+    Refused { reason: String },
+    Run(RunTask),
+    /// Stop this attempt: it was cancelled or fenced off.
+    Stop { task: TaskId, fence: Fence },
+    /// The result of this attempt is committed; the worker may forget it.
+    Ack { task: TaskId, fence: Fence },
+}
+
+/// One committed assignment, with everything the worker needs to run it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunTask {
+    pub task: TaskId,
+    pub fence: Fence,
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cpus: u32,
+    pub timeout_ms: Option<u64>,
+    /// Bytes for the process's stdin (the reduce step's input); none means /dev/null.
+    pub stdin: Option<String>,
+}

@@ -1,0 +1,250 @@
+//! The Raft log, vote and committed index, stored in one `redb` database (`raft-log.redb`).
+//!
+//! Durability: `append` and `save_vote` commit a write transaction with redb's default
+//! (immediate) durability, which fsyncs before returning; only then is openraft told the
+//! entries are flushed. The committed index is saved without an fsync: losing it is safe (it
+//! only means more entries are re-applied after a crash). All redb work runs on tokio's
+//! blocking pool so an fsync never stalls the async runtime.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, Vote};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{storage_error, LogId, NodeId, StorageError, TypeConfig};
+
+type Entry = openraft::Entry<TypeConfig>;
+
+const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEY_VOTE: &str = "vote";
+const KEY_PURGED: &str = "last_purged";
+const KEY_COMMITTED: &str = "committed";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open raft log {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("cannot initialise raft log {path}: {source}")]
+    Init {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+}
+
+/// The log store. Cloning shares the database; openraft uses a clone as its log reader.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    /// Opens or creates `raft-log.redb` in `dir`. Fails if another process holds it.
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        let path = dir.join("raft-log.redb");
+        let db = Database::create(&path).map_err(|source| OpenError::Open { path: path.clone(), source })?;
+        let init = || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(LOGS)?;
+            txn.open_table(META)?;
+            txn.commit()?;
+            Ok(())
+        };
+        init().map_err(|source| OpenError::Init { path, source })?;
+        Ok(LogStore { db: Arc::new(db) })
+    }
+
+    /// True when nothing was ever written: no vote, no entry, nothing purged.
+    pub async fn is_pristine(&mut self) -> Result<bool, StorageError> {
+        let vote = self.read_vote().await?;
+        let state = self.get_log_state().await?;
+        Ok(vote.is_none() && state.last_log_id.is_none())
+    }
+
+    /// Runs redb work on the blocking pool; any failure becomes a storage error about
+    /// `subject`, which stops this master's Raft loudly.
+    async fn blocking<T, F>(&self, subject: ErrorSubject<NodeId>, verb: ErrorVerb, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, BoxError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || f(&db)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(storage_error(subject, verb, &*e)),
+            Err(join) => Err(storage_error(subject, verb, &join)),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, BoxError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(META)?;
+    let Some(bytes) = table.get(key)? else {
+        return Ok(None);
+    };
+    Ok(Some(flotilla_proto::codec::decode("raft metadata", bytes.value())?))
+}
+
+fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T, durability: Durability) -> Result<(), BoxError> {
+    let bytes = flotilla_proto::codec::encode("raft metadata", value)?;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)?;
+    {
+        let mut table = txn.open_table(META)?;
+        table.insert(key, bytes.as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry, BoxError> {
+    Ok(flotilla_proto::codec::decode("raft log entry", bytes)?)
+}
+
+fn to_owned_bounds<RB: RangeBounds<u64>>(range: &RB) -> (Bound<u64>, Bound<u64>) {
+    (range.start_bound().cloned(), range.end_bound().cloned())
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let bounds = to_owned_bounds(&range);
+        self.blocking(ErrorSubject::Logs, ErrorVerb::Read, move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(LOGS)?;
+            let mut entries = Vec::new();
+            for item in table.range::<u64>(bounds)? {
+                let (_, v) = item?;
+                entries.push(decode_entry(v.value())?);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        self.blocking(ErrorSubject::Logs, ErrorVerb::Read, |db| {
+            let last_purged: Option<LogId> = read_meta(db, KEY_PURGED)?;
+            let txn = db.begin_read()?;
+            let table = txn.open_table(LOGS)?;
+            let last = match table.last()? {
+                Some((_, v)) => Some(decode_entry(v.value())?.log_id),
+                None => last_purged,
+            };
+            Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        let vote = *vote;
+        self.blocking(ErrorSubject::Vote, ErrorVerb::Write, move |db| {
+            write_meta(db, KEY_VOTE, &vote, Durability::Immediate)
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.blocking(ErrorSubject::Vote, ErrorVerb::Read, |db| read_meta(db, KEY_VOTE)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.blocking(ErrorSubject::Store, ErrorVerb::Write, move |db| {
+            write_meta(db, KEY_COMMITTED, &committed, Durability::None)
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let stored: Option<Option<LogId>> =
+            self.blocking(ErrorSubject::Store, ErrorVerb::Read, |db| read_meta(db, KEY_COMMITTED)).await?;
+        Ok(stored.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let bytes = flotilla_proto::codec::encode("raft log entry", &entry)
+                .map_err(|e| storage_error(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, &e))?;
+            encoded.push((entry.log_id.index, bytes));
+        }
+        let result = self
+            .blocking(ErrorSubject::Logs, ErrorVerb::Write, move |db| {
+                let txn = db.begin_write()?;
+                {
+                    let mut table = txn.open_table(LOGS)?;
+                    for (index, bytes) in &encoded {
+                        table.insert(*index, bytes.as_slice())?;
+                    }
+                }
+                // Immediate durability: fsynced when commit returns.
+                txn.commit()?;
+                Ok(())
+            })
+            .await;
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.blocking(ErrorSubject::Logs, ErrorVerb::Delete, move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(LOGS)?;
+                table.retain_in(log_id.index.., |_, _| false)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.blocking(ErrorSubject::Logs, ErrorVerb::Delete, move |db| {
+            let bytes = flotilla_proto::codec::encode("raft metadata", &log_id)?;
+            let txn = db.begin_write()?;
+            {
+                // The purge point is recorded in the same transaction that removes the entries,
+                // so a crash can never leave a gap that the log state does not explain.
+                let mut meta = txn.open_table(META)?;
+                meta.insert(KEY_PURGED, bytes.as_slice())?;
+                let mut table = txn.open_table(LOGS)?;
+                table.retain_in(..=log_id.index, |_, _| false)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
