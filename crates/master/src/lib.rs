@@ -1,1 +1,166 @@
+//! A Flotilla master: one member of the Raft group that coordinates the cluster.
+//!
+//! ```text
+//!            one listen address (HTTP/1.1 + h2c)
+//!   ┌───────────────┬──────────────────────┬───────────────────┐
+//!   │ /v1/* JSON    │ gRPC WorkerService   │ gRPC RaftService   │   auth: cluster token
+//!   │ (api)         │ (sessions)           │ (raft_service)     │
+//!   └──────┬────────┴──────────┬───────────┴─────────┬─────────┘
+//!          │ commands          │ commands            │ entries
+//!          ▼                   ▼                     ▼
+//!       proposer ──batches──▶ openraft ──applies──▶ ClusterState (flotilla-core)
+//!                                 │                      │ reads
+//!                     leader only ▼                      ▼
+//!            leader: schedule, worker liveness, master reachability
+//! ```
+//!
+//! Modules: [`config`], [`node`] (shared context), [`proposer`] (batching), [`api`] (client
+//! API), [`sessions`] (worker streams), [`leader`] (leader duties), [`raft_service`] (peer RPC
+//! server), [`auth`] (token check).
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod leader;
+pub mod node;
+pub mod proposer;
+pub mod raft_service;
+pub mod sessions;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use flotilla_proto::grpc::raft_service_server::RaftServiceServer;
+use flotilla_proto::grpc::worker_service_server::WorkerServiceServer;
+use flotilla_raft::log_store::LogStore;
+use flotilla_raft::network::{GrpcNetwork, MAX_MESSAGE_BYTES};
+use flotilla_raft::state_machine::StateMachineStore;
+use flotilla_raft::Raft;
+
+pub use config::MasterConfig;
+pub use node::Master;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    LogStore(#[from] flotilla_raft::log_store::OpenError),
+    #[error(transparent)]
+    StateMachine(#[from] flotilla_raft::state_machine::OpenError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs a master until `shutdown` is cancelled.
+pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<(), MasterError> {
+    config.validate().map_err(MasterError::Config)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| MasterError::DataDir { path: config.data_dir.clone(), source })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| MasterError::Bind { addr: config.listen, source })?;
+
+    let mut log_store = LogStore::open(&config.data_dir)?;
+    let pristine = log_store.is_pristine().await.map_err(|e| MasterError::Raft(e.to_string()))?;
+    let state_machine = StateMachineStore::open(&config.data_dir)?;
+    let shared = state_machine.shared();
+    let raft_config = Arc::new(config.raft.to_config().map_err(|e| MasterError::Raft(e.to_string()))?);
+    let network = GrpcNetwork { id: config.id, token: config.token.as_deref().map(Arc::from) };
+    let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
+        .await
+        .map_err(|e| MasterError::Raft(e.to_string()))?;
+    let master = Arc::new(Master::new(config.clone(), raft.clone(), shared).map_err(MasterError::Config)?);
+
+    let grpc = tonic::service::Routes::new(
+        RaftServiceServer::new(raft_service::RaftSvc { raft: raft.clone() })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(WorkerServiceServer::new(sessions::WorkerSvc { master: master.clone() }))
+    .into_axum_router();
+    let token: Option<Arc<str>> = config.token.as_deref().map(Arc::from);
+    let app = api::router(master.clone())
+        .merge(grpc)
+        .fallback(api::fallback)
+        .layer(axum::middleware::from_fn_with_state(token, auth::require_token));
+    let server_stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned()).await
+    });
+    tracing::info!(id = config.id, listen = %config.listen, pristine, "master started");
+
+    if pristine {
+        initialize_if_new(&master).await;
+    }
+    tokio::spawn(leader::watch_leadership(master.clone(), shutdown.clone()));
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        reason = raft_failure(&raft) => {
+            // Raft stops by itself only on a fatal error, such as a failing disk.
+            shutdown.cancel();
+            return Err(MasterError::Raft(reason));
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = raft.shutdown().await;
+    match tokio::time::timeout(Duration::from_secs(2), server).await {
+        Ok(Ok(Err(e))) => Err(MasterError::Serve(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Resolves when the Raft node stops by itself, with the reason.
+async fn raft_failure(raft: &Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "raft task ended".to_string();
+        }
+    }
+}
+
+/// A master with an empty store joins the group it finds; only when no peer reports an
+/// existing group does it initialise one from `--peers`. Every fresh master of a new group
+/// initialises with the same membership, which openraft allows; a master whose data was
+/// wiped finds its peers running and waits to be caught up instead.
+async fn initialize_if_new(master: &Master) {
+    for (id, address) in &master.config.peers {
+        if *id == master.config.id {
+            continue;
+        }
+        if let Ok(info) = master.fetch_node_info(address, Duration::from_millis(300)).await {
+            if info.term > 0 || info.last_log_index.is_some() {
+                tracing::info!(peer = id, "joining the existing group");
+                return;
+            }
+        }
+    }
+    let members: BTreeMap<u64, openraft::BasicNode> =
+        master.config.peers.iter().map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() })).collect();
+    match master.raft.initialize(members).await {
+        Ok(()) => tracing::info!("initialised a new group from --peers"),
+        Err(e) => tracing::info!(error = %e, "group already initialised"),
+    }
+}

@@ -1,0 +1,147 @@
+//! `Master`: everything one master process shares between its server, its Raft node and its
+//! leader duties.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use tokio_util::sync::CancellationToken;
+
+use flotilla_proto::api::NodeInfo;
+use flotilla_raft::state_machine::Shared;
+use flotilla_raft::{NodeId, Raft};
+
+use crate::config::MasterConfig;
+use crate::proposer::Proposer;
+use crate::sessions::Sessions;
+
+/// Present while this master leads: the term, and a token cancelled when leadership ends.
+#[derive(Clone)]
+pub struct Leadership {
+    pub term: u64,
+    pub cancel: CancellationToken,
+}
+
+pub struct Master {
+    pub config: MasterConfig,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub proposer: Proposer,
+    pub sessions: Sessions,
+    /// Client for master-to-master HTTP calls (status fan-out, reachability checks).
+    pub http: reqwest::Client,
+    leadership: Mutex<Option<Leadership>>,
+}
+
+impl Master {
+    pub fn new(config: MasterConfig, raft: Raft, shared: Arc<Shared>) -> Result<Self, String> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &config.token {
+            let value = flotilla_proto::bearer(token)
+                .parse()
+                .map_err(|_| "the cluster token contains characters not allowed in an HTTP header".to_string())?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let proposer = Proposer::start(raft.clone());
+        Ok(Master {
+            config,
+            raft,
+            shared,
+            proposer,
+            sessions: Sessions::default(),
+            http,
+            leadership: Mutex::new(None),
+        })
+    }
+
+    pub fn leadership(&self) -> Option<Leadership> {
+        self.leadership.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_leadership(&self, lead: Option<Leadership>) -> Option<Leadership> {
+        std::mem::replace(&mut *self.leadership.lock().unwrap_or_else(|p| p.into_inner()), lead)
+    }
+
+    pub fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Address of a master by id: from the replicated membership, else from `--peers`.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .or_else(|| self.config.peers.get(&id).cloned())
+    }
+
+    pub fn leader_address(&self) -> Option<String> {
+        self.leader_id().and_then(|id| self.address_of(id))
+    }
+
+    /// All masters of the group: id and address.
+    pub fn members(&self) -> Vec<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let nodes: Vec<(NodeId, String)> =
+            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        if nodes.is_empty() {
+            self.config.peers.iter().map(|(id, a)| (*id, a.clone())).collect()
+        } else {
+            nodes
+        }
+    }
+
+    /// This master's own view of itself.
+    pub fn node_info(&self) -> NodeInfo {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow().clone();
+        NodeInfo {
+            id: self.config.id,
+            address: self.address_of(self.config.id).unwrap_or_default(),
+            role: role_name(&m.state).to_string(),
+            term: m.current_term,
+            leader: m.current_leader,
+            leader_address: m.current_leader.and_then(|id| self.address_of(id)),
+            last_applied: m.last_applied.map(|l| l.index),
+            last_log_index: m.last_log_index,
+        }
+    }
+
+    /// Asks another master for its own view (`GET /v1/node`).
+    pub async fn fetch_node_info(&self, address: &str, timeout: Duration) -> Result<NodeInfo, String> {
+        let response = self
+            .http
+            .get(format!("http://{address}/v1/node"))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        response.json::<NodeInfo>().await.map_err(|e| e.to_string())
+    }
+}
+
+pub fn role_name(state: &ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}

@@ -1,0 +1,143 @@
+//! Batches commands from every source (API calls, worker sessions, the scheduler) into Raft
+//! proposals: one log entry, one fsync round, many commands.
+//!
+//! Commands are handed to openraft in the order they were enqueued, so a worker's `Started`
+//! is always before its `Finished`. Several proposals may be in flight at once (pipelining);
+//! the number is bounded so a slow disk pushes back on producers instead of queueing forever.
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use flotilla_core::{Command, Proposal, Response};
+use flotilla_proto::time::now_ms;
+use flotilla_raft::{NodeId, Raft};
+
+/// Most commands in one log entry.
+const MAX_BATCH: usize = 4096;
+/// Most proposals awaiting commit at once.
+const MAX_IN_FLIGHT: usize = 16;
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this master is not the leader")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+    #[error("the proposal was dropped before it committed (leadership changed)")]
+    Dropped,
+}
+
+struct Pending {
+    commands: Vec<Command>,
+    reply: oneshot::Sender<Result<Vec<Response>, ProposeError>>,
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Proposer {
+    pub fn start(raft: Raft) -> Self {
+        let (tx, rx) = mpsc::channel(64 * 1024);
+        tokio::spawn(batch_loop(raft, rx));
+        Proposer { tx }
+    }
+
+    /// Enqueues commands (committed together, in order) and returns where their responses
+    /// will arrive. Awaiting only the enqueue keeps the caller's order without waiting for
+    /// the commit.
+    pub async fn enqueue(&self, commands: Vec<Command>) -> oneshot::Receiver<Result<Vec<Response>, ProposeError>> {
+        let (reply, rx) = oneshot::channel();
+        // A closed channel drops `reply`, which the receiver sees as `Dropped`.
+        let _ = self.tx.send(Pending { commands, reply }).await;
+        rx
+    }
+
+    /// Proposes commands and waits until they are committed and applied.
+    pub async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Response>, ProposeError> {
+        let rx = self.enqueue(commands).await;
+        rx.await.unwrap_or(Err(ProposeError::Dropped))
+    }
+
+    /// Proposes one command and waits for its response.
+    pub async fn propose_one(&self, command: Command) -> Result<Response, ProposeError> {
+        let mut responses = self.propose(vec![command]).await?;
+        responses.pop().ok_or(ProposeError::Dropped)
+    }
+}
+
+async fn batch_loop(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut count = batch[0].commands.len();
+        while count < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => {
+                    count += p.commands.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut commands = Vec::with_capacity(count);
+        let mut sizes = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for p in batch {
+            sizes.push(p.commands.len());
+            commands.extend(p.commands);
+            replies.push(p.reply);
+        }
+        let proposal = Proposal { at_ms: now_ms(), commands };
+        let receiver = match raft.client_write_ff(proposal).await {
+            Ok(r) => r,
+            Err(fatal) => {
+                for reply in replies {
+                    let _ = reply.send(Err(ProposeError::Fatal(fatal.to_string())));
+                }
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = match receiver.await {
+                Ok(Ok(written)) => Ok(written.data.responses),
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader { leader: f.leader_id }),
+                Ok(Err(e)) => Err(ProposeError::Fatal(e.to_string())),
+                Err(_) => Err(ProposeError::Dropped),
+            };
+            match outcome {
+                Ok(mut responses) => {
+                    // Hand each caller its own slice, in order.
+                    let mut rest = responses.split_off(0).into_iter();
+                    for (reply, n) in replies.into_iter().zip(sizes) {
+                        let mine: Vec<Response> = rest.by_ref().take(n).collect();
+                        let _ = reply.send(if mine.len() == n { Ok(mine) } else { Err(ProposeError::Dropped) });
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Maps openraft's error of a linearizable read to ours.
+pub fn read_error(e: RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, openraft::BasicNode>>) -> ProposeError {
+    match e {
+        RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
+            ProposeError::NotLeader { leader: f.leader_id }
+        }
+        RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(q)) => {
+            ProposeError::Fatal(format!("no quorum: {q}"))
+        }
+        RaftError::Fatal(f) => ProposeError::Fatal(f.to_string()),
+    }
+}

@@ -1,0 +1,41 @@
+//! The server side of openraft's RPCs: decode, hand to the local Raft node, encode the answer.
+
+use tonic::{Request, Response, Status};
+
+use flotilla_proto::codec;
+use flotilla_proto::grpc::raft_service_server::RaftService;
+use flotilla_proto::grpc::Envelope;
+use flotilla_raft::{Raft, TypeConfig};
+
+#[derive(Clone)]
+pub struct RaftSvc {
+    pub raft: Raft,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, req: Request<Envelope>) -> Result<T, Status> {
+    codec::decode(what, &req.into_inner().payload).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn reply<T: serde::Serialize, E: std::fmt::Display>(what: &'static str, result: Result<T, E>) -> Result<Response<Envelope>, Status> {
+    let result: Result<T, String> = result.map_err(|e| e.to_string());
+    let payload = codec::encode(what, &result).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(Envelope { payload }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftSvc {
+    async fn append_entries(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode("append entries", req)?;
+        reply("append entries", self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let rpc: openraft::raft::VoteRequest<u64> = decode("vote", req)?;
+        reply("vote", self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode("install snapshot", req)?;
+        reply("install snapshot", self.raft.install_snapshot(rpc).await)
+    }
+}

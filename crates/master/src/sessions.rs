@@ -1,0 +1,305 @@
+//! Worker sessions: the leader side of each worker's long-lived gRPC stream.
+//!
+//! A session registers (or re-attaches) the worker, reconciles what the worker holds with what
+//! the replicated state says it should hold, then turns the worker's messages into commands.
+//! Only the leader keeps sessions; on losing leadership every session is closed, and workers
+//! reconnect to the new leader.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use flotilla_core::model::{Fence, TaskId, TaskSlot};
+use flotilla_core::state::{ClusterState, WorkerState};
+use flotilla_core::{Command, Response as Applied};
+use flotilla_proto::codec;
+use flotilla_proto::grpc::worker_service_server::WorkerService;
+use flotilla_proto::grpc::Envelope;
+use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_VERSION};
+
+use crate::node::Master;
+
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Handle {
+    id: u64,
+    term: u64,
+    tx: mpsc::UnboundedSender<MasterMsg>,
+}
+
+/// The sessions of the workers connected to this leader, and when each was last heard from.
+#[derive(Default)]
+pub struct Sessions {
+    next_id: AtomicU64,
+    by_worker: Mutex<HashMap<String, Handle>>,
+    last_seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
+        self.by_worker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.last_seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends to a worker's session, if it has one. Lost messages are fine: a worker that
+    /// reconnects is reconciled from the replicated state.
+    pub fn send(&self, worker: &str, body: MasterBody) -> bool {
+        let map = self.lock();
+        match map.get(worker) {
+            Some(h) => h.tx.send(MasterMsg { term: h.term, body }).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn touch(&self, worker: &str) {
+        self.seen().insert(worker.to_string(), Instant::now());
+    }
+
+    /// When the worker was last heard from by this leader.
+    pub fn last_seen(&self, worker: &str) -> Option<Instant> {
+        self.seen().get(worker).copied()
+    }
+
+    /// Starts the grace period of a worker not heard from yet (after a leader change).
+    pub fn seen_or_now(&self, worker: &str) -> Instant {
+        *self.seen().entry(worker.to_string()).or_insert_with(Instant::now)
+    }
+
+    pub fn forget(&self, worker: &str) {
+        self.seen().remove(worker);
+        self.lock().remove(worker);
+    }
+
+    /// Drops every session (leadership lost): their streams end and workers reconnect.
+    pub fn clear(&self) {
+        self.lock().clear();
+        self.seen().clear();
+    }
+
+    fn register(&self, worker: &str, term: u64, tx: mpsc::UnboundedSender<MasterMsg>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(worker.to_string(), Handle { id, term, tx });
+        self.touch(worker);
+        id
+    }
+
+    fn unregister(&self, worker: &str, id: u64) {
+        let mut map = self.lock();
+        if map.get(worker).is_some_and(|h| h.id == id) {
+            map.remove(worker);
+        }
+    }
+}
+
+/// The message that makes a worker run one committed attempt, built from the state.
+pub fn run_message(state: &ClusterState, task: TaskId, fence: Fence) -> Option<RunTask> {
+    let job = state.job(task.job)?;
+    let (command, stdin) = match task.slot {
+        TaskSlot::Array(_) => (job.spec.command.clone(), None),
+        TaskSlot::Reduce => {
+            let reduce = job.spec.reduce.clone()?;
+            (vec!["/bin/sh".to_string(), "-c".to_string(), reduce], Some(job.reduce_input()))
+        }
+    };
+    Some(RunTask {
+        task,
+        fence,
+        command,
+        env: job.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        cpus: job.spec.cpus,
+        timeout_ms: job.spec.timeout_ms,
+        stdin,
+    })
+}
+
+/// The gRPC service workers connect to.
+#[derive(Clone)]
+pub struct WorkerSvc {
+    pub master: Arc<Master>,
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerService for WorkerSvc {
+    type SessionStream = OutStream;
+
+    async fn session(&self, request: Request<Streaming<Envelope>>) -> Result<Response<OutStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel::<MasterMsg>();
+        let master = self.master.clone();
+        tokio::spawn(async move {
+            if let Err(e) = run_session(master, inbound, tx).await {
+                tracing::debug!(error = %e, "worker session ended");
+            }
+        });
+        let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|msg| {
+            codec::encode("master message", &msg)
+                .map(|payload| Envelope { payload })
+                .map_err(|e| Status::internal(e.to_string()))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+async fn recv(inbound: &mut Streaming<Envelope>) -> Result<Option<WorkerMsg>, String> {
+    match inbound.message().await {
+        Ok(Some(env)) => codec::decode("worker message", &env.payload).map(Some).map_err(|e| e.to_string()),
+        Ok(None) => Ok(None),
+        Err(status) => Err(status.to_string()),
+    }
+}
+
+async fn run_session(
+    master: Arc<Master>,
+    mut inbound: Streaming<Envelope>,
+    tx: mpsc::UnboundedSender<MasterMsg>,
+) -> Result<(), String> {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, recv(&mut inbound)).await {
+        Ok(Ok(Some(m))) => m,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err("no hello within 10 s".to_string()),
+    };
+    let WorkerMsg::Hello { protocol, info, known, highest_term: _ } = hello else {
+        return Err("the first message of a session must be hello".to_string());
+    };
+    let refuse = |term: u64, reason: String| {
+        let _ = tx.send(MasterMsg { term, body: MasterBody::Refused { reason } });
+    };
+    if protocol != PROTOCOL_VERSION {
+        refuse(0, format!("protocol {protocol} is not supported (this master speaks {PROTOCOL_VERSION})"));
+        return Ok(());
+    }
+    let Some(lead) = master.leadership() else {
+        let leader = master.leader_address();
+        let _ = tx.send(MasterMsg { term: master.current_term(), body: MasterBody::NotLeader { leader } });
+        return Ok(());
+    };
+    let term = lead.term;
+    if info.name.is_empty() || info.name.len() > flotilla_core::model::MAX_NAME_LEN {
+        refuse(term, "worker name must be 1 to 256 characters".to_string());
+        return Ok(());
+    }
+
+    // Register, unless this very process is already a ready member (a re-attach).
+    let attached = {
+        let data = master.shared.read();
+        data.state
+            .worker(&info.name)
+            .filter(|w| w.state == WorkerState::Ready && w.instance == info.instance)
+            .map(|w| w.incarnation)
+    };
+    let incarnation = match attached {
+        Some(i) => i,
+        None => match master.proposer.propose_one(Command::RegisterWorker(info.clone())).await {
+            Ok(Applied::WorkerRegistered { incarnation, .. }) => incarnation,
+            Ok(Applied::Invalid { error }) => {
+                refuse(term, error);
+                return Ok(());
+            }
+            Ok(other) => return Err(format!("unexpected register response {other:?}")),
+            Err(e) => {
+                let _ = tx.send(MasterMsg { term, body: MasterBody::NotLeader { leader: master.leader_address() } });
+                return Err(format!("register failed: {e}"));
+            }
+        },
+    };
+    let name = info.name.clone();
+    // Register before reading the state to reconcile: an assignment committed after this
+    // point is pushed to the session, one committed before is found by the reconcile.
+    let session_id = master.sessions.register(&name, term, tx.clone());
+    let heartbeat_ms = master.config.heartbeat_interval().as_millis() as u64;
+    let _ = tx.send(MasterMsg { term, body: MasterBody::Welcome { leader: master.config.id, incarnation, heartbeat_ms } });
+    tracing::info!(worker = %name, incarnation, attached = attached.is_some(), "worker session open");
+
+    reconcile(&master, &name, &known, term, &tx);
+
+    let weak = tx.downgrade();
+    drop(tx);
+    let result = session_loop(&master, &name, &mut inbound, &weak, &lead.cancel, term).await;
+    master.sessions.unregister(&name, session_id);
+    tracing::info!(worker = %name, "worker session closed");
+    result
+}
+
+/// Makes the worker hold exactly the attempts the state assigns to it: resend committed
+/// assignments it does not know, stop attempts the state no longer gives it.
+fn reconcile(master: &Master, name: &str, known: &[(TaskId, Fence)], term: u64, tx: &mpsc::UnboundedSender<MasterMsg>) {
+    let known: BTreeMap<TaskId, Fence> = known.iter().copied().collect();
+    let data = master.shared.read();
+    let assigned = data.state.worker(name).map(|w| w.tasks.clone()).unwrap_or_default();
+    for (task, fence) in &assigned {
+        if known.get(task) != Some(fence) {
+            if let Some(run) = run_message(&data.state, *task, *fence) {
+                let _ = tx.send(MasterMsg { term, body: MasterBody::Run(run) });
+            }
+        }
+    }
+    for (task, fence) in &known {
+        if assigned.get(task) != Some(fence) {
+            let _ = tx.send(MasterMsg { term, body: MasterBody::Stop { task: *task, fence: *fence } });
+        }
+    }
+}
+
+async fn session_loop(
+    master: &Arc<Master>,
+    name: &str,
+    inbound: &mut Streaming<Envelope>,
+    tx: &mpsc::WeakUnboundedSender<MasterMsg>,
+    cancel: &CancellationToken,
+    term: u64,
+) -> Result<(), String> {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            m = recv(inbound) => m?,
+        };
+        let Some(msg) = msg else { return Ok(()) };
+        master.sessions.touch(name);
+        let command = match msg {
+            WorkerMsg::Heartbeat => continue,
+            WorkerMsg::Hello { .. } => return Err("hello sent twice".to_string()),
+            WorkerMsg::Started { task, fence } => Command::TaskStarted { task, fence, worker: name.to_string() },
+            WorkerMsg::Finished { task, fence, outcome } => {
+                Command::TaskFinished { task, fence, worker: name.to_string(), outcome }
+            }
+        };
+        let (task, fence, finished) = match &command {
+            Command::TaskStarted { task, fence, .. } => (*task, *fence, false),
+            Command::TaskFinished { task, fence, .. } => (*task, *fence, true),
+            _ => unreachable!("only task commands reach here"),
+        };
+        // Enqueue in order; wait for the commit elsewhere so the stream keeps flowing.
+        let pending = master.proposer.enqueue(vec![command]).await;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let reply = match pending.await {
+                Ok(Ok(mut r)) => r.pop(),
+                _ => None, // not committed: the worker resends after reconnecting
+            };
+            let body = match (reply, finished) {
+                (Some(Applied::ResultRecorded | Applied::Duplicate | Applied::Stale { .. }), true) => {
+                    MasterBody::Ack { task, fence }
+                }
+                (Some(Applied::Stale { .. }), false) => MasterBody::Stop { task, fence },
+                _ => return,
+            };
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(MasterMsg { term, body });
+            }
+        });
+    }
+}
