@@ -1,1 +1,263 @@
+//! A client of the masters' HTTP/JSON API (`/v1/`), used by the CLI, the tests and the tools.
+//!
+//! It tries each master address, follows `421 not_leader` redirects to the leader, and while
+//! no leader is elected (or the masters it tries are down) keeps retrying with backoff until
+//! its deadline. Transport failures are kept apart from answers the cluster gave
+//! ([`ClientError::Api`]), which are returned at once.
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use flotilla_proto::api::{
+    ApiError, Cancelled, Events, JobDetail, JobResult, JobSummary, NodeInfo, Status, SubmitRequest, Submitted,
+    TaskResultView,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The cluster answered with an error (bad input, unknown job, …).
+    #[error("{}", .error.error)]
+    Api { status: u16, error: ApiError },
+    /// No master could answer before the deadline.
+    #[error("no master answered ({tried}): {last}")]
+    Unavailable { tried: String, last: String },
+    #[error("unexpected answer from {address}: {detail}")]
+    Protocol { address: String, detail: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ClientError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Api { status: 404, .. })
+    }
+}
+
+pub struct Client {
+    addresses: Vec<String>,
+    http: reqwest::Client,
+    leader: Mutex<Option<String>>,
+    /// How long to keep retrying while no master can answer.
+    pub retry_for: Duration,
+}
+
+/// Per-attempt timeout of ordinary requests; a paused master must not stall the client long.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Client {
+    /// `addresses`: `host:port` of one or more masters. `token`: the cluster token, if any.
+    pub fn new(addresses: Vec<String>, token: Option<&str>) -> Result<Self, ClientError> {
+        let addresses: Vec<String> =
+            addresses.into_iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+        if addresses.is_empty() {
+            return Err(ClientError::Config("no master address given (--masters or FLOTILLA_MASTERS)".into()));
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let value = flotilla_proto::bearer(t.trim())
+                .parse()
+                .map_err(|_| ClientError::Config("the token contains characters not allowed in a header".into()))?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_millis(800))
+            .build()
+            .map_err(|e| ClientError::Config(format!("cannot build HTTP client: {e}")))?;
+        Ok(Client { addresses, http, leader: Mutex::new(None), retry_for: Duration::from_secs(15) })
+    }
+
+    pub fn with_retry_for(mut self, d: Duration) -> Self {
+        self.retry_for = d;
+        self
+    }
+
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
+    fn leader_hint(&self) -> Option<String> {
+        self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_leader_hint(&self, hint: Option<String>) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = hint;
+    }
+
+    /// Sends one request, following the leader and retrying until `retry_for` runs out.
+    pub async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&B>,
+        attempt_timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let deadline = Instant::now() + self.retry_for;
+        let mut backoff = Duration::from_millis(25);
+        let mut last = String::from("no attempt made");
+        loop {
+            let hint = self.leader_hint();
+            let mut order: Vec<String> = hint.iter().cloned().collect();
+            order.extend(self.addresses.iter().filter(|a| hint.as_ref() != Some(*a)).cloned());
+            let mut redirects = 0;
+            let mut i = 0;
+            while i < order.len() {
+                let address = order[i].clone();
+                i += 1;
+                let url = format!("http://{address}{path_and_query}");
+                let mut req = self.http.request(method.clone(), &url).timeout(attempt_timeout);
+                if let Some(b) = body {
+                    req = req.json(b);
+                }
+                let response = match req.send().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        last = format!("{address}: {}", describe(&e));
+                        if self.leader_hint().as_deref() == Some(address.as_str()) {
+                            self.set_leader_hint(None);
+                        }
+                        continue;
+                    }
+                };
+                let status = response.status();
+                let bytes = match response.bytes().await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        last = format!("{address}: {}", describe(&e));
+                        continue;
+                    }
+                };
+                if status.is_success() {
+                    self.set_leader_hint(Some(address.clone()));
+                    return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+                        address,
+                        detail: format!("cannot decode the answer: {e}"),
+                    });
+                }
+                let error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
+                    error: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()),
+                    code: "http".to_string(),
+                    leader: None,
+                });
+                match status {
+                    StatusCode::MISDIRECTED_REQUEST => {
+                        last = format!("{address}: {}", error.error);
+                        if let Some(leader) = error.leader {
+                            redirects += 1;
+                            if redirects <= 3 {
+                                // Ask the leader next.
+                                order.insert(i, leader.clone());
+                                self.set_leader_hint(Some(leader));
+                            }
+                        }
+                    }
+                    StatusCode::SERVICE_UNAVAILABLE => last = format!("{address}: {}", error.error),
+                    _ => return Err(ClientError::Api { status: status.as_u16(), error }),
+                }
+            }
+            if Instant::now() + backoff > deadline {
+                return Err(ClientError::Unavailable { tried: self.addresses.join(","), last });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.request::<(), T>(Method::GET, path, None, ATTEMPT_TIMEOUT).await
+    }
+
+    /// Submits a job; a `request_id` is added if absent, so a retry after a failover cannot
+    /// create the job twice.
+    pub async fn submit(&self, request: &SubmitRequest) -> Result<Submitted, ClientError> {
+        let mut request = request.clone();
+        if request.request_id.is_none() {
+            request.request_id = Some(new_request_id());
+        }
+        self.request(Method::POST, "/v1/jobs", Some(&request), ATTEMPT_TIMEOUT).await
+    }
+
+    pub async fn jobs(&self, stale: bool) -> Result<Vec<JobSummary>, ClientError> {
+        self.get(&format!("/v1/jobs{}", stale_query(stale, '?'))).await
+    }
+
+    pub async fn job(&self, id: u64, stale: bool) -> Result<JobDetail, ClientError> {
+        self.get(&format!("/v1/jobs/{id}{}", stale_query(stale, '?'))).await
+    }
+
+    pub async fn results(&self, id: u64, offset: u64, limit: Option<u64>, stale: bool) -> Result<Vec<TaskResultView>, ClientError> {
+        let mut q = format!("/v1/jobs/{id}/results?offset={offset}");
+        if let Some(l) = limit {
+            q.push_str(&format!("&limit={l}"));
+        }
+        q.push_str(&stale_query(stale, '&'));
+        self.request::<(), _>(Method::GET, &q, None, Duration::from_secs(30)).await
+    }
+
+    pub async fn result(&self, id: u64, stale: bool) -> Result<JobResult, ClientError> {
+        self.get(&format!("/v1/jobs/{id}/result{}", stale_query(stale, '?'))).await
+    }
+
+    pub async fn cancel(&self, id: u64) -> Result<Cancelled, ClientError> {
+        self.request::<(), _>(Method::POST, &format!("/v1/jobs/{id}/cancel"), None, ATTEMPT_TIMEOUT).await
+    }
+
+    pub async fn status(&self, stale: bool) -> Result<Status, ClientError> {
+        self.get(&format!("/v1/status{}", stale_query(stale, '?'))).await
+    }
+
+    /// Events after `after`; with `wait`, the master holds the request until one arrives.
+    pub async fn events(&self, after: u64, limit: usize, wait: Duration, stale: bool) -> Result<Events, ClientError> {
+        let path = format!("/v1/events?after={after}&limit={limit}&wait_ms={}{}", wait.as_millis(), stale_query(stale, '&'));
+        self.request::<(), _>(Method::GET, &path, None, wait + ATTEMPT_TIMEOUT).await
+    }
+
+    /// One master's own view of itself (never redirected).
+    pub async fn node(&self, address: &str) -> Result<NodeInfo, ClientError> {
+        let url = format!("http://{address}/v1/node");
+        let r = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .map_err(|e| ClientError::Unavailable { tried: address.to_string(), last: describe(&e) })?;
+        r.json().await.map_err(|e| ClientError::Protocol { address: address.to_string(), detail: e.to_string() })
+    }
+}
+
+fn stale_query(stale: bool, sep: char) -> String {
+    if stale {
+        format!("{sep}stale=true")
+    } else {
+        String::new()
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        "connection refused or unreachable".to_string()
+    } else if e.is_timeout() {
+        "timed out".to_string()
+    } else {
+        e.to_string()
+    }
+}
+
+/// A random id for idempotent submission.
+pub fn new_request_id() -> String {
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        buf = (nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}

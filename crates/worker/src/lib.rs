@@ -1,1 +1,430 @@
+//! A Flotilla worker: advertises its resources and labels, keeps one session open to the
+//! leader master, runs the tasks it is given as child processes and reports their outcomes.
+//!
+//! ```text
+//!  masters ──(connect, follow NotLeader hints, capped backoff)──▶ session stream
+//!     Run ─▶ runner::run (process group) ─▶ Started / Finished ─▶ leader
+//!     Ack ─▶ forget the result          Stop ─▶ kill the attempt's group
+//! ```
+//!
+//! Results are kept until the leader acknowledges them, and sent again after every reconnect,
+//! so a master failover loses none; tasks keep running while the worker is disconnected.
+//! Messages from a term lower than the highest seen are ignored (a deposed leader cannot make
+//! this worker act).
 
+pub mod runner;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use flotilla_core::model::{Fence, Outcome, TaskId};
+use flotilla_core::WorkerInfo;
+use flotilla_proto::codec;
+use flotilla_proto::grpc::worker_service_client::WorkerServiceClient;
+use flotilla_proto::grpc::Envelope;
+use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_VERSION};
+
+use runner::{Ended, PgidDir};
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub masters: Vec<String>,
+    pub name: String,
+    pub cpus: u32,
+    pub memory: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    pub data_dir: PathBuf,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot prepare data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the master refused this worker: {0}")]
+    Refused(String),
+}
+
+/// Something that happened to a task attempt on this worker.
+enum TaskEvent {
+    Started(TaskId, Fence),
+    Ended(TaskId, Fence, Ended),
+}
+
+struct Running {
+    fence: Fence,
+    cpus: u32,
+    stop: CancellationToken,
+}
+
+/// The worker's bookkeeping, owned by the session loop.
+struct Agent {
+    config: WorkerConfig,
+    instance: u64,
+    highest_term: u64,
+    running: HashMap<TaskId, Running>,
+    /// Assignments waiting for free cpus (the master should not over-assign; this is a guard).
+    queued: VecDeque<RunTask>,
+    cpus_used: u32,
+    /// Finished attempts not yet acknowledged by a leader, resent after each reconnect.
+    unacked: BTreeMap<(TaskId, Fence), Outcome>,
+    pgids: PgidDir,
+    events: mpsc::UnboundedSender<TaskEvent>,
+    /// The current session got a welcome (resets the reconnect backoff).
+    welcomed: bool,
+}
+
+/// Runs a worker until `shutdown` is cancelled.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    if config.masters.is_empty() {
+        return Err(WorkerError::Config("no master addresses given (--masters)".into()));
+    }
+    if config.cpus == 0 {
+        return Err(WorkerError::Config("--cpus must be at least 1".into()));
+    }
+    let pgid_dir = config.data_dir.join("running");
+    std::fs::create_dir_all(&pgid_dir).map_err(|source| WorkerError::DataDir { path: pgid_dir.clone(), source })?;
+    let pgids = PgidDir(pgid_dir);
+    let leftovers = pgids.kill_leftovers();
+    if leftovers > 0 {
+        tracing::warn!(leftovers, "killed task processes left by a previous run of this worker");
+    }
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let mut agent = Agent {
+        instance: random_u64(),
+        highest_term: 0,
+        running: HashMap::new(),
+        queued: VecDeque::new(),
+        cpus_used: 0,
+        unacked: BTreeMap::new(),
+        pgids,
+        events: events_tx,
+        welcomed: false,
+        config,
+    };
+    let result = agent.serve(&mut events_rx, &shutdown).await;
+    for r in agent.running.values() {
+        r.stop.cancel();
+    }
+    // Give runners a moment to kill their process groups.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !agent.running.is_empty() {
+        match tokio::time::timeout_at(deadline, events_rx.recv()).await {
+            Ok(Some(TaskEvent::Ended(task, _, _))) => {
+                agent.running.remove(&task);
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    result
+}
+
+fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut buf = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).is_ok() {
+        return u64::from_le_bytes(buf);
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    /// Try this address next (a follower told us who leads), or any if none.
+    Redirect(Option<String>),
+    /// The connection failed or dropped.
+    Lost(String),
+    Shutdown,
+}
+
+impl Agent {
+    async fn serve(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<TaskEvent>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), WorkerError> {
+        let mut next = 0usize;
+        let mut hint: Option<String> = None;
+        let mut failures: u32 = 0;
+        loop {
+            let address = hint.take().unwrap_or_else(|| {
+                let a = self.config.masters[next % self.config.masters.len()].clone();
+                next += 1;
+                a
+            });
+            self.welcomed = false;
+            let end = self.session(&address, events, shutdown).await?;
+            if self.welcomed {
+                failures = 0;
+            }
+            let delay = match end {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Redirect(leader) => {
+                    tracing::debug!(from = %address, leader = ?leader, "not the leader");
+                    // Asking a follower is cheap; keep asking often so failover is quick.
+                    let known = leader.is_some();
+                    hint = leader;
+                    if known { Duration::from_millis(5) } else { Duration::from_millis(50) }
+                }
+                SessionEnd::Lost(reason) => {
+                    tracing::info!(master = %address, %reason, "session lost; reconnecting");
+                    failures = failures.saturating_add(1);
+                    // Capped exponential backoff; the first retry is immediate (failover).
+                    if failures <= 1 {
+                        Duration::from_millis(5)
+                    } else {
+                        Duration::from_millis(25u64 << failures.min(7)).min(Duration::from_secs(2))
+                    }
+                }
+            };
+            if self.wait(delay, events, shutdown).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sleeps while still handling task events; true if shutdown was requested.
+    async fn wait(&mut self, delay: Duration, events: &mut mpsc::UnboundedReceiver<TaskEvent>, shutdown: &CancellationToken) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return true,
+                _ = tokio::time::sleep_until(deadline) => return false,
+                Some(ev) = events.recv() => { self.on_task_event(ev, None); }
+            }
+        }
+    }
+
+    fn hello(&self) -> WorkerMsg {
+        let mut known: Vec<(TaskId, Fence)> = self.running.iter().map(|(t, r)| (*t, r.fence)).collect();
+        known.extend(self.queued.iter().map(|r| (r.task, r.fence)));
+        known.extend(self.unacked.keys().copied());
+        WorkerMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            info: WorkerInfo {
+                name: self.config.name.clone(),
+                instance: self.instance,
+                cpus: self.config.cpus,
+                memory: self.config.memory,
+                labels: self.config.labels.clone(),
+            },
+            known,
+            highest_term: self.highest_term,
+        }
+    }
+
+    async fn session(
+        &mut self,
+        address: &str,
+        events: &mut mpsc::UnboundedReceiver<TaskEvent>,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, WorkerError> {
+        let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+            Ok(e) => e,
+            Err(e) => return Ok(SessionEnd::Lost(format!("bad master address {address}: {e}"))),
+        };
+        // HTTP/2 pings detect a master that is paused or cut off, not only one that is gone.
+        let endpoint = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_millis(1000))
+            .keep_alive_timeout(Duration::from_millis(2000))
+            .keep_alive_while_idle(true);
+        let channel = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            c = endpoint.connect() => match c {
+                Ok(c) => c,
+                Err(e) => return Ok(SessionEnd::Lost(format!("cannot connect: {e}"))),
+            },
+        };
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<Envelope>();
+        let send = |msg: &WorkerMsg| -> bool {
+            match codec::encode("worker message", msg) {
+                Ok(payload) => out_tx.send(Envelope { payload }).is_ok(),
+                Err(_) => false,
+            }
+        };
+        send(&self.hello());
+        let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(out_rx));
+        if let Some(token) = &self.config.token {
+            match flotilla_proto::bearer(token).parse() {
+                Ok(v) => {
+                    request.metadata_mut().insert(flotilla_proto::AUTH_HEADER, v);
+                }
+                Err(_) => return Err(WorkerError::Config("the token is not a valid header value".into())),
+            }
+        }
+        let mut client = WorkerServiceClient::new(channel);
+        let mut inbound = match client.session(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unauthenticated || status.message().contains("401") => {
+                return Err(WorkerError::Refused("missing or wrong cluster token".into()));
+            }
+            Err(status) => return Ok(SessionEnd::Lost(format!("session refused: {status}"))),
+        };
+
+        // The first answer says whether this master leads.
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            m = tokio::time::timeout(Duration::from_secs(10), inbound.message()) => m,
+        };
+        let first: MasterMsg = match first {
+            Ok(Ok(Some(env))) => match codec::decode("master message", &env.payload) {
+                Ok(m) => m,
+                Err(e) => return Ok(SessionEnd::Lost(e.to_string())),
+            },
+            Ok(Ok(None)) => return Ok(SessionEnd::Lost("stream closed before welcome".into())),
+            Ok(Err(status)) => return Ok(SessionEnd::Lost(status.to_string())),
+            Err(_) => return Ok(SessionEnd::Lost("no welcome within 10 s".into())),
+        };
+        let heartbeat = match first.body {
+            MasterBody::Welcome { leader, incarnation, heartbeat_ms } => {
+                if first.term < self.highest_term {
+                    return Ok(SessionEnd::Lost(format!("master {leader} is at term {} < {}", first.term, self.highest_term)));
+                }
+                self.highest_term = first.term;
+                tracing::info!(master = %address, leader, term = first.term, incarnation, "connected");
+                Duration::from_millis(heartbeat_ms.max(10))
+            }
+            MasterBody::NotLeader { leader } => return Ok(SessionEnd::Redirect(leader)),
+            MasterBody::Refused { reason } => return Err(WorkerError::Refused(reason)),
+            other => return Ok(SessionEnd::Lost(format!("unexpected first message {other:?}"))),
+        };
+        self.welcomed = true;
+
+        // Deliver what finished while no leader listened.
+        for ((task, fence), outcome) in &self.unacked {
+            send(&WorkerMsg::Finished { task: *task, fence: *fence, outcome: outcome.clone() });
+        }
+        let mut beat = tokio::time::interval(heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                _ = beat.tick() => {
+                    if !send(&WorkerMsg::Heartbeat) {
+                        return Ok(SessionEnd::Lost("outbound stream closed".into()));
+                    }
+                }
+                Some(ev) = events.recv() => {
+                    if let Some(msg) = self.on_task_event(ev, Some(())) {
+                        send(&msg);
+                    }
+                }
+                msg = inbound.message() => {
+                    let env = match msg {
+                        Ok(Some(env)) => env,
+                        Ok(None) => return Ok(SessionEnd::Lost("master closed the session".into())),
+                        Err(status) => return Ok(SessionEnd::Lost(status.to_string())),
+                    };
+                    let msg: MasterMsg = match codec::decode("master message", &env.payload) {
+                        Ok(m) => m,
+                        Err(e) => return Ok(SessionEnd::Lost(e.to_string())),
+                    };
+                    if msg.term < self.highest_term {
+                        tracing::warn!(term = msg.term, highest = self.highest_term, "ignoring a message from a deposed leader");
+                        continue;
+                    }
+                    self.highest_term = msg.term;
+                    match msg.body {
+                        MasterBody::Run(run) => self.on_run(run),
+                        MasterBody::Stop { task, fence } => self.on_stop(task, fence),
+                        MasterBody::Ack { task, fence } => { self.unacked.remove(&(task, fence)); }
+                        MasterBody::NotLeader { leader } => return Ok(SessionEnd::Redirect(leader)),
+                        MasterBody::Refused { reason } => return Err(WorkerError::Refused(reason)),
+                        MasterBody::Welcome { .. } => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_run(&mut self, run: RunTask) {
+        if self.unacked.contains_key(&(run.task, run.fence)) || self.queued.iter().any(|q| q.task == run.task && q.fence == run.fence) {
+            return; // already done or waiting: a resend
+        }
+        if let Some(r) = self.running.get(&run.task) {
+            if r.fence == run.fence {
+                return;
+            }
+            // The task was given to us again under a newer attempt: the old one is stale.
+            r.stop.cancel();
+        }
+        self.queued.push_back(run);
+        self.start_queued();
+    }
+
+    fn on_stop(&mut self, task: TaskId, fence: Fence) {
+        self.queued.retain(|q| !(q.task == task && q.fence == fence));
+        if let Some(r) = self.running.get(&task) {
+            if r.fence == fence {
+                r.stop.cancel();
+            }
+        }
+    }
+
+    fn start_queued(&mut self) {
+        while let Some(next) = self.queued.front() {
+            if self.cpus_used + next.cpus > self.config.cpus && self.cpus_used > 0 {
+                break;
+            }
+            let Some(run) = self.queued.pop_front() else { break };
+            if self.running.contains_key(&run.task) {
+                // The stale attempt of the same task is still being killed; wait for it.
+                self.queued.push_front(run);
+                break;
+            }
+            let stop = CancellationToken::new();
+            self.cpus_used += run.cpus;
+            self.running.insert(run.task, Running { fence: run.fence, cpus: run.cpus, stop: stop.clone() });
+            let events = self.events.clone();
+            let pgids = self.pgids.clone();
+            let name = self.config.name.clone();
+            tokio::spawn(async move {
+                let (task, fence) = (run.task, run.fence);
+                let started = events.clone();
+                let ended = runner::run(&run, &name, &pgids, stop, move || {
+                    let _ = started.send(TaskEvent::Started(task, fence));
+                })
+                .await;
+                let _ = events.send(TaskEvent::Ended(task, fence, ended));
+            });
+        }
+    }
+
+    /// Updates the bookkeeping; returns the message to send if a leader is listening.
+    fn on_task_event(&mut self, event: TaskEvent, connected: Option<()>) -> Option<WorkerMsg> {
+        match event {
+            TaskEvent::Started(task, fence) => connected.map(|_| WorkerMsg::Started { task, fence }),
+            TaskEvent::Ended(task, fence, ended) => {
+                if let Some(r) = self.running.get(&task) {
+                    if r.fence == fence {
+                        self.cpus_used -= r.cpus;
+                        self.running.remove(&task);
+                    }
+                }
+                self.start_queued();
+                match ended {
+                    Ended::Stopped => None,
+                    Ended::Finished(outcome) => {
+                        self.unacked.insert((task, fence), outcome.clone());
+                        connected.map(|_| WorkerMsg::Finished { task, fence, outcome })
+                    }
+                }
+            }
+        }
+    }
+}

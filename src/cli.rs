@@ -1,0 +1,269 @@
+//! Command-line definitions (clap). Every subcommand's `--help` explains its flags.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A highly available master/worker cluster for running jobs",
+    long_about = "Flotilla runs batch jobs on many machines. Masters (1, 3 or 5) agree through Raft; \
+                  the leader splits jobs into tasks and places them on workers, which run them as \
+                  child processes. Any single master or worker may fail without losing work.\n\n\
+                  Try it: `flotilla demo` runs a local cluster, a job, and kills a master and a \
+                  worker on the way. `flotilla up` runs a local cluster in the foreground."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run one master of the Raft group.
+    Master(MasterArgs),
+    /// Run a worker that executes tasks.
+    Worker(WorkerArgs),
+    /// Submit a job; prints its id alone on stdout.
+    Submit(SubmitArgs),
+    /// Inspect or control jobs.
+    Job {
+        #[command(subcommand)]
+        command: JobCmd,
+    },
+    /// Show masters, workers and job counts.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Answer from whichever master responds, without a linearizable read.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show the replicated event journal.
+    Events(EventsArgs),
+    /// Run a local cluster in the foreground (3 masters, 2 workers); Ctrl-C stops it.
+    Up(UpArgs),
+    /// Start a local cluster, run a job, kill the leader and a worker, show the result.
+    Demo(DemoArgs),
+}
+
+/// How to reach the cluster (every client command takes these).
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Master addresses, comma-separated; any one will do, the leader is found from it.
+    #[arg(long, env = "FLOTILLA_MASTERS", default_value = "127.0.0.1:7001")]
+    pub masters: String,
+    /// File holding the cluster token (or set FLOTILLA_TOKEN).
+    #[arg(long, env = "FLOTILLA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// How long to keep retrying while no master answers or no leader is elected.
+    #[arg(long, default_value = "15s")]
+    pub retry_for: String,
+}
+
+#[derive(Args, Debug)]
+pub struct MasterArgs {
+    /// This master's id in the group (a positive number, unique, never reused).
+    #[arg(long)]
+    pub id: u64,
+    /// Address to listen on for peers, workers and clients.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub listen: String,
+    /// Where the Raft log and snapshots are kept.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Every master of the group: ID=HOST:PORT,… (include this one).
+    #[arg(long)]
+    pub peers: String,
+    /// File holding the cluster token (or set FLOTILLA_TOKEN). Required to listen beyond
+    /// loopback.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Declare a worker lost after this long without a heartbeat.
+    #[arg(long, default_value = "3s")]
+    pub worker_timeout: String,
+    /// Minimum Raft election timeout (the maximum is twice this). Failover takes about this
+    /// long; raise it on slow networks to avoid needless elections.
+    #[arg(long, default_value = "300ms")]
+    pub election_timeout: String,
+    /// Raft heartbeat interval (must be well below the election timeout).
+    #[arg(long, default_value = "75ms")]
+    pub heartbeat: String,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// Master addresses, comma-separated.
+    #[arg(long, env = "FLOTILLA_MASTERS", default_value = "127.0.0.1:7001")]
+    pub masters: String,
+    /// CPU slots this worker offers (default: the machine's cpus).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory this worker offers, e.g. 4G (informational).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Labels, e.g. region=eu,zone=a; jobs select workers by them.
+    #[arg(long, default_value = "")]
+    pub labels: String,
+    /// Unique worker name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Worker state directory (default: ./.flotilla/worker-NAME).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the cluster token (or set FLOTILLA_TOKEN).
+    #[arg(long, env = "FLOTILLA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Job name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Task indices: 1-1000 or 1,5,9-12. Each task sees its index in FLOTILLA_TASK_INDEX.
+    #[arg(long)]
+    pub array: Option<String>,
+    /// CPU slots each task needs.
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Times a failed task (non-zero exit, timeout) is run again.
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Kill a task attempt after this long, e.g. 30s (counts as a failure).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Higher runs first (FIFO within a priority).
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Only run on workers with these labels, e.g. zone=a,gpu=yes.
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Shell command run once after all tasks succeed, with their stdout (in index order) on
+    /// its stdin; its stdout is the job's result.
+    #[arg(long)]
+    pub reduce: Option<String>,
+    /// Extra environment variable for the tasks, KEY=VALUE (repeatable).
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    /// Read the job from a TOML file (same field names; command-line flags override).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Wait for the job to finish (progress on stderr; exit status 1 if it failed).
+    #[arg(long)]
+    pub wait: bool,
+    /// The program and its arguments, passed verbatim (no shell): `-- echo hi`.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCmd {
+    /// List jobs.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show one job: state, task counts, why it is stuck or failed.
+    Show {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Wait until a job finishes; exit status 0 if it succeeded, 1 otherwise.
+    Wait {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Print a job's result: the reduce step's output (or, without one, the tasks' stdout in
+    /// index order).
+    Result {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Per-task results.
+    Results {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+        /// Skip this many tasks (in index order).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Show at most this many tasks.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Cancel a job: waiting tasks are dropped, running ones killed.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print JSON (one event object per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep printing new events as they happen.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only events after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    #[arg(long)]
+    pub stale: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Where the cluster keeps its data and logs.
+    #[arg(long, default_value = ".flotilla")]
+    pub dir: PathBuf,
+    /// Number of masters.
+    #[arg(long, default_value_t = 3)]
+    pub masters: u64,
+    /// Number of workers.
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// CPU slots per worker.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Port of the first master; the others follow.
+    #[arg(long, default_value_t = 7001)]
+    pub port: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Keep the temporary directory (data and logs) for inspection.
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,319 @@
+//! Client commands. Output for people by default, `--json` for scripts; errors are one line
+//! on stderr and a non-zero exit status.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+use flotilla_client::Client;
+use flotilla_core::units::parse_duration;
+use flotilla_proto::api::{JobDetail, SubmitRequest};
+
+use crate::cli::{ClientArgs, Cmd, EventsArgs, JobCmd, SubmitArgs};
+use crate::roles::parse_labels;
+
+pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Master(a) => crate::roles::master(a).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Worker(a) => crate::roles::worker(a).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Submit(a) => submit(a).await,
+        Cmd::Job { command } => job(command).await,
+        Cmd::Status { client, json, stale } => status(&connect(&client)?, json, stale).await,
+        Cmd::Events(a) => events(a).await,
+        Cmd::Up(a) => crate::local::up(a).await,
+        Cmd::Demo(a) => crate::demo::run(a).await,
+    }
+}
+
+pub fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    let token = crate::read_token(args.token_file.as_deref())?;
+    let retry = parse_duration(&args.retry_for).context("--retry-for")?;
+    let addresses = args.masters.split(',').map(str::to_string).collect();
+    Ok(Client::new(addresses, token.as_deref())?.with_retry_for(retry))
+}
+
+fn job_id(text: &str) -> anyhow::Result<u64> {
+    text.trim().parse().map_err(|_| anyhow!("'{text}' is not a job id (job ids are numbers)"))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// The job described by the flags, on top of `--file` if given.
+fn submit_request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
+    let mut req = match &a.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<SubmitRequest>(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?
+        }
+        None => SubmitRequest::default(),
+    };
+    if !a.command.is_empty() {
+        req.command = a.command.clone();
+    }
+    macro_rules! take {
+        ($field:ident) => {
+            if let Some(v) = &a.$field {
+                req.$field = Some(v.clone());
+            }
+        };
+    }
+    take!(name);
+    take!(array);
+    take!(cpus);
+    take!(retries);
+    take!(timeout);
+    take!(priority);
+    take!(reduce);
+    if let Some(sel) = &a.selector {
+        req.selector = parse_labels(sel).context("--selector")?;
+    }
+    for kv in &a.env {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env '{kv}' is not KEY=VALUE"))?;
+        req.env.insert(k.to_string(), v.to_string());
+    }
+    if req.command.is_empty() {
+        bail!("no command given: put it after --, for example `flotilla submit -- echo hello`");
+    }
+    // Catch bad input here with a clear message before anything is sent.
+    req.to_spec().map_err(|e| anyhow!(e))?;
+    Ok(req)
+}
+
+async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let req = submit_request(&a)?;
+    let client = connect(&a.client)?;
+    let submitted = client.submit(&req).await?;
+    println!("{}", submitted.id);
+    std::io::stdout().flush()?;
+    if a.wait {
+        return wait(&client, submitted.id, false).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn job(cmd: JobCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        JobCmd::List { client, json, stale } => {
+            let jobs = connect(&client)?.jobs(stale).await?;
+            if json {
+                print_json(&jobs)?;
+            } else {
+                println!("{:>6}  {:<10} {:>9} {:>9} {:>9} {:>9}  NAME", "ID", "STATE", "TOTAL", "DONE", "RUNNING", "FAILED");
+                for j in jobs {
+                    println!(
+                        "{:>6}  {:<10} {:>9} {:>9} {:>9} {:>9}  {}",
+                        j.id,
+                        j.state,
+                        j.tasks.total,
+                        j.tasks.succeeded,
+                        j.tasks.running + j.tasks.assigned,
+                        j.tasks.failed,
+                        j.name.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        JobCmd::Show { id, client, json, stale } => {
+            let job = connect(&client)?.job(job_id(&id)?, stale).await?;
+            if json {
+                print_json(&job)?;
+            } else {
+                print_job(&job);
+            }
+        }
+        JobCmd::Wait { id, client, quiet } => return wait(&connect(&client)?, job_id(&id)?, quiet).await,
+        JobCmd::Result { id, client } => {
+            let id = job_id(&id)?;
+            let r = connect(&client)?.result(id, false).await?;
+            match r.result {
+                Some(text) => {
+                    print!("{text}");
+                    if r.truncated {
+                        eprintln!("note: the result was truncated to 64 KiB");
+                    }
+                }
+                None => bail!("job {id} has no result: it is {}", r.state),
+            }
+        }
+        JobCmd::Results { id, client, json, offset, limit, stale } => {
+            let rows = connect(&client)?.results(job_id(&id)?, offset, limit, stale).await?;
+            if json {
+                print_json(&rows)?;
+            } else {
+                println!("{:>8}  {:<10} {:>5} {:>8}  {:<16} STDOUT", "INDEX", "STATE", "EXIT", "ATTEMPTS", "WORKER");
+                for r in rows {
+                    let exit = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+                    let first_line: String = r.stdout.lines().next().unwrap_or("").chars().take(60).collect();
+                    println!(
+                        "{:>8}  {:<10} {:>5} {:>8}  {:<16} {}",
+                        r.index,
+                        r.state,
+                        exit,
+                        r.attempts,
+                        r.worker.unwrap_or_else(|| "-".into()),
+                        first_line
+                    );
+                }
+            }
+        }
+        JobCmd::Cancel { id, client } => {
+            let c = connect(&client)?.cancel(job_id(&id)?).await?;
+            println!("job {} cancelled ({} running attempts stopped)", c.id, c.stopped);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_job(j: &JobDetail) {
+    println!("job {}{}", j.id, j.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default());
+    println!("  state:     {}", j.state);
+    let t = &j.tasks;
+    println!(
+        "  tasks:     {} total, {} waiting, {} running, {} succeeded, {} failed, {} cancelled",
+        t.total,
+        t.waiting,
+        t.running + t.assigned,
+        t.succeeded,
+        t.failed,
+        t.cancelled
+    );
+    println!("  command:   {}", j.command.join(" "));
+    if let Some(a) = &j.array {
+        println!("  array:     {a}");
+    }
+    println!("  cpus:      {} per task; retries {}; priority {}", j.cpus, j.retries, j.priority);
+    if let Some(ms) = j.timeout_ms {
+        println!("  timeout:   {}", flotilla_core::units::format_millis(ms));
+    }
+    if !j.selector.is_empty() {
+        let sel: Vec<String> = j.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("  selector:  {}", sel.join(","));
+    }
+    if let Some(r) = &j.reduce {
+        println!("  reduce:    {r} ({})", j.reduce_state.as_deref().unwrap_or("-"));
+    }
+    println!("  submitted: {}", j.submitted_at);
+    if let Some(f) = &j.finished_at {
+        println!("  finished:  {f}");
+    }
+    if let Some(f) = &j.failure {
+        println!("  failure:   {f}");
+    }
+    if let Some(u) = &j.unschedulable {
+        println!("  cannot run: {u}");
+    }
+}
+
+/// Polls a job until it finishes, showing progress on stderr.
+async fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<ExitCode> {
+    let tty = std::io::stderr().is_terminal();
+    let mut last_print = Instant::now() - Duration::from_secs(60);
+    let mut last_line = String::new();
+    loop {
+        let j = client.job(id, false).await?;
+        let t = &j.tasks;
+        let done = t.succeeded + t.failed + t.cancelled;
+        let line = format!(
+            "job {id}: {} — {done}/{} done ({} running, {} failed){}",
+            j.state,
+            t.total,
+            t.running + t.assigned,
+            t.failed,
+            j.unschedulable.as_ref().map(|u| format!("; cannot run: {u}")).unwrap_or_default()
+        );
+        let finished = matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled");
+        if !quiet && (finished || (line != last_line && (tty || last_print.elapsed() > Duration::from_secs(2)))) {
+            if tty {
+                eprint!("\r\x1b[2K{line}");
+                if finished {
+                    eprintln!();
+                }
+            } else {
+                eprintln!("{line}");
+            }
+            last_print = Instant::now();
+            last_line = line;
+        }
+        if finished {
+            if j.state != "succeeded" {
+                if let Some(f) = &j.failure {
+                    eprintln!("{f}");
+                }
+                return Ok(ExitCode::from(1));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn status(client: &Client, json: bool, stale: bool) -> anyhow::Result<ExitCode> {
+    let s = client.status(stale).await?;
+    if json {
+        print_json(&s)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("masters (term {}, leader {}):", s.term, s.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()));
+    for m in &s.masters {
+        println!(
+            "  {:>3}  {:<22} {:<10} term {:<5} applied {}",
+            m.id,
+            m.address,
+            if m.reachable { m.role.as_str() } else { "unreachable" },
+            m.term.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            m.last_applied.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+        );
+    }
+    println!("workers:");
+    if s.workers.is_empty() {
+        println!("  (none)");
+    }
+    for w in &s.workers {
+        let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "  {:<20} {:<6} cpus {}/{}  {}{}",
+            w.name,
+            w.state,
+            w.cpus_used,
+            w.cpus_total,
+            labels.join(","),
+            w.last_heartbeat_ms_ago.map(|ms| format!("  (heard {ms} ms ago)")).unwrap_or_default()
+        );
+    }
+    let jobs: Vec<String> = s.jobs.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!("jobs: {}", if jobs.is_empty() { "none".to_string() } else { jobs.join(", ") });
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&a.client)?;
+    let mut after = a.after;
+    loop {
+        let wait = if a.follow { Duration::from_secs(20) } else { Duration::ZERO };
+        let batch = client.events(after, 1000, wait, a.stale).await?;
+        let mut out = std::io::stdout().lock();
+        for e in &batch.events {
+            if a.json {
+                serde_json::to_writer(&mut out, e)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{:>6}  {}  {:<19} {}", e.seq, e.time, e.kind, e.message)?;
+            }
+        }
+        out.flush()?;
+        after = after.max(batch.last_seq);
+        if batch.events.is_empty() && !a.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !a.follow && batch.events.len() < 1000 {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}

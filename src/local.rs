@@ -1,0 +1,255 @@
+//! A cluster of real local processes (masters and workers are this same binary), on loopback
+//! ports, with data and logs in one directory. `flotilla up`, `flotilla demo` and the
+//! integration tests all use it; dropping it kills every process it started.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use flotilla_client::Client;
+
+use crate::cli::UpArgs;
+
+pub struct LocalCluster {
+    pub exe: PathBuf,
+    pub dir: PathBuf,
+    pub ports: BTreeMap<u64, u16>,
+    pub masters: BTreeMap<u64, Child>,
+    pub workers: BTreeMap<String, Child>,
+    /// Extra arguments for every master (e.g. a shorter worker timeout in tests).
+    pub master_args: Vec<String>,
+}
+
+/// A free TCP port on loopback (the OS picks; it is released before use, which is racy only
+/// in theory on a machine with few other listeners).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Sends a signal to one process we started.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on the pid of a child we own; no memory is shared.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+impl LocalCluster {
+    /// Plans `masters` masters on `base_port..` (or free ports when `None`); starts nothing.
+    pub fn new(exe: &Path, dir: &Path, masters: u64, base_port: Option<u16>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut ports = BTreeMap::new();
+        for id in 1..=masters {
+            let port = match base_port {
+                Some(p) => p + (id as u16 - 1),
+                None => free_port()?,
+            };
+            ports.insert(id, port);
+        }
+        Ok(LocalCluster {
+            exe: exe.to_path_buf(),
+            dir: dir.to_path_buf(),
+            ports,
+            masters: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            master_args: Vec::new(),
+        })
+    }
+
+    pub fn address(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[&id])
+    }
+
+    /// `host:port` of every master, comma-separated (for `--masters`).
+    pub fn master_list(&self) -> String {
+        self.ports.keys().map(|id| self.address(*id)).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn peers(&self) -> String {
+        self.ports.keys().map(|id| format!("{id}={}", self.address(*id))).collect::<Vec<_>>().join(",")
+    }
+
+    fn log(&self, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
+        let path = self.dir.join("logs").join(format!("{name}.log"));
+        let file = File::options().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        Ok((Stdio::from(file.try_clone()?), Stdio::from(file)))
+    }
+
+    pub fn start_master(&mut self, id: u64) -> anyhow::Result<()> {
+        let (out, err) = self.log(&format!("master-{id}"))?;
+        let child = Command::new(&self.exe)
+            .arg("master")
+            .args(["--id", &id.to_string()])
+            .args(["--listen", &self.address(id)])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("master-{id}")))
+            .args(["--peers", &self.peers()])
+            .args(&self.master_args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start master {id}"))?;
+        self.masters.insert(id, child);
+        Ok(())
+    }
+
+    pub fn start_masters(&mut self) -> anyhow::Result<()> {
+        for id in self.ports.keys().copied().collect::<Vec<_>>() {
+            self.start_master(id)?;
+        }
+        Ok(())
+    }
+
+    pub fn start_worker(&mut self, name: &str, cpus: u32, labels: &str) -> anyhow::Result<()> {
+        let (out, err) = self.log(&format!("worker-{name}"))?;
+        let child = Command::new(&self.exe)
+            .arg("worker")
+            .args(["--masters", &self.master_list()])
+            .args(["--cpus", &cpus.to_string()])
+            .args(["--name", name])
+            .args(["--labels", labels])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("worker-{name}")))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start worker {name}"))?;
+        self.workers.insert(name.to_string(), child);
+        Ok(())
+    }
+
+    /// SIGKILLs a master and reaps it.
+    pub fn kill_master(&mut self, id: u64) {
+        if let Some(mut c) = self.masters.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn kill_worker(&mut self, name: &str) {
+        if let Some(mut c) = self.workers.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(self.ports.keys().map(|id| self.address(*id)).collect(), None)?)
+    }
+
+    /// Polls every live master until one says it leads; returns its id.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<u64> {
+        let client = self.client().ok()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            for id in self.masters.keys() {
+                if let Ok(info) = client.node(&self.address(*id)).await {
+                    if info.role == "leader" {
+                        return Some(info.id);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Waits until `count` workers are ready.
+    pub async fn wait_workers(&self, count: usize, timeout: Duration) -> anyhow::Result<()> {
+        let client = self.client()?.with_retry_for(Duration::from_secs(2));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = client.status(false).await {
+                if s.workers.iter().filter(|w| w.state == "ready").count() >= count {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{count} workers not ready within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asks every process to stop (SIGTERM), then kills what is left after a grace period.
+    pub fn stop(&mut self) {
+        let children: Vec<&mut Child> = self.masters.values_mut().chain(self.workers.values_mut()).collect();
+        for c in &children {
+            signal(c, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for c in children {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        self.masters.clear();
+        self.workers.clear();
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for c in self.masters.values_mut().chain(self.workers.values_mut()) {
+            signal(c, libc::SIGCONT);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `flotilla up`: a local cluster in the foreground until Ctrl-C.
+pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    if args.masters == 0 || args.masters > 9 {
+        bail!("--masters must be between 1 and 9");
+    }
+    let exe = std::env::current_exe().context("cannot find the flotilla binary")?;
+    let mut cluster = LocalCluster::new(&exe, &args.dir, args.masters, Some(args.port))?;
+    for id in 1..=args.masters {
+        if std::net::TcpListener::bind(("127.0.0.1", cluster.ports[&id])).is_err() {
+            bail!("port {} is in use (is another cluster running? try --port)", cluster.ports[&id]);
+        }
+    }
+    cluster.start_masters()?;
+    let Some(leader) = cluster.wait_leader(Duration::from_secs(30)).await else {
+        cluster.stop();
+        bail!("no leader elected within 30 s; see the logs in {}", args.dir.join("logs").display());
+    };
+    for i in 1..=args.workers {
+        cluster.start_worker(&format!("worker-{i}"), args.cpus, &format!("zone=z{}", (i - 1) % 2 + 1))?;
+    }
+    cluster.wait_workers(args.workers as usize, Duration::from_secs(30)).await?;
+    let masters = cluster.master_list();
+    println!("Flotilla is up: {} masters (leader: master {leader}), {} workers with {} cpus each.", args.masters, args.workers, args.cpus);
+    println!("Data and logs: {}", args.dir.display());
+    println!();
+    println!("In another shell:");
+    println!("  export FLOTILLA_MASTERS={masters}");
+    println!(r#"  flotilla submit --array 1-100 --reduce "awk '{{s+=\$1}} END {{print s}}'" -- sh -c 'echo $FLOTILLA_TASK_INDEX'"#);
+    println!("  flotilla job wait 1 && flotilla job result 1");
+    println!("  flotilla status");
+    println!("  flotilla events --follow");
+    println!();
+    println!("Press Ctrl-C to stop the cluster.");
+    let stop = crate::roles::shutdown_on_signals();
+    stop.cancelled().await;
+    eprintln!("stopping…");
+    cluster.stop();
+    eprintln!("stopped.");
+    Ok(ExitCode::SUCCESS)
+}
