@@ -119,23 +119,36 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
 
     // Later: kill a worker that is running tasks.
     wait_for_progress(&client, job, n / 2, Duration::from_secs(60)).await?;
-    let rows = client.results(job, 0, None, false).await?;
-    let mut held: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.state == "running" || r.state == "assigned") {
-        if let Some(w) = &r.worker {
-            held.entry(w.clone()).or_default().push(r.index);
+    // Pick the worker holding the most tasks right now.
+    let mut victim = None;
+    for _ in 0..100 {
+        let rows = client.results(job, 0, None, false).await?;
+        let mut held: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for r in rows.iter().filter(|r| r.state == "running" || r.state == "assigned") {
+            if let Some(w) = &r.worker {
+                held.entry(w.clone()).or_default().push(r.index);
+            }
         }
+        victim = held.into_iter().max_by_key(|(_, t)| t.len());
+        if victim.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut worker_figures = None;
-    if let Some((victim, tasks)) = held.into_iter().max_by_key(|(_, t)| t.len()) {
+    if let Some((victim, tasks)) = victim {
         clock.say(format!("SIGKILL worker {victim}, which runs tasks {tasks:?}"));
         let lost_at = Instant::now();
         cluster.kill_worker(&victim);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let rows = client.results(job, 0, None, false).await?;
+            // Each of its tasks is running or done elsewhere, or had finished before the kill.
             let moved = tasks.iter().all(|i| {
-                rows.iter().any(|r| r.index == *i && r.worker.as_deref() != Some(victim.as_str()) && r.state != "waiting")
+                rows.iter().any(|r| {
+                    let on_victim = r.worker.as_deref() == Some(victim.as_str());
+                    r.index == *i && r.state != "waiting" && (!on_victim || r.state == "succeeded")
+                })
             });
             if moved {
                 break;

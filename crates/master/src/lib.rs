@@ -16,7 +16,7 @@
 //!
 //! Modules: [`config`], [`node`] (shared context), [`proposer`] (batching), [`api`] (client
 //! API), [`sessions`] (worker streams), [`leader`] (leader duties), [`raft_service`] (peer RPC
-//! server), [`auth`] (token check).
+//! server), [`watchdog`] (quick elections after a leader dies), [`auth`] (token check).
 
 pub mod api;
 pub mod auth;
@@ -26,6 +26,7 @@ pub mod node;
 pub mod proposer;
 pub mod raft_service;
 pub mod sessions;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,7 +91,7 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     let master = Arc::new(Master::new(config.clone(), raft.clone(), shared).map_err(MasterError::Config)?);
 
     let grpc = tonic::service::Routes::new(
-        RaftServiceServer::new(raft_service::RaftSvc { raft: raft.clone() })
+        RaftServiceServer::new(raft_service::RaftSvc { raft: raft.clone(), contact: master.leader_contact.clone() })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
@@ -111,6 +112,7 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
         initialize_if_new(&master).await;
     }
     tokio::spawn(leader::watch_leadership(master.clone(), shutdown.clone()));
+    tokio::spawn(watchdog::run(master.clone(), shutdown.clone()));
 
     tokio::select! {
         _ = shutdown.cancelled() => {}

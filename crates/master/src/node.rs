@@ -14,6 +14,7 @@ use flotilla_raft::{NodeId, Raft};
 use crate::config::MasterConfig;
 use crate::proposer::Proposer;
 use crate::sessions::Sessions;
+use crate::watchdog::LeaderContact;
 
 /// Present while this master leads: the term, and a token cancelled when leadership ends.
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct Master {
     pub sessions: Sessions,
     /// Client for master-to-master HTTP calls (status fan-out, reachability checks).
     pub http: reqwest::Client,
+    /// When a leader last replicated to this master (see `watchdog`).
+    pub leader_contact: Arc<LeaderContact>,
     leadership: Mutex<Option<Leadership>>,
 }
 
@@ -56,6 +59,7 @@ impl Master {
             proposer,
             sessions: Sessions::default(),
             http,
+            leader_contact: Arc::new(LeaderContact::default()),
             leadership: Mutex::new(None),
         })
     }

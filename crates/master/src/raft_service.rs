@@ -1,5 +1,7 @@
 //! The server side of openraft's RPCs: decode, hand to the local Raft node, encode the answer.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use flotilla_proto::codec;
@@ -7,9 +9,12 @@ use flotilla_proto::grpc::raft_service_server::RaftService;
 use flotilla_proto::grpc::Envelope;
 use flotilla_raft::{Raft, TypeConfig};
 
+use crate::watchdog::LeaderContact;
+
 #[derive(Clone)]
 pub struct RaftSvc {
     pub raft: Raft,
+    pub contact: Arc<LeaderContact>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &'static str, req: Request<Envelope>) -> Result<T, Status> {
@@ -26,6 +31,7 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(what: &'static str, result: 
 impl RaftService for RaftSvc {
     async fn append_entries(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode("append entries", req)?;
+        self.contact.touch();
         reply("append entries", self.raft.append_entries(rpc).await)
     }
 

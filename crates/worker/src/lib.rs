@@ -159,6 +159,10 @@ impl Agent {
         let mut next = 0usize;
         let mut hint: Option<String> = None;
         let mut failures: u32 = 0;
+        // Masters that refused a connection lately: a follower may still name a leader that
+        // just died, and following that hint again would only waste the failover window.
+        let mut unreachable: HashMap<String, tokio::time::Instant> = HashMap::new();
+        let masters = self.config.masters.len() as u32;
         loop {
             let address = hint.take().unwrap_or_else(|| {
                 let a = self.config.masters[next % self.config.masters.len()].clone();
@@ -169,24 +173,28 @@ impl Agent {
             let end = self.session(&address, events, shutdown).await?;
             if self.welcomed {
                 failures = 0;
+                unreachable.clear();
             }
             let delay = match end {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Redirect(leader) => {
                     tracing::debug!(from = %address, leader = ?leader, "not the leader");
-                    // Asking a follower is cheap; keep asking often so failover is quick.
-                    let known = leader.is_some();
-                    hint = leader;
-                    if known { Duration::from_millis(5) } else { Duration::from_millis(50) }
+                    let recently_failed = |a: &String| {
+                        unreachable.get(a).is_some_and(|t| t.elapsed() < Duration::from_millis(1000))
+                    };
+                    hint = leader.filter(|l| !recently_failed(l));
+                    // Asking a follower is cheap; ask often so failover is quick.
+                    if hint.is_some() { Duration::from_millis(2) } else { Duration::from_millis(50) }
                 }
                 SessionEnd::Lost(reason) => {
                     tracing::info!(master = %address, %reason, "session lost; reconnecting");
+                    unreachable.insert(address.clone(), tokio::time::Instant::now());
                     failures = failures.saturating_add(1);
-                    // Capped exponential backoff; the first retry is immediate (failover).
-                    if failures <= 1 {
-                        Duration::from_millis(5)
+                    // Try every other master at once; back off (capped) only when all failed.
+                    if failures < masters {
+                        Duration::from_millis(2)
                     } else {
-                        Duration::from_millis(25u64 << failures.min(7)).min(Duration::from_secs(2))
+                        Duration::from_millis(50u64 << (failures - masters).min(5)).min(Duration::from_secs(1))
                     }
                 }
             };
