@@ -94,6 +94,9 @@ pub struct MasterArgs {
     /// Raft heartbeat interval (must be well below the election timeout).
     #[arg(long, default_value = "75ms")]
     pub heartbeat: String,
+    /// Snapshot the state and compact the Raft log every this many entries.
+    #[arg(long, default_value_t = 5000)]
+    pub snapshot_every: u64,
 }
 
 #[derive(Args, Debug)]

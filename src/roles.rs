@@ -50,6 +50,10 @@ pub async fn master(args: MasterArgs) -> anyhow::Result<()> {
     config.raft.election_min = election;
     config.raft.election_max = election * 2;
     config.raft.heartbeat = heartbeat;
+    if args.snapshot_every < 10 {
+        bail!("--snapshot-every must be at least 10");
+    }
+    config.raft.snapshot_every = args.snapshot_every;
     flotilla_master::run(config, shutdown_on_signals()).await?;
     Ok(())
 }

@@ -36,7 +36,7 @@ impl RaftTiming {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             // Keep some log behind a snapshot so a briefly lagging follower catches up from the
             // log instead of needing a whole snapshot.
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: self.snapshot_every.min(1_000),
             install_snapshot_timeout: 10_000,
             snapshot_max_chunk_size: 4 * 1024 * 1024,
             max_payload_entries: 256,
