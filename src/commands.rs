@@ -105,7 +105,10 @@ async fn job(cmd: JobCmd) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&jobs)?;
             } else {
-                println!("{:>6}  {:<10} {:>9} {:>9} {:>9} {:>9}  NAME", "ID", "STATE", "TOTAL", "DONE", "RUNNING", "FAILED");
+                println!(
+                    "{:>6}  {:<10} {:>9} {:>9} {:>9} {:>9}  NAME",
+                    "ID", "STATE", "TOTAL", "DONE", "RUNNING", "FAILED"
+                );
                 for j in jobs {
                     println!(
                         "{:>6}  {:<10} {:>9} {:>9} {:>9} {:>9}  {}",

@@ -115,7 +115,10 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
     clock.say(format!("master {new_leader} elected leader {:.2}s after the kill", to_leader.as_secs_f64()));
     wait_for_progress(&client, job, before + 1, Duration::from_secs(60)).await?;
     let to_result = killed_at.elapsed();
-    clock.say(format!("first task result committed under the new leader {:.2}s after the kill", to_result.as_secs_f64()));
+    clock.say(format!(
+        "first task result committed under the new leader {:.2}s after the kill",
+        to_result.as_secs_f64()
+    ));
 
     // Later: kill a worker that is running tasks.
     wait_for_progress(&client, job, n / 2, Duration::from_secs(60)).await?;
@@ -159,7 +162,10 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let moved = lost_at.elapsed();
-        clock.say(format!("worker {victim} declared lost; its tasks running elsewhere {:.2}s after the kill", moved.as_secs_f64()));
+        clock.say(format!(
+            "worker {victim} declared lost; its tasks running elsewhere {:.2}s after the kill",
+            moved.as_secs_f64()
+        ));
         worker_figures = Some(moved);
     } else {
         clock.say("no worker was running tasks at that moment; skipping the worker kill");
@@ -219,7 +225,8 @@ async fn caught_up(cluster: &LocalCluster, id: u64) -> Option<String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         let leader = cluster.wait_leader(Duration::from_secs(5)).await?;
-        let (Ok(me), Ok(lead)) = (client.node(&cluster.address(id)).await, client.node(&cluster.address(leader)).await) else {
+        let (Ok(me), Ok(lead)) = (client.node(&cluster.address(id)).await, client.node(&cluster.address(leader)).await)
+        else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };

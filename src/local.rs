@@ -76,7 +76,11 @@ impl LocalCluster {
 
     fn log(&self, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
         let path = self.dir.join("logs").join(format!("{name}.log"));
-        let file = File::options().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         Ok((Stdio::from(file.try_clone()?), Stdio::from(file)))
     }
 
@@ -235,12 +239,17 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     cluster.wait_workers(args.workers as usize, Duration::from_secs(30)).await?;
     let masters = cluster.master_list();
-    println!("Flotilla is up: {} masters (leader: master {leader}), {} workers with {} cpus each.", args.masters, args.workers, args.cpus);
+    println!(
+        "Flotilla is up: {} masters (leader: master {leader}), {} workers with {} cpus each.",
+        args.masters, args.workers, args.cpus
+    );
     println!("Data and logs: {}", args.dir.display());
     println!();
     println!("In another shell:");
     println!("  export FLOTILLA_MASTERS={masters}");
-    println!(r#"  flotilla submit --array 1-100 --reduce "awk '{{s+=\$1}} END {{print s}}'" -- sh -c 'echo $FLOTILLA_TASK_INDEX'"#);
+    println!(
+        r#"  flotilla submit --array 1-100 --reduce "awk '{{s+=\$1}} END {{print s}}'" -- sh -c 'echo $FLOTILLA_TASK_INDEX'"#
+    );
     println!("  flotilla job wait 1 && flotilla job result 1");
     println!("  flotilla status");
     println!("  flotilla events --follow");

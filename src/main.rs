@@ -9,8 +9,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(cli.command, Cmd::Master(_) | Cmd::Worker(_));
     let default_level = if server { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_level},openraft=warn,openraft::core::raft_core=off")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},openraft=warn,openraft::core::raft_core=off"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

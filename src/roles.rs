@@ -34,10 +34,8 @@ pub fn shutdown_on_signals() -> CancellationToken {
 }
 
 pub async fn master(args: MasterArgs) -> anyhow::Result<()> {
-    let listen: SocketAddr = args
-        .listen
-        .parse()
-        .map_err(|_| anyhow!("--listen '{}' is not an IP:PORT address", args.listen))?;
+    let listen: SocketAddr =
+        args.listen.parse().map_err(|_| anyhow!("--listen '{}' is not an IP:PORT address", args.listen))?;
     let peers = parse_peers(&args.peers).map_err(|e| anyhow!("--peers: {e}"))?;
     let mut config = MasterConfig::new(args.id, listen, args.data_dir, peers);
     config.token = read_token(args.token_file.as_deref())?;
@@ -45,7 +43,11 @@ pub async fn master(args: MasterArgs) -> anyhow::Result<()> {
     let election = parse_duration(&args.election_timeout).context("--election-timeout")?;
     let heartbeat = parse_duration(&args.heartbeat).context("--heartbeat")?;
     if heartbeat * 2 >= election {
-        bail!("--heartbeat ({}) must be less than half of --election-timeout ({})", args.heartbeat, args.election_timeout);
+        bail!(
+            "--heartbeat ({}) must be less than half of --election-timeout ({})",
+            args.heartbeat,
+            args.election_timeout
+        );
     }
     config.raft.election_min = election;
     config.raft.election_max = election * 2;

@@ -79,9 +79,10 @@ async fn worker_sigkill_mid_job_its_tasks_complete_elsewhere() {
     let client = t.client();
     let id = client.submit(&squares_job(40, "0.5")).await.expect("submit").id;
     wait_until(&t, "worker a runs tasks", LONG, || async {
-        client.results(id, 0, None, false).await.is_ok_and(|rows| {
-            rows.iter().any(|r| r.state == "running" && r.worker.as_deref() == Some("a"))
-        })
+        client
+            .results(id, 0, None, false)
+            .await
+            .is_ok_and(|rows| rows.iter().any(|r| r.state == "running" && r.worker.as_deref() == Some("a")))
     })
     .await;
     t.cluster.kill_worker("a");

@@ -113,7 +113,11 @@ pub fn assert_each_task_recorded_once(rows: &[TaskResultView], n: u64, expect: i
         *seen.entry(r.index).or_default() += 1;
     }
     let bad: Vec<u64> = (1..=n).filter(|i| seen.get(i) != Some(&1)).collect();
-    assert!(bad.is_empty() && seen.len() as u64 == n, "tasks not recorded exactly once: {:?}", &bad[..bad.len().min(10)]);
+    assert!(
+        bad.is_empty() && seen.len() as u64 == n,
+        "tasks not recorded exactly once: {:?}",
+        &bad[..bad.len().min(10)]
+    );
     for r in rows {
         assert_eq!(r.state, "succeeded", "task {} is {}", r.index, r.state);
         assert_eq!(r.stdout.trim(), expect(r.index), "task {} output", r.index);
@@ -136,7 +140,10 @@ pub async fn assert_one_leader_per_term(client: &Client) {
 pub fn raw_http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -139,7 +139,10 @@ impl Client {
                     });
                 }
                 let error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
-                    error: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()),
+                    error: format!(
+                        "HTTP {status}: {}",
+                        String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()
+                    ),
                     code: "http".to_string(),
                     leader: None,
                 });
@@ -189,7 +192,13 @@ impl Client {
         self.get(&format!("/v1/jobs/{id}{}", stale_query(stale, '?'))).await
     }
 
-    pub async fn results(&self, id: u64, offset: u64, limit: Option<u64>, stale: bool) -> Result<Vec<TaskResultView>, ClientError> {
+    pub async fn results(
+        &self,
+        id: u64,
+        offset: u64,
+        limit: Option<u64>,
+        stale: bool,
+    ) -> Result<Vec<TaskResultView>, ClientError> {
         let mut q = format!("/v1/jobs/{id}/results?offset={offset}");
         if let Some(l) = limit {
             q.push_str(&format!("&limit={l}"));
@@ -212,7 +221,8 @@ impl Client {
 
     /// Events after `after`; with `wait`, the master holds the request until one arrives.
     pub async fn events(&self, after: u64, limit: usize, wait: Duration, stale: bool) -> Result<Events, ClientError> {
-        let path = format!("/v1/events?after={after}&limit={limit}&wait_ms={}{}", wait.as_millis(), stale_query(stale, '&'));
+        let path =
+            format!("/v1/events?after={after}&limit={limit}&wait_ms={}{}", wait.as_millis(), stale_query(stale, '&'));
         self.request::<(), _>(Method::GET, &path, None, wait + ATTEMPT_TIMEOUT).await
     }
 
@@ -253,10 +263,8 @@ pub fn new_request_id() -> String {
     use std::io::Read;
     let mut buf = [0u8; 16];
     if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         buf = (nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()

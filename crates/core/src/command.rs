@@ -92,18 +92,35 @@ pub type Kill = Assigned;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    JobSubmitted { job: JobId, duplicate: bool },
-    JobCancelled { job: JobId, kill: Vec<Kill> },
-    WorkerRegistered { incarnation: u64, kill: Vec<Kill> },
-    WorkerLost { requeued: u64 },
-    Assigned { runs: Vec<Assigned> },
+    JobSubmitted {
+        job: JobId,
+        duplicate: bool,
+    },
+    JobCancelled {
+        job: JobId,
+        kill: Vec<Kill>,
+    },
+    WorkerRegistered {
+        incarnation: u64,
+        kill: Vec<Kill>,
+    },
+    WorkerLost {
+        requeued: u64,
+    },
+    Assigned {
+        runs: Vec<Assigned>,
+    },
     Started,
     ResultRecorded,
     /// The same result delivered again (a worker retrying after a lost ack); nothing changed.
     Duplicate,
     /// The attempt is fenced off: the worker must stop it; nothing changed but the journal.
-    Stale { reason: String },
+    Stale {
+        reason: String,
+    },
     Noted,
     /// The command was refused; nothing changed.
-    Invalid { error: String },
+    Invalid {
+        error: String,
+    },
 }

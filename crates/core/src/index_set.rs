@@ -54,11 +54,7 @@ impl IndexSet {
         let mut set = Self::new();
         for item in text.split(',') {
             let item = item.trim();
-            let parse_num = |s: &str| {
-                s.trim()
-                    .parse::<u64>()
-                    .map_err(|_| IndexSetError::Malformed(item.to_string()))
-            };
+            let parse_num = |s: &str| s.trim().parse::<u64>().map_err(|_| IndexSetError::Malformed(item.to_string()));
             let (start, end) = match item.split_once('-') {
                 Some((a, b)) => (parse_num(a)?, parse_num(b)?),
                 None => {
@@ -94,10 +90,7 @@ impl IndexSet {
     }
 
     pub fn contains(&self, index: u64) -> bool {
-        self.ranges
-            .range(..=index)
-            .next_back()
-            .is_some_and(|(_, &end)| index <= end)
+        self.ranges.range(..=index).next_back().is_some_and(|(_, &end)| index <= end)
     }
 
     pub fn first(&self) -> Option<u64> {

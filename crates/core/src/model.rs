@@ -165,10 +165,7 @@ impl JobSpec {
             return Err(SpecError::EmptyReduce);
         }
         for key in self.env.keys() {
-            let valid = !key.is_empty()
-                && !key.contains('=')
-                && !key.contains('\0')
-                && !key.starts_with("FLOTILLA_");
+            let valid = !key.is_empty() && !key.contains('=') && !key.contains('\0') && !key.starts_with("FLOTILLA_");
             if !valid {
                 return Err(SpecError::BadEnvName(key.clone()));
             }
@@ -264,10 +261,7 @@ mod tests {
         assert_eq!(JobSpec::default().validate(), Err(SpecError::NoCommand));
         let zero = JobSpec { cpus: 0, ..ok.clone() };
         assert_eq!(zero.validate(), Err(SpecError::ZeroCpus));
-        let env = JobSpec {
-            env: [("FLOTILLA_JOB_ID".to_string(), "x".to_string())].into(),
-            ..ok.clone()
-        };
+        let env = JobSpec { env: [("FLOTILLA_JOB_ID".to_string(), "x".to_string())].into(), ..ok.clone() };
         assert!(matches!(env.validate(), Err(SpecError::BadEnvName(_))));
     }
 

@@ -81,8 +81,7 @@ pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
             .iter()
             .enumerate()
             .filter(|(i, s)| {
-                s.total - s.used >= cpus
-                    && workers_by_slot[*i].is_some_and(|w| job.spec.selects(&w.labels))
+                s.total - s.used >= cpus && workers_by_slot[*i].is_some_and(|w| job.spec.selects(&w.labels))
             })
             .map(|(i, s)| ByLoad { used: s.used, total: s.total, slot: i, name_rank: i })
             .collect();
@@ -136,10 +135,7 @@ pub fn unschedulable_reason(state: &ClusterState, job: &Job) -> Option<String> {
     }
     let largest = matching.iter().map(|w| w.cpus).max().unwrap_or(0);
     if largest < job.spec.cpus {
-        return Some(format!(
-            "each task needs {} cpus but the largest matching worker has {largest}",
-            job.spec.cpus
-        ));
+        return Some(format!("each task needs {} cpus but the largest matching worker has {largest}", job.spec.cpus));
     }
     None
 }

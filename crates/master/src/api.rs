@@ -77,11 +77,9 @@ fn from_propose(master: &Master, e: ProposeError) -> Failure {
                 },
             )
         }
-        ProposeError::NotLeader { .. } => failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_leader",
-            "no leader is elected right now; retry shortly",
-        ),
+        ProposeError::NotLeader { .. } => {
+            failure(StatusCode::SERVICE_UNAVAILABLE, "no_leader", "no leader is elected right now; retry shortly")
+        }
         ProposeError::Fatal(e) => failure(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
         ProposeError::Dropped => failure(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -149,7 +147,11 @@ async fn list_jobs(State(master): State<Shared>, Query(q): Params) -> Result<Jso
     Ok(Json(data.state.jobs().map(JobSummary::from_job).collect()))
 }
 
-async fn show_job(State(master): State<Shared>, Path(id): Path<String>, Query(q): Params) -> Result<Json<JobDetail>, Failure> {
+async fn show_job(
+    State(master): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> Result<Json<JobDetail>, Failure> {
     let id = job_id(&id)?;
     read_barrier(&master, &q).await?;
     let data = master.shared.read();
@@ -171,7 +173,11 @@ async fn job_results(
     Ok(Json(TaskResultView::list(job, offset, limit)))
 }
 
-async fn job_result(State(master): State<Shared>, Path(id): Path<String>, Query(q): Params) -> Result<Json<JobResult>, Failure> {
+async fn job_result(
+    State(master): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> Result<Json<JobResult>, Failure> {
     let id = job_id(&id)?;
     read_barrier(&master, &q).await?;
     let data = master.shared.read();
@@ -206,7 +212,14 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
                 last_applied: i.last_applied,
                 reachable: true,
             },
-            Err(_) => MasterStatus { id, address, role: "unknown".to_string(), term: None, last_applied: None, reachable: false },
+            Err(_) => MasterStatus {
+                id,
+                address,
+                role: "unknown".to_string(),
+                term: None,
+                last_applied: None,
+                reachable: false,
+            },
         });
     }
     masters.sort_by_key(|m| m.id);

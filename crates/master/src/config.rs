@@ -72,9 +72,8 @@ impl MasterConfig {
 pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
     let mut peers = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, addr) = item
-            .split_once('=')
-            .ok_or_else(|| format!("peer '{item}' is not of the form ID=HOST:PORT"))?;
+        let (id, addr) =
+            item.split_once('=').ok_or_else(|| format!("peer '{item}' is not of the form ID=HOST:PORT"))?;
         let id: u64 = id.trim().parse().map_err(|_| format!("peer id '{id}' is not a number"))?;
         let addr = addr.trim();
         if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {

@@ -103,9 +103,10 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
         .fallback(api::fallback)
         .layer(axum::middleware::from_fn_with_state(token, auth::require_token));
     let server_stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned()).await
-    });
+    let server =
+        tokio::spawn(
+            async move { axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned()).await },
+        );
     tracing::info!(id = config.id, listen = %config.listen, pristine, "master started");
 
     if pristine {

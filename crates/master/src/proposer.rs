@@ -130,7 +130,9 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
 }
 
 /// Maps openraft's error of a linearizable read to ours.
-pub fn read_error(e: RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, openraft::BasicNode>>) -> ProposeError {
+pub fn read_error(
+    e: RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, openraft::BasicNode>>,
+) -> ProposeError {
     match e {
         RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
             ProposeError::NotLeader { leader: f.leader_id }

@@ -21,7 +21,10 @@ fn decode<T: serde::de::DeserializeOwned>(what: &'static str, req: Request<Envel
     codec::decode(what, &req.into_inner().payload).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-fn reply<T: serde::Serialize, E: std::fmt::Display>(what: &'static str, result: Result<T, E>) -> Result<Response<Envelope>, Status> {
+fn reply<T: serde::Serialize, E: std::fmt::Display>(
+    what: &'static str,
+    result: Result<T, E>,
+) -> Result<Response<Envelope>, Status> {
     let result: Result<T, String> = result.map_err(|e| e.to_string());
     let payload = codec::encode(what, &result).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(Envelope { payload }))

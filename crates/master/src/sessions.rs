@@ -221,7 +221,8 @@ async fn run_session(
     // point is pushed to the session, one committed before is found by the reconcile.
     let session_id = master.sessions.register(&name, term, tx.clone());
     let heartbeat_ms = master.config.heartbeat_interval().as_millis() as u64;
-    let _ = tx.send(MasterMsg { term, body: MasterBody::Welcome { leader: master.config.id, incarnation, heartbeat_ms } });
+    let _ =
+        tx.send(MasterMsg { term, body: MasterBody::Welcome { leader: master.config.id, incarnation, heartbeat_ms } });
     tracing::info!(worker = %name, incarnation, attached = attached.is_some(), "worker session open");
 
     reconcile(&master, &name, &known, term, &tx);

@@ -285,11 +285,8 @@ impl TaskResultView {
     /// Every task of a job in index order, `offset`/`limit` applied.
     pub fn list(job: &Job, offset: u64, limit: u64) -> Vec<Self> {
         let mut out = Vec::new();
-        let never_ran_state = if job.state == flotilla_core::state::JobState::Cancelled {
-            "cancelled"
-        } else {
-            "waiting"
-        };
+        let never_ran_state =
+            if job.state == flotilla_core::state::JobState::Cancelled { "cancelled" } else { "waiting" };
         let indices = job.spec.indices();
         for index in indices.iter().skip(offset as usize).take(limit as usize) {
             out.push(match job.tasks.get(&index) {

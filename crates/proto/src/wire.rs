@@ -31,8 +31,15 @@ pub enum WorkerMsg {
         highest_term: u64,
     },
     Heartbeat,
-    Started { task: TaskId, fence: Fence },
-    Finished { task: TaskId, fence: Fence, outcome: Outcome },
+    Started {
+        task: TaskId,
+        fence: Fence,
+    },
+    Finished {
+        task: TaskId,
+        fence: Fence,
+        outcome: Outcome,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,14 +56,24 @@ pub enum MasterBody {
         heartbeat_ms: u64,
     },
     /// This master does not lead; try the leader's address if known.
-    NotLeader { leader: Option<String> },
+    NotLeader {
+        leader: Option<String>,
+    },
     /// The session is refused for good (bad protocol, bad registration).
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     Run(RunTask),
     /// Stop this attempt: it was cancelled or fenced off.
-    Stop { task: TaskId, fence: Fence },
+    Stop {
+        task: TaskId,
+        fence: Fence,
+    },
     /// The result of this attempt is committed; the worker may forget it.
-    Ack { task: TaskId, fence: Fence },
+    Ack {
+        task: TaskId,
+        fence: Fence,
+    },
 }
 
 /// One committed assignment, with everything the worker needs to run it.

@@ -49,7 +49,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 
 /// A lazily connected HTTP/2 channel to a peer master.
 pub fn peer_channel(addr: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("bad peer address {addr}: {e}"))?;
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("bad peer address {addr}: {e}"))?;
     Ok(endpoint
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
@@ -73,7 +74,13 @@ enum CallError {
 }
 
 impl PeerConnection {
-    async fn call<Req, Resp, F, Fut>(&self, what: &'static str, req: &Req, ttl: Duration, send: F) -> Result<Resp, CallError>
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        what: &'static str,
+        req: &Req,
+        ttl: Duration,
+        send: F,
+    ) -> Result<Resp, CallError>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -107,12 +114,15 @@ impl PeerConnection {
         decoded.map_err(|remote| CallError::Unreachable(format!("master {} refused {what}: {remote}", self.target)))
     }
 
-    fn rpc_error<E: std::error::Error>(&self, action: RPCTypes, ttl: Duration, e: CallError) -> RPCError<NodeId, Node, E> {
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        action: RPCTypes,
+        ttl: Duration,
+        e: CallError,
+    ) -> RPCError<NodeId, Node, E> {
         match e {
             CallError::Unreachable(msg) => RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg))),
-            CallError::Timeout => {
-                RPCError::Timeout(Timeout { action, id: self.id, target: self.target, timeout: ttl })
-            }
+            CallError::Timeout => RPCError::Timeout(Timeout { action, id: self.id, target: self.target, timeout: ttl }),
             CallError::Network(msg) => RPCError::Network(NetworkError::new(&std::io::Error::other(msg))),
         }
     }

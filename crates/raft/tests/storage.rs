@@ -1,6 +1,8 @@
 //! openraft's storage conformance suite against the redb log store and the state machine store,
 //! plus restart and encoding checks of our own.
 
+#![allow(clippy::result_large_err)]
+
 use flotilla_core::{Command, JobSpec, Proposal};
 use flotilla_raft::log_store::LogStore;
 use flotilla_raft::state_machine::StateMachineStore;

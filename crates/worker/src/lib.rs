@@ -179,12 +179,15 @@ impl Agent {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Redirect(leader) => {
                     tracing::debug!(from = %address, leader = ?leader, "not the leader");
-                    let recently_failed = |a: &String| {
-                        unreachable.get(a).is_some_and(|t| t.elapsed() < Duration::from_millis(1000))
-                    };
+                    let recently_failed =
+                        |a: &String| unreachable.get(a).is_some_and(|t| t.elapsed() < Duration::from_millis(1000));
                     hint = leader.filter(|l| !recently_failed(l));
                     // Asking a follower is cheap; ask often so failover is quick.
-                    if hint.is_some() { Duration::from_millis(2) } else { Duration::from_millis(50) }
+                    if hint.is_some() {
+                        Duration::from_millis(2)
+                    } else {
+                        Duration::from_millis(50)
+                    }
                 }
                 SessionEnd::Lost(reason) => {
                     tracing::info!(master = %address, %reason, "session lost; reconnecting");
@@ -205,7 +208,12 @@ impl Agent {
     }
 
     /// Sleeps while still handling task events; true if shutdown was requested.
-    async fn wait(&mut self, delay: Duration, events: &mut mpsc::UnboundedReceiver<TaskEvent>, shutdown: &CancellationToken) -> bool {
+    async fn wait(
+        &mut self,
+        delay: Duration,
+        events: &mut mpsc::UnboundedReceiver<TaskEvent>,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + delay;
         loop {
             tokio::select! {
@@ -301,7 +309,10 @@ impl Agent {
         let heartbeat = match first.body {
             MasterBody::Welcome { leader, incarnation, heartbeat_ms } => {
                 if first.term < self.highest_term {
-                    return Ok(SessionEnd::Lost(format!("master {leader} is at term {} < {}", first.term, self.highest_term)));
+                    return Ok(SessionEnd::Lost(format!(
+                        "master {leader} is at term {} < {}",
+                        first.term, self.highest_term
+                    )));
                 }
                 self.highest_term = first.term;
                 tracing::info!(master = %address, leader, term = first.term, incarnation, "connected");
@@ -361,7 +372,9 @@ impl Agent {
     }
 
     fn on_run(&mut self, run: RunTask) {
-        if self.unacked.contains_key(&(run.task, run.fence)) || self.queued.iter().any(|q| q.task == run.task && q.fence == run.fence) {
+        if self.unacked.contains_key(&(run.task, run.fence))
+            || self.queued.iter().any(|q| q.task == run.task && q.fence == run.fence)
+        {
             return; // already done or waiting: a resend
         }
         if let Some(r) = self.running.get(&run.task) {

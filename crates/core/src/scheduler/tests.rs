@@ -21,15 +21,8 @@ impl Setup {
         self.state.apply(ctx, &Proposal { at_ms: self.index, commands: vec![c] }).remove(0)
     }
     fn worker(&mut self, name: &str, cpus: u32, labels: &[(&str, &str)]) {
-        let labels: BTreeMap<String, String> =
-            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.apply(Command::RegisterWorker(WorkerInfo {
-            name: name.into(),
-            instance: 1,
-            cpus,
-            memory: None,
-            labels,
-        }));
+        let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.apply(Command::RegisterWorker(WorkerInfo { name: name.into(), instance: 1, cpus, memory: None, labels }));
     }
     fn job(&mut self, tasks: u64, priority: i32, cpus: u32, selector: &[(&str, &str)]) -> u64 {
         let spec = JobSpec {
@@ -97,10 +90,7 @@ fn no_workers_is_reported() {
     let mut s = Setup::new();
     let j = s.job(1, 0, 1, &[]);
     assert!(plan(&s.state, 10).is_empty());
-    assert_eq!(
-        unschedulable_reason(&s.state, s.state.job(j).unwrap()).as_deref(),
-        Some("no workers are connected")
-    );
+    assert_eq!(unschedulable_reason(&s.state, s.state.job(j).unwrap()).as_deref(), Some("no workers are connected"));
 }
 
 #[test]

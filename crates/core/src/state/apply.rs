@@ -22,9 +22,7 @@ impl ClusterState {
             Command::SubmitJob { spec, request_id } => self.submit(ctx, spec, request_id.as_deref()),
             Command::CancelJob { job } => self.cancel(ctx, *job),
             Command::RegisterWorker(info) => self.register_worker(ctx, info),
-            Command::WorkerLost { name, incarnation, reason } => {
-                self.worker_lost(ctx, name, *incarnation, reason)
-            }
+            Command::WorkerLost { name, incarnation, reason } => self.worker_lost(ctx, name, *incarnation, reason),
             Command::Assign { placements } => self.assign(ctx, placements),
             Command::TaskStarted { task, fence, worker } => self.task_started(ctx, *task, *fence, worker),
             Command::TaskFinished { task, fence, worker, outcome } => {
@@ -100,9 +98,7 @@ impl ClusterState {
         };
         match job.state {
             JobState::Cancelled => return Response::JobCancelled { job: id, kill: Vec::new() },
-            s if s.is_terminal() => {
-                return Response::Invalid { error: format!("job {id} already {}", s.name()) }
-            }
+            s if s.is_terminal() => return Response::Invalid { error: format!("job {id} already {}", s.name()) },
             _ => {}
         }
         let mut kill: Vec<Kill> = Vec::new();
@@ -222,10 +218,8 @@ impl ClusterState {
         if task.losses > MAX_WORKER_LOSSES {
             let reason = format!("its worker was lost {} times (last: {worker})", task.losses);
             task.state = TaskState::Failed;
-            self.journal.record(
-                ctx.at_ms,
-                EventKind::TaskFailed { task: id, attempt: fence.attempt, reason: reason.clone() },
-            );
+            self.journal
+                .record(ctx.at_ms, EventKind::TaskFailed { task: id, attempt: fence.attempt, reason: reason.clone() });
             if let TaskSlot::Array(_) = id.slot {
                 move_count(&mut job.counts, was_running, Dest::Failed);
             }
@@ -324,14 +318,7 @@ impl ClusterState {
         }
     }
 
-    fn task_finished(
-        &mut self,
-        ctx: ApplyCtx,
-        id: TaskId,
-        fence: Fence,
-        worker: &str,
-        outcome: &Outcome,
-    ) -> Response {
+    fn task_finished(&mut self, ctx: ApplyCtx, id: TaskId, fence: Fence, worker: &str, outcome: &Outcome) -> Response {
         let current = self
             .jobs
             .get(&id.job)
@@ -357,12 +344,8 @@ impl ClusterState {
         let job = self.jobs.get_mut(&id.job).expect("job checked above");
         let retries = job.spec.retries;
         let task = task_mut(job, id.slot).expect("task checked above");
-        task.result = Some(TaskResult {
-            fence,
-            worker: worker.to_string(),
-            outcome: outcome.clone(),
-            finished_at: ctx.at_ms,
-        });
+        task.result =
+            Some(TaskResult { fence, worker: worker.to_string(), outcome: outcome.clone(), finished_at: ctx.at_ms });
         let dest = if outcome.succeeded() {
             task.state = TaskState::Succeeded;
             Dest::Succeeded

@@ -37,13 +37,7 @@ impl Driver {
     }
 
     pub fn worker(&mut self, name: &str, cpus: u32) -> u64 {
-        let info = WorkerInfo {
-            name: name.to_string(),
-            instance: 7,
-            cpus,
-            memory: None,
-            labels: BTreeMap::new(),
-        };
+        let info = WorkerInfo { name: name.to_string(), instance: 7, cpus, memory: None, labels: BTreeMap::new() };
         match self.apply(Command::RegisterWorker(info)) {
             Response::WorkerRegistered { incarnation, .. } => incarnation,
             other => panic!("register refused: {other:?}"),
@@ -86,11 +80,7 @@ pub(crate) fn outcome(exit: i32, stdout: &str) -> Outcome {
 }
 
 fn spec(array: &str) -> JobSpec {
-    JobSpec {
-        command: vec!["echo".into()],
-        array: Some(IndexSet::parse(array).unwrap()),
-        ..Default::default()
-    }
+    JobSpec { command: vec!["echo".into()], array: Some(IndexSet::parse(array).unwrap()), ..Default::default() }
 }
 
 impl ClusterState {
@@ -134,10 +124,8 @@ fn a_stale_result_is_rejected_journalled_and_changes_nothing_else() {
     d.submit(spec("1"));
     d.worker("a", 1);
     let run = d.schedule().remove(0);
-    let stale = crate::command::Assigned {
-        fence: Fence { attempt: run.fence.attempt + 1, ..run.fence },
-        ..run.clone()
-    };
+    let stale =
+        crate::command::Assigned { fence: Fence { attempt: run.fence.attempt + 1, ..run.fence }, ..run.clone() };
     let before = d.state.without_journal();
     let seq = d.state.journal().last_seq();
     assert!(matches!(d.finish(&stale, 0, "x"), Response::Stale { .. }));
@@ -208,9 +196,7 @@ fn cancelling_stops_running_attempts_and_drops_waiting_ones() {
     let job = d.submit(spec("1-10"));
     d.worker("a", 3);
     let runs = d.schedule();
-    let Response::JobCancelled { kill, .. } = d.apply(Command::CancelJob { job }) else {
-        panic!("cancel refused")
-    };
+    let Response::JobCancelled { kill, .. } = d.apply(Command::CancelJob { job }) else { panic!("cancel refused") };
     assert_eq!(kill.len(), runs.len());
     let j = d.state.job(job).unwrap();
     assert_eq!(j.state, JobState::Cancelled);
@@ -297,13 +283,20 @@ fn op() -> impl Strategy<Value = Op> {
                 zone
             }
         ),
-        (0u8..4, 1u8..4, 0u8..2, any::<bool>())
-            .prop_map(|(worker, cpus, zone, restart)| Op::Register { worker, cpus, zone, restart }),
+        (0u8..4, 1u8..4, 0u8..2, any::<bool>()).prop_map(|(worker, cpus, zone, restart)| Op::Register {
+            worker,
+            cpus,
+            zone,
+            restart
+        }),
         (0u8..4).prop_map(|worker| Op::Lose { worker }),
         (1u8..10).prop_map(|max| Op::Schedule { max }),
         any::<u16>().prop_map(|pick| Op::Start { pick }),
-        (any::<u16>(), any::<bool>(), proptest::bool::weighted(0.2))
-            .prop_map(|(pick, ok, stale)| Op::Finish { pick, ok, stale }),
+        (any::<u16>(), any::<bool>(), proptest::bool::weighted(0.2)).prop_map(|(pick, ok, stale)| Op::Finish {
+            pick,
+            ok,
+            stale
+        }),
         (0u8..8).prop_map(|pick| Op::Cancel { pick }),
         Just(Op::NewTerm),
     ]
@@ -373,8 +366,7 @@ fn run_op(d: &mut Driver, op: &Op) {
         }
         Op::Finish { pick, ok, stale } => {
             let flights = in_flight(&d.state);
-            let Some((task, worker, fence, _)) = flights.get(usize::from(pick) % flights.len().max(1)).cloned()
-            else {
+            let Some((task, worker, fence, _)) = flights.get(usize::from(pick) % flights.len().max(1)).cloned() else {
                 return;
             };
             let command = |fence| Command::TaskFinished {

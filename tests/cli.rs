@@ -1,0 +1,184 @@
+//! The CLI and API against bad input and without credentials: a clear one-line error, a
+//! non-zero exit where it is a CLI call, and nothing crashes or changes.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use flotilla_proto::api::SubmitRequest;
+
+/// Invariant: every bad request is refused with a clear message and leaves the cluster
+/// running and unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_crashes_nothing() {
+    let mut t = cluster(1, &[("a", 2)], &[]).await;
+    let masters = t.cluster.master_list();
+    let address = t.cluster.address(1);
+
+    let (code, _, err) = cli(&masters, &["submit", "--array", "1-x", "--", "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid array"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    let (code, _, err) = cli(&masters, &["submit", "--array", "5-1", "--", "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("ends before it starts"), "{err}");
+
+    let (code, _, err) = cli(&masters, &["submit"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no command"), "{err}");
+
+    let (code, _, err) = cli(&masters, &["submit", "--timeout", "soon", "--", "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("duration"), "{err}");
+
+    let (code, _, err) = cli(&masters, &["job", "show", "999"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no job 999"), "{err}");
+    let (code, _, err) = cli(&masters, &["job", "show", "abc"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a job id"), "{err}");
+    let (code, _, err) = cli(&masters, &["job", "cancel", "999"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no job 999"), "{err}");
+
+    let (status, body) = raw_http(&address, "POST", "/v1/jobs", &[("Content-Type", "application/json")], b"{not json");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid job JSON"), "{body}");
+    let (status, body) =
+        raw_http(&address, "POST", "/v1/jobs", &[], br#"{"command": ["true"], "array": "1-3", "cpus": 0}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cpus"), "{body}");
+    let (status, _) = raw_http(&address, "GET", "/v1/jobs/abc", &[], b"");
+    assert_eq!(status, 400);
+    let (status, _) = raw_http(&address, "GET", "/nowhere", &[], b"");
+    assert_eq!(status, 404);
+
+    let client = t.client();
+    assert!(client.jobs(false).await.expect("jobs").is_empty(), "no bad request created a job");
+
+    // A program that does not exist: the job fails, with the reason in its results.
+    let missing = SubmitRequest { command: vec!["/no/such/program".into()], ..Default::default() };
+    let id = client.submit(&missing).await.expect("submit").id;
+    let job = wait_job(&t, &client, id, LONG).await;
+    assert_eq!(job.state, "failed");
+    assert!(job.failure.as_deref().unwrap_or("").contains("could not start"), "{job:?}");
+    let (code, _, _) = cli(&masters, &["job", "wait", &id.to_string(), "--quiet"]);
+    assert_eq!(code, 1, "job wait reports the failure in its exit status");
+    let rows = client.results(id, 0, None, false).await.expect("results");
+    assert!(rows[0].error.as_deref().unwrap_or("").contains("No such file"), "{:?}", rows[0]);
+
+    // Huge output is cut at 64 KiB and marked as truncated.
+    let huge = SubmitRequest {
+        command: vec!["sh".into(), "-c".into(), "head -c 2000000 /dev/zero | tr '\\0' x".into()],
+        ..Default::default()
+    };
+    let id = client.submit(&huge).await.expect("submit").id;
+    assert_eq!(wait_job(&t, &client, id, LONG).await.state, "succeeded");
+    let rows = client.results(id, 0, None, false).await.expect("results");
+    assert!(rows[0].stdout_truncated);
+    assert_eq!(rows[0].stdout.len(), 64 * 1024);
+
+    // A task that exceeds its timeout is killed and counted as failed.
+    let slow = SubmitRequest {
+        command: vec!["sleep".into(), "30".into()],
+        timeout: Some("300ms".into()),
+        ..Default::default()
+    };
+    let id = client.submit(&slow).await.expect("submit").id;
+    let job = wait_job(&t, &client, id, LONG).await;
+    assert_eq!(job.state, "failed");
+    assert!(client.results(id, 0, None, false).await.expect("results")[0].timed_out);
+
+    // A job no worker can ever satisfy is reported, not silently stuck.
+    let (code, out, _) = cli(&masters, &["submit", "--cpus", "64", "--", "true"]);
+    assert_eq!(code, 0);
+    let (_, show, _) = cli(&masters, &["job", "show", out.trim()]);
+    assert!(show.contains("needs 64 cpus"), "{show}");
+    let (code, _, _) = cli(&masters, &["job", "cancel", out.trim()]);
+    assert_eq!(code, 0);
+
+    for (id, child) in t.cluster.masters.iter_mut() {
+        assert!(child.try_wait().expect("status").is_none(), "master {id} is still running");
+    }
+    for (name, child) in t.cluster.workers.iter_mut() {
+        assert!(child.try_wait().expect("status").is_none(), "worker {name} is still running");
+    }
+}
+
+/// Invariant: with a cluster token, a request without it gets 401 and changes nothing; with
+/// it, everything works (workers included). Without a token a master will not listen beyond
+/// loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_token_is_required_when_set() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = flotilla::local::free_port().expect("port");
+    let address = format!("127.0.0.1:{port}");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret\n").expect("token file");
+    let mut master = Command::new(EXE)
+        .args(["master", "--id", "1", "--listen", &address, "--peers", &format!("1={address}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("m1"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start master");
+    let mut worker = Command::new(EXE)
+        .args(["worker", "--masters", &address, "--cpus", "1", "--name", "w"])
+        .arg("--data-dir")
+        .arg(dir.path().join("w"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start worker");
+
+    let with = flotilla_client::Client::new(vec![address.clone()], Some("s3cret")).expect("client");
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        if with.status(false).await.is_ok_and(|s| s.workers.iter().any(|w| w.state == "ready")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker with the token never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (status, body) = raw_http(&address, "POST", "/v1/jobs", &[], br#"{"command": ["true"]}"#);
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = raw_http(&address, "GET", "/v1/status", &[("Authorization", "Bearer wrong")], b"");
+    assert_eq!(status, 401);
+    let (code, _, err) = cli(&address, &["submit", "--", "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("token"), "{err}");
+    assert!(with.jobs(false).await.expect("jobs").is_empty(), "refused requests changed nothing");
+
+    let id =
+        with.submit(&SubmitRequest { command: vec!["true".into()], ..Default::default() }).await.expect("submit").id;
+    let deadline = std::time::Instant::now() + LONG;
+    while with.job(id, false).await.expect("job").state != "succeeded" {
+        assert!(std::time::Instant::now() < deadline, "job with token did not run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let _ = worker.kill();
+    let _ = master.kill();
+    let _ = worker.wait();
+    let _ = master.wait();
+
+    // No token, non-loopback address: refused before listening.
+    let out = Command::new(EXE)
+        .args(["master", "--id", "1", "--listen", "0.0.0.0:0", "--peers", "1=10.0.0.1:7001"])
+        .arg("--data-dir")
+        .arg(dir.path().join("m2"))
+        .env_remove("FLOTILLA_TOKEN")
+        .output()
+        .expect("run master");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a cluster token"));
+}
