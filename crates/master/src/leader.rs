@@ -44,10 +44,11 @@ pub async fn watch_leadership(master: Arc<Master>, shutdown: CancellationToken) 
                     p.cancel.cancel();
                 }
                 master.sessions.clear();
-                let lead = Leadership { term, cancel: shutdown.child_token() };
+                let (ready_tx, ready) = tokio::sync::watch::channel(false);
+                let lead = Leadership { term, cancel: shutdown.child_token(), ready };
                 master.set_leadership(Some(lead.clone()));
                 tracing::info!(term, "became leader");
-                tokio::spawn(lead_term(master.clone(), lead));
+                tokio::spawn(lead_term(master.clone(), lead, ready_tx));
             }
             (false, Some(l)) => {
                 tracing::info!(term = l.term, "no longer leader");
@@ -68,7 +69,7 @@ pub async fn watch_leadership(master: Arc<Master>, shutdown: CancellationToken) 
     master.sessions.clear();
 }
 
-async fn lead_term(master: Arc<Master>, lead: Leadership) {
+async fn lead_term(master: Arc<Master>, lead: Leadership, ready: tokio::sync::watch::Sender<bool>) {
     // The election note doubles as a barrier: once it is applied, this leader's state holds
     // every entry committed before it took over.
     loop {
@@ -84,6 +85,8 @@ async fn lead_term(master: Arc<Master>, lead: Leadership) {
             }
         }
     }
+    ready.send_replace(true);
+    tracing::info!(term = lead.term, "leader ready");
     tokio::spawn(schedule(master.clone(), lead.clone()));
     tokio::spawn(watch_workers(master.clone(), lead.clone()));
     tokio::spawn(watch_masters(master, lead));

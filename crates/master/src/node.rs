@@ -16,11 +16,25 @@ use crate::proposer::Proposer;
 use crate::sessions::Sessions;
 use crate::watchdog::LeaderContact;
 
-/// Present while this master leads: the term, and a token cancelled when leadership ends.
+/// Present while this master leads: the term, a token cancelled when leadership ends, and
+/// whether the leader is ready (its state machine has applied everything committed before it
+/// took over, so decisions made from its state are current).
 #[derive(Clone)]
 pub struct Leadership {
     pub term: u64,
     pub cancel: CancellationToken,
+    pub ready: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Leadership {
+    /// Waits until the leader is ready; false if leadership ended or `timeout` passed first.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut ready = self.ready.clone();
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            r = tokio::time::timeout(timeout, ready.wait_for(|r| *r)) => matches!(r, Ok(Ok(_))),
+        }
+    }
 }
 
 pub struct Master {

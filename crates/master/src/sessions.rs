@@ -76,6 +76,11 @@ impl Sessions {
         *self.seen().entry(worker.to_string()).or_insert_with(Instant::now)
     }
 
+    /// Whether the worker has a session heard from within `within`.
+    pub fn is_connected(&self, worker: &str, within: Duration) -> bool {
+        self.lock().contains_key(worker) && self.last_seen(worker).is_some_and(|t| t.elapsed() < within)
+    }
+
     pub fn forget(&self, worker: &str) {
         self.seen().remove(worker);
         self.lock().remove(worker);
@@ -188,19 +193,32 @@ async fn run_session(
         return Ok(());
     };
     let term = lead.term;
+    // Reconciling from a state that misses entries committed before this leader took over
+    // would stop attempts that are in fact assigned; wait until the state is current.
+    if !lead.wait_ready(Duration::from_secs(10)).await {
+        let _ = tx.send(MasterMsg { term, body: MasterBody::NotLeader { leader: master.leader_address() } });
+        return Ok(());
+    }
     if info.name.is_empty() || info.name.len() > flotilla_core::model::MAX_NAME_LEN {
         refuse(term, "worker name must be 1 to 256 characters".to_string());
         return Ok(());
     }
 
     // Register, unless this very process is already a ready member (a re-attach).
-    let attached = {
+    let (attached, other_instance) = {
         let data = master.shared.read();
-        data.state
-            .worker(&info.name)
-            .filter(|w| w.state == WorkerState::Ready && w.instance == info.instance)
-            .map(|w| w.incarnation)
+        let ready = data.state.worker(&info.name).filter(|w| w.state == WorkerState::Ready);
+        (
+            ready.filter(|w| w.instance == info.instance).map(|w| w.incarnation),
+            ready.is_some_and(|w| w.instance != info.instance),
+        )
     };
+    // Another live process under the same name: two workers would keep evicting each other.
+    // A restarted worker is accepted once its old session is gone (closed, or timed out).
+    if other_instance && master.sessions.is_connected(&info.name, master.config.worker_timeout) {
+        refuse(term, format!("a worker named '{}' is already connected; give each worker a unique --name", info.name));
+        return Ok(());
+    }
     let incarnation = match attached {
         Some(i) => i,
         None => match master.proposer.propose_one(Command::RegisterWorker(info.clone())).await {
