@@ -213,7 +213,16 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
     for e in events.events.iter().filter(|e| e.kind != "task_rescheduled" || e.message.contains("lost")) {
         println!("    {}  {:<18} {}", e.time, e.kind, e.message);
     }
-    if !correct || job_state.state != "succeeded" {
+    println!();
+    let verdict = if correct && job_state.state == "succeeded" { "correct" } else { "WRONG" };
+    let top = result.lines().next().unwrap_or("(none)");
+    println!(
+        "Demo result: {verdict} (top word: {top}); new leader {:.2}s and first result {:.2}s after the leader SIGKILL{}",
+        to_leader.as_secs_f64(),
+        to_result.as_secs_f64(),
+        worker_figures.map(|m| format!("; worker loss handled in {:.2}s", m.as_secs_f64())).unwrap_or_default()
+    );
+    if verdict != "correct" {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

@@ -12,7 +12,47 @@ pub mod demo;
 pub mod local;
 pub mod roles;
 
+use std::io::IsTerminal;
 use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Cmd};
+
+/// Parses the command line, sets up logging and runs the command; the binary's `main`.
+pub fn main_entry() -> ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(cli.command, Cmd::Master(_) | Cmd::Worker(_));
+    let default_level = if server { "info" } else { "warn" };
+    // RUST_LOG takes `level` and `target=level` items, e.g. `info,flotilla_master=debug`.
+    let default = format!("{default_level},openraft=warn,openraft::core::raft_core=off");
+    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| default.parse().unwrap_or_else(|_| tracing_subscriber::filter::Targets::new()));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr))
+        .with(filter)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
 
 /// The cluster token from `--token-file FILE` or the `FLOTILLA_TOKEN` environment variable.
 pub fn read_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {

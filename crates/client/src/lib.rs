@@ -5,10 +5,12 @@
 //! its deadline. Transport failures are kept apart from answers the cluster gave
 //! ([`ClientError::Api`]), which are returned at once.
 
+pub mod http;
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -39,7 +41,7 @@ impl ClientError {
 
 pub struct Client {
     addresses: Vec<String>,
-    http: reqwest::Client,
+    http: http::HttpClient,
     leader: Mutex<Option<String>>,
     /// How long to keep retrying while no master can answer.
     pub retry_for: Duration,
@@ -56,18 +58,7 @@ impl Client {
         if addresses.is_empty() {
             return Err(ClientError::Config("no master address given (--masters or FLOTILLA_MASTERS)".into()));
         }
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(t) = token {
-            let value = flotilla_proto::bearer(t.trim())
-                .parse()
-                .map_err(|_| ClientError::Config("the token contains characters not allowed in a header".into()))?;
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(Duration::from_millis(800))
-            .build()
-            .map_err(|e| ClientError::Config(format!("cannot build HTTP client: {e}")))?;
+        let http = http::HttpClient::new(token).map_err(ClientError::Config)?;
         Ok(Client { addresses, http, leader: Mutex::new(None), retry_for: Duration::from_secs(15) })
     }
 
@@ -108,29 +99,21 @@ impl Client {
             while i < order.len() {
                 let address = order[i].clone();
                 i += 1;
-                let url = format!("http://{address}{path_and_query}");
-                let mut req = self.http.request(method.clone(), &url).timeout(attempt_timeout);
-                if let Some(b) = body {
-                    req = req.json(b);
-                }
-                let response = match req.send().await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        last = format!("{address}: {}", describe(&e));
-                        if self.leader_hint().as_deref() == Some(address.as_str()) {
-                            self.set_leader_hint(None);
+                let json = match body {
+                    Some(b) => Some(serde_json::to_vec(b).map_err(|e| ClientError::Config(e.to_string()))?),
+                    None => None,
+                };
+                let (status, bytes) =
+                    match self.http.send(method.clone(), &address, path_and_query, json, attempt_timeout).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            last = format!("{address}: {e}");
+                            if self.leader_hint().as_deref() == Some(address.as_str()) {
+                                self.set_leader_hint(None);
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                };
-                let status = response.status();
-                let bytes = match response.bytes().await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        last = format!("{address}: {}", describe(&e));
-                        continue;
-                    }
-                };
+                    };
                 if status.is_success() {
                     self.set_leader_hint(Some(address.clone()));
                     return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
@@ -228,15 +211,16 @@ impl Client {
 
     /// One master's own view of itself (never redirected).
     pub async fn node(&self, address: &str) -> Result<NodeInfo, ClientError> {
-        let url = format!("http://{address}/v1/node");
-        let r = self
+        let (status, body) = self
             .http
-            .get(&url)
-            .timeout(Duration::from_secs(1))
-            .send()
+            .send(Method::GET, address, "/v1/node", None, Duration::from_secs(1))
             .await
-            .map_err(|e| ClientError::Unavailable { tried: address.to_string(), last: describe(&e) })?;
-        r.json().await.map_err(|e| ClientError::Protocol { address: address.to_string(), detail: e.to_string() })
+            .map_err(|e| ClientError::Unavailable { tried: address.to_string(), last: e.to_string() })?;
+        if !status.is_success() {
+            return Err(ClientError::Protocol { address: address.to_string(), detail: format!("HTTP {status}") });
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol { address: address.to_string(), detail: e.to_string() })
     }
 }
 
@@ -245,16 +229,6 @@ fn stale_query(stale: bool, sep: char) -> String {
         format!("{sep}stale=true")
     } else {
         String::new()
-    }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_connect() {
-        "connection refused or unreachable".to_string()
-    } else if e.is_timeout() {
-        "timed out".to_string()
-    } else {
-        e.to_string()
     }
 }
 

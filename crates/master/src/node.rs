@@ -4,6 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flotilla_client::http::HttpClient;
+use hyper::Method;
 use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +46,7 @@ pub struct Master {
     pub proposer: Proposer,
     pub sessions: Sessions,
     /// Client for master-to-master HTTP calls (status fan-out, reachability checks).
-    pub http: reqwest::Client,
+    pub http: HttpClient,
     /// When a leader last replicated to this master (see `watchdog`).
     pub leader_contact: Arc<LeaderContact>,
     leadership: Mutex<Option<Leadership>>,
@@ -52,19 +54,7 @@ pub struct Master {
 
 impl Master {
     pub fn new(config: MasterConfig, raft: Raft, shared: Arc<Shared>) -> Result<Self, String> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = &config.token {
-            let value = flotilla_proto::bearer(token)
-                .parse()
-                .map_err(|_| "the cluster token contains characters not allowed in an HTTP header".to_string())?;
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let http = HttpClient::new(config.token.as_deref())?;
         let proposer = Proposer::start(raft.clone());
         Ok(Master {
             config,
@@ -140,17 +130,12 @@ impl Master {
 
     /// Asks another master for its own view (`GET /v1/node`).
     pub async fn fetch_node_info(&self, address: &str, timeout: Duration) -> Result<NodeInfo, String> {
-        let response = self
-            .http
-            .get(format!("http://{address}/v1/node"))
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
+        let (status, body) =
+            self.http.send(Method::GET, address, "/v1/node", None, timeout).await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
         }
-        response.json::<NodeInfo>().await.map_err(|e| e.to_string())
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
     }
 }
 

@@ -1,0 +1,83 @@
+//! A small HTTP/1.1 JSON client on `hyper-util` (already part of the gRPC stack), with the
+//! cluster token on every request, a connect timeout and a per-request timeout.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("connection refused or unreachable")]
+    Connect,
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Other(String),
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+    auth: Option<HeaderValue>,
+}
+
+impl HttpClient {
+    /// `token`: the cluster token, sent as `Authorization: Bearer …`.
+    pub fn new(token: Option<&str>) -> Result<Self, String> {
+        let auth = match token {
+            Some(t) => Some(
+                HeaderValue::from_str(&flotilla_proto::bearer(t.trim()))
+                    .map_err(|_| "the token contains characters not allowed in an HTTP header".to_string())?,
+            ),
+            None => None,
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(800)));
+        connector.set_nodelay(true);
+        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        Ok(HttpClient { inner, auth })
+    }
+
+    /// Sends one request to `http://{address}{path}`; returns the status and the whole body.
+    pub async fn send(
+        &self,
+        method: Method,
+        address: &str,
+        path: &str,
+        json_body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), HttpError> {
+        let mut builder = Request::builder().method(method).uri(format!("http://{address}{path}"));
+        if let Some(auth) = &self.auth {
+            builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        if json_body.is_some() {
+            builder = builder.header(CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(json_body.unwrap_or_default())))
+            .map_err(|e| HttpError::Other(format!("bad request for {address}{path}: {e}")))?;
+        let exchange = async {
+            let response = self.inner.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    HttpError::Connect
+                } else {
+                    HttpError::Other(e.to_string())
+                }
+            })?;
+            let status = response.status();
+            let body = response.into_body().collect().await.map_err(|e| HttpError::Other(e.to_string()))?;
+            Ok((status, body.to_bytes()))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(HttpError::Timeout),
+        }
+    }
+}
