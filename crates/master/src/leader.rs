@@ -31,10 +31,19 @@ const MAX_PLAN: usize = 2048;
 /// Follows Raft's view of who leads and starts or stops the duties.
 pub async fn watch_leadership(master: Arc<Master>, shutdown: CancellationToken) {
     let mut metrics = master.raft.metrics();
+    let lease_ms = master.config.raft.election_max.as_millis() as u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         let (leading, term) = {
             let m = metrics.borrow_and_update();
-            (m.state == ServerState::Leader && m.current_leader == Some(master.config.id), m.current_term)
+            // A leader that has not heard from a quorum within the lease may already be
+            // replaced on the other side of a partition: it stops acting as leader (closing
+            // worker sessions so workers find the new one) until a quorum answers again.
+            let quorum_fresh = m.millis_since_quorum_ack.is_none_or(|ms| ms <= lease_ms);
+            (
+                m.state == ServerState::Leader && m.current_leader == Some(master.config.id) && quorum_fresh,
+                m.current_term,
+            )
         };
         let current = master.leadership();
         match (leading, current) {
@@ -61,6 +70,7 @@ pub async fn watch_leadership(master: Arc<Master>, shutdown: CancellationToken) 
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = metrics.changed() => if changed.is_err() { break },
+            _ = tick.tick() => {}
         }
     }
     if let Some(l) = master.set_leadership(None) {

@@ -64,6 +64,8 @@ pub enum MasterError {
     LogStore(#[from] flotilla_raft::log_store::OpenError),
     #[error(transparent)]
     StateMachine(#[from] flotilla_raft::state_machine::OpenError),
+    #[error("data in {dir} is corrupt: {reason}")]
+    Corrupt { dir: std::path::PathBuf, reason: String },
     #[error("raft: {0}")]
     Raft(String),
     #[error("server: {0}")]
@@ -79,9 +81,32 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
         .await
         .map_err(|source| MasterError::Bind { addr: config.listen, source })?;
 
-    let mut log_store = LogStore::open(&config.data_dir)?;
+    let (mut log_store, state_machine) = match open_stores(&config.data_dir) {
+        Ok(stores) => stores,
+        Err(StoreProblem::Other(e)) => return Err(e),
+        Err(StoreProblem::Corrupt(reason)) => {
+            // Never serve damaged data. If the group is running, move the damaged files aside
+            // and start empty: the leader then catches this master up (log or snapshot).
+            tracing::error!(dir = %config.data_dir.display(), %reason, "stored data is corrupt");
+            if !peers_run_a_group(&config).await {
+                return Err(MasterError::Corrupt {
+                    dir: config.data_dir.clone(),
+                    reason: format!("{reason}; no peer is running a group to rebuild from"),
+                });
+            }
+            let aside = quarantine(&config.data_dir)
+                .map_err(|source| MasterError::DataDir { path: config.data_dir.clone(), source })?;
+            tracing::warn!(moved_to = %aside.display(), "damaged files moved aside; rebuilding from the peers");
+            match open_stores(&config.data_dir) {
+                Ok(stores) => stores,
+                Err(StoreProblem::Other(e)) => return Err(e),
+                Err(StoreProblem::Corrupt(reason)) => {
+                    return Err(MasterError::Corrupt { dir: config.data_dir.clone(), reason })
+                }
+            }
+        }
+    };
     let pristine = log_store.is_pristine().await.map_err(|e| MasterError::Raft(e.to_string()))?;
-    let state_machine = StateMachineStore::open(&config.data_dir)?;
     let shared = state_machine.shared();
     let raft_config = Arc::new(config.raft.to_config().map_err(|e| MasterError::Raft(e.to_string()))?);
     let network = GrpcNetwork { id: config.id, token: config.token.as_deref().map(Arc::from) };
@@ -129,6 +154,61 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
         Ok(Ok(Err(e))) => Err(MasterError::Serve(e)),
         _ => Ok(()),
     }
+}
+
+enum StoreProblem {
+    Corrupt(String),
+    Other(MasterError),
+}
+
+fn open_stores(dir: &std::path::Path) -> Result<(LogStore, StateMachineStore), StoreProblem> {
+    let log = LogStore::open(dir).map_err(|e| {
+        if e.is_corruption() {
+            StoreProblem::Corrupt(e.to_string())
+        } else {
+            StoreProblem::Other(e.into())
+        }
+    })?;
+    let sm = StateMachineStore::open(dir).map_err(|e| {
+        if e.is_corruption() {
+            StoreProblem::Corrupt(e.to_string())
+        } else {
+            StoreProblem::Other(e.into())
+        }
+    })?;
+    Ok((log, sm))
+}
+
+/// Whether another master of `--peers` reports an initialised group.
+async fn peers_run_a_group(config: &MasterConfig) -> bool {
+    let Ok(http) = flotilla_client::http::HttpClient::new(config.token.as_deref()) else { return false };
+    for (id, address) in &config.peers {
+        if *id == config.id {
+            continue;
+        }
+        let answer = http.send(hyper::Method::GET, address, "/v1/node", None, Duration::from_secs(1)).await;
+        if let Ok((status, body)) = answer {
+            let info: Result<flotilla_proto::api::NodeInfo, _> = serde_json::from_slice(&body);
+            if status.is_success() && info.is_ok_and(|i| i.term > 0) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Moves the store files into `DIR/corrupt-<millis>/` (the data dir itself may be a mount
+/// point, so it is not renamed).
+fn quarantine(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    let aside = dir.join(format!("corrupt-{}", flotilla_proto::time::now_ms()));
+    std::fs::create_dir_all(&aside)?;
+    for name in ["raft-log.redb", "snapshot.redb"] {
+        let from = dir.join(name);
+        if from.exists() {
+            std::fs::rename(&from, aside.join(name))?;
+        }
+    }
+    Ok(aside)
 }
 
 /// Resolves when the Raft node stops by itself, with the reason.

@@ -95,8 +95,10 @@ impl Master {
             .or_else(|| self.config.peers.get(&id).cloned())
     }
 
+    /// The address of another master that leads, for redirects (never this master's own: a
+    /// leader that is not acting as one has nobody better to name).
     pub fn leader_address(&self) -> Option<String> {
-        self.leader_id().and_then(|id| self.address_of(id))
+        self.leader_id().filter(|id| *id != self.config.id).and_then(|id| self.address_of(id))
     }
 
     /// All masters of the group: id and address.

@@ -225,6 +225,10 @@ pub struct TaskResultView {
     pub timed_out: bool,
     pub error: Option<String>,
     pub attempts: u32,
+    /// Fencing token of the recorded result: the attempt that produced it and the term of
+    /// the leader that assigned it.
+    pub attempt: Option<u32>,
+    pub term: Option<u64>,
     pub worker: Option<String>,
     pub stdout: String,
     pub stderr: String,
@@ -249,6 +253,8 @@ impl TaskResultView {
             timed_out: r.is_some_and(|r| r.outcome.timed_out),
             error: r.and_then(|r| r.outcome.spawn_error.clone()),
             attempts: task.attempts,
+            attempt: r.map(|r| r.fence.attempt),
+            term: r.map(|r| r.fence.term),
             worker,
             stdout: r.map(|r| r.outcome.stdout.text.clone()).unwrap_or_default(),
             stderr: r.map(|r| r.outcome.stderr.text.clone()).unwrap_or_default(),
@@ -272,6 +278,8 @@ impl TaskResultView {
             timed_out: false,
             error: None,
             attempts: 0,
+            attempt: None,
+            term: None,
             worker: None,
             stdout: String::new(),
             stderr: String::new(),

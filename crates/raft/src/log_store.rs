@@ -41,6 +41,21 @@ pub enum OpenError {
         #[source]
         source: redb::Error,
     },
+    #[error("raft log {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+impl OpenError {
+    /// The stored data is damaged (as opposed to, say, held by another process).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            OpenError::Corrupt { .. } => true,
+            OpenError::Open { source, .. } => {
+                matches!(source, redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)))
+            }
+            OpenError::Init { source, .. } => matches!(source, redb::Error::Corrupted(_)),
+        }
+    }
 }
 
 /// The log store. Cloning shares the database; openraft uses a clone as its log reader.
@@ -61,8 +76,39 @@ impl LogStore {
             txn.commit()?;
             Ok(())
         };
-        init().map_err(|source| OpenError::Init { path, source })?;
-        Ok(LogStore { db: Arc::new(db) })
+        init().map_err(|source| OpenError::Init { path: path.clone(), source })?;
+        let store = LogStore { db: Arc::new(db) };
+        store.verify().map_err(|reason| OpenError::Corrupt { path, reason })?;
+        Ok(store)
+    }
+
+    /// Reads back everything stored: every entry decodes, sits at its own index, and the
+    /// entries are contiguous after the purge point; the metadata decodes. A master never
+    /// starts on a log it cannot trust.
+    fn verify(&self) -> Result<(), String> {
+        let check = || -> Result<(), BoxError> {
+            let _: Option<Vote<NodeId>> = read_meta(&self.db, KEY_VOTE)?;
+            let _: Option<Option<LogId>> = read_meta(&self.db, KEY_COMMITTED)?;
+            let purged: Option<LogId> = read_meta(&self.db, KEY_PURGED)?;
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(LOGS)?;
+            let mut expected = purged.map(|p| p.index + 1);
+            for item in table.iter()? {
+                let (k, v) = item?;
+                let entry = decode_entry(v.value())?;
+                if entry.log_id.index != k.value() {
+                    return Err(format!("entry stored at index {} says it is {}", k.value(), entry.log_id.index).into());
+                }
+                if let Some(e) = expected {
+                    if k.value() != e {
+                        return Err(format!("log has a gap: expected index {e}, found {}", k.value()).into());
+                    }
+                }
+                expected = Some(k.value() + 1);
+            }
+            Ok(())
+        };
+        check().map_err(|e| e.to_string())
     }
 
     /// True when nothing was ever written: no vote, no entry, nothing purged.

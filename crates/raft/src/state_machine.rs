@@ -64,12 +64,22 @@ pub enum OpenError {
         #[source]
         source: redb::Error,
     },
-    #[error("snapshot in {path} is corrupt ({source}); move the data directory aside so this master rebuilds from its peers")]
+    #[error("snapshot in {path} is corrupt: {source}")]
     Corrupt {
         path: PathBuf,
         #[source]
         source: codec::DecodeError,
     },
+}
+
+impl OpenError {
+    /// The stored data is damaged (as opposed to, say, held by another process).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            OpenError::Corrupt { .. } => true,
+            OpenError::Open { source, .. } => matches!(source, redb::Error::Corrupted(_)),
+        }
+    }
 }
 
 struct StoredSnapshot {

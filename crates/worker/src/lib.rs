@@ -181,7 +181,7 @@ impl Agent {
                     tracing::debug!(from = %address, leader = ?leader, "not the leader");
                     let recently_failed =
                         |a: &String| unreachable.get(a).is_some_and(|t| t.elapsed() < Duration::from_millis(1000));
-                    hint = leader.filter(|l| !recently_failed(l));
+                    hint = leader.filter(|l| *l != address && !recently_failed(l));
                     // Asking a follower is cheap; ask often so failover is quick.
                     if hint.is_some() {
                         Duration::from_millis(2)

@@ -1,0 +1,584 @@
+//! One scenario: start a cluster, run a workload with known answers, inject the scheduled
+//! faults, heal, then check every invariant.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use flotilla_client::Client;
+use flotilla_proto::api::SubmitRequest;
+
+use crate::cluster::{master_name, Cluster};
+use crate::faults::{Fault, JobPlan, Kind, Schedule};
+use crate::lin;
+use crate::rng::Rng;
+
+/// How long after the jobs finished the cluster must have converged.
+pub const CONVERGE_WITHIN: Duration = Duration::from_secs(30);
+/// How long jobs may take to finish after the faults heal.
+pub const FINISH_WITHIN: Duration = Duration::from_secs(120);
+
+pub struct Outcome {
+    pub faults: usize,
+    pub jobs: usize,
+    pub tasks: u64,
+    pub converged_in: Option<Duration>,
+    pub violations: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// What clients saw, for the linearizability check.
+#[derive(Default)]
+struct History {
+    events: Vec<lin::Event>,
+}
+
+struct Shared {
+    history: Mutex<History>,
+    /// term -> masters that said they led it.
+    leaders: Mutex<BTreeMap<u64, BTreeSet<u64>>>,
+    start: Instant,
+    /// Set when the background tasks of the scenario should end.
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn micros(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+}
+
+pub async fn run(cluster: &mut Cluster, schedule: &Schedule) -> anyhow::Result<Outcome> {
+    let mut notes = Vec::new();
+    let mut violations = Vec::new();
+    let disk_master = schedule.faults.iter().any(|f| f.kind == Kind::DiskFull).then_some(schedule.masters);
+    if let Some(id) = disk_master {
+        cluster.mount_small_disk(id, 48)?;
+    }
+    for id in cluster.master_ids.clone() {
+        cluster.start_master(id)?;
+    }
+    let client = cluster.client()?;
+    wait_for(Duration::from_secs(60), "a leader", || async { leader(cluster).await.is_some() }).await?;
+    for name in cluster.worker_names.clone() {
+        cluster.start_worker(&name)?;
+    }
+    let workers = cluster.worker_names.len();
+    wait_for(Duration::from_secs(60), "workers ready", || async {
+        client.status(false).await.is_ok_and(|s| s.workers.iter().filter(|w| w.state == "ready").count() >= workers)
+    })
+    .await?;
+
+    let shared = Arc::new(Shared {
+        history: Mutex::new(History::default()),
+        leaders: Mutex::new(BTreeMap::new()),
+        start: Instant::now(),
+        stop: Default::default(),
+    });
+    let observer = tokio::spawn(observe_leaders(
+        shared.clone(),
+        cluster.master_ids.iter().map(|id| (*id, cluster.master_addr(*id))).collect(),
+        cluster.token.clone(),
+    ));
+    let reader = tokio::spawn(read_jobs(shared.clone(), cluster.client()?));
+
+    // Jobs: all but the last now, the last while the first fault is active.
+    let mut plans: BTreeMap<u64, JobPlan> = BTreeMap::new();
+    let (first_jobs, late_job) = schedule.jobs.split_at(schedule.jobs.len() - 1);
+    let mut unknown_submits = 0usize;
+    for plan in first_jobs {
+        match submit(&shared, &client, plan).await {
+            Some(id) => {
+                plans.insert(id, plan.clone());
+            }
+            None => unknown_submits += 1,
+        }
+    }
+
+    for (k, fault) in schedule.faults.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(fault.after_ms)).await;
+        let applied = if k == 0 {
+            // The last job is submitted while the first fault holds.
+            let late = async {
+                tokio::time::sleep(Duration::from_millis(fault.hold_ms / 2)).await;
+                submit(&shared, &client, &late_job[0]).await
+            };
+            let (applied, id) = tokio::join!(inject(cluster, &client, fault, &mut notes, &mut violations), late);
+            match id {
+                Some(id) => {
+                    plans.insert(id, late_job[0].clone());
+                }
+                None => unknown_submits += 1,
+            }
+            applied
+        } else {
+            inject(cluster, &client, fault, &mut notes, &mut violations).await
+        };
+        if let Err(e) = applied {
+            violations.push(format!("fault {} could not be applied or healed: {e:#}", fault.kind.name()));
+        }
+    }
+    if schedule.faults.is_empty() {
+        if let Some(id) = submit(&shared, &client, &late_job[0]).await {
+            plans.insert(id, late_job[0].clone());
+        }
+    }
+
+    // Heal everything and bring every node back.
+    let _ = cluster.net.heal_all();
+    for id in cluster.master_ids.clone() {
+        cluster.pause_master(id, false);
+        if !cluster.masters.contains_key(&id) || cluster.master_exited(id).is_some() {
+            cluster.masters.remove(&id);
+            if let Some(dir) = Some(id).filter(|i| disk_master == Some(*i)) {
+                let _ = cluster.free_disk(dir);
+            }
+            cluster.start_master(id)?;
+        }
+    }
+    for name in cluster.worker_names.clone() {
+        cluster.pause_worker(&name, false);
+        if !cluster.workers.contains_key(&name) {
+            cluster.start_worker(&name)?;
+        }
+    }
+    let healed_at = Instant::now();
+
+    // Every job that exists must finish.
+    let finished = wait_for(FINISH_WITHIN, "all jobs finished", || async {
+        client
+            .jobs(false)
+            .await
+            .is_ok_and(|jobs| jobs.iter().all(|j| matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled")))
+    })
+    .await;
+    if let Err(e) = finished {
+        violations.push(format!("{e:#}"));
+    }
+    let converged_in = match converge(cluster, &client, healed_at, Instant::now() + CONVERGE_WITHIN).await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            violations.push(format!("{e:#}"));
+            None
+        }
+    };
+    shared.stop.store(true, Ordering::SeqCst);
+    let _ = reader.await;
+    let _ = observer.await;
+    // One last read, after everything settled.
+    let _ = list(&shared, &client).await;
+
+    let tasks = check_jobs(&client, &plans, unknown_submits, &mut violations).await;
+    check_leaders(&client, &shared, &mut violations).await;
+    let history = std::mem::take(&mut shared.history.lock().unwrap_or_else(|p| p.into_inner()).events);
+    if let Err(e) = lin::check(&history) {
+        violations.push(format!("client history is not linearizable: {e}"));
+    }
+    Ok(Outcome { faults: schedule.faults.len(), jobs: plans.len(), tasks, converged_in, violations, notes })
+}
+
+async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// The id of the master that says it leads, if one does.
+async fn leader(cluster: &Cluster) -> Option<u64> {
+    let client = cluster.client().ok()?;
+    for id in &cluster.master_ids {
+        if cluster.masters.get(id).is_none_or(|p| p.paused) {
+            continue;
+        }
+        if let Ok(info) = client.node(&cluster.master_addr(*id)).await {
+            if info.role == "leader" {
+                return Some(*id);
+            }
+        }
+    }
+    None
+}
+
+async fn submit(shared: &Shared, client: &Client, plan: &JobPlan) -> Option<u64> {
+    let request = SubmitRequest {
+        command: plan.command(),
+        array: Some(format!("1-{}", plan.tasks)),
+        retries: Some(if plan.flaky { 2 } else { 0 }),
+        reduce: Some("awk '{s+=$1} END {print s}'".into()),
+        ..Default::default()
+    };
+    let invoke = shared.micros();
+    let answer = client.submit(&request).await;
+    let complete = shared.micros();
+    let id = answer.ok().map(|s| s.id);
+    shared.history.lock().unwrap_or_else(|p| p.into_inner()).events.push(lin::Event {
+        op: lin::Op::Submit { id },
+        invoke,
+        complete: id.map(|_| complete),
+    });
+    id
+}
+
+async fn list(shared: &Shared, client: &Client) -> bool {
+    let invoke = shared.micros();
+    let Ok(jobs) = client.jobs(false).await else { return false };
+    let complete = shared.micros();
+    let mut h = shared.history.lock().unwrap_or_else(|p| p.into_inner());
+    // Keep the history within the checker's reach: reads are sampled more sparsely later on.
+    if h.events.len() < 120 {
+        h.events.push(lin::Event {
+            op: lin::Op::List { ids: jobs.iter().map(|j| j.id).collect() },
+            invoke,
+            complete: Some(complete),
+        });
+    }
+    true
+}
+
+async fn read_jobs(shared: Arc<Shared>, client: Client) {
+    let client = client.with_retry_for(Duration::from_secs(2));
+    while !shared.stop.load(Ordering::SeqCst) {
+        list(&shared, &client).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+}
+
+/// Polls every master's own view; records which masters claimed to lead which term.
+async fn observe_leaders(shared: Arc<Shared>, masters: Vec<(u64, String)>, token: String) {
+    let Ok(client) = Client::new(vec![masters[0].1.clone()], Some(&token)) else { return };
+    while !shared.stop.load(Ordering::SeqCst) {
+        for (id, addr) in &masters {
+            if let Ok(info) = client.node(addr).await {
+                if info.role == "leader" {
+                    shared.leaders.lock().unwrap_or_else(|p| p.into_inner()).entry(info.term).or_default().insert(*id);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// After healing (and once the jobs are done, so that the log stops moving): one leader,
+/// every master at the same applied index, every worker ready. Returns the time since `since`.
+async fn converge(cluster: &Cluster, client: &Client, since: Instant, deadline: Instant) -> anyhow::Result<Duration> {
+    loop {
+        let mut applied = BTreeSet::new();
+        let mut leaders = 0;
+        let mut all = true;
+        for id in &cluster.master_ids {
+            match client.node(&cluster.master_addr(*id)).await {
+                Ok(info) => {
+                    applied.insert(info.last_applied);
+                    leaders += usize::from(info.role == "leader");
+                }
+                Err(_) => all = false,
+            }
+        }
+        let ready =
+            client.status(false).await.map(|s| s.workers.iter().filter(|w| w.state == "ready").count()).unwrap_or(0);
+        if all && leaders == 1 && applied.len() == 1 && ready == cluster.worker_names.len() {
+            return Ok(since.elapsed());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "cluster did not converge: masters answering: {all}, leaders: {leaders}, applied indices: {applied:?}, ready workers: {ready}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every acknowledged job finished with every task recorded exactly once, from its latest
+/// attempt, with the right output; jobs with unknown submissions, if they exist, likewise.
+async fn check_jobs(
+    client: &Client,
+    plans: &BTreeMap<u64, JobPlan>,
+    unknown: usize,
+    violations: &mut Vec<String>,
+) -> u64 {
+    let mut tasks = 0;
+    let jobs = match client.jobs(false).await {
+        Ok(j) => j,
+        Err(e) => {
+            violations.push(format!("cannot list jobs: {e}"));
+            return 0;
+        }
+    };
+    for id in plans.keys() {
+        if !jobs.iter().any(|j| j.id == *id) {
+            violations.push(format!("acknowledged job {id} does not exist"));
+        }
+    }
+    let extra = jobs.iter().filter(|j| !plans.contains_key(&j.id)).count();
+    if extra > unknown {
+        violations
+            .push(format!("{extra} jobs nobody acknowledged, but only {unknown} submissions had unknown outcomes"));
+    }
+    for (id, plan) in plans {
+        let Ok(job) = client.job(*id, false).await else { continue };
+        if job.state != "succeeded" {
+            violations.push(format!("job {id} is {} ({:?})", job.state, job.failure));
+            continue;
+        }
+        let rows = match client.results(*id, 0, None, false).await {
+            Ok(r) => r,
+            Err(e) => {
+                violations.push(format!("job {id}: cannot read results: {e}"));
+                continue;
+            }
+        };
+        let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in &rows {
+            *seen.entry(r.index).or_default() += 1;
+            tasks += 1;
+            if r.stdout.trim() != plan.expected(r.index).to_string() {
+                violations.push(format!(
+                    "job {id} task {}: output {:?}, expected {}",
+                    r.index,
+                    r.stdout.trim(),
+                    plan.expected(r.index)
+                ));
+            }
+            if r.attempt != Some(r.attempts) {
+                violations.push(format!(
+                    "job {id} task {}: recorded result is from attempt {:?} but {} attempts were made (a fenced attempt's result)",
+                    r.index, r.attempt, r.attempts
+                ));
+            }
+        }
+        let wrong: Vec<u64> = (1..=plan.tasks).filter(|i| seen.get(i) != Some(&1)).collect();
+        if !wrong.is_empty() || seen.len() as u64 != plan.tasks {
+            violations.push(format!("job {id}: tasks not recorded exactly once: {:?}", &wrong[..wrong.len().min(10)]));
+        }
+        let expected_sum: u64 = (1..=plan.tasks).map(|i| plan.expected(i)).sum();
+        match client.result(*id, false).await.ok().and_then(|r| r.result) {
+            Some(r) if r.trim() == expected_sum.to_string() => {}
+            other => violations.push(format!("job {id}: reduce result {other:?}, expected {expected_sum}")),
+        }
+    }
+    tasks
+}
+
+/// Never two leaders in one term: neither in the journal nor in what masters said.
+async fn check_leaders(client: &Client, shared: &Shared, violations: &mut Vec<String>) {
+    let observed = shared.leaders.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (term, nodes) in &observed {
+        if nodes.len() > 1 {
+            violations.push(format!("masters {nodes:?} all claimed to lead term {term}"));
+        }
+    }
+    let Ok(events) = client.events(0, 10_000, Duration::ZERO, false).await else {
+        violations.push("cannot read the journal".into());
+        return;
+    };
+    let mut journal: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for e in events.events.iter().filter(|e| e.kind == "leader_elected") {
+        if let (Some(t), Some(n)) = (e.term, e.node) {
+            journal.entry(t).or_default().insert(n);
+        }
+    }
+    for (term, nodes) in &journal {
+        if nodes.len() > 1 {
+            violations.push(format!("journal: masters {nodes:?} elected in term {term}"));
+        }
+    }
+    // No assignment from a deposed leader: every recorded result's term had an elected leader
+    // that wrote its election entry first.
+    let Ok(jobs) = client.jobs(false).await else { return };
+    for j in jobs {
+        let Ok(rows) = client.results(j.id, 0, None, false).await else { continue };
+        for r in rows {
+            if let Some(term) = r.term {
+                if !journal.contains_key(&term) {
+                    violations.push(format!(
+                        "job {} task {}: assigned in term {term}, which has no elected leader",
+                        j.id, r.index
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Injects one fault, holds it, heals it.
+async fn inject(
+    cluster: &mut Cluster,
+    client: &Client,
+    fault: &Fault,
+    notes: &mut Vec<String>,
+    violations: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let hold = Duration::from_millis(fault.hold_ms);
+    let leader_id = leader(cluster).await.context("no leader to aim the fault at")?;
+    let followers: Vec<u64> = cluster.master_ids.iter().copied().filter(|id| *id != leader_id).collect();
+    let mut frng = Rng::new(fault.salt);
+    match fault.kind {
+        Kind::KillLeader => {
+            cluster.kill_master(leader_id);
+            tokio::time::sleep(hold).await;
+            cluster.start_master(leader_id)?;
+        }
+        Kind::KillMaster => {
+            let id = *frng.pick(&cluster.master_ids.clone());
+            cluster.kill_master(id);
+            tokio::time::sleep(hold).await;
+            cluster.start_master(id)?;
+        }
+        Kind::KillTwoMasters => {
+            let other = *frng.pick(&followers);
+            cluster.kill_master(leader_id);
+            cluster.kill_master(other);
+            tokio::time::sleep(hold).await;
+            cluster.start_master(leader_id)?;
+            cluster.start_master(other)?;
+        }
+        Kind::PauseLeader => {
+            cluster.pause_master(leader_id, true);
+            tokio::time::sleep(hold).await;
+            cluster.pause_master(leader_id, false);
+        }
+        Kind::PauseWorker | Kind::IsolateWorker | Kind::RestartWorker => {
+            let name =
+                busiest_worker(cluster, client).await.unwrap_or_else(|| frng.pick(&cluster.worker_names).clone());
+            match fault.kind {
+                Kind::PauseWorker => {
+                    cluster.pause_worker(&name, true);
+                    tokio::time::sleep(hold).await;
+                    cluster.pause_worker(&name, false);
+                }
+                Kind::IsolateWorker => {
+                    let masters: Vec<String> = cluster.master_ids.iter().map(|id| master_name(*id)).collect();
+                    cluster.net.partition(std::slice::from_ref(&name), &masters)?;
+                    tokio::time::sleep(hold).await;
+                    cluster.net.heal_all()?;
+                }
+                _ => {
+                    cluster.kill_worker(&name);
+                    tokio::time::sleep(hold).await;
+                    cluster.start_worker(&name)?;
+                }
+            }
+        }
+        Kind::PartitionLeader => {
+            let others: Vec<String> = followers.iter().map(|id| master_name(*id)).collect();
+            cluster.net.partition(&[master_name(leader_id)], &others)?;
+            tokio::time::sleep(hold).await;
+            cluster.net.heal_all()?;
+        }
+        Kind::MinorityIsland => {
+            let size = if cluster.master_ids.len() >= 5 { 2 } else { 1 };
+            let mut island = followers.clone();
+            while island.len() > size {
+                let drop = frng.range(0, island.len() as u64 - 1) as usize;
+                island.remove(drop);
+            }
+            let island_names: Vec<String> = island.iter().map(|id| master_name(*id)).collect();
+            let mut rest: Vec<String> =
+                cluster.master_ids.iter().filter(|id| !island.contains(id)).map(|id| master_name(*id)).collect();
+            rest.extend(cluster.worker_names.iter().cloned());
+            cluster.net.partition(&island_names, &rest)?;
+            tokio::time::sleep(hold).await;
+            cluster.net.heal_all()?;
+        }
+        Kind::OneWayCut => {
+            let to = *frng.pick(&followers);
+            cluster.net.cut(&master_name(leader_id), &master_name(to))?;
+            tokio::time::sleep(hold).await;
+            cluster.net.heal_all()?;
+        }
+        Kind::WipeFollower | Kind::CorruptFollower => {
+            let id = *frng.pick(&followers);
+            cluster.kill_master(id);
+            if fault.kind == Kind::WipeFollower {
+                cluster.wipe_master(id)?;
+            } else {
+                cluster.corrupt_master(id, fault.salt)?;
+            }
+            tokio::time::sleep(hold).await;
+            cluster.start_master(id)?;
+            // It must come back as a follower holding the leader's state, never serving the
+            // damaged data: wait until its applied index reaches the leader's.
+            let addr = cluster.master_addr(id);
+            let caught_up = wait_for(Duration::from_secs(60), "the rebuilt master to catch up", || async {
+                let (Ok(me), Some(l)) = (client.node(&addr).await, leader(cluster).await) else { return false };
+                let Ok(lead) = client.node(&cluster.master_addr(l)).await else { return false };
+                me.role == "follower"
+                    && me.last_applied.is_some()
+                    && me.last_applied >= lead.last_applied.map(|a| a.saturating_sub(5))
+            })
+            .await;
+            if let Err(e) = caught_up {
+                violations.push(format!("{} of master {id}: {e:#}", fault.kind.name()));
+            }
+            if fault.kind == Kind::CorruptFollower {
+                let log =
+                    std::fs::read_to_string(cluster.dir.join("logs").join(format!("m{id}.log"))).unwrap_or_default();
+                if log.contains("corrupt") {
+                    notes.push(format!("master {id} detected its corrupt log and rebuilt from its peers"));
+                } else {
+                    notes.push(format!("master {id}: the corruption was not in data it reads at start"));
+                }
+            }
+        }
+        Kind::DiskFull => {
+            let id = cluster.master_ids.len() as u64;
+            let filled = cluster.fill_disk(id)?;
+            let deadline = Instant::now() + hold;
+            let mut stopped = None;
+            while Instant::now() < deadline {
+                if let Some(status) = cluster.master_exited(id) {
+                    stopped = Some(status);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if stopped.is_none() {
+                tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                stopped = cluster.master_exited(id);
+            }
+            let log = std::fs::read_to_string(cluster.dir.join("logs").join(format!("m{id}.log"))).unwrap_or_default();
+            match stopped {
+                Some(status) => {
+                    if !log.contains("No space left") {
+                        violations.push(format!("master {id} stopped on a full disk ({status}) without saying why"));
+                    }
+                    notes.push(format!(
+                        "master {id} stopped on a full disk ({} MiB filled) with a clear error",
+                        filled >> 20
+                    ));
+                }
+                None => notes.push(format!("master {id} kept running on a full disk (nothing to write)")),
+            }
+            cluster.free_disk(id)?;
+            if stopped.is_some() {
+                cluster.masters.remove(&id);
+                cluster.start_master(id)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The worker holding the most running tasks right now.
+async fn busiest_worker(cluster: &Cluster, client: &Client) -> Option<String> {
+    let status = client.status(false).await.ok()?;
+    status
+        .workers
+        .iter()
+        .filter(|w| w.state == "ready" && cluster.workers.contains_key(&w.name))
+        .max_by_key(|w| w.cpus_used)
+        .filter(|w| w.cpus_used > 0)
+        .map(|w| w.name.clone())
+}
