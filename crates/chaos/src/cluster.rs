@@ -182,7 +182,7 @@ impl Cluster {
         let path = self.master_dir(id).join("raft-log.redb");
         let len = std::fs::metadata(&path)?.len();
         let mut f = File::options().write(true).open(&path)?;
-        let mut rng = crate::rng::Rng::new(seed);
+        let mut rng = flotilla_core::rng::Rng::new(seed);
         let block: Vec<u8> = (0..512).map(|_| rng.next_u64() as u8).collect();
         let mut at = 4096;
         while at + 512 < len {

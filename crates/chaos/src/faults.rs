@@ -1,6 +1,6 @@
 //! The fault kinds and the seeded schedule of a scenario.
 
-use crate::rng::Rng;
+use flotilla_core::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {

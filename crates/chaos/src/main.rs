@@ -20,7 +20,6 @@ mod cluster;
 mod faults;
 mod lin;
 mod netns;
-mod rng;
 mod scenario;
 
 use std::collections::BTreeMap;
@@ -109,7 +108,7 @@ fn run() -> anyhow::Result<bool> {
         Some(s) => vec![Schedule::generate(parse_seed(s)?, &forced)],
         None => (0..args.scenarios)
             .map(|k| {
-                let seed = rng::scenario_seed(args.seed, k);
+                let seed = flotilla_core::rng::scenario_seed(args.seed, k);
                 if args.cover_all {
                     let a = ALL[(2 * k as usize) % ALL.len()];
                     let b = ALL[(2 * k as usize + 1) % ALL.len()];
@@ -131,7 +130,7 @@ fn run() -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
 
     let base = tempfile_dir()?;
-    let token = format!("chaos-{:x}", rng::Rng::new(args.seed ^ std::process::id() as u64).next_u64());
+    let token = format!("chaos-{:x}", flotilla_core::rng::Rng::new(args.seed ^ std::process::id() as u64).next_u64());
     let token_file = base.join("token");
     std::fs::write(&token_file, &token)?;
     let mut cluster = Cluster {

@@ -14,7 +14,7 @@ use flotilla_proto::api::SubmitRequest;
 use crate::cluster::{master_name, Cluster};
 use crate::faults::{Fault, JobPlan, Kind, Schedule};
 use crate::lin;
-use crate::rng::Rng;
+use flotilla_core::rng::Rng;
 
 /// How long after the jobs finished the cluster must have converged.
 pub const CONVERGE_WITHIN: Duration = Duration::from_secs(30);
@@ -421,7 +421,16 @@ async fn inject(
     violations: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let hold = Duration::from_millis(fault.hold_ms);
-    let leader_id = leader(cluster).await.context("no leader to aim the fault at")?;
+    // The previous fault may have left an election going: wait for its outcome.
+    let mut leader_id = None;
+    for _ in 0..300 {
+        leader_id = leader(cluster).await;
+        if leader_id.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader_id = leader_id.context("no leader within 30 s to aim the fault at")?;
     let followers: Vec<u64> = cluster.master_ids.iter().copied().filter(|id| *id != leader_id).collect();
     let mut frng = Rng::new(fault.salt);
     match fault.kind {

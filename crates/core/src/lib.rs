@@ -9,14 +9,18 @@
 //! - [`command`]: the commands in the Raft log and their responses.
 //! - [`state`]: [`state::ClusterState`] and `apply`, the transition function.
 //! - [`scheduler`]: state snapshot in, placement plan out.
+//! - [`session`]: the leader's decisions in a worker session (reconcile, replies).
 //! - [`journal`]: the replicated event journal.
 //! - [`units`]: durations and sizes as users write them.
+//! - [`rng`]: a seeded generator for tests, simulations and fault schedules.
 
 pub mod command;
 pub mod index_set;
 pub mod journal;
 pub mod model;
+pub mod rng;
 pub mod scheduler;
+pub mod session;
 pub mod state;
 pub mod units;
 

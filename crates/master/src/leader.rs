@@ -19,11 +19,10 @@ use flotilla_core::command::Assigned;
 use flotilla_core::scheduler;
 use flotilla_core::state::WorkerState;
 use flotilla_core::{Command, Response};
-use flotilla_proto::wire::MasterBody;
+use flotilla_proto::wire::{MasterBody, RunTask};
 
 use crate::node::{Leadership, Master};
 use crate::proposer::ProposeError;
-use crate::sessions::run_message;
 
 /// Most placements in one plan (one log entry).
 const MAX_PLAN: usize = 2048;
@@ -134,7 +133,7 @@ async fn schedule(master: Arc<Master>, lead: Leadership) {
 pub fn push_runs(master: &Master, runs: &[Assigned]) {
     let data = master.shared.read();
     for run in runs {
-        if let Some(msg) = run_message(&data.state, run.task, run.fence) {
+        if let Some(msg) = RunTask::for_attempt(&data.state, run.task, run.fence) {
             master.sessions.send(&run.worker, MasterBody::Run(msg));
         }
     }

@@ -5,7 +5,7 @@
 //! Only the leader keeps sessions; on losing leadership every session is closed, and workers
 //! reconnect to the new leader.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,8 +16,9 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use flotilla_core::model::{Fence, TaskId, TaskSlot};
-use flotilla_core::state::{ClusterState, WorkerState};
+use flotilla_core::model::{Fence, TaskId};
+use flotilla_core::session::{self, Reply};
+use flotilla_core::state::WorkerState;
 use flotilla_core::{Command, Response as Applied};
 use flotilla_proto::codec;
 use flotilla_proto::grpc::worker_service_server::WorkerService;
@@ -105,27 +106,6 @@ impl Sessions {
             map.remove(worker);
         }
     }
-}
-
-/// The message that makes a worker run one committed attempt, built from the state.
-pub fn run_message(state: &ClusterState, task: TaskId, fence: Fence) -> Option<RunTask> {
-    let job = state.job(task.job)?;
-    let (command, stdin) = match task.slot {
-        TaskSlot::Array(_) => (job.spec.command.clone(), None),
-        TaskSlot::Reduce => {
-            let reduce = job.spec.reduce.clone()?;
-            (vec!["/bin/sh".to_string(), "-c".to_string(), reduce], Some(job.reduce_input()))
-        }
-    };
-    Some(RunTask {
-        task,
-        fence,
-        command,
-        env: job.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        cpus: job.spec.cpus,
-        timeout_ms: job.spec.timeout_ms,
-        stdin,
-    })
 }
 
 /// The gRPC service workers connect to.
@@ -253,23 +233,18 @@ async fn run_session(
     result
 }
 
-/// Makes the worker hold exactly the attempts the state assigns to it: resend committed
-/// assignments it does not know, stop attempts the state no longer gives it.
+/// Sends a (re)connected worker the committed assignments it lacks and stops the attempts
+/// the state no longer gives it.
 fn reconcile(master: &Master, name: &str, known: &[(TaskId, Fence)], term: u64, tx: &mpsc::UnboundedSender<MasterMsg>) {
-    let known: BTreeMap<TaskId, Fence> = known.iter().copied().collect();
     let data = master.shared.read();
-    let assigned = data.state.worker(name).map(|w| w.tasks.clone()).unwrap_or_default();
-    for (task, fence) in &assigned {
-        if known.get(task) != Some(fence) {
-            if let Some(run) = run_message(&data.state, *task, *fence) {
-                let _ = tx.send(MasterMsg { term, body: MasterBody::Run(run) });
-            }
+    let plan = session::reconcile(&data.state, name, known);
+    for (task, fence) in plan.run {
+        if let Some(run) = RunTask::for_attempt(&data.state, task, fence) {
+            let _ = tx.send(MasterMsg { term, body: MasterBody::Run(run) });
         }
     }
-    for (task, fence) in &known {
-        if assigned.get(task) != Some(fence) {
-            let _ = tx.send(MasterMsg { term, body: MasterBody::Stop { task: *task, fence: *fence } });
-        }
+    for (task, fence) in plan.stop {
+        let _ = tx.send(MasterMsg { term, body: MasterBody::Stop { task, fence } });
     }
 }
 
@@ -309,12 +284,11 @@ async fn session_loop(
                 Ok(Ok(mut r)) => r.pop(),
                 _ => None, // not committed: the worker resends after reconnecting
             };
-            let body = match (reply, finished) {
-                (Some(Applied::ResultRecorded | Applied::Duplicate | Applied::Stale { .. }), true) => {
-                    MasterBody::Ack { task, fence }
-                }
-                (Some(Applied::Stale { .. }), false) => MasterBody::Stop { task, fence },
-                _ => return,
+            let Some(reply) = reply else { return };
+            let body = match session::reply(&reply, finished) {
+                Reply::Ack => MasterBody::Ack { task, fence },
+                Reply::Stop => MasterBody::Stop { task, fence },
+                Reply::Nothing => return,
             };
             if let Some(tx) = tx.upgrade() {
                 let _ = tx.send(MasterMsg { term, body });

@@ -45,24 +45,33 @@ const STAGGER: Duration = Duration::from_millis(60);
 pub async fn run(master: Arc<Master>, shutdown: CancellationToken) {
     let lease = master.config.raft.election_max;
     let mut last_trigger: Option<Instant> = None;
+    // Silence only counts since this master last saw who leads change: a master that was
+    // leader itself, was paused, or just restarted has an old contact time, and must give the
+    // leader it now follows a full lease before standing against it.
+    let mut view: Option<(ServerState, Option<u64>, u64)> = None;
+    let mut view_since = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
-        let (state, leader, members) = {
+        let (state, leader, term, members) = {
             let metrics = master.raft.metrics();
             let m = metrics.borrow();
             let members: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-            (m.state, m.current_leader, members)
+            (m.state, m.current_leader, m.current_term, members)
         };
+        if view != Some((state, leader, term)) {
+            view = Some((state, leader, term));
+            view_since = Instant::now();
+        }
         if !matches!(state, ServerState::Follower | ServerState::Candidate) || leader.is_none() {
             continue;
         }
         let mut others: Vec<u64> = members.into_iter().filter(|id| Some(*id) != leader).collect();
         others.sort_unstable();
         let Some(rank) = others.iter().position(|id| *id == master.config.id) else { continue };
-        let silent = master.leader_contact.silent_for();
+        let silent = master.leader_contact.silent_for().min(view_since.elapsed());
         if silent < lease + MARGIN + STAGGER * rank as u32 {
             continue;
         }

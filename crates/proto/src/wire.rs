@@ -15,7 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_core::model::{Fence, NodeId, Outcome, TaskId};
+use flotilla_core::model::{Fence, NodeId, Outcome, TaskId, TaskSlot};
+use flotilla_core::state::ClusterState;
 use flotilla_core::WorkerInfo;
 
 /// Bumped when session messages change incompatibly.
@@ -87,4 +88,29 @@ pub struct RunTask {
     pub timeout_ms: Option<u64>,
     /// Bytes for the process's stdin (the reduce step's input); none means /dev/null.
     pub stdin: Option<String>,
+}
+
+impl RunTask {
+    /// The message that makes a worker run one committed attempt, built from the state:
+    /// the job's command, or for the reduce step `/bin/sh -c REDUCE` with the tasks' stdout
+    /// on its stdin.
+    pub fn for_attempt(state: &ClusterState, task: TaskId, fence: Fence) -> Option<RunTask> {
+        let job = state.job(task.job)?;
+        let (command, stdin) = match task.slot {
+            TaskSlot::Array(_) => (job.spec.command.clone(), None),
+            TaskSlot::Reduce => {
+                let reduce = job.spec.reduce.clone()?;
+                (vec!["/bin/sh".to_string(), "-c".to_string(), reduce], Some(job.reduce_input()))
+            }
+        };
+        Some(RunTask {
+            task,
+            fence,
+            command,
+            env: job.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            cpus: job.spec.cpus,
+            timeout_ms: job.spec.timeout_ms,
+            stdin,
+        })
+    }
 }

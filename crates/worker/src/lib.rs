@@ -12,9 +12,10 @@
 //! Messages from a term lower than the highest seen are ignored (a deposed leader cannot make
 //! this worker act).
 
+pub mod book;
 pub mod runner;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,13 +23,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
-use flotilla_core::model::{Fence, Outcome, TaskId};
+use flotilla_core::model::{Fence, TaskId};
 use flotilla_core::WorkerInfo;
 use flotilla_proto::codec;
 use flotilla_proto::grpc::worker_service_client::WorkerServiceClient;
 use flotilla_proto::grpc::Envelope;
-use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_VERSION};
+use flotilla_proto::wire::{MasterBody, MasterMsg, WorkerMsg, PROTOCOL_VERSION};
 
+use book::{Action, Book};
 use runner::{Ended, PgidDir};
 
 #[derive(Clone, Debug)]
@@ -62,23 +64,13 @@ enum TaskEvent {
     Ended(TaskId, Fence, Ended),
 }
 
-struct Running {
-    fence: Fence,
-    cpus: u32,
-    stop: CancellationToken,
-}
-
-/// The worker's bookkeeping, owned by the session loop.
+/// The worker process: its bookkeeping plus the processes it runs.
 struct Agent {
     config: WorkerConfig,
     instance: u64,
-    highest_term: u64,
-    running: HashMap<TaskId, Running>,
-    /// Assignments waiting for free cpus (the master should not over-assign; this is a guard).
-    queued: VecDeque<RunTask>,
-    cpus_used: u32,
-    /// Finished attempts not yet acknowledged by a leader, resent after each reconnect.
-    unacked: BTreeMap<(TaskId, Fence), Outcome>,
+    book: Book,
+    /// Stop handles of the processes running now.
+    processes: HashMap<(TaskId, Fence), CancellationToken>,
     pgids: PgidDir,
     events: mpsc::UnboundedSender<TaskEvent>,
     /// The current session got a welcome (resets the reconnect backoff).
@@ -103,26 +95,23 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
         instance: random_u64(),
-        highest_term: 0,
-        running: HashMap::new(),
-        queued: VecDeque::new(),
-        cpus_used: 0,
-        unacked: BTreeMap::new(),
+        book: Book::new(config.cpus),
+        processes: HashMap::new(),
         pgids,
         events: events_tx,
         welcomed: false,
         config,
     };
     let result = agent.serve(&mut events_rx, &shutdown).await;
-    for r in agent.running.values() {
-        r.stop.cancel();
+    for stop in agent.processes.values() {
+        stop.cancel();
     }
     // Give runners a moment to kill their process groups.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while !agent.running.is_empty() {
+    while !agent.processes.is_empty() {
         match tokio::time::timeout_at(deadline, events_rx.recv()).await {
-            Ok(Some(TaskEvent::Ended(task, _, _))) => {
-                agent.running.remove(&task);
+            Ok(Some(TaskEvent::Ended(task, fence, _))) => {
+                agent.processes.remove(&(task, fence));
             }
             Ok(Some(_)) => {}
             _ => break,
@@ -225,9 +214,6 @@ impl Agent {
     }
 
     fn hello(&self) -> WorkerMsg {
-        let mut known: Vec<(TaskId, Fence)> = self.running.iter().map(|(t, r)| (*t, r.fence)).collect();
-        known.extend(self.queued.iter().map(|r| (r.task, r.fence)));
-        known.extend(self.unacked.keys().copied());
         WorkerMsg::Hello {
             protocol: PROTOCOL_VERSION,
             info: WorkerInfo {
@@ -237,8 +223,8 @@ impl Agent {
                 memory: self.config.memory,
                 labels: self.config.labels.clone(),
             },
-            known,
-            highest_term: self.highest_term,
+            known: self.book.known(),
+            highest_term: self.book.highest_term(),
         }
     }
 
@@ -308,13 +294,13 @@ impl Agent {
         };
         let heartbeat = match first.body {
             MasterBody::Welcome { leader, incarnation, heartbeat_ms } => {
-                if first.term < self.highest_term {
+                if !self.book.accept_term(first.term) {
                     return Ok(SessionEnd::Lost(format!(
                         "master {leader} is at term {} < {}",
-                        first.term, self.highest_term
+                        first.term,
+                        self.book.highest_term()
                     )));
                 }
-                self.highest_term = first.term;
                 tracing::info!(master = %address, leader, term = first.term, incarnation, "connected");
                 Duration::from_millis(heartbeat_ms.max(10))
             }
@@ -325,8 +311,8 @@ impl Agent {
         self.welcomed = true;
 
         // Deliver what finished while no leader listened.
-        for ((task, fence), outcome) in &self.unacked {
-            send(&WorkerMsg::Finished { task: *task, fence: *fence, outcome: outcome.clone() });
+        for msg in self.book.unacked() {
+            send(&msg);
         }
         let mut beat = tokio::time::interval(heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -353,15 +339,20 @@ impl Agent {
                         Ok(m) => m,
                         Err(e) => return Ok(SessionEnd::Lost(e.to_string())),
                     };
-                    if msg.term < self.highest_term {
-                        tracing::warn!(term = msg.term, highest = self.highest_term, "ignoring a message from a deposed leader");
+                    if !self.book.accept_term(msg.term) {
+                        tracing::warn!(term = msg.term, highest = self.book.highest_term(), "ignoring a message from a deposed leader");
                         continue;
                     }
-                    self.highest_term = msg.term;
                     match msg.body {
-                        MasterBody::Run(run) => self.on_run(run),
-                        MasterBody::Stop { task, fence } => self.on_stop(task, fence),
-                        MasterBody::Ack { task, fence } => { self.unacked.remove(&(task, fence)); }
+                        MasterBody::Run(run) => {
+                            let actions = self.book.on_run(run);
+                            self.execute(actions);
+                        }
+                        MasterBody::Stop { task, fence } => {
+                            let actions = self.book.on_stop(task, fence);
+                            self.execute(actions);
+                        }
+                        MasterBody::Ack { task, fence } => self.book.on_ack(task, fence),
                         MasterBody::NotLeader { leader } => return Ok(SessionEnd::Redirect(leader)),
                         MasterBody::Refused { reason } => return Err(WorkerError::Refused(reason)),
                         MasterBody::Welcome { .. } => {}
@@ -371,58 +362,32 @@ impl Agent {
         }
     }
 
-    fn on_run(&mut self, run: RunTask) {
-        if self.unacked.contains_key(&(run.task, run.fence))
-            || self.queued.iter().any(|q| q.task == run.task && q.fence == run.fence)
-        {
-            return; // already done or waiting: a resend
-        }
-        if let Some(r) = self.running.get(&run.task) {
-            if r.fence == run.fence {
-                return;
+    /// Starts or kills processes as the bookkeeping says.
+    fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Kill(task, fence) => {
+                    if let Some(stop) = self.processes.get(&(task, fence)) {
+                        stop.cancel();
+                    }
+                }
+                Action::Start(run) => {
+                    let stop = CancellationToken::new();
+                    self.processes.insert((run.task, run.fence), stop.clone());
+                    let events = self.events.clone();
+                    let pgids = self.pgids.clone();
+                    let name = self.config.name.clone();
+                    tokio::spawn(async move {
+                        let (task, fence) = (run.task, run.fence);
+                        let started = events.clone();
+                        let ended = runner::run(&run, &name, &pgids, stop, move || {
+                            let _ = started.send(TaskEvent::Started(task, fence));
+                        })
+                        .await;
+                        let _ = events.send(TaskEvent::Ended(task, fence, ended));
+                    });
+                }
             }
-            // The task was given to us again under a newer attempt: the old one is stale.
-            r.stop.cancel();
-        }
-        self.queued.push_back(run);
-        self.start_queued();
-    }
-
-    fn on_stop(&mut self, task: TaskId, fence: Fence) {
-        self.queued.retain(|q| !(q.task == task && q.fence == fence));
-        if let Some(r) = self.running.get(&task) {
-            if r.fence == fence {
-                r.stop.cancel();
-            }
-        }
-    }
-
-    fn start_queued(&mut self) {
-        while let Some(next) = self.queued.front() {
-            if self.cpus_used + next.cpus > self.config.cpus && self.cpus_used > 0 {
-                break;
-            }
-            let Some(run) = self.queued.pop_front() else { break };
-            if self.running.contains_key(&run.task) {
-                // The stale attempt of the same task is still being killed; wait for it.
-                self.queued.push_front(run);
-                break;
-            }
-            let stop = CancellationToken::new();
-            self.cpus_used += run.cpus;
-            self.running.insert(run.task, Running { fence: run.fence, cpus: run.cpus, stop: stop.clone() });
-            let events = self.events.clone();
-            let pgids = self.pgids.clone();
-            let name = self.config.name.clone();
-            tokio::spawn(async move {
-                let (task, fence) = (run.task, run.fence);
-                let started = events.clone();
-                let ended = runner::run(&run, &name, &pgids, stop, move || {
-                    let _ = started.send(TaskEvent::Started(task, fence));
-                })
-                .await;
-                let _ = events.send(TaskEvent::Ended(task, fence, ended));
-            });
         }
     }
 
@@ -431,20 +396,14 @@ impl Agent {
         match event {
             TaskEvent::Started(task, fence) => connected.map(|_| WorkerMsg::Started { task, fence }),
             TaskEvent::Ended(task, fence, ended) => {
-                if let Some(r) = self.running.get(&task) {
-                    if r.fence == fence {
-                        self.cpus_used -= r.cpus;
-                        self.running.remove(&task);
-                    }
-                }
-                self.start_queued();
-                match ended {
+                self.processes.remove(&(task, fence));
+                let outcome = match ended {
                     Ended::Stopped => None,
-                    Ended::Finished(outcome) => {
-                        self.unacked.insert((task, fence), outcome.clone());
-                        connected.map(|_| WorkerMsg::Finished { task, fence, outcome })
-                    }
-                }
+                    Ended::Finished(outcome) => Some(outcome),
+                };
+                let (msg, actions) = self.book.on_ended(task, fence, outcome);
+                self.execute(actions);
+                connected.and(msg)
             }
         }
     }

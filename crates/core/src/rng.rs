@@ -1,5 +1,5 @@
-//! A small seeded generator (SplitMix64): the fault schedule of a scenario is a pure function
-//! of its seed, so a failing scenario can be replayed exactly.
+//! A small seeded generator (SplitMix64). Randomness in tests and simulations is always
+//! passed in as one of these, made from a seed, so every run can be replayed exactly.
 
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
