@@ -65,12 +65,14 @@ impl Cluster {
         let mut cmd = Command::new(&self.exe);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(out.try_clone()?)).stderr(Stdio::from(out));
         cmd.env("RUST_LOG", "info,openraft=warn,openraft::core::raft_core=off");
-        // SAFETY: only the async-signal-safe setns syscall runs between fork and exec.
+        // SAFETY: only async-signal-safe syscalls run between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // Nodes die with the harness, however it ends.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }

@@ -128,6 +128,22 @@ fn run() -> anyhow::Result<bool> {
     // The harness talks to the cluster from the hub; threads started from now on live there.
     net.enter("hub")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // On Ctrl-C or SIGTERM, stop between scenarios' steps and clean up (namespaces, mounts).
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        runtime.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
 
     let base = tempfile_dir()?;
     let token = format!("chaos-{:x}", flotilla_core::rng::Rng::new(args.seed ^ std::process::id() as u64).next_u64());
@@ -152,12 +168,26 @@ fn run() -> anyhow::Result<bool> {
     let mut kinds_seen = std::collections::BTreeSet::new();
     let count = schedules.len();
     for (k, schedule) in schedules.iter().enumerate() {
+        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            println!("interrupted after {k} scenarios");
+            break;
+        }
         let dir = base.join(format!("scenario-{k}"));
         std::fs::create_dir_all(dir.join("logs"))?;
         cluster.dir = dir.clone();
         cluster.master_ids = (1..=schedule.masters).collect();
         let t0 = Instant::now();
-        let outcome = runtime.block_on(scenario::run(&mut cluster, schedule));
+        let flag = interrupted.clone();
+        let outcome = runtime.block_on(async {
+            tokio::select! {
+                o = scenario::run(&mut cluster, schedule) => o,
+                _ = async {
+                    while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                } => Err(anyhow::anyhow!("interrupted")),
+            }
+        });
         cluster.teardown();
         let outcome = match outcome {
             Ok(o) => o,

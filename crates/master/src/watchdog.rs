@@ -42,44 +42,127 @@ impl LeaderContact {
 const MARGIN: Duration = Duration::from_millis(25);
 const STAGGER: Duration = Duration::from_millis(60);
 
+/// What this master knows at one instant, as the watchdog sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    pub me: u64,
+    pub state: ServerState,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub voters: Vec<u64>,
+}
+
+/// The decision to stand for election, separate from the clock and Raft so it can be tested.
+pub struct Watch {
+    lease: Duration,
+    seen: Option<(ServerState, Option<u64>, u64)>,
+    seen_since: Instant,
+    last_stand: Option<Instant>,
+}
+
+impl Watch {
+    pub fn new(lease: Duration, now: Instant) -> Self {
+        Watch { lease, seen: None, seen_since: now, last_stand: None }
+    }
+
+    /// `contact_silence`: time since a leader last replicated to this master. True: stand now.
+    pub fn observe(&mut self, now: Instant, view: &View, contact_silence: Duration) -> bool {
+        // Silence only counts since this master last saw who leads change: one that was leader
+        // itself, was paused, or just restarted has an old contact time, and must give the
+        // leader it now follows a full lease before standing against it.
+        let key = (view.state, view.leader, view.term);
+        if self.seen != Some(key) {
+            self.seen = Some(key);
+            self.seen_since = now;
+        }
+        if !matches!(view.state, ServerState::Follower | ServerState::Candidate) {
+            return false;
+        }
+        let Some(leader) = view.leader else { return false };
+        let mut others: Vec<u64> = view.voters.iter().copied().filter(|id| *id != leader).collect();
+        others.sort_unstable();
+        let Some(rank) = others.iter().position(|id| *id == view.me) else { return false };
+        let silent = contact_silence.min(now.saturating_duration_since(self.seen_since));
+        if silent < self.lease + MARGIN + STAGGER * rank as u32 {
+            return false;
+        }
+        if self.last_stand.is_some_and(|t| now.saturating_duration_since(t) < self.lease) {
+            return false;
+        }
+        self.last_stand = Some(now);
+        true
+    }
+}
+
 pub async fn run(master: Arc<Master>, shutdown: CancellationToken) {
-    let lease = master.config.raft.election_max;
-    let mut last_trigger: Option<Instant> = None;
-    // Silence only counts since this master last saw who leads change: a master that was
-    // leader itself, was paused, or just restarted has an old contact time, and must give the
-    // leader it now follows a full lease before standing against it.
-    let mut view: Option<(ServerState, Option<u64>, u64)> = None;
-    let mut view_since = Instant::now();
+    let mut watch = Watch::new(master.config.raft.election_max, Instant::now());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
-        let (state, leader, term, members) = {
+        let view = {
             let metrics = master.raft.metrics();
             let m = metrics.borrow();
-            let members: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-            (m.state, m.current_leader, m.current_term, members)
+            View {
+                me: master.config.id,
+                state: m.state,
+                leader: m.current_leader,
+                term: m.current_term,
+                voters: m.membership_config.membership().voter_ids().collect(),
+            }
         };
-        if view != Some((state, leader, term)) {
-            view = Some((state, leader, term));
-            view_since = Instant::now();
+        let silence = master.leader_contact.silent_for();
+        if watch.observe(Instant::now(), &view, silence) {
+            tracing::info!(silent_ms = silence.as_millis() as u64, suspected = ?view.leader, "leader silent past its lease; starting an election");
+            let _ = master.raft.trigger().elect().await;
         }
-        if !matches!(state, ServerState::Follower | ServerState::Candidate) || leader.is_none() {
-            continue;
-        }
-        let mut others: Vec<u64> = members.into_iter().filter(|id| Some(*id) != leader).collect();
-        others.sort_unstable();
-        let Some(rank) = others.iter().position(|id| *id == master.config.id) else { continue };
-        let silent = master.leader_contact.silent_for().min(view_since.elapsed());
-        if silent < lease + MARGIN + STAGGER * rank as u32 {
-            continue;
-        }
-        if last_trigger.is_some_and(|t| t.elapsed() < lease) {
-            continue;
-        }
-        last_trigger = Some(Instant::now());
-        tracing::info!(silent_ms = silent.as_millis() as u64, suspected = ?leader, "leader silent past its lease; starting an election");
-        let _ = master.raft.trigger().elect().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(state: ServerState, leader: u64, term: u64) -> View {
+        View { me: 1, state, leader: Some(leader), term, voters: vec![1, 2, 3] }
+    }
+
+    #[test]
+    fn a_follower_stands_once_the_lease_has_run_out() {
+        let t0 = Instant::now();
+        let lease = Duration::from_millis(600);
+        let mut w = Watch::new(lease, t0);
+        let v = view(ServerState::Follower, 3, 1);
+        assert!(!w.observe(t0, &v, Duration::ZERO));
+        assert!(!w.observe(t0 + Duration::from_millis(500), &v, Duration::from_millis(500)));
+        assert!(w.observe(t0 + Duration::from_millis(700), &v, Duration::from_millis(700)));
+        assert!(!w.observe(t0 + Duration::from_millis(710), &v, Duration::from_millis(710)), "not twice in a lease");
+    }
+
+    #[test]
+    fn ranks_are_staggered() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(Duration::from_millis(600), t0);
+        // Leader 1 is silent; this is master 3, second in rank after master 2.
+        let v = View { me: 3, state: ServerState::Follower, leader: Some(1), term: 1, voters: vec![1, 2, 3] };
+        w.observe(t0, &v, Duration::ZERO);
+        assert!(!w.observe(t0 + Duration::from_millis(640), &v, Duration::from_millis(640)));
+        assert!(w.observe(t0 + Duration::from_millis(700), &v, Duration::from_millis(700)));
+    }
+
+    /// Regression (found by the chaos run): a leader paused past the election timeout, on
+    /// resuming and stepping down, stood at once because it had not been replicated to for
+    /// as long as it led, and deposed the leader elected meanwhile.
+    #[test]
+    fn regression_a_resumed_old_leader_does_not_stand_against_its_successor() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(Duration::from_millis(600), t0);
+        assert!(!w.observe(t0, &view(ServerState::Leader, 1, 1), Duration::from_secs(5)));
+        let later = t0 + Duration::from_secs(5);
+        let follower = view(ServerState::Follower, 2, 2);
+        assert!(!w.observe(later, &follower, Duration::from_secs(5)), "must give the new leader a full lease");
+        assert!(!w.observe(later + Duration::from_millis(300), &follower, Duration::from_secs(5)));
+        assert!(w.observe(later + Duration::from_millis(700), &follower, Duration::from_secs(6)));
     }
 }

@@ -458,3 +458,19 @@ proptest! {
         }
     }
 }
+
+/// Regression (found by the property test): cancelling a job whose failed task was waiting
+/// for its retry left that task "waiting" outside the queue.
+#[test]
+fn regression_cancelling_a_job_with_a_requeued_task() {
+    let mut d = Driver::new();
+    let job = d.submit(JobSpec { retries: 1, ..spec("1") });
+    d.worker("a", 1);
+    let run = d.schedule().remove(0);
+    d.finish(&run, 1, "");
+    assert_eq!(d.state.job(job).unwrap().counts.waiting, 1, "re-queued for its retry");
+    d.apply(Command::CancelJob { job });
+    let j = d.state.job(job).unwrap();
+    assert_eq!(j.tasks[&1].state, TaskState::Cancelled);
+    assert_eq!(j.counts.cancelled, 1);
+}

@@ -1,0 +1,66 @@
+//! Regression tests, each named after a bug the fault-injection runs found.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use flotilla::local::signal;
+
+/// Bug: a follower whose data directory was wiped rejoined under its old id; the leader,
+/// whose view of that follower's log was now wrong, sent it log entries from after a purge
+/// point without a snapshot, and the follower stopped with "try to get log at index 0".
+/// Invariant: a wiped follower is rebuilt from a snapshot and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_wiped_follower_is_rebuilt_by_a_snapshot_not_a_partial_log() {
+    let mut t = cluster(3, &[("a", 2)], &["--snapshot-every", "20"]).await;
+    let client = t.client();
+    let id = client.submit(&squares_job(30, "0")).await.expect("submit").id;
+    wait_job(&t, &client, id, LONG).await;
+    let leader = t.cluster.wait_leader(LONG).await.expect("leader");
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    t.cluster.kill_master(follower);
+    let dir = t.dir.path().join(format!("master-{follower}"));
+    std::fs::remove_dir_all(&dir).expect("wipe");
+    t.cluster.start_master(follower).expect("restart");
+    let address = t.cluster.address(follower);
+    let leader_address = t.cluster.address(leader);
+    wait_until(&t, "the wiped follower catches up", LONG, || async {
+        let (Ok(me), Ok(lead)) = (client.node(&address).await, client.node(&leader_address).await) else {
+            return false;
+        };
+        me.role == "follower" && me.last_applied.is_some() && me.last_applied >= lead.last_applied
+    })
+    .await;
+    let log = std::fs::read_to_string(t.dir.path().join(format!("logs/master-{follower}.log"))).unwrap_or_default();
+    assert!(log.contains("snapshot installed"), "rebuilt through a snapshot");
+    assert!(t.cluster.masters.get_mut(&follower).expect("running").try_wait().expect("status").is_none());
+}
+
+/// Bug: a leader paused past the election timeout and then resumed started an election at
+/// once (its failover watchdog measured silence from before the pause), deposing the leader
+/// elected meanwhile for nothing.
+/// Invariant: after the old leader resumes, the new leader keeps its term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_resumed_old_leader_does_not_depose_the_new_one() {
+    let t = cluster(3, &[], &[]).await;
+    let client = t.client();
+    let old = t.cluster.wait_leader(LONG).await.expect("leader");
+    signal(&t.cluster.masters[&old], libc::SIGSTOP);
+    let new = loop {
+        match t.cluster.wait_leader(LONG).await {
+            Some(l) if l != old => break l,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let term = client.node(&t.cluster.address(new)).await.expect("node").term;
+    // Let the paused leader's lease and the watchdog's margin pass several times over.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&t.cluster.masters[&old], libc::SIGCONT);
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let info = client.node(&t.cluster.address(new)).await.expect("node");
+        assert_eq!((info.role.as_str(), info.term), ("leader", term), "the new leader was deposed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
