@@ -49,11 +49,18 @@ pub struct Master {
     pub http: HttpClient,
     /// When a leader last replicated to this master (see `watchdog`).
     pub leader_contact: Arc<LeaderContact>,
+    /// Bytes of Raft log written since start (from the log store).
+    pub log_bytes: Arc<std::sync::atomic::AtomicU64>,
     leadership: Mutex<Option<Leadership>>,
 }
 
 impl Master {
-    pub fn new(config: MasterConfig, raft: Raft, shared: Arc<Shared>) -> Result<Self, String> {
+    pub fn new(
+        config: MasterConfig,
+        raft: Raft,
+        shared: Arc<Shared>,
+        log_bytes: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<Self, String> {
         let http = HttpClient::new(config.token.as_deref())?;
         let proposer = Proposer::start(raft.clone());
         Ok(Master {
@@ -64,6 +71,7 @@ impl Master {
             sessions: Sessions::default(),
             http,
             leader_contact: Arc::new(LeaderContact::default()),
+            log_bytes,
             leadership: Mutex::new(None),
         })
     }
@@ -127,6 +135,8 @@ impl Master {
             leader_address: m.current_leader.and_then(|id| self.address_of(id)),
             last_applied: m.last_applied.map(|l| l.index),
             last_log_index: m.last_log_index,
+            last_assignment_term: self.shared.read().state.last_assignment_term(),
+            log_bytes_written: self.log_bytes.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

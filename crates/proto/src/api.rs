@@ -395,6 +395,12 @@ pub struct NodeInfo {
     pub leader_address: Option<String>,
     pub last_applied: Option<u64>,
     pub last_log_index: Option<u64>,
+    /// Term of the last assignment this master has applied.
+    #[serde(default)]
+    pub last_assignment_term: u64,
+    /// Bytes of Raft log this master has written since it started.
+    #[serde(default)]
+    pub log_bytes_written: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -9,6 +9,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -62,6 +63,7 @@ impl OpenError {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    bytes_written: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -77,7 +79,7 @@ impl LogStore {
             Ok(())
         };
         init().map_err(|source| OpenError::Init { path: path.clone(), source })?;
-        let store = LogStore { db: Arc::new(db) };
+        let store = LogStore { db: Arc::new(db), bytes_written: Arc::new(AtomicU64::new(0)) };
         store.verify().map_err(|reason| OpenError::Corrupt { path, reason })?;
         Ok(store)
     }
@@ -109,6 +111,11 @@ impl LogStore {
             Ok(())
         };
         check().map_err(|e| e.to_string())
+    }
+
+    /// Bytes of log entries appended since this store was opened (shared by clones).
+    pub fn bytes_written(&self) -> Arc<AtomicU64> {
+        self.bytes_written.clone()
     }
 
     /// True when nothing was ever written: no vote, no entry, nothing purged.
@@ -242,6 +249,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| storage_error(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, &e))?;
             encoded.push((entry.log_id.index, bytes));
         }
+        let total: usize = encoded.iter().map(|(_, b)| b.len()).sum();
+        self.bytes_written.fetch_add(total as u64, Ordering::Relaxed);
         let result = self
             .blocking(ErrorSubject::Logs, ErrorVerb::Write, move |db| {
                 let txn = db.begin_write()?;

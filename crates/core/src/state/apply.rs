@@ -289,6 +289,7 @@ impl ClusterState {
         task.state = TaskState::Assigned { worker: p.worker.clone(), fence, since: ctx.at_ms };
         worker.cpus_used += cpus;
         worker.tasks.insert(p.task, fence);
+        self.last_assignment_term = ctx.term;
         if job.state == JobState::Waiting {
             job.state = JobState::Running;
         }

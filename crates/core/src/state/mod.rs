@@ -259,6 +259,8 @@ pub struct ClusterState {
     unreachable_masters: BTreeSet<NodeId>,
     /// Index of the last applied entry.
     applied_index: u64,
+    /// Term of the last committed assignment (shows when scheduling resumed after a failover).
+    last_assignment_term: u64,
 }
 
 impl Default for ClusterState {
@@ -275,6 +277,7 @@ impl Default for ClusterState {
             leader: None,
             unreachable_masters: BTreeSet::new(),
             applied_index: 0,
+            last_assignment_term: 0,
         }
     }
 }
@@ -319,6 +322,10 @@ impl ClusterState {
 
     pub fn applied_index(&self) -> u64 {
         self.applied_index
+    }
+
+    pub fn last_assignment_term(&self) -> u64 {
+        self.last_assignment_term
     }
 
     /// Counts of jobs by state name.

@@ -1,0 +1,79 @@
+//! Shared pieces: the local cluster (this very binary plays master and worker), waiting for
+//! jobs, percentiles, and the figure table every benchmark prints.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use flotilla::local::LocalCluster;
+use flotilla_client::Client;
+
+pub struct Bench {
+    pub cluster: LocalCluster,
+    /// Removed when the benchmark ends (after the cluster, which is dropped first).
+    pub _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    /// `masters` masters on free loopback ports, with extra master flags; no workers yet.
+    pub async fn start(masters: u64, master_args: &[&str]) -> anyhow::Result<Bench> {
+        let dir = tempfile::Builder::new().prefix("flotilla-bench-").tempdir()?;
+        let exe: PathBuf = std::env::current_exe()?;
+        let mut cluster = LocalCluster::new(&exe, dir.path(), masters, None)?;
+        cluster.master_args = master_args.iter().map(|s| s.to_string()).collect();
+        cluster.start_masters()?;
+        cluster.wait_leader(Duration::from_secs(60)).await.context("no leader elected")?;
+        Ok(Bench { cluster, _dir: dir })
+    }
+
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(self.cluster.client()?.with_retry_for(Duration::from_secs(60)))
+    }
+
+    pub async fn leader_pid(&self) -> anyhow::Result<(u64, u32)> {
+        let id = self.cluster.wait_leader(Duration::from_secs(30)).await.context("no leader")?;
+        Ok((id, self.cluster.masters[&id].id()))
+    }
+}
+
+/// Polls until the job has finished; returns when it was first seen finished.
+pub async fn wait_job(client: &Client, id: u64, timeout: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let j = client.job(id, false).await?;
+        match j.state.as_str() {
+            "succeeded" => return Ok(Instant::now()),
+            "failed" | "cancelled" => bail!("job {id} {}: {:?}", j.state, j.failure),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} did not finish within {timeout:?} ({}/{} done)", j.tasks.succeeded, j.tasks.total);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The p-th percentile (0..=100) of samples, nearest rank.
+pub fn percentile(samples: &[Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut s = samples.to_vec();
+    s.sort();
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// One line of results: `benchmark  figure  value  [target]`.
+pub fn figure(bench: &str, name: &str, value: String, target: &str) {
+    if target.is_empty() {
+        println!("{bench:<10} {name:<48} {value}");
+    } else {
+        println!("{bench:<10} {name:<48} {value:<24} target {target}");
+    }
+}

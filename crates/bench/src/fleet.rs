@@ -1,0 +1,154 @@
+//! An in-process fleet of simulated workers: each speaks the real worker protocol over a
+//! real gRPC stream (many streams share a few HTTP/2 connections) and completes every task it
+//! is given at once, so that what is measured is the cluster itself.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use flotilla_core::model::{Captured, Outcome};
+use flotilla_core::WorkerInfo;
+use flotilla_proto::codec;
+use flotilla_proto::grpc::worker_service_client::WorkerServiceClient;
+use flotilla_proto::grpc::Envelope;
+use flotilla_proto::wire::{MasterBody, MasterMsg, WorkerMsg, PROTOCOL_VERSION};
+
+#[derive(Default)]
+pub struct FleetStats {
+    pub connected: AtomicU64,
+    pub completed: AtomicU64,
+    pub heartbeats: AtomicU64,
+}
+
+pub struct Fleet {
+    pub stats: Arc<FleetStats>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn channel(address: &str) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(format!("http://{address}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {address}"))
+}
+
+/// Starts `workers` simulated workers with `cpus` slots each, connected to `leader`,
+/// sharing one HTTP/2 connection per `per_connection` workers.
+pub async fn start(leader: &str, workers: usize, cpus: u32, per_connection: usize) -> anyhow::Result<Fleet> {
+    let stats = Arc::new(FleetStats::default());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut ch = channel(leader).await?;
+    for i in 0..workers {
+        if i > 0 && i % per_connection == 0 {
+            ch = channel(leader).await?;
+        }
+        let client = WorkerServiceClient::new(ch.clone());
+        tokio::spawn(simulated_worker(client, i, cpus, stats.clone(), stop_rx.clone()));
+    }
+    Ok(Fleet { stats, stop })
+}
+
+fn encode(msg: &WorkerMsg) -> Envelope {
+    Envelope { payload: codec::encode("worker message", msg).unwrap_or_default() }
+}
+
+async fn simulated_worker(
+    client: WorkerServiceClient<Channel>,
+    index: usize,
+    cpus: u32,
+    stats: Arc<FleetStats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    // A leader that is not ready yet answers "not leader": try again, like a real worker.
+    loop {
+        let welcomed = session(client.clone(), index, cpus, &stats, &mut stop).await;
+        if *stop.borrow() {
+            return;
+        }
+        if welcomed {
+            stats.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One session; true if it was welcomed.
+async fn session(
+    mut client: WorkerServiceClient<Channel>,
+    index: usize,
+    cpus: u32,
+    stats: &FleetStats,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let (tx, rx) = mpsc::unbounded_channel::<Envelope>();
+    let hello = WorkerMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        info: WorkerInfo {
+            name: format!("sim-{index:05}"),
+            instance: index as u64 + 1,
+            cpus,
+            memory: None,
+            labels: BTreeMap::new(),
+        },
+        known: Vec::new(),
+        highest_term: 0,
+    };
+    let _ = tx.send(encode(&hello));
+    let Ok(response) = client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await else {
+        return false;
+    };
+    let mut inbound = response.into_inner();
+    let mut beat = tokio::time::interval(Duration::from_secs(3600));
+    let mut welcomed = false;
+    let done = Outcome { exit_code: Some(0), stdout: Captured::default(), ..Default::default() };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return welcomed,
+            _ = beat.tick() => {
+                if welcomed {
+                    if tx.send(encode(&WorkerMsg::Heartbeat)).is_err() {
+                        return welcomed;
+                    }
+                    stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            msg = inbound.message() => {
+                let Ok(Some(env)) = msg else { return welcomed };
+                let Ok(msg) = codec::decode::<MasterMsg>("master message", &env.payload) else { return welcomed };
+                match msg.body {
+                    MasterBody::Welcome { heartbeat_ms, .. } => {
+                        welcomed = true;
+                        stats.connected.fetch_add(1, Ordering::Relaxed);
+                        // Spread the heartbeats of a large fleet over the interval.
+                        let period = Duration::from_millis(heartbeat_ms.max(10));
+                        let offset = period.mul_f64((index % 997) as f64 / 997.0);
+                        beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                    }
+                    MasterBody::Run(run) => {
+                        // Done as soon as it is given.
+                        let started = WorkerMsg::Started { task: run.task, fence: run.fence };
+                        let finished = WorkerMsg::Finished { task: run.task, fence: run.fence, outcome: done.clone() };
+                        if tx.send(encode(&started)).is_err() || tx.send(encode(&finished)).is_err() {
+                            return welcomed;
+                        }
+                        stats.completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    MasterBody::NotLeader { .. } | MasterBody::Refused { .. } => return welcomed,
+                    MasterBody::Stop { .. } | MasterBody::Ack { .. } => {}
+                }
+            }
+        }
+    }
+}
