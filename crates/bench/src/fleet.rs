@@ -99,6 +99,7 @@ async fn session(
             name: format!("sim-{index:05}"),
             instance: index as u64 + 1,
             cpus,
+            queue: cpus,
             memory: None,
             labels: BTreeMap::new(),
         },

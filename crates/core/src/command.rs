@@ -28,6 +28,9 @@ pub struct WorkerInfo {
     /// worker restarted and lost whatever it was running.
     pub instance: u64,
     pub cpus: u32,
+    /// Cpus' worth of tasks the worker keeps queued beyond those it runs, so that a finished
+    /// task is replaced at once instead of after a round trip through the leader.
+    pub queue: u32,
     pub memory: Option<u64>,
     pub labels: BTreeMap<String, String>,
 }

@@ -2,11 +2,12 @@
 //!
 //! Guarantees (checked by property tests):
 //! - a task is placed only on a ready worker whose labels match the job's selector and whose
-//!   free cpus cover the job's cpus, counting what this same plan already placed there;
+//!   capacity (its cpus plus its queue) covers the job's cpus, counting what this same plan
+//!   already placed there; free cpus are filled before any queue;
 //! - jobs are served in priority order, FIFO within a priority; a job that cannot be placed
 //!   does not block lower-priority jobs from using other workers (backfill);
-//! - within a job, each task goes to the least-loaded eligible worker (used/total cpus), ties
-//!   broken by name, so the plan is deterministic.
+//! - within a job, each task goes to the least-loaded eligible worker (used/total cpus, then
+//!   used/total capacity for queues), ties broken by name, so the plan is deterministic.
 //!
 //! The plan is only a proposal: the leader commits it as one `Assign` command, and applying it
 //! re-checks every placement against the state of that moment.
@@ -18,11 +19,31 @@ use crate::command::Placement;
 use crate::model::{TaskId, TaskSlot};
 use crate::state::{ClusterState, Job, WorkerState};
 
-/// Free capacity of one worker while a plan is being built.
+/// Capacity of one worker while a plan is being built.
 struct Slot<'a> {
     name: &'a str,
-    total: u32,
+    labels: &'a std::collections::BTreeMap<String, String>,
+    cpus: u32,
+    capacity: u32,
     used: u32,
+}
+
+/// The two rounds of placement for each job: first onto free cpus (the task starts at once),
+/// then into workers' queues (it starts as soon as a cpu frees, without a round trip).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Round {
+    Run,
+    Queue,
+}
+
+impl Slot<'_> {
+    /// Room for `cpus` more in this round, and the total that load is measured against.
+    fn room(&self, round: Round) -> (u32, u32) {
+        match round {
+            Round::Run => (self.cpus.saturating_sub(self.used), self.cpus),
+            Round::Queue => (self.capacity.saturating_sub(self.used), self.capacity),
+        }
+    }
 }
 
 /// Heap entry ordering workers by load, least loaded on top.
@@ -30,15 +51,14 @@ struct ByLoad {
     used: u32,
     total: u32,
     slot: usize,
-    name_rank: usize,
 }
 
 impl ByLoad {
     fn cmp_load(&self, other: &Self) -> Ordering {
-        // used/total compared without floats: a/b < c/d  <=>  a*d < c*b
+        // used/total compared without floats: a/b < c/d  <=>  a*d < c*b; ties by name order.
         let lhs = u64::from(self.used) * u64::from(other.total);
         let rhs = u64::from(other.used) * u64::from(self.total);
-        lhs.cmp(&rhs).then(self.name_rank.cmp(&other.name_rank))
+        lhs.cmp(&rhs).then(self.slot.cmp(&other.slot))
     }
 }
 
@@ -64,41 +84,36 @@ impl Ord for ByLoad {
 pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
     let mut slots: Vec<Slot> = state
         .workers()
-        .filter(|w| w.state == WorkerState::Ready && w.free_cpus() > 0)
-        .map(|w| Slot { name: &w.name, total: w.cpus, used: w.cpus_used })
+        .filter(|w| w.state == WorkerState::Ready && w.free_capacity() > 0)
+        .map(|w| Slot { name: &w.name, labels: &w.labels, cpus: w.cpus, capacity: w.cpus + w.queue, used: w.cpus_used })
         .collect();
     let mut plan = Vec::new();
     if slots.is_empty() {
         return plan;
     }
-    let workers_by_slot: Vec<_> = slots.iter().map(|s| state.worker(s.name)).collect();
     for job in state.queued_jobs() {
         if plan.len() >= max {
             break;
         }
         let cpus = job.spec.cpus;
-        let mut heap: BinaryHeap<ByLoad> = slots
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| {
-                s.total - s.used >= cpus && workers_by_slot[*i].is_some_and(|w| job.spec.selects(&w.labels))
-            })
-            .map(|(i, s)| ByLoad { used: s.used, total: s.total, slot: i, name_rank: i })
-            .collect();
-        if heap.is_empty() {
-            continue;
-        }
-        for task in waiting_tasks(job) {
-            if plan.len() >= max {
-                break;
-            }
-            let Some(mut best) = heap.pop() else { break };
-            let slot = &mut slots[best.slot];
-            slot.used += cpus;
-            plan.push(Placement { task, worker: slot.name.to_string() });
-            if slot.total - slot.used >= cpus {
-                best.used = slot.used;
-                heap.push(best);
+        let mut waiting = waiting_tasks(job).peekable();
+        for round in [Round::Run, Round::Queue] {
+            let mut heap: BinaryHeap<ByLoad> = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.room(round).0 >= cpus && job.spec.selects(s.labels))
+                .map(|(i, s)| ByLoad { used: s.used, total: s.room(round).1, slot: i })
+                .collect();
+            while plan.len() < max && waiting.peek().is_some() {
+                let Some(mut best) = heap.pop() else { break };
+                let Some(task) = waiting.next() else { break };
+                let slot = &mut slots[best.slot];
+                slot.used += cpus;
+                plan.push(Placement { task, worker: slot.name.to_string() });
+                if slot.room(round).0 >= cpus {
+                    best.used = slot.used;
+                    heap.push(best);
+                }
             }
         }
     }

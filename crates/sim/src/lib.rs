@@ -45,6 +45,8 @@ pub struct SimConfig {
     pub step_ms: u64,
     pub workers: usize,
     pub cpus: u32,
+    /// Cpus' worth of tasks each worker keeps queued.
+    pub queue: u32,
     pub jobs: usize,
     pub worker_timeout_ms: u64,
     /// Chance per step of a fault, in parts per ten thousand.
@@ -59,6 +61,7 @@ impl Default for SimConfig {
             step_ms: 5,
             workers: 3,
             cpus: 2,
+            queue: 2,
             jobs: 4,
             worker_timeout_ms: 3_000,
             fault_rate: 30,
@@ -719,6 +722,7 @@ impl Sim {
                         name: worker.name.clone(),
                         instance: worker.instance,
                         cpus: self.config.cpus,
+                        queue: self.config.queue,
                         memory: None,
                         labels: BTreeMap::new(),
                     },

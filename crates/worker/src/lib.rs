@@ -38,6 +38,8 @@ pub struct WorkerConfig {
     pub masters: Vec<String>,
     pub name: String,
     pub cpus: u32,
+    /// Cpus' worth of tasks to keep queued beyond the running ones (see `WorkerInfo::queue`).
+    pub prefetch: u32,
     pub memory: Option<u64>,
     pub labels: BTreeMap<String, String>,
     pub data_dir: PathBuf,
@@ -220,6 +222,7 @@ impl Agent {
                 name: self.config.name.clone(),
                 instance: self.instance,
                 cpus: self.config.cpus,
+                queue: self.config.prefetch,
                 memory: self.config.memory,
                 labels: self.config.labels.clone(),
             },

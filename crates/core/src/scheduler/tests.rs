@@ -22,7 +22,14 @@ impl Setup {
     }
     fn worker(&mut self, name: &str, cpus: u32, labels: &[(&str, &str)]) {
         let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.apply(Command::RegisterWorker(WorkerInfo { name: name.into(), instance: 1, cpus, memory: None, labels }));
+        self.apply(Command::RegisterWorker(WorkerInfo {
+            name: name.into(),
+            instance: 1,
+            cpus,
+            queue: 0,
+            memory: None,
+            labels,
+        }));
     }
     fn job(&mut self, tasks: u64, priority: i32, cpus: u32, selector: &[(&str, &str)]) -> u64 {
         let spec = JobSpec {
@@ -99,4 +106,26 @@ fn the_plan_respects_its_size_limit() {
     s.job(100, 0, 1, &[]);
     s.worker("a", 50, &[]);
     assert_eq!(plan(&s.state, 7).len(), 7);
+}
+
+#[test]
+fn free_cpus_fill_before_queues_and_queues_stay_bounded() {
+    let mut s = Setup::new();
+    s.job(20, 0, 1, &[]);
+    s.apply(Command::RegisterWorker(WorkerInfo {
+        name: "a".into(),
+        instance: 1,
+        cpus: 2,
+        queue: 3,
+        memory: None,
+        labels: BTreeMap::new(),
+    }));
+    s.worker("b", 2, &[]);
+    let plan = plan(&s.state, usize::MAX);
+    let on = |w: &str| plan.iter().filter(|p| p.worker == w).count();
+    // b has no queue: 2; a: 2 running + 3 queued.
+    assert_eq!((on("a"), on("b")), (5, 2));
+    // The first four placements are the free cpus of both workers.
+    let first: Vec<&str> = plan.iter().take(4).map(|p| p.worker.as_str()).collect();
+    assert_eq!(first.iter().filter(|w| **w == "a").count(), 2);
 }

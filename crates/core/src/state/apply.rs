@@ -162,6 +162,7 @@ impl ClusterState {
                 instance: info.instance,
                 incarnation,
                 cpus: info.cpus,
+                queue: info.queue,
                 memory: info.memory,
                 labels: info.labels.clone(),
                 state: WorkerState::Ready,
@@ -262,7 +263,7 @@ impl ClusterState {
         let cpus = job.spec.cpus;
         if job.state.is_terminal()
             || worker.state != WorkerState::Ready
-            || worker.free_cpus() < cpus
+            || worker.free_capacity() < cpus
             || !job.spec.selects(&worker.labels)
         {
             return None;

@@ -225,9 +225,12 @@ pub struct Worker {
     /// they were made to.
     pub incarnation: u64,
     pub cpus: u32,
+    /// Cpus' worth of tasks it may hold queued beyond `cpus` (see `WorkerInfo::queue`).
+    pub queue: u32,
     pub memory: Option<u64>,
     pub labels: BTreeMap<String, String>,
     pub state: WorkerState,
+    /// Cpus of the attempts it holds, running or queued: at most `cpus + queue`.
     pub cpus_used: u32,
     /// Attempts this worker holds (assigned or running).
     pub tasks: BTreeMap<TaskId, Fence>,
@@ -237,8 +240,14 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Cpus not taken by the attempts it holds: room to start tasks at once.
     pub fn free_cpus(&self) -> u32 {
         self.cpus.saturating_sub(self.cpus_used)
+    }
+
+    /// Room left for attempts, counting its queue.
+    pub fn free_capacity(&self) -> u32 {
+        (self.cpus + self.queue).saturating_sub(self.cpus_used)
     }
 }
 
@@ -394,7 +403,7 @@ impl ClusterState {
             let (cpus, tasks) = held.remove(worker.name.as_str()).unwrap_or_default();
             assert_eq!(worker.cpus_used, cpus, "worker {} cpus_used", worker.name);
             assert_eq!(worker.tasks, tasks, "worker {} task list", worker.name);
-            assert!(worker.cpus_used <= worker.cpus, "worker {} over capacity", worker.name);
+            assert!(worker.cpus_used <= worker.cpus + worker.queue, "worker {} over capacity", worker.name);
             if worker.state == WorkerState::Lost {
                 assert!(worker.tasks.is_empty(), "lost worker {} holds tasks", worker.name);
             }

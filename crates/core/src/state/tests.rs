@@ -37,7 +37,8 @@ impl Driver {
     }
 
     pub fn worker(&mut self, name: &str, cpus: u32) -> u64 {
-        let info = WorkerInfo { name: name.to_string(), instance: 7, cpus, memory: None, labels: BTreeMap::new() };
+        let info =
+            WorkerInfo { name: name.to_string(), instance: 7, cpus, queue: 0, memory: None, labels: BTreeMap::new() };
         match self.apply(Command::RegisterWorker(info)) {
             Response::WorkerRegistered { incarnation, .. } => incarnation,
             other => panic!("register refused: {other:?}"),
@@ -230,7 +231,7 @@ fn a_restarted_worker_loses_what_its_old_process_held() {
     let job = d.submit(spec("1"));
     d.worker("a", 1);
     d.schedule();
-    let info = WorkerInfo { name: "a".into(), instance: 8, cpus: 1, memory: None, labels: BTreeMap::new() };
+    let info = WorkerInfo { name: "a".into(), instance: 8, cpus: 1, queue: 0, memory: None, labels: BTreeMap::new() };
     d.apply(Command::RegisterWorker(info));
     assert_eq!(d.state.job(job).unwrap().counts.waiting, 1);
     assert_eq!(d.schedule()[0].fence.attempt, 2);
@@ -262,7 +263,7 @@ fn the_state_survives_an_encode_decode_round_trip() {
 #[derive(Clone, Debug)]
 enum Op {
     Submit { tasks: u8, cpus: u8, retries: u8, reduce: bool, priority: i8, zone: Option<u8> },
-    Register { worker: u8, cpus: u8, zone: u8, restart: bool },
+    Register { worker: u8, cpus: u8, queue: u8, zone: u8, restart: bool },
     Lose { worker: u8 },
     Schedule { max: u8 },
     Start { pick: u16 },
@@ -283,9 +284,10 @@ fn op() -> impl Strategy<Value = Op> {
                 zone
             }
         ),
-        (0u8..4, 1u8..4, 0u8..2, any::<bool>()).prop_map(|(worker, cpus, zone, restart)| Op::Register {
+        (0u8..4, 1u8..4, 0u8..3, 0u8..2, any::<bool>()).prop_map(|(worker, cpus, queue, zone, restart)| Op::Register {
             worker,
             cpus,
+            queue,
             zone,
             restart
         }),
@@ -330,13 +332,14 @@ fn run_op(d: &mut Driver, op: &Op) {
             };
             d.submit(spec);
         }
-        Op::Register { worker, cpus, zone, restart } => {
+        Op::Register { worker, cpus, queue, zone, restart } => {
             let name = format!("w{worker}");
             let old = d.state.worker(&name).map(|w| w.instance).unwrap_or(0);
             let info = WorkerInfo {
                 name,
                 instance: if restart { old + 1 } else { old },
                 cpus: u32::from(cpus),
+                queue: u32::from(queue),
                 memory: None,
                 labels: [("zone".to_string(), zone.to_string())].into(),
             };
@@ -405,7 +408,8 @@ fn run_op(d: &mut Driver, op: &Op) {
     }
 }
 
-/// A plan never exceeds capacity, never places on an ineligible worker, never repeats a task.
+/// A plan never exceeds capacity (cpus plus queue), never places on an ineligible worker,
+/// never repeats a task, and fills free cpus before queues.
 fn check_plan(state: &ClusterState, placements: &[Placement]) {
     let mut used: BTreeMap<&str, u32> = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -417,7 +421,7 @@ fn check_plan(state: &ClusterState, placements: &[Placement]) {
         assert!(job.spec.selects(&w.labels));
         let u = used.entry(&w.name).or_insert(w.cpus_used);
         *u += job.spec.cpus;
-        assert!(*u <= w.cpus, "worker {} over capacity", w.name);
+        assert!(*u <= w.cpus + w.queue, "worker {} over capacity", w.name);
     }
 }
 
