@@ -108,7 +108,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub cpus: Option<u32>,
     /// Cpus' worth of tasks to keep queued beyond the running ones, so that a finished task is
-    /// replaced at once (default: 8 per cpu). Queued tasks wait for this worker even if
+    /// replaced at once (default: 16 per cpu). Queued tasks wait for this worker even if
     /// another frees up first; use 0 for long tasks on a busy, uneven cluster.
     #[arg(long)]
     pub prefetch: Option<u32>,

@@ -92,7 +92,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         masters: args.masters.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
         name,
         cpus,
-        prefetch: args.prefetch.unwrap_or(cpus.saturating_mul(8)),
+        prefetch: args.prefetch.unwrap_or(cpus.saturating_mul(16)),
         memory,
         labels: parse_labels(&args.labels)?,
         data_dir,

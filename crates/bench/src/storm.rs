@@ -10,6 +10,7 @@ use anyhow::bail;
 use flotilla_proto::api::SubmitRequest;
 
 use crate::common::{figure, wait_job, Bench};
+use crate::procfs;
 
 /// The bare loop: posix_spawn + waitpid, `parallel` in flight. Runs before the cluster exists,
 /// so `waitpid(-1)` only ever reaps its own children.
@@ -58,6 +59,14 @@ pub async fn run(n: u64) -> anyhow::Result<f64> {
     bench.cluster.wait_workers(1, Duration::from_secs(60)).await?;
     let client = bench.client()?;
     let job = SubmitRequest { command: vec!["/bin/true".into()], array: Some(format!("1-{n}")), ..Default::default() };
+    let pids: Vec<(String, u32)> = bench
+        .cluster
+        .masters
+        .iter()
+        .map(|(id, c)| (format!("master {id}"), c.id()))
+        .chain(bench.cluster.workers.iter().map(|(n, c)| (format!("worker {n}"), c.id())))
+        .collect();
+    let cpu0: Vec<_> = pids.iter().map(|(_, p)| procfs::cpu_time(*p).unwrap_or_default()).collect();
     let t0 = Instant::now();
     let id = client.submit(&job).await?.id;
     let finished = wait_job(&client, id, Duration::from_secs(1800)).await?;
@@ -78,5 +87,14 @@ pub async fn run(n: u64) -> anyhow::Result<f64> {
         "",
     );
     figure("storm", "ratio to the limit", format!("{ratio:.2}"), ">= 0.85");
+    let shares: Vec<String> = pids
+        .iter()
+        .zip(&cpu0)
+        .map(|((name, pid), c0)| {
+            let used = procfs::cpu_time(*pid).unwrap_or_default().saturating_sub(*c0);
+            format!("{name} {:.0}%", used.as_secs_f64() / makespan.as_secs_f64() * 100.0)
+        })
+        .collect();
+    figure("storm", "cpu during the run (share of one core)", shares.join(", "), "");
     Ok(ratio)
 }

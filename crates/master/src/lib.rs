@@ -129,6 +129,11 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
         .fallback(api::fallback)
         .layer(axum::middleware::from_fn_with_state(token, auth::require_token));
     let server_stop = shutdown.clone();
+    // No Nagle delay: small Raft and session messages must leave at once (a delayed ACK
+    // otherwise costs up to 40 ms per exchange).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server =
         tokio::spawn(
             async move { axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned()).await },
