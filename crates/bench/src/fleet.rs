@@ -128,7 +128,9 @@ async fn session(
             msg = inbound.message() => {
                 let Ok(Some(env)) = msg else { return welcomed };
                 let Ok(msg) = codec::decode::<MasterMsg>("master message", &env.payload) else { return welcomed };
-                match msg.body {
+                let mut reports = Vec::new();
+                for body in msg.body.flatten() {
+                match body {
                     MasterBody::Welcome { heartbeat_ms, .. } => {
                         welcomed = true;
                         stats.connected.fetch_add(1, Ordering::Relaxed);
@@ -138,16 +140,16 @@ async fn session(
                         beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
                     }
                     MasterBody::Run(run) => {
-                        // Done as soon as it is given.
-                        let started = WorkerMsg::Started { task: run.task, fence: run.fence };
-                        let finished = WorkerMsg::Finished { task: run.task, fence: run.fence, outcome: done.clone() };
-                        if tx.send(encode(&started)).is_err() || tx.send(encode(&finished)).is_err() {
-                            return welcomed;
-                        }
+                        // Done as soon as it is given (too quick to be reported as started).
+                        reports.push(WorkerMsg::Finished { task: run.task, fence: run.fence, outcome: done.clone() });
                         stats.completed.fetch_add(1, Ordering::Relaxed);
                     }
                     MasterBody::NotLeader { .. } | MasterBody::Refused { .. } => return welcomed,
-                    MasterBody::Stop { .. } | MasterBody::Ack { .. } => {}
+                    MasterBody::Stop { .. } | MasterBody::Ack { .. } | MasterBody::Batch(_) => {}
+                }
+                }
+                if !reports.is_empty() && tx.send(encode(&WorkerMsg::Batch(reports))).is_err() {
+                    return welcomed;
                 }
             }
         }

@@ -7,6 +7,7 @@
 //! instead of diverging.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +18,14 @@ use crate::model::{Fence, JobId, JobSpec, Millis, NodeId, Outcome, TaskId};
 pub struct Proposal {
     /// The proposing leader's wall clock; every replica applies this same time.
     pub at_ms: Millis,
-    pub commands: Vec<Command>,
+    /// Shared, so that the log cache and replication clone entries without copying them.
+    pub commands: Arc<Vec<Command>>,
+}
+
+impl Proposal {
+    pub fn new(at_ms: Millis, commands: Vec<Command>) -> Self {
+        Proposal { at_ms, commands: Arc::new(commands) }
+    }
 }
 
 /// What a worker says about itself when it joins.

@@ -130,8 +130,14 @@ async fn cancel_job(State(master): State<Shared>, Path(id): Path<String>) -> Res
     let id = job_id(&id)?;
     match master.proposer.propose_one(Command::CancelJob { job: id }).await.map_err(|e| from_propose(&master, e))? {
         Applied::JobCancelled { job, kill } => {
+            let mut by_worker: std::collections::BTreeMap<&str, Vec<MasterBody>> = Default::default();
             for k in &kill {
-                master.sessions.send(&k.worker, MasterBody::Stop { task: k.task, fence: k.fence });
+                by_worker.entry(k.worker.as_str()).or_default().push(MasterBody::Stop { task: k.task, fence: k.fence });
+            }
+            for (worker, bodies) in by_worker {
+                if let Some(body) = MasterBody::batch(bodies) {
+                    master.sessions.send(worker, body);
+                }
             }
             Ok(Json(Cancelled { id: job, stopped: kill.len() }))
         }

@@ -129,12 +129,20 @@ async fn schedule(master: Arc<Master>, lead: Leadership) {
     }
 }
 
-/// Sends committed assignments to their workers' sessions.
+/// Sends committed assignments to their workers' sessions, one message per worker.
 pub fn push_runs(master: &Master, runs: &[Assigned]) {
-    let data = master.shared.read();
-    for run in runs {
-        if let Some(msg) = RunTask::for_attempt(&data.state, run.task, run.fence) {
-            master.sessions.send(&run.worker, MasterBody::Run(msg));
+    let mut by_worker: BTreeMap<&str, Vec<MasterBody>> = BTreeMap::new();
+    {
+        let data = master.shared.read();
+        for run in runs {
+            if let Some(msg) = RunTask::for_attempt(&data.state, run.task, run.fence) {
+                by_worker.entry(run.worker.as_str()).or_default().push(MasterBody::Run(msg));
+            }
+        }
+    }
+    for (worker, bodies) in by_worker {
+        if let Some(body) = MasterBody::batch(bodies) {
+            master.sessions.send(worker, body);
         }
     }
 }

@@ -92,7 +92,7 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
             commands.extend(p.commands);
             replies.push(p.reply);
         }
-        let proposal = Proposal { at_ms: now_ms(), commands };
+        let proposal = Proposal::new(now_ms(), commands);
         let receiver = match raft.client_write_ff(proposal).await {
             Ok(r) => r,
             Err(fatal) => {

@@ -6,6 +6,7 @@
 //! reconnect to the new leader.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,7 +65,14 @@ impl Sessions {
     }
 
     pub fn touch(&self, worker: &str) {
-        self.seen().insert(worker.to_string(), Instant::now());
+        let now = Instant::now();
+        let mut seen = self.seen();
+        match seen.get_mut(worker) {
+            Some(t) => *t = now,
+            None => {
+                seen.insert(worker.to_string(), now);
+            }
+        }
     }
 
     /// When the worker was last heard from by this leader.
@@ -238,15 +246,32 @@ async fn run_session(
 fn reconcile(master: &Master, name: &str, known: &[(TaskId, Fence)], term: u64, tx: &mpsc::UnboundedSender<MasterMsg>) {
     let data = master.shared.read();
     let plan = session::reconcile(&data.state, name, known);
-    for (task, fence) in plan.run {
-        if let Some(run) = RunTask::for_attempt(&data.state, task, fence) {
-            let _ = tx.send(MasterMsg { term, body: MasterBody::Run(run) });
-        }
-    }
-    for (task, fence) in plan.stop {
-        let _ = tx.send(MasterMsg { term, body: MasterBody::Stop { task, fence } });
+    let mut bodies: Vec<MasterBody> = plan
+        .run
+        .iter()
+        .filter_map(|(task, fence)| RunTask::for_attempt(&data.state, *task, *fence).map(MasterBody::Run))
+        .collect();
+    bodies.extend(plan.stop.iter().map(|(task, fence)| MasterBody::Stop { task: *task, fence: *fence }));
+    if let Some(body) = MasterBody::batch(bodies) {
+        let _ = tx.send(MasterMsg { term, body });
     }
 }
+
+/// The next message if one has already arrived, without waiting (a zero timeout would wait
+/// for the timer driver's next tick).
+async fn recv_ready(inbound: &mut Streaming<Envelope>) -> Option<Result<Option<WorkerMsg>, String>> {
+    let mut next = std::pin::pin!(recv(inbound));
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match next.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// Most reports turned into one proposal.
+const MAX_REPORTS: usize = 1024;
 
 async fn session_loop(
     master: &Arc<Master>,
@@ -262,35 +287,52 @@ async fn session_loop(
             m = recv(inbound) => m?,
         };
         let Some(msg) = msg else { return Ok(()) };
-        master.sessions.touch(name);
-        let command = match msg {
-            WorkerMsg::Heartbeat => continue,
-            WorkerMsg::Hello { .. } => return Err("hello sent twice".to_string()),
-            WorkerMsg::Started { task, fence } => Command::TaskStarted { task, fence, worker: name.to_string() },
-            WorkerMsg::Finished { task, fence, outcome } => {
-                Command::TaskFinished { task, fence, worker: name.to_string(), outcome }
+        // Take every report that has already arrived as well: one proposal, one reply.
+        let mut msgs = msg.flatten();
+        while msgs.len() < MAX_REPORTS {
+            match recv_ready(inbound).await {
+                Some(Ok(Some(more))) => msgs.extend(more.flatten()),
+                Some(Ok(None)) | None => break,
+                Some(Err(e)) => return Err(e),
             }
-        };
-        let (task, fence, finished) = match &command {
-            Command::TaskStarted { task, fence, .. } => (*task, *fence, false),
-            Command::TaskFinished { task, fence, .. } => (*task, *fence, true),
-            _ => unreachable!("only task commands reach here"),
-        };
+        }
+        master.sessions.touch(name);
+        let mut commands = Vec::with_capacity(msgs.len());
+        let mut reports = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let (command, report) = match msg {
+                WorkerMsg::Heartbeat => continue,
+                WorkerMsg::Hello { .. } => return Err("hello sent twice".to_string()),
+                WorkerMsg::Batch(_) => continue, // flattened above
+                WorkerMsg::Started { task, fence } => {
+                    (Command::TaskStarted { task, fence, worker: name.to_string() }, (task, fence, false))
+                }
+                WorkerMsg::Finished { task, fence, outcome } => {
+                    (Command::TaskFinished { task, fence, worker: name.to_string(), outcome }, (task, fence, true))
+                }
+            };
+            commands.push(command);
+            reports.push(report);
+        }
+        if commands.is_empty() {
+            continue;
+        }
         // Enqueue in order; wait for the commit elsewhere so the stream keeps flowing.
-        let pending = master.proposer.enqueue(vec![command]).await;
+        let pending = master.proposer.enqueue(commands).await;
         let tx = tx.clone();
         tokio::spawn(async move {
-            let reply = match pending.await {
-                Ok(Ok(mut r)) => r.pop(),
-                _ => None, // not committed: the worker resends after reconnecting
-            };
-            let Some(reply) = reply else { return };
-            let body = match session::reply(&reply, finished) {
-                Reply::Ack => MasterBody::Ack { task, fence },
-                Reply::Stop => MasterBody::Stop { task, fence },
-                Reply::Nothing => return,
-            };
-            if let Some(tx) = tx.upgrade() {
+            // Not committed: the worker resends its results after reconnecting.
+            let Ok(Ok(responses)) = pending.await else { return };
+            let bodies: Vec<MasterBody> = reports
+                .into_iter()
+                .zip(&responses)
+                .filter_map(|((task, fence, finished), response)| match session::reply(response, finished) {
+                    Reply::Ack => Some(MasterBody::Ack { task, fence }),
+                    Reply::Stop => Some(MasterBody::Stop { task, fence }),
+                    Reply::Nothing => None,
+                })
+                .collect();
+            if let (Some(body), Some(tx)) = (MasterBody::batch(bodies), tx.upgrade()) {
                 let _ = tx.send(MasterMsg { term, body });
             }
         });

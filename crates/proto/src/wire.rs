@@ -41,6 +41,18 @@ pub enum WorkerMsg {
         fence: Fence,
         outcome: Outcome,
     },
+    /// Several reports in one message (a busy worker sends what is ready together).
+    Batch(Vec<WorkerMsg>),
+}
+
+impl WorkerMsg {
+    /// The messages inside, flattened.
+    pub fn flatten(self) -> Vec<WorkerMsg> {
+        match self {
+            WorkerMsg::Batch(msgs) => msgs.into_iter().flat_map(WorkerMsg::flatten).collect(),
+            other => vec![other],
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +87,27 @@ pub enum MasterBody {
         task: TaskId,
         fence: Fence,
     },
+    /// Several of the above in one message.
+    Batch(Vec<MasterBody>),
+}
+
+impl MasterBody {
+    /// One message for a list of bodies (none for an empty list).
+    pub fn batch(mut bodies: Vec<MasterBody>) -> Option<MasterBody> {
+        match bodies.len() {
+            0 => None,
+            1 => bodies.pop(),
+            _ => Some(MasterBody::Batch(bodies)),
+        }
+    }
+
+    /// The bodies inside, flattened.
+    pub fn flatten(self) -> Vec<MasterBody> {
+        match self {
+            MasterBody::Batch(bodies) => bodies.into_iter().flat_map(MasterBody::flatten).collect(),
+            other => vec![other],
+        }
+    }
 }
 
 /// One committed assignment, with everything the worker needs to run it.

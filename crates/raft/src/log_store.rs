@@ -6,11 +6,12 @@
 //! only means more entries are re-applied after a crash). All redb work runs on tokio's
 //! blocking pool so an fsync never stalls the async runtime.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, Vote};
@@ -64,6 +65,75 @@ impl OpenError {
 pub struct LogStore {
     db: Arc<Database>,
     bytes_written: Arc<AtomicU64>,
+    /// The newest entries, as appended: replication reads them from here instead of reading
+    /// and decoding them from disk once per follower. Entries share their commands, so a
+    /// copy is cheap.
+    cache: Arc<Mutex<Cache>>,
+}
+
+/// At most this many entries are kept in memory…
+const CACHE_ENTRIES: usize = 8_192;
+/// …and at most about this many encoded bytes of them, so big entries (a plan for thousands
+/// of tasks) do not pin a lot of memory.
+const CACHE_BYTES: usize = 16 << 20;
+
+#[derive(Default)]
+struct Cache {
+    /// Each entry with its encoded size, newest last.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    /// The entries in `[start, end)` if the cache holds all of them.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.entries.back()?.0.log_id.index;
+        if start < first || end > last + 1 || start >= end {
+            return None;
+        }
+        let from = (start - first) as usize;
+        Some(self.entries.range(from..from + (end - start) as usize).map(|(e, _)| e.clone()).collect())
+    }
+
+    fn append(&mut self, entries: &[Entry], sizes: &[usize]) {
+        for (e, &size) in entries.iter().zip(sizes) {
+            // Entries arrive contiguous; anything else resets the cache.
+            if self.entries.back().is_some_and(|(b, _)| b.log_id.index + 1 != e.log_id.index) {
+                self.entries.clear();
+                self.bytes = 0;
+            }
+            self.entries.push_back((e.clone(), size));
+            self.bytes += size;
+        }
+        while self.entries.len() > CACHE_ENTRIES || (self.bytes > CACHE_BYTES && self.entries.len() > 1) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    fn truncate(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|(e, _)| e.log_id.index >= index) {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    fn purge(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|(e, _)| e.log_id.index <= index) {
+            self.pop_front();
+        }
+    }
 }
 
 impl LogStore {
@@ -79,7 +149,11 @@ impl LogStore {
             Ok(())
         };
         init().map_err(|source| OpenError::Init { path: path.clone(), source })?;
-        let store = LogStore { db: Arc::new(db), bytes_written: Arc::new(AtomicU64::new(0)) };
+        let store = LogStore {
+            db: Arc::new(db),
+            bytes_written: Arc::new(AtomicU64::new(0)),
+            cache: Arc::new(Mutex::new(Cache::default())),
+        };
         store.verify().map_err(|reason| OpenError::Corrupt { path, reason })?;
         Ok(store)
     }
@@ -111,6 +185,10 @@ impl LogStore {
             Ok(())
         };
         check().map_err(|e| e.to_string())
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Bytes of log entries appended since this store was opened (shared by clones).
@@ -178,6 +256,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let bounds = to_owned_bounds(&range);
+        let start = match bounds.0 {
+            Bound::Included(s) => s,
+            Bound::Excluded(s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match bounds.1 {
+            Bound::Included(e) => e + 1,
+            Bound::Excluded(e) => e,
+            Bound::Unbounded => u64::MAX,
+        };
+        if let Some(hit) = self.cache().get(start, end) {
+            return Ok(hit);
+        }
         self.blocking(ErrorSubject::Logs, ErrorVerb::Read, move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(LOGS)?;
@@ -243,13 +334,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
-        for entry in entries {
-            let bytes = flotilla_proto::codec::encode("raft log entry", &entry)
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut encoded = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let bytes = flotilla_proto::codec::encode("raft log entry", entry)
                 .map_err(|e| storage_error(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, &e))?;
             encoded.push((entry.log_id.index, bytes));
         }
-        let total: usize = encoded.iter().map(|(_, b)| b.len()).sum();
+        let sizes: Vec<usize> = encoded.iter().map(|(_, b)| b.len()).collect();
+        let total: usize = sizes.iter().sum();
         self.bytes_written.fetch_add(total as u64, Ordering::Relaxed);
         let result = self
             .blocking(ErrorSubject::Logs, ErrorVerb::Write, move |db| {
@@ -266,13 +359,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .await;
         match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
+            Ok(()) => {
+                self.cache().append(&entries, &sizes);
+                callback.log_io_completed(Ok(()))
+            }
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
         }
         result
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.cache().truncate(log_id.index);
         self.blocking(ErrorSubject::Logs, ErrorVerb::Delete, move |db| {
             let txn = db.begin_write()?;
             {
@@ -286,6 +383,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.cache().purge(log_id.index);
         self.blocking(ErrorSubject::Logs, ErrorVerb::Delete, move |db| {
             let bytes = flotilla_proto::codec::encode("raft metadata", &log_id)?;
             let txn = db.begin_write()?;

@@ -33,7 +33,7 @@ fn entry(term: u64, index: u64, payload: EntryPayload<TypeConfig>) -> Entry<Type
 
 fn submit(n: u64) -> EntryPayload<TypeConfig> {
     let spec = JobSpec { command: vec!["echo".into(), n.to_string()], ..Default::default() };
-    EntryPayload::Normal(Proposal { at_ms: 1000 + n, commands: vec![Command::SubmitJob { spec, request_id: None }] })
+    EntryPayload::Normal(Proposal::new(1000 + n, vec![Command::SubmitJob { spec, request_id: None }]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

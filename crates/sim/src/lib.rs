@@ -344,7 +344,7 @@ impl Sim {
 
     fn apply(&mut self, term: u64, commands: Vec<Command>) -> Vec<Response> {
         let ctx = ApplyCtx { index: self.log.len() as u64 + 1, term, at_ms: self.now };
-        let proposal = Proposal { at_ms: self.now, commands };
+        let proposal = Proposal::new(self.now, commands);
         let responses = self.state.apply(ctx, &proposal);
         self.state.sanity_check();
         for (command, response) in proposal.commands.iter().zip(&responses) {
@@ -453,6 +453,12 @@ impl Sim {
     // ---- the leader ----------------------------------------------------------------------
 
     fn leader_receives(&mut self, worker: usize, session: u64, msg: WorkerMsg) {
+        for msg in msg.flatten() {
+            self.leader_handles(worker, session, msg);
+        }
+    }
+
+    fn leader_handles(&mut self, worker: usize, session: u64, msg: WorkerMsg) {
         let Some(leader) = &mut self.leader else { return };
         // A worker still talking over a dead session to a previous leader is not heard.
         let name = self.workers[worker].name.clone();
@@ -491,6 +497,7 @@ impl Sim {
                 let origin = Origin::Report { worker, session, task, fence, finished: true };
                 self.propose(vec![Command::TaskFinished { task, fence, worker: name, outcome }], origin);
             }
+            WorkerMsg::Batch(_) => {}
         }
     }
 
@@ -597,12 +604,23 @@ impl Sim {
         if !worker.book.accept_term(msg.term) {
             return;
         }
-        match msg.body {
+        for body in msg.body.flatten() {
+            self.worker_handles(w, session, body);
+        }
+    }
+
+    fn worker_handles(&mut self, w: usize, session: u64, body: MasterBody) {
+        let worker = &mut self.workers[w];
+        if worker.session != Some(session) {
+            return;
+        }
+        match body {
             MasterBody::Welcome { .. } => {
                 worker.welcomed = true;
                 worker.next_beat = self.now + 750;
-                for m in worker.book.unacked() {
-                    self.send(Msg::ToLeader { worker: w, session, msg: m });
+                let unacked = worker.book.unacked();
+                if !unacked.is_empty() {
+                    self.send(Msg::ToLeader { worker: w, session, msg: WorkerMsg::Batch(unacked) });
                 }
             }
             MasterBody::NotLeader { .. } | MasterBody::Refused { .. } => {
@@ -619,6 +637,7 @@ impl Sim {
                 self.execute(w, actions);
             }
             MasterBody::Ack { task, fence } => worker.book.on_ack(task, fence),
+            MasterBody::Batch(_) => {}
         }
     }
 

@@ -17,6 +17,7 @@ pub mod runner;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -31,7 +32,7 @@ use flotilla_proto::grpc::Envelope;
 use flotilla_proto::wire::{MasterBody, MasterMsg, WorkerMsg, PROTOCOL_VERSION};
 
 use book::{Action, Book};
-use runner::{Ended, PgidDir};
+use runner::{Ended, PgidJournal, Stopper};
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -72,8 +73,8 @@ struct Agent {
     instance: u64,
     book: Book,
     /// Stop handles of the processes running now.
-    processes: HashMap<(TaskId, Fence), CancellationToken>,
-    pgids: PgidDir,
+    processes: HashMap<(TaskId, Fence), Arc<Stopper>>,
+    pgids: Arc<PgidJournal>,
     events: mpsc::UnboundedSender<TaskEvent>,
     /// The current session got a welcome (resets the reconnect backoff).
     welcomed: bool,
@@ -87,13 +88,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     if config.cpus == 0 {
         return Err(WorkerError::Config("--cpus must be at least 1".into()));
     }
-    let pgid_dir = config.data_dir.join("running");
-    std::fs::create_dir_all(&pgid_dir).map_err(|source| WorkerError::DataDir { path: pgid_dir.clone(), source })?;
-    let pgids = PgidDir(pgid_dir);
-    let leftovers = pgids.kill_leftovers();
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| WorkerError::DataDir { path: config.data_dir.clone(), source })?;
+    let (pgids, leftovers) = PgidJournal::open(&config.data_dir)
+        .map_err(|source| WorkerError::DataDir { path: config.data_dir.clone(), source })?;
     if leftovers > 0 {
         tracing::warn!(leftovers, "killed task processes left by a previous run of this worker");
     }
+    let pgids = Arc::new(pgids);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
         instance: random_u64(),
@@ -106,7 +108,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     };
     let result = agent.serve(&mut events_rx, &shutdown).await;
     for stop in agent.processes.values() {
-        stop.cancel();
+        stop.stop();
     }
     // Give runners a moment to kill their process groups.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -314,8 +316,9 @@ impl Agent {
         self.welcomed = true;
 
         // Deliver what finished while no leader listened.
-        for msg in self.book.unacked() {
-            send(&msg);
+        let unacked = self.book.unacked();
+        if !unacked.is_empty() {
+            send(&WorkerMsg::Batch(unacked));
         }
         let mut beat = tokio::time::interval(heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -328,8 +331,16 @@ impl Agent {
                     }
                 }
                 Some(ev) = events.recv() => {
-                    if let Some(msg) = self.on_task_event(ev, Some(())) {
-                        send(&msg);
+                    // Report everything that is ready in one message.
+                    let mut ready: Vec<WorkerMsg> = self.on_task_event(ev, Some(())).into_iter().collect();
+                    while ready.len() < 1024 {
+                        let Ok(ev) = events.try_recv() else { break };
+                        ready.extend(self.on_task_event(ev, Some(())));
+                    }
+                    match ready.len() {
+                        0 => {}
+                        1 => { send(&ready[0]); }
+                        _ => { send(&WorkerMsg::Batch(ready)); }
                     }
                 }
                 msg = inbound.message() => {
@@ -346,19 +357,21 @@ impl Agent {
                         tracing::warn!(term = msg.term, highest = self.book.highest_term(), "ignoring a message from a deposed leader");
                         continue;
                     }
-                    match msg.body {
-                        MasterBody::Run(run) => {
-                            let actions = self.book.on_run(run);
-                            self.execute(actions);
+                    for body in msg.body.flatten() {
+                        match body {
+                            MasterBody::Run(run) => {
+                                let actions = self.book.on_run(run);
+                                self.execute(actions);
+                            }
+                            MasterBody::Stop { task, fence } => {
+                                let actions = self.book.on_stop(task, fence);
+                                self.execute(actions);
+                            }
+                            MasterBody::Ack { task, fence } => self.book.on_ack(task, fence),
+                            MasterBody::NotLeader { leader } => return Ok(SessionEnd::Redirect(leader)),
+                            MasterBody::Refused { reason } => return Err(WorkerError::Refused(reason)),
+                            MasterBody::Welcome { .. } | MasterBody::Batch(_) => {}
                         }
-                        MasterBody::Stop { task, fence } => {
-                            let actions = self.book.on_stop(task, fence);
-                            self.execute(actions);
-                        }
-                        MasterBody::Ack { task, fence } => self.book.on_ack(task, fence),
-                        MasterBody::NotLeader { leader } => return Ok(SessionEnd::Redirect(leader)),
-                        MasterBody::Refused { reason } => return Err(WorkerError::Refused(reason)),
-                        MasterBody::Welcome { .. } => {}
                     }
                 }
             }
@@ -371,11 +384,11 @@ impl Agent {
             match action {
                 Action::Kill(task, fence) => {
                     if let Some(stop) = self.processes.get(&(task, fence)) {
-                        stop.cancel();
+                        stop.stop();
                     }
                 }
                 Action::Start(run) => {
-                    let stop = CancellationToken::new();
+                    let stop = Arc::new(Stopper::default());
                     self.processes.insert((run.task, run.fence), stop.clone());
                     let events = self.events.clone();
                     let pgids = self.pgids.clone();
@@ -383,7 +396,7 @@ impl Agent {
                     tokio::spawn(async move {
                         let (task, fence) = (run.task, run.fence);
                         let started = events.clone();
-                        let ended = runner::run(&run, &name, &pgids, stop, move || {
+                        let ended = runner::run_async(run, name, pgids, stop, move || {
                             let _ = started.send(TaskEvent::Started(task, fence));
                         })
                         .await;

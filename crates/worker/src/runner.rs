@@ -4,18 +4,29 @@
 //! [`MAX_OUTPUT_BYTES`] each and drained beyond that so the child never blocks on a full pipe.
 //! On timeout or stop the whole group is killed; when the main process exits, whatever it left
 //! running in its group is killed too, so a task never outlives its attempt.
+//!
+//! Each attempt runs on a thread of the blocking pool: `posix_spawn` (through `std`), then one
+//! `poll(2)` loop over the pipes and a pidfd that tells when the process exits. This costs
+//! about what a bare spawn-and-wait loop costs, which matters when tasks last a millisecond.
+//! An attempt that ends within [`QUIET_START`] is never reported as started: its result
+//! follows at once, and the leader is spared a message and a log entry.
 
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
 
 use flotilla_core::model::{Captured, Outcome, TaskSlot, MAX_OUTPUT_BYTES};
 use flotilla_proto::wire::RunTask;
+
+/// Attempts shorter than this are reported only by their result.
+pub const QUIET_START: Duration = Duration::from_millis(50);
 
 /// How the attempt ended from the worker's point of view.
 pub enum Ended {
@@ -35,61 +46,131 @@ pub fn kill_group(pgid: i32) {
     }
 }
 
-/// Where the process group ids of running tasks are recorded, so that a restarted worker can
-/// kill what its previous incarnation left behind.
-#[derive(Clone)]
-pub struct PgidDir(pub PathBuf);
+/// Stops an attempt from another thread: marks it stopped and kills its group if it has one.
+#[derive(Default)]
+pub struct Stopper {
+    stopped: AtomicBool,
+    pgid: AtomicI32,
+}
 
-impl PgidDir {
-    fn path(&self, task: &RunTask) -> PathBuf {
-        let slot = match task.task.slot {
-            TaskSlot::Array(i) => i.to_string(),
-            TaskSlot::Reduce => "reduce".to_string(),
-        };
-        self.0.join(format!("{}-{}-{}.pgid", task.task.job, slot, task.fence.attempt))
+impl Stopper {
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        kill_group(self.pgid.load(Ordering::SeqCst));
     }
 
-    /// Kills every group recorded by an earlier run of this worker and forgets them.
-    pub fn kill_leftovers(&self) -> usize {
-        let Ok(entries) = std::fs::read_dir(&self.0) else { return 0 };
-        let mut killed = 0;
-        for entry in entries.flatten() {
-            if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                if let Ok(pgid) = text.trim().parse::<i32>() {
-                    kill_group(pgid);
-                    killed += 1;
-                }
-            }
-            let _ = std::fs::remove_file(entry.path());
-        }
-        killed
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 }
 
-/// Reads a stream to its end, keeping the first `MAX_OUTPUT_BYTES`.
-async fn capture<R: AsyncRead + Unpin>(mut reader: R) -> Captured {
-    let mut kept = Vec::new();
-    let mut total: u64 = 0;
-    let mut buf = vec![0u8; 16 * 1024];
+/// Records the process groups of running attempts in an append-only file (`+pgid`/`-pgid`
+/// lines, no fsync), so that a restarted worker can kill what its previous process left
+/// behind. Far cheaper than a file per attempt.
+pub struct PgidJournal {
+    path: PathBuf,
+    inner: Mutex<Journal>,
+}
+
+struct Journal {
+    file: Option<File>,
+    live: HashSet<i32>,
+    lines: u64,
+}
+
+impl PgidJournal {
+    /// Opens `dir/running.pgids`, first killing every group a previous run left recorded as
+    /// running. Returns the journal and how many groups were killed.
+    pub fn open(dir: &Path) -> std::io::Result<(PgidJournal, usize)> {
+        let path = dir.join("running.pgids");
+        let mut leftovers = HashSet::new();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                if let Some(p) = line.strip_prefix('+').and_then(|p| p.parse::<i32>().ok()) {
+                    leftovers.insert(p);
+                } else if let Some(p) = line.strip_prefix('-').and_then(|p| p.parse::<i32>().ok()) {
+                    leftovers.remove(&p);
+                }
+            }
+        }
+        for pgid in &leftovers {
+            kill_group(*pgid);
+        }
+        let file = File::create(&path)?;
+        let journal =
+            PgidJournal { path, inner: Mutex::new(Journal { file: Some(file), live: HashSet::new(), lines: 0 }) };
+        Ok((journal, leftovers.len()))
+    }
+
+    fn record(&self, pgid: i32, running: bool) {
+        let mut j = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if running {
+            j.live.insert(pgid);
+        } else {
+            j.live.remove(&pgid);
+        }
+        j.lines += 1;
+        if j.lines > 100_000 {
+            // Compact: rewrite with the groups running now.
+            let mut text = String::new();
+            for p in &j.live {
+                text.push_str(&format!("+{p}\n"));
+            }
+            if std::fs::write(&self.path, text).is_ok() {
+                j.file = File::options().append(true).open(&self.path).ok();
+                j.lines = j.live.len() as u64;
+            }
+            return;
+        }
+        let line = format!("{}{pgid}\n", if running { '+' } else { '-' });
+        if let Some(f) = j.file.as_mut() {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
+/// Reads what is available from a non-blocking pipe; false at end of file.
+fn drain(fd: &mut File, kept: &mut Vec<u8>, total: &mut u64) -> bool {
+    let mut buf = [0u8; 16 * 1024];
     loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+        match fd.read(&mut buf) {
+            Ok(0) => return false,
             Ok(n) => {
-                total += n as u64;
+                *total += n as u64;
                 let room = MAX_OUTPUT_BYTES.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
         }
     }
-    Captured::from_bytes(&kept, total)
 }
 
-/// Runs the attempt to its end. `on_start` is called once the process exists.
-pub async fn run(
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+}
+
+/// A descriptor that becomes readable when the process exits (Linux 5.3+), if available.
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative return is a fresh descriptor we now own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Runs the attempt to its end, blocking the calling thread (run it on a blocking pool).
+/// `on_start` is called with the process group id once the attempt has run for
+/// [`QUIET_START`] (never, if it ends sooner).
+pub fn run(
     task: &RunTask,
     worker_name: &str,
-    pgids: &PgidDir,
-    stop: CancellationToken,
+    journal: &PgidJournal,
+    stopper: &Stopper,
     on_start: impl FnOnce(),
 ) -> Ended {
     let started = Instant::now();
@@ -102,8 +183,7 @@ pub async fn run(
         .stdin(if task.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
     match task.task.slot {
         TaskSlot::Array(i) => cmd.env("FLOTILLA_TASK_INDEX", i.to_string()),
         TaskSlot::Reduce => cmd.env("FLOTILLA_REDUCE", "1"),
@@ -111,56 +191,126 @@ pub async fn run(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            on_start();
             return Ended::Finished(Outcome {
                 spawn_error: Some(format!("{}: {e}", task.command[0])),
                 duration_ms: started.elapsed().as_millis() as u64,
                 ..Default::default()
-            });
+            })
         }
     };
-    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-    let pgid_file = pgids.path(task);
-    let _ = std::fs::write(&pgid_file, pgid.to_string());
-    on_start();
-
-    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), task.stdin.clone()) {
-        tokio::spawn(async move {
-            // A task that does not read its input closes the pipe; that is not an error.
-            let _ = stdin.write_all(input.as_bytes()).await;
-        });
+    let pgid = child.id() as i32;
+    stopper.pgid.store(pgid, Ordering::SeqCst);
+    journal.record(pgid, true);
+    if stopper.is_stopped() {
+        kill_group(pgid); // stopped while it was being started
     }
-    let stdout = child.stdout.take().map(|s| tokio::spawn(capture(s)));
-    let stderr = child.stderr.take().map(|s| tokio::spawn(capture(s)));
 
-    let timeout = task.timeout_ms.map(Duration::from_millis).unwrap_or(Duration::MAX);
+    // Pipes as plain non-blocking files, watched together with the exit notification.
+    let mut stdout = child.stdout.take().map(|p| File::from(OwnedFd::from(p)));
+    let mut stderr = child.stderr.take().map(|p| File::from(OwnedFd::from(p)));
+    let mut stdin = child.stdin.take().map(|p| File::from(OwnedFd::from(p)));
+    for f in [&stdout, &stderr, &stdin].into_iter().flatten() {
+        set_nonblocking(f.as_raw_fd());
+    }
+    let input = task.stdin.as_deref().unwrap_or("").as_bytes();
+    let mut written = 0usize;
+    let exit_fd = pidfd(child.id());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut out_total, mut err_total) = (0u64, 0u64);
+    let deadline = task.timeout_ms.map(|ms| started + Duration::from_millis(ms));
     let mut timed_out = false;
-    let mut stopped = false;
-    let status = tokio::select! {
-        s = child.wait() => s,
-        _ = tokio::time::sleep(timeout) => {
-            timed_out = true;
-            kill_group(pgid);
-            child.wait().await
+    let mut reported_start = false;
+    let mut on_start = Some(on_start);
+    let mut exited = None;
+    let mut drain_until: Option<Instant> = None;
+
+    loop {
+        if exited.is_none() {
+            exited = child.try_wait().ok().flatten();
+            if exited.is_some() {
+                // Whatever the task left running in its group goes with it; this also closes
+                // the pipes those processes held.
+                kill_group(pgid);
+                drain_until = Some(Instant::now() + Duration::from_secs(2));
+            }
         }
-        _ = stop.cancelled() => {
-            stopped = true;
-            kill_group(pgid);
-            child.wait().await
+        if exited.is_some() && stdout.is_none() && stderr.is_none() {
+            break;
         }
+        if drain_until.is_some_and(|t| Instant::now() > t) {
+            break; // a process outside the group still holds a pipe: stop waiting for it
+        }
+        let now = Instant::now();
+        if !reported_start && now.duration_since(started) >= QUIET_START && exited.is_none() {
+            reported_start = true;
+            if let Some(f) = on_start.take() {
+                f();
+            }
+        }
+        if let Some(d) = deadline {
+            if now >= d && exited.is_none() && !timed_out {
+                timed_out = true;
+                kill_group(pgid);
+            }
+        }
+        // Sleep in poll until something happens or the next timer (start report, deadline).
+        let mut wake = Duration::from_millis(if exit_fd.is_some() { 1_000 } else { 20 });
+        if !reported_start {
+            wake = wake.min(QUIET_START.saturating_sub(now.duration_since(started)) + Duration::from_millis(1));
+        }
+        if let Some(d) = deadline {
+            wake = wake.min(d.saturating_duration_since(now) + Duration::from_millis(1));
+        }
+        if let Some(t) = drain_until {
+            wake = wake.min(t.saturating_duration_since(now) + Duration::from_millis(1));
+        }
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+        let mut push = |fd: RawFd, events: libc::c_short| fds.push(libc::pollfd { fd, events, revents: 0 });
+        if let Some(f) = &stdout {
+            push(f.as_raw_fd(), libc::POLLIN);
+        }
+        if let Some(f) = &stderr {
+            push(f.as_raw_fd(), libc::POLLIN);
+        }
+        if let Some(f) = &stdin {
+            push(f.as_raw_fd(), libc::POLLOUT);
+        }
+        if let (Some(fd), None) = (&exit_fd, &exited) {
+            push(fd.as_raw_fd(), libc::POLLIN);
+        }
+        // SAFETY: `fds` is a valid array of pollfd for its length.
+        unsafe {
+            libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wake.as_millis().min(60_000) as libc::c_int);
+        }
+        if let Some(f) = stdout.as_mut() {
+            if !drain(f, &mut out, &mut out_total) {
+                stdout = None;
+            }
+        }
+        if let Some(f) = stderr.as_mut() {
+            if !drain(f, &mut err, &mut err_total) {
+                stderr = None;
+            }
+        }
+        if let Some(f) = stdin.as_mut() {
+            match f.write(&input[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // A task that does not read its input closes the pipe; that is not an error.
+                Err(_) => written = input.len(),
+            }
+            if written >= input.len() {
+                stdin = None; // closes it: end of input
+            }
+        }
+    }
+    let status = match exited {
+        Some(s) => Ok(s),
+        None => child.wait(),
     };
-    // Whatever the task left running in its group goes with it; this also closes the pipes.
     kill_group(pgid);
-    let _ = std::fs::remove_file(&pgid_file);
-    let grace = Duration::from_secs(2);
-    let collect = |h: Option<tokio::task::JoinHandle<Captured>>| async move {
-        match h {
-            Some(h) => tokio::time::timeout(grace, h).await.ok().and_then(|r| r.ok()).unwrap_or_default(),
-            None => Captured::default(),
-        }
-    };
-    let (stdout, stderr) = (collect(stdout).await, collect(stderr).await);
-    if stopped {
+    journal.record(pgid, false);
+    if stopper.is_stopped() {
         return Ended::Stopped;
     }
     let (exit_code, signal) = match &status {
@@ -172,9 +322,23 @@ pub async fn run(
         signal,
         timed_out,
         spawn_error: status.err().map(|e| format!("waiting for the process failed: {e}")),
-        stdout,
-        stderr,
+        stdout: Captured::from_bytes(&out, out_total),
+        stderr: Captured::from_bytes(&err, err_total),
         duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Runs [`run`] on the blocking pool.
+pub async fn run_async(
+    task: RunTask,
+    worker_name: String,
+    journal: Arc<PgidJournal>,
+    stopper: Arc<Stopper>,
+    on_start: impl FnOnce() + Send + 'static,
+) -> Ended {
+    let outcome = tokio::task::spawn_blocking(move || run(&task, &worker_name, &journal, &stopper, on_start)).await;
+    outcome.unwrap_or_else(|e| {
+        Ended::Finished(Outcome { spawn_error: Some(format!("runner failed: {e}")), ..Default::default() })
     })
 }
 
@@ -195,66 +359,102 @@ mod tests {
         }
     }
 
-    fn dir() -> (tempfile::TempDir, PgidDir) {
+    fn journal() -> (tempfile::TempDir, PgidJournal) {
         let d = tempfile::tempdir().unwrap();
-        let p = PgidDir(d.path().to_path_buf());
-        (d, p)
+        let (j, _) = PgidJournal::open(d.path()).unwrap();
+        (d, j)
     }
 
-    async fn finish(t: &RunTask) -> Outcome {
-        let (_d, p) = dir();
-        match run(t, "w", &p, CancellationToken::new(), || {}).await {
+    fn finish(t: &RunTask) -> Outcome {
+        let (_d, j) = journal();
+        match run(t, "w", &j, &Stopper::default(), || {}) {
             Ended::Finished(o) => o,
             Ended::Stopped => panic!("stopped"),
         }
     }
 
-    #[tokio::test]
-    async fn runs_with_the_task_environment_and_no_shell() {
-        let o = finish(&task(&["sh", "-c", "echo $FLOTILLA_JOB_ID:$FLOTILLA_TASK_INDEX:$FLOTILLA_ATTEMPT"])).await;
+    #[test]
+    fn runs_with_the_task_environment_and_no_shell() {
+        let o = finish(&task(&["sh", "-c", "echo $FLOTILLA_JOB_ID:$FLOTILLA_TASK_INDEX:$FLOTILLA_ATTEMPT"]));
         assert_eq!(o.exit_code, Some(0));
         assert_eq!(o.stdout.text, "1:7:1\n");
-        let o = finish(&task(&["echo", "$HOME", "a b"])).await;
+        let o = finish(&task(&["echo", "$HOME", "a b"]));
         assert_eq!(o.stdout.text, "$HOME a b\n", "arguments are verbatim");
+        let o = finish(&task(&["sh", "-c", "echo oops >&2; exit 3"]));
+        assert_eq!((o.exit_code, o.stderr.text.as_str()), (Some(3), "oops\n"));
     }
 
-    #[tokio::test]
-    async fn a_missing_program_is_a_spawn_error() {
-        let o = finish(&task(&["/no/such/program"])).await;
+    #[test]
+    fn a_missing_program_is_a_spawn_error() {
+        let o = finish(&task(&["/no/such/program"]));
         assert!(o.spawn_error.as_deref().unwrap().contains("/no/such/program"));
         assert!(!o.succeeded());
     }
 
-    #[tokio::test]
-    async fn huge_output_is_truncated_and_marked() {
-        let o = finish(&task(&["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x"])).await;
+    #[test]
+    fn huge_output_is_truncated_and_marked() {
+        let o = finish(&task(&["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x"]));
         assert!(o.stdout.truncated);
         assert_eq!(o.stdout.text.len(), MAX_OUTPUT_BYTES);
         assert_eq!(o.stdout.total_bytes, 1_000_000);
     }
 
-    #[tokio::test]
-    async fn a_timeout_kills_the_whole_group() {
+    #[test]
+    fn a_timeout_kills_the_whole_group() {
         let mut t = task(&["sh", "-c", "sleep 30 & sleep 30; echo never"]);
         t.timeout_ms = Some(200);
         let started = Instant::now();
-        let o = finish(&t).await;
+        let o = finish(&t);
         assert!(o.timed_out);
         assert!(started.elapsed() < Duration::from_secs(10), "background child must not hold the pipes");
     }
 
-    #[tokio::test]
-    async fn stdin_is_fed_and_a_stop_reports_nothing() {
+    #[test]
+    fn a_background_child_left_behind_does_not_hold_the_attempt() {
+        let started = Instant::now();
+        let o = finish(&task(&["sh", "-c", "sleep 30 & echo done"]));
+        assert_eq!(o.stdout.text, "done\n");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn stdin_is_fed_even_when_large() {
         let mut t = task(&["wc", "-l"]);
-        t.stdin = Some("a\nb\nc\n".into());
-        assert_eq!(finish(&t).await.stdout.text.trim(), "3");
-        let (_d, p) = dir();
-        let stop = CancellationToken::new();
-        let s2 = stop.clone();
-        let t = task(&["sleep", "30"]);
-        let h = tokio::spawn(async move { run(&t, "w", &p, s2, || {}).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        stop.cancel();
-        assert!(matches!(h.await.unwrap(), Ended::Stopped));
+        t.stdin = Some("line\n".repeat(200_000));
+        assert_eq!(finish(&t).stdout.text.trim(), "200000");
+    }
+
+    #[test]
+    fn a_stop_kills_and_reports_nothing_and_short_tasks_report_no_start() {
+        let (_d, j) = journal();
+        let j = Arc::new(j);
+        let stopper = Arc::new(Stopper::default());
+        let (s2, j2) = (stopper.clone(), j.clone());
+        let started = Arc::new(AtomicBool::new(false));
+        let flag = started.clone();
+        let h = std::thread::spawn(move || {
+            run(&task(&["sleep", "30"]), "w", &j2, &s2, move || flag.store(true, Ordering::SeqCst))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(started.load(Ordering::SeqCst), "a task running past the quiet start is reported");
+        stopper.stop();
+        assert!(matches!(h.join().unwrap(), Ended::Stopped));
+        let quiet = Arc::new(AtomicBool::new(false));
+        let flag = quiet.clone();
+        run(&task(&["true"]), "w", &j, &Stopper::default(), move || flag.store(true, Ordering::SeqCst));
+        assert!(!quiet.load(Ordering::SeqCst), "a task shorter than the quiet start is not reported");
+    }
+
+    #[test]
+    fn the_journal_kills_what_a_previous_run_left() {
+        let d = tempfile::tempdir().unwrap();
+        let (j, _) = PgidJournal::open(d.path()).unwrap();
+        let mut child = Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        j.record(child.id() as i32, true);
+        drop(j);
+        let (_j, killed) = PgidJournal::open(d.path()).unwrap();
+        assert_eq!(killed, 1);
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 }

@@ -18,7 +18,7 @@ impl Setup {
     fn apply(&mut self, c: Command) -> Response {
         self.index += 1;
         let ctx = ApplyCtx { index: self.index, term: 1, at_ms: self.index };
-        self.state.apply(ctx, &Proposal { at_ms: self.index, commands: vec![c] }).remove(0)
+        self.state.apply(ctx, &Proposal::new(self.index, vec![c])).remove(0)
     }
     fn worker(&mut self, name: &str, cpus: u32, labels: &[(&str, &str)]) {
         let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

@@ -22,7 +22,7 @@ impl Driver {
     pub fn apply(&mut self, command: Command) -> Response {
         self.now += 10;
         let ctx = ApplyCtx { index: self.log.len() as u64 + 1, term: self.term, at_ms: self.now };
-        let proposal = Proposal { at_ms: self.now, commands: vec![command] };
+        let proposal = Proposal::new(self.now, vec![command]);
         let mut responses = self.state.apply(ctx, &proposal);
         self.log.push((ctx, proposal));
         self.state.sanity_check();
