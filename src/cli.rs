@@ -108,8 +108,9 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub cpus: Option<u32>,
     /// Cpus' worth of tasks to keep queued beyond the running ones, so that a finished task is
-    /// replaced at once (default: 16 per cpu). Queued tasks wait for this worker even if
-    /// another frees up first; use 0 for long tasks on a busy, uneven cluster.
+    /// replaced at once. Default: adaptive, about 250 ms of work at the task durations this
+    /// worker measures (16 per cpu until it has measured some). Queued tasks wait for this
+    /// worker even if another frees up first; use 0 for long tasks on a busy, uneven cluster.
     #[arg(long)]
     pub prefetch: Option<u32>,
     /// Memory this worker offers, e.g. 4G (informational).

@@ -93,6 +93,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         name,
         cpus,
         prefetch: args.prefetch.unwrap_or(cpus.saturating_mul(16)),
+        adaptive_prefetch: args.prefetch.is_none(),
         memory,
         labels: parse_labels(&args.labels)?,
         data_dir,

@@ -15,8 +15,12 @@ use flotilla::local::signal;
 async fn regression_wiped_follower_is_rebuilt_by_a_snapshot_not_a_partial_log() {
     let mut t = cluster(3, &[("a", 2)], &["--snapshot-every", "20"]).await;
     let client = t.client();
-    let id = client.submit(&squares_job(30, "0")).await.expect("submit").id;
-    wait_job(&t, &client, id, LONG).await;
+    // Jobs one after another, so the log grows past several snapshots (batching would fold
+    // one big job into a few entries).
+    for _ in 0..15 {
+        let id = client.submit(&squares_job(3, "0")).await.expect("submit").id;
+        wait_job(&t, &client, id, LONG).await;
+    }
     let leader = t.cluster.wait_leader(LONG).await.expect("leader");
     let follower = (1..=3).find(|i| *i != leader).expect("a follower");
     t.cluster.kill_master(follower);

@@ -67,9 +67,13 @@ pub async fn run(n: u64) -> anyhow::Result<f64> {
         .chain(bench.cluster.workers.iter().map(|(n, c)| (format!("worker {n}"), c.id())))
         .collect();
     let cpu0: Vec<_> = pids.iter().map(|(_, p)| procfs::cpu_time(*p).unwrap_or_default()).collect();
+    let (leader, _) = bench.leader_pid().await?;
+    let before = client.node(&bench.cluster.address(leader)).await?;
     let t0 = Instant::now();
     let id = client.submit(&job).await?.id;
     let finished = wait_job(&client, id, Duration::from_secs(1800)).await?;
+    let after = client.node(&bench.cluster.address(leader)).await?;
+    let entries = after.last_log_index.unwrap_or(0).saturating_sub(before.last_log_index.unwrap_or(0));
     let makespan = finished - t0;
     let limit_rate = n as f64 / limit.as_secs_f64();
     let rate = n as f64 / makespan.as_secs_f64();
@@ -87,6 +91,7 @@ pub async fn run(n: u64) -> anyhow::Result<f64> {
         "",
     );
     figure("storm", "ratio to the limit", format!("{ratio:.2}"), ">= 0.85");
+    figure("storm", "tasks per raft entry", format!("{:.1}", n as f64 / entries.max(1) as f64), "");
     let shares: Vec<String> = pids
         .iter()
         .zip(&cpu0)

@@ -88,6 +88,11 @@ pub enum Command {
         node: NodeId,
         reachable: bool,
     },
+    /// A worker asks for a different queue depth (it measured how long its tasks take).
+    SetWorkerQueue {
+        worker: String,
+        queue: u32,
+    },
 }
 
 /// One committed assignment, as the leader pushes it to the worker.

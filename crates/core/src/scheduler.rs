@@ -1,9 +1,10 @@
 //! The scheduler: a pure function from a state snapshot to a placement plan.
 //!
 //! Guarantees (checked by property tests):
-//! - a task is placed only on a ready worker whose labels match the job's selector and whose
-//!   capacity (its cpus plus its queue) covers the job's cpus, counting what this same plan
-//!   already placed there; free cpus are filled before any queue;
+//! - a task is placed only on a ready worker whose labels match the job's selector, that has
+//!   at least the job's cpus, and whose capacity (its cpus plus its queue) covers the job's
+//!   cpus, counting what this same plan already placed there; free cpus are filled before
+//!   any queue;
 //! - jobs are served in priority order, FIFO within a priority; a job that cannot be placed
 //!   does not block lower-priority jobs from using other workers (backfill);
 //! - within a job, each task goes to the least-loaded eligible worker (used/total cpus, then
@@ -101,7 +102,7 @@ pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
             let mut heap: BinaryHeap<ByLoad> = slots
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.room(round).0 >= cpus && job.spec.selects(s.labels))
+                .filter(|(_, s)| s.cpus >= cpus && s.room(round).0 >= cpus && job.spec.selects(s.labels))
                 .map(|(i, s)| ByLoad { used: s.used, total: s.room(round).1, slot: i })
                 .collect();
             while plan.len() < max && waiting.peek().is_some() {

@@ -17,7 +17,7 @@ use flotilla_raft::{NodeId, Raft};
 /// Most commands in one log entry.
 const MAX_BATCH: usize = 4096;
 /// Most proposals awaiting commit at once.
-const MAX_IN_FLIGHT: usize = 16;
+const MAX_IN_FLIGHT: usize = 1;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ProposeError {

@@ -305,11 +305,13 @@ async fn session_loop(
                 WorkerMsg::Hello { .. } => return Err("hello sent twice".to_string()),
                 WorkerMsg::Batch(_) => continue, // flattened above
                 WorkerMsg::Started { task, fence } => {
-                    (Command::TaskStarted { task, fence, worker: name.to_string() }, (task, fence, false))
+                    (Command::TaskStarted { task, fence, worker: name.to_string() }, Some((task, fence, false)))
                 }
-                WorkerMsg::Finished { task, fence, outcome } => {
-                    (Command::TaskFinished { task, fence, worker: name.to_string(), outcome }, (task, fence, true))
-                }
+                WorkerMsg::Finished { task, fence, outcome } => (
+                    Command::TaskFinished { task, fence, worker: name.to_string(), outcome },
+                    Some((task, fence, true)),
+                ),
+                WorkerMsg::Queue { queue } => (Command::SetWorkerQueue { worker: name.to_string(), queue }, None),
             };
             commands.push(command);
             reports.push(report);
@@ -326,10 +328,13 @@ async fn session_loop(
             let bodies: Vec<MasterBody> = reports
                 .into_iter()
                 .zip(&responses)
-                .filter_map(|((task, fence, finished), response)| match session::reply(response, finished) {
-                    Reply::Ack => Some(MasterBody::Ack { task, fence }),
-                    Reply::Stop => Some(MasterBody::Stop { task, fence }),
-                    Reply::Nothing => None,
+                .filter_map(|(report, response)| {
+                    let (task, fence, finished) = report?;
+                    match session::reply(response, finished) {
+                        Reply::Ack => Some(MasterBody::Ack { task, fence }),
+                        Reply::Stop => Some(MasterBody::Stop { task, fence }),
+                        Reply::Nothing => None,
+                    }
                 })
                 .collect();
             if let (Some(body), Some(tx)) = (MasterBody::batch(bodies), tx.upgrade()) {

@@ -43,6 +43,11 @@ pub enum WorkerMsg {
     },
     /// Several reports in one message (a busy worker sends what is ready together).
     Batch(Vec<WorkerMsg>),
+    /// The worker wants a different queue depth (see `WorkerInfo::queue`): it sizes its
+    /// queue to cover a fixed time of work at the task durations it measures.
+    Queue {
+        queue: u32,
+    },
 }
 
 impl WorkerMsg {

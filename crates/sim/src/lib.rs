@@ -497,7 +497,8 @@ impl Sim {
                 let origin = Origin::Report { worker, session, task, fence, finished: true };
                 self.propose(vec![Command::TaskFinished { task, fence, worker: name, outcome }], origin);
             }
-            WorkerMsg::Batch(_) => {}
+            // The simulated workers neither batch nor resize their queues.
+            WorkerMsg::Batch(_) | WorkerMsg::Queue { .. } => {}
         }
     }
 

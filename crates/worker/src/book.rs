@@ -73,6 +73,11 @@ impl Book {
         self.running.len()
     }
 
+    /// Assignments waiting for a free cpu.
+    pub fn queued_count(&self) -> usize {
+        self.queued.len()
+    }
+
     /// The finished-but-unacknowledged results, to send again to a new leader.
     pub fn unacked(&self) -> Vec<WorkerMsg> {
         self.unacked

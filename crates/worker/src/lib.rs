@@ -18,7 +18,7 @@ pub mod runner;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -39,8 +39,11 @@ pub struct WorkerConfig {
     pub masters: Vec<String>,
     pub name: String,
     pub cpus: u32,
-    /// Cpus' worth of tasks to keep queued beyond the running ones (see `WorkerInfo::queue`).
+    /// Cpus' worth of tasks to keep queued beyond the running ones (see `WorkerInfo::queue`);
+    /// the starting value when `adaptive_prefetch` is on.
     pub prefetch: u32,
+    /// Resize the queue to cover [`QUEUE_AHEAD`] of work at the measured task durations.
+    pub adaptive_prefetch: bool,
     pub memory: Option<u64>,
     pub labels: BTreeMap<String, String>,
     pub data_dir: PathBuf,
@@ -61,6 +64,31 @@ pub enum WorkerError {
     Refused(String),
 }
 
+/// The adaptive queue holds about this much work (at the measured task durations): enough
+/// that a finished report and the next assignment can cross the Raft group without the
+/// cpus going idle, little enough that a queue does not hold much work another worker
+/// could have started.
+pub const QUEUE_AHEAD: Duration = Duration::from_millis(250);
+/// The adaptive queue is at most this many tasks per cpu.
+const MAX_QUEUE_PER_CPU: u32 = 256;
+/// A busy worker (tasks queued) holds its reports this long to send more in one message:
+/// the master learns of freed capacity a little later, which the queue covers.
+const REPORT_LINGER: Duration = Duration::from_millis(50);
+
+/// Sends the reports waiting in `outbox` as one message.
+fn send_reports(send: &impl Fn(&WorkerMsg) -> bool, outbox: &mut Vec<WorkerMsg>) {
+    match outbox.len() {
+        0 => {}
+        1 => {
+            send(&outbox[0]);
+        }
+        _ => {
+            send(&WorkerMsg::Batch(std::mem::take(outbox)));
+        }
+    }
+    outbox.clear();
+}
+
 /// Something that happened to a task attempt on this worker.
 enum TaskEvent {
     Started(TaskId, Fence),
@@ -72,8 +100,16 @@ struct Agent {
     config: WorkerConfig,
     instance: u64,
     book: Book,
-    /// Stop handles of the processes running now.
-    processes: HashMap<(TaskId, Fence), Arc<Stopper>>,
+    /// Stop handles of the processes running now, and when each started.
+    processes: HashMap<(TaskId, Fence), (Arc<Stopper>, Instant)>,
+    /// Queue depth as last told to the masters.
+    queue: u32,
+    /// Moving average of how long a task took, in seconds.
+    mean_task_secs: Option<f64>,
+    /// When the queue depth was last changed.
+    queue_changed: Option<Instant>,
+    /// The current session has not been told the queue depth yet.
+    queue_unsent: bool,
     pgids: Arc<PgidJournal>,
     events: mpsc::UnboundedSender<TaskEvent>,
     /// The current session got a welcome (resets the reconnect backoff).
@@ -101,13 +137,17 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         instance: random_u64(),
         book: Book::new(config.cpus),
         processes: HashMap::new(),
+        queue: config.prefetch,
+        mean_task_secs: None,
+        queue_changed: None,
+        queue_unsent: false,
         pgids,
         events: events_tx,
         welcomed: false,
         config,
     };
     let result = agent.serve(&mut events_rx, &shutdown).await;
-    for stop in agent.processes.values() {
+    for (stop, _) in agent.processes.values() {
         stop.stop();
     }
     // Give runners a moment to kill their process groups.
@@ -217,6 +257,31 @@ impl Agent {
         }
     }
 
+    /// Folds one task's run time into the average and resizes the queue when the wanted
+    /// depth moved by 2x or more (at most once a second, so the log is not flooded).
+    fn measured(&mut self, took: Duration) {
+        if !self.config.adaptive_prefetch {
+            return;
+        }
+        let took = took.as_secs_f64().max(1e-4);
+        let mean = match self.mean_task_secs {
+            Some(m) => m + (took - m) * 0.05,
+            None => took,
+        };
+        self.mean_task_secs = Some(mean);
+        let cpus = self.config.cpus;
+        let wanted = (f64::from(cpus) * QUEUE_AHEAD.as_secs_f64() / mean).ceil();
+        let wanted = (wanted as u32).clamp(1, cpus.saturating_mul(MAX_QUEUE_PER_CPU));
+        let moved = wanted >= self.queue.saturating_mul(2) || wanted.saturating_mul(2) <= self.queue;
+        let settled = self.queue_changed.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if moved && settled {
+            tracing::debug!(from = self.queue, to = wanted, mean_ms = mean * 1e3, "resizing the task queue");
+            self.queue = wanted;
+            self.queue_changed = Some(Instant::now());
+            self.queue_unsent = true;
+        }
+    }
+
     fn hello(&self) -> WorkerMsg {
         WorkerMsg::Hello {
             protocol: PROTOCOL_VERSION,
@@ -224,7 +289,7 @@ impl Agent {
                 name: self.config.name.clone(),
                 instance: self.instance,
                 cpus: self.config.cpus,
-                queue: self.config.prefetch,
+                queue: self.queue,
                 memory: self.config.memory,
                 labels: self.config.labels.clone(),
             },
@@ -265,6 +330,7 @@ impl Agent {
             }
         };
         send(&self.hello());
+        self.queue_unsent = false;
         let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(out_rx));
         if let Some(token) = &self.config.token {
             match flotilla_proto::bearer(token).parse() {
@@ -322,6 +388,9 @@ impl Agent {
         }
         let mut beat = tokio::time::interval(heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Reports not sent yet, and when they must go at the latest.
+        let mut outbox: Vec<WorkerMsg> = Vec::new();
+        let mut flush_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
@@ -330,17 +399,27 @@ impl Agent {
                         return Ok(SessionEnd::Lost("outbound stream closed".into()));
                     }
                 }
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                    flush_at = None;
+                    send_reports(&send, &mut outbox);
+                }
                 Some(ev) = events.recv() => {
                     // Report everything that is ready in one message.
-                    let mut ready: Vec<WorkerMsg> = self.on_task_event(ev, Some(())).into_iter().collect();
-                    while ready.len() < 1024 {
+                    outbox.extend(self.on_task_event(ev, Some(())));
+                    while outbox.len() < 1024 {
                         let Ok(ev) = events.try_recv() else { break };
-                        ready.extend(self.on_task_event(ev, Some(())));
+                        outbox.extend(self.on_task_event(ev, Some(())));
                     }
-                    match ready.len() {
-                        0 => {}
-                        1 => { send(&ready[0]); }
-                        _ => { send(&WorkerMsg::Batch(ready)); }
+                    if self.queue_unsent {
+                        self.queue_unsent = false;
+                        outbox.push(WorkerMsg::Queue { queue: self.queue });
+                    }
+                    if self.book.queued_count() == 0 || outbox.len() >= 1024 {
+                        // Idle cpus wait for this report: send now.
+                        flush_at = None;
+                        send_reports(&send, &mut outbox);
+                    } else if flush_at.is_none() && !outbox.is_empty() {
+                        flush_at = Some(tokio::time::Instant::now() + REPORT_LINGER);
                     }
                 }
                 msg = inbound.message() => {
@@ -383,13 +462,13 @@ impl Agent {
         for action in actions {
             match action {
                 Action::Kill(task, fence) => {
-                    if let Some(stop) = self.processes.get(&(task, fence)) {
+                    if let Some((stop, _)) = self.processes.get(&(task, fence)) {
                         stop.stop();
                     }
                 }
                 Action::Start(run) => {
                     let stop = Arc::new(Stopper::default());
-                    self.processes.insert((run.task, run.fence), stop.clone());
+                    self.processes.insert((run.task, run.fence), (stop.clone(), Instant::now()));
                     let events = self.events.clone();
                     let pgids = self.pgids.clone();
                     let name = self.config.name.clone();
@@ -412,7 +491,11 @@ impl Agent {
         match event {
             TaskEvent::Started(task, fence) => connected.map(|_| WorkerMsg::Started { task, fence }),
             TaskEvent::Ended(task, fence, ended) => {
-                self.processes.remove(&(task, fence));
+                if let Some((_, since)) = self.processes.remove(&(task, fence)) {
+                    if matches!(ended, Ended::Finished(_)) {
+                        self.measured(since.elapsed());
+                    }
+                }
                 let outcome = match ended {
                     Ended::Stopped => None,
                     Ended::Finished(outcome) => Some(outcome),

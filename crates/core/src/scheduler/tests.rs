@@ -129,3 +129,20 @@ fn free_cpus_fill_before_queues_and_queues_stay_bounded() {
     let first: Vec<&str> = plan.iter().take(4).map(|p| p.worker.as_str()).collect();
     assert_eq!(first.iter().filter(|w| **w == "a").count(), 2);
 }
+
+/// Bug: with a deep queue, a worker's capacity (cpus + queue) covered a task needing more
+/// cpus than the worker has, and the task was placed there.
+#[test]
+fn regression_a_deep_queue_does_not_make_a_small_worker_take_a_big_task() {
+    let mut s = Setup::new();
+    s.job(1, 0, 64, &[]);
+    s.apply(Command::RegisterWorker(WorkerInfo {
+        name: "a".into(),
+        instance: 1,
+        cpus: 2,
+        queue: 500,
+        memory: None,
+        labels: BTreeMap::new(),
+    }));
+    assert!(plan(&s.state, usize::MAX).is_empty());
+}

@@ -49,6 +49,13 @@ impl ClusterState {
                 }
                 Response::Noted
             }
+            Command::SetWorkerQueue { worker, queue } => match self.workers.get_mut(worker) {
+                Some(w) if w.state == WorkerState::Ready => {
+                    w.queue = *queue;
+                    Response::Noted
+                }
+                _ => Response::Invalid { error: format!("no ready worker named {worker}") },
+            },
         }
     }
 
@@ -264,6 +271,7 @@ impl ClusterState {
         if job.state.is_terminal()
             || worker.state != WorkerState::Ready
             || worker.free_capacity() < cpus
+            || worker.cpus < cpus
             || !job.spec.selects(&worker.labels)
         {
             return None;

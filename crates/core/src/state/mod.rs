@@ -403,7 +403,8 @@ impl ClusterState {
             let (cpus, tasks) = held.remove(worker.name.as_str()).unwrap_or_default();
             assert_eq!(worker.cpus_used, cpus, "worker {} cpus_used", worker.name);
             assert_eq!(worker.tasks, tasks, "worker {} task list", worker.name);
-            assert!(worker.cpus_used <= worker.cpus + worker.queue, "worker {} over capacity", worker.name);
+            // No capacity check here: a worker may lower its queue below what it already
+            // holds. Plans are checked against capacity where they are made and applied.
             if worker.state == WorkerState::Lost {
                 assert!(worker.tasks.is_empty(), "lost worker {} holds tasks", worker.name);
             }

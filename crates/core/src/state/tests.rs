@@ -265,6 +265,7 @@ enum Op {
     Submit { tasks: u8, cpus: u8, retries: u8, reduce: bool, priority: i8, zone: Option<u8> },
     Register { worker: u8, cpus: u8, queue: u8, zone: u8, restart: bool },
     Lose { worker: u8 },
+    SetQueue { worker: u8, queue: u8 },
     Schedule { max: u8 },
     Start { pick: u16 },
     Finish { pick: u16, ok: bool, stale: bool },
@@ -292,6 +293,7 @@ fn op() -> impl Strategy<Value = Op> {
             restart
         }),
         (0u8..4).prop_map(|worker| Op::Lose { worker }),
+        (0u8..4, 0u8..4).prop_map(|(worker, queue)| Op::SetQueue { worker, queue }),
         (1u8..10).prop_map(|max| Op::Schedule { max }),
         any::<u16>().prop_map(|pick| Op::Start { pick }),
         (any::<u16>(), any::<bool>(), proptest::bool::weighted(0.2)).prop_map(|(pick, ok, stale)| Op::Finish {
@@ -351,6 +353,10 @@ fn run_op(d: &mut Driver, op: &Op) {
                 let incarnation = w.incarnation;
                 d.apply(Command::WorkerLost { name, incarnation, reason: "test".into() });
             }
+        }
+        Op::SetQueue { worker, queue } => {
+            // Lowering a queue below what is already assigned must not break anything.
+            d.apply(Command::SetWorkerQueue { worker: format!("w{worker}"), queue: u32::from(queue) });
         }
         Op::Schedule { max } => {
             let placements = scheduler::plan(&d.state, usize::from(max));
@@ -419,6 +425,7 @@ fn check_plan(state: &ClusterState, placements: &[Placement]) {
         let w = state.worker(&p.worker).unwrap();
         assert_eq!(w.state, WorkerState::Ready);
         assert!(job.spec.selects(&w.labels));
+        assert!(job.spec.cpus <= w.cpus, "a task bigger than worker {} placed there", w.name);
         let u = used.entry(&w.name).or_insert(w.cpus_used);
         *u += job.spec.cpus;
         assert!(*u <= w.cpus + w.queue, "worker {} over capacity", w.name);
@@ -477,4 +484,18 @@ fn regression_cancelling_a_job_with_a_requeued_task() {
     let j = d.state.job(job).unwrap();
     assert_eq!(j.tasks[&1].state, TaskState::Cancelled);
     assert_eq!(j.counts.cancelled, 1);
+}
+
+#[test]
+fn a_worker_that_asks_for_a_deeper_queue_gets_more_tasks() {
+    let mut d = Driver::new();
+    d.submit(spec("1-20"));
+    d.worker("a", 2);
+    assert_eq!(d.schedule().len(), 2, "no queue: one task per cpu");
+    let set = |queue| Command::SetWorkerQueue { worker: "a".into(), queue };
+    assert_eq!(d.apply(set(6)), Response::Noted);
+    assert_eq!(d.schedule().len(), 6, "then the queue fills");
+    assert!(matches!(d.apply(Command::SetWorkerQueue { worker: "nobody".into(), queue: 1 }), Response::Invalid { .. }));
+    // Replicas that replay the same log agree.
+    assert_eq!(d.replay().without_journal(), d.state.without_journal());
 }
