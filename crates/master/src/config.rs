@@ -61,10 +61,10 @@ impl MasterConfig {
         Ok(())
     }
 
-    /// Interval at which workers are asked to heartbeat: several beats per timeout, so one
+    /// Interval at which workers are asked to heartbeat: three beats per timeout, so one
     /// delayed beat does not lose a worker.
     pub fn heartbeat_interval(&self) -> Duration {
-        self.worker_timeout / 4
+        self.worker_timeout / 3
     }
 }
 

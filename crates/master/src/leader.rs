@@ -157,18 +157,17 @@ async fn watch_workers(master: Arc<Master>, lead: Leadership) {
             _ = lead.cancel.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        let ready: Vec<(String, u64)> = {
+        let silent = {
             let data = master.shared.read();
-            data.state
-                .workers()
-                .filter(|w| w.state == WorkerState::Ready)
-                .map(|w| (w.name.clone(), w.incarnation))
-                .collect()
+            // Forget proposals that took effect (or whose worker came back as a new incarnation).
+            proposed.retain(|(name, incarnation)| {
+                data.state.worker(name).is_some_and(|w| w.state == WorkerState::Ready && w.incarnation == *incarnation)
+            });
+            let ready = data.state.workers().filter(|w| w.state == WorkerState::Ready);
+            master.sessions.silent(ready.map(|w| (w.name.as_str(), w.incarnation)), timeout)
         };
-        proposed.retain(|k| ready.contains(k));
-        for (name, incarnation) in ready {
-            let silent = master.sessions.seen_or_now(&name).elapsed();
-            if silent <= timeout || proposed.contains(&(name.clone(), incarnation)) {
+        for (name, incarnation, silent) in silent {
+            if proposed.contains(&(name.clone(), incarnation)) {
                 continue;
             }
             proposed.insert((name.clone(), incarnation));

@@ -80,9 +80,31 @@ impl Sessions {
         self.seen().get(worker).copied()
     }
 
-    /// Starts the grace period of a worker not heard from yet (after a leader change).
-    pub fn seen_or_now(&self, worker: &str) -> Instant {
-        *self.seen().entry(worker.to_string()).or_insert_with(Instant::now)
+    /// Of the given workers, those not heard from for longer than `timeout`, with how long.
+    /// A worker not heard from yet starts its grace period now (after a leader change).
+    /// One lock and no allocation per worker: the leader runs this over every worker
+    /// several times a second.
+    pub fn silent<'a>(
+        &self,
+        workers: impl Iterator<Item = (&'a str, u64)>,
+        timeout: Duration,
+    ) -> Vec<(String, u64, Duration)> {
+        let now = Instant::now();
+        let mut seen = self.seen();
+        let mut silent = Vec::new();
+        for (name, incarnation) in workers {
+            let since = match seen.get(name) {
+                Some(t) => now.saturating_duration_since(*t),
+                None => {
+                    seen.insert(name.to_string(), now);
+                    Duration::ZERO
+                }
+            };
+            if since > timeout {
+                silent.push((name.to_string(), incarnation, since));
+            }
+        }
+        silent
     }
 
     /// Whether the worker has a session heard from within `within`.

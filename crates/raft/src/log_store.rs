@@ -1,10 +1,16 @@
 //! The Raft log, vote and committed index, stored in one `redb` database (`raft-log.redb`).
 //!
-//! Durability: `append` and `save_vote` commit a write transaction with redb's default
-//! (immediate) durability, which fsyncs before returning; only then is openraft told the
-//! entries are flushed. The committed index is saved without an fsync: losing it is safe (it
-//! only means more entries are re-applied after a crash). All redb work runs on tokio's
-//! blocking pool so an fsync never stalls the async runtime.
+//! Durability: appended entries and the vote are written in transactions with redb's default
+//! (immediate) durability, which fsyncs before the commit returns; only then is openraft told
+//! the entries are flushed (or `save_vote` returns). The committed index is saved without an
+//! fsync: losing it is safe (it only means more entries are re-applied after a crash).
+//!
+//! Every write goes through one writer thread, in order (openraft requires write IO to be
+//! serialised). `append` only puts the entries in the in-memory tail and queues their write:
+//! the entries are readable at once and openraft hears of the fsync through the callback, so
+//! the leader replicates an entry to its followers while its own fsync runs instead of after
+//! it. The tail never drops an entry that is not on disk yet, so a read finds every entry in
+//! the tail or in redb. Reads run on tokio's blocking pool.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -60,10 +66,51 @@ impl OpenError {
     }
 }
 
+/// A write to run on the writer thread.
+type WriteJob = Box<dyn FnOnce(&Database) + Send>;
+
+/// The writer thread's queue. The thread ends (and releases the database) when the last
+/// handle is dropped.
+#[derive(Clone)]
+struct Writer {
+    tx: std::sync::mpsc::Sender<WriteJob>,
+}
+
+impl Writer {
+    fn start(db: Arc<Database>) -> std::io::Result<Writer> {
+        let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
+        std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || {
+            for job in rx {
+                job(&db);
+            }
+        })?;
+        Ok(Writer { tx })
+    }
+
+    /// Queues `job` after every write queued before it.
+    fn queue(&self, job: WriteJob) -> Result<(), BoxError> {
+        self.tx.send(job).map_err(|_| "the raft log writer thread stopped".into())
+    }
+
+    /// Runs `f` after every write queued before it and waits for its result.
+    async fn run<T, F>(&self, f: F) -> Result<T, BoxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, BoxError> + Send + 'static,
+    {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.queue(Box::new(move |db| {
+            let _ = done.send(f(db));
+        }))?;
+        result.await.map_err(|_| BoxError::from("the raft log writer thread stopped"))?
+    }
+}
+
 /// The log store. Cloning shares the database; openraft uses a clone as its log reader.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    writer: Writer,
     bytes_written: Arc<AtomicU64>,
     /// The newest entries, as appended: replication reads them from here instead of reading
     /// and decoding them from disk once per follower. Entries share their commands, so a
@@ -82,6 +129,11 @@ struct Cache {
     /// Each entry with its encoded size, newest last.
     entries: VecDeque<(Entry, usize)>,
     bytes: usize,
+    /// Entries up to this index are on disk; newer ones are only here and are never evicted.
+    flushed: u64,
+    /// Bumped by every truncate, so a write queued before it cannot mark the entries that
+    /// replaced the truncated ones as flushed.
+    generation: u64,
 }
 
 impl Cache {
@@ -89,20 +141,43 @@ impl Cache {
         self.entries.front().map(|(e, _)| e.log_id.index)
     }
 
-    /// The entries in `[start, end)` if the cache holds all of them.
-    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
-        let first = self.first_index()?;
-        let last = self.entries.back()?.0.log_id.index;
-        if start < first || end > last + 1 || start >= end {
-            return None;
+    /// The cached entries in `[start, end)` (a suffix of that range: everything older than
+    /// the cache is on disk).
+    fn get(&self, start: u64, end: u64) -> Vec<Entry> {
+        let (Some(first), Some(last)) = (self.first_index(), self.entries.back().map(|(e, _)| e.log_id.index)) else {
+            return Vec::new();
+        };
+        let (start, end) = (start.max(first), end.min(last + 1));
+        if start >= end {
+            return Vec::new();
         }
         let from = (start - first) as usize;
-        Some(self.entries.range(from..from + (end - start) as usize).map(|(e, _)| e.clone()).collect())
+        self.entries.range(from..from + (end - start) as usize).map(|(e, _)| e.clone()).collect()
+    }
+
+    fn last_log_id(&self) -> Option<LogId> {
+        self.entries.back().map(|(e, _)| e.log_id)
+    }
+
+    fn flushed_to(&mut self, index: u64, generation: u64) {
+        if generation == self.generation {
+            self.flushed = self.flushed.max(index);
+            self.evict();
+        }
+    }
+
+    fn evict(&mut self) {
+        while (self.entries.len() > CACHE_ENTRIES || (self.bytes > CACHE_BYTES && self.entries.len() > 1))
+            && self.entries.front().is_some_and(|(e, _)| e.log_id.index <= self.flushed)
+        {
+            self.pop_front();
+        }
     }
 
     fn append(&mut self, entries: &[Entry], sizes: &[usize]) {
         for (e, &size) in entries.iter().zip(sizes) {
-            // Entries arrive contiguous; anything else resets the cache.
+            // Entries arrive contiguous (after a truncate or purge if need be); anything else
+            // means the log restarts after a snapshot, and what is cached is purged anyway.
             if self.entries.back().is_some_and(|(b, _)| b.log_id.index + 1 != e.log_id.index) {
                 self.entries.clear();
                 self.bytes = 0;
@@ -110,9 +185,7 @@ impl Cache {
             self.entries.push_back((e.clone(), size));
             self.bytes += size;
         }
-        while self.entries.len() > CACHE_ENTRIES || (self.bytes > CACHE_BYTES && self.entries.len() > 1) {
-            self.pop_front();
-        }
+        self.evict();
     }
 
     fn pop_front(&mut self) {
@@ -127,6 +200,8 @@ impl Cache {
                 self.bytes -= size;
             }
         }
+        self.flushed = self.flushed.min(index.saturating_sub(1));
+        self.generation += 1;
     }
 
     fn purge(&mut self, index: u64) {
@@ -140,7 +215,7 @@ impl LogStore {
     /// Opens or creates `raft-log.redb` in `dir`. Fails if another process holds it.
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
         let path = dir.join("raft-log.redb");
-        let db = Database::create(&path).map_err(|source| OpenError::Open { path: path.clone(), source })?;
+        let db = create_database(&path)?;
         let init = || -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             txn.open_table(LOGS)?;
@@ -149,8 +224,14 @@ impl LogStore {
             Ok(())
         };
         init().map_err(|source| OpenError::Init { path: path.clone(), source })?;
+        let db = Arc::new(db);
+        let writer = Writer::start(db.clone()).map_err(|e| OpenError::Open {
+            path: path.clone(),
+            source: redb::DatabaseError::Storage(redb::StorageError::Io(e)),
+        })?;
         let store = LogStore {
-            db: Arc::new(db),
+            db,
+            writer,
             bytes_written: Arc::new(AtomicU64::new(0)),
             cache: Arc::new(Mutex::new(Cache::default())),
         };
@@ -221,6 +302,20 @@ impl LogStore {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Opens the database; waits a little if this process still holds it (a store just dropped
+/// releases the file when its writer thread ends).
+fn create_database(path: &Path) -> Result<Database, OpenError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other.map_err(|source| OpenError::Open { path: path.to_path_buf(), source }),
+        }
+    }
+}
+
 fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, BoxError> {
     let txn = db.begin_read()?;
     let table = txn.open_table(META)?;
@@ -266,20 +361,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(e) => e,
             Bound::Unbounded => u64::MAX,
         };
-        if let Some(hit) = self.cache().get(start, end) {
-            return Ok(hit);
+        // The newest entries come from memory (some may not be on disk yet); older ones,
+        // if the range reaches below the cache, from redb.
+        let cached = self.cache().get(start, end);
+        let disk_end = cached.first().map_or(end, |e| e.log_id.index);
+        if start >= disk_end {
+            return Ok(cached);
         }
-        self.blocking(ErrorSubject::Logs, ErrorVerb::Read, move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(LOGS)?;
-            let mut entries = Vec::new();
-            for item in table.range::<u64>(bounds)? {
-                let (_, v) = item?;
-                entries.push(decode_entry(v.value())?);
-            }
-            Ok(entries)
-        })
-        .await
+        let mut entries = self
+            .blocking(ErrorSubject::Logs, ErrorVerb::Read, move |db| {
+                let txn = db.begin_read()?;
+                let table = txn.open_table(LOGS)?;
+                let mut entries = Vec::new();
+                for item in table.range::<u64>((bounds.0, Bound::Excluded(disk_end)))? {
+                    let (_, v) = item?;
+                    entries.push(decode_entry(v.value())?);
+                }
+                Ok(entries)
+            })
+            .await?;
+        entries.extend(cached);
+        Ok(entries)
     }
 }
 
@@ -287,17 +389,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        self.blocking(ErrorSubject::Logs, ErrorVerb::Read, |db| {
-            let last_purged: Option<LogId> = read_meta(db, KEY_PURGED)?;
-            let txn = db.begin_read()?;
-            let table = txn.open_table(LOGS)?;
-            let last = match table.last()? {
-                Some((_, v)) => Some(decode_entry(v.value())?.log_id),
-                None => last_purged,
-            };
-            Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
-        })
-        .await
+        let cached_last = self.cache().last_log_id();
+        let mut state = self
+            .blocking(ErrorSubject::Logs, ErrorVerb::Read, |db| {
+                let last_purged: Option<LogId> = read_meta(db, KEY_PURGED)?;
+                let txn = db.begin_read()?;
+                let table = txn.open_table(LOGS)?;
+                let last = match table.last()? {
+                    Some((_, v)) => Some(decode_entry(v.value())?.log_id),
+                    None => last_purged,
+                };
+                Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+            })
+            .await?;
+        // Entries still on their way to disk are part of the log already.
+        if cached_last.is_some_and(|c| state.last_log_id.is_none_or(|d| c.index > d.index)) {
+            state.last_log_id = cached_last;
+        }
+        Ok(state)
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -306,10 +415,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let vote = *vote;
-        self.blocking(ErrorSubject::Vote, ErrorVerb::Write, move |db| {
-            write_meta(db, KEY_VOTE, &vote, Durability::Immediate)
-        })
-        .await
+        self.writer
+            .run(move |db| write_meta(db, KEY_VOTE, &vote, Durability::Immediate))
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, &*e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -317,10 +426,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.blocking(ErrorSubject::Store, ErrorVerb::Write, move |db| {
-            write_meta(db, KEY_COMMITTED, &committed, Durability::None)
-        })
-        .await
+        self.writer
+            .run(move |db| write_meta(db, KEY_COMMITTED, &committed, Durability::None))
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &*e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -344,60 +453,75 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let sizes: Vec<usize> = encoded.iter().map(|(_, b)| b.len()).collect();
         let total: usize = sizes.iter().sum();
         self.bytes_written.fetch_add(total as u64, Ordering::Relaxed);
-        let result = self
-            .blocking(ErrorSubject::Logs, ErrorVerb::Write, move |db| {
-                let txn = db.begin_write()?;
-                {
-                    let mut table = txn.open_table(LOGS)?;
-                    for (index, bytes) in &encoded {
-                        table.insert(*index, bytes.as_slice())?;
-                    }
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        // Readable from now on, before it is on disk (see the module comment).
+        let generation = {
+            let mut cache = self.cache();
+            cache.append(&entries, &sizes);
+            cache.generation
+        };
+        let cache = self.cache.clone();
+        let write = move |db: &Database| -> Result<(), BoxError> {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(LOGS)?;
+                for (index, bytes) in &encoded {
+                    table.insert(*index, bytes.as_slice())?;
                 }
-                // Immediate durability: fsynced when commit returns.
-                txn.commit()?;
-                Ok(())
-            })
-            .await;
-        match &result {
-            Ok(()) => {
-                self.cache().append(&entries, &sizes);
-                callback.log_io_completed(Ok(()))
             }
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
-        }
-        result
+            // Immediate durability: fsynced when commit returns.
+            txn.commit()?;
+            Ok(())
+        };
+        self.writer
+            .queue(Box::new(move |db| match write(db) {
+                Ok(()) => {
+                    cache.lock().unwrap_or_else(|p| p.into_inner()).flushed_to(last.index, generation);
+                    callback.log_io_completed(Ok(()));
+                }
+                // openraft stops this master's Raft on a failed write (for example a full disk).
+                Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+            }))
+            .map_err(|e| storage_error(ErrorSubject::Log(last), ErrorVerb::Write, &*e))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.cache().truncate(log_id.index);
-        self.blocking(ErrorSubject::Logs, ErrorVerb::Delete, move |db| {
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(LOGS)?;
-                table.retain_in(log_id.index.., |_, _| false)?;
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await
+        self.writer
+            .run(move |db| {
+                let txn = db.begin_write()?;
+                {
+                    let mut table = txn.open_table(LOGS)?;
+                    table.retain_in(log_id.index.., |_, _| false)?;
+                }
+                txn.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &*e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.cache().purge(log_id.index);
-        self.blocking(ErrorSubject::Logs, ErrorVerb::Delete, move |db| {
-            let bytes = flotilla_proto::codec::encode("raft metadata", &log_id)?;
-            let txn = db.begin_write()?;
-            {
-                // The purge point is recorded in the same transaction that removes the entries,
-                // so a crash can never leave a gap that the log state does not explain.
-                let mut meta = txn.open_table(META)?;
-                meta.insert(KEY_PURGED, bytes.as_slice())?;
-                let mut table = txn.open_table(LOGS)?;
-                table.retain_in(..=log_id.index, |_, _| false)?;
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await
+        self.writer
+            .run(move |db| {
+                let bytes = flotilla_proto::codec::encode("raft metadata", &log_id)?;
+                let txn = db.begin_write()?;
+                {
+                    // The purge point is recorded in the same transaction that removes the entries,
+                    // so a crash can never leave a gap that the log state does not explain.
+                    let mut meta = txn.open_table(META)?;
+                    meta.insert(KEY_PURGED, bytes.as_slice())?;
+                    let mut table = txn.open_table(LOGS)?;
+                    table.retain_in(..=log_id.index, |_, _| false)?;
+                }
+                txn.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &*e))
     }
 }
