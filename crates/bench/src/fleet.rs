@@ -99,7 +99,8 @@ async fn session(
             name: format!("sim-{index:05}"),
             instance: index as u64 + 1,
             cpus,
-            queue: cpus,
+            // What a real worker starts with before it measures its tasks (16 per cpu).
+            queue: cpus * 16,
             memory: None,
             labels: BTreeMap::new(),
         },

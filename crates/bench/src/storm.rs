@@ -92,6 +92,7 @@ pub async fn run(n: u64) -> anyhow::Result<f64> {
     );
     figure("storm", "ratio to the limit", format!("{ratio:.2}"), ">= 0.85");
     figure("storm", "tasks per raft entry", format!("{:.1}", n as f64 / entries.max(1) as f64), "");
+    figure("storm", "leader elections during the storm", (after.term - before.term).to_string(), "0");
     let shares: Vec<String> = pids
         .iter()
         .zip(&cpu0)

@@ -21,6 +21,7 @@ pub async fn run(tasks: u64, workers: usize, cpus: u32) -> anyhow::Result<f64> {
     }
     let pids: Vec<u32> = bench.cluster.masters.values().map(|c| c.id()).collect();
     let cpu_before: Vec<Duration> = pids.iter().map(|p| procfs::cpu_time(*p).unwrap_or_default()).collect();
+    let fleet_before = procfs::cpu_time(std::process::id()).unwrap_or_default();
     let leader_info = client.node(&bench.cluster.address(leader)).await?;
     let job = SubmitRequest { command: vec!["noop".into()], array: Some(format!("1-{tasks}")), ..Default::default() };
     let t0 = Instant::now();
@@ -37,6 +38,8 @@ pub async fn run(tasks: u64, workers: usize, cpus: u32) -> anyhow::Result<f64> {
             (procfs::cpu_time(*p).unwrap_or_default().saturating_sub(*b)).as_secs_f64() / elapsed.as_secs_f64()
         })
         .collect();
+    let fleet_cpu = procfs::cpu_time(std::process::id()).unwrap_or_default().saturating_sub(fleet_before).as_secs_f64()
+        / elapsed.as_secs_f64();
     let peak = pids.iter().filter_map(|p| procfs::peak_rss_bytes(*p)).max().unwrap_or(0);
     let rate = tasks as f64 / elapsed.as_secs_f64();
     figure(
@@ -52,6 +55,12 @@ pub async fn run(tasks: u64, workers: usize, cpus: u32) -> anyhow::Result<f64> {
         "throughput",
         "master cpu (share of one core, per master)",
         cpu.iter().map(|c| format!("{:.0}%", c * 100.0)).collect::<Vec<_>>().join(" "),
+        "",
+    );
+    figure(
+        "throughput",
+        "simulated fleet and benchmark cpu (same machine)",
+        format!("{:.0}% of one core", fleet_cpu * 100.0),
         "",
     );
     figure("throughput", "peak master RSS", format!("{:.0} MiB", procfs::mib(peak)), "");

@@ -309,6 +309,11 @@ async fn session_loop(
             m = recv(inbound) => m?,
         };
         let Some(msg) = msg else { return Ok(()) };
+        // Most messages from an idle fleet are heartbeats: no allocation, no second poll.
+        if matches!(msg, WorkerMsg::Heartbeat) {
+            master.sessions.touch(name);
+            continue;
+        }
         // Take every report that has already arrived as well: one proposal, one reply.
         let mut msgs = msg.flatten();
         while msgs.len() < MAX_REPORTS {

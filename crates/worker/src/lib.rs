@@ -472,13 +472,14 @@ impl Agent {
                     let events = self.events.clone();
                     let pgids = self.pgids.clone();
                     let name = self.config.name.clone();
-                    tokio::spawn(async move {
+                    // Straight onto the blocking pool, reporting from there: no async task (and
+                    // no extra wakeup) between a process's exit and the agent hearing of it.
+                    tokio::task::spawn_blocking(move || {
                         let (task, fence) = (run.task, run.fence);
                         let started = events.clone();
-                        let ended = runner::run_async(run, name, pgids, stop, move || {
+                        let ended = runner::run_catching(&run, &name, &pgids, &stop, move || {
                             let _ = started.send(TaskEvent::Started(task, fence));
-                        })
-                        .await;
+                        });
                         let _ = events.send(TaskEvent::Ended(task, fence, ended));
                     });
                 }

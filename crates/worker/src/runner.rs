@@ -329,6 +329,22 @@ pub fn run(
 }
 
 /// Runs [`run`] on the blocking pool.
+/// [`run`] on the calling thread (a blocking one); a panic in the runner becomes a spawn
+/// error of the task instead of a lost report.
+pub fn run_catching(
+    task: &RunTask,
+    worker_name: &str,
+    journal: &PgidJournal,
+    stopper: &Stopper,
+    on_start: impl FnOnce() + Send + 'static,
+) -> Ended {
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(task, worker_name, journal, stopper, on_start)));
+    result.unwrap_or_else(|_| {
+        Ended::Finished(Outcome { spawn_error: Some("the task runner panicked".to_string()), ..Default::default() })
+    })
+}
+
 pub async fn run_async(
     task: RunTask,
     worker_name: String,
