@@ -1,7 +1,7 @@
 //! The replicated event journal: what happened in the cluster, with the leader's timestamps.
 //! It lives in the replicated state, so the history survives the failures it describes.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -96,11 +96,20 @@ impl EventKind {
 pub struct Journal {
     next_seq: u64,
     events: VecDeque<Event>,
+    /// Events ever recorded, by kind: totals that outlive the retention window (metrics).
+    #[serde(default)]
+    totals: BTreeMap<String, u64>,
 }
 
 impl Journal {
     pub fn record(&mut self, at_ms: Millis, kind: EventKind) {
         self.next_seq += 1;
+        match self.totals.get_mut(kind.name()) {
+            Some(n) => *n += 1,
+            None => {
+                self.totals.insert(kind.name().to_string(), 1);
+            }
+        }
         self.events.push_back(Event { seq: self.next_seq, at_ms, kind });
         while self.events.len() > JOURNAL_RETENTION {
             self.events.pop_front();
@@ -111,6 +120,11 @@ impl Journal {
     pub fn since(&self, after: u64, limit: usize) -> impl Iterator<Item = &Event> {
         let skip = self.events.partition_point(|e| e.seq <= after);
         self.events.range(skip..).take(limit)
+    }
+
+    /// Events ever recorded, by kind name.
+    pub fn totals(&self) -> &BTreeMap<String, u64> {
+        &self.totals
     }
 
     pub fn last_seq(&self) -> u64 {

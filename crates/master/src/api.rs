@@ -40,6 +40,7 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/node", get(node))
+        .route("/metrics", get(metrics))
         .with_state(master)
 }
 
@@ -278,6 +279,12 @@ async fn events(State(master): State<Shared>, Query(q): Params) -> Result<Json<E
         // Long poll: wait for something to be applied, up to the deadline.
         let _ = tokio::time::timeout_at(deadline, applied.changed()).await;
     }
+}
+
+/// Prometheus text exposition (see `metrics`). Served by every master, leader or not.
+async fn metrics(State(master): State<Shared>) -> Response {
+    let body = master.metrics.render(&master);
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn node(State(master): State<Shared>) -> Json<flotilla_proto::api::NodeInfo> {

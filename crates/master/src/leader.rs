@@ -112,8 +112,12 @@ async fn schedule(master: Arc<Master>, lead: Leadership) {
             scheduler::plan(&data.state, MAX_PLAN)
         };
         if !placements.is_empty() {
+            let planned = std::time::Instant::now();
             match master.proposer.propose_one(Command::Assign { placements }).await {
-                Ok(Response::Assigned { runs }) => push_runs(&master, &runs),
+                Ok(Response::Assigned { runs }) => {
+                    master.metrics.observe_placement(planned.elapsed(), runs.len());
+                    push_runs(&master, &runs)
+                }
                 Ok(other) => tracing::error!(?other, "unexpected response to a plan"),
                 Err(ProposeError::NotLeader { .. }) => return,
                 Err(e) => tracing::warn!(error = %e, "plan not committed"),

@@ -22,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod leader;
+pub mod metrics;
 pub mod node;
 pub mod proposer;
 pub mod raft_service;
@@ -108,13 +109,19 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     };
     let pristine = log_store.is_pristine().await.map_err(|e| MasterError::Raft(e.to_string()))?;
     let log_bytes = log_store.bytes_written();
+    let metrics = Arc::new(metrics::Metrics::new());
+    {
+        let metrics = metrics.clone();
+        log_store.observe_writes(Box::new(move |took| metrics.observe_log_write(took)));
+    }
     let shared = state_machine.shared();
     let raft_config = Arc::new(config.raft.to_config().map_err(|e| MasterError::Raft(e.to_string()))?);
     let network = GrpcNetwork { id: config.id, token: config.token.as_deref().map(Arc::from) };
     let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| MasterError::Raft(e.to_string()))?;
-    let master = Arc::new(Master::new(config.clone(), raft.clone(), shared, log_bytes).map_err(MasterError::Config)?);
+    let master =
+        Arc::new(Master::new(config.clone(), raft.clone(), shared, log_bytes, metrics).map_err(MasterError::Config)?);
 
     let grpc = tonic::service::Routes::new(
         RaftServiceServer::new(raft_service::RaftSvc { raft: raft.clone(), contact: master.leader_contact.clone() })

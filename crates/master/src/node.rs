@@ -51,6 +51,8 @@ pub struct Master {
     pub leader_contact: Arc<LeaderContact>,
     /// Bytes of Raft log written since start (from the log store).
     pub log_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Prometheus metrics served at `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     leadership: Mutex<Option<Leadership>>,
 }
 
@@ -60,9 +62,10 @@ impl Master {
         raft: Raft,
         shared: Arc<Shared>,
         log_bytes: Arc<std::sync::atomic::AtomicU64>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
         let http = HttpClient::new(config.token.as_deref())?;
-        let proposer = Proposer::start(raft.clone());
+        let proposer = Proposer::start(raft.clone(), metrics.clone());
         Ok(Master {
             config,
             raft,
@@ -72,6 +75,7 @@ impl Master {
             http,
             leader_contact: Arc::new(LeaderContact::default()),
             log_bytes,
+            metrics,
             leadership: Mutex::new(None),
         })
     }

@@ -42,9 +42,9 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn start(raft: Raft) -> Self {
+    pub fn start(raft: Raft, metrics: Arc<crate::metrics::Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(64 * 1024);
-        tokio::spawn(batch_loop(raft, rx));
+        tokio::spawn(batch_loop(raft, rx, metrics));
         Proposer { tx }
     }
 
@@ -71,7 +71,7 @@ impl Proposer {
     }
 }
 
-async fn batch_loop(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+async fn batch_loop(raft: Raft, mut rx: mpsc::Receiver<Pending>, metrics: Arc<crate::metrics::Metrics>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -94,6 +94,7 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
             commands.extend(p.commands);
             replies.push(p.reply);
         }
+        metrics.observe_proposal(commands.len());
         let proposal = Proposal::new(now_ms(), commands);
         let receiver = match raft.client_write_ff(proposal).await {
             Ok(r) => r,

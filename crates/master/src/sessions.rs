@@ -64,13 +64,15 @@ impl Sessions {
         }
     }
 
-    pub fn touch(&self, worker: &str) {
+    /// Notes a message from `worker`; returns the time since its previous one.
+    pub fn touch(&self, worker: &str) -> Option<Duration> {
         let now = Instant::now();
         let mut seen = self.seen();
         match seen.get_mut(worker) {
-            Some(t) => *t = now,
+            Some(t) => Some(now.saturating_duration_since(std::mem::replace(t, now))),
             None => {
                 seen.insert(worker.to_string(), now);
+                None
             }
         }
     }
@@ -311,7 +313,8 @@ async fn session_loop(
         let Some(msg) = msg else { return Ok(()) };
         // Most messages from an idle fleet are heartbeats: no allocation, no second poll.
         if matches!(msg, WorkerMsg::Heartbeat) {
-            master.sessions.touch(name);
+            let gap = master.sessions.touch(name);
+            master.metrics.observe_heartbeat(gap, master.config.heartbeat_interval());
             continue;
         }
         // Take every report that has already arrived as well: one proposal, one reply.
@@ -323,7 +326,8 @@ async fn session_loop(
                 Some(Err(e)) => return Err(e),
             }
         }
-        master.sessions.touch(name);
+        let gap = master.sessions.touch(name);
+        master.metrics.observe_heartbeat(gap, master.config.heartbeat_interval());
         let mut commands = Vec::with_capacity(msgs.len());
         let mut reports = Vec::with_capacity(msgs.len());
         for msg in msgs {

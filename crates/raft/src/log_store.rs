@@ -66,6 +66,9 @@ impl OpenError {
     }
 }
 
+/// Called with the duration of each write (and fsync) of appended entries.
+pub type WriteObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// A write to run on the writer thread.
 type WriteJob = Box<dyn FnOnce(&Database) + Send>;
 
@@ -111,6 +114,8 @@ impl Writer {
 pub struct LogStore {
     db: Arc<Database>,
     writer: Writer,
+    /// Told how long each write of appended entries took (metrics), once set.
+    write_observer: Arc<std::sync::OnceLock<WriteObserver>>,
     bytes_written: Arc<AtomicU64>,
     /// The newest entries, as appended: replication reads them from here instead of reading
     /// and decoding them from disk once per follower. Entries share their commands, so a
@@ -232,6 +237,7 @@ impl LogStore {
         let store = LogStore {
             db,
             writer,
+            write_observer: Arc::new(std::sync::OnceLock::new()),
             bytes_written: Arc::new(AtomicU64::new(0)),
             cache: Arc::new(Mutex::new(Cache::default())),
         };
@@ -270,6 +276,11 @@ impl LogStore {
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the observer of write durations (the first call wins; shared by clones).
+    pub fn observe_writes(&self, observer: WriteObserver) {
+        let _ = self.write_observer.set(observer);
     }
 
     /// Bytes of log entries appended since this store was opened (shared by clones).
@@ -464,7 +475,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             cache.generation
         };
         let cache = self.cache.clone();
+        let observer = self.write_observer.clone();
         let write = move |db: &Database| -> Result<(), BoxError> {
+            let started = std::time::Instant::now();
             let txn = db.begin_write()?;
             {
                 let mut table = txn.open_table(LOGS)?;
@@ -474,6 +487,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             // Immediate durability: fsynced when commit returns.
             txn.commit()?;
+            if let Some(observe) = observer.get() {
+                observe(started.elapsed());
+            }
             Ok(())
         };
         self.writer

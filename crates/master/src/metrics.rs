@@ -1,0 +1,329 @@
+//! Prometheus metrics of a master, served at `/metrics` in the text exposition format.
+//!
+//! Two kinds of figures: those measured as things happen on this master (proposal batch
+//! sizes, fsync latency, placement latency, heartbeats), kept in long-lived counters and
+//! histograms; and those read at scrape time from openraft's metrics and the replicated state
+//! (term, role, indexes, jobs, tasks, workers, event totals). The latter come from replicated
+//! data, so a follower reports the same cluster figures as the leader, as fresh as its state.
+
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use flotilla_core::state::WorkerState;
+
+use crate::node::Master;
+
+type Labels = Vec<(String, String)>;
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub struct Metrics {
+    registry: Registry,
+    // Measured as it happens.
+    proposal_commands: Histogram,
+    log_write_seconds: Histogram,
+    placement_seconds: Histogram,
+    assignments: Counter,
+    heartbeats: Counter,
+    heartbeat_gap_seconds: Histogram,
+    missed_heartbeats: Counter,
+    log_bytes: Counter,
+    // Read at scrape time.
+    raft_term: Gauge,
+    raft_role: Family<Labels, Gauge>,
+    raft_last_log_index: Gauge,
+    raft_applied_index: Gauge,
+    raft_replication_lag: Family<Labels, Gauge>,
+    raft_quorum_ack_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    jobs: Family<Labels, Gauge>,
+    tasks: Family<Labels, Gauge>,
+    queue_waiting: Family<Labels, Gauge>,
+    workers: Family<Labels, Gauge>,
+    worker_cpus: Family<Labels, Gauge>,
+    worker_cpus_used: Family<Labels, Gauge>,
+    worker_queue: Family<Labels, Gauge>,
+    events: Family<Labels, Counter>,
+    /// Serialises scrapes: the scrape-time families are cleared and refilled each time.
+    scrape: Mutex<()>,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix("flotilla");
+        let proposal_commands = Histogram::new(exponential_buckets(1.0, 4.0, 8));
+        let log_write_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 14));
+        let placement_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        let heartbeat_gap_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 10));
+        let m = Metrics {
+            proposal_commands: proposal_commands.clone(),
+            log_write_seconds: log_write_seconds.clone(),
+            placement_seconds: placement_seconds.clone(),
+            assignments: Counter::default(),
+            heartbeats: Counter::default(),
+            heartbeat_gap_seconds: heartbeat_gap_seconds.clone(),
+            missed_heartbeats: Counter::default(),
+            log_bytes: Counter::default(),
+            raft_term: Gauge::default(),
+            raft_role: Family::default(),
+            raft_last_log_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            raft_replication_lag: Family::default(),
+            raft_quorum_ack_age: Gauge::default(),
+            jobs: Family::default(),
+            tasks: Family::default(),
+            queue_waiting: Family::default(),
+            workers: Family::default(),
+            worker_cpus: Family::default(),
+            worker_cpus_used: Family::default(),
+            worker_queue: Family::default(),
+            events: Family::default(),
+            registry: Registry::default(),
+            scrape: Mutex::new(()),
+        };
+        r.register("raft_term", "Raft term this master is in", m.raft_term.clone());
+        r.register("raft_role", "1 for this master's current Raft role", m.raft_role.clone());
+        r.register(
+            "raft_last_log_index",
+            "Index of the last entry in this master's log",
+            m.raft_last_log_index.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Index of the last entry applied to this master's state",
+            m.raft_applied_index.clone(),
+        );
+        r.register(
+            "raft_replication_lag_entries",
+            "Leader only: entries each follower is behind the leader's log",
+            m.raft_replication_lag.clone(),
+        );
+        r.register_with_unit(
+            "raft_quorum_ack_age",
+            "Leader only: time since a quorum last acknowledged this leader",
+            Unit::Seconds,
+            m.raft_quorum_ack_age.clone(),
+        );
+        r.register("raft_proposal_commands", "Commands per Raft log entry proposed by this master", proposal_commands);
+        r.register_with_unit(
+            "raft_log_write",
+            "Time to write and fsync one batch of Raft log entries",
+            Unit::Seconds,
+            log_write_seconds,
+        );
+        r.register_with_unit("raft_log_written", "Raft log bytes written", Unit::Bytes, m.log_bytes.clone());
+        r.register_with_unit(
+            "placement",
+            "Leader only: time from planning a placement to its commit",
+            Unit::Seconds,
+            placement_seconds,
+        );
+        r.register("assignments", "Leader only: task attempts assigned to workers", m.assignments.clone());
+        r.register("jobs", "Jobs by state", m.jobs.clone());
+        r.register("tasks", "Array tasks by state", m.tasks.clone());
+        r.register("queue_waiting_tasks", "Tasks waiting for a worker, by job priority", m.queue_waiting.clone());
+        r.register("workers", "Workers by state", m.workers.clone());
+        r.register("worker_cpus", "Cpus a ready worker offers", m.worker_cpus.clone());
+        r.register(
+            "worker_cpus_used",
+            "Cpus of a ready worker held by assigned or running tasks",
+            m.worker_cpus_used.clone(),
+        );
+        r.register("worker_queue", "Tasks' cpus a ready worker keeps queued beyond its cpus", m.worker_queue.clone());
+        r.register("worker_heartbeats", "Leader only: messages received from workers", m.heartbeats.clone());
+        r.register_with_unit(
+            "worker_heartbeat_gap",
+            "Leader only: time between two messages of a worker",
+            Unit::Seconds,
+            heartbeat_gap_seconds,
+        );
+        r.register(
+            "worker_missed_heartbeats",
+            "Leader only: heartbeats that did not arrive on time",
+            m.missed_heartbeats.clone(),
+        );
+        r.register(
+            "events",
+            "Journal events ever recorded, by kind (task_rescheduled, task_failed, result_rejected, leader_elected, ...)",
+            m.events.clone(),
+        );
+        Metrics { registry: root, ..m }
+    }
+
+    pub fn observe_proposal(&self, commands: usize) {
+        self.proposal_commands.observe(commands as f64);
+    }
+
+    pub fn observe_log_write(&self, took: Duration) {
+        self.log_write_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_placement(&self, took: Duration, assigned: usize) {
+        self.placement_seconds.observe(took.as_secs_f64());
+        self.assignments.inc_by(assigned as u64);
+    }
+
+    /// A message from a worker arrived `gap` after its previous one.
+    pub fn observe_heartbeat(&self, gap: Option<Duration>, interval: Duration) {
+        self.heartbeats.inc();
+        if let Some(gap) = gap {
+            self.heartbeat_gap_seconds.observe(gap.as_secs_f64());
+            let late = gap.as_secs_f64() / interval.as_secs_f64().max(1e-3);
+            if late >= 2.0 {
+                self.missed_heartbeats.inc_by(late as u64 - 1);
+            }
+        }
+    }
+
+    /// The exposition, refreshed from openraft and the replicated state.
+    pub fn render(&self, master: &Master) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh(master);
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        to_prometheus_text(&out)
+    }
+
+    fn refresh(&self, master: &Master) {
+        let raft = master.raft.metrics().borrow().clone();
+        self.raft_term.set(raft.current_term as i64);
+        self.raft_role.clear();
+        let role = match raft.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        self.raft_role.get_or_create(&labels(&[("role", role)])).set(1);
+        let last = raft.last_log_index.unwrap_or(0);
+        self.raft_last_log_index.set(last as i64);
+        self.raft_applied_index.set(raft.last_applied.map_or(0, |l| l.index) as i64);
+        self.raft_replication_lag.clear();
+        if let Some(replication) = &raft.replication {
+            for (node, matched) in replication.iter().filter(|(n, _)| **n != raft.id) {
+                let lag = last.saturating_sub(matched.map_or(0, |m| m.index));
+                self.raft_replication_lag.get_or_create(&labels(&[("follower", &node.to_string())])).set(lag as i64);
+            }
+        }
+        self.raft_quorum_ack_age.set(raft.millis_since_quorum_ack.map_or(0.0, |ms| ms as f64 / 1000.0));
+        let written = master.log_bytes.load(Ordering::Relaxed);
+        self.log_bytes.inc_by(written.saturating_sub(self.log_bytes.get()));
+
+        let data = master.shared.read();
+        let state = &data.state;
+        self.jobs.clear();
+        self.tasks.clear();
+        self.queue_waiting.clear();
+        for s in ["waiting", "running", "reducing", "succeeded", "failed", "cancelled"] {
+            self.jobs.get_or_create(&labels(&[("state", s)])).set(0);
+        }
+        let mut tasks = [0u64; 6];
+        for job in state.jobs() {
+            self.jobs.get_or_create(&labels(&[("state", job.state.name())])).inc();
+            let c = &job.counts;
+            for (slot, n) in
+                tasks.iter_mut().zip([c.waiting, c.assigned, c.running, c.succeeded, c.failed, c.cancelled])
+            {
+                *slot += n;
+            }
+            if c.waiting > 0 {
+                let priority = job.spec.priority.to_string();
+                self.queue_waiting.get_or_create(&labels(&[("priority", &priority)])).inc_by(c.waiting as i64);
+            }
+        }
+        for (name, n) in ["waiting", "assigned", "running", "succeeded", "failed", "cancelled"].iter().zip(tasks) {
+            self.tasks.get_or_create(&labels(&[("state", name)])).set(n as i64);
+        }
+        self.workers.clear();
+        self.worker_cpus.clear();
+        self.worker_cpus_used.clear();
+        self.worker_queue.clear();
+        for s in ["ready", "lost"] {
+            self.workers.get_or_create(&labels(&[("state", s)])).set(0);
+        }
+        for w in state.workers() {
+            let ready = w.state == WorkerState::Ready;
+            self.workers.get_or_create(&labels(&[("state", if ready { "ready" } else { "lost" })])).inc();
+            if !ready {
+                continue;
+            }
+            let zone = w.labels.get("zone").map(String::as_str).unwrap_or("");
+            let region = w.labels.get("region").map(String::as_str).unwrap_or("");
+            let l = labels(&[("worker", &w.name), ("zone", zone), ("region", region)]);
+            self.worker_cpus.get_or_create(&l).set(i64::from(w.cpus));
+            self.worker_cpus_used.get_or_create(&l).set(i64::from(w.cpus_used));
+            self.worker_queue.get_or_create(&l).set(i64::from(w.queue));
+        }
+        for (kind, total) in state.journal().totals() {
+            let counter = self.events.get_or_create(&labels(&[("kind", kind)]));
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+}
+
+/// Turns the OpenMetrics text that `prometheus-client` writes into the Prometheus text format
+/// (0.0.4) that Prometheus scrapes by default and `promtool check metrics` checks: a counter's
+/// HELP and TYPE name its `_total` samples, and there are no `# UNIT` or `# EOF` lines.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_by_their_total_samples_and_openmetrics_lines_go() {
+        let om = "# HELP flotilla_x Things.\n# TYPE flotilla_x counter\nflotilla_x_total 3\n\
+                  # HELP flotilla_t Time.\n# TYPE flotilla_t gauge\n# UNIT flotilla_t seconds\nflotilla_t 1.0\n# EOF\n";
+        let text = to_prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP flotilla_x_total Things.\n# TYPE flotilla_x_total counter\nflotilla_x_total 3\n\
+             # HELP flotilla_t Time.\n# TYPE flotilla_t gauge\nflotilla_t 1.0\n"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! Metrics: every master serves a Prometheus exposition at `/metrics` that `promtool check
+//! metrics` accepts, with the families the README lists, and the cluster figures agree with
+//! what the cluster did. `promtool` comes from Debian's `prometheus` package, installed here
+//! when missing (the test fails, loudly, if it cannot be installed).
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Path of `promtool`, installing Debian's `prometheus` package if it is missing.
+fn promtool() -> String {
+    let found = |p: &str| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success());
+    if found("promtool") {
+        return "promtool".to_string();
+    }
+    let status = Command::new("sh")
+        .args(["-c", "(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus"])
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()) && found("promtool"),
+        "promtool is needed to check /metrics and could not be installed (apt-get install prometheus)"
+    );
+    "promtool".to_string()
+}
+
+fn promtool_check(text: &str) -> Result<(), String> {
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_master_serves_metrics_that_pass_promtool() {
+    let t = cluster(3, &[("a", 2)], &[]).await;
+    let client = t.client();
+    let id = client.submit(&squares_job(20, "0")).await.expect("submit").id;
+    wait_job(&t, &client, id, LONG).await;
+    let leader = t.cluster.wait_leader(LONG).await.expect("leader");
+    // Followers apply the last entries a moment after the leader: poll until they agree.
+    wait_until(&t, "every master reports the 20 succeeded tasks", LONG, || async {
+        (1..=3).all(|i| {
+            let (code, text) = raw_http(&t.cluster.address(i), "GET", "/metrics", &[], b"");
+            code == 200 && sample(&text, "flotilla_tasks{state=\"succeeded\"}") == Some(20.0)
+        })
+    })
+    .await;
+    for i in 1..=3 {
+        let (code, text) = raw_http(&t.cluster.address(i), "GET", "/metrics", &[], b"");
+        assert_eq!(code, 200);
+        if let Err(e) = promtool_check(&text) {
+            panic!("promtool rejects master {i}'s /metrics: {e}\n{text}");
+        }
+        for family in [
+            "flotilla_raft_term ",
+            "flotilla_raft_role{",
+            "flotilla_raft_applied_index ",
+            "flotilla_raft_log_write_seconds_bucket{",
+            "flotilla_raft_proposal_commands_count ",
+            "flotilla_jobs{",
+            "flotilla_tasks{",
+            "flotilla_workers{state=\"ready\"} 1",
+            "flotilla_worker_cpus{worker=\"a\"",
+            "flotilla_events_total{kind=\"job_submitted\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(family)), "master {i} lacks {family}:\n{text}");
+        }
+        let role = if i == leader { "leader" } else { "follower" };
+        assert!(text.contains(&format!("flotilla_raft_role{{role=\"{role}\"}} 1")), "master {i} is the {role}");
+    }
+    let (_, text) = raw_http(&t.cluster.address(leader), "GET", "/metrics", &[], b"");
+    assert!(sample(&text, "flotilla_assignments_total").is_some_and(|n| n >= 21.0), "20 tasks and a reduce assigned");
+    assert!(sample(&text, "flotilla_worker_heartbeats_total").is_some_and(|n| n > 0.0));
+    assert!(text.contains("flotilla_raft_replication_lag_entries{follower="), "the leader reports follower lag");
+}
