@@ -113,6 +113,10 @@ pub struct WorkerArgs {
     /// worker even if another frees up first; use 0 for long tasks on a busy, uneven cluster.
     #[arg(long)]
     pub prefetch: Option<u32>,
+    /// Serve this worker's Prometheus metrics at http://HOST:PORT/metrics (spawn latency,
+    /// tasks started and finished, running and queued tasks). Off by default.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Memory this worker offers, e.g. 4G (informational).
     #[arg(long)]
     pub memory: Option<String>,

@@ -111,6 +111,11 @@ impl LocalCluster {
     }
 
     pub fn start_worker(&mut self, name: &str, cpus: u32, labels: &str) -> anyhow::Result<()> {
+        self.start_worker_with(name, cpus, labels, &[])
+    }
+
+    /// Starts a worker with extra command-line arguments.
+    pub fn start_worker_with(&mut self, name: &str, cpus: u32, labels: &str, extra: &[&str]) -> anyhow::Result<()> {
         let (out, err) = self.log(&format!("worker-{name}"))?;
         let child = Command::new(&self.exe)
             .arg("worker")
@@ -120,6 +125,7 @@ impl LocalCluster {
             .args(["--labels", labels])
             .arg("--data-dir")
             .arg(self.dir.join(format!("worker-{name}")))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

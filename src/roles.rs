@@ -94,6 +94,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         cpus,
         prefetch: args.prefetch.unwrap_or(cpus.saturating_mul(16)),
         adaptive_prefetch: args.prefetch.is_none(),
+        metrics: args.metrics,
         memory,
         labels: parse_labels(&args.labels)?,
         data_dir,

@@ -91,3 +91,33 @@ async fn every_master_serves_metrics_that_pass_promtool() {
     assert!(sample(&text, "flotilla_worker_heartbeats_total").is_some_and(|n| n > 0.0));
     assert!(text.contains("flotilla_raft_replication_lag_entries{follower="), "the leader reports follower lag");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_its_metrics_and_reports_them_to_the_leader() {
+    let mut t = cluster(1, &[], &[]).await;
+    let port = flotilla::local::free_port().expect("free port");
+    let metrics = format!("127.0.0.1:{port}");
+    t.cluster.start_worker_with("m", 2, "", &["--metrics", &metrics]).expect("start worker");
+    t.cluster.wait_workers(1, LONG).await.expect("worker joins");
+    let client = t.client();
+    let id = client.submit(&squares_job(10, "0")).await.expect("submit").id;
+    wait_job(&t, &client, id, LONG).await;
+    let (code, text) = raw_http(&metrics, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    if let Err(e) = promtool_check(&text) {
+        panic!("promtool rejects the worker's /metrics: {e}\n{text}");
+    }
+    // 10 tasks and the reduce.
+    assert_eq!(sample(&text, "flotilla_worker_tasks_started_total"), Some(11.0), "{text}");
+    assert_eq!(sample(&text, "flotilla_worker_tasks_finished_total{outcome=\"succeeded\"}"), Some(11.0), "{text}");
+    assert_eq!(sample(&text, "flotilla_worker_spawn_seconds_count"), Some(11.0), "{text}");
+    assert_eq!(sample(&text, "flotilla_worker_connected"), Some(1.0), "{text}");
+    // The same figures reach the leader with the next heartbeats.
+    let master = t.cluster.address(1);
+    wait_until(&t, "the leader shows the worker's reported spawns", LONG, || async {
+        let (_, text) = raw_http(&master, "GET", "/metrics", &[], b"");
+        sample(&text, "flotilla_worker_spawns_total{worker=\"m\"}") == Some(11.0)
+            && text.contains("flotilla_worker_running_tasks{worker=\"m\"} 0")
+    })
+    .await;
+}

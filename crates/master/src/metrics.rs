@@ -23,8 +23,7 @@ use crate::node::Master;
 
 type Labels = Vec<(String, String)>;
 
-/// The content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use flotilla_proto::exposition::CONTENT_TYPE;
 
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +51,12 @@ pub struct Metrics {
     worker_cpus_used: Family<Labels, Gauge>,
     worker_queue: Family<Labels, Gauge>,
     events: Family<Labels, Counter>,
+    reported_running: Family<Labels, Gauge>,
+    reported_queued: Family<Labels, Gauge>,
+    reported_spawns: Family<Labels, Counter>,
+    reported_spawn_seconds: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// The latest figures each worker reported to this master (while it led), and when.
+    reports: Mutex<std::collections::HashMap<String, (std::time::Instant, [u64; 4])>>,
     /// Serialises scrapes: the scrape-time families are cleared and refilled each time.
     scrape: Mutex<()>,
 }
@@ -97,6 +102,11 @@ impl Metrics {
             worker_cpus_used: Family::default(),
             worker_queue: Family::default(),
             events: Family::default(),
+            reported_running: Family::default(),
+            reported_queued: Family::default(),
+            reported_spawns: Family::default(),
+            reported_spawn_seconds: Family::default(),
+            reports: Mutex::new(Default::default()),
             registry: Registry::default(),
             scrape: Mutex::new(()),
         };
@@ -166,6 +176,23 @@ impl Metrics {
             "Journal events ever recorded, by kind (task_rescheduled, task_failed, result_rejected, leader_elected, ...)",
             m.events.clone(),
         );
+        r.register(
+            "worker_running_tasks",
+            "Leader only: task processes a worker reports running",
+            m.reported_running.clone(),
+        );
+        r.register(
+            "worker_queued_tasks",
+            "Leader only: assigned tasks a worker reports waiting for a cpu",
+            m.reported_queued.clone(),
+        );
+        r.register("worker_spawns", "Leader only: task processes a worker reports started", m.reported_spawns.clone());
+        r.register_with_unit(
+            "worker_spawn",
+            "Leader only: time a worker reports spending to start task processes (divide by worker_spawns_total for the mean)",
+            Unit::Seconds,
+            m.reported_spawn_seconds.clone(),
+        );
         Metrics { registry: root, ..m }
     }
 
@@ -194,6 +221,18 @@ impl Metrics {
         }
     }
 
+    /// Figures a worker sent with its heartbeat.
+    pub fn worker_reported(&self, worker: &str, running: u32, queued: u32, spawned: u64, spawn_micros: u64) {
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        let figures = [u64::from(running), u64::from(queued), spawned, spawn_micros];
+        match reports.get_mut(worker) {
+            Some(r) => *r = (std::time::Instant::now(), figures),
+            None => {
+                reports.insert(worker.to_string(), (std::time::Instant::now(), figures));
+            }
+        }
+    }
+
     /// The exposition, refreshed from openraft and the replicated state.
     pub fn render(&self, master: &Master) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
@@ -202,7 +241,7 @@ impl Metrics {
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        to_prometheus_text(&out)
+        flotilla_proto::exposition::to_prometheus_text(&out)
     }
 
     fn refresh(&self, master: &Master) {
@@ -276,54 +315,25 @@ impl Metrics {
             self.worker_cpus_used.get_or_create(&l).set(i64::from(w.cpus_used));
             self.worker_queue.get_or_create(&l).set(i64::from(w.queue));
         }
+        // Reports older than a few heartbeats are from workers gone or led by another master.
+        self.reported_running.clear();
+        self.reported_queued.clear();
+        self.reported_spawns.clear();
+        self.reported_spawn_seconds.clear();
+        let fresh = master.config.heartbeat_interval() * 3;
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        reports.retain(|_, (at, _)| at.elapsed() <= fresh);
+        for (worker, (_, [running, queued, spawned, micros])) in reports.iter() {
+            let l = labels(&[("worker", worker)]);
+            self.reported_running.get_or_create(&l).set(*running as i64);
+            self.reported_queued.get_or_create(&l).set(*queued as i64);
+            self.reported_spawns.get_or_create(&l).inc_by(*spawned);
+            self.reported_spawn_seconds.get_or_create(&l).inc_by(*micros as f64 / 1e6);
+        }
+        drop(reports);
         for (kind, total) in state.journal().totals() {
             let counter = self.events.get_or_create(&labels(&[("kind", kind)]));
             counter.inc_by(total.saturating_sub(counter.get()));
         }
-    }
-}
-
-/// Turns the OpenMetrics text that `prometheus-client` writes into the Prometheus text format
-/// (0.0.4) that Prometheus scrapes by default and `promtool check metrics` checks: a counter's
-/// HELP and TYPE name its `_total` samples, and there are no `# UNIT` or `# EOF` lines.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        match renamed {
-            Some(l) => out.push_str(&l),
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_are_named_by_their_total_samples_and_openmetrics_lines_go() {
-        let om = "# HELP flotilla_x Things.\n# TYPE flotilla_x counter\nflotilla_x_total 3\n\
-                  # HELP flotilla_t Time.\n# TYPE flotilla_t gauge\n# UNIT flotilla_t seconds\nflotilla_t 1.0\n# EOF\n";
-        let text = to_prometheus_text(om);
-        assert_eq!(
-            text,
-            "# HELP flotilla_x_total Things.\n# TYPE flotilla_x_total counter\nflotilla_x_total 3\n\
-             # HELP flotilla_t Time.\n# TYPE flotilla_t gauge\nflotilla_t 1.0\n"
-        );
     }
 }

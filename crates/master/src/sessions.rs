@@ -312,9 +312,12 @@ async fn session_loop(
         };
         let Some(msg) = msg else { return Ok(()) };
         // Most messages from an idle fleet are heartbeats: no allocation, no second poll.
-        if matches!(msg, WorkerMsg::Heartbeat) {
+        if let WorkerMsg::Heartbeat | WorkerMsg::Stats { .. } = msg {
             let gap = master.sessions.touch(name);
             master.metrics.observe_heartbeat(gap, master.config.heartbeat_interval());
+            if let WorkerMsg::Stats { running, queued, spawned, spawn_micros } = msg {
+                master.metrics.worker_reported(name, running, queued, spawned, spawn_micros);
+            }
             continue;
         }
         // Take every report that has already arrived as well: one proposal, one reply.
@@ -332,7 +335,7 @@ async fn session_loop(
         let mut reports = Vec::with_capacity(msgs.len());
         for msg in msgs {
             let (command, report) = match msg {
-                WorkerMsg::Heartbeat => continue,
+                WorkerMsg::Heartbeat | WorkerMsg::Stats { .. } => continue,
                 WorkerMsg::Hello { .. } => return Err("hello sent twice".to_string()),
                 WorkerMsg::Batch(_) => continue, // flattened above
                 WorkerMsg::Started { task, fence } => {

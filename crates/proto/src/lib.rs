@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod codec;
+pub mod exposition;
 pub mod time;
 pub mod wire;
 

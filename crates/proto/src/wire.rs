@@ -48,6 +48,15 @@ pub enum WorkerMsg {
     Queue {
         queue: u32,
     },
+    /// A heartbeat carrying the worker's key figures (shown per worker on the masters'
+    /// `/metrics`).
+    Stats {
+        running: u32,
+        queued: u32,
+        /// Processes started since the worker started, and microseconds spent starting them.
+        spawned: u64,
+        spawn_micros: u64,
+    },
 }
 
 impl WorkerMsg {

@@ -498,7 +498,7 @@ impl Sim {
                 self.propose(vec![Command::TaskFinished { task, fence, worker: name, outcome }], origin);
             }
             // The simulated workers neither batch nor resize their queues.
-            WorkerMsg::Batch(_) | WorkerMsg::Queue { .. } => {}
+            WorkerMsg::Batch(_) | WorkerMsg::Queue { .. } | WorkerMsg::Stats { .. } => {}
         }
     }
 

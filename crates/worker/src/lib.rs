@@ -13,6 +13,7 @@
 //! this worker act).
 
 pub mod book;
+pub mod metrics;
 pub mod runner;
 
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +49,8 @@ pub struct WorkerConfig {
     pub labels: BTreeMap<String, String>,
     pub data_dir: PathBuf,
     pub token: Option<String>,
+    /// Serve Prometheus metrics at this address (`/metrics`), if given.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +77,15 @@ const MAX_QUEUE_PER_CPU: u32 = 256;
 /// A busy worker (tasks queued) holds its reports this long to send more in one message:
 /// the master learns of freed capacity a little later, which the queue covers.
 const REPORT_LINGER: Duration = Duration::from_millis(50);
+
+/// Marks the worker disconnected when a welcomed session ends.
+struct Disconnected(Arc<metrics::WorkerMetrics>);
+
+impl Drop for Disconnected {
+    fn drop(&mut self) {
+        self.0.connected.set(0);
+    }
+}
 
 /// Sends the reports waiting in `outbox` as one message.
 fn send_reports(send: &impl Fn(&WorkerMsg) -> bool, outbox: &mut Vec<WorkerMsg>) {
@@ -110,6 +122,7 @@ struct Agent {
     queue_changed: Option<Instant>,
     /// The current session has not been told the queue depth yet.
     queue_unsent: bool,
+    metrics: Arc<metrics::WorkerMetrics>,
     pgids: Arc<PgidJournal>,
     events: mpsc::UnboundedSender<TaskEvent>,
     /// The current session got a welcome (resets the reconnect backoff).
@@ -133,6 +146,15 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     }
     let pgids = Arc::new(pgids);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let worker_metrics = Arc::new(metrics::WorkerMetrics::new());
+    worker_metrics.cpus.set(i64::from(config.cpus));
+    worker_metrics.queue_depth.set(i64::from(config.prefetch));
+    if let Some(addr) = config.metrics {
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|e| WorkerError::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+        tokio::spawn(metrics::serve(listener, worker_metrics.clone(), shutdown.clone()));
+    }
     let mut agent = Agent {
         instance: random_u64(),
         book: Book::new(config.cpus),
@@ -141,6 +163,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         mean_task_secs: None,
         queue_changed: None,
         queue_unsent: false,
+        metrics: worker_metrics,
         pgids,
         events: events_tx,
         welcomed: false,
@@ -279,6 +302,7 @@ impl Agent {
             self.queue = wanted;
             self.queue_changed = Some(Instant::now());
             self.queue_unsent = true;
+            self.metrics.queue_depth.set(i64::from(wanted));
         }
     }
 
@@ -380,6 +404,11 @@ impl Agent {
             other => return Ok(SessionEnd::Lost(format!("unexpected first message {other:?}"))),
         };
         self.welcomed = true;
+        self.metrics.sessions.inc();
+        self.metrics.connected.set(1);
+        // Whatever way this session ends, it no longer counts as connected.
+        let metrics = self.metrics.clone();
+        let _disconnected = Disconnected(metrics);
 
         // Deliver what finished while no leader listened.
         let unacked = self.book.unacked();
@@ -395,7 +424,14 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
                 _ = beat.tick() => {
-                    if !send(&WorkerMsg::Heartbeat) {
+                    let (spawned, spawn_micros) = self.metrics.spawn_totals();
+                    let stats = WorkerMsg::Stats {
+                        running: self.book.running_count() as u32,
+                        queued: self.book.queued_count() as u32,
+                        spawned,
+                        spawn_micros,
+                    };
+                    if !send(&stats) {
                         return Ok(SessionEnd::Lost("outbound stream closed".into()));
                     }
                 }
@@ -459,6 +495,12 @@ impl Agent {
 
     /// Starts or kills processes as the bookkeeping says.
     fn execute(&mut self, actions: Vec<Action>) {
+        self.execute_actions(actions);
+        self.metrics.running.set(self.book.running_count() as i64);
+        self.metrics.queued.set(self.book.queued_count() as i64);
+    }
+
+    fn execute_actions(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
                 Action::Kill(task, fence) => {
@@ -472,6 +514,7 @@ impl Agent {
                     let events = self.events.clone();
                     let pgids = self.pgids.clone();
                     let name = self.config.name.clone();
+                    let metrics = self.metrics.clone();
                     // Straight onto the blocking pool, reporting from there: no async task (and
                     // no extra wakeup) between a process's exit and the agent hearing of it.
                     tokio::task::spawn_blocking(move || {
@@ -479,6 +522,15 @@ impl Agent {
                         let started = events.clone();
                         let ended = runner::run_catching(&run, &name, &pgids, &stop, move || {
                             let _ = started.send(TaskEvent::Started(task, fence));
+                        });
+                        if let Some(took) = stop.spawn_time() {
+                            metrics.observe_spawn(took);
+                        }
+                        metrics.observe_end(match &ended {
+                            Ended::Stopped => "stopped",
+                            Ended::Finished(o) if o.spawn_error.is_some() => "spawn_error",
+                            Ended::Finished(o) if o.succeeded() => "succeeded",
+                            Ended::Finished(_) => "failed",
                         });
                         let _ = events.send(TaskEvent::Ended(task, fence, ended));
                     });

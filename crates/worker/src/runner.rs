@@ -51,12 +51,22 @@ pub fn kill_group(pgid: i32) {
 pub struct Stopper {
     stopped: AtomicBool,
     pgid: AtomicI32,
+    /// Microseconds the process took to start, plus one (0: not started).
+    spawn_micros: std::sync::atomic::AtomicU64,
 }
 
 impl Stopper {
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         kill_group(self.pgid.load(Ordering::SeqCst));
+    }
+
+    /// How long the process took to start, once it has.
+    pub fn spawn_time(&self) -> Option<Duration> {
+        match self.spawn_micros.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_micros(n - 1)),
+        }
     }
 
     fn is_stopped(&self) -> bool {
@@ -198,6 +208,7 @@ pub fn run(
             })
         }
     };
+    stopper.spawn_micros.store(started.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
     let pgid = child.id() as i32;
     stopper.pgid.store(pgid, Ordering::SeqCst);
     journal.record(pgid, true);
