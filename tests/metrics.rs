@@ -94,7 +94,7 @@ async fn every_master_serves_metrics_that_pass_promtool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_serves_its_metrics_and_reports_them_to_the_leader() {
-    let mut t = cluster(1, &[], &[]).await;
+    let mut t = cluster(3, &[], &[]).await;
     let port = flotilla::local::free_port().expect("free port");
     let metrics = format!("127.0.0.1:{port}");
     t.cluster.start_worker_with("m", 2, "", &["--metrics", &metrics]).expect("start worker");
@@ -113,11 +113,32 @@ async fn a_worker_serves_its_metrics_and_reports_them_to_the_leader() {
     assert_eq!(sample(&text, "flotilla_worker_spawn_seconds_count"), Some(11.0), "{text}");
     assert_eq!(sample(&text, "flotilla_worker_connected"), Some(1.0), "{text}");
     // The same figures reach the leader with the next heartbeats.
-    let master = t.cluster.address(1);
+    let master = t.cluster.address(t.cluster.wait_leader(LONG).await.expect("leader"));
     wait_until(&t, "the leader shows the worker's reported spawns", LONG, || async {
         let (_, text) = raw_http(&master, "GET", "/metrics", &[], b"");
         sample(&text, "flotilla_worker_spawns_total{worker=\"m\"}") == Some(11.0)
             && text.contains("flotilla_worker_running_tasks{worker=\"m\"} 0")
     })
     .await;
+
+    // Every metric the Grafana dashboard queries exists.
+    let (_, leader_text) = raw_http(&master, "GET", "/metrics", &[], b"");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/flotilla-cluster.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard file")).expect("dashboard JSON");
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (i, _) in expr.match_indices("flotilla_") {
+                let name: String = expr[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() > 10, "the dashboard queries flotilla metrics");
+    for name in queried {
+        let served = |t: &str| t.contains(&format!("\n{name}"));
+        assert!(served(&leader_text) || served(&text), "the dashboard queries {name}, which no /metrics serves");
+    }
 }

@@ -278,6 +278,8 @@ impl Metrics {
         for s in ["waiting", "running", "reducing", "succeeded", "failed", "cancelled"] {
             self.jobs.get_or_create(&labels(&[("state", s)])).set(0);
         }
+        // The default priority is always there, so an idle queue reads 0 rather than nothing.
+        self.queue_waiting.get_or_create(&labels(&[("priority", "0")])).set(0);
         let mut tasks = [0u64; 6];
         for job in state.jobs() {
             self.jobs.get_or_create(&labels(&[("state", job.state.name())])).inc();
