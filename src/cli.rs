@@ -251,6 +251,13 @@ pub struct EventsArgs {
     /// Only events after this sequence number.
     #[arg(long, default_value_t = 0)]
     pub after: u64,
+    /// Only events at or after this time: a duration ago (30m, 1h, 2d) or a UTC time
+    /// (2026-11-25T21:38:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only events before this time (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
     #[arg(long)]
     pub stale: bool,
 }

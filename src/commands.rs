@@ -297,12 +297,20 @@ async fn status(client: &Client, json: bool, stale: bool) -> anyhow::Result<Exit
 
 async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
     let client = connect(&a.client)?;
+    let now = flotilla_proto::time::now_ms();
+    let point = |t: &Option<String>, flag: &str| -> anyhow::Result<Option<u64>> {
+        t.as_deref()
+            .map(|t| flotilla_proto::time::parse_point(t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+            .transpose()
+    };
+    let since = point(&a.since, "--since")?.unwrap_or(0);
+    let until = point(&a.until, "--until")?.unwrap_or(u64::MAX);
     let mut after = a.after;
     loop {
         let wait = if a.follow { Duration::from_secs(20) } else { Duration::ZERO };
         let batch = client.events(after, 1000, wait, a.stale).await?;
         let mut out = std::io::stdout().lock();
-        for e in &batch.events {
+        for e in batch.events.iter().filter(|e| e.at_ms >= since && e.at_ms < until) {
             if a.json {
                 serde_json::to_writer(&mut out, e)?;
                 writeln!(out)?;

@@ -182,3 +182,29 @@ async fn the_cluster_token_is_required_when_set() {
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("without a cluster token"));
 }
+
+/// `flotilla events` exports the journal as NDJSON with causal ids, filtered by time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_export_as_ndjson_within_a_time_window() {
+    let t = cluster(1, &[("a", 1)], &[]).await;
+    let masters = t.cluster.master_list();
+    let client = t.client();
+    let id = client.submit(&squares_job(3, "0")).await.expect("submit").id;
+    wait_job(&t, &client, id, LONG).await;
+
+    let (code, out, err) = cli(&masters, &["events", "--json", "--since", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let submitted = events.iter().find(|e| e["kind"] == "job_submitted").expect("job_submitted event");
+    assert_eq!(submitted["job"], serde_json::json!(id), "the event names its job");
+    assert!(events.iter().any(|e| e["kind"] == "leader_elected" && e["term"].is_u64() && e["node"].is_u64()));
+    assert!(events.iter().all(|e| e["seq"].is_u64() && e["at_ms"].is_u64() && e["time"].is_string()));
+
+    let (code, out, _) = cli(&masters, &["events", "--json", "--until", "2000-01-01T00:00:00Z"]);
+    assert_eq!((code, out.as_str()), (0, ""), "nothing happened before 2000");
+
+    let (code, _, err) = cli(&masters, &["events", "--since", "yesterday"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("neither a duration"), "{err}");
+}
