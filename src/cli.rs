@@ -46,6 +46,11 @@ pub enum Cmd {
     },
     /// Show the replicated event journal.
     Events(EventsArgs),
+    /// Post-incident analysis from the journal.
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCmd,
+    },
     /// Run a local cluster in the foreground (3 masters, 2 workers); Ctrl-C stops it.
     Up(UpArgs),
     /// Start a local cluster, run a job, kill the leader and a worker, show the result.
@@ -236,6 +241,35 @@ pub enum JobCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IncidentCmd {
+    /// Write a report: elections and unavailability, workers lost and back, tasks rescheduled
+    /// or retried, fenced results, time to full recovery, and the timeline.
+    Report(IncidentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct IncidentArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Start of the window: a duration ago (30m, 1h, 2d) or a UTC time. Default: everything
+    /// the journal holds.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// End of the window (same forms). Default: now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// md (Markdown) or html (one self-contained page with an SVG timeline).
+    #[arg(long, default_value = "md")]
+    pub format: String,
+    /// Write the report here instead of standard output.
+    #[arg(short, long)]
+    pub output: Option<std::path::PathBuf>,
+    /// Read from whichever master answers, without a linearizable read.
+    #[arg(long)]
+    pub stale: bool,
 }
 
 #[derive(Args, Debug)]

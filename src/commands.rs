@@ -22,6 +22,7 @@ pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Job { command } => job(command).await,
         Cmd::Status { client, json, stale } => status(&connect(&client)?, json, stale).await,
         Cmd::Events(a) => events(a).await,
+        Cmd::Incident { command: crate::cli::IncidentCmd::Report(a) } => incident_report(a).await,
         Cmd::Up(a) => crate::local::up(a).await,
         Cmd::Demo(a) => crate::demo::run(a).await,
     }
@@ -292,6 +293,51 @@ async fn status(client: &Client, json: bool, stale: bool) -> anyhow::Result<Exit
     }
     let jobs: Vec<String> = s.jobs.iter().map(|(k, v)| format!("{v} {k}")).collect();
     println!("jobs: {}", if jobs.is_empty() { "none".to_string() } else { jobs.join(", ") });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every event the journal holds, oldest first.
+pub async fn all_events(
+    client: &flotilla_client::Client,
+    stale: bool,
+) -> anyhow::Result<Vec<flotilla_proto::api::EventView>> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = client.events(after, 1000, Duration::ZERO, stale).await?;
+        if batch.events.is_empty() {
+            return Ok(all);
+        }
+        after = batch.last_seq;
+        all.extend(batch.events);
+    }
+}
+
+async fn incident_report(a: crate::cli::IncidentArgs) -> anyhow::Result<ExitCode> {
+    let html = match a.format.as_str() {
+        "md" | "markdown" => false,
+        "html" => true,
+        other => anyhow::bail!("--format: {other:?} is not md or html"),
+    };
+    let now = flotilla_proto::time::now_ms();
+    let point = |t: &Option<String>, flag: &str| -> anyhow::Result<Option<u64>> {
+        t.as_deref()
+            .map(|t| flotilla_proto::time::parse_point(t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+            .transpose()
+    };
+    let since = point(&a.since, "--since")?.unwrap_or(0);
+    let until = point(&a.until, "--until")?.unwrap_or(now + 1);
+    let client = connect(&a.client)?;
+    let events = all_events(&client, a.stale).await?;
+    let report = crate::incident::build(&events, since, until);
+    let text = if html { report.html() } else { report.markdown() };
+    match &a.output {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("incident report written to {}", path.display());
+        }
+        None => print!("{text}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -214,6 +214,24 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
         println!("    {}  {:<18} {}", e.time, e.kind, e.message);
     }
     println!();
+    // The post-incident report, from the replicated journal alone.
+    let all = crate::commands::all_events(&client, false).await?;
+    let report = crate::incident::build(&all, 0, flotilla_proto::time::now_ms() + 1);
+    let out_dir = std::path::PathBuf::from(".flotilla");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let (md, html) = (out_dir.join("demo-incident-report.md"), out_dir.join("demo-incident-report.html"));
+    std::fs::write(&md, report.markdown()).with_context(|| format!("cannot write {}", md.display()))?;
+    std::fs::write(&html, report.html()).with_context(|| format!("cannot write {}", html.display()))?;
+    println!("Incident report (flotilla incident report), written to {} and {}:", md.display(), html.display());
+    for line in report.markdown().lines().skip_while(|l| !l.starts_with("## Summary")).skip(1) {
+        if line.starts_with("## ") {
+            break;
+        }
+        if !line.is_empty() {
+            println!("    {line}");
+        }
+    }
+    println!();
     let verdict = if correct && job_state.state == "succeeded" { "correct" } else { "WRONG" };
     let top = result.lines().next().unwrap_or("(none)");
     println!(

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod commands;
 pub mod demo;
+pub mod incident;
 pub mod local;
 pub mod roles;
 

@@ -207,4 +207,22 @@ async fn events_export_as_ndjson_within_a_time_window() {
     let (code, _, err) = cli(&masters, &["events", "--since", "yesterday"]);
     assert_ne!(code, 0);
     assert!(err.contains("neither a duration"), "{err}");
+
+    // The incident report reads the same journal.
+    let (code, md, err) = cli(&masters, &["incident", "report", "--since", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        md.starts_with("# Flotilla incident report") && md.contains("| Leader elections (failovers) | 0 |"),
+        "{md}"
+    );
+    assert!(md.contains("job 1 submitted"), "the timeline lists the events:\n{md}");
+    let file = t.dir.path().join("report.html");
+    let path = file.to_str().expect("utf-8 path");
+    let (code, _, err) = cli(&masters, &["incident", "report", "--format", "html", "-o", path]);
+    assert_eq!(code, 0, "{err}");
+    let html = std::fs::read_to_string(&file).expect("report written");
+    assert!(html.starts_with("<!doctype html>") && html.contains("<svg"), "self-contained with a timeline");
+    let (code, _, err) = cli(&masters, &["incident", "report", "--format", "pdf"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not md or html"), "{err}");
 }

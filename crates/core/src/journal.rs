@@ -20,16 +20,51 @@ pub struct Event {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
-    LeaderElected { node: NodeId, term: u64 },
-    MasterUnreachable { node: NodeId },
-    MasterReachable { node: NodeId },
-    WorkerJoined { worker: String, cpus: u32 },
-    WorkerLost { worker: String, reason: String, requeued: u64 },
-    JobSubmitted { job: JobId, tasks: u64 },
-    TaskRescheduled { task: TaskId, attempt: u32, reason: String },
-    TaskFailed { task: TaskId, attempt: u32, reason: String },
-    ResultRejected { task: TaskId, fence: Fence, worker: String, reason: String },
-    JobFinished { job: JobId, state: JobState },
+    LeaderElected {
+        node: NodeId,
+        term: u64,
+        /// Milliseconds since the previous term's last committed entry (None for the first).
+        quiet_ms: Option<u64>,
+    },
+    MasterUnreachable {
+        node: NodeId,
+    },
+    MasterReachable {
+        node: NodeId,
+    },
+    WorkerJoined {
+        worker: String,
+        cpus: u32,
+    },
+    WorkerLost {
+        worker: String,
+        reason: String,
+        requeued: u64,
+    },
+    JobSubmitted {
+        job: JobId,
+        tasks: u64,
+    },
+    TaskRescheduled {
+        task: TaskId,
+        attempt: u32,
+        reason: String,
+    },
+    TaskFailed {
+        task: TaskId,
+        attempt: u32,
+        reason: String,
+    },
+    ResultRejected {
+        task: TaskId,
+        fence: Fence,
+        worker: String,
+        reason: String,
+    },
+    JobFinished {
+        job: JobId,
+        state: JobState,
+    },
 }
 
 impl EventKind {
@@ -52,9 +87,13 @@ impl EventKind {
     /// One human sentence.
     pub fn message(&self) -> String {
         match self {
-            EventKind::LeaderElected { node, term } => {
-                format!("master {node} elected leader for term {term}")
-            }
+            EventKind::LeaderElected { node, term, quiet_ms } => match quiet_ms {
+                Some(q) => format!(
+                    "master {node} elected leader for term {term}, {:.2} s after the previous term's last commit",
+                    *q as f64 / 1000.0
+                ),
+                None => format!("master {node} elected leader for term {term}"),
+            },
             EventKind::MasterUnreachable { node } => format!("master {node} is unreachable"),
             EventKind::MasterReachable { node } => format!("master {node} is reachable again"),
             EventKind::WorkerJoined { worker, cpus } => {

@@ -416,6 +416,21 @@ pub struct EventView {
     pub worker: Option<String>,
     pub node: Option<u64>,
     pub term: Option<u64>,
+    /// For `leader_elected`: milliseconds since the previous term's last commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_ms: Option<u64>,
+    /// For `worker_joined`: the cpus it offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// For `worker_lost`: tasks put back in the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeued: Option<u64>,
+    /// Why, for `worker_lost`, `task_rescheduled`, `task_failed`, `result_rejected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For `job_finished`: succeeded, failed or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 impl EventView {
@@ -432,31 +447,46 @@ impl EventView {
             worker: None,
             node: None,
             term: None,
+            quiet_ms: None,
+            cpus: None,
+            requeued: None,
+            reason: None,
+            state: None,
         };
         let index_of = |slot: TaskSlot| match slot {
             TaskSlot::Array(i) => Some(i),
             TaskSlot::Reduce => None,
         };
         match &e.kind {
-            EventKind::LeaderElected { node, term } => {
+            EventKind::LeaderElected { node, term, quiet_ms } => {
                 v.node = Some(*node);
                 v.term = Some(*term);
+                v.quiet_ms = *quiet_ms;
             }
             EventKind::MasterUnreachable { node } | EventKind::MasterReachable { node } => v.node = Some(*node),
-            EventKind::WorkerJoined { worker, .. } | EventKind::WorkerLost { worker, .. } => {
-                v.worker = Some(worker.clone())
+            EventKind::WorkerJoined { worker, cpus } => {
+                v.worker = Some(worker.clone());
+                v.cpus = Some(*cpus);
             }
-            EventKind::TaskRescheduled { task, attempt, .. } | EventKind::TaskFailed { task, attempt, .. } => {
+            EventKind::WorkerLost { worker, reason, requeued } => {
+                v.worker = Some(worker.clone());
+                v.reason = Some(reason.clone());
+                v.requeued = Some(*requeued);
+            }
+            EventKind::TaskRescheduled { task, attempt, reason } | EventKind::TaskFailed { task, attempt, reason } => {
                 v.task = index_of(task.slot);
                 v.attempt = Some(*attempt);
+                v.reason = Some(reason.clone());
             }
-            EventKind::ResultRejected { task, fence, worker, .. } => {
+            EventKind::ResultRejected { task, fence, worker, reason } => {
                 v.task = index_of(task.slot);
                 v.attempt = Some(fence.attempt);
                 v.term = Some(fence.term);
                 v.worker = Some(worker.clone());
+                v.reason = Some(reason.clone());
             }
-            EventKind::JobSubmitted { .. } | EventKind::JobFinished { .. } => {}
+            EventKind::JobFinished { state, .. } => v.state = Some(state.name().to_string()),
+            EventKind::JobSubmitted { .. } => {}
         }
         v
     }

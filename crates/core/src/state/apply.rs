@@ -14,6 +14,7 @@ impl ClusterState {
         let ctx = ApplyCtx { at_ms: proposal.at_ms, ..ctx };
         let responses = proposal.commands.iter().map(|c| self.apply_command(ctx, c)).collect();
         self.applied_index = self.applied_index.max(ctx.index);
+        self.last_entry = Some((ctx.term, proposal.at_ms));
         responses
     }
 
@@ -30,7 +31,11 @@ impl ClusterState {
             }
             Command::LeaderElected { node } => {
                 self.leader = Some((*node, ctx.term));
-                self.journal.record(ctx.at_ms, EventKind::LeaderElected { node: *node, term: ctx.term });
+                // Since the previous term's last entry: an upper bound of how long the cluster
+                // could not commit (tight when it was busy, loose when it was idle).
+                let quiet_ms =
+                    self.last_entry.filter(|(term, _)| *term < ctx.term).map(|(_, at)| ctx.at_ms.saturating_sub(at));
+                self.journal.record(ctx.at_ms, EventKind::LeaderElected { node: *node, term: ctx.term, quiet_ms });
                 Response::Noted
             }
             Command::MasterReachability { node, reachable } => {

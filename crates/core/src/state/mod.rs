@@ -270,6 +270,9 @@ pub struct ClusterState {
     applied_index: u64,
     /// Term of the last committed assignment (shows when scheduling resumed after a failover).
     last_assignment_term: u64,
+    /// Term and leader clock of the last applied entry: a new leader's first entry measures
+    /// how long the cluster went without a commit (journalled with its election).
+    last_entry: Option<(u64, Millis)>,
 }
 
 impl Default for ClusterState {
@@ -287,6 +290,7 @@ impl Default for ClusterState {
             unreachable_masters: BTreeSet::new(),
             applied_index: 0,
             last_assignment_term: 0,
+            last_entry: None,
         }
     }
 }
