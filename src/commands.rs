@@ -220,8 +220,15 @@ async fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<ExitCode>
     let tty = std::io::stderr().is_terminal();
     let mut last_print = Instant::now() - Duration::from_secs(60);
     let mut last_line = String::new();
+    let mut first = true;
     loop {
-        let j = client.job(id, false).await?;
+        // The first read answers at once; then long polls that return as soon as the job ends
+        // (and at least every second, to show progress).
+        let j = if std::mem::take(&mut first) {
+            client.job(id, false).await?
+        } else {
+            client.job_when_finished(id, Duration::from_secs(1)).await?
+        };
         let t = &j.tasks;
         let done = t.succeeded + t.failed + t.cancelled;
         let line = format!(
@@ -254,7 +261,6 @@ async fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<ExitCode>
             }
             return Ok(ExitCode::SUCCESS);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

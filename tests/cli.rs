@@ -208,6 +208,15 @@ async fn events_export_as_ndjson_within_a_time_window() {
     assert_ne!(code, 0);
     assert!(err.contains("neither a duration"), "{err}");
 
+    // A long poll on a job returns when the job ends, not at its deadline.
+    let slow = SubmitRequest { command: vec!["sleep".into(), "0.5".into()], ..Default::default() };
+    let slow = client.submit(&slow).await.expect("submit").id;
+    let started = std::time::Instant::now();
+    let (code, body) = raw_http(&t.cluster.address(1), "GET", &format!("/v1/jobs/{slow}?wait_ms=25000"), &[], b"");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"state\":\"succeeded\""), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(20), "answered when the job ended");
+
     // The incident report reads the same journal.
     let (code, md, err) = cli(&masters, &["incident", "report", "--since", "1h"]);
     assert_eq!(code, 0, "{err}");

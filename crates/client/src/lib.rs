@@ -175,6 +175,12 @@ impl Client {
         self.get(&format!("/v1/jobs/{id}{}", stale_query(stale, '?'))).await
     }
 
+    /// The job, once it has finished or after `wait` at the latest (a long poll).
+    pub async fn job_when_finished(&self, id: u64, wait: Duration) -> Result<JobDetail, ClientError> {
+        let path = format!("/v1/jobs/{id}?wait_ms={}", wait.as_millis());
+        self.request::<(), _>(Method::GET, &path, None, wait + ATTEMPT_TIMEOUT).await
+    }
+
     pub async fn results(
         &self,
         id: u64,

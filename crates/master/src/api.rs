@@ -160,10 +160,27 @@ async fn show_job(
     Query(q): Params,
 ) -> Result<Json<JobDetail>, Failure> {
     let id = job_id(&id)?;
+    // `wait_ms`: long poll until the job has finished or the time is up (`flotilla job wait`
+    // learns of the end at once instead of at its next poll).
+    let wait = Duration::from_millis(number(&q, "wait_ms", 0)?.min(30_000));
     read_barrier(&master, &q).await?;
-    let data = master.shared.read();
-    let job = data.state.job(id).ok_or_else(|| not_found(format!("no job {id}")))?;
-    Ok(Json(JobDetail::from_job(job, unschedulable_reason(&data.state, job))))
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut applied = master.shared.subscribe();
+    loop {
+        {
+            let data = master.shared.read();
+            let job = data.state.job(id).ok_or_else(|| not_found(format!("no job {id}")))?;
+            if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(Json(JobDetail::from_job(job, unschedulable_reason(&data.state, job))));
+            }
+        }
+        if tokio::time::timeout_at(deadline, applied.changed()).await.is_ok_and(|r| r.is_err()) {
+            // The state machine is gone (shutting down): answer with what there is.
+            let data = master.shared.read();
+            let job = data.state.job(id).ok_or_else(|| not_found(format!("no job {id}")))?;
+            return Ok(Json(JobDetail::from_job(job, unschedulable_reason(&data.state, job))));
+        }
+    }
 }
 
 async fn job_results(
