@@ -39,14 +39,7 @@ pub fn main_entry() -> ExitCode {
         .with(filter)
         .init();
 
-    // A worker's agent is one event loop (its processes run on blocking threads): one runtime
-    // thread saves the cross-thread wakeups of work stealing on every task start and exit.
-    let mut builder = if matches!(cli.command, Cmd::Worker(_)) {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
