@@ -302,6 +302,16 @@ async fn status(client: &Client, json: bool, stale: bool) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--since`/`--until` as a `[since, until)` window in Unix milliseconds; open ends default to
+/// the journal's start and to after now.
+fn time_window(since: Option<&str>, until: Option<&str>) -> anyhow::Result<(u64, u64)> {
+    let now = flotilla_proto::time::now_ms();
+    let point = |t: Option<&str>, flag: &str| -> anyhow::Result<Option<u64>> {
+        t.map(|t| flotilla_proto::time::parse_point(t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}"))).transpose()
+    };
+    Ok((point(since, "--since")?.unwrap_or(0), point(until, "--until")?.unwrap_or(u64::MAX)))
+}
+
 /// Every event the journal holds, oldest first.
 pub async fn all_events(
     client: &flotilla_client::Client,
@@ -325,14 +335,9 @@ async fn incident_report(a: crate::cli::IncidentArgs) -> anyhow::Result<ExitCode
         "html" => true,
         other => anyhow::bail!("--format: {other:?} is not md or html"),
     };
-    let now = flotilla_proto::time::now_ms();
-    let point = |t: &Option<String>, flag: &str| -> anyhow::Result<Option<u64>> {
-        t.as_deref()
-            .map(|t| flotilla_proto::time::parse_point(t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
-            .transpose()
-    };
-    let since = point(&a.since, "--since")?.unwrap_or(0);
-    let until = point(&a.until, "--until")?.unwrap_or(now + 1);
+    let (since, until) = time_window(a.since.as_deref(), a.until.as_deref())?;
+    // The report prints its window: an open end is "now".
+    let until = until.min(flotilla_proto::time::now_ms() + 1);
     let client = connect(&a.client)?;
     let events = all_events(&client, a.stale).await?;
     let report = crate::incident::build(&events, since, until);
@@ -349,14 +354,7 @@ async fn incident_report(a: crate::cli::IncidentArgs) -> anyhow::Result<ExitCode
 
 async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
     let client = connect(&a.client)?;
-    let now = flotilla_proto::time::now_ms();
-    let point = |t: &Option<String>, flag: &str| -> anyhow::Result<Option<u64>> {
-        t.as_deref()
-            .map(|t| flotilla_proto::time::parse_point(t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
-            .transpose()
-    };
-    let since = point(&a.since, "--since")?.unwrap_or(0);
-    let until = point(&a.until, "--until")?.unwrap_or(u64::MAX);
+    let (since, until) = time_window(a.since.as_deref(), a.until.as_deref())?;
     let mut after = a.after;
     loop {
         let wait = if a.follow { Duration::from_secs(20) } else { Duration::ZERO };
