@@ -394,17 +394,7 @@ mod tests {
             at_ms,
             kind: kind.to_string(),
             message: message.to_string(),
-            job: None,
-            task: None,
-            attempt: None,
-            worker: None,
-            node: None,
-            term: None,
-            quiet_ms: None,
-            cpus: None,
-            requeued: None,
-            reason: None,
-            state: None,
+            ..Default::default()
         }
     }
 

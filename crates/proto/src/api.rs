@@ -403,7 +403,7 @@ pub struct NodeInfo {
     pub log_bytes_written: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EventView {
     pub seq: u64,
     pub time: String,
@@ -442,16 +442,7 @@ impl EventView {
             kind: e.kind.name().to_string(),
             message: e.kind.message(),
             job: e.kind.job(),
-            task: None,
-            attempt: None,
-            worker: None,
-            node: None,
-            term: None,
-            quiet_ms: None,
-            cpus: None,
-            requeued: None,
-            reason: None,
-            state: None,
+            ..Default::default()
         };
         let index_of = |slot: TaskSlot| match slot {
             TaskSlot::Array(i) => Some(i),

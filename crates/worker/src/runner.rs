@@ -19,7 +19,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flotilla_core::model::{Captured, Outcome, TaskSlot, MAX_OUTPUT_BYTES};
@@ -356,23 +356,11 @@ pub fn run_catching(
     })
 }
 
-pub async fn run_async(
-    task: RunTask,
-    worker_name: String,
-    journal: Arc<PgidJournal>,
-    stopper: Arc<Stopper>,
-    on_start: impl FnOnce() + Send + 'static,
-) -> Ended {
-    let outcome = tokio::task::spawn_blocking(move || run(&task, &worker_name, &journal, &stopper, on_start)).await;
-    outcome.unwrap_or_else(|e| {
-        Ended::Finished(Outcome { spawn_error: Some(format!("runner failed: {e}")), ..Default::default() })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use flotilla_core::model::{Fence, TaskId};
+    use std::sync::Arc;
 
     fn task(command: &[&str]) -> RunTask {
         RunTask {
