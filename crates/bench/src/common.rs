@@ -37,11 +37,12 @@ impl Bench {
     }
 }
 
-/// Polls until the job has finished; returns when it was first seen finished.
+/// Waits until the job has finished; returns when it was first seen finished.
 pub async fn wait_job(client: &Client, id: u64, timeout: Duration) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + timeout;
     loop {
-        let j = client.job(id, false).await?;
+        // Long poll: the leader answers as soon as the job ends (no polling load on it).
+        let j = client.job_when_finished(id, Duration::from_secs(5)).await?;
         match j.state.as_str() {
             "succeeded" => return Ok(Instant::now()),
             "failed" | "cancelled" => bail!("job {id} {}: {:?}", j.state, j.failure),
@@ -50,7 +51,6 @@ pub async fn wait_job(client: &Client, id: u64, timeout: Duration) -> anyhow::Re
         if Instant::now() > deadline {
             bail!("job {id} did not finish within {timeout:?} ({}/{} done)", j.tasks.succeeded, j.tasks.total);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -18,7 +18,7 @@ pub mod runner;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -30,7 +30,7 @@ use flotilla_core::WorkerInfo;
 use flotilla_proto::codec;
 use flotilla_proto::grpc::worker_service_client::WorkerServiceClient;
 use flotilla_proto::grpc::Envelope;
-use flotilla_proto::wire::{MasterBody, MasterMsg, WorkerMsg, PROTOCOL_VERSION};
+use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_VERSION};
 
 use book::{Action, Book};
 use runner::{Ended, PgidJournal, Stopper};
@@ -104,16 +104,129 @@ fn send_reports(send: &impl Fn(&WorkerMsg) -> bool, outbox: &mut Vec<WorkerMsg>)
 /// Something that happened to a task attempt on this worker.
 enum TaskEvent {
     Started(TaskId, Fence),
-    Ended(TaskId, Fence, Ended),
+    /// Results wait in [`Slots::reports`] (the attempts' ends are already in the bookkeeping).
+    /// Sent only when the box was empty or a cpu went idle, so a busy worker wakes its agent
+    /// once per batch of reports rather than once per task.
+    Reports,
+}
+
+/// The bookkeeping and the stop handles of running processes, shared by the agent and the
+/// runner threads.
+struct Slots {
+    book: Book,
+    /// Stop handles of the processes running now, and when each started.
+    processes: HashMap<(TaskId, Fence), (Arc<Stopper>, Instant)>,
+    /// The worker is shutting down: start nothing more.
+    closing: bool,
+    /// Results not yet picked up by the agent.
+    reports: Vec<WorkerMsg>,
+    /// Run times of the processes that ran to their end, not yet picked up by the agent.
+    took: Vec<Duration>,
+}
+
+/// Starts task processes on the blocking pool. A runner thread that sees its process exit
+/// settles the attempt in the bookkeeping and starts the next queued task itself: on a busy
+/// worker a freed cpu never waits for the agent's async task to be scheduled (a round trip
+/// between threads per task that cost the short-task storm ~10 % of its throughput).
+#[derive(Clone)]
+struct Launcher {
+    slots: Arc<Mutex<Slots>>,
+    events: mpsc::UnboundedSender<TaskEvent>,
+    pgids: Arc<PgidJournal>,
+    name: Arc<str>,
+    metrics: Arc<metrics::WorkerMetrics>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Launcher {
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        // A runner that panicked holding the lock left the bookkeeping consistent (every
+        // update is a single call into `Book`), so carry on with it.
+        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Carries out the bookkeeping's actions. With `keep_one`, the first start is returned
+    /// for the calling runner thread to run instead of going to a new thread.
+    fn execute(&self, slots: &mut Slots, actions: Vec<Action>, keep_one: bool) -> Option<(RunTask, Arc<Stopper>)> {
+        let mut kept = None;
+        for action in actions {
+            match action {
+                Action::Kill(task, fence) => {
+                    if let Some((stop, _)) = slots.processes.get(&(task, fence)) {
+                        stop.stop();
+                    }
+                }
+                Action::Start(_) if slots.closing => {}
+                Action::Start(run) => {
+                    let stop = Arc::new(Stopper::default());
+                    slots.processes.insert((run.task, run.fence), (stop.clone(), Instant::now()));
+                    if keep_one && kept.is_none() {
+                        kept = Some((run, stop));
+                    } else {
+                        let launcher = self.clone();
+                        self.runtime.spawn_blocking(move || launcher.run_chain(run, stop));
+                    }
+                }
+            }
+        }
+        self.metrics.running.set(slots.book.running_count() as i64);
+        self.metrics.queued.set(slots.book.queued_count() as i64);
+        kept
+    }
+
+    /// Runs `run`, then whatever the bookkeeping starts next on this thread, until nothing is
+    /// left to start here.
+    fn run_chain(&self, mut run: RunTask, mut stop: Arc<Stopper>) {
+        loop {
+            let (task, fence) = (run.task, run.fence);
+            let started = self.events.clone();
+            let ended = runner::run_catching(&run, &self.name, &self.pgids, &stop, move || {
+                let _ = started.send(TaskEvent::Started(task, fence));
+            });
+            if let Some(took) = stop.spawn_time() {
+                self.metrics.observe_spawn(took);
+            }
+            self.metrics.observe_end(match &ended {
+                Ended::Stopped => "stopped",
+                Ended::Finished(o) if o.spawn_error.is_some() => "spawn_error",
+                Ended::Finished(o) if o.succeeded() => "succeeded",
+                Ended::Finished(_) => "failed",
+            });
+            let (wake, next) = {
+                let mut slots = self.lock();
+                let since = slots.processes.remove(&(task, fence)).map(|(_, since)| since);
+                let outcome = match ended {
+                    Ended::Stopped => None,
+                    Ended::Finished(outcome) => {
+                        if let Some(since) = since {
+                            slots.took.push(since.elapsed());
+                        }
+                        Some(outcome)
+                    }
+                };
+                let (report, actions) = slots.book.on_ended(task, fence, outcome);
+                let next = self.execute(&mut slots, actions, true);
+                let was_empty = slots.reports.is_empty();
+                slots.reports.extend(report);
+                // An idle cpu waits for the masters to hear of it: wake the agent now.
+                (was_empty || slots.book.queued_count() == 0 || slots.closing, next)
+            };
+            if wake {
+                let _ = self.events.send(TaskEvent::Reports);
+            }
+            match next {
+                Some((r, s)) => (run, stop) = (r, s),
+                None => return,
+            }
+        }
+    }
 }
 
 /// The worker process: its bookkeeping plus the processes it runs.
 struct Agent {
     config: WorkerConfig,
     instance: u64,
-    book: Book,
-    /// Stop handles of the processes running now, and when each started.
-    processes: HashMap<(TaskId, Fence), (Arc<Stopper>, Instant)>,
+    launcher: Launcher,
     /// Queue depth as last told to the masters.
     queue: u32,
     /// Moving average of how long a task took, in seconds.
@@ -123,8 +236,6 @@ struct Agent {
     /// The current session has not been told the queue depth yet.
     queue_unsent: bool,
     metrics: Arc<metrics::WorkerMetrics>,
-    pgids: Arc<PgidJournal>,
-    events: mpsc::UnboundedSender<TaskEvent>,
     /// The current session got a welcome (resets the reconnect backoff).
     welcomed: bool,
 }
@@ -155,33 +266,44 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             .map_err(|e| WorkerError::Config(format!("cannot serve metrics on {addr}: {e}")))?;
         tokio::spawn(metrics::serve(listener, worker_metrics.clone(), shutdown.clone()));
     }
+    let launcher = Launcher {
+        slots: Arc::new(Mutex::new(Slots {
+            book: Book::new(config.cpus),
+            processes: HashMap::new(),
+            closing: false,
+            reports: Vec::new(),
+            took: Vec::new(),
+        })),
+        events: events_tx,
+        pgids,
+        name: Arc::from(config.name.as_str()),
+        metrics: worker_metrics.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
     let mut agent = Agent {
         instance: random_u64(),
-        book: Book::new(config.cpus),
-        processes: HashMap::new(),
+        launcher,
         queue: config.prefetch,
         mean_task_secs: None,
         queue_changed: None,
         queue_unsent: false,
         metrics: worker_metrics,
-        pgids,
-        events: events_tx,
         welcomed: false,
         config,
     };
     let result = agent.serve(&mut events_rx, &shutdown).await;
-    for (stop, _) in agent.processes.values() {
-        stop.stop();
+    {
+        let mut slots = agent.launcher.lock();
+        slots.closing = true;
+        for (stop, _) in slots.processes.values() {
+            stop.stop();
+        }
     }
     // Give runners a moment to kill their process groups.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while !agent.processes.is_empty() {
-        match tokio::time::timeout_at(deadline, events_rx.recv()).await {
-            Ok(Some(TaskEvent::Ended(task, fence, _))) => {
-                agent.processes.remove(&(task, fence));
-            }
-            Ok(Some(_)) => {}
-            _ => break,
+    while !agent.launcher.lock().processes.is_empty() {
+        if !matches!(tokio::time::timeout_at(deadline, events_rx.recv()).await, Ok(Some(_))) {
+            break;
         }
     }
     result
@@ -307,6 +429,7 @@ impl Agent {
     }
 
     fn hello(&self) -> WorkerMsg {
+        let slots = self.launcher.lock();
         WorkerMsg::Hello {
             protocol: PROTOCOL_VERSION,
             info: WorkerInfo {
@@ -317,8 +440,8 @@ impl Agent {
                 memory: self.config.memory,
                 labels: self.config.labels.clone(),
             },
-            known: self.book.known(),
-            highest_term: self.book.highest_term(),
+            known: slots.book.known(),
+            highest_term: slots.book.highest_term(),
         }
     }
 
@@ -389,12 +512,12 @@ impl Agent {
         };
         let heartbeat = match first.body {
             MasterBody::Welcome { leader, incarnation, heartbeat_ms } => {
-                if !self.book.accept_term(first.term) {
-                    return Ok(SessionEnd::Lost(format!(
-                        "master {leader} is at term {} < {}",
-                        first.term,
-                        self.book.highest_term()
-                    )));
+                let highest = {
+                    let mut slots = self.launcher.lock();
+                    slots.book.accept_term(first.term).then_some(()).ok_or(slots.book.highest_term())
+                };
+                if let Err(highest) = highest {
+                    return Ok(SessionEnd::Lost(format!("master {leader} is at term {} < {highest}", first.term)));
                 }
                 tracing::info!(master = %address, leader, term = first.term, incarnation, "connected");
                 Duration::from_millis(heartbeat_ms.max(10))
@@ -411,7 +534,11 @@ impl Agent {
         let _disconnected = Disconnected(metrics);
 
         // Deliver what finished while no leader listened.
-        let unacked = self.book.unacked();
+        let unacked = {
+            let mut slots = self.launcher.lock();
+            slots.reports.clear(); // all among the unacknowledged results
+            slots.book.unacked()
+        };
         if !unacked.is_empty() {
             send(&WorkerMsg::Batch(unacked));
         }
@@ -425,9 +552,13 @@ impl Agent {
                 _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
                 _ = beat.tick() => {
                     let (spawned, spawn_micros) = self.metrics.spawn_totals();
+                    let (running, queued) = {
+                        let slots = self.launcher.lock();
+                        (slots.book.running_count() as u32, slots.book.queued_count() as u32)
+                    };
                     let stats = WorkerMsg::Stats {
-                        running: self.book.running_count() as u32,
-                        queued: self.book.queued_count() as u32,
+                        running,
+                        queued,
                         spawned,
                         spawn_micros,
                     };
@@ -437,24 +568,27 @@ impl Agent {
                 }
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
                     flush_at = None;
+                    self.collect_reports(&mut outbox);
                     send_reports(&send, &mut outbox);
                 }
                 Some(ev) = events.recv() => {
                     // Report everything that is ready in one message.
                     outbox.extend(self.on_task_event(ev, Some(())));
-                    while outbox.len() < 1024 {
-                        let Ok(ev) = events.try_recv() else { break };
+                    while let Ok(ev) = events.try_recv() {
                         outbox.extend(self.on_task_event(ev, Some(())));
                     }
                     if self.queue_unsent {
                         self.queue_unsent = false;
                         outbox.push(WorkerMsg::Queue { queue: self.queue });
                     }
-                    if self.book.queued_count() == 0 || outbox.len() >= 1024 {
+                    if self.launcher.lock().book.queued_count() == 0 || outbox.len() >= 1024 {
                         // Idle cpus wait for this report: send now.
                         flush_at = None;
+                        self.collect_reports(&mut outbox);
                         send_reports(&send, &mut outbox);
-                    } else if flush_at.is_none() && !outbox.is_empty() {
+                    } else if flush_at.is_none() {
+                        // The results stay in the runners' box until then, so that the runners
+                        // do not wake this task for each one.
                         flush_at = Some(tokio::time::Instant::now() + REPORT_LINGER);
                     }
                 }
@@ -468,21 +602,22 @@ impl Agent {
                         Ok(m) => m,
                         Err(e) => return Ok(SessionEnd::Lost(e.to_string())),
                     };
-                    if !self.book.accept_term(msg.term) {
-                        tracing::warn!(term = msg.term, highest = self.book.highest_term(), "ignoring a message from a deposed leader");
+                    let mut slots = self.launcher.lock();
+                    if !slots.book.accept_term(msg.term) {
+                        tracing::warn!(term = msg.term, highest = slots.book.highest_term(), "ignoring a message from a deposed leader");
                         continue;
                     }
                     for body in msg.body.flatten() {
                         match body {
                             MasterBody::Run(run) => {
-                                let actions = self.book.on_run(run);
-                                self.execute(actions);
+                                let actions = slots.book.on_run(run);
+                                self.launcher.execute(&mut slots, actions, false);
                             }
                             MasterBody::Stop { task, fence } => {
-                                let actions = self.book.on_stop(task, fence);
-                                self.execute(actions);
+                                let actions = slots.book.on_stop(task, fence);
+                                self.launcher.execute(&mut slots, actions, false);
                             }
-                            MasterBody::Ack { task, fence } => self.book.on_ack(task, fence),
+                            MasterBody::Ack { task, fence } => slots.book.on_ack(task, fence),
                             MasterBody::NotLeader { leader } => return Ok(SessionEnd::Redirect(leader)),
                             MasterBody::Refused { reason } => return Err(WorkerError::Refused(reason)),
                             MasterBody::Welcome { .. } | MasterBody::Batch(_) => {}
@@ -493,70 +628,31 @@ impl Agent {
         }
     }
 
-    /// Starts or kills processes as the bookkeeping says.
-    fn execute(&mut self, actions: Vec<Action>) {
-        self.execute_actions(actions);
-        self.metrics.running.set(self.book.running_count() as i64);
-        self.metrics.queued.set(self.book.queued_count() as i64);
-    }
-
-    fn execute_actions(&mut self, actions: Vec<Action>) {
-        for action in actions {
-            match action {
-                Action::Kill(task, fence) => {
-                    if let Some((stop, _)) = self.processes.get(&(task, fence)) {
-                        stop.stop();
-                    }
+    /// Takes note of a task event; returns the message to send if a leader is listening.
+    fn on_task_event(&mut self, event: TaskEvent, connected: Option<()>) -> Option<WorkerMsg> {
+        match event {
+            TaskEvent::Started(task, fence) => connected.map(|_| WorkerMsg::Started { task, fence }),
+            TaskEvent::Reports => {
+                if connected.is_none() {
+                    // Kept as unacknowledged results, sent when a session opens.
+                    let mut unsent = Vec::new();
+                    self.collect_reports(&mut unsent);
                 }
-                Action::Start(run) => {
-                    let stop = Arc::new(Stopper::default());
-                    self.processes.insert((run.task, run.fence), (stop.clone(), Instant::now()));
-                    let events = self.events.clone();
-                    let pgids = self.pgids.clone();
-                    let name = self.config.name.clone();
-                    let metrics = self.metrics.clone();
-                    // Straight onto the blocking pool, reporting from there: no async task (and
-                    // no extra wakeup) between a process's exit and the agent hearing of it.
-                    tokio::task::spawn_blocking(move || {
-                        let (task, fence) = (run.task, run.fence);
-                        let started = events.clone();
-                        let ended = runner::run_catching(&run, &name, &pgids, &stop, move || {
-                            let _ = started.send(TaskEvent::Started(task, fence));
-                        });
-                        if let Some(took) = stop.spawn_time() {
-                            metrics.observe_spawn(took);
-                        }
-                        metrics.observe_end(match &ended {
-                            Ended::Stopped => "stopped",
-                            Ended::Finished(o) if o.spawn_error.is_some() => "spawn_error",
-                            Ended::Finished(o) if o.succeeded() => "succeeded",
-                            Ended::Finished(_) => "failed",
-                        });
-                        let _ = events.send(TaskEvent::Ended(task, fence, ended));
-                    });
-                }
+                None
             }
         }
     }
 
-    /// Updates the bookkeeping; returns the message to send if a leader is listening.
-    fn on_task_event(&mut self, event: TaskEvent, connected: Option<()>) -> Option<WorkerMsg> {
-        match event {
-            TaskEvent::Started(task, fence) => connected.map(|_| WorkerMsg::Started { task, fence }),
-            TaskEvent::Ended(task, fence, ended) => {
-                if let Some((_, since)) = self.processes.remove(&(task, fence)) {
-                    if matches!(ended, Ended::Finished(_)) {
-                        self.measured(since.elapsed());
-                    }
-                }
-                let outcome = match ended {
-                    Ended::Stopped => None,
-                    Ended::Finished(outcome) => Some(outcome),
-                };
-                let (msg, actions) = self.book.on_ended(task, fence, outcome);
-                self.execute(actions);
-                connected.and(msg)
-            }
+    /// Moves the runners' results into `outbox` and folds their run times into the queue
+    /// sizing.
+    fn collect_reports(&mut self, outbox: &mut Vec<WorkerMsg>) {
+        let took = {
+            let mut slots = self.launcher.lock();
+            outbox.append(&mut slots.reports);
+            std::mem::take(&mut slots.took)
+        };
+        for took in took {
+            self.measured(took);
         }
     }
 }
