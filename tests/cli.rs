@@ -109,7 +109,8 @@ async fn bad_input_gets_clear_errors_and_crashes_nothing() {
 }
 
 /// Invariant: with a cluster token, a request without it gets 401 and changes nothing; with
-/// it, everything works (workers included). Without a token a master will not listen beyond
+/// it, everything works (workers included); the dashboard's static page is the only
+/// exception. Without a token a master will not listen beyond
 /// loopback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_token_is_required_when_set() {
@@ -157,6 +158,16 @@ async fn the_cluster_token_is_required_when_set() {
     assert_ne!(code, 0);
     assert!(err.contains("token"), "{err}");
     assert!(with.jobs(false).await.expect("jobs").is_empty(), "refused requests changed nothing");
+    // The dashboard's page and code need no token (they hold no cluster data); its data does.
+    let (status, body) = raw_http(&address, "GET", "/", &[], b"");
+    assert_eq!(status, 200);
+    assert!(body.contains("/ui/app.js"), "{body}");
+    assert_eq!(raw_http(&address, "GET", "/ui/app.js", &[], b"").0, 200);
+    assert_eq!(raw_http(&address, "GET", "/ui/snapshot", &[], b"").0, 401);
+    assert_eq!(raw_http(&address, "GET", "/ui/job/1", &[], b"").0, 401);
+    let (status, body) = raw_http(&address, "GET", "/ui/snapshot", &[("Authorization", "Bearer s3cret")], b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"masters\""), "{body}");
 
     let id =
         with.submit(&SubmitRequest { command: vec!["true".into()], ..Default::default() }).await.expect("submit").id;

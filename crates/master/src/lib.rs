@@ -5,6 +5,8 @@
 //!   ┌───────────────┬──────────────────────┬───────────────────┐
 //!   │ /v1/* JSON    │ gRPC WorkerService   │ gRPC RaftService   │   auth: cluster token
 //!   │ (api)         │ (sessions)           │ (raft_service)     │
+//!   │ / and /ui/*   │                      │                    │
+//!   │ (dashboard)   │                      │                    │
 //!   └──────┬────────┴──────────┬───────────┴─────────┬─────────┘
 //!          │ commands          │ commands            │ entries
 //!          ▼                   ▼                     ▼
@@ -16,11 +18,13 @@
 //!
 //! Modules: [`config`], [`node`] (shared context), [`proposer`] (batching), [`api`] (client
 //! API), [`sessions`] (worker streams), [`leader`] (leader duties), [`raft_service`] (peer RPC
-//! server), [`watchdog`] (quick elections after a leader dies), [`auth`] (token check).
+//! server), [`watchdog`] (quick elections after a leader dies), [`auth`] (token check),
+//! [`metrics`] (Prometheus exposition), [`dashboard`] (the live web dashboard).
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod leader;
 pub mod metrics;
 pub mod node;
@@ -132,6 +136,8 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     .into_axum_router();
     let token: Option<Arc<str>> = config.token.as_deref().map(Arc::from);
     let app = api::router(master.clone())
+        .merge(dashboard::public_router())
+        .merge(dashboard::router(master.clone()))
         .merge(grpc)
         .fallback(api::fallback)
         .layer(axum::middleware::from_fn_with_state(token, auth::require_token));

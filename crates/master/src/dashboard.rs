@@ -1,0 +1,257 @@
+//! The live web dashboard every master serves at `/`: static assets compiled into the binary
+//! (no CDN, no build step) plus two data routes the page reads.
+//!
+//! - `GET /ui/snapshot`: one [`View`] as JSON.
+//! - `GET /ui/stream`: server-sent events, a fresh [`View`] whenever the replicated state
+//!   changes (at most [`MAX_RATE`] a second) and at least every [`IDLE_REFRESH`].
+//!
+//! A view comes from this master's own replica, leader or follower alike, and says how fresh
+//! it is (the follower's lag and how long since the leader last replicated to it): the
+//! dashboard keeps working while the masters elect a new leader, and shows the change live.
+//! The data routes allow any origin, so that a page whose master died can carry on with
+//! another master's stream; they are behind the cluster token like the rest of the API.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Path;
+use axum::extract::State;
+use axum::http::{header, Method, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio_stream::wrappers::ReceiverStream;
+
+use flotilla_core::scheduler::unschedulable_reason;
+use flotilla_proto::api::{EventView, JobDetail, JobSummary, NodeInfo, TaskResultView, WorkerStatus};
+use flotilla_proto::time::now_ms;
+
+use crate::node::Master;
+
+const INDEX_HTML: &str = include_str!("dashboard/index.html");
+const APP_JS: &str = include_str!("dashboard/app.js");
+const APP_CSS: &str = include_str!("dashboard/app.css");
+
+/// Views per second a stream sends at most, however fast the state changes.
+const MAX_RATE: u32 = 4;
+/// A stream sends a view at least this often, so the freshness shown stays current.
+const IDLE_REFRESH: Duration = Duration::from_secs(1);
+/// How long a view waits for another master's own figures.
+const PEER_TIMEOUT: Duration = Duration::from_millis(400);
+/// Jobs and events in a view (the newest).
+const VIEW_JOBS: usize = 200;
+const VIEW_EVENTS: usize = 300;
+
+/// The routes without the cluster token: the page and its code hold no cluster data.
+pub fn public_router() -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
+        .route("/ui/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
+}
+
+/// The data routes (behind the token when one is set).
+pub fn router(master: Arc<Master>) -> Router {
+    Router::new()
+        .route("/ui/snapshot", get(snapshot).options(preflight))
+        .route("/ui/stream", get(stream).options(preflight))
+        .route("/ui/job/{id}", get(job).options(preflight))
+        .with_state(master)
+}
+
+/// True for requests that need no token: the page and its code (no cluster data), and the
+/// browser's CORS preflight questions (which carry no token by design).
+pub fn is_public(method: &Method, path: &str) -> bool {
+    matches!(path, "/" | "/ui/app.js" | "/ui/app.css") || (method == Method::OPTIONS && path.starts_with("/ui/"))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// One master as the dashboard shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct MasterView {
+    pub id: u64,
+    pub address: String,
+    /// `leader`, `follower`, `candidate`, `learner`, or `unreachable`.
+    pub role: String,
+    pub term: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// Entries behind the most advanced master in this view.
+    pub lag: Option<u64>,
+    pub reachable: bool,
+}
+
+/// Everything one dashboard refresh needs, from the answering master's replica.
+#[derive(Clone, Debug, Serialize)]
+pub struct View {
+    /// The master that made this view, and what it knows of the cluster's leadership.
+    pub node: NodeInfo,
+    /// Milliseconds since a leader last replicated to this master (`None` on the leader).
+    pub leader_silent_ms: Option<u64>,
+    pub generated_at_ms: u64,
+    pub masters: Vec<MasterView>,
+    pub workers: Vec<WorkerStatus>,
+    /// Jobs by state over the whole cluster.
+    pub job_counts: std::collections::BTreeMap<String, u64>,
+    /// The newest jobs, newest first.
+    pub jobs: Vec<JobSummary>,
+    /// The newest journal events, oldest first.
+    pub events: Vec<EventView>,
+}
+
+/// Builds a view: this master's replica plus each other master's own figures.
+pub async fn view(master: &Arc<Master>) -> View {
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, address) in master.members() {
+        if id == master.config.id {
+            continue;
+        }
+        let m = master.clone();
+        asks.spawn(async move {
+            let info = m.fetch_node_info(&address, PEER_TIMEOUT).await;
+            (id, address, info.ok())
+        });
+    }
+    let me = master.node_info();
+    let mut infos: Vec<(u64, String, Option<NodeInfo>)> = vec![(me.id, me.address.clone(), Some(me.clone()))];
+    while let Some(joined) = asks.join_next().await {
+        if let Ok(answer) = joined {
+            infos.push(answer);
+        }
+    }
+    infos.sort_by_key(|(id, _, _)| *id);
+    let newest = infos.iter().filter_map(|(_, _, i)| i.as_ref().and_then(|i| i.last_log_index)).max();
+    let masters = infos
+        .into_iter()
+        .map(|(id, address, info)| match info {
+            Some(i) => MasterView {
+                id,
+                address,
+                role: i.role.clone(),
+                term: Some(i.term),
+                last_applied: i.last_applied,
+                lag: newest.map(|n| n.saturating_sub(i.last_applied.unwrap_or(0))),
+                reachable: true,
+            },
+            None => MasterView {
+                id,
+                address,
+                role: "unreachable".to_string(),
+                term: None,
+                last_applied: None,
+                lag: None,
+                reachable: false,
+            },
+        })
+        .collect();
+
+    let leading = master.leadership().is_some();
+    let now = now_ms();
+    let data = master.shared.read();
+    let workers = data
+        .state
+        .workers()
+        .map(|w| {
+            let seen = if leading {
+                master.sessions.last_seen(&w.name).map(|t| now.saturating_sub(t.elapsed().as_millis() as u64))
+            } else {
+                None
+            };
+            WorkerStatus::from_worker(w, seen, now)
+        })
+        .collect();
+    let job_counts = data.state.job_counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let jobs: Vec<JobSummary> = data.state.jobs().rev().take(VIEW_JOBS).map(JobSummary::from_job).collect();
+    let journal = data.state.journal();
+    let skip = journal.len().saturating_sub(VIEW_EVENTS);
+    let events = journal.since(0, usize::MAX).skip(skip).map(EventView::from_event).collect();
+    View {
+        leader_silent_ms: (!leading).then(|| master.leader_contact.silent_for().as_millis() as u64),
+        node: me,
+        generated_at_ms: now,
+        masters,
+        workers,
+        job_counts,
+        jobs,
+        events,
+    }
+}
+
+fn cors(response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, header::HeaderValue::from_static("*"));
+    response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Allows another master's page to read this master's data routes (with the token header).
+async fn preflight() -> Response {
+    let mut response = cors(StatusCode::NO_CONTENT);
+    let h = response.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, header::HeaderValue::from_static("GET, OPTIONS"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, header::HeaderValue::from_static("authorization"));
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, header::HeaderValue::from_static("600"));
+    response
+}
+
+/// A job and its first [`JOB_TASKS`] tasks, from this master's replica.
+#[derive(Serialize)]
+struct JobPage {
+    detail: JobDetail,
+    results: Vec<TaskResultView>,
+}
+
+/// Tasks a job page lists at most.
+const JOB_TASKS: u64 = 1000;
+
+async fn job(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return cors(crate::api::bad_request(format!("job id must be a number, not '{id}'")));
+    };
+    let data = master.shared.read();
+    match data.state.job(id) {
+        Some(job) => cors(Json(JobPage {
+            detail: JobDetail::from_job(job, unschedulable_reason(&data.state, job)),
+            results: TaskResultView::list(job, 0, JOB_TASKS),
+        })),
+        None => cors(crate::api::not_found(format!("no job {id}"))),
+    }
+}
+
+async fn snapshot(State(master): State<Arc<Master>>) -> Response {
+    cors(Json(view(&master).await))
+}
+
+async fn stream(State(master): State<Arc<Master>>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(2);
+    tokio::spawn(async move {
+        let mut applied = master.shared.subscribe();
+        let min_gap = Duration::from_secs(1) / MAX_RATE;
+        loop {
+            let started = tokio::time::Instant::now();
+            let view = view(&master).await;
+            let event = match SseEvent::default().event("view").json_data(&view) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot encode a dashboard view");
+                    return;
+                }
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return; // the page went away
+            }
+            // Wait for a change (or the idle refresh), then keep to the rate limit.
+            let _ = tokio::time::timeout(IDLE_REFRESH, applied.changed()).await;
+            tokio::time::sleep_until(started + min_gap).await;
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    cors(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+}

@@ -1,0 +1,321 @@
+// Flotilla dashboard: one page, no dependencies. It reads a live stream of views
+// (`/ui/stream`, server-sent events) from the master that served it; if that master goes away
+// it carries on with the stream of another master it learned of from the last view.
+"use strict";
+
+const state = {
+  view: null,          // the latest view
+  base: "",            // "" = the origin that served the page, else "http://host:port"
+  bases: [],           // every master's address from the last view
+  live: false,
+  // Per job: [time_ms, finished tasks] samples, for rates.
+  samples: new Map(),
+  job: null,           // the job page's data: {id, detail, results, at}
+  jobFilter: { state: "", text: "" },
+  kindFilter: "",
+  streamCount: 0,      // how many streams this page opened (reconnects), shown for diagnosis
+};
+
+const $ = (sel) => document.querySelector(sel);
+const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const fmtMs = (ms) => ms == null ? "–" : ms < 1000 ? `${ms} ms` : ms < 60000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 60000)} min`;
+const token = () => localStorage.getItem("flotilla-token") || "";
+
+function headers() {
+  const t = token();
+  return t ? { Authorization: `Bearer ${t}` } : {};
+}
+
+function askToken() {
+  $("#token-box").hidden = false;
+}
+
+$("#token-save").addEventListener("click", () => {
+  localStorage.setItem("flotilla-token", $("#token").value.trim());
+  $("#token-box").hidden = true;
+});
+
+// ---- the stream ---------------------------------------------------------------------------
+
+async function readStream(base) {
+  const response = await fetch(`${base}/ui/stream`, { headers: headers(), cache: "no-store" });
+  if (response.status === 401) {
+    askToken();
+    throw new Error("token needed");
+  }
+  if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+  state.streamCount += 1;
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error("stream ended");
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const frame = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const data = frame.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+      if (data) onView(JSON.parse(data), base);
+    }
+  }
+}
+
+async function streamForever() {
+  let next = 0;
+  for (;;) {
+    try {
+      await readStream(state.base);
+    } catch (e) {
+      state.live = false;
+      renderConn(String(e.message || e));
+    }
+    // Try the other masters in turn (the one that served the page first).
+    const candidates = [""].concat(state.bases.filter((b) => b !== location.origin));
+    next = (next + 1) % candidates.length;
+    state.base = candidates[next];
+    await new Promise((r) => setTimeout(r, 400));
+  }
+}
+
+function onView(view, base) {
+  state.view = view;
+  state.live = true;
+  state.base = base;
+  state.bases = view.masters.map((m) => `http://${m.address}`);
+  const now = view.generated_at_ms;
+  for (const j of view.jobs) {
+    const done = j.tasks.succeeded + j.tasks.failed + j.tasks.cancelled;
+    const s = state.samples.get(j.id) || [];
+    s.push([now, done]);
+    while (s.length > 2 && now - s[0][0] > 15000) s.shift();
+    state.samples.set(j.id, s);
+  }
+  renderConn();
+  render();
+}
+
+function renderConn(problem) {
+  const el = $("#conn");
+  const v = state.view;
+  if (!state.live || !v) {
+    el.className = "conn conn-stale";
+    el.textContent = `reconnecting… ${problem ? "(" + problem + ")" : ""}`;
+    return;
+  }
+  const n = v.node;
+  const fresh = n.role === "leader"
+    ? "leader: current"
+    : `${n.role}: leader heard ${fmtMs(v.leader_silent_ms)} ago, ${lagOf(n.id)} entries behind`;
+  el.className = "conn conn-live";
+  el.dataset.node = n.id;
+  el.dataset.role = n.role;
+  el.textContent = `live from master ${n.id} (${fresh})`;
+}
+
+function lagOf(id) {
+  const m = state.view.masters.find((x) => x.id === id);
+  return m && m.lag != null ? m.lag : "?";
+}
+
+// ---- pages --------------------------------------------------------------------------------
+
+function route() {
+  const h = location.hash.replace(/^#\/?/, "");
+  const [page, arg] = h.split("/");
+  return { page: page || "cluster", arg };
+}
+
+window.addEventListener("hashchange", () => {
+  state.job = null;
+  $("#page").dataset.key = "";
+  render();
+});
+
+function render() {
+  const { page, arg } = route();
+  document.querySelectorAll("header nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === page || (page === "job" && a.dataset.page === "jobs")));
+  const v = state.view;
+  if (!v) return;
+  const main = $("#page");
+  // Pages with inputs are redrawn only when their data changed (a redraw loses focus and
+  // closes what the user opened).
+  let key = null;
+  if (page === "job") key = `job/${arg}`;
+  if (page === "timeline") key = `timeline/${v.events.length ? v.events[v.events.length - 1].seq : 0}/${state.kindFilter}`;
+  if (key !== null && key === main.dataset.key) {
+    if (page === "job") loadJob(Number(arg));
+    return;
+  }
+  main.dataset.key = key ?? "";
+  main.dataset.page = page;
+  if (page === "jobs") main.innerHTML = jobsPage(v);
+  else if (page === "job") { main.innerHTML = jobPage(Number(arg)); loadJob(Number(arg)); }
+  else if (page === "timeline") main.innerHTML = timelinePage(v);
+  else main.innerHTML = clusterPage(v);
+  bindFilters();
+}
+
+function badge(text) {
+  return `<span class="badge ${esc(text)}">${esc(text)}</span>`;
+}
+
+function clusterPage(v) {
+  const leader = v.masters.find((m) => m.role === "leader");
+  const cpus = v.workers.filter((w) => w.state !== "lost").reduce((a, w) => [a[0] + w.cpus_used, a[1] + w.cpus_total], [0, 0]);
+  const counts = v.job_counts;
+  const tiles = [
+    ["leader", leader ? `master ${leader.id}` : "none"],
+    ["term", v.node.term],
+    ["workers up", v.workers.filter((w) => w.state !== "lost").length],
+    ["cpus used", `${cpus[0]} / ${cpus[1]}`],
+    ["jobs running", (counts.running || 0) + (counts.waiting || 0)],
+    ["jobs done", (counts.succeeded || 0) + (counts.failed || 0) + (counts.cancelled || 0)],
+  ].map(([k, val]) => `<div class="tile"><span class="muted">${esc(k)}</span><b id="tile-${k.replace(/ /g, "-")}">${esc(val)}</b></div>`).join("");
+  const masters = v.masters.map((m) => `
+    <tr class="master ${m.reachable ? "" : "unreachable"}" data-id="${m.id}" data-role="${esc(m.role)}" data-reachable="${m.reachable}">
+      <td>${m.id}${m.id === v.node.id ? ' <span class="muted">(this page)</span>' : ""}</td><td>${esc(m.address)}</td><td>${badge(m.role)}</td>
+      <td>${m.term ?? "–"}</td><td>${m.last_applied ?? "–"}</td><td>${m.lag ?? "–"}</td></tr>`).join("");
+  const zones = new Map();
+  for (const w of v.workers) {
+    const key = [w.labels.region, w.labels.zone].filter(Boolean).join(" / ") || "no region or zone";
+    if (!zones.has(key)) zones.set(key, []);
+    zones.get(key).push(w);
+  }
+  const zoneHtml = [...zones.entries()].sort().map(([zone, ws]) => `
+    <div class="zone" data-zone="${esc(zone)}"><h3>${esc(zone)}</h3>
+    ${ws.map((w) => {
+      const pct = w.cpus_total ? Math.round((100 * w.cpus_used) / w.cpus_total) : 0;
+      return `<div class="worker" data-name="${esc(w.name)}" data-state="${esc(w.state)}">
+        <span>${esc(w.name)}</span>${badge(w.state)}
+        <div class="load" title="${w.cpus_used} of ${w.cpus_total} cpus in use"><div style="width:${pct}%"></div></div>
+        <span class="muted">${w.cpus_used}/${w.cpus_total}</span></div>`;
+    }).join("")}</div>`).join("");
+  return `<div class="tiles">${tiles}</div>
+    <h2>Masters</h2>
+    <table id="masters"><tr><th>id</th><th>address</th><th>role</th><th>term</th><th>applied</th><th>lag</th></tr>${masters}</table>
+    <h2>Workers</h2>
+    <div class="zones" id="workers">${zoneHtml || '<p class="muted">No worker has joined.</p>'}</div>`;
+}
+
+function rateOf(id) {
+  const s = state.samples.get(id);
+  if (!s || s.length < 2) return null;
+  const [t0, d0] = s[0];
+  const [t1, d1] = s[s.length - 1];
+  return t1 > t0 ? ((d1 - d0) * 1000) / (t1 - t0) : null;
+}
+
+function progress(j) {
+  const t = j.tasks;
+  const total = Math.max(t.total, 1);
+  const ok = (100 * t.succeeded) / total;
+  const bad = (100 * (t.failed + t.cancelled)) / total;
+  const pct = Math.floor(ok + bad);
+  return `<div class="progress" data-job="${j.id}" data-pct="${pct}" title="${t.succeeded} succeeded, ${t.failed} failed, ${t.running} running, ${t.waiting} waiting">
+    <div class="done" style="width:${ok}%"></div><div class="fail" style="left:${ok}%;width:${bad}%"></div><span>${pct} %</span></div>`;
+}
+
+function jobsPage(v) {
+  if (!v.jobs.length) return '<p class="muted">No jobs yet. Submit one with <code>flotilla submit</code>.</p>';
+  const rows = v.jobs.map((j) => {
+    const r = rateOf(j.id);
+    return `<tr class="job" data-id="${j.id}" data-state="${esc(j.state)}">
+      <td><a href="#/job/${j.id}">${j.id}</a></td><td>${esc(j.name || "")}</td><td>${badge(j.state)}</td>
+      <td>${progress(j)}</td><td>${j.tasks.succeeded + j.tasks.failed + j.tasks.cancelled} / ${j.tasks.total}</td>
+      <td>${j.tasks.failed ? `<b style="color:var(--bad)">${j.tasks.failed}</b>` : 0}</td>
+      <td>${r == null || j.finished_at ? "–" : r.toFixed(1) + " /s"}</td><td class="muted">${esc(j.submitted_at)}</td></tr>`;
+  }).join("");
+  return `<h2>Jobs</h2><table id="jobs"><tr><th>id</th><th>name</th><th>state</th><th>progress</th><th>done</th><th>failed</th><th>rate</th><th>submitted</th></tr>${rows}</table>`;
+}
+
+async function loadJob(id) {
+  const j = state.job;
+  if (j && j.id === id && (j.loading || Date.now() - j.at < 1500)) return;
+  state.job = { ...(j && j.id === id ? j : {}), id, loading: true, at: Date.now() };
+  try {
+    const r = await fetch(`${state.base}/ui/job/${id}`, { headers: headers(), cache: "no-store" });
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
+    const same = j && j.id === id && j.detail && JSON.stringify([j.detail, j.results]) === JSON.stringify([body.detail, body.results]);
+    state.job = { id, detail: body.detail, results: body.results, at: Date.now() };
+    if (same) return;
+  } catch (e) {
+    state.job = { id, error: String(e.message || e), at: Date.now() };
+  }
+  if (route().page === "job" && route().arg === String(id)) {
+    $("#page").innerHTML = jobPage(id);
+    bindFilters();
+  }
+}
+
+function jobPage(id) {
+  const j = state.job;
+  if (!j || j.id !== id || (!j.detail && !j.error)) return `<p class="muted">Loading job ${id}…</p>`;
+  if (j.error) return `<p>Job ${id}: ${esc(j.error)}</p>`;
+  const d = j.detail;
+  const f = state.jobFilter;
+  const states = [...new Set(j.results.map((t) => t.state))].sort();
+  const shown = j.results.filter((t) => (!f.state || t.state === f.state)
+    && (!f.text || `${t.index} ${t.worker || ""} ${t.stdout} ${t.stderr}`.includes(f.text)));
+  const rows = shown.map((t) => `<tr class="task" data-index="${t.index}" data-state="${esc(t.state)}">
+    <td>${t.index}</td><td>${badge(t.state)}</td><td>${t.attempts}</td>
+    <td>${t.attempt != null ? `attempt ${t.attempt}, term ${t.term}` : "–"}</td><td>${esc(t.worker || "–")}</td>
+    <td>${t.exit_code ?? (t.signal != null ? "signal " + t.signal : t.timed_out ? "timed out" : esc(t.error || "–"))}</td>
+    <td>${fmtMs(t.duration_ms)}</td>
+    <td>${t.stdout || t.stderr ? `<details><summary>output</summary>${t.stdout ? `<pre>${esc(t.stdout)}</pre>` : ""}${t.stderr ? `<pre style="color:var(--bad)">${esc(t.stderr)}</pre>` : ""}</details>` : ""}</td></tr>`).join("");
+  return `<h2>Job ${d.id} ${esc(d.name || "")} ${badge(d.state)}</h2>
+    ${progress(d)}
+    <p class="muted"><code>${esc(d.command.join(" "))}</code> · array ${esc(d.array || "–")} · ${d.cpus} cpu · retries ${d.retries}
+      ${d.failure ? `· <b style="color:var(--bad)">${esc(d.failure)}</b>` : ""}${d.unschedulable ? ` · ${esc(d.unschedulable)}` : ""}</p>
+    <div class="filters">State <select id="f-state"><option value="">all</option>${states.map((s) => `<option ${s === f.state ? "selected" : ""}>${esc(s)}</option>`).join("")}</select>
+      Search <input id="f-text" value="${esc(f.text)}" placeholder="index, worker or output">
+      <span class="muted">${shown.length} of ${j.results.length} tasks${j.results.length < d.tasks.total ? " (first " + j.results.length + ")" : ""}</span></div>
+    <table id="tasks"><tr><th>task</th><th>state</th><th>attempts</th><th>recorded result</th><th>worker</th><th>exit</th><th>took</th><th>output</th></tr>${rows}</table>`;
+}
+
+function bindFilters() {
+  const s = $("#f-state");
+  const t = $("#f-text");
+  const k = $("#f-kind");
+  if (s) s.onchange = () => { state.jobFilter.state = s.value; $("#page").innerHTML = jobPage(state.job.id); bindFilters(); };
+  if (t) t.onchange = () => { state.jobFilter.text = t.value; $("#page").innerHTML = jobPage(state.job.id); bindFilters(); };
+  if (k) k.onchange = () => { state.kindFilter = k.value; render(); };
+}
+
+// Lanes of the timeline chart, by event kind.
+const LANES = [
+  ["masters", ["leader_elected", "master_unreachable", "master_reachable"]],
+  ["workers", ["worker_joined", "worker_lost"]],
+  ["tasks", ["task_rescheduled", "task_failed", "result_rejected"]],
+  ["jobs", ["job_submitted", "job_finished"]],
+];
+const BAD = new Set(["master_unreachable", "worker_lost", "task_failed", "result_rejected"]);
+
+function timelinePage(v) {
+  const events = v.events;
+  if (!events.length) return '<p class="muted">The journal is empty.</p>';
+  const t0 = events[0].at_ms;
+  const t1 = Math.max(events[events.length - 1].at_ms, t0 + 1);
+  const W = 1000, left = 70, laneH = 26;
+  const x = (t) => left + ((W - left - 10) * (t - t0)) / (t1 - t0);
+  const laneOf = (kind) => LANES.findIndex(([, kinds]) => kinds.includes(kind));
+  const marks = events.map((e) => {
+    const lane = laneOf(e.kind);
+    if (lane < 0) return "";
+    const color = BAD.has(e.kind) ? "var(--bad)" : e.kind === "leader_elected" ? "var(--lead)" : "var(--ok)";
+    return `<circle cx="${x(e.at_ms).toFixed(1)}" cy="${20 + lane * laneH}" r="4" fill="${color}"><title>${esc(e.time)} ${esc(e.message)}</title></circle>`;
+  }).join("");
+  const lanes = LANES.map(([name], i) => `<text x="4" y="${24 + i * laneH}">${name}</text><line x1="${left}" x2="${W - 10}" y1="${20 + i * laneH}" y2="${20 + i * laneH}" stroke="#e5e7eb"/>`).join("");
+  const H = 20 + LANES.length * laneH;
+  const kinds = [...new Set(events.map((e) => e.kind))].sort();
+  const list = events.slice().reverse().filter((e) => !state.kindFilter || e.kind === state.kindFilter).slice(0, 200)
+    .map((e) => `<tr class="event" data-kind="${esc(e.kind)}"><td class="muted">${esc(e.time)}</td><td>${badge(e.kind)}</td><td>${esc(e.message)}</td></tr>`).join("");
+  return `<h2>Event timeline <span class="muted">(${esc(events[0].time)} – ${esc(events[events.length - 1].time)}, newest ${events.length} events)</span></h2>
+    <svg class="timeline" viewBox="0 0 ${W} ${H + 10}" preserveAspectRatio="none" style="height:${H + 10}px">${lanes}${marks}</svg>
+    <div class="filters">Kind <select id="f-kind"><option value="">all</option>${kinds.map((k) => `<option ${k === state.kindFilter ? "selected" : ""}>${esc(k)}</option>`).join("")}</select></div>
+    <table id="events"><tr><th>time</th><th>kind</th><th>what happened</th></tr>${list}</table>`;
+}
+
+streamForever();
