@@ -273,7 +273,10 @@ pub struct IncidentArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct EventsArgs {
+    #[command(subcommand)]
+    pub command: Option<EventsCmd>,
     #[command(flatten)]
     pub client: ClientArgs,
     /// Print JSON (one event object per line).
@@ -292,8 +295,31 @@ pub struct EventsArgs {
     /// Only events before this time (same forms as --since).
     #[arg(long)]
     pub until: Option<String>,
+    /// Read from the answering master's replica without asking the leader (may lag).
     #[arg(long)]
     pub stale: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsCmd {
+    /// Show or change how much history the journal keeps (a cluster-wide setting, replicated
+    /// like everything else). Without options, shows the setting and what is kept now.
+    Retention(RetentionArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RetentionArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Keep at most this many events, the newest (100 to 1,000,000; default 20,000).
+    #[arg(long)]
+    pub max_events: Option<u64>,
+    /// Drop events older than this: a duration like 7d or 12h (at least 1m), or `none`.
+    #[arg(long)]
+    pub max_age: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -9,9 +9,9 @@ use anyhow::{anyhow, bail, Context};
 
 use flotilla_client::Client;
 use flotilla_core::units::parse_duration;
-use flotilla_proto::api::{JobDetail, SubmitRequest};
+use flotilla_proto::api::{JobDetail, Retention, SubmitRequest};
 
-use crate::cli::{ClientArgs, Cmd, EventsArgs, JobCmd, SubmitArgs};
+use crate::cli::{ClientArgs, Cmd, EventsArgs, EventsCmd, JobCmd, RetentionArgs, SubmitArgs};
 use crate::roles::parse_labels;
 
 pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
@@ -352,7 +352,41 @@ async fn incident_report(a: crate::cli::IncidentArgs) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+async fn retention(a: RetentionArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&a.client)?;
+    let max_age_ms = match a.max_age.as_deref() {
+        None => None,
+        Some("none" | "off") => Some(None),
+        Some(text) => Some(Some(
+            parse_duration(text).map_err(|e| anyhow!("--max-age {text:?}: {e} (or `none`)"))?.as_millis() as u64,
+        )),
+    };
+    let view = if a.max_events.is_some() || max_age_ms.is_some() {
+        let now = client.retention(false).await?;
+        let wanted = Retention {
+            max_events: a.max_events.unwrap_or(now.max_events),
+            max_age_ms: max_age_ms.unwrap_or(now.max_age_ms),
+        };
+        wanted.validate().map_err(|e| anyhow!(e))?;
+        client.set_retention(&wanted).await?
+    } else {
+        client.retention(false).await?
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        let age = view.max_age_ms.map(|ms| format!("{} s", ms / 1000)).unwrap_or_else(|| "no limit".to_string());
+        println!("keeps at most:  {} events, age {age}", view.max_events);
+        println!("kept now:       {} of {} recorded", view.kept, view.recorded);
+        println!("oldest kept:    {}", view.oldest.as_deref().unwrap_or("-"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(EventsCmd::Retention(r)) = a.command {
+        return retention(r).await;
+    }
     let client = connect(&a.client)?;
     let (since, until) = time_window(a.since.as_deref(), a.until.as_deref())?;
     let mut after = a.after;

@@ -246,3 +246,68 @@ async fn events_export_as_ndjson_within_a_time_window() {
     assert_ne!(code, 0);
     assert!(err.contains("not md or html"), "{err}");
 }
+
+/// Invariant: the journal's retention is a replicated setting: once changed, every master keeps
+/// exactly the same newest events (pruned at the same log entry), sequence numbers and totals
+/// keep counting, and settings out of bounds are refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_retention_is_replicated_and_bounded() {
+    let t = cluster(3, &[("a", 2)], &[]).await;
+    let masters = t.cluster.master_list();
+    let client = t.client();
+
+    let (code, out, err) = cli(&masters, &["events", "retention", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let view: serde_json::Value = serde_json::from_str(&out).expect("retention JSON");
+    assert_eq!(view["max_events"], serde_json::json!(20_000), "the default");
+    assert_eq!(view["max_age_ms"], serde_json::Value::Null);
+
+    for (args, why) in [
+        (&["events", "retention", "--max-events", "5"][..], "between 100 and 1000000"),
+        (&["events", "retention", "--max-age", "10s"][..], "at least 1 minute"),
+        (&["events", "retention", "--max-age", "soon"][..], "--max-age"),
+    ] {
+        let (code, _, err) = cli(&masters, args);
+        assert_ne!(code, 0, "{args:?} must be refused");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+
+    let (code, out, err) = cli(&masters, &["events", "retention", "--max-events", "100", "--max-age", "7d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("100 events") && out.contains("604800 s"), "{out}");
+
+    // 60 jobs: 120 events (submitted + finished) after an election and a worker joining,
+    // more than the 100 kept.
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        ids.push(
+            client
+                .submit(&SubmitRequest { command: vec!["true".into()], ..Default::default() })
+                .await
+                .expect("submit")
+                .id,
+        );
+    }
+    for id in ids {
+        wait_job(&t, &client, id, LONG).await;
+    }
+    let leader_view = client.retention(false).await.expect("retention");
+    assert_eq!(leader_view.kept, 100);
+    assert!(leader_view.recorded >= 120 + 2, "every event counted: {}", leader_view.recorded);
+
+    // Every master holds the same 100 events once it has applied everything.
+    let last = client.events(0, 10_000, Duration::ZERO, false).await.expect("events");
+    assert_eq!(last.events.len(), 100);
+    for id in 1..=3 {
+        let one = flotilla_client::Client::new(vec![t.cluster.address(id)], None).expect("client");
+        let deadline = std::time::Instant::now() + LONG;
+        while !one.retention(true).await.is_ok_and(|r| r.recorded >= last.last_seq) {
+            assert!(std::time::Instant::now() < deadline, "master {id} never applied every event");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let theirs = one.events(0, 10_000, Duration::ZERO, true).await.expect("stale events");
+        let seqs: Vec<u64> = theirs.events.iter().filter(|e| e.seq <= last.last_seq).map(|e| e.seq).collect();
+        let want: Vec<u64> = last.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, want, "master {id} keeps the same events");
+    }
+}

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use flotilla_proto::api::{
-    ApiError, Cancelled, Events, JobDetail, JobResult, JobSummary, NodeInfo, Status, SubmitRequest, Submitted,
-    TaskResultView,
+    ApiError, Cancelled, Events, JobDetail, JobResult, JobSummary, NodeInfo, Retention, RetentionView, Status,
+    SubmitRequest, Submitted, TaskResultView,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +213,16 @@ impl Client {
         let path =
             format!("/v1/events?after={after}&limit={limit}&wait_ms={}{}", wait.as_millis(), stale_query(stale, '&'));
         self.request::<(), _>(Method::GET, &path, None, wait + ATTEMPT_TIMEOUT).await
+    }
+
+    /// The journal's retention setting and what it keeps now.
+    pub async fn retention(&self, stale: bool) -> Result<RetentionView, ClientError> {
+        self.get(&format!("/v1/events/retention{}", stale_query(stale, '?'))).await
+    }
+
+    /// Changes the journal's retention (committed through Raft; pruning is immediate).
+    pub async fn set_retention(&self, retention: &Retention) -> Result<RetentionView, ClientError> {
+        self.request(Method::PUT, "/v1/events/retention", Some(retention), ATTEMPT_TIMEOUT).await
     }
 
     /// One master's own view of itself (never redirected).

@@ -93,6 +93,8 @@ pub enum Command {
         worker: String,
         queue: u32,
     },
+    /// How much of the event journal the cluster keeps (an operator's setting).
+    SetJournalRetention(crate::journal::Retention),
 }
 
 /// One committed assignment, as the leader pushes it to the worker.

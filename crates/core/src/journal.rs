@@ -8,8 +8,47 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Fence, JobId, Millis, NodeId, TaskId};
 use crate::state::JobState;
 
-/// Events kept in the replicated state; older ones are dropped first.
-pub const JOURNAL_RETENTION: usize = 20_000;
+/// How much history the replicated state keeps. A cluster-wide setting, itself changed by a
+/// command in the log, so every master prunes the same events at the same entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Events kept at most; the oldest go first.
+    pub max_events: u64,
+    /// Events older than this, counted back from the newest event's time, are dropped;
+    /// `None`: no age limit.
+    pub max_age_ms: Option<u64>,
+}
+
+impl Retention {
+    /// The default cap: about 20,000 events (a few MB in every master's memory and snapshot).
+    pub const DEFAULT_MAX_EVENTS: u64 = 20_000;
+    /// Bounds for `max_events`: the journal lives in memory on every master and in every snapshot.
+    pub const MIN_EVENTS: u64 = 100;
+    pub const MAX_EVENTS: u64 = 1_000_000;
+    /// The shortest age limit (shorter would lose an incident before anyone reads it).
+    pub const MIN_AGE_MS: u64 = 60_000;
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !(Self::MIN_EVENTS..=Self::MAX_EVENTS).contains(&self.max_events) {
+            return Err(format!(
+                "the journal keeps between {} and {} events, not {}",
+                Self::MIN_EVENTS,
+                Self::MAX_EVENTS,
+                self.max_events
+            ));
+        }
+        if self.max_age_ms.is_some_and(|a| a < Self::MIN_AGE_MS) {
+            return Err("the journal's age limit must be at least 1 minute".to_string());
+        }
+        Ok(())
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { max_events: Self::DEFAULT_MAX_EVENTS, max_age_ms: None }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -138,6 +177,8 @@ pub struct Journal {
     /// Events ever recorded, by kind: totals that outlive the retention window (metrics).
     #[serde(default)]
     totals: BTreeMap<String, u64>,
+    #[serde(default)]
+    retention: Retention,
 }
 
 impl Journal {
@@ -150,9 +191,35 @@ impl Journal {
             }
         }
         self.events.push_back(Event { seq: self.next_seq, at_ms, kind });
-        while self.events.len() > JOURNAL_RETENTION {
+        self.prune(at_ms);
+    }
+
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// Applies a new retention (already validated) at time `now_ms`.
+    pub fn set_retention(&mut self, retention: Retention, now_ms: Millis) {
+        self.retention = retention;
+        self.prune(now_ms);
+    }
+
+    fn prune(&mut self, now_ms: Millis) {
+        let max = usize::try_from(self.retention.max_events).unwrap_or(usize::MAX);
+        while self.events.len() > max {
             self.events.pop_front();
         }
+        if let Some(age) = self.retention.max_age_ms {
+            let oldest_kept = now_ms.saturating_sub(age);
+            while self.events.front().is_some_and(|e| e.at_ms < oldest_kept) {
+                self.events.pop_front();
+            }
+        }
+    }
+
+    /// The oldest event still kept.
+    pub fn oldest(&self) -> Option<&Event> {
+        self.events.front()
     }
 
     /// Events with `seq > after`, oldest first, at most `limit`.
@@ -176,5 +243,50 @@ impl Journal {
 
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submitted(job: JobId) -> EventKind {
+        EventKind::JobSubmitted { job, tasks: 1 }
+    }
+
+    #[test]
+    fn keeps_at_most_max_events_newest_first_and_counts_everything() {
+        let mut j = Journal::default();
+        j.set_retention(Retention { max_events: 100, max_age_ms: None }, 0);
+        for i in 0..250 {
+            j.record(i, submitted(i));
+        }
+        assert_eq!(j.len(), 100);
+        assert_eq!(j.oldest().map(|e| e.seq), Some(151), "the oldest go first");
+        assert_eq!(j.last_seq(), 250, "sequence numbers keep counting");
+        assert_eq!(j.totals().get("job_submitted"), Some(&250), "totals outlive retention");
+    }
+
+    #[test]
+    fn drops_events_older_than_the_age_limit() {
+        let mut j = Journal::default();
+        for i in 0..10 {
+            j.record(i * 60_000, submitted(i)); // one a minute
+        }
+        assert_eq!(j.len(), 10, "no age limit by default");
+        // 5 minutes, counted back from the time of the change.
+        j.set_retention(Retention { max_events: 1000, max_age_ms: Some(300_000) }, 9 * 60_000);
+        assert_eq!(j.oldest().map(|e| e.at_ms), Some(4 * 60_000));
+        j.record(12 * 60_000, submitted(12));
+        assert_eq!(j.oldest().map(|e| e.at_ms), Some(7 * 60_000));
+    }
+
+    #[test]
+    fn refuses_settings_out_of_bounds() {
+        assert!(Retention::default().validate().is_ok());
+        assert!(Retention { max_events: 10, max_age_ms: None }.validate().is_err());
+        assert!(Retention { max_events: 10_000_000, max_age_ms: None }.validate().is_err());
+        assert!(Retention { max_events: 1000, max_age_ms: Some(1000) }.validate().is_err());
+        assert!(Retention { max_events: 1000, max_age_ms: Some(3_600_000) }.validate().is_ok());
     }
 }

@@ -18,8 +18,8 @@ use axum::{Json, Router};
 use flotilla_core::scheduler::unschedulable_reason;
 use flotilla_core::{Command, Response as Applied};
 use flotilla_proto::api::{
-    ApiError, Cancelled, EventView, Events, JobDetail, JobResult, JobSummary, MasterStatus, Status, SubmitRequest,
-    Submitted, TaskResultView, WorkerStatus,
+    ApiError, Cancelled, EventView, Events, JobDetail, JobResult, JobSummary, MasterStatus, RetentionView, Status,
+    SubmitRequest, Submitted, TaskResultView, WorkerStatus,
 };
 use flotilla_proto::time::now_ms;
 use flotilla_proto::wire::MasterBody;
@@ -39,6 +39,7 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
+        .route("/v1/events/retention", get(retention).put(set_retention))
         .route("/v1/node", get(node))
         .route("/metrics", get(metrics))
         .with_state(master)
@@ -295,6 +296,23 @@ async fn events(State(master): State<Shared>, Query(q): Params) -> Result<Json<E
         }
         // Long poll: wait for something to be applied, up to the deadline.
         let _ = tokio::time::timeout_at(deadline, applied.changed()).await;
+    }
+}
+
+async fn retention(State(master): State<Shared>, Query(q): Params) -> Result<Json<RetentionView>, Failure> {
+    read_barrier(&master, &q).await?;
+    Ok(Json(RetentionView::from_journal(master.shared.read().state.journal())))
+}
+
+async fn set_retention(State(master): State<Shared>, body: Bytes) -> Result<Json<RetentionView>, Failure> {
+    let retention: flotilla_core::journal::Retention = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("invalid retention JSON (want max_events, max_age_ms): {e}")))?;
+    retention.validate().map_err(bad_request)?;
+    let command = Command::SetJournalRetention(retention);
+    match master.proposer.propose_one(command).await.map_err(|e| from_propose(&master, e))? {
+        Applied::Noted => Ok(Json(RetentionView::from_journal(master.shared.read().state.journal()))),
+        Applied::Invalid { error } => Err(bad_request(error)),
+        other => Err(failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected {other:?}"))),
     }
 }
 

@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use flotilla_core::index_set::IndexSet;
+/// The body of `PUT /v1/events/retention`.
+pub use flotilla_core::journal::Retention;
 use flotilla_core::journal::{Event, EventKind};
 use flotilla_core::model::{JobSpec, TaskSlot};
 use flotilla_core::state::{Job, Task, TaskCounts, TaskState, Worker};
@@ -488,4 +490,32 @@ pub struct Events {
     pub events: Vec<EventView>,
     /// Pass as `after` to get the next events.
     pub last_seq: u64,
+}
+
+/// The journal's retention setting and what it keeps now (`GET /v1/events/retention`; `PUT`
+/// takes a [`Retention`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RetentionView {
+    /// Events kept at most.
+    pub max_events: u64,
+    /// Events older than this are dropped (`null`: no age limit).
+    pub max_age_ms: Option<u64>,
+    /// Events kept now, and the oldest one's time.
+    pub kept: u64,
+    pub oldest: Option<String>,
+    /// Events ever recorded (the sequence number of the newest).
+    pub recorded: u64,
+}
+
+impl RetentionView {
+    pub fn from_journal(journal: &flotilla_core::journal::Journal) -> Self {
+        let r = journal.retention();
+        RetentionView {
+            max_events: r.max_events,
+            max_age_ms: r.max_age_ms,
+            kept: journal.len() as u64,
+            oldest: journal.oldest().map(|e| rfc3339(e.at_ms)),
+            recorded: journal.last_seq(),
+        }
+    }
 }

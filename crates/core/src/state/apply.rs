@@ -61,6 +61,13 @@ impl ClusterState {
                 }
                 _ => Response::Invalid { error: format!("no ready worker named {worker}") },
             },
+            Command::SetJournalRetention(retention) => match retention.validate() {
+                Ok(()) => {
+                    self.journal.set_retention(*retention, ctx.at_ms);
+                    Response::Noted
+                }
+                Err(error) => Response::Invalid { error },
+            },
         }
     }
 
