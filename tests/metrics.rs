@@ -90,6 +90,9 @@ async fn every_master_serves_metrics_that_pass_promtool() {
     assert!(sample(&text, "flotilla_assignments_total").is_some_and(|n| n >= 21.0), "20 tasks and a reduce assigned");
     assert!(sample(&text, "flotilla_worker_heartbeats_total").is_some_and(|n| n > 0.0));
     assert!(text.contains("flotilla_raft_replication_lag_entries{follower="), "the leader reports follower lag");
+    let committed = sample(&text, "flotilla_raft_commit_index").unwrap_or(0.0);
+    let last = sample(&text, "flotilla_raft_last_log_index").unwrap_or(0.0);
+    assert!(committed > 0.0 && committed <= last, "commit index {committed} within the log (last {last})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,6 +123,18 @@ async fn a_worker_serves_its_metrics_and_reports_them_to_the_leader() {
             && text.contains("flotilla_worker_running_tasks{worker=\"m\"} 0")
     })
     .await;
+    // Heartbeat round trips: measured by the worker (echo), reported to the leader.
+    wait_until(&t, "heartbeat round trips on the worker and the leader", LONG, || async {
+        let (_, worker_text) = raw_http(&metrics, "GET", "/metrics", &[], b"");
+        let (_, leader_text) = raw_http(&master, "GET", "/metrics", &[], b"");
+        sample(&worker_text, "flotilla_worker_heartbeat_rtt_seconds_count").is_some_and(|n| n >= 1.0)
+            && sample(&leader_text, "flotilla_worker_heartbeat_rtt_seconds_count").is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    let (_, text) = raw_http(&metrics, "GET", "/metrics", &[], b"");
+    let rtt = sample(&text, "flotilla_worker_heartbeat_rtt_seconds_sum").unwrap_or(f64::MAX)
+        / sample(&text, "flotilla_worker_heartbeat_rtt_seconds_count").unwrap_or(1.0);
+    assert!(rtt > 0.0 && rtt < 1.0, "a loopback round trip takes well under a second: {rtt} s");
 
     // Every metric the Grafana dashboard queries exists.
     let (_, leader_text) = raw_http(&master, "GET", "/metrics", &[], b"");

@@ -146,7 +146,7 @@ async fn session(
                         stats.completed.fetch_add(1, Ordering::Relaxed);
                     }
                     MasterBody::NotLeader { .. } | MasterBody::Refused { .. } => return welcomed,
-                    MasterBody::Stop { .. } | MasterBody::Ack { .. } | MasterBody::Batch(_) => {}
+                    MasterBody::Stop { .. } | MasterBody::Ack { .. } | MasterBody::Batch(_) | MasterBody::Echo { .. } => {}
                 }
                 }
                 if !reports.is_empty() && tx.send(encode(&WorkerMsg::Batch(reports))).is_err() {

@@ -34,6 +34,7 @@ pub struct Metrics {
     assignments: Counter,
     heartbeats: Counter,
     heartbeat_gap_seconds: Histogram,
+    heartbeat_rtt_seconds: Histogram,
     missed_heartbeats: Counter,
     log_bytes: Counter,
     // Read at scrape time.
@@ -41,6 +42,7 @@ pub struct Metrics {
     raft_role: Family<Labels, Gauge>,
     raft_last_log_index: Gauge,
     raft_applied_index: Gauge,
+    raft_commit_index: Gauge,
     raft_replication_lag: Family<Labels, Gauge>,
     raft_quorum_ack_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     jobs: Family<Labels, Gauge>,
@@ -79,6 +81,8 @@ impl Metrics {
         let log_write_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 14));
         let placement_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
         let heartbeat_gap_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 10));
+        // 50 µs to ~3 s.
+        let heartbeat_rtt_seconds = Histogram::new(exponential_buckets(0.00005, 3.0, 11));
         let m = Metrics {
             proposal_commands: proposal_commands.clone(),
             log_write_seconds: log_write_seconds.clone(),
@@ -86,12 +90,14 @@ impl Metrics {
             assignments: Counter::default(),
             heartbeats: Counter::default(),
             heartbeat_gap_seconds: heartbeat_gap_seconds.clone(),
+            heartbeat_rtt_seconds: heartbeat_rtt_seconds.clone(),
             missed_heartbeats: Counter::default(),
             log_bytes: Counter::default(),
             raft_term: Gauge::default(),
             raft_role: Family::default(),
             raft_last_log_index: Gauge::default(),
             raft_applied_index: Gauge::default(),
+            raft_commit_index: Gauge::default(),
             raft_replication_lag: Family::default(),
             raft_quorum_ack_age: Gauge::default(),
             jobs: Family::default(),
@@ -121,6 +127,11 @@ impl Metrics {
             "raft_applied_index",
             "Index of the last entry applied to this master's state",
             m.raft_applied_index.clone(),
+        );
+        r.register(
+            "raft_commit_index",
+            "Leader only: highest index a quorum of masters holds (committed)",
+            m.raft_commit_index.clone(),
         );
         r.register(
             "raft_replication_lag_entries",
@@ -166,6 +177,12 @@ impl Metrics {
             Unit::Seconds,
             heartbeat_gap_seconds,
         );
+        r.register_with_unit(
+            "worker_heartbeat_rtt",
+            "Leader only: round trip of a worker's session (heartbeat echo), as the worker measured it",
+            Unit::Seconds,
+            heartbeat_rtt_seconds,
+        );
         r.register(
             "worker_missed_heartbeats",
             "Leader only: heartbeats that did not arrive on time",
@@ -210,6 +227,10 @@ impl Metrics {
     }
 
     /// A message from a worker arrived `gap` after its previous one.
+    pub fn observe_heartbeat_rtt(&self, rtt: Duration) {
+        self.heartbeat_rtt_seconds.observe(rtt.as_secs_f64());
+    }
+
     pub fn observe_heartbeat(&self, gap: Option<Duration>, interval: Duration) {
         self.heartbeats.inc();
         if let Some(gap) = gap {
@@ -260,7 +281,17 @@ impl Metrics {
         self.raft_last_log_index.set(last as i64);
         self.raft_applied_index.set(raft.last_applied.map_or(0, |l| l.index) as i64);
         self.raft_replication_lag.clear();
+        self.raft_commit_index.set(0); // not known off the leader
         if let Some(replication) = &raft.replication {
+            // The index a majority holds: sort what each voter has matched, take the median.
+            let mut matched: Vec<u64> = replication
+                .iter()
+                .map(|(node, m)| if *node == raft.id { last } else { m.map_or(0, |m| m.index) })
+                .collect();
+            matched.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(committed) = matched.get(matched.len() / 2) {
+                self.raft_commit_index.set(*committed as i64);
+            }
             for (node, matched) in replication.iter().filter(|(n, _)| **n != raft.id) {
                 let lag = last.saturating_sub(matched.map_or(0, |m| m.index));
                 self.raft_replication_lag.get_or_create(&labels(&[("follower", &node.to_string())])).set(lag as i64);

@@ -315,8 +315,14 @@ async fn session_loop(
         if let WorkerMsg::Heartbeat | WorkerMsg::Stats { .. } = msg {
             let gap = master.sessions.touch(name);
             master.metrics.observe_heartbeat(gap, master.config.heartbeat_interval());
-            if let WorkerMsg::Stats { running, queued, spawned, spawn_micros } = msg {
+            if let WorkerMsg::Stats { running, queued, spawned, spawn_micros, echo, rtt_micros } = msg {
                 master.metrics.worker_reported(name, running, queued, spawned, spawn_micros);
+                if let Some(rtt) = rtt_micros {
+                    master.metrics.observe_heartbeat_rtt(Duration::from_micros(rtt));
+                }
+                if let (Some(token), Some(tx)) = (echo, tx.upgrade()) {
+                    let _ = tx.send(MasterMsg { term, body: MasterBody::Echo { token } });
+                }
             }
             continue;
         }

@@ -20,7 +20,7 @@ use flotilla_core::state::ClusterState;
 use flotilla_core::WorkerInfo;
 
 /// Bumped when session messages change incompatibly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerMsg {
@@ -56,6 +56,11 @@ pub enum WorkerMsg {
         /// Processes started since the worker started, and microseconds spent starting them.
         spawned: u64,
         spawn_micros: u64,
+        /// Asks the leader to send this token straight back ([`MasterBody::Echo`]): the
+        /// worker measures the session's round trip (sampled, not every heartbeat).
+        echo: Option<u64>,
+        /// The last round trip the worker measured, in microseconds.
+        rtt_micros: Option<u64>,
     },
 }
 
@@ -103,6 +108,10 @@ pub enum MasterBody {
     },
     /// Several of the above in one message.
     Batch(Vec<MasterBody>),
+    /// The answer to a heartbeat's `echo` token.
+    Echo {
+        token: u64,
+    },
 }
 
 impl MasterBody {

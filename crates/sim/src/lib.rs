@@ -638,7 +638,7 @@ impl Sim {
                 self.execute(w, actions);
             }
             MasterBody::Ack { task, fence } => worker.book.on_ack(task, fence),
-            MasterBody::Batch(_) => {}
+            MasterBody::Batch(_) | MasterBody::Echo { .. } => {}
         }
     }
 

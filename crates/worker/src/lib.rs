@@ -77,6 +77,9 @@ const MAX_QUEUE_PER_CPU: u32 = 256;
 /// A busy worker (tasks queued) holds its reports this long to send more in one message:
 /// the master learns of freed capacity a little later, which the queue covers.
 const REPORT_LINGER: Duration = Duration::from_millis(50);
+/// One heartbeat in this many asks the leader for an echo to measure the round trip (the
+/// first of a session always does).
+const ECHO_EVERY: u64 = 4;
 
 /// Marks the worker disconnected when a welcomed session ends.
 struct Disconnected(Arc<metrics::WorkerMetrics>);
@@ -547,6 +550,10 @@ impl Agent {
         // Reports not sent yet, and when they must go at the latest.
         let mut outbox: Vec<WorkerMsg> = Vec::new();
         let mut flush_at: Option<tokio::time::Instant> = None;
+        // Round-trip sampling: every ECHO_EVERY-th heartbeat asks the leader to echo a token.
+        let mut beats: u64 = 0;
+        let mut echo_pending: Option<(u64, Instant)> = None;
+        let mut rtt_micros: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
@@ -556,11 +563,18 @@ impl Agent {
                         let slots = self.launcher.lock();
                         (slots.book.running_count() as u32, slots.book.queued_count() as u32)
                     };
+                    beats += 1;
+                    let echo = (beats % ECHO_EVERY == 1).then_some(beats);
+                    if let Some(token) = echo {
+                        echo_pending = Some((token, Instant::now()));
+                    }
                     let stats = WorkerMsg::Stats {
                         running,
                         queued,
                         spawned,
                         spawn_micros,
+                        echo,
+                        rtt_micros: rtt_micros.take(),
                     };
                     if !send(&stats) {
                         return Ok(SessionEnd::Lost("outbound stream closed".into()));
@@ -620,6 +634,13 @@ impl Agent {
                             MasterBody::Ack { task, fence } => slots.book.on_ack(task, fence),
                             MasterBody::NotLeader { leader } => return Ok(SessionEnd::Redirect(leader)),
                             MasterBody::Refused { reason } => return Err(WorkerError::Refused(reason)),
+                            MasterBody::Echo { token } => {
+                                if let Some((_, at)) = echo_pending.take_if(|(sent, _)| *sent == token) {
+                                    let rtt = at.elapsed();
+                                    rtt_micros = Some(rtt.as_micros() as u64);
+                                    self.metrics.observe_rtt(rtt);
+                                }
+                            }
                             MasterBody::Welcome { .. } | MasterBody::Batch(_) => {}
                         }
                     }

@@ -22,6 +22,7 @@ pub struct WorkerMetrics {
     started: Counter,
     finished: Family<Labels, Counter>,
     spawn_seconds: Histogram,
+    rtt_seconds: Histogram,
     pub running: Gauge,
     pub queued: Gauge,
     pub cpus: Gauge,
@@ -36,11 +37,13 @@ impl WorkerMetrics {
         let mut root = Registry::default();
         let r = root.sub_registry_with_prefix("flotilla_worker");
         let spawn_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 14));
+        let rtt_seconds = Histogram::new(exponential_buckets(0.000_05, 3.0, 11));
         let m = WorkerMetrics {
             registry: Registry::default(),
             started: Counter::default(),
             finished: Family::default(),
             spawn_seconds: spawn_seconds.clone(),
+            rtt_seconds: rtt_seconds.clone(),
             running: Gauge::default(),
             queued: Gauge::default(),
             cpus: Gauge::default(),
@@ -56,6 +59,12 @@ impl WorkerMetrics {
             m.finished.clone(),
         );
         r.register_with_unit("spawn", "Time to start a task's process", Unit::Seconds, spawn_seconds);
+        r.register_with_unit(
+            "heartbeat_rtt",
+            "Round trip of the session with the leader (heartbeat echo)",
+            Unit::Seconds,
+            rtt_seconds,
+        );
         r.register("running_tasks", "Task processes running now", m.running.clone());
         r.register("queued_tasks", "Assigned tasks waiting for a free cpu", m.queued.clone());
         r.register("cpus", "Cpus this worker offers", m.cpus.clone());
@@ -69,6 +78,10 @@ impl WorkerMetrics {
         self.started.inc();
         self.spawn_seconds.observe(took.as_secs_f64());
         self.spawn_micros_sum.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn observe_rtt(&self, rtt: Duration) {
+        self.rtt_seconds.observe(rtt.as_secs_f64());
     }
 
     pub fn observe_end(&self, outcome: &str) {
