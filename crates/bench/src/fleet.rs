@@ -23,6 +23,10 @@ pub struct FleetStats {
     pub connected: AtomicU64,
     pub completed: AtomicU64,
     pub heartbeats: AtomicU64,
+    /// Sessions that failed to open or were turned away (not the leader, refused): a stuck
+    /// fleet says why.
+    pub refused: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 pub struct Fleet {
@@ -109,6 +113,7 @@ async fn session(
     };
     let _ = tx.send(encode(&hello));
     let Ok(response) = client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await else {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
         return false;
     };
     let mut inbound = response.into_inner();
@@ -145,7 +150,10 @@ async fn session(
                         reports.push(WorkerMsg::Finished { task: run.task, fence: run.fence, outcome: done.clone() });
                         stats.completed.fetch_add(1, Ordering::Relaxed);
                     }
-                    MasterBody::NotLeader { .. } | MasterBody::Refused { .. } => return welcomed,
+                    MasterBody::NotLeader { .. } | MasterBody::Refused { .. } => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        return welcomed;
+                    }
                     MasterBody::Stop { .. } | MasterBody::Ack { .. } | MasterBody::Batch(_) | MasterBody::Echo { .. } => {}
                 }
                 }

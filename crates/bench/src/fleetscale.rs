@@ -9,15 +9,30 @@ use crate::procfs;
 
 pub async fn run(workers: usize) -> anyhow::Result<f64> {
     let bench = Bench::start(3, &[]).await?;
-    let (leader, pid) = bench.leader_pid().await?;
+    let (mut leader, mut pid) = bench.leader_pid().await?;
     let t0 = Instant::now();
-    let fleet = crate::fleet::start(&bench.cluster.address(leader), workers, 1, 200).await?;
+    let mut fleet = crate::fleet::start(&bench.cluster.address(leader), workers, 1, 200).await?;
+    let mut checked = Instant::now();
     while fleet.stats.connected.load(Ordering::Relaxed) < workers as u64 {
         anyhow::ensure!(
             t0.elapsed() < Duration::from_secs(300),
-            "only {} of {workers} workers connected",
-            fleet.stats.connected.load(Ordering::Relaxed)
+            "only {} of {workers} workers connected to master {leader} ({} sessions turned away, {} failed to open)",
+            fleet.stats.connected.load(Ordering::Relaxed),
+            fleet.stats.refused.load(Ordering::Relaxed),
+            fleet.stats.failed.load(Ordering::Relaxed)
         );
+        // The simulated workers only know one address: if leadership moved (an election on
+        // a loaded machine), start the fleet again against the new leader.
+        if checked.elapsed() > Duration::from_secs(10) {
+            checked = Instant::now();
+            let (now_leader, now_pid) = bench.leader_pid().await?;
+            if now_leader != leader {
+                eprintln!("fleet: leadership moved from master {leader} to {now_leader}; reconnecting the fleet");
+                drop(fleet);
+                (leader, pid) = (now_leader, now_pid);
+                fleet = crate::fleet::start(&bench.cluster.address(leader), workers, 1, 200).await?;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let joined = t0.elapsed();

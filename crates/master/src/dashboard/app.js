@@ -108,7 +108,8 @@ function renderConn(problem) {
   const fresh = n.role === "leader"
     ? "leader: current"
     : `${n.role}: leader heard ${fmtMs(v.leader_silent_ms)} ago, ${lagOf(n.id)} entries behind`;
-  el.className = "conn conn-live";
+  // A follower cut off from the leader still serves, but says its data may be old.
+  el.className = n.role !== "leader" && v.leader_silent_ms > 2000 ? "conn conn-stale" : "conn conn-live";
   el.dataset.node = n.id;
   el.dataset.role = n.role;
   el.textContent = `live from master ${n.id} (${fresh})`;
