@@ -248,22 +248,8 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
         });
     }
     masters.sort_by_key(|m| m.id);
-    let now = now_ms();
-    let leading = master.leadership().is_some();
     let data = master.shared.read();
-    let workers = data
-        .state
-        .workers()
-        .map(|w| {
-            // Heartbeats live in the leader's memory only.
-            let seen = if leading {
-                master.sessions.last_seen(&w.name).map(|t| now.saturating_sub(t.elapsed().as_millis() as u64))
-            } else {
-                None
-            };
-            WorkerStatus::from_worker(w, seen, now)
-        })
-        .collect();
+    let workers = worker_statuses(&master, &data.state);
     let jobs = data.state.job_counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let metrics = master.raft.metrics().borrow().clone();
     Ok(Json(Status {
@@ -275,6 +261,24 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
         answered_by: master.config.id,
         stale,
     }))
+}
+
+/// Every worker's status; the time since its last message only on the leader (heartbeats
+/// live in the leader's memory).
+pub fn worker_statuses(master: &Master, state: &flotilla_core::state::ClusterState) -> Vec<WorkerStatus> {
+    let now = now_ms();
+    let leading = master.leadership().is_some();
+    state
+        .workers()
+        .map(|w| {
+            let seen = if leading {
+                master.sessions.last_seen(&w.name).map(|t| now.saturating_sub(t.elapsed().as_millis() as u64))
+            } else {
+                None
+            };
+            WorkerStatus::from_worker(w, seen, now)
+        })
+        .collect()
 }
 
 async fn events(State(master): State<Shared>, Query(q): Params) -> Result<Json<Events>, Failure> {

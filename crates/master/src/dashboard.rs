@@ -153,18 +153,7 @@ pub async fn view(master: &Arc<Master>) -> View {
     let leading = master.leadership().is_some();
     let now = now_ms();
     let data = master.shared.read();
-    let workers = data
-        .state
-        .workers()
-        .map(|w| {
-            let seen = if leading {
-                master.sessions.last_seen(&w.name).map(|t| now.saturating_sub(t.elapsed().as_millis() as u64))
-            } else {
-                None
-            };
-            WorkerStatus::from_worker(w, seen, now)
-        })
-        .collect();
+    let workers = crate::api::worker_statuses(master, &data.state);
     let job_counts = data.state.job_counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let jobs: Vec<JobSummary> = data.state.jobs().rev().take(VIEW_JOBS).map(JobSummary::from_job).collect();
     let journal = data.state.journal();
