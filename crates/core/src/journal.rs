@@ -217,6 +217,11 @@ impl Journal {
         }
     }
 
+    /// The newest `n` events, oldest first (without walking the older ones).
+    pub fn newest(&self, n: usize) -> impl Iterator<Item = &Event> {
+        self.events.range(self.events.len().saturating_sub(n)..)
+    }
+
     /// The oldest event still kept.
     pub fn oldest(&self) -> Option<&Event> {
         self.events.front()
@@ -263,6 +268,9 @@ mod tests {
         }
         assert_eq!(j.len(), 100);
         assert_eq!(j.oldest().map(|e| e.seq), Some(151), "the oldest go first");
+        let newest: Vec<u64> = j.newest(3).map(|e| e.seq).collect();
+        assert_eq!(newest, vec![248, 249, 250]);
+        assert_eq!(j.newest(1000).count(), 100);
         assert_eq!(j.last_seq(), 250, "sequence numbers keep counting");
         assert_eq!(j.totals().get("job_submitted"), Some(&250), "totals outlive retention");
     }

@@ -157,8 +157,8 @@ pub async fn view(master: &Arc<Master>) -> View {
     let job_counts = data.state.job_counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let jobs: Vec<JobSummary> = data.state.jobs().rev().take(VIEW_JOBS).map(JobSummary::from_job).collect();
     let journal = data.state.journal();
-    let skip = journal.len().saturating_sub(VIEW_EVENTS);
-    let events = journal.since(0, usize::MAX).skip(skip).map(EventView::from_event).collect();
+    // The journal may keep up to a million events; a view walks only the ones it shows.
+    let events = journal.newest(VIEW_EVENTS).map(EventView::from_event).collect();
     View {
         leader_silent_ms: (!leading).then(|| master.leader_contact.silent_for().as_millis() as u64),
         node: me,
