@@ -7,7 +7,8 @@
 //! `target/tmp/dashboard-screenshots/` as test artifacts.
 //!
 //! Chromium and chromedriver come from Debian's `chromium` and `chromium-driver` packages,
-//! installed here when missing; the test fails, loudly, if they cannot be installed.
+//! which `scripts/test` installs when missing; run directly without them, the test fails and
+//! names the packages.
 
 mod common;
 
@@ -24,22 +25,14 @@ use flotilla_proto::api::SubmitRequest;
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// Installs Debian's Chromium and its WebDriver server if they are missing.
+/// Panics, naming the package, if Chromium or its WebDriver server is missing.
 fn ensure_chromium() {
-    let present = || std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists();
-    if present() {
-        return;
+    for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
+        assert!(
+            std::path::Path::new(path).exists(),
+            "{path} not found: install Debian's `{package}` package (scripts/test does this)"
+        );
     }
-    let status = Command::new("sh")
-        .args([
-            "-c",
-            "(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver",
-        ])
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()) && present(),
-        "the dashboard test needs Chromium and chromedriver and could not install them (apt-get install chromium chromium-driver)"
-    );
 }
 
 /// A chromedriver process on a free port, killed on drop.
