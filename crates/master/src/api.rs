@@ -22,7 +22,6 @@ use flotilla_proto::api::{
     SubmitRequest, Submitted, TaskResultView, WorkerStatus,
 };
 use flotilla_proto::time::now_ms;
-use flotilla_proto::wire::MasterBody;
 
 use crate::node::Master;
 use crate::proposer::{read_error, ProposeError};
@@ -132,15 +131,7 @@ async fn cancel_job(State(master): State<Shared>, Path(id): Path<String>) -> Res
     let id = job_id(&id)?;
     match master.proposer.propose_one(Command::CancelJob { job: id }).await.map_err(|e| from_propose(&master, e))? {
         Applied::JobCancelled { job, kill } => {
-            let mut by_worker: std::collections::BTreeMap<&str, Vec<MasterBody>> = Default::default();
-            for k in &kill {
-                by_worker.entry(k.worker.as_str()).or_default().push(MasterBody::Stop { task: k.task, fence: k.fence });
-            }
-            for (worker, bodies) in by_worker {
-                if let Some(body) = MasterBody::batch(bodies) {
-                    master.sessions.send(worker, body);
-                }
-            }
+            master.sessions.stop_attempts(&kill).await;
             Ok(Json(Cancelled { id: job, stopped: kill.len() }))
         }
         Applied::Invalid { error } if error.starts_with("no job") => Err(not_found(error)),

@@ -20,6 +20,14 @@ pub async fn require_token(State(token): State<Option<Arc<str>>>, request: Reque
             .and_then(|v| v.strip_prefix("Bearer "));
         let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), expected.as_bytes()));
         if !ok {
+            let grpc = request
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            if grpc {
+                // A gRPC client (a worker, a master) reads the status code, not the body.
+                return tonic::Status::unauthenticated("missing or wrong cluster token").into_http();
+            }
             let body = ApiError {
                 error: "missing or wrong cluster token (set FLOTILLA_TOKEN or --token-file)".to_string(),
                 code: "unauthorized".to_string(),

@@ -132,7 +132,7 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
-    .add_service(WorkerServiceServer::new(sessions::WorkerSvc { master: master.clone() }))
+    .add_service(WorkerServiceServer::new(sessions::WorkerSvc { sessions: master.sessions.clone() }))
     .into_axum_router();
     let token: Option<Arc<str>> = config.token.as_deref().map(Arc::from);
     let app = api::router(master.clone())
@@ -156,6 +156,7 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     if pristine {
         initialize_if_new(&master).await;
     }
+    tokio::spawn(master.sessions.clone().run(shutdown.clone()));
     tokio::spawn(leader::watch_leadership(master.clone(), shutdown.clone()));
     tokio::spawn(watchdog::run(master.clone(), shutdown.clone()));
 

@@ -15,28 +15,16 @@ use flotilla_raft::{NodeId, Raft};
 
 use crate::config::MasterConfig;
 use crate::proposer::Proposer;
+use flotilla_session::leader::LeaderConfig;
+
 use crate::sessions::Sessions;
 use crate::watchdog::LeaderContact;
 
-/// Present while this master leads: the term, a token cancelled when leadership ends, and
-/// whether the leader is ready (its state machine has applied everything committed before it
-/// took over, so decisions made from its state are current).
+/// Present while this master leads: the term, and a token cancelled when leadership ends.
 #[derive(Clone)]
 pub struct Leadership {
     pub term: u64,
     pub cancel: CancellationToken,
-    pub ready: tokio::sync::watch::Receiver<bool>,
-}
-
-impl Leadership {
-    /// Waits until the leader is ready; false if leadership ended or `timeout` passed first.
-    pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let mut ready = self.ready.clone();
-        tokio::select! {
-            _ = self.cancel.cancelled() => false,
-            r = tokio::time::timeout(timeout, ready.wait_for(|r| *r)) => matches!(r, Ok(Ok(_))),
-        }
-    }
 }
 
 pub struct Master {
@@ -44,7 +32,8 @@ pub struct Master {
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub proposer: Proposer,
-    pub sessions: Sessions,
+    /// Worker sessions and the leader's decisions about them.
+    pub sessions: Arc<Sessions>,
     /// Client for master-to-master HTTP calls (status fan-out, reachability checks).
     pub http: HttpClient,
     /// When a leader last replicated to this master (see `watchdog`).
@@ -66,12 +55,18 @@ impl Master {
     ) -> Result<Self, String> {
         let http = HttpClient::new(config.token.as_deref())?;
         let proposer = Proposer::start(raft.clone(), metrics.clone());
+        let sessions = Sessions::new(
+            LeaderConfig::new(config.id, config.worker_timeout),
+            proposer.clone(),
+            shared.clone(),
+            metrics.clone(),
+        );
         Ok(Master {
             config,
             raft,
             shared,
             proposer,
-            sessions: Sessions::default(),
+            sessions,
             http,
             leader_contact: Arc::new(LeaderContact::default()),
             log_bytes,

@@ -1,15 +1,18 @@
-//! Worker sessions: the leader side of each worker's long-lived gRPC stream.
+//! Worker sessions: the I/O shell around [`LeaderCore`], which makes every decision.
 //!
-//! A session registers (or re-attaches) the worker, reconciles what the worker holds with what
-//! the replicated state says it should hold, then turns the worker's messages into commands.
-//! Only the leader keeps sessions; on losing leadership every session is closed, and workers
-//! reconnect to the new leader.
+//! Each worker keeps one gRPC bidirectional stream open to a master. This module accepts the
+//! streams, decodes what arrives (gathering what has already arrived into one input, so a
+//! busy worker's reports become one proposal), feeds the core with the time and the replicated
+//! state, and carries out its effects: messages go on the streams, closed streams end,
+//! proposals go to the [`Proposer`] in the order the core made them, and their outcomes come
+//! back to the core. A driver task ticks the core (deadlines, liveness, scheduling) on a
+//! timer and whenever the state changes.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -17,133 +20,223 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use flotilla_core::model::{Fence, TaskId};
-use flotilla_core::session::{self, Reply};
-use flotilla_core::state::WorkerState;
-use flotilla_core::{Command, Response as Applied};
+use flotilla_core::command::Kill;
+use flotilla_core::state::ClusterState;
+use flotilla_core::Command;
 use flotilla_proto::codec;
 use flotilla_proto::grpc::worker_service_server::WorkerService;
 use flotilla_proto::grpc::Envelope;
-use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_VERSION};
+use flotilla_proto::wire::{MasterMsg, WorkerMsg};
+use flotilla_raft::state_machine::Shared;
+use flotilla_session::leader::{
+    Effect, Failure, LeaderConfig, LeaderCore, Observation, ProposalId, SessionId, MAX_REPORTS,
+};
 
-use crate::node::Master;
+use crate::metrics::Metrics;
+use crate::proposer::{ProposeError, Proposer};
 
-/// How long a new stream may take to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-struct Handle {
-    id: u64,
-    term: u64,
+struct Outbound {
     tx: mpsc::UnboundedSender<MasterMsg>,
+    /// Stops the task reading the worker's messages.
+    cancel: CancellationToken,
 }
 
-/// The sessions of the workers connected to this leader, and when each was last heard from.
-#[derive(Default)]
+struct Inner {
+    core: LeaderCore,
+    streams: HashMap<SessionId, Outbound>,
+}
+
+/// The worker sessions of this master and the core that decides for them.
 pub struct Sessions {
+    inner: Mutex<Inner>,
     next_id: AtomicU64,
-    by_worker: Mutex<HashMap<String, Handle>>,
-    last_seen: Mutex<HashMap<String, Instant>>,
+    proposer: Proposer,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
-        self.by_worker.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn new(config: LeaderConfig, proposer: Proposer, shared: Arc<Shared>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Sessions {
+            inner: Mutex::new(Inner { core: LeaderCore::new(config), streams: HashMap::new() }),
+            next_id: AtomicU64::new(1),
+            proposer,
+            shared,
+            metrics,
+        })
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.last_seen.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update of the core is one call that leaves it consistent; a panic in a shell
+        // task while holding the lock does not make it unusable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends to a worker's session, if it has one. Lost messages are fine: a worker that
-    /// reconnects is reconciled from the replicated state.
-    pub fn send(&self, worker: &str, body: MasterBody) -> bool {
-        let map = self.lock();
-        match map.get(worker) {
-            Some(h) => h.tx.send(MasterMsg { term: h.term, body }).is_ok(),
-            None => false,
-        }
+    /// Runs one input through the core (with the state, read under its lock after the core's)
+    /// and carries out the effects: stream effects at once, under the lock, so every stream
+    /// sees messages in the order the core made them; proposals after, in order.
+    async fn drive(self: &Arc<Self>, input: impl FnOnce(&mut LeaderCore, Instant, &ClusterState, &mut Vec<Effect>)) {
+        let proposals = self.step(input);
+        self.propose(proposals).await;
     }
 
-    /// Notes a message from `worker`; returns the time since its previous one.
-    pub fn touch(&self, worker: &str) -> Option<Duration> {
-        let now = Instant::now();
-        let mut seen = self.seen();
-        match seen.get_mut(worker) {
-            Some(t) => Some(now.saturating_duration_since(std::mem::replace(t, now))),
-            None => {
-                seen.insert(worker.to_string(), now);
-                None
-            }
-        }
-    }
-
-    /// When the worker was last heard from by this leader.
-    pub fn last_seen(&self, worker: &str) -> Option<Instant> {
-        self.seen().get(worker).copied()
-    }
-
-    /// Of the given workers, those not heard from for longer than `timeout`, with how long.
-    /// A worker not heard from yet starts its grace period now (after a leader change).
-    /// One lock and no allocation per worker: the leader runs this over every worker
-    /// several times a second.
-    pub fn silent<'a>(
+    fn step(
         &self,
-        workers: impl Iterator<Item = (&'a str, u64)>,
-        timeout: Duration,
-    ) -> Vec<(String, u64, Duration)> {
-        let now = Instant::now();
-        let mut seen = self.seen();
-        let mut silent = Vec::new();
-        for (name, incarnation) in workers {
-            let since = match seen.get(name) {
-                Some(t) => now.saturating_duration_since(*t),
-                None => {
-                    seen.insert(name.to_string(), now);
-                    Duration::ZERO
+        input: impl FnOnce(&mut LeaderCore, Instant, &ClusterState, &mut Vec<Effect>),
+    ) -> Vec<(ProposalId, Vec<Command>)> {
+        let mut effects = Vec::new();
+        let mut inner = self.lock();
+        {
+            let data = self.shared.read();
+            input(&mut inner.core, Instant::now(), &data.state, &mut effects);
+        }
+        self.act(&mut inner, effects)
+    }
+
+    /// Carries out stream and observation effects; returns the proposals.
+    fn act(&self, inner: &mut Inner, effects: Vec<Effect>) -> Vec<(ProposalId, Vec<Command>)> {
+        let mut proposals = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Send { session, msg } => {
+                    if let Some(s) = inner.streams.get(&session) {
+                        let _ = s.tx.send(msg);
+                    }
                 }
-            };
-            if since > timeout {
-                silent.push((name.to_string(), incarnation, since));
+                Effect::Close { session } => {
+                    if let Some(s) = inner.streams.remove(&session) {
+                        s.cancel.cancel();
+                    }
+                }
+                Effect::Propose { id, commands } => proposals.push((id, commands)),
+                Effect::Observe(o) => self.observe(inner.core.config(), o),
             }
         }
-        silent
+        proposals
     }
 
-    /// Whether the worker has a session heard from within `within`.
-    pub fn is_connected(&self, worker: &str, within: Duration) -> bool {
-        self.lock().contains_key(worker) && self.last_seen(worker).is_some_and(|t| t.elapsed() < within)
+    fn observe(&self, config: &LeaderConfig, observation: Observation) {
+        match observation {
+            Observation::Heartbeat { gap } => self.metrics.observe_heartbeat(gap, config.heartbeat),
+            Observation::WorkerStats { worker, running, queued, spawned, spawn_micros } => {
+                self.metrics.worker_reported(&worker, running, queued, spawned, spawn_micros)
+            }
+            Observation::RoundTrip(rtt) => self.metrics.observe_heartbeat_rtt(rtt),
+            Observation::Placement { took, assigned } => self.metrics.observe_placement(took, assigned),
+            Observation::SessionOpened { worker, incarnation, attached } => {
+                tracing::info!(%worker, incarnation, attached, "worker session open")
+            }
+            Observation::SessionClosed { worker } => tracing::info!(%worker, "worker session closed"),
+            Observation::WorkerSilent { worker, incarnation, silent } => {
+                tracing::warn!(%worker, incarnation, silent_s = silent.as_secs_f64(), "worker lost")
+            }
+            Observation::ProtocolError { session, error } => tracing::debug!(session, %error, "worker session ended"),
+        }
     }
 
-    pub fn forget(&self, worker: &str) {
-        self.seen().remove(worker);
-        self.lock().remove(worker);
+    /// Hands proposals to the proposer in order, and their outcomes back to the core.
+    /// Boxed: the follow-up proposals of an outcome come back through this function.
+    fn propose(self: &Arc<Self>, proposals: Vec<(ProposalId, Vec<Command>)>) -> BoxFuture {
+        let this = self.clone();
+        Box::pin(async move { this.propose_in_order(proposals).await })
     }
 
-    /// Drops every session (leadership lost): their streams end and workers reconnect.
-    pub fn clear(&self) {
-        self.lock().clear();
-        self.seen().clear();
+    async fn propose_in_order(self: Arc<Self>, proposals: Vec<(ProposalId, Vec<Command>)>) {
+        for (id, commands) in proposals {
+            // Enqueue in order; wait for the commit elsewhere so the stream keeps flowing.
+            let pending = self.proposer.enqueue(commands).await;
+            let sessions = self.clone();
+            tokio::spawn(async move {
+                let outcome = pending.await.unwrap_or(Err(ProposeError::Dropped));
+                let proposals = match outcome {
+                    Ok(responses) => {
+                        sessions.step(|core, now, state, out| core.on_applied(now, state, id, &responses, out))
+                    }
+                    Err(e) => {
+                        let failure = match e {
+                            ProposeError::NotLeader { .. } => Failure::NotLeader,
+                            ProposeError::Fatal(_) | ProposeError::Dropped => Failure::Other,
+                        };
+                        sessions.step(|core, now, _, out| core.on_failed(now, id, failure, out))
+                    }
+                };
+                sessions.propose(proposals).await;
+            });
+        }
     }
 
-    fn register(&self, worker: &str, term: u64, tx: mpsc::UnboundedSender<MasterMsg>) -> u64 {
+    /// Raft made this master leader for `term`.
+    pub async fn lead(self: &Arc<Self>, term: u64) {
+        self.drive(|core, now, _, out| core.lead(now, term, out)).await;
+    }
+
+    /// This master follows in `term`; `leader` is the leader's address if known.
+    pub async fn follow(self: &Arc<Self>, term: u64, leader: Option<String>) {
+        self.drive(|core, _, _, out| core.follow(term, leader, out)).await;
+    }
+
+    /// The term this master leads and can act in (its state is current).
+    pub fn ready_term(&self) -> Option<u64> {
+        self.lock().core.ready_term()
+    }
+
+    /// When the leader last heard from the worker (none on a follower).
+    pub fn last_seen(&self, worker: &str) -> Option<Instant> {
+        self.lock().core.last_seen(worker)
+    }
+
+    /// Tells workers to stop attempts the state took from them.
+    pub async fn stop_attempts(self: &Arc<Self>, kills: &[Kill]) {
+        self.drive(|core, _, _, out| core.stop_attempts(kills, out)).await;
+    }
+
+    /// Ticks the core until `shutdown`: on a timer (deadlines, liveness) and after every
+    /// change of the state (scheduling).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut applied = self.shared.subscribe();
+        let period = {
+            let inner = self.lock();
+            (inner.core.config().worker_timeout / 10).clamp(Duration::from_millis(20), Duration::from_millis(100))
+        };
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = applied.changed() => if changed.is_err() { break },
+                _ = tick.tick() => {}
+            }
+            self.drive(|core, now, state, out| core.on_tick(now, state, out)).await;
+        }
+        self.follow(0, None).await;
+    }
+
+    fn open(&self, tx: mpsc::UnboundedSender<MasterMsg>, cancel: CancellationToken) -> SessionId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(worker.to_string(), Handle { id, term, tx });
-        self.touch(worker);
+        let mut inner = self.lock();
+        inner.streams.insert(id, Outbound { tx, cancel });
+        inner.core.open(Instant::now(), id);
         id
     }
 
-    fn unregister(&self, worker: &str, id: u64) {
-        let mut map = self.lock();
-        if map.get(worker).is_some_and(|h| h.id == id) {
-            map.remove(worker);
-        }
+    async fn closed(self: &Arc<Self>, session: SessionId) {
+        let proposals = {
+            let mut inner = self.lock();
+            inner.streams.remove(&session);
+            let mut effects = Vec::new();
+            inner.core.closed(session, &mut effects);
+            self.act(&mut inner, effects)
+        };
+        self.propose(proposals).await;
     }
 }
 
 /// The gRPC service workers connect to.
 #[derive(Clone)]
 pub struct WorkerSvc {
-    pub master: Arc<Master>,
+    pub sessions: Arc<Sessions>,
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
@@ -155,11 +248,14 @@ impl WorkerService for WorkerSvc {
     async fn session(&self, request: Request<Streaming<Envelope>>) -> Result<Response<OutStream>, Status> {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::unbounded_channel::<MasterMsg>();
-        let master = self.master.clone();
+        let cancel = CancellationToken::new();
+        let session = self.sessions.open(tx, cancel.clone());
+        let sessions = self.sessions.clone();
         tokio::spawn(async move {
-            if let Err(e) = run_session(master, inbound, tx).await {
+            if let Err(e) = read_session(&sessions, session, inbound, &cancel).await {
                 tracing::debug!(error = %e, "worker session ended");
             }
+            sessions.closed(session).await;
         });
         let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|msg| {
             codec::encode("master message", &msg)
@@ -178,109 +274,6 @@ async fn recv(inbound: &mut Streaming<Envelope>) -> Result<Option<WorkerMsg>, St
     }
 }
 
-async fn run_session(
-    master: Arc<Master>,
-    mut inbound: Streaming<Envelope>,
-    tx: mpsc::UnboundedSender<MasterMsg>,
-) -> Result<(), String> {
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, recv(&mut inbound)).await {
-        Ok(Ok(Some(m))) => m,
-        Ok(Ok(None)) => return Ok(()),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Err("no hello within 10 s".to_string()),
-    };
-    let WorkerMsg::Hello { protocol, info, known, highest_term: _ } = hello else {
-        return Err("the first message of a session must be hello".to_string());
-    };
-    let refuse = |term: u64, reason: String| {
-        let _ = tx.send(MasterMsg { term, body: MasterBody::Refused { reason } });
-    };
-    if protocol != PROTOCOL_VERSION {
-        refuse(0, format!("protocol {protocol} is not supported (this master speaks {PROTOCOL_VERSION})"));
-        return Ok(());
-    }
-    let Some(lead) = master.leadership() else {
-        let leader = master.leader_address();
-        let _ = tx.send(MasterMsg { term: master.current_term(), body: MasterBody::NotLeader { leader } });
-        return Ok(());
-    };
-    let term = lead.term;
-    // Reconciling from a state that misses entries committed before this leader took over
-    // would stop attempts that are in fact assigned; wait until the state is current.
-    if !lead.wait_ready(Duration::from_secs(10)).await {
-        let _ = tx.send(MasterMsg { term, body: MasterBody::NotLeader { leader: master.leader_address() } });
-        return Ok(());
-    }
-    if info.name.is_empty() || info.name.len() > flotilla_core::model::MAX_NAME_LEN {
-        refuse(term, "worker name must be 1 to 256 characters".to_string());
-        return Ok(());
-    }
-
-    // Register, unless this very process is already a ready member (a re-attach).
-    let (attached, other_instance) = {
-        let data = master.shared.read();
-        let ready = data.state.worker(&info.name).filter(|w| w.state == WorkerState::Ready);
-        (
-            ready.filter(|w| w.instance == info.instance).map(|w| w.incarnation),
-            ready.is_some_and(|w| w.instance != info.instance),
-        )
-    };
-    // Another live process under the same name: two workers would keep evicting each other.
-    // A restarted worker is accepted once its old session is gone (closed, or timed out).
-    if other_instance && master.sessions.is_connected(&info.name, master.config.worker_timeout) {
-        refuse(term, format!("a worker named '{}' is already connected; give each worker a unique --name", info.name));
-        return Ok(());
-    }
-    let incarnation = match attached {
-        Some(i) => i,
-        None => match master.proposer.propose_one(Command::RegisterWorker(info.clone())).await {
-            Ok(Applied::WorkerRegistered { incarnation, .. }) => incarnation,
-            Ok(Applied::Invalid { error }) => {
-                refuse(term, error);
-                return Ok(());
-            }
-            Ok(other) => return Err(format!("unexpected register response {other:?}")),
-            Err(e) => {
-                let _ = tx.send(MasterMsg { term, body: MasterBody::NotLeader { leader: master.leader_address() } });
-                return Err(format!("register failed: {e}"));
-            }
-        },
-    };
-    let name = info.name.clone();
-    // Register before reading the state to reconcile: an assignment committed after this
-    // point is pushed to the session, one committed before is found by the reconcile.
-    let session_id = master.sessions.register(&name, term, tx.clone());
-    let heartbeat_ms = master.config.heartbeat_interval().as_millis() as u64;
-    let _ =
-        tx.send(MasterMsg { term, body: MasterBody::Welcome { leader: master.config.id, incarnation, heartbeat_ms } });
-    tracing::info!(worker = %name, incarnation, attached = attached.is_some(), "worker session open");
-
-    reconcile(&master, &name, &known, term, &tx);
-
-    let weak = tx.downgrade();
-    drop(tx);
-    let result = session_loop(&master, &name, &mut inbound, &weak, &lead.cancel, term).await;
-    master.sessions.unregister(&name, session_id);
-    tracing::info!(worker = %name, "worker session closed");
-    result
-}
-
-/// Sends a (re)connected worker the committed assignments it lacks and stops the attempts
-/// the state no longer gives it.
-fn reconcile(master: &Master, name: &str, known: &[(TaskId, Fence)], term: u64, tx: &mpsc::UnboundedSender<MasterMsg>) {
-    let data = master.shared.read();
-    let plan = session::reconcile(&data.state, name, known);
-    let mut bodies: Vec<MasterBody> = plan
-        .run
-        .iter()
-        .filter_map(|(task, fence)| RunTask::for_attempt(&data.state, *task, *fence).map(MasterBody::Run))
-        .collect();
-    bodies.extend(plan.stop.iter().map(|(task, fence)| MasterBody::Stop { task: *task, fence: *fence }));
-    if let Some(body) = MasterBody::batch(bodies) {
-        let _ = tx.send(MasterMsg { term, body });
-    }
-}
-
 /// The next message if one has already arrived, without waiting (a zero timeout would wait
 /// for the timer driver's next tick).
 async fn recv_ready(inbound: &mut Streaming<Envelope>) -> Option<Result<Option<WorkerMsg>, String>> {
@@ -294,92 +287,36 @@ async fn recv_ready(inbound: &mut Streaming<Envelope>) -> Option<Result<Option<W
     .await
 }
 
-/// Most reports turned into one proposal.
-const MAX_REPORTS: usize = 1024;
-
-async fn session_loop(
-    master: &Arc<Master>,
-    name: &str,
-    inbound: &mut Streaming<Envelope>,
-    tx: &mpsc::WeakUnboundedSender<MasterMsg>,
+/// Feeds the worker's messages to the core until the stream ends or the core closes it.
+async fn read_session(
+    sessions: &Arc<Sessions>,
+    session: SessionId,
+    mut inbound: Streaming<Envelope>,
     cancel: &CancellationToken,
-    term: u64,
 ) -> Result<(), String> {
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            m = recv(inbound) => m?,
+            m = recv(&mut inbound) => m?,
         };
-        let Some(msg) = msg else { return Ok(()) };
-        // Most messages from an idle fleet are heartbeats: no allocation, no second poll.
-        if let WorkerMsg::Heartbeat | WorkerMsg::Stats { .. } = msg {
-            let gap = master.sessions.touch(name);
-            master.metrics.observe_heartbeat(gap, master.config.heartbeat_interval());
-            if let WorkerMsg::Stats { running, queued, spawned, spawn_micros, echo, rtt_micros } = msg {
-                master.metrics.worker_reported(name, running, queued, spawned, spawn_micros);
-                if let Some(rtt) = rtt_micros {
-                    master.metrics.observe_heartbeat_rtt(Duration::from_micros(rtt));
-                }
-                if let (Some(token), Some(tx)) = (echo, tx.upgrade()) {
-                    let _ = tx.send(MasterMsg { term, body: MasterBody::Echo { token } });
+        let Some(first) = msg else { return Ok(()) };
+        // Take every message that has already arrived as well: one input, one proposal.
+        let mut batch: Vec<WorkerMsg> = Vec::new();
+        if !matches!(first, WorkerMsg::Hello { .. }) {
+            while batch.len() < MAX_REPORTS {
+                match recv_ready(&mut inbound).await {
+                    Some(Ok(Some(more))) => batch.push(more),
+                    Some(Ok(None)) | None => break,
+                    Some(Err(e)) => return Err(e),
                 }
             }
-            continue;
         }
-        // Take every report that has already arrived as well: one proposal, one reply.
-        let mut msgs = msg.flatten();
-        while msgs.len() < MAX_REPORTS {
-            match recv_ready(inbound).await {
-                Some(Ok(Some(more))) => msgs.extend(more.flatten()),
-                Some(Ok(None)) | None => break,
-                Some(Err(e)) => return Err(e),
-            }
-        }
-        let gap = master.sessions.touch(name);
-        master.metrics.observe_heartbeat(gap, master.config.heartbeat_interval());
-        let mut commands = Vec::with_capacity(msgs.len());
-        let mut reports = Vec::with_capacity(msgs.len());
-        for msg in msgs {
-            let (command, report) = match msg {
-                WorkerMsg::Heartbeat | WorkerMsg::Stats { .. } => continue,
-                WorkerMsg::Hello { .. } => return Err("hello sent twice".to_string()),
-                WorkerMsg::Batch(_) => continue, // flattened above
-                WorkerMsg::Started { task, fence } => {
-                    (Command::TaskStarted { task, fence, worker: name.to_string() }, Some((task, fence, false)))
-                }
-                WorkerMsg::Finished { task, fence, outcome } => (
-                    Command::TaskFinished { task, fence, worker: name.to_string(), outcome },
-                    Some((task, fence, true)),
-                ),
-                WorkerMsg::Queue { queue } => (Command::SetWorkerQueue { worker: name.to_string(), queue }, None),
-            };
-            commands.push(command);
-            reports.push(report);
-        }
-        if commands.is_empty() {
-            continue;
-        }
-        // Enqueue in order; wait for the commit elsewhere so the stream keeps flowing.
-        let pending = master.proposer.enqueue(commands).await;
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            // Not committed: the worker resends its results after reconnecting.
-            let Ok(Ok(responses)) = pending.await else { return };
-            let bodies: Vec<MasterBody> = reports
-                .into_iter()
-                .zip(&responses)
-                .filter_map(|(report, response)| {
-                    let (task, fence, finished) = report?;
-                    match session::reply(response, finished) {
-                        Reply::Ack => Some(MasterBody::Ack { task, fence }),
-                        Reply::Stop => Some(MasterBody::Stop { task, fence }),
-                        Reply::Nothing => None,
-                    }
-                })
-                .collect();
-            if let (Some(body), Some(tx)) = (MasterBody::batch(bodies), tx.upgrade()) {
-                let _ = tx.send(MasterMsg { term, body });
-            }
-        });
+        let msg = if batch.is_empty() {
+            first
+        } else {
+            batch.insert(0, first);
+            WorkerMsg::Batch(batch)
+        };
+        sessions.drive(|core, now, state, out| core.on_message(now, state, session, msg, out)).await;
     }
 }

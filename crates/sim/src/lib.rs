@@ -1,19 +1,27 @@
 //! Deterministic simulation of Flotilla's control logic.
 //!
-//! The real state machine (`ClusterState::apply`), scheduler (`scheduler::plan`), the
-//! leader's session decisions (`session::reconcile`, `session::reply`) and the worker's
-//! bookkeeping (`flotilla_worker::book::Book`) run unchanged inside a seeded simulation with a
-//! simulated clock. Around them the simulator plays the parts that are I/O in production:
+//! The code that decides runs unchanged inside a seeded simulation with a simulated clock:
+//! the state machine (`ClusterState::apply`), the scheduler, the leader's session core
+//! (`flotilla_session::leader::LeaderCore`: admission, reconciliation, reports, liveness,
+//! scheduling rounds, leadership changes) on each of three masters, and the worker's session
+//! core (`flotilla_session::agent::AgentCore`: choice of master, hello and welcome, term
+//! fencing, report batching, heartbeats with echoes, queue sizing, with its bookkeeping
+//! `Book`). The simulator plays only what is I/O in production, as the binaries' shells do:
 //!
-//! - **Raft** as an abstraction: the current leader's proposals commit after a random delay
-//!   and are applied in log order; a crashed or deposed leader's uncommitted proposals are
-//!   either lost or committed later by its successor (as Raft allows); a new leader takes over
-//!   after an election delay, with the next term, and writes its election entry first;
-//! - **the network** between the leader and workers: per-message random delays (so messages
-//!   are reordered), duplicated reports, late messages from deposed leaders, broken sessions
-//!   (message loss on a stream breaks it; the worker reconnects and is reconciled);
+//! - **Raft** as an abstraction: the leading master's proposals commit after a random delay
+//!   and are applied in log order; a crashed or cut-off leader's uncommitted proposals are
+//!   either lost or committed later by its successor (as Raft allows); a new leader, one of
+//!   the live masters, is elected after a delay with the next term (only while a majority is
+//!   up) and its core writes the election entry first; followers' cores answer `NotLeader`
+//!   with the leader's address;
+//! - **the network**: each session is an ordered stream with random per-message delays
+//!   (streams interleave freely), connections to dead masters fail, a cut-off master's
+//!   streams break only when keepalives notice, late messages from deposed leaders arrive,
+//!   reports are delivered twice, streams break;
 //! - **workers**: task processes with seeded durations and known outputs (some fail their
-//!   first attempt), heartbeats, crashes and restarts (losing what they held), pauses.
+//!   first attempt), crashes and restarts (losing what they held), pauses, a second process
+//!   under a taken name (refused while the first is connected), and a supervisor that
+//!   restarts a worker the masters refused.
 //!
 //! After every applied entry it checks the state's invariants (`sanity_check`: capacity,
 //! counters, queue, task ownership) and that no task's successful result is recorded twice;
@@ -23,18 +31,19 @@
 //! Not simulated: openraft itself (its election and replication code), the gRPC/HTTP
 //! transport, redb, and real processes; the chaos harness exercises those for real.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
 
-use flotilla_core::command::{Command, Proposal, Response, WorkerInfo};
+use flotilla_core::command::{Command, Proposal, Response};
 use flotilla_core::index_set::IndexSet;
 use flotilla_core::model::{Captured, Fence, JobSpec, Outcome, TaskId, TaskSlot};
 use flotilla_core::rng::Rng;
-use flotilla_core::scheduler;
-use flotilla_core::session::{self, Reply};
-use flotilla_core::state::{ApplyCtx, ClusterState, JobState, WorkerState};
-use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_VERSION};
-use flotilla_worker::book::{Action, Book};
+use flotilla_core::state::{ApplyCtx, ClusterState, JobState};
+use flotilla_proto::codec;
+use flotilla_proto::wire::{MasterMsg, RunTask, WorkerMsg};
+use flotilla_session::agent::{self, AgentConfig, AgentCore, LinkError};
+use flotilla_session::leader::{self, Failure, LeaderConfig, LeaderCore, ProposalId, SessionId};
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -45,7 +54,8 @@ pub struct SimConfig {
     pub step_ms: u64,
     pub workers: usize,
     pub cpus: u32,
-    /// Cpus' worth of tasks each worker keeps queued.
+    /// Cpus' worth of tasks each worker keeps queued at first (it resizes its queue to the
+    /// task durations it measures, as real workers do).
     pub queue: u32,
     pub jobs: usize,
     pub worker_timeout_ms: u64,
@@ -76,6 +86,12 @@ pub struct Report {
     pub terms: u64,
     pub tasks: u64,
     pub messages: u64,
+    /// Sessions the masters refused (a second process under a taken name).
+    pub refusals: u64,
+    /// Heartbeat round trips the workers measured (echoes answered by a leader).
+    pub round_trips: u64,
+    /// Queue depths the workers changed (`Queue` reports through the log).
+    pub queue_resizes: u64,
 }
 
 /// Runs one seed; `Err` carries the violated invariant.
@@ -108,9 +124,49 @@ impl Plan {
     }
 }
 
+const MASTERS: usize = 3;
+
+fn address(node: usize) -> String {
+    format!("m{}", node + 1)
+}
+
+fn node_of(address: &str) -> Option<usize> {
+    address.strip_prefix('m')?.parse::<usize>().ok()?.checked_sub(1).filter(|n| *n < MASTERS)
+}
+
+/// What travels on the simulated network. A session is one ordered stream each way.
 enum Msg {
-    ToLeader { worker: usize, session: u64, msg: WorkerMsg },
-    ToWorker { worker: usize, session: u64, msg: MasterMsg },
+    /// The worker's stream reaches the master.
+    Opened {
+        node: usize,
+        session: SessionId,
+    },
+    ToMaster {
+        node: usize,
+        session: SessionId,
+        msg: WorkerMsg,
+    },
+    /// The worker dropped its stream.
+    ClosedByWorker {
+        node: usize,
+        session: SessionId,
+    },
+    ToWorker {
+        worker: usize,
+        session: SessionId,
+        msg: MasterMsg,
+    },
+    /// The master closed the stream.
+    ClosedByMaster {
+        worker: usize,
+        session: SessionId,
+    },
+    /// The worker notices its stream is dead (keepalive timeout, reset) or never opened.
+    Broken {
+        worker: usize,
+        session: SessionId,
+        reason: &'static str,
+    },
 }
 
 struct InFlight {
@@ -137,66 +193,80 @@ impl Ord for InFlight {
     }
 }
 
-/// What to do when a proposal is applied (only if its leader still leads).
-enum Origin {
-    Elected,
-    Hello { worker: usize, session: u64, known: Vec<(TaskId, Fence)> },
-    Report { worker: usize, session: u64, task: TaskId, fence: Fence, finished: bool },
-    Plan,
-    Other,
+/// Who proposed an entry: a master's core (told the outcome if it still leads in that term)
+/// or a client.
+#[derive(Clone, Copy)]
+enum Proposer {
+    Master { node: usize, id: ProposalId },
+    Client,
 }
 
 struct Pending {
     due: u64,
     term: u64,
     commands: Vec<Command>,
-    origin: Origin,
+    proposer: Proposer,
 }
 
-struct Leader {
-    term: u64,
-    ready: bool,
-    sessions: HashMap<usize, u64>,
-    last_heard: HashMap<String, u64>,
-    plan_in_flight: bool,
-    lost_proposed: HashSet<(String, u64)>,
+struct Master {
+    core: LeaderCore,
+    alive: bool,
+    restart_at: u64,
+    /// Cut off from everyone until then.
+    isolated_until: u64,
 }
 
 struct Proc {
     task: TaskId,
     fence: Fence,
+    started_at: u64,
     done_at: u64,
+    /// Killed on request: ends without a result.
+    killed: bool,
+    started_reported: bool,
     outcome: Outcome,
 }
 
 struct SimWorker {
     name: String,
-    instance: u64,
+    core: AgentCore,
     alive: bool,
-    restart_at: u64,
+    /// A second process under a taken name: it exits for good when it stops.
+    impostor: bool,
+    /// When a stopped worker is started again (by its supervisor), if it will be.
+    restart_at: Option<u64>,
+    /// When an impostor stops by itself.
+    dies_at: Option<u64>,
     paused_until: u64,
-    book: Book,
     procs: Vec<Proc>,
-    session: Option<u64>,
-    welcomed: bool,
-    connect_at: Option<u64>,
-    next_beat: u64,
+    /// The open stream: its session id and master.
+    link: Option<(SessionId, usize)>,
+    /// Processes started, and simulated microseconds spent starting them (for heartbeats).
+    spawned: u64,
 }
 
 struct Sim {
     config: SimConfig,
     rng: Rng,
+    base: Instant,
     now: u64,
     seq: u64,
     term: u64,
-    leader: Option<Leader>,
+    leader: Option<usize>,
     election_at: Option<u64>,
+    masters: Vec<Master>,
     /// Uncommitted proposals of a lost leader that its successor will commit.
     carried: Vec<Pending>,
     pending: Vec<Pending>,
+    /// Outcomes to tell masters' cores at the next step (a proposal refused by a follower).
+    refused: Vec<(usize, ProposalId)>,
     state: ClusterState,
     log: Vec<(ApplyCtx, Proposal)>,
     net: BinaryHeap<InFlight>,
+    /// The last delivery time on each stream direction (streams are ordered).
+    stream_clock: HashMap<(SessionId, bool), u64>,
+    /// Session -> (worker, master).
+    sessions: BTreeMap<SessionId, (usize, usize)>,
     /// Messages deposed leaders sent, for late delivery.
     old_master_msgs: Vec<(usize, MasterMsg)>,
     workers: Vec<SimWorker>,
@@ -205,43 +275,82 @@ struct Sim {
     /// Submissions by request id, until they apply (a lost one is submitted again).
     requests: BTreeMap<String, (Plan, JobSpec)>,
     submitted: usize,
-    next_session: u64,
+    next_session: SessionId,
     /// Task -> the fence of its recorded successful result.
     recorded: HashMap<TaskId, Fence>,
     report: Report,
 }
 
+fn leader_config(node: usize, config: &SimConfig) -> LeaderConfig {
+    let mut c = LeaderConfig::new(node as u64 + 1, Duration::from_millis(config.worker_timeout_ms));
+    c.max_plan = 64;
+    c
+}
+
+fn new_worker(name: String, instance: u64, impostor: bool, config: &SimConfig, now: Instant) -> SimWorker {
+    let core = AgentCore::new(
+        AgentConfig {
+            name: name.clone(),
+            instance,
+            cpus: config.cpus,
+            memory: None,
+            labels: BTreeMap::new(),
+            masters: (0..MASTERS).map(address).collect(),
+            prefetch: config.queue,
+            adaptive_prefetch: true,
+        },
+        now,
+    );
+    SimWorker {
+        name,
+        core,
+        alive: true,
+        impostor,
+        restart_at: None,
+        dies_at: None,
+        paused_until: 0,
+        procs: Vec::new(),
+        link: None,
+        spawned: 0,
+    }
+}
+
 impl Sim {
     fn new(seed: u64, config: SimConfig) -> Sim {
         let mut rng = Rng::new(seed);
+        let base = Instant::now();
         let workers = (0..config.workers)
-            .map(|i| SimWorker {
-                name: format!("w{i}"),
-                instance: rng.next_u64(),
+            .map(|i| {
+                let start = base + Duration::from_millis(rng.range(0, 200));
+                new_worker(format!("w{i}"), rng.next_u64(), false, &config, start)
+            })
+            .collect();
+        let masters = (0..MASTERS)
+            .map(|n| Master {
+                core: LeaderCore::new(leader_config(n, &config)),
                 alive: true,
                 restart_at: 0,
-                paused_until: 0,
-                book: Book::new(config.cpus),
-                procs: Vec::new(),
-                session: None,
-                welcomed: false,
-                connect_at: Some(rng.range(0, 200)),
-                next_beat: 0,
+                isolated_until: 0,
             })
             .collect();
         Sim {
             config,
             rng,
+            base,
             now: 0,
             seq: 0,
             term: 0,
             leader: None,
             election_at: Some(50),
+            masters,
             carried: Vec::new(),
             pending: Vec::new(),
+            refused: Vec::new(),
             state: ClusterState::new(),
             log: Vec::new(),
             net: BinaryHeap::new(),
+            stream_clock: HashMap::new(),
+            sessions: BTreeMap::new(),
             old_master_msgs: Vec::new(),
             workers,
             plans: BTreeMap::new(),
@@ -253,17 +362,23 @@ impl Sim {
         }
     }
 
+    fn instant(&self) -> Instant {
+        self.base + Duration::from_millis(self.now)
+    }
+
     fn run(mut self) -> Result<Report, String> {
         while self.now < self.config.duration_ms {
             self.now += self.config.step_ms;
             if self.now < self.config.faults_until_ms && self.rng.range(1, 10_000) <= self.config.fault_rate {
                 self.fault();
             }
+            self.restart_masters();
             self.elect();
             self.commit();
             self.deliver();
             self.step_workers();
-            self.lead();
+            self.tick_masters();
+            self.client();
             if self.now > self.config.faults_until_ms && self.all_jobs_done() {
                 break;
             }
@@ -280,17 +395,22 @@ impl Sim {
             && self.state.jobs().all(|j| j.state.is_terminal())
     }
 
-    // ---- Raft abstraction -------------------------------------------------------------
-
-    fn propose(&mut self, commands: Vec<Command>, origin: Origin) {
-        let Some(leader) = &self.leader else { return };
-        let due = self.now + self.rng.range(1, 15);
-        self.pending.push(Pending { due, term: leader.term, commands, origin });
+    fn reachable(&self, node: usize) -> bool {
+        let m = &self.masters[node];
+        m.alive && m.isolated_until <= self.now
     }
+
+    // ---- Raft abstraction -------------------------------------------------------------
 
     fn elect(&mut self) {
         let Some(at) = self.election_at else { return };
         if at > self.now {
+            return;
+        }
+        // A leader needs a majority of masters up and connected.
+        let up: Vec<usize> = (0..MASTERS).filter(|n| self.reachable(*n)).collect();
+        if up.len() * 2 <= MASTERS {
+            self.election_at = Some(self.now + 100);
             return;
         }
         self.election_at = None;
@@ -300,44 +420,84 @@ impl Sim {
         for p in carried {
             self.apply(p.term, p.commands);
         }
-        self.leader = Some(Leader {
-            term: self.term,
-            ready: false,
-            sessions: HashMap::new(),
-            last_heard: HashMap::new(),
-            plan_in_flight: false,
-            lost_proposed: HashSet::new(),
-        });
-        self.propose(vec![Command::LeaderElected { node: self.term % 3 + 1 }], Origin::Elected);
+        let node = up[(self.term as usize) % up.len()];
+        self.leader = Some(node);
+        let (term, now) = (self.term, self.instant());
+        let mut out = Vec::new();
+        self.masters[node].core.lead(now, term, &mut out);
+        self.master_effects(node, out);
+        for other in up.into_iter().filter(|n| *n != node) {
+            let mut out = Vec::new();
+            self.masters[other].core.follow(term, Some(address(node)), &mut out);
+            self.master_effects(other, out);
+        }
     }
 
-    /// The leader is gone (crash) or cut off (it learns later): sessions end, proposals in
-    /// flight are lost or carried over to the next term.
-    fn lose_leader(&mut self, noticed_after_ms: u64) {
-        if self.leader.take().is_none() {
-            return;
-        }
+    /// The leader is gone (crash) or cut off: its proposals in flight are lost or carried
+    /// over to the next term; workers notice their streams to it are dead after
+    /// `noticed_after_ms`.
+    fn lose_leader(&mut self, crash: bool, noticed_after_ms: u64) {
+        let Some(node) = self.leader.take() else { return };
         let pending = std::mem::take(&mut self.pending);
         if self.rng.chance(50) {
             self.carried.extend(pending);
         }
         self.election_at = Some(self.now + self.rng.range(300, 1_200));
-        for w in 0..self.workers.len() {
+        let broken: Vec<(SessionId, usize)> =
+            self.sessions.iter().filter(|(_, (_, n))| *n == node).map(|(s, (w, _))| (*s, *w)).collect();
+        for (session, worker) in broken {
+            self.sessions.remove(&session);
             let at = self.now + noticed_after_ms;
-            self.workers[w].connect_at = self.workers[w].connect_at.map(|c| c.min(at)).or(Some(at));
-            // Until it notices, the worker still "talks" to the old leader: its messages are
-            // lost, as on a stream to a dead or unreachable master.
+            self.push_at(at, Msg::Broken { worker, session, reason: "stream to the master died" });
+        }
+        if crash {
+            let m = &mut self.masters[node];
+            m.alive = false;
+            m.restart_at = self.now + self.rng.range(500, 5_000);
+        } else {
+            self.masters[node].isolated_until = self.now + self.rng.range(1_000, 5_000);
+            // It steps down once its lease runs out without a quorum; what it says on the way
+            // reaches nobody.
+            let mut out = Vec::new();
+            self.masters[node].core.follow(self.term, None, &mut out);
+            self.master_effects(node, out);
         }
         self.report.faults += 1;
     }
 
+    fn restart_masters(&mut self) {
+        for node in 0..MASTERS {
+            let m = &self.masters[node];
+            if !m.alive && m.restart_at <= self.now {
+                let mut core = LeaderCore::new(leader_config(node, &self.config));
+                let mut out = Vec::new();
+                core.follow(self.term, self.leader.map(address), &mut out);
+                let m = &mut self.masters[node];
+                m.core = core;
+                m.alive = true;
+            }
+        }
+    }
+
     fn commit(&mut self) {
+        for (node, id) in std::mem::take(&mut self.refused) {
+            let now = self.instant();
+            let mut out = Vec::new();
+            self.masters[node].core.on_failed(now, id, Failure::NotLeader, &mut out);
+            self.master_effects(node, out);
+        }
         self.pending.sort_by_key(|p| p.due);
         while self.pending.first().is_some_and(|p| p.due <= self.now) {
             let p = self.pending.remove(0);
             let responses = self.apply(p.term, p.commands);
-            if self.leader.as_ref().is_some_and(|l| l.term == p.term) {
-                self.effects(p.origin, responses);
+            if let Proposer::Master { node, id } = p.proposer {
+                let leads = self.leader == Some(node) && self.masters[node].core.leading_term() == Some(p.term);
+                if leads {
+                    let now = self.instant();
+                    let mut out = Vec::new();
+                    self.masters[node].core.on_applied(now, &self.state, id, &responses, &mut out);
+                    self.master_effects(node, out);
+                }
             }
         }
     }
@@ -372,173 +532,141 @@ impl Sim {
         responses
     }
 
-    fn effects(&mut self, origin: Origin, responses: Vec<Response>) {
-        match origin {
-            Origin::Elected => {
-                if let Some(l) = &mut self.leader {
-                    l.ready = true;
-                }
+    // ---- the masters' shells -----------------------------------------------------------
+
+    fn tick_masters(&mut self) {
+        for node in 0..MASTERS {
+            if !self.masters[node].alive {
+                continue;
             }
-            Origin::Hello { worker, session, known } => {
-                if let Some(Response::WorkerRegistered { incarnation, .. }) = responses.first() {
-                    self.welcome(worker, session, *incarnation, &known);
+            let now = self.instant();
+            let mut out = Vec::new();
+            self.masters[node].core.on_tick(now, &self.state, &mut out);
+            self.master_effects(node, out);
+        }
+    }
+
+    /// Carries out a master core's effects, as `flotilla_master::sessions` does.
+    fn master_effects(&mut self, node: usize, effects: Vec<leader::Effect>) {
+        for effect in effects {
+            match effect {
+                leader::Effect::Send { session, msg } => {
+                    let msg = round_trip(&msg);
+                    let Some((worker, _)) = self.sessions.get(&session).copied() else { continue };
+                    if self.old_master_msgs.len() < 200 {
+                        self.old_master_msgs.push((worker, msg.clone()));
+                    }
+                    if self.reachable(node) {
+                        self.send(session, false, Msg::ToWorker { worker, session, msg });
+                    }
                 }
-            }
-            Origin::Report { worker, session, task, fence, finished } => {
-                let body = match responses.first().map(|r| session::reply(r, finished)) {
-                    Some(Reply::Ack) => MasterBody::Ack { task, fence },
-                    Some(Reply::Stop) => MasterBody::Stop { task, fence },
-                    _ => return,
-                };
-                self.send_to_worker(worker, session, body);
-            }
-            Origin::Plan => {
-                if let Some(l) = &mut self.leader {
-                    l.plan_in_flight = false;
-                }
-                if let Some(Response::Assigned { runs }) = responses.first() {
-                    for run in runs.clone() {
-                        let Some(w) = self.workers.iter().position(|w| w.name == run.worker) else { continue };
-                        let session = self.leader.as_ref().and_then(|l| l.sessions.get(&w).copied());
-                        if let (Some(session), Some(msg)) =
-                            (session, RunTask::for_attempt(&self.state, run.task, run.fence))
-                        {
-                            self.send_to_worker(w, session, MasterBody::Run(msg));
+                leader::Effect::Close { session } => {
+                    if let Some((worker, _)) = self.sessions.remove(&session) {
+                        if self.reachable(node) {
+                            self.send(session, false, Msg::ClosedByMaster { worker, session });
+                        } else {
+                            // Nothing reaches the worker: its keepalives notice.
+                            let reason = "keepalive timeout";
+                            self.push_at(self.now + 3_000, Msg::Broken { worker, session, reason });
                         }
                     }
                 }
+                leader::Effect::Propose { id, commands } => {
+                    let term = self.masters[node].core.leading_term();
+                    if self.leader == Some(node) && term == Some(self.term) {
+                        let due = self.now + self.rng.range(1, 15);
+                        let proposer = Proposer::Master { node, id };
+                        self.pending.push(Pending { due, term: self.term, commands, proposer });
+                    } else {
+                        self.refused.push((node, id));
+                    }
+                }
+                leader::Effect::Observe(_) => {}
             }
-            Origin::Other => {}
         }
     }
 
     // ---- the network -------------------------------------------------------------------
 
-    fn send(&mut self, msg: Msg) {
+    fn push_at(&mut self, at: u64, msg: Msg) {
         self.seq += 1;
-        self.report.messages += 1;
-        let at = self.now + self.rng.range(0, 30);
         self.net.push(InFlight { at, seq: self.seq, msg });
     }
 
-    fn send_to_worker(&mut self, worker: usize, session: u64, body: MasterBody) {
-        let Some(term) = self.leader.as_ref().map(|l| l.term) else { return };
-        let msg = MasterMsg { term, body };
-        if self.old_master_msgs.len() < 200 {
-            self.old_master_msgs.push((worker, msg.clone()));
-        }
-        self.send(Msg::ToWorker { worker, session, msg });
+    /// Sends on one direction of a session's stream: a random delay, but never before what
+    /// was sent earlier on the same stream.
+    fn send(&mut self, session: SessionId, to_master: bool, msg: Msg) {
+        self.report.messages += 1;
+        let earliest = self.stream_clock.get(&(session, to_master)).copied().unwrap_or(0);
+        let at = (self.now + self.rng.range(0, 30)).max(earliest);
+        self.stream_clock.insert((session, to_master), at);
+        self.push_at(at, msg);
     }
 
     fn deliver(&mut self) {
         while self.net.peek().is_some_and(|m| m.at <= self.now) {
             let Some(m) = self.net.pop() else { break };
             match m.msg {
-                Msg::ToLeader { worker, session, msg } => self.leader_receives(worker, session, msg),
-                Msg::ToWorker { worker, session, msg } => {
+                Msg::Opened { node, session } => {
+                    if self.reachable(node) {
+                        let now = self.instant();
+                        self.masters[node].core.open(now, session);
+                    }
+                }
+                Msg::ToMaster { node, session, msg } => {
+                    if self.reachable(node) {
+                        let now = self.instant();
+                        let mut out = Vec::new();
+                        self.masters[node].core.on_message(now, &self.state, session, msg, &mut out);
+                        self.master_effects(node, out);
+                    }
+                }
+                Msg::ClosedByWorker { node, session } => {
+                    if self.reachable(node) {
+                        let mut out = Vec::new();
+                        self.masters[node].core.closed(session, &mut out);
+                        self.master_effects(node, out);
+                    }
+                }
+                msg @ (Msg::ToWorker { .. } | Msg::ClosedByMaster { .. } | Msg::Broken { .. }) => {
+                    let worker = match &msg {
+                        Msg::ToWorker { worker, .. }
+                        | Msg::ClosedByMaster { worker, .. }
+                        | Msg::Broken { worker, .. } => *worker,
+                        _ => unreachable!("matched above"),
+                    };
                     let w = &self.workers[worker];
                     if w.alive && w.paused_until > self.now {
                         // A paused worker reads its socket later.
                         let at = w.paused_until;
-                        self.seq += 1;
-                        self.net.push(InFlight { at, seq: self.seq, msg: Msg::ToWorker { worker, session, msg } });
+                        self.push_at(at, msg);
                     } else {
-                        self.worker_receives(worker, session, msg);
+                        self.worker_receives(worker, msg);
                     }
                 }
             }
         }
     }
 
-    // ---- the leader ----------------------------------------------------------------------
+    // ---- clients -----------------------------------------------------------------------
 
-    fn leader_receives(&mut self, worker: usize, session: u64, msg: WorkerMsg) {
-        for msg in msg.flatten() {
-            self.leader_handles(worker, session, msg);
-        }
-    }
-
-    fn leader_handles(&mut self, worker: usize, session: u64, msg: WorkerMsg) {
-        let Some(leader) = &mut self.leader else { return };
-        // A worker still talking over a dead session to a previous leader is not heard.
-        let name = self.workers[worker].name.clone();
-        match msg {
-            WorkerMsg::Hello { info, known, .. } => {
-                if !leader.ready {
-                    self.send(Msg::ToWorker {
-                        worker,
-                        session,
-                        msg: MasterMsg { term: self.term, body: MasterBody::NotLeader { leader: None } },
-                    });
-                    return;
-                }
-                leader.sessions.insert(worker, session);
-                leader.last_heard.insert(name.clone(), self.now);
-                let attached = self
-                    .state
-                    .worker(&name)
-                    .filter(|w| w.state == WorkerState::Ready && w.instance == info.instance)
-                    .map(|w| w.incarnation);
-                match attached {
-                    Some(incarnation) => self.welcome(worker, session, incarnation, &known),
-                    None => self.propose(vec![Command::RegisterWorker(info)], Origin::Hello { worker, session, known }),
-                }
-            }
-            WorkerMsg::Heartbeat => {
-                leader.last_heard.insert(name, self.now);
-            }
-            WorkerMsg::Started { task, fence } => {
-                leader.last_heard.insert(name.clone(), self.now);
-                let origin = Origin::Report { worker, session, task, fence, finished: false };
-                self.propose(vec![Command::TaskStarted { task, fence, worker: name }], origin);
-            }
-            WorkerMsg::Finished { task, fence, outcome } => {
-                leader.last_heard.insert(name.clone(), self.now);
-                let origin = Origin::Report { worker, session, task, fence, finished: true };
-                self.propose(vec![Command::TaskFinished { task, fence, worker: name, outcome }], origin);
-            }
-            // The simulated workers neither batch nor resize their queues.
-            WorkerMsg::Batch(_) | WorkerMsg::Queue { .. } | WorkerMsg::Stats { .. } => {}
-        }
-    }
-
-    fn welcome(&mut self, worker: usize, session: u64, incarnation: u64, known: &[(TaskId, Fence)]) {
-        if self.leader.as_ref().and_then(|l| l.sessions.get(&worker)) != Some(&session) {
-            return;
-        }
-        self.send_to_worker(worker, session, MasterBody::Welcome { leader: 1, incarnation, heartbeat_ms: 750 });
-        let name = self.workers[worker].name.clone();
-        let plan = session::reconcile(&self.state, &name, known);
-        for (task, fence) in plan.run {
-            if let Some(msg) = RunTask::for_attempt(&self.state, task, fence) {
-                self.send_to_worker(worker, session, MasterBody::Run(msg));
-            }
-        }
-        for (task, fence) in plan.stop {
-            self.send_to_worker(worker, session, MasterBody::Stop { task, fence });
-        }
-    }
-
-    /// Leader duties: submit the jobs, watch liveness, schedule.
-    fn lead(&mut self) {
-        let Some(leader) = &self.leader else { return };
-        if !leader.ready {
+    /// Clients submit the jobs through whichever master leads.
+    fn client(&mut self) {
+        let Some(node) = self.leader else { return };
+        if self.masters[node].core.ready_term().is_none() {
             return;
         }
         if (self.submitted < self.config.jobs || !self.requests.is_empty()) && self.rng.chance(2) {
             self.submit_job();
         }
-        if self.now.is_multiple_of(100) {
-            self.check_liveness();
+    }
+
+    fn propose_as_client(&mut self, commands: Vec<Command>) {
+        if self.leader.is_none() {
+            return;
         }
-        let Some(leader) = &mut self.leader else { return };
-        if !leader.plan_in_flight {
-            let placements = scheduler::plan(&self.state, 64);
-            if !placements.is_empty() {
-                leader.plan_in_flight = true;
-                self.propose(vec![Command::Assign { placements }], Origin::Plan);
-            }
-        }
+        let due = self.now + self.rng.range(1, 15);
+        self.pending.push(Pending { due, term: self.term, commands, proposer: Proposer::Client });
     }
 
     /// A client submits a new job, or retries one whose submission was lost (same request id,
@@ -564,103 +692,119 @@ impl Sim {
         }
         let Some((request_id, (_, spec))) = self.requests.iter().next() else { return };
         let command = Command::SubmitJob { spec: spec.clone(), request_id: Some(request_id.clone()) };
-        self.propose(vec![command], Origin::Other);
-    }
-
-    fn check_liveness(&mut self) {
-        let timeout = self.config.worker_timeout_ms;
-        let ready: Vec<(String, u64)> = self
-            .state
-            .workers()
-            .filter(|w| w.state == WorkerState::Ready)
-            .map(|w| (w.name.clone(), w.incarnation))
-            .collect();
-        let now = self.now;
-        let Some(leader) = &mut self.leader else { return };
-        let mut lost = Vec::new();
-        for (name, incarnation) in ready {
-            let last = *leader.last_heard.entry(name.clone()).or_insert(now);
-            if now - last > timeout && leader.lost_proposed.insert((name.clone(), incarnation)) {
-                if let Some(w) = self.workers.iter().position(|w| w.name == name) {
-                    leader.sessions.remove(&w);
-                    // The stream closes: the worker notices at once and reconnects.
-                    let c = &mut self.workers[w].connect_at;
-                    *c = Some(c.map_or(now + 1, |t| t.min(now + 1)));
-                }
-                lost.push(Command::WorkerLost { name, incarnation, reason: "silent".into() });
-            }
-        }
-        for cmd in lost {
-            self.propose(vec![cmd], Origin::Other);
-        }
+        self.propose_as_client(vec![command]);
     }
 
     // ---- workers -------------------------------------------------------------------------
 
-    fn worker_receives(&mut self, w: usize, session: u64, msg: MasterMsg) {
+    fn worker_receives(&mut self, w: usize, msg: Msg) {
+        if !self.workers[w].alive {
+            return;
+        }
+        let now = self.instant();
+        let mut out = Vec::new();
         let worker = &mut self.workers[w];
-        if !worker.alive || worker.session != Some(session) {
-            return;
+        match msg {
+            Msg::ToWorker { session, msg, .. } if worker.link.map(|l| l.0) == Some(session) => {
+                worker.core.on_message(now, msg, &mut out)
+            }
+            Msg::ClosedByMaster { session, .. } if worker.link.map(|l| l.0) == Some(session) => {
+                worker.core.lost(now, LinkError::Broken("master closed the session".into()), &mut out)
+            }
+            Msg::Broken { session, reason, .. } if worker.link.map(|l| l.0) == Some(session) => {
+                worker.core.lost(now, LinkError::Broken(reason.into()), &mut out)
+            }
+            _ => return, // for a stream this worker no longer has
         }
-        if !worker.book.accept_term(msg.term) {
-            return;
-        }
-        for body in msg.body.flatten() {
-            self.worker_handles(w, session, body);
-        }
+        self.worker_effects(w, out);
     }
 
-    fn worker_handles(&mut self, w: usize, session: u64, body: MasterBody) {
-        let worker = &mut self.workers[w];
-        if worker.session != Some(session) {
-            return;
-        }
-        match body {
-            MasterBody::Welcome { .. } => {
-                worker.welcomed = true;
-                worker.next_beat = self.now + 750;
-                let unacked = worker.book.unacked();
-                if !unacked.is_empty() {
-                    self.send(Msg::ToLeader { worker: w, session, msg: WorkerMsg::Batch(unacked) });
+    /// Carries out a worker core's effects, as `flotilla_worker` does.
+    fn worker_effects(&mut self, w: usize, effects: Vec<agent::Effect>) {
+        for effect in effects {
+            match effect {
+                agent::Effect::Connect { address } => self.connect(w, &address),
+                agent::Effect::Send(msg) => {
+                    let msg = round_trip(&msg);
+                    if let Some((session, node)) = self.workers[w].link {
+                        self.send(session, true, Msg::ToMaster { node, session, msg });
+                    }
                 }
-            }
-            MasterBody::NotLeader { .. } | MasterBody::Refused { .. } => {
-                worker.session = None;
-                worker.welcomed = false;
-                worker.connect_at = Some(self.now + 50);
-            }
-            MasterBody::Run(run) => {
-                let actions = worker.book.on_run(run);
-                self.execute(w, actions);
-            }
-            MasterBody::Stop { task, fence } => {
-                let actions = worker.book.on_stop(task, fence);
-                self.execute(w, actions);
-            }
-            MasterBody::Ack { task, fence } => worker.book.on_ack(task, fence),
-            MasterBody::Batch(_) | MasterBody::Echo { .. } => {}
-        }
-    }
-
-    fn execute(&mut self, w: usize, actions: Vec<Action>) {
-        for action in actions {
-            match action {
-                Action::Start(run) => {
+                agent::Effect::Disconnect => {
+                    if let Some((session, node)) = self.workers[w].link.take() {
+                        if self.sessions.remove(&session).is_some() {
+                            self.send(session, true, Msg::ClosedByWorker { node, session });
+                        }
+                    }
+                }
+                agent::Effect::Start(run) => {
                     let outcome = self.outcome_of(&run);
                     let done_at = self.now + self.rng.range(10, 400);
                     let worker = &mut self.workers[w];
-                    worker.procs.push(Proc { task: run.task, fence: run.fence, done_at, outcome });
-                    if let (Some(session), true) = (worker.session, worker.welcomed) {
-                        let msg = WorkerMsg::Started { task: run.task, fence: run.fence };
-                        self.send(Msg::ToLeader { worker: w, session, msg });
+                    worker.spawned += 1;
+                    worker.procs.push(Proc {
+                        task: run.task,
+                        fence: run.fence,
+                        started_at: self.now,
+                        done_at,
+                        killed: false,
+                        started_reported: false,
+                        outcome,
+                    });
+                }
+                agent::Effect::Kill(task, fence) => {
+                    let at = self.now + self.rng.range(0, 5);
+                    if let Some(p) = self.workers[w].procs.iter_mut().find(|p| p.task == task && p.fence == fence) {
+                        p.killed = true;
+                        p.done_at = p.done_at.min(at);
                     }
                 }
-                Action::Kill(task, fence) => {
-                    let worker = &mut self.workers[w];
-                    worker.procs.retain(|p| !(p.task == task && p.fence == fence));
-                    let (_, next) = worker.book.on_ended(task, fence, None);
-                    self.execute(w, next);
+                agent::Effect::Exit(_) => {
+                    // The masters refused this process: it stops, and so do its tasks. A
+                    // supervisor starts the worker again later; an impostor stays stopped.
+                    self.report.refusals += 1;
+                    self.stop_worker(w);
                 }
+                agent::Effect::Observe(agent::Observation::RoundTrip(_)) => self.report.round_trips += 1,
+                agent::Effect::Observe(agent::Observation::QueueResized { .. }) => self.report.queue_resizes += 1,
+                agent::Effect::Observe(_) => {}
+            }
+        }
+    }
+
+    /// Opens a stream to the master at `address`, or fails as a real connection would.
+    fn connect(&mut self, w: usize, address: &str) {
+        let now = self.instant();
+        let Some(node) = node_of(address) else { panic!("a worker asked for an unknown master {address}") };
+        if !self.reachable(node) {
+            // Refused at once by a dead master's host; a cut-off one times out.
+            let after = if self.masters[node].alive { 1_000 } else { self.rng.range(1, 5) };
+            let session = self.next_session;
+            self.next_session += 1;
+            self.workers[w].link = Some((session, node));
+            self.push_at(self.now + after, Msg::Broken { worker: w, session, reason: "cannot connect" });
+            return;
+        }
+        let session = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(session, (w, node));
+        self.workers[w].link = Some((session, node));
+        self.send(session, true, Msg::Opened { node, session });
+        let mut out = Vec::new();
+        self.workers[w].core.connected(now, &mut out);
+        self.worker_effects(w, out);
+    }
+
+    fn stop_worker(&mut self, w: usize) {
+        let restart = self.now + self.rng.range(1_000, 5_000);
+        let worker = &mut self.workers[w];
+        worker.alive = false;
+        worker.procs.clear();
+        worker.restart_at = (!worker.impostor).then_some(restart);
+        if let Some((session, node)) = worker.link.take() {
+            // The process is gone: its host closes the stream.
+            if self.sessions.remove(&session).is_some() {
+                self.send(session, true, Msg::ClosedByWorker { node, session });
             }
         }
     }
@@ -692,71 +836,52 @@ impl Sim {
     fn step_workers(&mut self) {
         for w in 0..self.workers.len() {
             if !self.workers[w].alive {
-                if self.workers[w].restart_at <= self.now {
-                    let worker = &mut self.workers[w];
-                    worker.alive = true;
-                    worker.instance = self.rng.next_u64();
-                    worker.book = Book::new(self.config.cpus);
-                    worker.connect_at = Some(self.now);
+                if self.workers[w].restart_at.is_some_and(|t| t <= self.now) {
+                    let instance = self.rng.next_u64();
+                    let (name, now) = (self.workers[w].name.clone(), self.instant());
+                    self.workers[w] = new_worker(name, instance, false, &self.config, now);
                 }
+                continue;
+            }
+            if self.workers[w].dies_at.is_some_and(|t| t <= self.now) {
+                self.stop_worker(w);
                 continue;
             }
             if self.workers[w].paused_until > self.now {
                 continue;
             }
-            // Processes that ended.
-            let now = self.now;
-            let done: Vec<Proc> = {
+            let now = self.instant();
+            let mut out = Vec::new();
+            // Processes that ran long enough to report, and those that ended.
+            let mut wake = false;
+            {
                 let worker = &mut self.workers[w];
-                let (done, running): (Vec<Proc>, Vec<Proc>) = worker.procs.drain(..).partition(|p| p.done_at <= now);
+                for p in worker.procs.iter_mut() {
+                    if !p.started_reported && !p.killed && p.done_at > self.now && p.started_at + 50 <= self.now {
+                        p.started_reported = true;
+                        worker.core.started(p.task, p.fence, &mut out);
+                    }
+                }
+                let (done, running): (Vec<Proc>, Vec<Proc>) =
+                    std::mem::take(&mut worker.procs).into_iter().partition(|p| p.done_at <= self.now);
                 worker.procs = running;
-                done
-            };
-            for p in done {
-                let (msg, next) = self.workers[w].book.on_ended(p.task, p.fence, Some(p.outcome));
-                self.execute(w, next);
-                let worker = &self.workers[w];
-                if let (Some(msg), Some(session), true) = (msg, worker.session, worker.welcomed) {
-                    self.send(Msg::ToLeader { worker: w, session, msg });
+                for p in done {
+                    let (outcome, took) = if p.killed {
+                        (None, None)
+                    } else {
+                        (Some(p.outcome), Some(Duration::from_millis(p.done_at - p.started_at)))
+                    };
+                    wake |= worker.core.ended(now, p.task, p.fence, outcome, took, &mut out);
+                }
+                if wake {
+                    worker.core.reports_ready(now, &mut out);
+                }
+                if worker.core.next_deadline().is_some_and(|t| t <= now) {
+                    let spawned = worker.spawned;
+                    worker.core.on_tick(now, spawned, spawned * 700, &mut out);
                 }
             }
-            // Heartbeats.
-            let worker = &mut self.workers[w];
-            if let (Some(session), true) = (worker.session, worker.welcomed) {
-                if worker.next_beat <= now {
-                    worker.next_beat = now + 750;
-                    self.send(Msg::ToLeader { worker: w, session, msg: WorkerMsg::Heartbeat });
-                }
-            }
-            // (Re)connect.
-            let worker = &mut self.workers[w];
-            if worker.connect_at.is_some_and(|t| t <= now) {
-                worker.connect_at = None;
-                let session = self.next_session;
-                self.next_session += 1;
-                worker.session = Some(session);
-                worker.welcomed = false;
-                let hello = WorkerMsg::Hello {
-                    protocol: PROTOCOL_VERSION,
-                    info: WorkerInfo {
-                        name: worker.name.clone(),
-                        instance: worker.instance,
-                        cpus: self.config.cpus,
-                        queue: self.config.queue,
-                        memory: None,
-                        labels: BTreeMap::new(),
-                    },
-                    known: worker.book.known(),
-                    highest_term: worker.book.highest_term(),
-                };
-                if self.leader.is_some() {
-                    self.send(Msg::ToLeader { worker: w, session, msg: hello });
-                } else {
-                    // Nobody leads yet: try again shortly.
-                    self.workers[w].session = None;
-                    self.workers[w].connect_at = Some(now + 50);
-                }
-            }
+            self.worker_effects(w, out);
         }
     }
 
@@ -764,20 +889,16 @@ impl Sim {
 
     fn fault(&mut self) {
         let w = self.rng.range(0, self.workers.len() as u64 - 1) as usize;
-        match self.rng.range(0, 7) {
+        match self.rng.range(0, 8) {
             // The leader crashes: workers see their streams close at once.
-            0 => self.lose_leader(1),
+            0 => self.lose_leader(true, 1),
             // The leader is paused or cut off: workers notice through keepalives.
-            1 => self.lose_leader(3_000),
+            1 => self.lose_leader(false, 3_000),
             2 => {
                 // A worker crashes; its processes die with it (killed on restart).
-                let worker = &mut self.workers[w];
-                if worker.alive {
-                    worker.alive = false;
-                    worker.procs.clear();
-                    worker.session = None;
-                    worker.welcomed = false;
-                    worker.restart_at = self.now + self.rng.range(200, 5_000);
+                if self.workers[w].alive {
+                    self.stop_worker(w);
+                    self.workers[w].restart_at = Some(self.now + self.rng.range(200, 5_000));
                     self.report.faults += 1;
                 }
             }
@@ -787,23 +908,35 @@ impl Sim {
                 self.report.faults += 1;
             }
             4 => {
-                // Its session breaks (message loss on a stream).
-                if let Some(l) = &mut self.leader {
-                    l.sessions.remove(&w);
+                // Its stream breaks (a reset): both ends notice.
+                if let Some((session, node)) = self.workers[w].link {
+                    if self.sessions.remove(&session).is_some() {
+                        self.send(session, true, Msg::ClosedByWorker { node, session });
+                    }
+                    self.push_at(self.now + 1, Msg::Broken { worker: w, session, reason: "stream reset" });
+                    self.report.faults += 1;
                 }
-                let worker = &mut self.workers[w];
-                worker.session = None;
-                worker.welcomed = false;
-                worker.connect_at = Some(self.now + self.rng.range(1, 300));
-                self.report.faults += 1;
             }
             5 => {
                 // A report is delivered twice.
-                if let Some(session) = self.workers[w].session {
-                    for m in self.workers[w].book.unacked().into_iter().take(1) {
-                        self.send(Msg::ToLeader { worker: w, session, msg: m });
+                if let (Some((session, node)), true) = (self.workers[w].link, self.workers[w].core.is_welcomed()) {
+                    for msg in self.workers[w].core.book().unacked().into_iter().take(1) {
+                        self.send(session, true, Msg::ToMaster { node, session, msg });
                         self.report.faults += 1;
                     }
+                }
+            }
+            6 => {
+                // A second process starts under the name of a connected worker (a copy-pasted
+                // --name): it must be refused; it stops by itself a little later.
+                let original = &self.workers[w];
+                let connected = original.alive && original.core.is_welcomed() && original.paused_until <= self.now;
+                if self.workers.len() < self.config.workers + 3 && connected {
+                    let (name, instance, now) = (self.workers[w].name.clone(), self.rng.next_u64(), self.instant());
+                    let mut impostor = new_worker(name, instance, true, &self.config, now);
+                    impostor.dies_at = Some(self.now + self.rng.range(500, 2_000));
+                    self.workers.push(impostor);
+                    self.report.faults += 1;
                 }
             }
             _ => {
@@ -812,13 +945,16 @@ impl Sim {
                 let stale: Vec<(usize, MasterMsg)> = self
                     .old_master_msgs
                     .iter()
-                    .filter(|(w, m)| m.term < self.workers[*w].book.highest_term())
+                    .filter(|(w, m)| {
+                        let worker = &self.workers[*w];
+                        worker.alive && worker.core.is_welcomed() && m.term < worker.core.book().highest_term()
+                    })
                     .cloned()
                     .collect();
                 if !stale.is_empty() {
                     let (worker, msg) = self.rng.pick(&stale).clone();
-                    if let Some(session) = self.workers[worker].session {
-                        self.send(Msg::ToWorker { worker, session, msg });
+                    if let Some((session, _)) = self.workers[worker].link {
+                        self.send(session, false, Msg::ToWorker { worker, session, msg });
                         self.report.faults += 1;
                     }
                 }
@@ -829,6 +965,40 @@ impl Sim {
     // ---- final checks --------------------------------------------------------------------
 
     fn check_end(&mut self) -> Result<(), String> {
+        if std::env::var_os("SIM_DEBUG").is_some() {
+            eprintln!(
+                "now {} term {} leader {:?} election_at {:?}",
+                self.now, self.term, self.leader, self.election_at
+            );
+            for (n, m) in self.masters.iter().enumerate() {
+                eprintln!(
+                    "master {n}: alive {} isolated_until {} leading {:?} ready {:?} open {}",
+                    m.alive,
+                    m.isolated_until,
+                    m.core.leading_term(),
+                    m.core.ready_term(),
+                    m.core.open_sessions()
+                );
+            }
+            for e in self.state.journal().newest(100_000) {
+                eprintln!("event {} {}", e.at_ms, e.kind.message());
+            }
+            for w in self.state.workers() {
+                eprintln!("state worker {} {:?} inc {} tasks {}", w.name, w.state, w.incarnation, w.tasks.len());
+            }
+            for w in &self.workers {
+                eprintln!(
+                    "sim worker {} alive {} link {:?} welcomed {} exited {} deadline {:?} procs {}",
+                    w.name,
+                    w.alive,
+                    w.link,
+                    w.core.is_welcomed(),
+                    w.core.has_exited(),
+                    w.core.next_deadline().map(|d| d.saturating_duration_since(self.base).as_millis()),
+                    w.procs.len()
+                );
+            }
+        }
         if self.plans.len() < self.config.jobs {
             return Err(format!("only {} of {} jobs were submitted", self.plans.len(), self.config.jobs));
         }
@@ -876,4 +1046,10 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// Every message goes through the wire encoding, as on a real stream.
+fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(msg: &T) -> T {
+    let bytes = codec::encode("simulated message", msg).expect("session messages encode");
+    codec::decode("simulated message", &bytes).expect("session messages decode")
 }

@@ -31,6 +31,9 @@ fn main() -> ExitCode {
                 totals.terms += r.terms;
                 totals.tasks += r.tasks;
                 totals.messages += r.messages;
+                totals.refusals += r.refusals;
+                totals.round_trips += r.round_trips;
+                totals.queue_resizes += r.queue_resizes;
             }
             Err(e) => {
                 failures += 1;
@@ -39,11 +42,14 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} tasks checked, {failures} violations, {:.1}s",
+        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} sessions refused, {} round trips, {} queue resizes, {} tasks checked, {failures} violations, {:.1}s",
         totals.faults,
         totals.terms,
         totals.entries,
         totals.messages,
+        totals.refusals,
+        totals.round_trips,
+        totals.queue_resizes,
         totals.tasks,
         t0.elapsed().as_secs_f64()
     );

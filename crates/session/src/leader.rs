@@ -1,0 +1,806 @@
+//! The leader's side of the worker sessions as a synchronous state machine.
+//!
+//! `LeaderCore` decides everything a master does with worker sessions: whom to admit (protocol
+//! version, name, a second live process under the same name, a re-attach without a new
+//! registration), what to tell a worker that (re)connects, how to turn its reports into
+//! commands and answer them once applied, when a silent worker is declared lost, when to plan
+//! and where committed assignments go, and what happens to every session when leadership
+//! changes. It owns no socket, clock or task: the master's session service
+//! (`flotilla_master::sessions`) and the simulation (`flotilla-sim`) feed it inputs with the
+//! time and the replicated state, and carry out the [`Effect`]s it returns.
+//!
+//! ```text
+//!  stream opened ─▶ open ─┐
+//!  WorkerMsg ─────────────┤                 ┌─▶ Send / Close  (the session's stream)
+//!  stream ended ─▶ closed ┼─▶ LeaderCore ───┼─▶ Propose       (the proposer; the answer
+//!  Raft role ─▶ lead/follow                 │                  comes back as applied/failed)
+//!  timer / state change ─▶ tick ┘           └─▶ Observe       (metrics, logs)
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_core::command::{Command, Kill, Response, WorkerInfo};
+use flotilla_core::model::{Fence, NodeId, TaskId, MAX_NAME_LEN};
+use flotilla_core::scheduler;
+use flotilla_core::session::{self, Reply};
+use flotilla_core::state::{ClusterState, WorkerState};
+use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_VERSION};
+
+/// A worker's stream, numbered by the shell that accepted it.
+pub type SessionId = u64;
+/// A proposal, numbered by the core; the shell reports its outcome under this number.
+pub type ProposalId = u64;
+
+#[derive(Clone, Debug)]
+pub struct LeaderConfig {
+    /// This master's id (named in the welcome).
+    pub me: NodeId,
+    /// How often workers send a heartbeat.
+    pub heartbeat: Duration,
+    /// A ready worker silent this long is declared lost.
+    pub worker_timeout: Duration,
+    /// How long a new stream may take to say hello.
+    pub hello_timeout: Duration,
+    /// How long a hello may wait for a new leader to become ready.
+    pub ready_timeout: Duration,
+    /// Most placements in one plan (one log entry).
+    pub max_plan: usize,
+}
+
+impl LeaderConfig {
+    pub fn new(me: NodeId, worker_timeout: Duration) -> Self {
+        LeaderConfig {
+            me,
+            heartbeat: worker_timeout / 3,
+            worker_timeout,
+            hello_timeout: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(10),
+            max_plan: 2048,
+        }
+    }
+
+    /// How often liveness is checked: a tenth of the timeout, within 20 to 250 ms.
+    fn liveness_period(&self) -> Duration {
+        (self.worker_timeout / 10).clamp(Duration::from_millis(20), Duration::from_millis(250))
+    }
+}
+
+/// What the shell must do, in this order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Send on the session's stream.
+    Send { session: SessionId, msg: MasterMsg },
+    /// End the session's stream (its worker reconnects if it still runs).
+    Close { session: SessionId },
+    /// Propose these commands, in order after every command proposed before; report the
+    /// outcome with [`LeaderCore::on_applied`] or [`LeaderCore::on_failed`].
+    Propose { id: ProposalId, commands: Vec<Command> },
+    /// Something to count or log.
+    Observe(Observation),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observation {
+    /// A heartbeat, with the time since the worker's previous message.
+    Heartbeat {
+        gap: Option<Duration>,
+    },
+    /// A worker's own figures, from its heartbeat.
+    WorkerStats {
+        worker: Arc<str>,
+        running: u32,
+        queued: u32,
+        spawned: u64,
+        spawn_micros: u64,
+    },
+    /// A session round trip a worker measured.
+    RoundTrip(Duration),
+    /// A plan committed: how long from planning to commit, and how many tasks it placed.
+    Placement {
+        took: Duration,
+        assigned: usize,
+    },
+    SessionOpened {
+        worker: Arc<str>,
+        incarnation: u64,
+        attached: bool,
+    },
+    SessionClosed {
+        worker: Arc<str>,
+    },
+    WorkerSilent {
+        worker: Arc<str>,
+        incarnation: u64,
+        silent: Duration,
+    },
+    /// A session broke the protocol and was closed.
+    ProtocolError {
+        session: SessionId,
+        error: ProtocolError,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolError {
+    NoHello,
+    FirstMessageNotHello,
+    HelloTwice,
+    UnexpectedRegisterResponse,
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProtocolError::NoHello => "no hello in time",
+            ProtocolError::FirstMessageNotHello => "the first message of a session must be hello",
+            ProtocolError::HelloTwice => "hello sent twice",
+            ProtocolError::UnexpectedRegisterResponse => "unexpected response to a registration",
+        })
+    }
+}
+
+/// Why a proposal did not commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// This master no longer leads (the shell will call [`LeaderCore::follow`]).
+    NotLeader,
+    /// Anything else (a dropped proposal, a storage error): worth trying again.
+    Other,
+}
+
+enum Stage {
+    AwaitHello {
+        since: Instant,
+    },
+    /// A hello that came before this leader was ready.
+    AwaitReady {
+        since: Instant,
+        info: WorkerInfo,
+        known: Vec<(TaskId, Fence)>,
+    },
+    Registering {
+        name: Arc<str>,
+        known: Vec<(TaskId, Fence)>,
+    },
+    Open {
+        name: Arc<str>,
+    },
+}
+
+enum Origin {
+    Elected,
+    Register {
+        session: SessionId,
+    },
+    /// Per command: the report it answers (task, fence, whether a result), if any.
+    Reports {
+        session: SessionId,
+        reports: Vec<Option<(TaskId, Fence, bool)>>,
+    },
+    Plan {
+        at: Instant,
+    },
+    Lost {
+        name: String,
+        incarnation: u64,
+    },
+}
+
+struct Lead {
+    term: u64,
+    /// The election entry is applied: the state holds everything committed before this term.
+    ready: bool,
+    elect_retry_at: Option<Instant>,
+    by_worker: HashMap<Arc<str>, SessionId>,
+    last_seen: HashMap<Arc<str>, Instant>,
+    lost_proposed: HashSet<(String, u64)>,
+    next_liveness: Instant,
+    plan_in_flight: bool,
+}
+
+enum Role {
+    Following { term: u64, leader: Option<String> },
+    Leading(Lead),
+}
+
+/// The leader's session logic; see the module comment.
+pub struct LeaderCore {
+    config: LeaderConfig,
+    role: Role,
+    sessions: BTreeMap<SessionId, Stage>,
+    pending: HashMap<ProposalId, Origin>,
+    next_proposal: ProposalId,
+}
+
+/// Most reports turned into one proposal (the shell batches what has arrived up to this).
+pub const MAX_REPORTS: usize = 1024;
+
+impl LeaderCore {
+    pub fn new(config: LeaderConfig) -> Self {
+        LeaderCore {
+            config,
+            role: Role::Following { term: 0, leader: None },
+            sessions: BTreeMap::new(),
+            pending: HashMap::new(),
+            next_proposal: 1,
+        }
+    }
+
+    pub fn config(&self) -> &LeaderConfig {
+        &self.config
+    }
+
+    /// The term this master leads, once it is ready to act on its state.
+    pub fn ready_term(&self) -> Option<u64> {
+        match &self.role {
+            Role::Leading(l) if l.ready => Some(l.term),
+            _ => None,
+        }
+    }
+
+    pub fn leading_term(&self) -> Option<u64> {
+        match &self.role {
+            Role::Leading(l) => Some(l.term),
+            Role::Following { .. } => None,
+        }
+    }
+
+    /// When this leader last heard from the worker (none while following).
+    pub fn last_seen(&self, worker: &str) -> Option<Instant> {
+        match &self.role {
+            Role::Leading(l) => l.last_seen.get(worker).copied(),
+            Role::Following { .. } => None,
+        }
+    }
+
+    /// Number of open sessions (admitted workers).
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.values().filter(|s| matches!(s, Stage::Open { .. })).count()
+    }
+
+    fn term(&self) -> u64 {
+        match &self.role {
+            Role::Leading(l) => l.term,
+            Role::Following { term, .. } => *term,
+        }
+    }
+
+    fn propose(&mut self, commands: Vec<Command>, origin: Origin, out: &mut Vec<Effect>) {
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        self.pending.insert(id, origin);
+        out.push(Effect::Propose { id, commands });
+    }
+
+    fn send(&self, session: SessionId, body: MasterBody, out: &mut Vec<Effect>) {
+        out.push(Effect::Send { session, msg: MasterMsg { term: self.term(), body } });
+    }
+
+    /// Ends one session: its stream is closed and its worker forgets this leader.
+    fn close(&mut self, session: SessionId, out: &mut Vec<Effect>) {
+        if let Some(Stage::Open { name }) = self.sessions.remove(&session) {
+            if let Role::Leading(l) = &mut self.role {
+                if l.by_worker.get(&name) == Some(&session) {
+                    l.by_worker.remove(&name);
+                }
+            }
+            out.push(Effect::Observe(Observation::SessionClosed { worker: name }));
+        }
+        out.push(Effect::Close { session });
+    }
+
+    fn close_all(&mut self, out: &mut Vec<Effect>) {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.close(id, out);
+        }
+        self.pending.clear();
+    }
+
+    /// Raft made this master leader for `term`: every session of an earlier role ends (workers
+    /// reconnect), and the election is noted in the log first; once that entry is applied
+    /// the state is current and the leader is ready.
+    pub fn lead(&mut self, now: Instant, term: u64, out: &mut Vec<Effect>) {
+        self.close_all(out);
+        self.role = Role::Leading(Lead {
+            term,
+            ready: false,
+            elect_retry_at: None,
+            by_worker: HashMap::new(),
+            last_seen: HashMap::new(),
+            lost_proposed: HashSet::new(),
+            next_liveness: now,
+            plan_in_flight: false,
+        });
+        self.propose(vec![Command::LeaderElected { node: self.config.me }], Origin::Elected, out);
+    }
+
+    /// This master follows (or is a candidate) in `term`; `leader` is the leader's address if
+    /// known. A leader stepping down closes every session.
+    pub fn follow(&mut self, term: u64, leader: Option<String>, out: &mut Vec<Effect>) {
+        if matches!(self.role, Role::Leading(_)) {
+            self.close_all(out);
+        }
+        self.role = Role::Following { term, leader };
+    }
+
+    /// A worker opened a stream.
+    pub fn open(&mut self, now: Instant, session: SessionId) {
+        self.sessions.insert(session, Stage::AwaitHello { since: now });
+    }
+
+    /// The worker's stream ended (or failed).
+    pub fn closed(&mut self, session: SessionId, out: &mut Vec<Effect>) {
+        if let Some(Stage::Open { name }) = self.sessions.remove(&session) {
+            if let Role::Leading(l) = &mut self.role {
+                if l.by_worker.get(&name) == Some(&session) {
+                    l.by_worker.remove(&name);
+                }
+            }
+            out.push(Effect::Observe(Observation::SessionClosed { worker: name }));
+        }
+    }
+
+    /// A message arrived on a session (a batch of several as one [`WorkerMsg::Batch`]).
+    pub fn on_message(
+        &mut self,
+        now: Instant,
+        state: &ClusterState,
+        session: SessionId,
+        msg: WorkerMsg,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(stage) = self.sessions.get(&session) else { return };
+        let name = match stage {
+            Stage::AwaitHello { .. } => {
+                match msg {
+                    WorkerMsg::Hello { protocol, info, known, highest_term: _ } => {
+                        self.hello(now, state, session, protocol, info, known, out)
+                    }
+                    _ => {
+                        out.push(Effect::Observe(Observation::ProtocolError {
+                            session,
+                            error: ProtocolError::FirstMessageNotHello,
+                        }));
+                        self.close(session, out);
+                    }
+                }
+                return;
+            }
+            // A worker sends nothing before its welcome.
+            Stage::AwaitReady { .. } | Stage::Registering { .. } => return,
+            Stage::Open { name } => name.clone(),
+        };
+        let Role::Leading(lead) = &mut self.role else { return };
+        let gap = touch(&mut lead.last_seen, &name, now);
+        out.push(Effect::Observe(Observation::Heartbeat { gap }));
+        // Most messages from an idle fleet are heartbeats: no allocation beyond the effects.
+        let msgs = match msg {
+            WorkerMsg::Heartbeat => return,
+            stats @ WorkerMsg::Stats { .. } => return self.stats(session, &name, stats, out),
+            WorkerMsg::Batch(msgs) => msgs.into_iter().flat_map(WorkerMsg::flatten).collect(),
+            other => vec![other],
+        };
+        let mut commands = Vec::with_capacity(msgs.len());
+        let mut reports = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let worker = name.to_string();
+            let (command, report) = match msg {
+                WorkerMsg::Heartbeat | WorkerMsg::Batch(_) => continue,
+                stats @ WorkerMsg::Stats { .. } => {
+                    self.stats(session, &name, stats, out);
+                    continue;
+                }
+                WorkerMsg::Hello { .. } => {
+                    out.push(Effect::Observe(Observation::ProtocolError { session, error: ProtocolError::HelloTwice }));
+                    self.close(session, out);
+                    return;
+                }
+                WorkerMsg::Started { task, fence } => {
+                    (Command::TaskStarted { task, fence, worker }, Some((task, fence, false)))
+                }
+                WorkerMsg::Finished { task, fence, outcome } => {
+                    (Command::TaskFinished { task, fence, worker, outcome }, Some((task, fence, true)))
+                }
+                WorkerMsg::Queue { queue } => (Command::SetWorkerQueue { worker, queue }, None),
+            };
+            commands.push(command);
+            reports.push(report);
+        }
+        if !commands.is_empty() {
+            self.propose(commands, Origin::Reports { session, reports }, out);
+        }
+    }
+
+    /// A heartbeat with the worker's figures: recorded, and its echo token sent back.
+    fn stats(&self, session: SessionId, name: &Arc<str>, stats: WorkerMsg, out: &mut Vec<Effect>) {
+        let WorkerMsg::Stats { running, queued, spawned, spawn_micros, echo, rtt_micros } = stats else { return };
+        out.push(Effect::Observe(Observation::WorkerStats {
+            worker: name.clone(),
+            running,
+            queued,
+            spawned,
+            spawn_micros,
+        }));
+        if let Some(rtt) = rtt_micros {
+            out.push(Effect::Observe(Observation::RoundTrip(Duration::from_micros(rtt))));
+        }
+        if let Some(token) = echo {
+            self.send(session, MasterBody::Echo { token }, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hello(
+        &mut self,
+        now: Instant,
+        state: &ClusterState,
+        session: SessionId,
+        protocol: u32,
+        info: WorkerInfo,
+        known: Vec<(TaskId, Fence)>,
+        out: &mut Vec<Effect>,
+    ) {
+        if protocol != PROTOCOL_VERSION {
+            let reason = format!("protocol {protocol} is not supported (this master speaks {PROTOCOL_VERSION})");
+            out.push(Effect::Send { session, msg: MasterMsg { term: 0, body: MasterBody::Refused { reason } } });
+            self.close(session, out);
+            return;
+        }
+        match &self.role {
+            Role::Following { leader, .. } => {
+                let leader = leader.clone();
+                self.send(session, MasterBody::NotLeader { leader }, out);
+                self.close(session, out);
+            }
+            Role::Leading(l) if !l.ready => {
+                self.sessions.insert(session, Stage::AwaitReady { since: now, info, known });
+            }
+            Role::Leading(_) => self.admit(now, state, session, info, known, out),
+        }
+    }
+
+    /// Admits a worker on a ready leader: refuses a bad name or a second live process under
+    /// the same name, re-attaches the same process, or registers it anew.
+    fn admit(
+        &mut self,
+        now: Instant,
+        state: &ClusterState,
+        session: SessionId,
+        info: WorkerInfo,
+        known: Vec<(TaskId, Fence)>,
+        out: &mut Vec<Effect>,
+    ) {
+        if info.name.is_empty() || info.name.len() > MAX_NAME_LEN {
+            self.refuse(session, "worker name must be 1 to 256 characters".to_string(), out);
+            return;
+        }
+        let ready = state.worker(&info.name).filter(|w| w.state == WorkerState::Ready);
+        let attached = ready.filter(|w| w.instance == info.instance).map(|w| w.incarnation);
+        let other_instance = ready.is_some_and(|w| w.instance != info.instance);
+        let Role::Leading(lead) = &self.role else { return };
+        // Another live process under the same name: two workers would keep evicting each other.
+        // A restarted worker is accepted once its old session is gone (closed, or timed out).
+        let connected = lead.by_worker.contains_key(info.name.as_str())
+            && lead
+                .last_seen
+                .get(info.name.as_str())
+                .is_some_and(|t| now.saturating_duration_since(*t) < self.config.worker_timeout);
+        if other_instance && connected {
+            let reason =
+                format!("a worker named '{}' is already connected; give each worker a unique --name", info.name);
+            self.refuse(session, reason, out);
+            return;
+        }
+        let name: Arc<str> = Arc::from(info.name.as_str());
+        match attached {
+            Some(incarnation) => self.welcome(now, state, session, name, incarnation, &known, true, out),
+            None => {
+                self.sessions.insert(session, Stage::Registering { name, known });
+                self.propose(vec![Command::RegisterWorker(info)], Origin::Register { session }, out);
+            }
+        }
+    }
+
+    fn refuse(&mut self, session: SessionId, reason: String, out: &mut Vec<Effect>) {
+        self.send(session, MasterBody::Refused { reason }, out);
+        self.close(session, out);
+    }
+
+    /// Opens the session: welcome, then the committed assignments the worker lacks and stops
+    /// for the attempts it should no longer hold.
+    #[allow(clippy::too_many_arguments)]
+    fn welcome(
+        &mut self,
+        now: Instant,
+        state: &ClusterState,
+        session: SessionId,
+        name: Arc<str>,
+        incarnation: u64,
+        known: &[(TaskId, Fence)],
+        attached: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let Role::Leading(lead) = &mut self.role else { return };
+        // Register before reading the state to reconcile: an assignment committed later is
+        // pushed to this session, one committed earlier is found by the reconcile.
+        if let Some(old) = lead.by_worker.insert(name.clone(), session) {
+            if old != session {
+                self.sessions.remove(&old);
+                out.push(Effect::Close { session: old });
+            }
+        }
+        lead.last_seen.insert(name.clone(), now);
+        self.sessions.insert(session, Stage::Open { name: name.clone() });
+        let heartbeat_ms = self.config.heartbeat.as_millis() as u64;
+        self.send(session, MasterBody::Welcome { leader: self.config.me, incarnation, heartbeat_ms }, out);
+        out.push(Effect::Observe(Observation::SessionOpened { worker: name.clone(), incarnation, attached }));
+        let plan = session::reconcile(state, &name, known);
+        let mut bodies: Vec<MasterBody> = plan
+            .run
+            .iter()
+            .filter_map(|(task, fence)| RunTask::for_attempt(state, *task, *fence).map(MasterBody::Run))
+            .collect();
+        bodies.extend(plan.stop.iter().map(|(task, fence)| MasterBody::Stop { task: *task, fence: *fence }));
+        if let Some(body) = MasterBody::batch(bodies) {
+            self.send(session, body, out);
+        }
+    }
+
+    /// Time passed (call at least every liveness period, and whenever the state changed):
+    /// hello and readiness deadlines, worker liveness, a retry of the election note, and a
+    /// scheduling round.
+    pub fn on_tick(&mut self, now: Instant, state: &ClusterState, out: &mut Vec<Effect>) {
+        self.expire_waiting(now, out);
+        let Role::Leading(lead) = &mut self.role else { return };
+        if lead.elect_retry_at.is_some_and(|t| t <= now) {
+            lead.elect_retry_at = None;
+            self.propose(vec![Command::LeaderElected { node: self.config.me }], Origin::Elected, out);
+            return;
+        }
+        if !lead.ready {
+            return;
+        }
+        if lead.next_liveness <= now {
+            lead.next_liveness = now + self.config.liveness_period();
+            self.check_liveness(now, state, out);
+        }
+        self.schedule(now, state, out);
+    }
+
+    /// Sessions that did not say hello in time, or waited too long for this leader to be ready.
+    fn expire_waiting(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let mut expired = Vec::new();
+        for (id, stage) in &self.sessions {
+            match stage {
+                Stage::AwaitHello { since } if now.saturating_duration_since(*since) >= self.config.hello_timeout => {
+                    expired.push((*id, true));
+                }
+                Stage::AwaitReady { since, .. }
+                    if now.saturating_duration_since(*since) >= self.config.ready_timeout =>
+                {
+                    expired.push((*id, false));
+                }
+                _ => {}
+            }
+        }
+        for (session, no_hello) in expired {
+            if no_hello {
+                out.push(Effect::Observe(Observation::ProtocolError { session, error: ProtocolError::NoHello }));
+            } else {
+                self.send(session, MasterBody::NotLeader { leader: None }, out);
+            }
+            self.close(session, out);
+        }
+    }
+
+    /// Declares lost every ready worker not heard from within the timeout, and closes its
+    /// session: if it is only paused, it reconnects and registers again.
+    fn check_liveness(&mut self, now: Instant, state: &ClusterState, out: &mut Vec<Effect>) {
+        let Role::Leading(lead) = &mut self.role else { return };
+        // Forget proposals that took effect (or whose worker came back as a new incarnation).
+        lead.lost_proposed.retain(|(name, incarnation)| {
+            state.worker(name).is_some_and(|w| w.state == WorkerState::Ready && w.incarnation == *incarnation)
+        });
+        let mut silent = Vec::new();
+        for w in state.workers().filter(|w| w.state == WorkerState::Ready) {
+            let since = match lead.last_seen.get(w.name.as_str()) {
+                Some(t) => now.saturating_duration_since(*t),
+                None => {
+                    // Not heard from yet (a new leader): its grace period starts now.
+                    lead.last_seen.insert(Arc::from(w.name.as_str()), now);
+                    Duration::ZERO
+                }
+            };
+            if since > self.config.worker_timeout && !lead.lost_proposed.contains(&(w.name.clone(), w.incarnation)) {
+                silent.push((w.name.clone(), w.incarnation, since));
+            }
+        }
+        for (name, incarnation, since) in silent {
+            let Role::Leading(lead) = &mut self.role else { return };
+            lead.lost_proposed.insert((name.clone(), incarnation));
+            lead.last_seen.remove(name.as_str());
+            if let Some(session) = lead.by_worker.remove(name.as_str()) {
+                self.sessions.remove(&session);
+                out.push(Effect::Close { session });
+            }
+            let worker: Arc<str> = Arc::from(name.as_str());
+            out.push(Effect::Observe(Observation::WorkerSilent { worker, incarnation, silent: since }));
+            let reason = format!("no heartbeat for {:.1}s", since.as_secs_f64());
+            let command = Command::WorkerLost { name: name.clone(), incarnation, reason };
+            self.propose(vec![command], Origin::Lost { name, incarnation }, out);
+        }
+    }
+
+    /// Plans from the state unless a plan is still being committed.
+    fn schedule(&mut self, now: Instant, state: &ClusterState, out: &mut Vec<Effect>) {
+        let Role::Leading(lead) = &mut self.role else { return };
+        if !lead.ready || lead.plan_in_flight {
+            return;
+        }
+        let placements = scheduler::plan(state, self.config.max_plan);
+        if placements.is_empty() {
+            return;
+        }
+        lead.plan_in_flight = true;
+        self.propose(vec![Command::Assign { placements }], Origin::Plan { at: now }, out);
+    }
+
+    /// A proposal committed and was applied; `state` is the state now (at or after it).
+    pub fn on_applied(
+        &mut self,
+        now: Instant,
+        state: &ClusterState,
+        id: ProposalId,
+        responses: &[Response],
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(origin) = self.pending.remove(&id) else { return };
+        match origin {
+            Origin::Elected => {
+                if let Role::Leading(lead) = &mut self.role {
+                    lead.ready = true;
+                }
+                // Hellos that waited for this are admitted now, in the order they came.
+                let waiting: Vec<SessionId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| matches!(s, Stage::AwaitReady { .. }))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for session in waiting {
+                    if let Some(Stage::AwaitReady { info, known, .. }) = self.sessions.remove(&session) {
+                        self.sessions.insert(session, Stage::AwaitHello { since: now });
+                        self.admit(now, state, session, info, known, out);
+                    }
+                }
+                self.schedule(now, state, out);
+            }
+            Origin::Register { session } => {
+                let Some(Stage::Registering { name, known }) = self.sessions.remove(&session) else { return };
+                match responses.first() {
+                    Some(Response::WorkerRegistered { incarnation, .. }) => {
+                        self.welcome(now, state, session, name, *incarnation, &known, false, out)
+                    }
+                    Some(Response::Invalid { error }) => {
+                        self.sessions.insert(session, Stage::AwaitHello { since: now });
+                        self.refuse(session, error.clone(), out);
+                    }
+                    _ => {
+                        out.push(Effect::Observe(Observation::ProtocolError {
+                            session,
+                            error: ProtocolError::UnexpectedRegisterResponse,
+                        }));
+                        out.push(Effect::Close { session });
+                    }
+                }
+            }
+            Origin::Reports { session, reports } => {
+                if !matches!(self.sessions.get(&session), Some(Stage::Open { .. })) {
+                    return; // the worker resends what is not acknowledged when it reconnects
+                }
+                let bodies: Vec<MasterBody> = reports
+                    .into_iter()
+                    .zip(responses)
+                    .filter_map(|(report, response)| {
+                        let (task, fence, finished) = report?;
+                        match session::reply(response, finished) {
+                            Reply::Ack => Some(MasterBody::Ack { task, fence }),
+                            Reply::Stop => Some(MasterBody::Stop { task, fence }),
+                            Reply::Nothing => None,
+                        }
+                    })
+                    .collect();
+                if let Some(body) = MasterBody::batch(bodies) {
+                    self.send(session, body, out);
+                }
+            }
+            Origin::Plan { at } => {
+                if let Role::Leading(lead) = &mut self.role {
+                    lead.plan_in_flight = false;
+                }
+                if let Some(Response::Assigned { runs }) = responses.first() {
+                    let took = now.saturating_duration_since(at);
+                    out.push(Effect::Observe(Observation::Placement { took, assigned: runs.len() }));
+                    let mut by_worker: BTreeMap<&str, Vec<MasterBody>> = BTreeMap::new();
+                    for run in runs {
+                        if let Some(msg) = RunTask::for_attempt(state, run.task, run.fence) {
+                            by_worker.entry(run.worker.as_str()).or_default().push(MasterBody::Run(msg));
+                        }
+                    }
+                    self.push(by_worker, out);
+                }
+                // Whatever the capped plan left over is placed at once.
+                self.schedule(now, state, out);
+            }
+            Origin::Lost { .. } => {}
+        }
+    }
+
+    /// A proposal did not commit.
+    pub fn on_failed(&mut self, now: Instant, id: ProposalId, failure: Failure, out: &mut Vec<Effect>) {
+        let Some(origin) = self.pending.remove(&id) else { return };
+        match origin {
+            Origin::Elected => {
+                if let (Role::Leading(lead), Failure::Other) = (&mut self.role, failure) {
+                    lead.elect_retry_at = Some(now + Duration::from_millis(100));
+                }
+            }
+            Origin::Register { session } => {
+                if self.sessions.remove(&session).is_some() {
+                    self.sessions.insert(session, Stage::AwaitHello { since: now });
+                    self.send(session, MasterBody::NotLeader { leader: None }, out);
+                    self.close(session, out);
+                }
+            }
+            // Not committed: the worker resends its results after reconnecting.
+            Origin::Reports { .. } => {}
+            Origin::Plan { .. } => {
+                if let Role::Leading(lead) = &mut self.role {
+                    lead.plan_in_flight = false;
+                }
+            }
+            Origin::Lost { name, incarnation } => {
+                // Try again at the next liveness check.
+                if let Role::Leading(lead) = &mut self.role {
+                    lead.lost_proposed.remove(&(name, incarnation));
+                }
+            }
+        }
+    }
+
+    /// Tells workers to stop attempts the state took from them (a cancelled job).
+    pub fn stop_attempts(&self, kills: &[Kill], out: &mut Vec<Effect>) {
+        let mut by_worker: BTreeMap<&str, Vec<MasterBody>> = BTreeMap::new();
+        for k in kills {
+            by_worker.entry(k.worker.as_str()).or_default().push(MasterBody::Stop { task: k.task, fence: k.fence });
+        }
+        self.push(by_worker, out);
+    }
+
+    /// One message per worker that has a session here.
+    fn push(&self, by_worker: BTreeMap<&str, Vec<MasterBody>>, out: &mut Vec<Effect>) {
+        let Role::Leading(lead) = &self.role else { return };
+        for (worker, bodies) in by_worker {
+            if let (Some(session), Some(body)) = (lead.by_worker.get(worker), MasterBody::batch(bodies)) {
+                self.send(*session, body, out);
+            }
+        }
+    }
+}
+
+/// Notes a message from `worker`; returns the time since its previous one.
+fn touch(last_seen: &mut HashMap<Arc<str>, Instant>, worker: &Arc<str>, now: Instant) -> Option<Duration> {
+    match last_seen.get_mut(worker) {
+        Some(t) => Some(now.saturating_duration_since(std::mem::replace(t, now))),
+        None => {
+            last_seen.insert(worker.clone(), now);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
