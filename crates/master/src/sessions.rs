@@ -235,8 +235,8 @@ async fn run_session(
         Some(i) => i,
         None => match master.proposer.propose_one(Command::RegisterWorker(info.clone())).await {
             Ok(Applied::WorkerRegistered { incarnation, .. }) => incarnation,
-            Ok(Applied::Invalid { error }) => {
-                refuse(term, error);
+            Ok(Applied::Invalid { reason }) => {
+                refuse(term, reason.to_string());
                 return Ok(());
             }
             Ok(other) => return Err(format!("unexpected register response {other:?}")),
