@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context};
 
 use flotilla_client::Client;
 use flotilla_core::units::parse_duration;
-use flotilla_proto::api::{JobDetail, Retention, SubmitRequest};
+use flotilla_proto::api::{JobDetail, JobState, Retention, SubmitRequest};
 
 use crate::cli::{ClientArgs, Cmd, EventsArgs, EventsCmd, JobCmd, RetentionArgs, SubmitArgs};
 use crate::roles::parse_labels;
@@ -201,7 +201,7 @@ fn print_job(j: &JobDetail) {
         println!("  selector:  {}", sel.join(","));
     }
     if let Some(r) = &j.reduce {
-        println!("  reduce:    {r} ({})", j.reduce_state.as_deref().unwrap_or("-"));
+        println!("  reduce:    {r} ({})", j.reduce_state.map_or("-", |s| s.as_str()));
     }
     println!("  submitted: {}", j.submitted_at);
     if let Some(f) = &j.finished_at {
@@ -239,7 +239,7 @@ async fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<ExitCode>
             t.failed,
             j.unschedulable.as_ref().map(|u| format!("; cannot run: {u}")).unwrap_or_default()
         );
-        let finished = matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled");
+        let finished = j.state.is_terminal();
         if !quiet && (finished || (line != last_line && (tty || last_print.elapsed() > Duration::from_secs(2)))) {
             if tty {
                 eprint!("\r\x1b[2K{line}");
@@ -253,7 +253,7 @@ async fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<ExitCode>
             last_line = line;
         }
         if finished {
-            if j.state != "succeeded" {
+            if j.state != JobState::Succeeded {
                 if let Some(f) = &j.failure {
                     eprintln!("{f}");
                 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use flotilla_client::Client;
-use flotilla_proto::api::SubmitRequest;
+use flotilla_proto::api::{EventType, JobState, Role, SubmitRequest, TaskState};
 
 use crate::cli::DemoArgs;
 use crate::local::LocalCluster;
@@ -127,7 +127,7 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
     for _ in 0..100 {
         let rows = client.results(job, 0, None, false).await?;
         let mut held: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        for r in rows.iter().filter(|r| r.state == "running" || r.state == "assigned") {
+        for r in rows.iter().filter(|r| r.state == TaskState::Running || r.state == TaskState::Assigned) {
             if let Some(w) = &r.worker {
                 held.entry(w.clone()).or_default().push(r.index);
             }
@@ -150,7 +150,7 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
             let moved = tasks.iter().all(|i| {
                 rows.iter().any(|r| {
                     let on_victim = r.worker.as_deref() == Some(victim.as_str());
-                    r.index == *i && r.state != "waiting" && (!on_victim || r.state == "succeeded")
+                    r.index == *i && r.state != TaskState::Waiting && (!on_victim || r.state == TaskState::Succeeded)
                 })
             });
             if moved {
@@ -175,7 +175,7 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
     cluster.start_master(leader)?;
     let job_state = loop {
         let j = client.job(job, false).await?;
-        if matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled") {
+        if j.state.is_terminal() {
             break j;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -210,7 +210,7 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
     println!();
     println!("Journal (flotilla events):");
     let events = client.events(0, 1000, Duration::ZERO, false).await?;
-    for e in events.events.iter().filter(|e| e.kind != "task_rescheduled" || e.message.contains("lost")) {
+    for e in events.events.iter().filter(|e| e.kind != EventType::TaskRescheduled || e.message.contains("lost")) {
         println!("    {}  {:<18} {}", e.time, e.kind, e.message);
     }
     println!();
@@ -232,7 +232,7 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
         }
     }
     println!();
-    let verdict = if correct && job_state.state == "succeeded" { "correct" } else { "WRONG" };
+    let verdict = if correct && job_state.state == JobState::Succeeded { "correct" } else { "WRONG" };
     let top = result.lines().next().unwrap_or("(none)");
     println!(
         "Demo result: {verdict} (top word: {top}); new leader {:.2}s and first result {:.2}s after the leader SIGKILL{}",
@@ -247,7 +247,7 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
 }
 
 /// Waits until a restarted master has applied what the leader has; returns its role.
-async fn caught_up(cluster: &LocalCluster, id: u64) -> Option<String> {
+async fn caught_up(cluster: &LocalCluster, id: u64) -> Option<Role> {
     let client = cluster.client().ok()?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {

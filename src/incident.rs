@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use flotilla_proto::api::EventView;
+use flotilla_proto::api::{EventType, EventView, JobState};
 use flotilla_proto::time::rfc3339;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,7 +41,7 @@ pub struct AffectedJob {
     pub rescheduled: u64,
     pub retried: u64,
     pub finished_ms: Option<u64>,
-    pub state: Option<String>,
+    pub state: Option<JobState>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ pub fn build(all: &[EventView], since_ms: u64, until_ms: u64) -> Report {
     let events: Vec<EventView> = all.iter().filter(|e| e.at_ms >= since_ms && e.at_ms < until_ms).cloned().collect();
     let mut cpus_of: BTreeMap<String, u64> = BTreeMap::new();
     // Cpus of workers that joined before the window too.
-    for e in all.iter().filter(|e| e.at_ms < until_ms && e.kind == "worker_joined") {
+    for e in all.iter().filter(|e| e.at_ms < until_ms && e.kind == EventType::WorkerJoined) {
         if let (Some(w), Some(c)) = (&e.worker, e.cpus) {
             cpus_of.insert(w.clone(), u64::from(c));
         }
@@ -77,9 +77,9 @@ pub fn build(all: &[EventView], since_ms: u64, until_ms: u64) -> Report {
     let mut first_failure: Option<u64> = None;
     let mut note_failure = |at: u64| first_failure = Some(first_failure.map_or(at, |f: u64| f.min(at)));
     for e in &events {
-        match e.kind.as_str() {
+        match e.kind {
             // The first election of a cluster is its start, not a failure.
-            "leader_elected" if e.quiet_ms.is_some() => {
+            EventType::LeaderElected if e.quiet_ms.is_some() => {
                 let quiet = e.quiet_ms.unwrap_or(0);
                 note_failure(e.at_ms.saturating_sub(quiet));
                 elections.push(Election {
@@ -89,16 +89,16 @@ pub fn build(all: &[EventView], since_ms: u64, until_ms: u64) -> Report {
                     quiet_ms: e.quiet_ms,
                 });
             }
-            "master_unreachable" => {
+            EventType::MasterUnreachable => {
                 note_failure(e.at_ms);
                 unreachable.push((e.node.unwrap_or(0), e.at_ms, None));
             }
-            "master_reachable" => {
+            EventType::MasterReachable => {
                 if let Some(u) = unreachable.iter_mut().rev().find(|u| Some(u.0) == e.node && u.2.is_none()) {
                     u.2 = Some(e.at_ms);
                 }
             }
-            "worker_lost" => {
+            EventType::WorkerLost => {
                 note_failure(e.at_ms);
                 let worker = e.worker.clone().unwrap_or_default();
                 lost_workers.push(LostWorker {
@@ -110,14 +110,14 @@ pub fn build(all: &[EventView], since_ms: u64, until_ms: u64) -> Report {
                     back_at_ms: None,
                 });
             }
-            "worker_joined" => {
+            EventType::WorkerJoined => {
                 if let Some(l) =
                     lost_workers.iter_mut().find(|l| Some(&l.worker) == e.worker.as_ref() && l.back_at_ms.is_none())
                 {
                     l.back_at_ms = Some(e.at_ms);
                 }
             }
-            "task_rescheduled" | "task_failed" => {
+            EventType::TaskRescheduled | EventType::TaskFailed => {
                 let Some(job) = e.job else { continue };
                 note_failure(e.at_ms);
                 let j = jobs.entry(job).or_insert(AffectedJob {
@@ -128,17 +128,17 @@ pub fn build(all: &[EventView], since_ms: u64, until_ms: u64) -> Report {
                     finished_ms: None,
                     state: None,
                 });
-                if e.kind == "task_rescheduled" {
+                if e.kind == EventType::TaskRescheduled {
                     j.rescheduled += 1;
                 } else {
                     j.retried += 1;
                 }
             }
-            "result_rejected" => rejected += 1,
-            "job_finished" => {
+            EventType::ResultRejected => rejected += 1,
+            EventType::JobFinished => {
                 if let Some(j) = e.job.and_then(|id| jobs.get_mut(&id)) {
                     j.finished_ms = Some(e.at_ms);
-                    j.state = e.state.clone();
+                    j.state = e.state;
                 }
             }
             _ => {}
@@ -267,7 +267,7 @@ impl Report {
             let _ = writeln!(o, "\n## Jobs with rescheduled or retried tasks\n\n| job | rescheduled | failed attempts | first disruption | finished | added time (disruption → finish) |\n| --- | --- | --- | --- | --- | --- |");
             for j in &self.jobs {
                 let fin = j.finished_ms.map_or("not finished".into(), |f| {
-                    format!("{} ({})", rfc3339(f), j.state.clone().unwrap_or_default())
+                    format!("{} ({})", rfc3339(f), j.state.map(|s| s.to_string()).unwrap_or_default())
                 });
                 let added = j.finished_ms.map_or("—".into(), |f| secs(f.saturating_sub(j.first_disruption_ms)));
                 let _ = writeln!(
@@ -343,11 +343,9 @@ impl Report {
             lanes.push((format!("worker {}", l.worker), bar));
         }
         let mut ticks = String::new();
-        for e in self
-            .events
-            .iter()
-            .filter(|e| matches!(e.kind.as_str(), "task_rescheduled" | "task_failed" | "result_rejected"))
-        {
+        for e in self.events.iter().filter(|e| {
+            matches!(e.kind, EventType::TaskRescheduled | EventType::TaskFailed | EventType::ResultRejected)
+        }) {
             let _ = write!(
                 ticks,
                 "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"4\" y2=\"18\" stroke=\"#36c\"><title>{1}</title></line>",
@@ -387,15 +385,8 @@ impl Report {
 mod tests {
     use super::*;
 
-    fn ev(seq: u64, at_ms: u64, kind: &str, message: &str) -> EventView {
-        EventView {
-            seq,
-            time: rfc3339(at_ms),
-            at_ms,
-            kind: kind.to_string(),
-            message: message.to_string(),
-            ..Default::default()
-        }
+    fn ev(seq: u64, at_ms: u64, kind: EventType, message: &str) -> EventView {
+        EventView { seq, time: rfc3339(at_ms), at_ms, kind, message: message.to_string(), ..Default::default() }
     }
 
     #[test]
@@ -404,29 +395,41 @@ mod tests {
             EventView {
                 node: Some(1),
                 term: Some(1),
-                ..ev(1, 1_000, "leader_elected", "master 1 elected leader for term 1")
+                ..ev(1, 1_000, EventType::LeaderElected, "master 1 elected leader for term 1")
             },
-            EventView { worker: Some("a".into()), cpus: Some(2), ..ev(2, 1_100, "worker_joined", "worker a joined") },
-            EventView { job: Some(1), ..ev(3, 1_200, "job_submitted", "job 1 submitted with 10 tasks") },
+            EventView {
+                worker: Some("a".into()),
+                cpus: Some(2),
+                ..ev(2, 1_100, EventType::WorkerJoined, "worker a joined")
+            },
+            EventView { job: Some(1), ..ev(3, 1_200, EventType::JobSubmitted, "job 1 submitted with 10 tasks") },
             EventView {
                 node: Some(2),
                 term: Some(2),
                 quiet_ms: Some(700),
-                ..ev(4, 5_000, "leader_elected", "master 2 elected leader for term 2")
+                ..ev(4, 5_000, EventType::LeaderElected, "master 2 elected leader for term 2")
             },
             EventView {
                 worker: Some("a".into()),
                 reason: Some("no heartbeat for 3.0s".into()),
                 requeued: Some(2),
-                ..ev(5, 6_000, "worker_lost", "worker a lost")
+                ..ev(5, 6_000, EventType::WorkerLost, "worker a lost")
             },
-            EventView { job: Some(1), attempt: Some(2), ..ev(6, 6_000, "task_rescheduled", "task 1/3 rescheduled") },
             EventView {
                 job: Some(1),
-                state: Some("succeeded".into()),
-                ..ev(7, 7_500, "job_finished", "job 1 finished")
+                attempt: Some(2),
+                ..ev(6, 6_000, EventType::TaskRescheduled, "task 1/3 rescheduled")
             },
-            EventView { worker: Some("a".into()), cpus: Some(2), ..ev(8, 9_000, "worker_joined", "worker a joined") },
+            EventView {
+                job: Some(1),
+                state: Some(JobState::Succeeded),
+                ..ev(7, 7_500, EventType::JobFinished, "job 1 finished")
+            },
+            EventView {
+                worker: Some("a".into()),
+                cpus: Some(2),
+                ..ev(8, 9_000, EventType::WorkerJoined, "worker a joined")
+            },
         ];
         events.sort_by_key(|e| e.seq);
         let r = build(&events, 0, u64::MAX);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use flotilla_client::Client;
+use flotilla_proto::api::{Role, WorkerState};
 
 use crate::cli::UpArgs;
 
@@ -161,7 +162,7 @@ impl LocalCluster {
         while Instant::now() < deadline {
             for id in self.masters.keys() {
                 if let Ok(info) = client.node(&self.address(*id)).await {
-                    if info.role == "leader" {
+                    if info.role == Role::Leader {
                         return Some(info.id);
                     }
                 }
@@ -177,7 +178,7 @@ impl LocalCluster {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(s) = client.status(false).await {
-                if s.workers.iter().filter(|w| w.state == "ready").count() >= count {
+                if s.workers.iter().filter(|w| w.state == WorkerState::Ready).count() >= count {
                     return Ok(());
                 }
             }

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use flotilla_proto::api::SubmitRequest;
+use flotilla_proto::api::{JobState, SubmitRequest, WorkerState};
 
 /// Invariant: every bad request is refused with a clear message and leaves the cluster
 /// running and unchanged.
@@ -63,7 +63,7 @@ async fn bad_input_gets_clear_errors_and_crashes_nothing() {
     let missing = SubmitRequest { command: vec!["/no/such/program".into()], ..Default::default() };
     let id = client.submit(&missing).await.expect("submit").id;
     let job = wait_job(&t, &client, id, LONG).await;
-    assert_eq!(job.state, "failed");
+    assert_eq!(job.state, JobState::Failed);
     assert!(job.failure.as_deref().unwrap_or("").contains("could not start"), "{job:?}");
     let (code, _, _) = cli(&masters, &["job", "wait", &id.to_string(), "--quiet"]);
     assert_eq!(code, 1, "job wait reports the failure in its exit status");
@@ -76,7 +76,7 @@ async fn bad_input_gets_clear_errors_and_crashes_nothing() {
         ..Default::default()
     };
     let id = client.submit(&huge).await.expect("submit").id;
-    assert_eq!(wait_job(&t, &client, id, LONG).await.state, "succeeded");
+    assert_eq!(wait_job(&t, &client, id, LONG).await.state, JobState::Succeeded);
     let rows = client.results(id, 0, None, false).await.expect("results");
     assert!(rows[0].stdout_truncated);
     assert_eq!(rows[0].stdout.len(), 64 * 1024);
@@ -89,7 +89,7 @@ async fn bad_input_gets_clear_errors_and_crashes_nothing() {
     };
     let id = client.submit(&slow).await.expect("submit").id;
     let job = wait_job(&t, &client, id, LONG).await;
-    assert_eq!(job.state, "failed");
+    assert_eq!(job.state, JobState::Failed);
     assert!(client.results(id, 0, None, false).await.expect("results")[0].timed_out);
 
     // A job no worker can ever satisfy is reported, not silently stuck.
@@ -143,7 +143,7 @@ async fn the_cluster_token_is_required_when_set() {
     let with = flotilla_client::Client::new(vec![address.clone()], Some("s3cret")).expect("client");
     let deadline = std::time::Instant::now() + LONG;
     loop {
-        if with.status(false).await.is_ok_and(|s| s.workers.iter().any(|w| w.state == "ready")) {
+        if with.status(false).await.is_ok_and(|s| s.workers.iter().any(|w| w.state == WorkerState::Ready)) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the worker with the token never became ready");
@@ -172,7 +172,7 @@ async fn the_cluster_token_is_required_when_set() {
     let id =
         with.submit(&SubmitRequest { command: vec!["true".into()], ..Default::default() }).await.expect("submit").id;
     let deadline = std::time::Instant::now() + LONG;
-    while with.job(id, false).await.expect("job").state != "succeeded" {
+    while with.job(id, false).await.expect("job").state != JobState::Succeeded {
         assert!(std::time::Instant::now() < deadline, "job with token did not run");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use flotilla_proto::api::{EventType, JobState, Role, TaskState, WorkerState};
 
 /// 3 masters + 2 workers run a 500-task array job with a reduce.
 /// Invariant: every task's result is recorded exactly once and is correct; the reduce sees all.
@@ -15,7 +16,7 @@ async fn a_500_task_job_with_reduce_runs_to_completion() {
     let client = t.client();
     let id = client.submit(&squares_job(500, "0")).await.expect("submit").id;
     let job = wait_job(&t, &client, id, LONG).await;
-    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert_eq!(job.tasks.succeeded, 500);
     let rows = client.results(id, 0, None, false).await.expect("results");
     assert_each_task_recorded_once(&rows, 500, |i| (i * i).to_string());
@@ -46,7 +47,7 @@ async fn leader_sigkill_mid_job_loses_nothing_and_the_master_rejoins() {
     };
     assert_ne!(new_leader, leader);
     let job = wait_job(&t, &client, id, LONG).await;
-    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     let rows = client.results(id, 0, None, false).await.expect("results");
     assert_each_task_recorded_once(&rows, 300, |i| (i * i).to_string());
     let result = client.result(id, false).await.expect("result").result.expect("a result");
@@ -60,7 +61,7 @@ async fn leader_sigkill_mid_job_loses_nothing_and_the_master_rejoins() {
         let (Ok(me), Ok(lead)) = (client.node(&address).await, client.node(&leader_address).await) else {
             return false;
         };
-        me.role == "follower" && me.last_applied.is_some() && me.last_applied >= lead.last_applied
+        me.role == Role::Follower && me.last_applied.is_some() && me.last_applied >= lead.last_applied
     })
     .await;
     let log = std::fs::read_to_string(t.dir.path().join(format!("logs/master-{leader}.log"))).unwrap_or_default();
@@ -68,7 +69,7 @@ async fn leader_sigkill_mid_job_loses_nothing_and_the_master_rejoins() {
     // Its replica holds the same job: ask it directly with a stale read.
     let follower = flotilla_client::Client::new(vec![address], None).expect("client");
     let replica = follower.job(id, true).await.expect("stale read from the restarted master");
-    assert_eq!(replica.state, "succeeded");
+    assert_eq!(replica.state, JobState::Succeeded);
 }
 
 /// SIGKILL a worker mid-job.
@@ -82,20 +83,20 @@ async fn worker_sigkill_mid_job_its_tasks_complete_elsewhere() {
         client
             .results(id, 0, None, false)
             .await
-            .is_ok_and(|rows| rows.iter().any(|r| r.state == "running" && r.worker.as_deref() == Some("a")))
+            .is_ok_and(|rows| rows.iter().any(|r| r.state == TaskState::Running && r.worker.as_deref() == Some("a")))
     })
     .await;
     t.cluster.kill_worker("a");
     let job = wait_job(&t, &client, id, LONG).await;
-    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     let rows = client.results(id, 0, None, false).await.expect("results");
     assert_each_task_recorded_once(&rows, 40, |i| (i * i).to_string());
     assert!(rows.iter().any(|r| r.attempts > 1), "some task was re-run after the loss");
     let events = client.events(0, 10_000, Duration::ZERO, false).await.expect("events");
-    assert!(events.events.iter().any(|e| e.kind == "worker_lost" && e.worker.as_deref() == Some("a")));
+    assert!(events.events.iter().any(|e| e.kind == EventType::WorkerLost && e.worker.as_deref() == Some("a")));
     let status = client.status(false).await.expect("status");
     let a = status.workers.iter().find(|w| w.name == "a").expect("worker a listed");
-    assert_eq!(a.state, "lost");
+    assert_eq!(a.state, WorkerState::Lost);
 }
 
 /// A single master (no HA) restarts.
@@ -115,7 +116,7 @@ async fn a_single_master_restarts_without_losing_jobs_or_results() {
     t.cluster.kill_master(1);
     t.cluster.start_master(1).expect("restart");
     let job = wait_job(&t, &client, second, LONG).await;
-    assert_eq!(job.state, "succeeded");
+    assert_eq!(job.state, JobState::Succeeded);
     for (id, n) in [(first, 30), (second, 20)] {
         let rows = client.results(id, 0, None, false).await.expect("results");
         assert_each_task_recorded_once(&rows, n, |i| (i * i).to_string());

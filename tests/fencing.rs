@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use flotilla::local::signal;
-use flotilla_proto::api::SubmitRequest;
+use flotilla_proto::api::{EventType, SubmitRequest, TaskState, WorkerState};
 
 /// A worker paused past the timeout comes back after its tasks were rescheduled.
 /// Invariants: it is told to stop those attempts; the results it still delivers are rejected
@@ -28,13 +28,16 @@ async fn a_returning_worker_is_fenced_off_and_its_late_results_journalled() {
         client
             .results(id, 0, None, false)
             .await
-            .is_ok_and(|rows| rows.iter().any(|r| r.state == "running" && r.worker.as_deref() == Some("a")))
+            .is_ok_and(|rows| rows.iter().any(|r| r.state == TaskState::Running && r.worker.as_deref() == Some("a")))
     })
     .await;
     let a = &t.cluster.workers["a"];
     signal(a, libc::SIGSTOP);
     wait_until(&t, "worker a declared lost", LONG, || async {
-        client.status(false).await.is_ok_and(|s| s.workers.iter().any(|w| w.name == "a" && w.state == "lost"))
+        client
+            .status(false)
+            .await
+            .is_ok_and(|s| s.workers.iter().any(|w| w.name == "a" && w.state == WorkerState::Lost))
     })
     .await;
     wait_until(&t, "its tasks finished elsewhere", LONG, || async {
@@ -43,10 +46,9 @@ async fn a_returning_worker_is_fenced_off_and_its_late_results_journalled() {
     .await;
     signal(a, libc::SIGCONT);
     wait_until(&t, "the late results rejected and journalled", LONG, || async {
-        client
-            .events(0, 10_000, Duration::ZERO, false)
-            .await
-            .is_ok_and(|e| e.events.iter().any(|e| e.kind == "result_rejected" && e.worker.as_deref() == Some("a")))
+        client.events(0, 10_000, Duration::ZERO, false).await.is_ok_and(|e| {
+            e.events.iter().any(|e| e.kind == EventType::ResultRejected && e.worker.as_deref() == Some("a"))
+        })
     })
     .await;
     let rows = client.results(id, 0, None, false).await.expect("results");
@@ -56,7 +58,10 @@ async fn a_returning_worker_is_fenced_off_and_its_late_results_journalled() {
     }
     // It rejoins as a new incarnation and is usable again.
     wait_until(&t, "worker a ready again", LONG, || async {
-        client.status(false).await.is_ok_and(|s| s.workers.iter().any(|w| w.name == "a" && w.state == "ready"))
+        client
+            .status(false)
+            .await
+            .is_ok_and(|s| s.workers.iter().any(|w| w.name == "a" && w.state == WorkerState::Ready))
     })
     .await;
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use flotilla::local::signal;
+use flotilla_proto::api::Role;
 
 /// Bug: a follower whose data directory was wiped rejoined under its old id; the leader,
 /// whose view of that follower's log was now wrong, sent it log entries from after a purge
@@ -33,7 +34,7 @@ async fn regression_wiped_follower_is_rebuilt_by_a_snapshot_not_a_partial_log() 
         let (Ok(me), Ok(lead)) = (client.node(&address).await, client.node(&leader_address).await) else {
             return false;
         };
-        me.role == "follower" && me.last_applied.is_some() && me.last_applied >= lead.last_applied
+        me.role == Role::Follower && me.last_applied.is_some() && me.last_applied >= lead.last_applied
     })
     .await;
     let log = std::fs::read_to_string(t.dir.path().join(format!("logs/master-{follower}.log"))).unwrap_or_default();
@@ -63,7 +64,7 @@ async fn regression_a_resumed_old_leader_does_not_depose_the_new_one() {
         let mut found = None;
         for l in (1..=3).filter(|l| *l != old) {
             if let Ok(info) = client.node(&t.cluster.address(l)).await {
-                if info.role == "leader" {
+                if info.role == Role::Leader {
                     found = Some((l, info.term));
                 }
             }
@@ -77,7 +78,7 @@ async fn regression_a_resumed_old_leader_does_not_depose_the_new_one() {
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         let info = client.node(&t.cluster.address(new)).await.expect("node");
-        assert_eq!((info.role.as_str(), info.term), ("leader", term), "the new leader was deposed");
+        assert_eq!((info.role, info.term), (Role::Leader, term), "the new leader was deposed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

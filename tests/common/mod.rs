@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use flotilla::local::LocalCluster;
 use flotilla_client::Client;
-use flotilla_proto::api::{JobDetail, SubmitRequest, TaskResultView};
+use flotilla_proto::api::{EventType, JobDetail, SubmitRequest, TaskResultView, TaskState};
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
 
@@ -85,7 +85,7 @@ pub async fn wait_job(t: &TestCluster, client: &Client, id: u64, timeout: Durati
     let deadline = Instant::now() + timeout;
     loop {
         match client.job(id, false).await {
-            Ok(j) if matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled") => return j,
+            Ok(j) if j.state.is_terminal() => return j,
             _ if Instant::now() > deadline => t.fail(&format!("job {id} did not finish within {timeout:?}")),
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -119,7 +119,7 @@ pub fn assert_each_task_recorded_once(rows: &[TaskResultView], n: u64, expect: i
         &bad[..bad.len().min(10)]
     );
     for r in rows {
-        assert_eq!(r.state, "succeeded", "task {} is {}", r.index, r.state);
+        assert_eq!(r.state, TaskState::Succeeded, "task {} is {}", r.index, r.state);
         assert_eq!(r.stdout.trim(), expect(r.index), "task {} output", r.index);
     }
 }
@@ -128,7 +128,7 @@ pub fn assert_each_task_recorded_once(rows: &[TaskResultView], n: u64, expect: i
 pub async fn assert_one_leader_per_term(client: &Client) {
     let events = client.events(0, 10_000, Duration::ZERO, false).await.expect("events");
     let mut leaders: BTreeMap<u64, u64> = BTreeMap::new();
-    for e in events.events.iter().filter(|e| e.kind == "leader_elected") {
+    for e in events.events.iter().filter(|e| e.kind == EventType::LeaderElected) {
         let (term, node) = (e.term.expect("term"), e.node.expect("node"));
         if let Some(other) = leaders.insert(term, node) {
             assert_eq!(other, node, "two leaders in term {term}");

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use flotilla::local::LocalCluster;
 use flotilla_client::Client;
+use flotilla_proto::api::JobState;
 
 pub struct Bench {
     pub cluster: LocalCluster,
@@ -43,9 +44,9 @@ pub async fn wait_job(client: &Client, id: u64, timeout: Duration) -> anyhow::Re
     loop {
         // Long poll: the leader answers as soon as the job ends (no polling load on it).
         let j = client.job_when_finished(id, Duration::from_secs(5)).await?;
-        match j.state.as_str() {
-            "succeeded" => return Ok(Instant::now()),
-            "failed" | "cancelled" => bail!("job {id} {}: {:?}", j.state, j.failure),
+        match j.state {
+            JobState::Succeeded => return Ok(Instant::now()),
+            JobState::Failed | JobState::Cancelled => bail!("job {id} {}: {:?}", j.state, j.failure),
             _ => {}
         }
         if Instant::now() > deadline {

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use flotilla::local::signal;
 use flotilla_client::Client;
-use flotilla_proto::api::SubmitRequest;
+use flotilla_proto::api::{Role, SubmitRequest, TaskState};
 
 use crate::common::{figure, ms, percentile, Bench};
 
@@ -37,7 +37,7 @@ pub async fn run(kills: usize) -> anyhow::Result<Duration> {
             anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "no recovery within 30 s of killing master {old}");
             for address in &survivors {
                 if let Ok(info) = watch.node(address).await {
-                    if info.role == "leader" && info.term > old_term {
+                    if info.role == Role::Leader && info.term > old_term {
                         leader_at.get_or_insert_with(|| t0.elapsed());
                         if info.last_assignment_term > old_term {
                             assign_at.get_or_insert_with(|| t0.elapsed());
@@ -74,7 +74,7 @@ pub async fn run(kills: usize) -> anyhow::Result<Duration> {
     let job = client.submit(&slow).await?.id;
     let held = loop {
         let rows = client.results(job, 0, None, false).await?;
-        let running: Vec<_> = rows.iter().filter(|r| r.state == "running").collect();
+        let running: Vec<_> = rows.iter().filter(|r| r.state == TaskState::Running).collect();
         if running.len() == 4 {
             let victim = running[0].worker.clone().context("worker")?;
             let held: Vec<u64> =
@@ -89,7 +89,8 @@ pub async fn run(kills: usize) -> anyhow::Result<Duration> {
     let moved = loop {
         let rows = client.results(job, 0, None, false).await?;
         let elsewhere = tasks.iter().all(|i| {
-            rows.iter().any(|r| r.index == *i && r.state == "running" && r.worker.as_deref() != Some(victim.as_str()))
+            rows.iter()
+                .any(|r| r.index == *i && r.state == TaskState::Running && r.worker.as_deref() != Some(victim.as_str()))
         });
         if elsewhere {
             break t0.elapsed();

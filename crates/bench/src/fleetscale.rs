@@ -45,7 +45,14 @@ pub async fn run(workers: usize) -> anyhow::Result<f64> {
     let cpu = (procfs::cpu_time(pid).unwrap_or_default().saturating_sub(cpu0)).as_secs_f64() / window.as_secs_f64();
     let beats = (fleet.stats.heartbeats.load(Ordering::Relaxed) - beats0) as f64 / window.as_secs_f64();
     let rss = procfs::rss_bytes(pid).unwrap_or(0);
-    let lost = bench.client()?.status(false).await?.workers.iter().filter(|w| w.state != "ready").count();
+    let lost = bench
+        .client()?
+        .status(false)
+        .await?
+        .workers
+        .iter()
+        .filter(|w| w.state != flotilla_proto::api::WorkerState::Ready)
+        .count();
     figure(
         "fleet",
         &format!("{workers} simulated workers registered in"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use flotilla_client::Client;
-use flotilla_proto::api::SubmitRequest;
+use flotilla_proto::api::{EventType, JobState, Role, SubmitRequest, WorkerState};
 
 use crate::cluster::{master_name, Cluster};
 use crate::faults::{Fault, JobPlan, Kind, Schedule};
@@ -68,7 +68,10 @@ pub async fn run(cluster: &mut Cluster, schedule: &Schedule) -> anyhow::Result<O
     }
     let workers = cluster.worker_names.len();
     wait_for(Duration::from_secs(60), "workers ready", || async {
-        client.status(false).await.is_ok_and(|s| s.workers.iter().filter(|w| w.state == "ready").count() >= workers)
+        client
+            .status(false)
+            .await
+            .is_ok_and(|s| s.workers.iter().filter(|w| w.state == WorkerState::Ready).count() >= workers)
     })
     .await?;
 
@@ -149,10 +152,7 @@ pub async fn run(cluster: &mut Cluster, schedule: &Schedule) -> anyhow::Result<O
 
     // Every job that exists must finish.
     let finished = wait_for(FINISH_WITHIN, "all jobs finished", || async {
-        client
-            .jobs(false)
-            .await
-            .is_ok_and(|jobs| jobs.iter().all(|j| matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled")))
+        client.jobs(false).await.is_ok_and(|jobs| jobs.iter().all(|j| j.state.is_terminal()))
     })
     .await;
     if let Err(e) = finished {
@@ -203,7 +203,7 @@ async fn leader(cluster: &Cluster) -> Option<u64> {
             continue;
         }
         if let Ok(info) = client.node(&cluster.master_addr(*id)).await {
-            if info.role == "leader" {
+            if info.role == Role::Leader {
                 return Some(*id);
             }
         }
@@ -261,7 +261,7 @@ async fn observe_leaders(shared: Arc<Shared>, masters: Vec<(u64, String)>, token
     while !shared.stop.load(Ordering::SeqCst) {
         for (id, addr) in &masters {
             if let Ok(info) = client.node(addr).await {
-                if info.role == "leader" {
+                if info.role == Role::Leader {
                     shared.leaders.lock().unwrap_or_else(|p| p.into_inner()).entry(info.term).or_default().insert(*id);
                 }
             }
@@ -281,13 +281,16 @@ async fn converge(cluster: &Cluster, client: &Client, since: Instant, deadline: 
             match client.node(&cluster.master_addr(*id)).await {
                 Ok(info) => {
                     applied.insert(info.last_applied);
-                    leaders += usize::from(info.role == "leader");
+                    leaders += usize::from(info.role == Role::Leader);
                 }
                 Err(_) => all = false,
             }
         }
-        let ready =
-            client.status(false).await.map(|s| s.workers.iter().filter(|w| w.state == "ready").count()).unwrap_or(0);
+        let ready = client
+            .status(false)
+            .await
+            .map(|s| s.workers.iter().filter(|w| w.state == WorkerState::Ready).count())
+            .unwrap_or(0);
         if all && leaders == 1 && applied.len() == 1 && ready == cluster.worker_names.len() {
             return Ok(since.elapsed());
         }
@@ -328,7 +331,7 @@ async fn check_jobs(
     }
     for (id, plan) in plans {
         let Ok(job) = client.job(*id, false).await else { continue };
-        if job.state != "succeeded" {
+        if job.state != JobState::Succeeded {
             violations.push(format!("job {id} is {} ({:?})", job.state, job.failure));
             continue;
         }
@@ -384,7 +387,7 @@ async fn check_leaders(client: &Client, shared: &Shared, violations: &mut Vec<St
         return;
     };
     let mut journal: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-    for e in events.events.iter().filter(|e| e.kind == "leader_elected") {
+    for e in events.events.iter().filter(|e| e.kind == EventType::LeaderElected) {
         if let (Some(t), Some(n)) = (e.term, e.node) {
             journal.entry(t).or_default().insert(n);
         }
@@ -523,7 +526,7 @@ async fn inject(
             let caught_up = wait_for(Duration::from_secs(60), "the rebuilt master to catch up", || async {
                 let (Ok(me), Some(l)) = (client.node(&addr).await, leader(cluster).await) else { return false };
                 let Ok(lead) = client.node(&cluster.master_addr(l)).await else { return false };
-                me.role == "follower"
+                me.role == Role::Follower
                     && me.last_applied.is_some()
                     && me.last_applied >= lead.last_applied.map(|a| a.saturating_sub(5))
             })
@@ -586,7 +589,7 @@ async fn busiest_worker(cluster: &Cluster, client: &Client) -> Option<String> {
     status
         .workers
         .iter()
-        .filter(|w| w.state == "ready" && cluster.workers.contains_key(&w.name))
+        .filter(|w| w.state == WorkerState::Ready && cluster.workers.contains_key(&w.name))
         .max_by_key(|w| w.cpus_used)
         .filter(|w| w.cpus_used > 0)
         .map(|w| w.name.clone())

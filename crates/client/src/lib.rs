@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use flotilla_proto::api::{
-    ApiError, Cancelled, Events, JobDetail, JobResult, JobSummary, NodeInfo, Retention, RetentionView, Status,
-    SubmitRequest, Submitted, TaskResultView,
+    ApiError, ApiErrorCode, Cancelled, Events, JobDetail, JobResult, JobSummary, NodeInfo, Retention, RetentionView,
+    Status, SubmitRequest, Submitted, TaskResultView,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,14 @@ pub enum ClientError {
 impl ClientError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ClientError::Api { status: 404, .. })
+    }
+
+    /// The code of an answer the cluster gave; `None` for transport and client errors.
+    pub fn code(&self) -> Option<ApiErrorCode> {
+        match self {
+            ClientError::Api { error, .. } => Some(error.code),
+            _ => None,
+        }
     }
 }
 
@@ -121,13 +129,9 @@ impl Client {
                         detail: format!("cannot decode the answer: {e}"),
                     });
                 }
-                let error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
-                    error: format!(
-                        "HTTP {status}: {}",
-                        String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()
-                    ),
-                    code: "http".to_string(),
-                    leader: None,
+                let error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                    let text = String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>();
+                    ApiError::new(ApiErrorCode::Unknown, format!("HTTP {status}: {text}"))
                 });
                 match status {
                     StatusCode::MISDIRECTED_REQUEST => {

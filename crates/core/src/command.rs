@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Fence, JobId, JobSpec, Millis, NodeId, Outcome, TaskId};
+use crate::reason::{LostReason, Refusal, StaleReason};
 
 /// One Raft log entry's payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +65,7 @@ pub enum Command {
     WorkerLost {
         name: String,
         incarnation: u64,
-        reason: String,
+        reason: LostReason,
     },
     Assign {
         placements: Vec<Placement>,
@@ -134,11 +135,11 @@ pub enum Response {
     Duplicate,
     /// The attempt is fenced off: the worker must stop it; nothing changed but the journal.
     Stale {
-        reason: String,
+        reason: StaleReason,
     },
     Noted,
     /// The command was refused; nothing changed.
     Invalid {
-        error: String,
+        reason: Refusal,
     },
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// rejects typos such as `1-99999999999` before they become a job.
 pub const MAX_TASKS_PER_JOB: u64 = 100_000_000;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IndexSetError {
     #[error("empty array specification")]
     Empty,

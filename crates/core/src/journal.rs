@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Fence, JobId, Millis, NodeId, TaskId};
+use crate::reason::{LostReason, RescheduleReason, StaleReason, TaskFailure};
 use crate::state::JobState;
 
 /// How much history the replicated state keeps. A cluster-wide setting, itself changed by a
@@ -28,20 +29,24 @@ impl Retention {
     /// The shortest age limit (shorter would lose an incident before anyone reads it).
     pub const MIN_AGE_MS: u64 = 60_000;
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RetentionError> {
         if !(Self::MIN_EVENTS..=Self::MAX_EVENTS).contains(&self.max_events) {
-            return Err(format!(
-                "the journal keeps between {} and {} events, not {}",
-                Self::MIN_EVENTS,
-                Self::MAX_EVENTS,
-                self.max_events
-            ));
+            return Err(RetentionError::EventsOutOfBounds(self.max_events));
         }
         if self.max_age_ms.is_some_and(|a| a < Self::MIN_AGE_MS) {
-            return Err("the journal's age limit must be at least 1 minute".to_string());
+            return Err(RetentionError::AgeTooShort);
         }
         Ok(())
     }
+}
+
+/// A retention setting out of bounds. Travels in the Raft log inside a refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RetentionError {
+    #[error("the journal keeps between {min} and {max} events, not {0}", min = Retention::MIN_EVENTS, max = Retention::MAX_EVENTS)]
+    EventsOutOfBounds(u64),
+    #[error("the journal's age limit must be at least 1 minute")]
+    AgeTooShort,
 }
 
 impl Default for Retention {
@@ -77,7 +82,7 @@ pub enum EventKind {
     },
     WorkerLost {
         worker: String,
-        reason: String,
+        reason: LostReason,
         requeued: u64,
     },
     JobSubmitted {
@@ -87,18 +92,18 @@ pub enum EventKind {
     TaskRescheduled {
         task: TaskId,
         attempt: u32,
-        reason: String,
+        reason: RescheduleReason,
     },
     TaskFailed {
         task: TaskId,
         attempt: u32,
-        reason: String,
+        reason: TaskFailure,
     },
     ResultRejected {
         task: TaskId,
         fence: Fence,
         worker: String,
-        reason: String,
+        reason: StaleReason,
     },
     JobFinished {
         job: JobId,
@@ -296,5 +301,7 @@ mod tests {
         assert!(Retention { max_events: 10_000_000, max_age_ms: None }.validate().is_err());
         assert!(Retention { max_events: 1000, max_age_ms: Some(1000) }.validate().is_err());
         assert!(Retention { max_events: 1000, max_age_ms: Some(3_600_000) }.validate().is_ok());
+        let refused = Retention { max_events: 10, max_age_ms: None }.validate().unwrap_err();
+        assert_eq!(refused.to_string(), "the journal keeps between 100 and 1000000 events, not 10");
     }
 }

@@ -11,6 +11,7 @@
 //! - [`scheduler`]: state snapshot in, placement plan out.
 //! - [`session`]: the leader's decisions in a worker session (reconcile, replies).
 //! - [`journal`]: the replicated event journal.
+//! - [`reason`]: why things happened (refusals, failures, losses), as data; text at the edge.
 //! - [`units`]: durations and sizes as users write them.
 //! - [`rng`]: a seeded generator for tests, simulations and fault schedules.
 
@@ -18,6 +19,7 @@ pub mod command;
 pub mod index_set;
 pub mod journal;
 pub mod model;
+pub mod reason;
 pub mod rng;
 pub mod scheduler;
 pub mod session;
@@ -27,4 +29,5 @@ pub mod units;
 pub use command::{Assigned, Command, Placement, Proposal, Response, WorkerInfo};
 pub use index_set::IndexSet;
 pub use model::{Fence, JobId, JobSpec, Outcome, TaskId, TaskSlot};
+pub use reason::Refusal;
 pub use state::{ApplyCtx, ClusterState};

@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::index_set::{IndexSet, IndexSetError};
+use crate::reason::ProcessFailure;
 
 pub type JobId = u64;
 pub type TaskIndex = u64;
@@ -112,7 +113,9 @@ impl Default for JobSpec {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Travels in the Raft log inside a refusal ([`crate::reason::Refusal::BadSpec`]): new variants
+/// are only ever appended.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpecError {
     #[error("no command given (put it after --, for example: flotilla submit -- echo hello)")]
     NoCommand,
@@ -234,18 +237,18 @@ impl Outcome {
         self.exit_code == Some(0) && !self.timed_out && self.spawn_error.is_none()
     }
 
-    /// One line describing a failure, for events and `job show`.
-    pub fn describe(&self) -> String {
+    /// How the process failed (meaningful when it did not succeed), for events and `job show`.
+    pub fn failure(&self) -> ProcessFailure {
         if let Some(e) = &self.spawn_error {
-            return format!("could not start: {e}");
+            return ProcessFailure::CouldNotStart(e.clone());
         }
         if self.timed_out {
-            return "timed out".to_string();
+            return ProcessFailure::TimedOut;
         }
         match (self.exit_code, self.signal) {
-            (Some(c), _) => format!("exit code {c}"),
-            (None, Some(s)) => format!("killed by signal {s}"),
-            (None, None) => "ended without status".to_string(),
+            (Some(c), _) => ProcessFailure::Exit(c),
+            (None, Some(s)) => ProcessFailure::Signal(s),
+            (None, None) => ProcessFailure::NoStatus,
         }
     }
 }

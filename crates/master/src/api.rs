@@ -16,10 +16,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use flotilla_core::scheduler::unschedulable_reason;
-use flotilla_core::{Command, Response as Applied};
+use flotilla_core::{Command, Refusal, Response as Applied};
 use flotilla_proto::api::{
-    ApiError, Cancelled, EventView, Events, JobDetail, JobResult, JobSummary, MasterStatus, RetentionView, Status,
-    SubmitRequest, Submitted, TaskResultView, WorkerStatus,
+    ApiError, ApiErrorCode, Cancelled, EventView, Events, JobDetail, JobResult, JobSummary, MasterStatus,
+    RetentionView, Role, Status, SubmitRequest, Submitted, TaskResultView, WorkerStatus,
 };
 use flotilla_proto::time::now_ms;
 
@@ -44,49 +44,77 @@ pub fn router(master: Shared) -> Router {
         .with_state(master)
 }
 
-/// A failed request: HTTP status plus the JSON error body.
-pub struct Failure(StatusCode, ApiError);
+/// A failed request: the JSON error body, answered with its code's HTTP status.
+pub struct Failure(pub ApiError);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        (self.0, Json(self.1)).into_response()
+        (status_of(self.0.code), Json(self.0)).into_response()
     }
 }
 
-fn failure(status: StatusCode, code: &str, error: impl Into<String>) -> Failure {
-    Failure(status, ApiError { error: error.into(), code: code.to_string(), leader: None })
+/// The HTTP status of an error code.
+pub fn status_of(code: ApiErrorCode) -> StatusCode {
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn failure(code: ApiErrorCode, error: impl Into<String>) -> Failure {
+    Failure(ApiError::new(code, error))
 }
 
 pub fn bad_request(error: impl Into<String>) -> Failure {
-    failure(StatusCode::BAD_REQUEST, "bad_request", error)
+    failure(ApiErrorCode::BadRequest, error)
 }
 
 pub fn not_found(error: impl Into<String>) -> Failure {
-    failure(StatusCode::NOT_FOUND, "not_found", error)
+    failure(ApiErrorCode::NotFound, error)
+}
+
+fn unexpected(response: Applied) -> Failure {
+    failure(ApiErrorCode::Internal, format!("unexpected {response:?}"))
+}
+
+/// The code a refused command is answered with.
+pub fn refusal_code(refusal: &Refusal) -> ApiErrorCode {
+    match refusal {
+        Refusal::NoJob(_) => ApiErrorCode::NotFound,
+        Refusal::JobFinished { .. } | Refusal::NoReadyWorker(_) => ApiErrorCode::Conflict,
+        Refusal::WorkerWithoutCpus | Refusal::BadSpec(_) | Refusal::BadRetention(_) => ApiErrorCode::BadRequest,
+    }
+}
+
+fn refused(refusal: Refusal) -> Failure {
+    failure(refusal_code(&refusal), refusal.to_string())
+}
+
+/// A master's Raft role as the API reports it.
+pub fn role(state: &openraft::ServerState) -> Role {
+    match state {
+        openraft::ServerState::Leader => Role::Leader,
+        openraft::ServerState::Follower => Role::Follower,
+        openraft::ServerState::Candidate => Role::Candidate,
+        openraft::ServerState::Learner => Role::Learner,
+        openraft::ServerState::Shutdown => Role::Shutdown,
+    }
 }
 
 fn from_propose(master: &Master, e: ProposeError) -> Failure {
     match e {
         ProposeError::NotLeader { leader: Some(id) } if id != master.config.id => {
             let address = master.address_of(id);
-            Failure(
-                StatusCode::MISDIRECTED_REQUEST,
-                ApiError {
-                    error: format!("master {} is not the leader; master {id} is", master.config.id),
-                    code: "not_leader".to_string(),
-                    leader: address,
-                },
-            )
+            Failure(ApiError {
+                error: format!("master {} is not the leader; master {id} is", master.config.id),
+                code: ApiErrorCode::NotLeader,
+                leader: address,
+            })
         }
         ProposeError::NotLeader { .. } => {
-            failure(StatusCode::SERVICE_UNAVAILABLE, "no_leader", "no leader is elected right now; retry shortly")
+            failure(ApiErrorCode::NoLeader, "no leader is elected right now; retry shortly")
         }
-        ProposeError::Fatal(e) => failure(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
-        ProposeError::Dropped => failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "leadership changed before the request committed; retry",
-        ),
+        ProposeError::Fatal(e) => failure(ApiErrorCode::Unavailable, e),
+        ProposeError::Dropped => {
+            failure(ApiErrorCode::Unavailable, "leadership changed before the request committed; retry")
+        }
     }
 }
 
@@ -122,8 +150,8 @@ async fn submit(State(master): State<Shared>, body: Bytes) -> Result<Json<Submit
     let command = Command::SubmitJob { spec, request_id: request.request_id };
     match master.proposer.propose_one(command).await.map_err(|e| from_propose(&master, e))? {
         Applied::JobSubmitted { job, .. } => Ok(Json(Submitted { id: job })),
-        Applied::Invalid { error } => Err(bad_request(error)),
-        other => Err(failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected {other:?}"))),
+        Applied::Invalid { reason } => Err(refused(reason)),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -134,9 +162,8 @@ async fn cancel_job(State(master): State<Shared>, Path(id): Path<String>) -> Res
             master.sessions.stop_attempts(&kill).await;
             Ok(Json(Cancelled { id: job, stopped: kill.len() }))
         }
-        Applied::Invalid { error } if error.starts_with("no job") => Err(not_found(error)),
-        Applied::Invalid { error } => Err(failure(StatusCode::CONFLICT, "conflict", error)),
-        other => Err(failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected {other:?}"))),
+        Applied::Invalid { reason } => Err(refused(reason)),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -228,14 +255,9 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
                 last_applied: i.last_applied,
                 reachable: true,
             },
-            Err(_) => MasterStatus {
-                id,
-                address,
-                role: "unknown".to_string(),
-                term: None,
-                last_applied: None,
-                reachable: false,
-            },
+            Err(_) => {
+                MasterStatus { id, address, role: Role::Unknown, term: None, last_applied: None, reachable: false }
+            }
         });
     }
     masters.sort_by_key(|m| m.id);
@@ -302,12 +324,12 @@ async fn retention(State(master): State<Shared>, Query(q): Params) -> Result<Jso
 async fn set_retention(State(master): State<Shared>, body: Bytes) -> Result<Json<RetentionView>, Failure> {
     let retention: flotilla_core::journal::Retention = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid retention JSON (want max_events, max_age_ms): {e}")))?;
-    retention.validate().map_err(bad_request)?;
+    retention.validate().map_err(|e| refused(Refusal::BadRetention(e)))?;
     let command = Command::SetJournalRetention(retention);
     match master.proposer.propose_one(command).await.map_err(|e| from_propose(&master, e))? {
         Applied::Noted => Ok(Json(RetentionView::from_journal(master.shared.read().state.journal()))),
-        Applied::Invalid { error } => Err(bad_request(error)),
-        other => Err(failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected {other:?}"))),
+        Applied::Invalid { reason } => Err(refused(reason)),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -323,4 +345,52 @@ async fn node(State(master): State<Shared>) -> Json<flotilla_proto::api::NodeInf
 
 pub async fn fallback() -> Failure {
     not_found("no such endpoint (the API lives under /v1/)")
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_core::journal::RetentionError;
+    use flotilla_core::model::SpecError;
+    use flotilla_core::state::JobState;
+
+    use super::*;
+
+    #[test]
+    fn refusals_map_to_the_codes_and_statuses_answered_before() {
+        let cases = [
+            // cancel: an unknown job is 404, a finished one 409.
+            (Refusal::NoJob(7), ApiErrorCode::NotFound, 404),
+            (Refusal::JobFinished { job: 7, state: JobState::Succeeded }, ApiErrorCode::Conflict, 409),
+            (Refusal::NoReadyWorker("a".into()), ApiErrorCode::Conflict, 409),
+            (Refusal::WorkerWithoutCpus, ApiErrorCode::BadRequest, 400),
+            // submit and retention: refused as bad requests.
+            (Refusal::BadSpec(SpecError::NoCommand), ApiErrorCode::BadRequest, 400),
+            (Refusal::BadRetention(RetentionError::AgeTooShort), ApiErrorCode::BadRequest, 400),
+        ];
+        for (refusal, code, status) in cases {
+            assert_eq!(refusal_code(&refusal), code, "{refusal:?}");
+            let text = refusal.to_string();
+            let Failure(body) = refused(refusal);
+            assert_eq!((body.code, body.error.as_str(), body.leader), (code, text.as_str(), None));
+            assert_eq!(status_of(body.code).as_u16(), status);
+        }
+    }
+
+    #[test]
+    fn every_code_has_a_valid_status() {
+        for code in ApiErrorCode::ALL {
+            assert_eq!(status_of(code).as_u16(), code.http_status(), "{code}");
+        }
+        assert_eq!(status_of(ApiErrorCode::NotLeader), StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(status_of(ApiErrorCode::NoLeader), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status_of(ApiErrorCode::Unauthorized), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn raft_roles_keep_their_names() {
+        use openraft::ServerState as S;
+        let names: Vec<&str> =
+            [S::Leader, S::Follower, S::Candidate, S::Learner, S::Shutdown].iter().map(|s| role(s).as_str()).collect();
+        assert_eq!(names, ["leader", "follower", "candidate", "learner", "shutdown"]);
+    }
 }

@@ -4,12 +4,10 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
-use flotilla_proto::api::ApiError;
+use flotilla_proto::api::{ApiError, ApiErrorCode};
 
 pub async fn require_token(State(token): State<Option<Arc<str>>>, request: Request, next: Next) -> Response {
     if let Some(expected) = token.filter(|_| !crate::dashboard::is_public(request.method(), request.uri().path())) {
@@ -28,12 +26,11 @@ pub async fn require_token(State(token): State<Option<Arc<str>>>, request: Reque
                 // A gRPC client (a worker, a master) reads the status code, not the body.
                 return tonic::Status::unauthenticated("missing or wrong cluster token").into_http();
             }
-            let body = ApiError {
-                error: "missing or wrong cluster token (set FLOTILLA_TOKEN or --token-file)".to_string(),
-                code: "unauthorized".to_string(),
-                leader: None,
-            };
-            return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+            let body = ApiError::new(
+                ApiErrorCode::Unauthorized,
+                "missing or wrong cluster token (set FLOTILLA_TOKEN or --token-file)",
+            );
+            return crate::api::Failure(body).into_response();
         }
     }
     next.run(request).await

@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio_stream::wrappers::ReceiverStream;
 
 use flotilla_core::scheduler::unschedulable_reason;
-use flotilla_proto::api::{EventView, JobDetail, JobSummary, NodeInfo, TaskResultView, WorkerStatus};
+use flotilla_proto::api::{EventView, JobDetail, JobSummary, NodeInfo, Role, TaskResultView, WorkerStatus};
 use flotilla_proto::time::now_ms;
 
 use crate::node::Master;
@@ -78,7 +78,7 @@ pub struct MasterView {
     pub id: u64,
     pub address: String,
     /// `leader`, `follower`, `candidate`, `learner`, or `unreachable`.
-    pub role: String,
+    pub role: Role,
     pub term: Option<u64>,
     pub last_applied: Option<u64>,
     /// Entries behind the most advanced master in this view.
@@ -132,7 +132,7 @@ pub async fn view(master: &Arc<Master>) -> View {
             Some(i) => MasterView {
                 id,
                 address,
-                role: i.role.clone(),
+                role: i.role,
                 term: Some(i.term),
                 last_applied: i.last_applied,
                 lag: newest.map(|n| n.saturating_sub(i.last_applied.unwrap_or(0))),
@@ -141,7 +141,7 @@ pub async fn view(master: &Arc<Master>) -> View {
             None => MasterView {
                 id,
                 address,
-                role: "unreachable".to_string(),
+                role: Role::Unreachable,
                 term: None,
                 last_applied: None,
                 lag: None,

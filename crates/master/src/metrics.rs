@@ -17,7 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use flotilla_core::state::WorkerState;
+use flotilla_core::state::{JobState, WorkerState};
+use flotilla_proto::api::TaskState;
 
 use crate::node::Master;
 
@@ -269,14 +270,8 @@ impl Metrics {
         let raft = master.raft.metrics().borrow().clone();
         self.raft_term.set(raft.current_term as i64);
         self.raft_role.clear();
-        let role = match raft.state {
-            openraft::ServerState::Leader => "leader",
-            openraft::ServerState::Follower => "follower",
-            openraft::ServerState::Candidate => "candidate",
-            openraft::ServerState::Learner => "learner",
-            openraft::ServerState::Shutdown => "shutdown",
-        };
-        self.raft_role.get_or_create(&labels(&[("role", role)])).set(1);
+        let role = crate::api::role(&raft.state);
+        self.raft_role.get_or_create(&labels(&[("role", role.as_str())])).set(1);
         let last = raft.last_log_index.unwrap_or(0);
         self.raft_last_log_index.set(last as i64);
         self.raft_applied_index.set(raft.last_applied.map_or(0, |l| l.index) as i64);
@@ -306,8 +301,15 @@ impl Metrics {
         self.jobs.clear();
         self.tasks.clear();
         self.queue_waiting.clear();
-        for s in ["waiting", "running", "reducing", "succeeded", "failed", "cancelled"] {
-            self.jobs.get_or_create(&labels(&[("state", s)])).set(0);
+        for s in [
+            JobState::Waiting,
+            JobState::Running,
+            JobState::Reducing,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+        ] {
+            self.jobs.get_or_create(&labels(&[("state", s.name())])).set(0);
         }
         // The default priority is always there, so an idle queue reads 0 rather than nothing.
         self.queue_waiting.get_or_create(&labels(&[("priority", "0")])).set(0);
@@ -325,19 +327,27 @@ impl Metrics {
                 self.queue_waiting.get_or_create(&labels(&[("priority", &priority)])).inc_by(c.waiting as i64);
             }
         }
-        for (name, n) in ["waiting", "assigned", "running", "succeeded", "failed", "cancelled"].iter().zip(tasks) {
-            self.tasks.get_or_create(&labels(&[("state", name)])).set(n as i64);
+        let task_states = [
+            TaskState::Waiting,
+            TaskState::Assigned,
+            TaskState::Running,
+            TaskState::Succeeded,
+            TaskState::Failed,
+            TaskState::Cancelled,
+        ];
+        for (s, n) in task_states.into_iter().zip(tasks) {
+            self.tasks.get_or_create(&labels(&[("state", s.as_str())])).set(n as i64);
         }
         self.workers.clear();
         self.worker_cpus.clear();
         self.worker_cpus_used.clear();
         self.worker_queue.clear();
-        for s in ["ready", "lost"] {
-            self.workers.get_or_create(&labels(&[("state", s)])).set(0);
+        for s in [WorkerState::Ready, WorkerState::Lost] {
+            self.workers.get_or_create(&labels(&[("state", s.name())])).set(0);
         }
         for w in state.workers() {
             let ready = w.state == WorkerState::Ready;
-            self.workers.get_or_create(&labels(&[("state", if ready { "ready" } else { "lost" })])).inc();
+            self.workers.get_or_create(&labels(&[("state", w.state.name())])).inc();
             if !ready {
                 continue;
             }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use flotilla_client::http::HttpClient;
 use hyper::Method;
-use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
 use flotilla_proto::api::NodeInfo;
@@ -128,7 +127,7 @@ impl Master {
         NodeInfo {
             id: self.config.id,
             address: self.address_of(self.config.id).unwrap_or_default(),
-            role: role_name(&m.state).to_string(),
+            role: crate::api::role(&m.state),
             term: m.current_term,
             leader: m.current_leader,
             leader_address: m.current_leader.and_then(|id| self.address_of(id)),
@@ -147,15 +146,5 @@ impl Master {
             return Err(format!("HTTP {status}"));
         }
         serde_json::from_slice(&body).map_err(|e| e.to_string())
-    }
-}
-
-pub fn role_name(state: &ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
     }
 }

@@ -22,23 +22,316 @@ use serde::{Deserialize, Serialize};
 use flotilla_core::index_set::IndexSet;
 /// The body of `PUT /v1/events/retention`.
 pub use flotilla_core::journal::Retention;
-use flotilla_core::journal::{Event, EventKind};
+use flotilla_core::journal::{self, Event};
 use flotilla_core::model::{JobSpec, TaskSlot};
-use flotilla_core::state::{Job, Task, TaskCounts, TaskState, Worker};
+use flotilla_core::state::{self, Job, Task, TaskCounts, Worker};
 use flotilla_core::units;
 
 use crate::time::rfc3339;
 
 /// Error body of every non-2xx answer.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
-    /// Stable code: `not_leader`, `no_leader`, `not_found`, `bad_request`, `unauthorized`,
-    /// `unavailable`, `internal`.
-    pub code: String,
+    pub code: ApiErrorCode,
     /// For `not_leader`: the leader's address, when known.
     #[serde(default)]
     pub leader: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: ApiErrorCode, error: impl Into<String>) -> Self {
+        ApiError { error: error.into(), code, leader: None }
+    }
+}
+
+/// The closed set of error codes (the `code` of an [`ApiError`]), each with its HTTP status.
+/// Shared by the masters, which answer with them, and the client, which reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiErrorCode {
+    /// 421: this master is a follower; `leader` names the leader when it is known.
+    NotLeader,
+    /// 503: no leader is elected right now.
+    NoLeader,
+    /// 404: no such job (or endpoint).
+    NotFound,
+    /// 400: the request is malformed or refused as invalid.
+    BadRequest,
+    /// 401: missing or wrong cluster token.
+    Unauthorized,
+    /// 409: the request does not fit the current state (cancelling a finished job).
+    Conflict,
+    /// 503: the master cannot serve the request now (leadership changed, storage failed).
+    Unavailable,
+    /// 500: a bug.
+    Internal,
+    /// A code this client does not know (a newer master), or an answer without a JSON error
+    /// body. Never sent by a master.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ApiErrorCode {
+    pub const ALL: [ApiErrorCode; 9] = [
+        ApiErrorCode::NotLeader,
+        ApiErrorCode::NoLeader,
+        ApiErrorCode::NotFound,
+        ApiErrorCode::BadRequest,
+        ApiErrorCode::Unauthorized,
+        ApiErrorCode::Conflict,
+        ApiErrorCode::Unavailable,
+        ApiErrorCode::Internal,
+        ApiErrorCode::Unknown,
+    ];
+
+    /// The HTTP status a master answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ApiErrorCode::NotLeader => 421,
+            ApiErrorCode::NoLeader | ApiErrorCode::Unavailable => 503,
+            ApiErrorCode::NotFound => 404,
+            ApiErrorCode::BadRequest => 400,
+            ApiErrorCode::Unauthorized => 401,
+            ApiErrorCode::Conflict => 409,
+            ApiErrorCode::Internal | ApiErrorCode::Unknown => 500,
+        }
+    }
+
+    /// The code as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiErrorCode::NotLeader => "not_leader",
+            ApiErrorCode::NoLeader => "no_leader",
+            ApiErrorCode::NotFound => "not_found",
+            ApiErrorCode::BadRequest => "bad_request",
+            ApiErrorCode::Unauthorized => "unauthorized",
+            ApiErrorCode::Conflict => "conflict",
+            ApiErrorCode::Unavailable => "unavailable",
+            ApiErrorCode::Internal => "internal",
+            ApiErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+/// Implements `Display` (padding like a `&str`) for an enum with an `as_str`.
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    )*};
+}
+
+display_as_str!(ApiErrorCode, Role, JobState, TaskState, WorkerState, EventType);
+
+/// A master's Raft role, as `/v1/node`, `/v1/status` and the dashboard report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+    /// The dashboard: the master did not answer.
+    Unreachable,
+    /// `/v1/status`: the master did not answer (also any role this build does not know).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+            Role::Unknown => "unknown",
+            Role::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// A job's state in the API (the replicated [`state::JobState`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Waiting,
+    Running,
+    Reducing,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        state::JobState::from(self).name()
+    }
+
+    pub fn is_terminal(self) -> bool {
+        state::JobState::from(self).is_terminal()
+    }
+}
+
+impl From<state::JobState> for JobState {
+    fn from(s: state::JobState) -> Self {
+        match s {
+            state::JobState::Waiting => JobState::Waiting,
+            state::JobState::Running => JobState::Running,
+            state::JobState::Reducing => JobState::Reducing,
+            state::JobState::Succeeded => JobState::Succeeded,
+            state::JobState::Failed => JobState::Failed,
+            state::JobState::Cancelled => JobState::Cancelled,
+        }
+    }
+}
+
+impl From<JobState> for state::JobState {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Waiting => state::JobState::Waiting,
+            JobState::Running => state::JobState::Running,
+            JobState::Reducing => state::JobState::Reducing,
+            JobState::Succeeded => state::JobState::Succeeded,
+            JobState::Failed => state::JobState::Failed,
+            JobState::Cancelled => state::JobState::Cancelled,
+        }
+    }
+}
+
+/// A task's state in the API (the replicated [`state::TaskState`] without its attempt).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Only a reduce step: not started, its job's tasks are not all done.
+    Pending,
+    Waiting,
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Waiting => "waiting",
+            TaskState::Assigned => "assigned",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<&state::TaskState> for TaskState {
+    fn from(s: &state::TaskState) -> Self {
+        match s {
+            state::TaskState::Waiting => TaskState::Waiting,
+            state::TaskState::Assigned { .. } => TaskState::Assigned,
+            state::TaskState::Running { .. } => TaskState::Running,
+            state::TaskState::Succeeded => TaskState::Succeeded,
+            state::TaskState::Failed => TaskState::Failed,
+            state::TaskState::Cancelled => TaskState::Cancelled,
+        }
+    }
+}
+
+/// A worker's state in the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Ready,
+    Lost,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        state::WorkerState::from(self).name()
+    }
+}
+
+impl From<state::WorkerState> for WorkerState {
+    fn from(s: state::WorkerState) -> Self {
+        match s {
+            state::WorkerState::Ready => WorkerState::Ready,
+            state::WorkerState::Lost => WorkerState::Lost,
+        }
+    }
+}
+
+impl From<WorkerState> for state::WorkerState {
+    fn from(s: WorkerState) -> Self {
+        match s {
+            WorkerState::Ready => state::WorkerState::Ready,
+            WorkerState::Lost => state::WorkerState::Lost,
+        }
+    }
+}
+
+/// The `kind` of an [`EventView`]: which [`journal::EventKind`] it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    LeaderElected,
+    MasterUnreachable,
+    MasterReachable,
+    WorkerJoined,
+    WorkerLost,
+    JobSubmitted,
+    TaskRescheduled,
+    TaskFailed,
+    ResultRejected,
+    JobFinished,
+    /// A kind this build does not know (from a newer master).
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::LeaderElected => "leader_elected",
+            EventType::MasterUnreachable => "master_unreachable",
+            EventType::MasterReachable => "master_reachable",
+            EventType::WorkerJoined => "worker_joined",
+            EventType::WorkerLost => "worker_lost",
+            EventType::JobSubmitted => "job_submitted",
+            EventType::TaskRescheduled => "task_rescheduled",
+            EventType::TaskFailed => "task_failed",
+            EventType::ResultRejected => "result_rejected",
+            EventType::JobFinished => "job_finished",
+            EventType::Unknown => "unknown",
+        }
+    }
+}
+
+impl From<&journal::EventKind> for EventType {
+    fn from(kind: &journal::EventKind) -> Self {
+        use journal::EventKind as K;
+        match kind {
+            K::LeaderElected { .. } => EventType::LeaderElected,
+            K::MasterUnreachable { .. } => EventType::MasterUnreachable,
+            K::MasterReachable { .. } => EventType::MasterReachable,
+            K::WorkerJoined { .. } => EventType::WorkerJoined,
+            K::WorkerLost { .. } => EventType::WorkerLost,
+            K::JobSubmitted { .. } => EventType::JobSubmitted,
+            K::TaskRescheduled { .. } => EventType::TaskRescheduled,
+            K::TaskFailed { .. } => EventType::TaskFailed,
+            K::ResultRejected { .. } => EventType::ResultRejected,
+            K::JobFinished { .. } => EventType::JobFinished,
+        }
+    }
 }
 
 /// A job as submitted over the API or from a job file (`flotilla submit --file job.toml`).
@@ -143,7 +436,7 @@ impl Counts {
 pub struct JobSummary {
     pub id: u64,
     pub name: Option<String>,
-    pub state: String,
+    pub state: JobState,
     pub priority: i32,
     pub tasks: Counts,
     pub submitted_at: String,
@@ -155,7 +448,7 @@ impl JobSummary {
         JobSummary {
             id: job.id,
             name: job.spec.name.clone(),
-            state: job.state.name().to_string(),
+            state: job.state.into(),
             priority: job.spec.priority,
             tasks: Counts::new(job.total, &job.counts),
             submitted_at: rfc3339(job.submitted_at),
@@ -168,7 +461,7 @@ impl JobSummary {
 pub struct JobDetail {
     pub id: u64,
     pub name: Option<String>,
-    pub state: String,
+    pub state: JobState,
     pub tasks: Counts,
     pub command: Vec<String>,
     pub array: Option<String>,
@@ -179,7 +472,7 @@ pub struct JobDetail {
     pub selector: BTreeMap<String, String>,
     pub reduce: Option<String>,
     /// State of the reduce step: `pending`, `waiting`, `running`, `succeeded`, `failed`, …
-    pub reduce_state: Option<String>,
+    pub reduce_state: Option<TaskState>,
     pub submitted_at: String,
     pub finished_at: Option<String>,
     /// Why the job failed.
@@ -191,14 +484,14 @@ pub struct JobDetail {
 impl JobDetail {
     pub fn from_job(job: &Job, unschedulable: Option<String>) -> Self {
         let reduce_state = job.spec.reduce.as_ref().map(|_| match (&job.reduce, job.reduce_pending) {
-            (_, true) => "waiting".to_string(),
-            (Some(t), false) => t.state.name().to_string(),
-            (None, false) => "pending".to_string(),
+            (_, true) => TaskState::Waiting,
+            (Some(t), false) => TaskState::from(&t.state),
+            (None, false) => TaskState::Pending,
         });
         JobDetail {
             id: job.id,
             name: job.spec.name.clone(),
-            state: job.state.name().to_string(),
+            state: job.state.into(),
             tasks: Counts::new(job.total, &job.counts),
             command: job.spec.command.clone(),
             array: job.spec.array.as_ref().map(|a| a.to_string()),
@@ -211,7 +504,7 @@ impl JobDetail {
             reduce_state,
             submitted_at: rfc3339(job.submitted_at),
             finished_at: job.finished_at.map(rfc3339),
-            failure: job.failure.clone(),
+            failure: job.failure.as_ref().map(|f| f.to_string()),
             unschedulable,
         }
     }
@@ -221,7 +514,7 @@ impl JobDetail {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskResultView {
     pub index: u64,
-    pub state: String,
+    pub state: TaskState,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub timed_out: bool,
@@ -249,7 +542,7 @@ impl TaskResultView {
         };
         TaskResultView {
             index,
-            state: task.state.name().to_string(),
+            state: TaskState::from(&task.state),
             exit_code: r.and_then(|r| r.outcome.exit_code),
             signal: r.and_then(|r| r.outcome.signal),
             timed_out: r.is_some_and(|r| r.outcome.timed_out),
@@ -264,17 +557,17 @@ impl TaskResultView {
             stderr_truncated: r.is_some_and(|r| r.outcome.stderr.truncated),
             duration_ms: r.map(|r| r.outcome.duration_ms),
             finished_at: match task.state {
-                TaskState::Succeeded | TaskState::Failed => r.map(|r| rfc3339(r.finished_at)),
+                state::TaskState::Succeeded | state::TaskState::Failed => r.map(|r| rfc3339(r.finished_at)),
                 _ => None,
             },
         }
     }
 
     /// A task that never left the queue (or was cancelled before it ran).
-    pub fn never_ran(index: u64, state: &str) -> Self {
+    pub fn never_ran(index: u64, state: TaskState) -> Self {
         TaskResultView {
             index,
-            state: state.to_string(),
+            state,
             exit_code: None,
             signal: None,
             timed_out: false,
@@ -296,7 +589,7 @@ impl TaskResultView {
     pub fn list(job: &Job, offset: u64, limit: u64) -> Vec<Self> {
         let mut out = Vec::new();
         let never_ran_state =
-            if job.state == flotilla_core::state::JobState::Cancelled { "cancelled" } else { "waiting" };
+            if job.state == state::JobState::Cancelled { TaskState::Cancelled } else { TaskState::Waiting };
         let indices = job.spec.indices();
         for index in indices.iter().skip(offset as usize).take(limit as usize) {
             out.push(match job.tasks.get(&index) {
@@ -311,7 +604,7 @@ impl TaskResultView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobResult {
     pub id: u64,
-    pub state: String,
+    pub state: JobState,
     /// The reduce step's stdout (or the tasks' stdout concatenated when the job has no reduce);
     /// absent until the job succeeded.
     pub result: Option<String>,
@@ -324,7 +617,7 @@ impl JobResult {
             Some(t) => t.result.as_ref().is_some_and(|r| r.outcome.stdout.truncated),
             None => job.tasks.values().any(|t| t.result.as_ref().is_some_and(|r| r.outcome.stdout.truncated)),
         };
-        JobResult { id: job.id, state: job.state.name().to_string(), result: job.result_text(), truncated }
+        JobResult { id: job.id, state: job.state.into(), result: job.result_text(), truncated }
     }
 }
 
@@ -333,7 +626,7 @@ pub struct MasterStatus {
     pub id: u64,
     pub address: String,
     /// `leader`, `follower`, `candidate`, `learner`, or `unknown` when unreachable.
-    pub role: String,
+    pub role: Role,
     pub term: Option<u64>,
     pub last_applied: Option<u64>,
     pub reachable: bool,
@@ -342,7 +635,7 @@ pub struct MasterStatus {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkerStatus {
     pub name: String,
-    pub state: String,
+    pub state: WorkerState,
     pub labels: BTreeMap<String, String>,
     pub cpus_used: u32,
     pub cpus_total: u32,
@@ -360,7 +653,7 @@ impl WorkerStatus {
     pub fn from_worker(w: &Worker, last_heartbeat_ms: Option<u64>, now_ms: u64) -> Self {
         WorkerStatus {
             name: w.name.clone(),
-            state: w.state.name().to_string(),
+            state: w.state.into(),
             labels: w.labels.clone(),
             cpus_used: w.cpus_used,
             cpus_total: w.cpus,
@@ -369,7 +662,7 @@ impl WorkerStatus {
             joined_at: rfc3339(w.joined_at),
             last_heartbeat: last_heartbeat_ms.map(rfc3339),
             last_heartbeat_ms_ago: last_heartbeat_ms.map(|t| now_ms.saturating_sub(t)),
-            lost_reason: w.lost_reason.clone(),
+            lost_reason: w.lost_reason.map(|r| r.to_string()),
         }
     }
 }
@@ -391,7 +684,7 @@ pub struct Status {
 pub struct NodeInfo {
     pub id: u64,
     pub address: String,
-    pub role: String,
+    pub role: Role,
     pub term: u64,
     pub leader: Option<u64>,
     pub leader_address: Option<String>,
@@ -410,7 +703,7 @@ pub struct EventView {
     pub seq: u64,
     pub time: String,
     pub at_ms: u64,
-    pub kind: String,
+    pub kind: EventType,
     pub message: String,
     pub job: Option<u64>,
     pub task: Option<u64>,
@@ -432,7 +725,7 @@ pub struct EventView {
     pub reason: Option<String>,
     /// For `job_finished`: succeeded, failed or cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
+    pub state: Option<JobState>,
 }
 
 impl EventView {
@@ -441,7 +734,7 @@ impl EventView {
             seq: e.seq,
             time: rfc3339(e.at_ms),
             at_ms: e.at_ms,
-            kind: e.kind.name().to_string(),
+            kind: EventType::from(&e.kind),
             message: e.kind.message(),
             job: e.kind.job(),
             ..Default::default()
@@ -451,35 +744,42 @@ impl EventView {
             TaskSlot::Reduce => None,
         };
         match &e.kind {
-            EventKind::LeaderElected { node, term, quiet_ms } => {
+            journal::EventKind::LeaderElected { node, term, quiet_ms } => {
                 v.node = Some(*node);
                 v.term = Some(*term);
                 v.quiet_ms = *quiet_ms;
             }
-            EventKind::MasterUnreachable { node } | EventKind::MasterReachable { node } => v.node = Some(*node),
-            EventKind::WorkerJoined { worker, cpus } => {
+            journal::EventKind::MasterUnreachable { node } | journal::EventKind::MasterReachable { node } => {
+                v.node = Some(*node)
+            }
+            journal::EventKind::WorkerJoined { worker, cpus } => {
                 v.worker = Some(worker.clone());
                 v.cpus = Some(*cpus);
             }
-            EventKind::WorkerLost { worker, reason, requeued } => {
+            journal::EventKind::WorkerLost { worker, reason, requeued } => {
                 v.worker = Some(worker.clone());
-                v.reason = Some(reason.clone());
+                v.reason = Some(reason.to_string());
                 v.requeued = Some(*requeued);
             }
-            EventKind::TaskRescheduled { task, attempt, reason } | EventKind::TaskFailed { task, attempt, reason } => {
+            journal::EventKind::TaskRescheduled { task, attempt, reason } => {
                 v.task = index_of(task.slot);
                 v.attempt = Some(*attempt);
-                v.reason = Some(reason.clone());
+                v.reason = Some(reason.to_string());
             }
-            EventKind::ResultRejected { task, fence, worker, reason } => {
+            journal::EventKind::TaskFailed { task, attempt, reason } => {
+                v.task = index_of(task.slot);
+                v.attempt = Some(*attempt);
+                v.reason = Some(reason.to_string());
+            }
+            journal::EventKind::ResultRejected { task, fence, worker, reason } => {
                 v.task = index_of(task.slot);
                 v.attempt = Some(fence.attempt);
                 v.term = Some(fence.term);
                 v.worker = Some(worker.clone());
-                v.reason = Some(reason.clone());
+                v.reason = Some(reason.to_string());
             }
-            EventKind::JobFinished { state, .. } => v.state = Some(state.name().to_string()),
-            EventKind::JobSubmitted { .. } => {}
+            journal::EventKind::JobFinished { state, .. } => v.state = Some((*state).into()),
+            journal::EventKind::JobSubmitted { .. } => {}
         }
         v
     }
@@ -517,5 +817,149 @@ impl RetentionView {
             oldest: journal.oldest().map(|e| rfc3339(e.at_ms)),
             recorded: journal.last_seq(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json<T: Serialize>(value: &T) -> String {
+        serde_json::to_string(value).unwrap()
+    }
+
+    #[test]
+    fn error_codes_keep_their_json_names_and_http_statuses() {
+        let expected = [
+            (ApiErrorCode::NotLeader, "not_leader", 421),
+            (ApiErrorCode::NoLeader, "no_leader", 503),
+            (ApiErrorCode::NotFound, "not_found", 404),
+            (ApiErrorCode::BadRequest, "bad_request", 400),
+            (ApiErrorCode::Unauthorized, "unauthorized", 401),
+            (ApiErrorCode::Conflict, "conflict", 409),
+            (ApiErrorCode::Unavailable, "unavailable", 503),
+            (ApiErrorCode::Internal, "internal", 500),
+            (ApiErrorCode::Unknown, "unknown", 500),
+        ];
+        assert_eq!(expected.len(), ApiErrorCode::ALL.len());
+        for ((code, name, status), listed) in expected.into_iter().zip(ApiErrorCode::ALL) {
+            assert_eq!(code, listed);
+            assert_eq!(json(&code), format!("\"{name}\""));
+            assert_eq!(code.as_str(), name);
+            assert_eq!(code.to_string(), name);
+            assert_eq!(code.http_status(), status, "{name}");
+            assert_eq!(serde_json::from_str::<ApiErrorCode>(&json(&code)).unwrap(), code);
+        }
+        // A code from a newer master still decodes.
+        assert_eq!(serde_json::from_str::<ApiErrorCode>("\"too_many_requests\"").unwrap(), ApiErrorCode::Unknown);
+    }
+
+    #[test]
+    fn error_bodies_are_byte_for_byte_as_before() {
+        let body = ApiError { error: "no job 7".into(), code: ApiErrorCode::NotFound, leader: None };
+        assert_eq!(json(&body), r#"{"error":"no job 7","code":"not_found","leader":null}"#);
+        let redirect = r#"{"error":"master 1 is not the leader; master 2 is","code":"not_leader","leader":"h:2"}"#;
+        let back: ApiError = serde_json::from_str(redirect).unwrap();
+        assert_eq!((back.code, back.leader.as_deref()), (ApiErrorCode::NotLeader, Some("h:2")));
+        assert_eq!(json(&back), redirect);
+    }
+
+    #[test]
+    fn kinds_serialize_as_the_strings_they_replaced() {
+        use flotilla_core::model::{Fence, TaskId};
+        for s in [
+            state::JobState::Waiting,
+            state::JobState::Running,
+            state::JobState::Reducing,
+            state::JobState::Succeeded,
+            state::JobState::Failed,
+            state::JobState::Cancelled,
+        ] {
+            let api = JobState::from(s);
+            assert_eq!(json(&api), format!("\"{}\"", s.name()));
+            assert_eq!(api.to_string(), s.name());
+            assert_eq!(api.is_terminal(), s.is_terminal());
+            assert_eq!(state::JobState::from(api), s);
+        }
+        let fence = Fence { term: 1, attempt: 1 };
+        for s in [
+            state::TaskState::Waiting,
+            state::TaskState::Assigned { worker: "a".into(), fence, since: 0 },
+            state::TaskState::Running { worker: "a".into(), fence, since: 0 },
+            state::TaskState::Succeeded,
+            state::TaskState::Failed,
+            state::TaskState::Cancelled,
+        ] {
+            assert_eq!(json(&TaskState::from(&s)), format!("\"{}\"", s.name()));
+        }
+        assert_eq!(json(&TaskState::Pending), "\"pending\"");
+        for s in [state::WorkerState::Ready, state::WorkerState::Lost] {
+            assert_eq!(json(&WorkerState::from(s)), format!("\"{}\"", s.name()));
+        }
+        for role in [
+            Role::Leader,
+            Role::Follower,
+            Role::Candidate,
+            Role::Learner,
+            Role::Shutdown,
+            Role::Unknown,
+            Role::Unreachable,
+        ] {
+            assert_eq!(json(&role), format!("\"{}\"", role.as_str()));
+            assert_eq!(serde_json::from_str::<Role>(&json(&role)).unwrap(), role);
+        }
+        let task = TaskId::array(1, 2);
+        use flotilla_core::reason::*;
+        let kinds = [
+            journal::EventKind::LeaderElected { node: 1, term: 1, quiet_ms: None },
+            journal::EventKind::MasterUnreachable { node: 1 },
+            journal::EventKind::MasterReachable { node: 1 },
+            journal::EventKind::WorkerJoined { worker: "a".into(), cpus: 1 },
+            journal::EventKind::WorkerLost { worker: "a".into(), reason: LostReason::Restarted, requeued: 0 },
+            journal::EventKind::JobSubmitted { job: 1, tasks: 1 },
+            journal::EventKind::TaskRescheduled { task, attempt: 1, reason: RescheduleReason::WorkerLost("a".into()) },
+            journal::EventKind::TaskFailed { task, attempt: 1, reason: TaskFailure::Process(ProcessFailure::TimedOut) },
+            journal::EventKind::ResultRejected {
+                task,
+                fence,
+                worker: "a".into(),
+                reason: StaleReason::NeverAssigned(task),
+            },
+            journal::EventKind::JobFinished { job: 1, state: state::JobState::Failed },
+        ];
+        for kind in &kinds {
+            let t = EventType::from(kind);
+            assert_eq!(t.as_str(), kind.name());
+            assert_eq!(json(&t), format!("\"{}\"", kind.name()));
+            assert_eq!(serde_json::from_str::<EventType>(&json(&t)).unwrap(), t);
+        }
+        assert_eq!(serde_json::from_str::<EventType>("\"worker_drained\"").unwrap(), EventType::Unknown);
+        // Padding works as it did on the strings (the CLI's columns).
+        assert_eq!(format!("{:<10}|", JobState::Running), "running   |");
+    }
+
+    #[test]
+    fn an_event_view_renders_its_typed_reason_as_text() {
+        use flotilla_core::reason::LostReason;
+        let event = Event {
+            seq: 3,
+            at_ms: 0,
+            kind: journal::EventKind::WorkerLost {
+                worker: "a".into(),
+                reason: LostReason::Silent { silent_ms: 3_000 },
+                requeued: 2,
+            },
+        };
+        let v = json(&EventView::from_event(&event));
+        assert_eq!(
+            v,
+            r#"{"seq":3,"time":"1970-01-01T00:00:00.000Z","at_ms":0,"kind":"worker_lost","message":"worker a lost (no heartbeat for 3.0s); 2 tasks re-queued","job":null,"task":null,"attempt":null,"worker":"a","node":null,"term":null,"requeued":2,"reason":"no heartbeat for 3.0s"}"#
+        );
+        let finished = Event {
+            seq: 4,
+            at_ms: 0,
+            kind: journal::EventKind::JobFinished { job: 1, state: state::JobState::Cancelled },
+        };
+        assert!(json(&EventView::from_event(&finished)).ends_with(r#""state":"cancelled"}"#));
     }
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_core::command::{Command, Kill, Response, WorkerInfo};
 use flotilla_core::model::{Fence, NodeId, TaskId, MAX_NAME_LEN};
+use flotilla_core::reason::LostReason;
 use flotilla_core::scheduler;
 use flotilla_core::session::{self, Reply};
 use flotilla_core::state::{ClusterState, WorkerState};
@@ -628,7 +629,7 @@ impl LeaderCore {
             }
             let worker: Arc<str> = Arc::from(name.as_str());
             out.push(Effect::Observe(Observation::WorkerSilent { worker, incarnation, silent: since }));
-            let reason = format!("no heartbeat for {:.1}s", since.as_secs_f64());
+            let reason = LostReason::silent(since);
             let command = Command::WorkerLost { name: name.clone(), incarnation, reason };
             self.propose(vec![command], Origin::Lost { name, incarnation }, out);
         }
@@ -684,9 +685,9 @@ impl LeaderCore {
                     Some(Response::WorkerRegistered { incarnation, .. }) => {
                         self.welcome(now, state, session, name, *incarnation, &known, false, out)
                     }
-                    Some(Response::Invalid { error }) => {
+                    Some(Response::Invalid { reason }) => {
                         self.sessions.insert(session, Stage::AwaitHello { since: now });
-                        self.refuse(session, error.clone(), out);
+                        self.refuse(session, reason.to_string(), out);
                     }
                     _ => {
                         out.push(Effect::Observe(Observation::ProtocolError {

@@ -7,6 +7,7 @@ use super::*;
 use crate::command::{Assigned, Command, Kill, Placement, Proposal, Response, WorkerInfo};
 use crate::journal::EventKind;
 use crate::model::{Fence, Outcome, TaskId, TaskSlot, MAX_WORKER_LOSSES};
+use crate::reason::{JobFailure, LostReason, Refusal, RescheduleReason, StaleReason, TaskFailure};
 
 impl ClusterState {
     /// Applies one log entry's batch of commands; one response per command.
@@ -23,7 +24,7 @@ impl ClusterState {
             Command::SubmitJob { spec, request_id } => self.submit(ctx, spec, request_id.as_deref()),
             Command::CancelJob { job } => self.cancel(ctx, *job),
             Command::RegisterWorker(info) => self.register_worker(ctx, info),
-            Command::WorkerLost { name, incarnation, reason } => self.worker_lost(ctx, name, *incarnation, reason),
+            Command::WorkerLost { name, incarnation, reason } => self.worker_lost(ctx, name, *incarnation, *reason),
             Command::Assign { placements } => self.assign(ctx, placements),
             Command::TaskStarted { task, fence, worker } => self.task_started(ctx, *task, *fence, worker),
             Command::TaskFinished { task, fence, worker, outcome } => {
@@ -59,14 +60,14 @@ impl ClusterState {
                     w.queue = *queue;
                     Response::Noted
                 }
-                _ => Response::Invalid { error: format!("no ready worker named {worker}") },
+                _ => Response::Invalid { reason: Refusal::NoReadyWorker(worker.clone()) },
             },
             Command::SetJournalRetention(retention) => match retention.validate() {
                 Ok(()) => {
                     self.journal.set_retention(*retention, ctx.at_ms);
                     Response::Noted
                 }
-                Err(error) => Response::Invalid { error },
+                Err(e) => Response::Invalid { reason: Refusal::BadRetention(e) },
             },
         }
     }
@@ -76,7 +77,7 @@ impl ClusterState {
             return Response::JobSubmitted { job: *existing, duplicate: true };
         }
         if let Err(e) = spec.validate() {
-            return Response::Invalid { error: e.to_string() };
+            return Response::Invalid { reason: Refusal::BadSpec(e) };
         }
         let id = self.next_job_id;
         self.next_job_id += 1;
@@ -113,11 +114,11 @@ impl ClusterState {
 
     fn cancel(&mut self, ctx: ApplyCtx, id: JobId) -> Response {
         let Some(job) = self.jobs.get_mut(&id) else {
-            return Response::Invalid { error: format!("no job {id}") };
+            return Response::Invalid { reason: Refusal::NoJob(id) };
         };
         match job.state {
             JobState::Cancelled => return Response::JobCancelled { job: id, kill: Vec::new() },
-            s if s.is_terminal() => return Response::Invalid { error: format!("job {id} already {}", s.name()) },
+            s if s.is_terminal() => return Response::Invalid { reason: Refusal::JobFinished { job: id, state: s } },
             _ => {}
         }
         let mut kill: Vec<Kill> = Vec::new();
@@ -166,11 +167,11 @@ impl ClusterState {
                 return Response::WorkerRegistered { incarnation: existing.incarnation, kill: Vec::new() };
             }
             if existing.state == WorkerState::Ready {
-                self.lose_worker(ctx, &info.name, "worker restarted");
+                self.lose_worker(ctx, &info.name, LostReason::Restarted);
             }
         }
         if info.cpus == 0 {
-            return Response::Invalid { error: "a worker needs at least 1 cpu".to_string() };
+            return Response::Invalid { reason: Refusal::WorkerWithoutCpus };
         }
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
@@ -197,7 +198,7 @@ impl ClusterState {
         Response::WorkerRegistered { incarnation, kill: Vec::new() }
     }
 
-    fn worker_lost(&mut self, ctx: ApplyCtx, name: &str, incarnation: u64, reason: &str) -> Response {
+    fn worker_lost(&mut self, ctx: ApplyCtx, name: &str, incarnation: u64, reason: LostReason) -> Response {
         match self.workers.get(name) {
             Some(w) if w.state == WorkerState::Ready && w.incarnation == incarnation => {
                 let requeued = self.lose_worker(ctx, name, reason);
@@ -208,18 +209,15 @@ impl ClusterState {
     }
 
     /// Marks a worker lost and puts every attempt it held back in the queue.
-    fn lose_worker(&mut self, ctx: ApplyCtx, name: &str, reason: &str) -> u64 {
+    fn lose_worker(&mut self, ctx: ApplyCtx, name: &str, reason: LostReason) -> u64 {
         let Some(worker) = self.workers.get_mut(name) else { return 0 };
         worker.state = WorkerState::Lost;
         worker.lost_at = Some(ctx.at_ms);
-        worker.lost_reason = Some(reason.to_string());
+        worker.lost_reason = Some(reason);
         worker.cpus_used = 0;
         let held = std::mem::take(&mut worker.tasks);
         let requeued = held.len() as u64;
-        self.journal.record(
-            ctx.at_ms,
-            EventKind::WorkerLost { worker: name.to_string(), reason: reason.to_string(), requeued },
-        );
+        self.journal.record(ctx.at_ms, EventKind::WorkerLost { worker: name.to_string(), reason, requeued });
         for (task, fence) in held {
             self.requeue_after_loss(ctx, task, fence, name);
         }
@@ -236,14 +234,14 @@ impl ClusterState {
         task.losses += 1;
         let was_running = matches!(task.state, TaskState::Running { .. });
         if task.losses > MAX_WORKER_LOSSES {
-            let reason = format!("its worker was lost {} times (last: {worker})", task.losses);
+            let reason = TaskFailure::WorkerLost { times: task.losses, last_worker: worker.to_string() };
             task.state = TaskState::Failed;
             self.journal
                 .record(ctx.at_ms, EventKind::TaskFailed { task: id, attempt: fence.attempt, reason: reason.clone() });
             if let TaskSlot::Array(_) = id.slot {
                 move_count(&mut job.counts, was_running, Dest::Failed);
             }
-            job.failure.get_or_insert_with(|| format!("task {id} failed: {reason}"));
+            job.failure.get_or_insert(JobFailure { task: id, reason });
         } else {
             task.state = TaskState::Waiting;
             match id.slot {
@@ -258,7 +256,7 @@ impl ClusterState {
                 EventKind::TaskRescheduled {
                     task: id,
                     attempt: fence.attempt,
-                    reason: format!("worker {worker} lost"),
+                    reason: RescheduleReason::WorkerLost(worker.to_string()),
                 },
             );
         }
@@ -320,11 +318,11 @@ impl ClusterState {
 
     fn task_started(&mut self, ctx: ApplyCtx, id: TaskId, fence: Fence, worker: &str) -> Response {
         let Some(job) = self.jobs.get_mut(&id.job) else {
-            return Response::Stale { reason: format!("no job {}", id.job) };
+            return Response::Stale { reason: StaleReason::NoJob(id.job) };
         };
         let is_array = matches!(id.slot, TaskSlot::Array(_));
         let Some(task) = task_mut(job, id.slot) else {
-            return Response::Stale { reason: format!("no task {id}") };
+            return Response::Stale { reason: StaleReason::NoTask(id) };
         };
         match &task.state {
             TaskState::Assigned { worker: w, fence: f, .. } if *f == fence && w == worker => {
@@ -336,7 +334,7 @@ impl ClusterState {
                 Response::Started
             }
             TaskState::Running { worker: w, fence: f, .. } if *f == fence && w == worker => Response::Duplicate,
-            other => Response::Stale { reason: stale_reason(other, fence) },
+            other => Response::Stale { reason: StaleReason::for_state(other, fence) },
         }
     }
 
@@ -349,8 +347,7 @@ impl ClusterState {
         let (state, recorded) = match current {
             Some(c) => c,
             None => {
-                let reason = format!("no attempt of task {id} was ever assigned");
-                return self.reject(ctx, id, fence, worker, reason);
+                return self.reject(ctx, id, fence, worker, StaleReason::NeverAssigned(id));
             }
         };
         let live = matches!(state.in_flight(), Some((w, f)) if f == fence && w == worker);
@@ -358,7 +355,7 @@ impl ClusterState {
             if recorded == Some(fence) {
                 return Response::Duplicate;
             }
-            return self.reject(ctx, id, fence, worker, stale_reason(&state, fence));
+            return self.reject(ctx, id, fence, worker, StaleReason::for_state(&state, fence));
         }
         let was_running = matches!(state, TaskState::Running { .. });
         let cpus = self.jobs[&id.job].spec.cpus;
@@ -373,7 +370,7 @@ impl ClusterState {
             Dest::Succeeded
         } else {
             task.failures += 1;
-            let reason = outcome.describe();
+            let failure = outcome.failure();
             if task.failures <= retries {
                 task.state = TaskState::Waiting;
                 self.journal.record(
@@ -381,17 +378,18 @@ impl ClusterState {
                     EventKind::TaskRescheduled {
                         task: id,
                         attempt: fence.attempt,
-                        reason: format!("{reason}; retry {} of {retries}", task.failures),
+                        reason: RescheduleReason::Retry { failure, retry: task.failures, retries },
                     },
                 );
                 Dest::Waiting
             } else {
                 task.state = TaskState::Failed;
+                let reason = TaskFailure::Process(failure);
                 self.journal.record(
                     ctx.at_ms,
                     EventKind::TaskFailed { task: id, attempt: fence.attempt, reason: reason.clone() },
                 );
-                job.failure.get_or_insert_with(|| format!("task {id} failed: {reason}"));
+                job.failure.get_or_insert(JobFailure { task: id, reason });
                 Dest::Failed
             }
         };
@@ -412,7 +410,7 @@ impl ClusterState {
         Response::ResultRecorded
     }
 
-    fn reject(&mut self, ctx: ApplyCtx, task: TaskId, fence: Fence, worker: &str, reason: String) -> Response {
+    fn reject(&mut self, ctx: ApplyCtx, task: TaskId, fence: Fence, worker: &str, reason: StaleReason) -> Response {
         self.journal.record(
             ctx.at_ms,
             EventKind::ResultRejected { task, fence, worker: worker.to_string(), reason: reason.clone() },
@@ -507,13 +505,6 @@ fn task_mut(job: &mut Job, slot: TaskSlot) -> Option<&mut Task> {
     match slot {
         TaskSlot::Array(i) => job.tasks.get_mut(&i),
         TaskSlot::Reduce => job.reduce.as_mut(),
-    }
-}
-
-fn stale_reason(state: &TaskState, fence: Fence) -> String {
-    match state.in_flight() {
-        Some((w, current)) => format!("{fence} is stale: the task now runs {current} on {w}"),
-        None => format!("{fence} is stale: the task is {}", state.name()),
     }
 }
 

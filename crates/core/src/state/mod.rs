@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::index_set::IndexSet;
 use crate::journal::Journal;
 use crate::model::{Fence, JobId, JobSpec, Millis, NodeId, Outcome, TaskId, TaskIndex, TaskSlot};
+use crate::reason::{JobFailure, LostReason};
 
 /// Submission request ids remembered for idempotent retries.
 pub const REQUEST_ID_WINDOW: usize = 100_000;
@@ -158,7 +159,7 @@ pub struct Job {
     pub reduce_pending: bool,
     pub counts: TaskCounts,
     /// Why the job failed (the first task that exhausted its retries).
-    pub failure: Option<String>,
+    pub failure: Option<JobFailure>,
 }
 
 impl Job {
@@ -236,7 +237,7 @@ pub struct Worker {
     pub tasks: BTreeMap<TaskId, Fence>,
     pub joined_at: Millis,
     pub lost_at: Option<Millis>,
-    pub lost_reason: Option<String>,
+    pub lost_reason: Option<LostReason>,
 }
 
 impl Worker {
