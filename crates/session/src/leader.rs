@@ -622,7 +622,6 @@ impl LeaderCore {
         for (name, incarnation, since) in silent {
             let Role::Leading(lead) = &mut self.role else { return };
             lead.lost_proposed.insert((name.clone(), incarnation));
-            lead.last_seen.remove(name.as_str());
             if let Some(session) = lead.by_worker.remove(name.as_str()) {
                 self.sessions.remove(&session);
                 out.push(Effect::Close { session });

@@ -1,1 +1,378 @@
+//! Exact effect lists of the leader's session core, every message through the wire encoding.
 
+use std::time::Duration;
+
+use flotilla_core::command::{Command, Response};
+use flotilla_core::model::{Fence, Outcome, TaskId};
+use flotilla_core::reason::LostReason;
+use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_VERSION};
+
+use super::*;
+use crate::testing::{info, Cluster, Outbox};
+
+const TERM: u64 = 4;
+
+/// A core leading `TERM` and ready, with a cluster state.
+struct Leader {
+    core: LeaderCore,
+    cluster: Cluster,
+    out: Outbox<Effect>,
+}
+
+fn config() -> LeaderConfig {
+    LeaderConfig::new(2, Duration::from_secs(3))
+}
+
+fn msg(body: MasterBody) -> MasterMsg {
+    MasterMsg { term: TERM, body }
+}
+
+fn hello(name: &str, instance: u64, known: Vec<(TaskId, Fence)>) -> WorkerMsg {
+    WorkerMsg::Hello { protocol: PROTOCOL_VERSION, info: info(name, instance, 2), known, highest_term: 0 }
+}
+
+impl Leader {
+    /// Leading and ready: the election note is committed.
+    fn ready() -> Leader {
+        let mut l = Leader { core: LeaderCore::new(config()), cluster: Cluster::new(), out: Outbox::default() };
+        l.core.lead(l.cluster.at(0), TERM, &mut l.out.effects);
+        let effects = l.out.take();
+        assert_eq!(effects, vec![Effect::Propose { id: 1, commands: vec![Command::LeaderElected { node: 2 }] }]);
+        l.commit(0, 1, vec![Command::LeaderElected { node: 2 }]);
+        assert_eq!(l.out.take(), vec![]);
+        l
+    }
+
+    /// Commits a proposal and tells the core.
+    fn commit(&mut self, ms: u64, id: ProposalId, commands: Vec<Command>) -> Vec<Response> {
+        let responses = self.cluster.commit(TERM, commands);
+        let now = self.cluster.at(ms);
+        self.core.on_applied(now, &self.cluster.state, id, &responses, &mut self.out.effects);
+        responses
+    }
+
+    fn message(&mut self, ms: u64, session: SessionId, m: WorkerMsg) -> Vec<Effect> {
+        let now = self.cluster.at(ms);
+        self.core.on_message(now, &self.cluster.state, session, m, &mut self.out.effects);
+        self.out.take()
+    }
+
+    fn tick(&mut self, ms: u64) -> Vec<Effect> {
+        let now = self.cluster.at(ms);
+        self.core.on_tick(now, &self.cluster.state, &mut self.out.effects);
+        self.out.take()
+    }
+
+    /// Opens session `session` for a new worker and registers it; returns its incarnation.
+    fn admit(&mut self, ms: u64, session: SessionId, name: &str, instance: u64) -> u64 {
+        self.core.open(self.cluster.at(ms), session);
+        let effects = self.message(ms, session, hello(name, instance, vec![]));
+        let [Effect::Propose { id, commands }] = effects.as_slice() else {
+            panic!("expected a registration: {effects:?}")
+        };
+        let (id, commands) = (*id, commands.clone());
+        let responses = self.commit(ms, id, commands);
+        let Some(Response::WorkerRegistered { incarnation, .. }) = responses.first() else { panic!("{responses:?}") };
+        let incarnation = *incarnation;
+        let worker: Arc<str> = Arc::from(name);
+        assert_eq!(
+            self.out.take(),
+            vec![
+                Effect::Send { session, msg: msg(MasterBody::Welcome { leader: 2, incarnation, heartbeat_ms: 1000 }) },
+                Effect::Observe(Observation::SessionOpened { worker, incarnation, attached: false }),
+            ]
+        );
+        incarnation
+    }
+}
+
+#[test]
+fn a_fresh_worker_is_registered_then_welcomed() {
+    let mut l = Leader::ready();
+    let incarnation = l.admit(10, 7, "w1", 11);
+    assert_eq!(incarnation, 1);
+    assert_eq!(l.core.open_sessions(), 1);
+    l.out.assert_empty();
+}
+
+#[test]
+fn a_second_live_process_under_the_same_name_is_refused() {
+    let mut l = Leader::ready();
+    l.admit(10, 7, "w1", 11);
+    l.core.open(l.cluster.at(20), 8);
+    let effects = l.message(20, 8, hello("w1", 12, vec![]));
+    let reason = "a worker named 'w1' is already connected; give each worker a unique --name".to_string();
+    assert_eq!(
+        effects,
+        vec![Effect::Send { session: 8, msg: msg(MasterBody::Refused { reason }) }, Effect::Close { session: 8 }]
+    );
+}
+
+#[test]
+fn a_restarted_worker_registers_anew_once_its_old_session_is_gone() {
+    let mut l = Leader::ready();
+    l.admit(10, 7, "w1", 11);
+    let mut effects = Vec::new();
+    l.core.closed(7, &mut effects);
+    assert_eq!(effects, vec![Effect::Observe(Observation::SessionClosed { worker: Arc::from("w1") })]);
+    l.core.open(l.cluster.at(20), 8);
+    let effects = l.message(20, 8, hello("w1", 12, vec![]));
+    assert!(
+        matches!(effects.as_slice(), [Effect::Propose { commands, .. }] if matches!(commands[0], Command::RegisterWorker(_)))
+    );
+}
+
+#[test]
+fn the_same_process_reattaches_without_a_registration_and_is_reconciled() {
+    let mut l = Leader::ready();
+    let incarnation = l.admit(10, 7, "w1", 11);
+    let job = l.cluster.submit(2);
+    // A plan puts both tasks on w1.
+    let effects = l.tick(20);
+    let [Effect::Propose { id, commands }] = effects.as_slice() else { panic!("expected a plan: {effects:?}") };
+    let (id, commands) = (*id, commands.clone());
+    l.commit(25, id, commands);
+    let effects = l.out.take();
+    let runs: Vec<RunTask> = (1..=2)
+        .map(|i| RunTask::for_attempt(&l.cluster.state, TaskId::array(job, i), Fence { term: TERM, attempt: 1 }))
+        .map(|r| r.expect("assigned"))
+        .collect();
+    let run = |i: usize| runs[i - 1].clone();
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Observe(Observation::Placement { took: Duration::from_millis(5), assigned: 2 }),
+            Effect::Send {
+                session: 7,
+                msg: msg(MasterBody::Batch(vec![MasterBody::Run(run(1)), MasterBody::Run(run(2))]))
+            },
+        ]
+    );
+    // The stream breaks; the same process comes back knowing task 1 and an attempt the state
+    // no longer gives it.
+    l.core.closed(7, &mut Vec::new());
+    l.core.open(l.cluster.at(30), 9);
+    let fence = Fence { term: TERM, attempt: 1 };
+    let stale = (TaskId::array(job, 9), Fence { term: 1, attempt: 1 });
+    let effects = l.message(30, 9, hello("w1", 11, vec![(TaskId::array(job, 1), fence), stale]));
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Send { session: 9, msg: msg(MasterBody::Welcome { leader: 2, incarnation, heartbeat_ms: 1000 }) },
+            Effect::Observe(Observation::SessionOpened { worker: Arc::from("w1"), incarnation, attached: true }),
+            Effect::Send {
+                session: 9,
+                msg: msg(MasterBody::Batch(vec![
+                    MasterBody::Run(run(2)),
+                    MasterBody::Stop { task: stale.0, fence: stale.1 }
+                ]))
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_worker_of_another_protocol_version_is_refused() {
+    let mut l = Leader::ready();
+    l.core.open(l.cluster.at(0), 3);
+    let old = WorkerMsg::Hello { protocol: 1, info: info("w1", 1, 1), known: vec![], highest_term: 0 };
+    let effects = l.message(0, 3, old);
+    let reason = format!("protocol 1 is not supported (this master speaks {PROTOCOL_VERSION})");
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Send { session: 3, msg: MasterMsg { term: 0, body: MasterBody::Refused { reason } } },
+            Effect::Close { session: 3 },
+        ]
+    );
+}
+
+#[test]
+fn a_bad_name_is_refused() {
+    let mut l = Leader::ready();
+    l.core.open(l.cluster.at(0), 3);
+    let effects = l.message(0, 3, hello("", 1, vec![]));
+    let reason = "worker name must be 1 to 256 characters".to_string();
+    assert_eq!(
+        effects,
+        vec![Effect::Send { session: 3, msg: msg(MasterBody::Refused { reason }) }, Effect::Close { session: 3 }]
+    );
+}
+
+#[test]
+fn a_follower_names_the_leader() {
+    let mut core = LeaderCore::new(config());
+    let cluster = Cluster::new();
+    let mut out = Outbox::default();
+    core.follow(5, Some("10.0.0.3:7700".into()), &mut out.effects);
+    assert_eq!(out.take(), vec![]);
+    core.open(cluster.at(0), 1);
+    core.on_message(cluster.at(0), &cluster.state, 1, hello("w1", 1, vec![]), &mut out.effects);
+    let body = MasterBody::NotLeader { leader: Some("10.0.0.3:7700".into()) };
+    assert_eq!(
+        out.take(),
+        vec![Effect::Send { session: 1, msg: MasterMsg { term: 5, body } }, Effect::Close { session: 1 }]
+    );
+}
+
+#[test]
+fn a_hello_waits_for_the_new_leader_to_be_ready() {
+    let mut core = LeaderCore::new(config());
+    let mut cluster = Cluster::new();
+    let mut out = Outbox::default();
+    core.lead(cluster.at(0), TERM, &mut out.effects);
+    out.take();
+    core.open(cluster.at(1), 1);
+    core.on_message(cluster.at(1), &cluster.state, 1, hello("w1", 1, vec![]), &mut out.effects);
+    assert_eq!(out.take(), vec![], "not ready: the hello waits");
+    let responses = cluster.commit(TERM, vec![Command::LeaderElected { node: 2 }]);
+    core.on_applied(cluster.at(2), &cluster.state, 1, &responses, &mut out.effects);
+    let effects = out.take();
+    assert!(
+        matches!(effects.as_slice(), [Effect::Propose { id: 2, commands }] if matches!(commands[0], Command::RegisterWorker(_))),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_hello_that_waits_too_long_for_readiness_is_sent_away() {
+    let mut core = LeaderCore::new(config());
+    let cluster = Cluster::new();
+    let mut out = Outbox::default();
+    core.lead(cluster.at(0), TERM, &mut out.effects);
+    out.take();
+    core.open(cluster.at(0), 1);
+    core.on_message(cluster.at(0), &cluster.state, 1, hello("w1", 1, vec![]), &mut out.effects);
+    core.on_tick(cluster.at(10_000), &cluster.state, &mut out.effects);
+    assert_eq!(
+        out.take(),
+        vec![
+            Effect::Send { session: 1, msg: msg(MasterBody::NotLeader { leader: None }) },
+            Effect::Close { session: 1 }
+        ]
+    );
+}
+
+#[test]
+fn a_stream_without_hello_is_closed() {
+    let mut l = Leader::ready();
+    l.core.open(l.cluster.at(0), 5);
+    assert_eq!(l.tick(9_999), vec![]);
+    assert_eq!(
+        l.tick(10_000),
+        vec![
+            Effect::Observe(Observation::ProtocolError { session: 5, error: ProtocolError::NoHello }),
+            Effect::Close { session: 5 },
+        ]
+    );
+}
+
+#[test]
+fn a_silent_worker_is_declared_lost_once() {
+    let mut l = Leader::ready();
+    let incarnation = l.admit(0, 7, "w1", 11);
+    assert_eq!(l.tick(3_000), vec![], "exactly the timeout is not yet past it");
+    let effects = l.tick(3_300);
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Close { session: 7 },
+            Effect::Observe(Observation::WorkerSilent {
+                worker: Arc::from("w1"),
+                incarnation,
+                silent: Duration::from_millis(3_300)
+            }),
+            Effect::Propose {
+                id: 3,
+                commands: vec![Command::WorkerLost {
+                    name: "w1".into(),
+                    incarnation,
+                    reason: LostReason::Silent { silent_ms: 3_300 }
+                }]
+            },
+        ]
+    );
+    assert_eq!(l.tick(3_600), vec![], "proposed once");
+    // The proposal failed: the next check proposes it again.
+    l.core.on_failed(l.cluster.at(3_700), 3, Failure::Other, &mut l.out.effects);
+    let effects = l.tick(3_900);
+    assert!(matches!(effects.as_slice(), [Effect::Observe(_), Effect::Propose { .. }]), "{effects:?}");
+}
+
+#[test]
+fn heartbeats_keep_a_worker_alive_and_echoes_come_back() {
+    let mut l = Leader::ready();
+    l.admit(0, 7, "w1", 11);
+    let stats =
+        WorkerMsg::Stats { running: 1, queued: 2, spawned: 3, spawn_micros: 400, echo: Some(9), rtt_micros: Some(250) };
+    assert_eq!(
+        l.message(2_000, 7, stats),
+        vec![
+            Effect::Observe(Observation::Heartbeat { gap: Some(Duration::from_millis(2_000)) }),
+            Effect::Observe(Observation::WorkerStats {
+                worker: Arc::from("w1"),
+                running: 1,
+                queued: 2,
+                spawned: 3,
+                spawn_micros: 400
+            }),
+            Effect::Observe(Observation::RoundTrip(Duration::from_micros(250))),
+            Effect::Send { session: 7, msg: msg(MasterBody::Echo { token: 9 }) },
+        ]
+    );
+    assert_eq!(l.tick(4_000), vec![], "heard from 2 s ago");
+}
+
+#[test]
+fn reports_become_one_proposal_and_fenced_attempts_are_stopped_or_acknowledged() {
+    let mut l = Leader::ready();
+    l.admit(0, 7, "w1", 11);
+    let job = l.cluster.submit(1);
+    let stale = Fence { term: 1, attempt: 1 };
+    let task = TaskId::array(job, 1);
+    let reports = WorkerMsg::Batch(vec![
+        WorkerMsg::Started { task, fence: stale },
+        WorkerMsg::Finished { task, fence: stale, outcome: Outcome::default() },
+        WorkerMsg::Queue { queue: 5 },
+    ]);
+    let effects = l.message(10, 7, reports);
+    let [Effect::Observe(Observation::Heartbeat { .. }), Effect::Propose { id, commands }] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(commands.len(), 3);
+    let (id, commands) = (*id, commands.clone());
+    let responses = l.commit(20, id, commands);
+    assert!(matches!(responses[0], Response::Stale { .. }) && matches!(responses[1], Response::Stale { .. }));
+    assert_eq!(
+        l.out.take(),
+        vec![Effect::Send {
+            session: 7,
+            msg: msg(MasterBody::Batch(vec![
+                MasterBody::Stop { task, fence: stale },
+                MasterBody::Ack { task, fence: stale }
+            ]))
+        }]
+    );
+}
+
+#[test]
+fn stepping_down_closes_every_session_and_forgets_pending_proposals() {
+    let mut l = Leader::ready();
+    l.admit(0, 7, "w1", 11);
+    l.admit(0, 8, "w2", 12);
+    l.core.follow(TERM + 1, Some("m3".into()), &mut l.out.effects);
+    assert_eq!(
+        l.out.take(),
+        vec![
+            Effect::Observe(Observation::SessionClosed { worker: Arc::from("w1") }),
+            Effect::Close { session: 7 },
+            Effect::Observe(Observation::SessionClosed { worker: Arc::from("w2") }),
+            Effect::Close { session: 8 },
+        ]
+    );
+    assert_eq!(l.core.leading_term(), None);
+    assert_eq!(l.core.last_seen("w1"), None);
+    // A late answer to an old proposal does nothing.
+    l.core.on_applied(l.cluster.at(10), &l.cluster.state, 1, &[Response::Noted], &mut l.out.effects);
+    l.out.assert_empty();
+}
