@@ -5,9 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Fence, JobId, Millis, NodeId, TaskId};
+use crate::model::{Fence, JobId, JobState, Millis, NodeId, TaskId};
 use crate::reason::{LostReason, RescheduleReason, StaleReason, TaskFailure};
-use crate::state::JobState;
 
 /// How much history the replicated state keeps. A cluster-wide setting, itself changed by a
 /// command in the log, so every master prunes the same events at the same entry.

@@ -277,3 +277,65 @@ mod tests {
         assert!(c.text.chars().all(|ch| ch == 'é' || ch == 'a'));
     }
 }
+
+/// Where a job is in its life (replicated; rendered by name at the edges).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Waiting,
+    Running,
+    Reducing,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Waiting => "waiting",
+            JobState::Running => "running",
+            JobState::Reducing => "reducing",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// Where one task is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    Waiting,
+    Assigned { worker: String, fence: Fence, since: Millis },
+    Running { worker: String, fence: Fence, since: Millis },
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskState::Waiting => "waiting",
+            TaskState::Assigned { .. } => "assigned",
+            TaskState::Running { .. } => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The worker and fence of the attempt in flight, if any.
+    pub fn in_flight(&self) -> Option<(&str, Fence)> {
+        match self {
+            TaskState::Assigned { worker, fence, .. } | TaskState::Running { worker, fence, .. } => {
+                Some((worker, *fence))
+            }
+            _ => None,
+        }
+    }
+}

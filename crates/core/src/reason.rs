@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::journal::RetentionError;
 use crate::model::{Fence, JobId, SpecError, TaskId};
-use crate::state::{JobState, TaskState};
+use crate::model::{JobState, TaskState};
 
 /// Why a command was refused ([`crate::Response::Invalid`]); nothing changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

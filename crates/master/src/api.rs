@@ -335,7 +335,16 @@ async fn set_retention(State(master): State<Shared>, body: Bytes) -> Result<Json
 
 /// Prometheus text exposition (see `metrics`). Served by every master, leader or not.
 async fn metrics(State(master): State<Shared>) -> Response {
-    let body = master.metrics.render(&master);
+    let raft = master.raft.metrics().borrow().clone();
+    let body = {
+        let data = master.shared.read();
+        master.metrics.render(&crate::metrics::Scrape {
+            raft: &raft,
+            log_bytes: master.log_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            state: &data.state,
+            heartbeat: master.config.heartbeat_interval(),
+        })
+    };
     ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 

@@ -55,11 +55,70 @@ pub fn public_router() -> Router {
 
 /// The data routes (behind the token when one is set).
 pub fn router(master: Arc<Master>) -> Router {
+    let hub = Arc::new(Hub { master, views: std::sync::Mutex::new(None) });
     Router::new()
         .route("/ui/snapshot", get(snapshot).options(preflight))
         .route("/ui/stream", get(stream).options(preflight))
         .route("/ui/job/{id}", get(job).options(preflight))
-        .with_state(master)
+        .with_state(hub)
+}
+
+/// One view for every open stream on this master: a single producer builds and encodes it
+/// (asking each peer once) while at least one page listens, and stops when the last goes.
+struct Hub {
+    master: Arc<Master>,
+    /// The producer's channel while it runs: the newest view, encoded.
+    views: std::sync::Mutex<Option<tokio::sync::watch::Sender<Option<Arc<String>>>>>,
+}
+
+impl Hub {
+    fn subscribe(self: &Arc<Self>) -> tokio::sync::watch::Receiver<Option<Arc<String>>> {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = views.as_ref() {
+            return tx.subscribe();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        *views = Some(tx.clone());
+        tokio::spawn(produce(self.clone(), tx));
+        rx
+    }
+
+    /// True, and the producer must stop, if nobody listens any more. Under the same lock as
+    /// `subscribe`, so a page that subscribes now is never left with a stopped producer.
+    fn retire(&self) -> bool {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        if views.as_ref().is_some_and(|tx| tx.receiver_count() > 0) {
+            return false;
+        }
+        *views = None;
+        true
+    }
+}
+
+/// Builds views while anyone listens: on every change of the state, at most [`MAX_RATE`] a
+/// second, and at least every [`IDLE_REFRESH`].
+async fn produce(hub: Arc<Hub>, tx: tokio::sync::watch::Sender<Option<Arc<String>>>) {
+    let master = &hub.master;
+    let mut applied = master.shared.subscribe();
+    let min_gap = Duration::from_secs(1) / MAX_RATE;
+    loop {
+        let started = tokio::time::Instant::now();
+        match serde_json::to_string(&view(master).await) {
+            Ok(json) => {
+                tx.send_replace(Some(Arc::new(json)));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode a dashboard view"),
+        }
+        // Wait for a change (or the idle refresh), then keep to the rate limit.
+        tokio::select! {
+            _ = tx.closed() => {}
+            _ = tokio::time::timeout(IDLE_REFRESH, applied.changed()) => {}
+        }
+        if tx.is_closed() && hub.retire() {
+            return; // the last page went away
+        }
+        tokio::time::sleep_until(started + min_gap).await;
+    }
 }
 
 /// True for requests that need no token: the page and its code (no cluster data), and the
@@ -198,7 +257,8 @@ struct JobPage {
 /// Tasks a job page lists at most.
 const JOB_TASKS: u64 = 1000;
 
-async fn job(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Response {
+async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
+    let master = &hub.master;
     let Ok(id) = id.parse::<u64>() else {
         return cors(crate::api::bad_request(format!("job id must be a number, not '{id}'")));
     };
@@ -212,33 +272,24 @@ async fn job(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Respo
     }
 }
 
-async fn snapshot(State(master): State<Arc<Master>>) -> Response {
-    cors(Json(view(&master).await))
+async fn snapshot(State(hub): State<Arc<Hub>>) -> Response {
+    cors(Json(view(&hub.master).await))
 }
 
-async fn stream(State(master): State<Arc<Master>>) -> Response {
+async fn stream(State(hub): State<Arc<Hub>>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(2);
+    let mut views = hub.subscribe();
     tokio::spawn(async move {
-        let mut applied = master.shared.subscribe();
-        let min_gap = Duration::from_secs(1) / MAX_RATE;
         loop {
-            let started = tokio::time::Instant::now();
-            let view = view(&master).await;
-            let event = match SseEvent::default().event("view").json_data(&view) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot encode a dashboard view");
-                    return;
+            let view = views.borrow_and_update().clone();
+            if let Some(json) = view {
+                if tx.send(Ok(SseEvent::default().event("view").data(json.as_str()))).await.is_err() {
+                    return; // the page went away
                 }
-            };
-            if tx.send(Ok(event)).await.is_err() {
-                return; // the page went away
             }
-            // Wait for a change (or the idle refresh), then keep to the rate limit.
-            let _ = tokio::time::timeout(IDLE_REFRESH, applied.changed()).await;
-            tokio::time::sleep_until(started + min_gap).await;
-            if tx.is_closed() {
-                return;
+            tokio::select! {
+                _ = tx.closed() => return,
+                changed = views.changed() => if changed.is_err() { return },
             }
         }
     });

@@ -44,20 +44,20 @@ pub async fn watch_leadership(master: Arc<Master>, shutdown: CancellationToken) 
             (true, Some(l)) if l.term == term => {}
             (true, previous) => {
                 if let Some(p) = previous {
-                    p.cancel.cancel();
+                    p.end();
                 }
                 followed = None;
-                let lead = Leadership { term, cancel: shutdown.child_token() };
+                let lead = Leadership::new(term, shutdown.child_token());
                 master.set_leadership(Some(lead.clone()));
                 tracing::info!(term, "became leader");
                 master.sessions.lead(term).await;
-                tokio::spawn(watch_masters(master.clone(), lead));
+                lead.tasks.spawn(watch_masters(master.clone(), lead.clone()));
             }
             (false, current) => {
                 if let Some(l) = current {
                     tracing::info!(term = l.term, "no longer leader");
-                    l.cancel.cancel();
                     master.set_leadership(None);
+                    l.end();
                 }
                 if followed != Some((term, leader)) {
                     followed = Some((term, leader));
@@ -72,7 +72,7 @@ pub async fn watch_leadership(master: Arc<Master>, shutdown: CancellationToken) 
         }
     }
     if let Some(l) = master.set_leadership(None) {
-        l.cancel.cancel();
+        l.end();
     }
 }
 

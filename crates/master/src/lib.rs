@@ -11,15 +11,17 @@
 //!          │ commands          │ commands            │ entries
 //!          ▼                   ▼                     ▼
 //!       proposer ──batches──▶ openraft ──applies──▶ ClusterState (flotilla-core)
-//!                                 │                      │ reads
-//!                     leader only ▼                      ▼
-//!            leader: schedule, worker liveness, master reachability
+//!          ▲                      │                      │ reads
+//!          │ Propose      role    ▼                      ▼
+//!       sessions (shell) ⇄ LeaderCore (flotilla-session): admission, reconcile, reports,
+//!                                  liveness, scheduling rounds
 //! ```
 //!
 //! Modules: [`config`], [`node`] (shared context), [`proposer`] (batching), [`api`] (client
-//! API), [`sessions`] (worker streams), [`leader`] (leader duties), [`raft_service`] (peer RPC
-//! server), [`watchdog`] (quick elections after a leader dies), [`auth`] (token check),
-//! [`metrics`] (Prometheus exposition), [`dashboard`] (the live web dashboard).
+//! API), [`sessions`] (the worker streams' shell around `LeaderCore`), [`leader`] (Raft role
+//! changes, master reachability), [`raft_service`] (peer RPC server), [`watchdog`] (quick
+//! elections after a leader dies), [`auth`] (token check), [`metrics`] (Prometheus
+//! exposition), [`dashboard`] (the live web dashboard).
 
 pub mod api;
 pub mod auth;
@@ -158,7 +160,13 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     }
     tokio::spawn(master.sessions.clone().run(shutdown.clone()));
     tokio::spawn(leader::watch_leadership(master.clone(), shutdown.clone()));
-    tokio::spawn(watchdog::run(master.clone(), shutdown.clone()));
+    tokio::spawn(watchdog::run(
+        raft.clone(),
+        config.id,
+        config.raft.election_max,
+        master.leader_contact.clone(),
+        shutdown.clone(),
+    ));
 
     tokio::select! {
         _ = shutdown.cancelled() => {}

@@ -6,7 +6,6 @@
 //! (term, role, indexes, jobs, tasks, workers, event totals). The latter come from replicated
 //! data, so a follower reports the same cluster figures as the leader, as fresh as its state.
 
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -20,11 +19,19 @@ use prometheus_client::registry::{Registry, Unit};
 use flotilla_core::state::{JobState, WorkerState};
 use flotilla_proto::api::TaskState;
 
-use crate::node::Master;
-
 type Labels = Vec<(String, String)>;
 
 pub use flotilla_proto::exposition::CONTENT_TYPE;
+
+/// What a scrape reads, besides the metrics kept here.
+pub struct Scrape<'a> {
+    pub raft: &'a openraft::RaftMetrics<flotilla_raft::NodeId, flotilla_raft::Node>,
+    /// Bytes of Raft log written since start.
+    pub log_bytes: u64,
+    pub state: &'a flotilla_core::state::ClusterState,
+    /// How often workers send heartbeats (figures older than a few are dropped).
+    pub heartbeat: std::time::Duration,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -256,9 +263,9 @@ impl Metrics {
     }
 
     /// The exposition, refreshed from openraft and the replicated state.
-    pub fn render(&self, master: &Master) -> String {
+    pub fn render(&self, source: &Scrape<'_>) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
-        self.refresh(master);
+        self.refresh(source);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -266,8 +273,8 @@ impl Metrics {
         flotilla_proto::exposition::to_prometheus_text(&out)
     }
 
-    fn refresh(&self, master: &Master) {
-        let raft = master.raft.metrics().borrow().clone();
+    fn refresh(&self, source: &Scrape<'_>) {
+        let raft = source.raft;
         self.raft_term.set(raft.current_term as i64);
         self.raft_role.clear();
         let role = crate::api::role(&raft.state);
@@ -293,11 +300,8 @@ impl Metrics {
             }
         }
         self.raft_quorum_ack_age.set(raft.millis_since_quorum_ack.map_or(0.0, |ms| ms as f64 / 1000.0));
-        let written = master.log_bytes.load(Ordering::Relaxed);
-        self.log_bytes.inc_by(written.saturating_sub(self.log_bytes.get()));
-
-        let data = master.shared.read();
-        let state = &data.state;
+        self.log_bytes.inc_by(source.log_bytes.saturating_sub(self.log_bytes.get()));
+        let state = source.state;
         self.jobs.clear();
         self.tasks.clear();
         self.queue_waiting.clear();
@@ -363,7 +367,7 @@ impl Metrics {
         self.reported_queued.clear();
         self.reported_spawns.clear();
         self.reported_spawn_seconds.clear();
-        let fresh = master.config.heartbeat_interval() * 3;
+        let fresh = source.heartbeat * 3;
         let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         reports.retain(|_, (at, _)| at.elapsed() <= fresh);
         for (worker, (_, [running, queued, spawned, micros])) in reports.iter() {

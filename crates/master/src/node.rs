@@ -19,11 +19,34 @@ use flotilla_session::leader::LeaderConfig;
 use crate::sessions::Sessions;
 use crate::watchdog::LeaderContact;
 
-/// Present while this master leads: the term, and a token cancelled when leadership ends.
+/// Present while this master leads: the term, a token cancelled when leadership ends, and
+/// the tasks started for it (drained when it ends).
 #[derive(Clone)]
 pub struct Leadership {
     pub term: u64,
     pub cancel: CancellationToken,
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
+impl Leadership {
+    pub fn new(term: u64, cancel: CancellationToken) -> Self {
+        Leadership { term, cancel, tasks: tokio_util::task::TaskTracker::new() }
+    }
+
+    /// Ends the leadership: its tasks are told to stop, and a straggler is reported.
+    pub fn end(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        tokio::spawn(async move {
+            if tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await.is_err() {
+                tracing::warn!(
+                    term = self.term,
+                    left = self.tasks.len(),
+                    "leader tasks still running 2 s after the term ended"
+                );
+            }
+        });
+    }
 }
 
 pub struct Master {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::Master;
+use flotilla_raft::{NodeId, Raft};
 
 /// When this master last heard from a leader (an AppendEntries call).
 pub struct LeaderContact {
@@ -94,28 +94,29 @@ impl Watch {
     }
 }
 
-pub async fn run(master: Arc<Master>, shutdown: CancellationToken) {
-    let mut watch = Watch::new(master.config.raft.election_max, Instant::now());
+/// Stands for election whenever [`Watch`] says so, until `shutdown`.
+pub async fn run(raft: Raft, me: NodeId, lease: Duration, contact: Arc<LeaderContact>, shutdown: CancellationToken) {
+    let mut watch = Watch::new(lease, Instant::now());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
         let view = {
-            let metrics = master.raft.metrics();
+            let metrics = raft.metrics();
             let m = metrics.borrow();
             View {
-                me: master.config.id,
+                me,
                 state: m.state,
                 leader: m.current_leader,
                 term: m.current_term,
                 voters: m.membership_config.membership().voter_ids().collect(),
             }
         };
-        let silence = master.leader_contact.silent_for();
+        let silence = contact.silent_for();
         if watch.observe(Instant::now(), &view, silence) {
             tracing::info!(silent_ms = silence.as_millis() as u64, suspected = ?view.leader, "leader silent past its lease; starting an election");
-            let _ = master.raft.trigger().elect().await;
+            let _ = raft.trigger().elect().await;
         }
     }
 }

@@ -40,14 +40,24 @@ pub struct SmData {
 pub struct Shared {
     data: RwLock<SmData>,
     applied: watch::Sender<u64>,
+    /// An apply panicked: the state may be half-applied.
+    poisoned: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     /// Read access to the replicated state. Hold it briefly: apply waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, SmData> {
-        // A poisoned lock means an apply panicked; the data is still the last consistent
-        // state because apply mutates only after validating. Keep serving it.
+        // An apply that panicked may have left the state half-applied: better no answer than
+        // one no other replica would give (Raft is stopping this master meanwhile).
+        if self.poisoned.load(Ordering::SeqCst) {
+            panic!("the replicated state is unusable: applying an entry panicked");
+        }
         self.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether an apply panicked (the master is stopping).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
     }
 
     /// Fires with the last applied log index after every applied batch.
@@ -117,7 +127,7 @@ impl StateMachineStore {
         let index = data.last_applied.map(|l| l.index).unwrap_or(0);
         let (applied, _) = watch::channel(index);
         Ok(StateMachineStore {
-            shared: Arc::new(Shared { data: RwLock::new(data), applied }),
+            shared: Arc::new(Shared { data: RwLock::new(data), applied, poisoned: Default::default() }),
             db: Arc::new(db),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
         })
@@ -217,7 +227,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => out.push(Applied::default()),
                     EntryPayload::Normal(proposal) => {
                         let ctx = ApplyCtx { index: log_id.index, term: log_id.leader_id.term, at_ms: proposal.at_ms };
-                        let responses = data.state.apply(ctx, &proposal);
+                        // A panic part-way through an entry leaves a state no other replica has:
+                        // never serve it. The error stops Raft, and the master with it, loudly;
+                        // on restart the entry is applied again from the last snapshot.
+                        let applied =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| data.state.apply(ctx, &proposal)));
+                        let Ok(responses) = applied else {
+                            self.shared.poisoned.store(true, Ordering::SeqCst);
+                            let e = std::io::Error::other(format!("applying entry {} panicked", log_id.index));
+                            tracing::error!(index = log_id.index, "applying an entry panicked; stopping this master");
+                            return Err(storage_error(ErrorSubject::StateMachine, ErrorVerb::Write, &e));
+                        };
                         out.push(Applied { responses });
                     }
                     EntryPayload::Membership(m) => {

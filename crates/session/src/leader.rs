@@ -17,7 +17,7 @@
 //!  timer / state change ─▶ tick ┘           └─▶ Observe       (metrics, logs)
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -186,6 +186,8 @@ enum Origin {
     Lost {
         name: String,
         incarnation: u64,
+        /// When the worker was last heard, restored if the proposal fails.
+        last_seen: Option<Instant>,
     },
 }
 
@@ -196,7 +198,8 @@ struct Lead {
     elect_retry_at: Option<Instant>,
     by_worker: HashMap<Arc<str>, SessionId>,
     last_seen: HashMap<Arc<str>, Instant>,
-    lost_proposed: HashSet<(String, u64)>,
+    /// Workers (name, incarnation) whose loss this leader proposed.
+    lost_proposed: HashMap<String, u64>,
     next_liveness: Instant,
     plan_in_flight: bool,
 }
@@ -311,7 +314,7 @@ impl LeaderCore {
             elect_retry_at: None,
             by_worker: HashMap::new(),
             last_seen: HashMap::new(),
-            lost_proposed: HashSet::new(),
+            lost_proposed: HashMap::new(),
             next_liveness: now,
             plan_in_flight: false,
         });
@@ -496,6 +499,12 @@ impl LeaderCore {
             return;
         }
         let name: Arc<str> = Arc::from(info.name.as_str());
+        // The hello is word from the worker: silence from an earlier process or session must
+        // not count against the registration that follows (the liveness check may run between
+        // its commit and its welcome).
+        if let Role::Leading(lead) = &mut self.role {
+            lead.last_seen.insert(name.clone(), now);
+        }
         match attached {
             Some(incarnation) => self.welcome(now, state, session, name, incarnation, &known, true, out),
             None => {
@@ -602,11 +611,14 @@ impl LeaderCore {
     fn check_liveness(&mut self, now: Instant, state: &ClusterState, out: &mut Vec<Effect>) {
         let Role::Leading(lead) = &mut self.role else { return };
         // Forget proposals that took effect (or whose worker came back as a new incarnation).
-        lead.lost_proposed.retain(|(name, incarnation)| {
+        lead.lost_proposed.retain(|name, incarnation| {
             state.worker(name).is_some_and(|w| w.state == WorkerState::Ready && w.incarnation == *incarnation)
         });
         let mut silent = Vec::new();
         for w in state.workers().filter(|w| w.state == WorkerState::Ready) {
+            if lead.lost_proposed.get(w.name.as_str()) == Some(&w.incarnation) {
+                continue; // already proposed
+            }
             let since = match lead.last_seen.get(w.name.as_str()) {
                 Some(t) => now.saturating_duration_since(*t),
                 None => {
@@ -615,13 +627,16 @@ impl LeaderCore {
                     Duration::ZERO
                 }
             };
-            if since > self.config.worker_timeout && !lead.lost_proposed.contains(&(w.name.clone(), w.incarnation)) {
+            if since > self.config.worker_timeout {
                 silent.push((w.name.clone(), w.incarnation, since));
             }
         }
         for (name, incarnation, since) in silent {
             let Role::Leading(lead) = &mut self.role else { return };
-            lead.lost_proposed.insert((name.clone(), incarnation));
+            lead.lost_proposed.insert(name.clone(), incarnation);
+            // Its next registration starts a fresh grace period (the liveness check may run
+            // between that registration's commit and its welcome).
+            let last_seen = lead.last_seen.remove(name.as_str());
             if let Some(session) = lead.by_worker.remove(name.as_str()) {
                 self.sessions.remove(&session);
                 out.push(Effect::Close { session });
@@ -630,7 +645,7 @@ impl LeaderCore {
             out.push(Effect::Observe(Observation::WorkerSilent { worker, incarnation, silent: since }));
             let reason = LostReason::silent(since);
             let command = Command::WorkerLost { name: name.clone(), incarnation, reason };
-            self.propose(vec![command], Origin::Lost { name, incarnation }, out);
+            self.propose(vec![command], Origin::Lost { name, incarnation, last_seen }, out);
         }
     }
 
@@ -762,10 +777,15 @@ impl LeaderCore {
                     lead.plan_in_flight = false;
                 }
             }
-            Origin::Lost { name, incarnation } => {
-                // Try again at the next liveness check.
+            Origin::Lost { name, incarnation, last_seen } => {
+                // Try again at the next liveness check, unless the worker was heard meanwhile.
                 if let Role::Leading(lead) = &mut self.role {
-                    lead.lost_proposed.remove(&(name, incarnation));
+                    if let (Some(t), false) = (last_seen, lead.last_seen.contains_key(name.as_str())) {
+                        lead.last_seen.insert(Arc::from(name.as_str()), t);
+                    }
+                    if lead.lost_proposed.get(&name) == Some(&incarnation) {
+                        lead.lost_proposed.remove(&name);
+                    }
                 }
             }
         }

@@ -11,6 +11,7 @@
 
 mod apply;
 
+pub use crate::model::{JobState, TaskState};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -35,33 +36,6 @@ pub struct ApplyCtx {
     pub at_ms: Millis,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JobState {
-    Waiting,
-    Running,
-    Reducing,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl JobState {
-    pub fn name(self) -> &'static str {
-        match self {
-            JobState::Waiting => "waiting",
-            JobState::Running => "running",
-            JobState::Reducing => "reducing",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
-    }
-}
-
 /// Array tasks of a job by state. The reduce task is not counted here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskCounts {
@@ -76,39 +50,6 @@ pub struct TaskCounts {
 impl TaskCounts {
     pub fn unfinished(&self) -> u64 {
         self.waiting + self.assigned + self.running
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TaskState {
-    Waiting,
-    Assigned { worker: String, fence: Fence, since: Millis },
-    Running { worker: String, fence: Fence, since: Millis },
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl TaskState {
-    pub fn name(&self) -> &'static str {
-        match self {
-            TaskState::Waiting => "waiting",
-            TaskState::Assigned { .. } => "assigned",
-            TaskState::Running { .. } => "running",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
-    /// The worker and fence of the attempt in flight, if any.
-    pub fn in_flight(&self) -> Option<(&str, Fence)> {
-        match self {
-            TaskState::Assigned { worker, fence, .. } | TaskState::Running { worker, fence, .. } => {
-                Some((worker, *fence))
-            }
-            _ => None,
-        }
     }
 }
 

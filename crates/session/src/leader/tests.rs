@@ -376,3 +376,30 @@ fn stepping_down_closes_every_session_and_forgets_pending_proposals() {
     l.core.on_applied(l.cluster.at(10), &l.cluster.state, 1, &[Response::Noted], &mut l.out.effects);
     l.out.assert_empty();
 }
+
+/// Regression (found by the chaos run, `isolate-worker`): a worker declared lost that came back
+/// was declared lost again at once, because the liveness check ran between its registration's
+/// commit and its welcome and still saw the silence from before.
+#[test]
+fn regression_a_worker_registering_again_after_being_lost_gets_a_fresh_grace_period() {
+    let mut l = Leader::ready();
+    let incarnation = l.admit(0, 7, "w1", 11);
+    let effects = l.tick(3_300);
+    let Some(Effect::Propose { id, commands }) = effects.last() else { panic!("{effects:?}") };
+    let (id, commands) = (*id, commands.clone());
+    l.commit(3_310, id, commands);
+    // The same process reconnects: a new registration, committed, its outcome not yet back.
+    l.core.open(l.cluster.at(3_400), 8);
+    let effects = l.message(3_400, 8, hello("w1", 11, vec![]));
+    let [Effect::Propose { id, commands }] = effects.as_slice() else { panic!("{effects:?}") };
+    let (id, commands) = (*id, commands.clone());
+    let responses = l.cluster.commit(TERM, commands);
+    assert!(matches!(responses[0], Response::WorkerRegistered { incarnation: i, .. } if i > incarnation));
+    assert_eq!(l.tick(3_600), vec![], "not lost again before its welcome");
+    l.core.on_applied(l.cluster.at(3_650), &l.cluster.state, id, &responses, &mut l.out.effects);
+    assert!(matches!(
+        l.out.take().first(),
+        Some(Effect::Send { msg: MasterMsg { body: MasterBody::Welcome { .. }, .. }, .. })
+    ));
+    assert_eq!(l.tick(6_000), vec![], "heard at its welcome");
+}
