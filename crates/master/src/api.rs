@@ -88,16 +88,6 @@ fn refused(refusal: Refusal) -> Failure {
 }
 
 /// A master's Raft role as the API reports it.
-pub fn role(state: &openraft::ServerState) -> Role {
-    match state {
-        openraft::ServerState::Leader => Role::Leader,
-        openraft::ServerState::Follower => Role::Follower,
-        openraft::ServerState::Candidate => Role::Candidate,
-        openraft::ServerState::Learner => Role::Learner,
-        openraft::ServerState::Shutdown => Role::Shutdown,
-    }
-}
-
 fn from_propose(master: &Master, e: ProposeError) -> Failure {
     match e {
         ProposeError::NotLeader { leader: Some(id) } if id != master.config.id => {
@@ -398,8 +388,10 @@ mod tests {
     #[test]
     fn raft_roles_keep_their_names() {
         use openraft::ServerState as S;
-        let names: Vec<&str> =
-            [S::Leader, S::Follower, S::Candidate, S::Learner, S::Shutdown].iter().map(|s| role(s).as_str()).collect();
+        let names: Vec<&str> = [S::Leader, S::Follower, S::Candidate, S::Learner, S::Shutdown]
+            .iter()
+            .map(|s| flotilla_raft::role(s).as_str())
+            .collect();
         assert_eq!(names, ["leader", "follower", "candidate", "learner", "shutdown"]);
     }
 }

@@ -277,7 +277,7 @@ impl Metrics {
         let raft = source.raft;
         self.raft_term.set(raft.current_term as i64);
         self.raft_role.clear();
-        let role = crate::api::role(&raft.state);
+        let role = flotilla_raft::role(&raft.state);
         self.raft_role.get_or_create(&labels(&[("role", role.as_str())])).set(1);
         let last = raft.last_log_index.unwrap_or(0);
         self.raft_last_log_index.set(last as i64);

@@ -150,7 +150,7 @@ impl Master {
         NodeInfo {
             id: self.config.id,
             address: self.address_of(self.config.id).unwrap_or_default(),
-            role: crate::api::role(&m.state),
+            role: flotilla_raft::role(&m.state),
             term: m.current_term,
             leader: m.current_leader,
             leader_address: m.current_leader.and_then(|id| self.address_of(id)),

@@ -59,3 +59,15 @@ pub(crate) fn storage_error(
         source: openraft::StorageIOError::new(subject, verb, openraft::AnyError::from_dyn(error, None)),
     }
 }
+
+/// A master's Raft role as the API and the metrics name it.
+pub fn role(state: &openraft::ServerState) -> flotilla_proto::api::Role {
+    use flotilla_proto::api::Role;
+    match state {
+        openraft::ServerState::Leader => Role::Leader,
+        openraft::ServerState::Follower => Role::Follower,
+        openraft::ServerState::Candidate => Role::Candidate,
+        openraft::ServerState::Learner => Role::Learner,
+        openraft::ServerState::Shutdown => Role::Shutdown,
+    }
+}
