@@ -29,13 +29,24 @@ use flotilla_proto::grpc::Envelope;
 use flotilla_proto::wire::{MasterMsg, WorkerMsg};
 use flotilla_raft::state_machine::Shared;
 use flotilla_session::leader::{
-    Effect, Failure, LeaderConfig, LeaderCore, Observation, ProposalId, SessionId, MAX_REPORTS,
+    Effect, Failure, LeaderConfig, LeaderCore, Observation, ProposalId, Replica, SessionId, MAX_REPORTS,
 };
 
 use crate::metrics::Metrics;
 use crate::proposer::{ProposeError, Proposer};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The replicated state as the core reads it: under the state machine's lock, only when an
+/// input needs it (heartbeats and reports do not).
+struct Current<'a>(&'a Shared);
+
+impl Replica for Current<'_> {
+    fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        let data = self.0.read();
+        f(&data.state)
+    }
+}
 
 struct Outbound {
     tx: mpsc::UnboundedSender<MasterMsg>,
@@ -74,24 +85,25 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs one input through the core (with the state, read under its lock after the core's)
+    /// Runs one input through the core (which reads the state, under the state's lock taken
+    /// after the core's, only if the input needs it)
     /// and carries out the effects: stream effects at once, under the lock, so every stream
     /// sees messages in the order the core made them; proposals after, in order.
-    async fn drive(self: &Arc<Self>, input: impl FnOnce(&mut LeaderCore, Instant, &ClusterState, &mut Vec<Effect>)) {
+    async fn drive(self: &Arc<Self>, input: impl FnOnce(&mut LeaderCore, Instant, &Current<'_>, &mut Vec<Effect>)) {
         let proposals = self.step(input);
-        self.propose(proposals).await;
+        // Most inputs (heartbeats) propose nothing: no task, no allocation.
+        if !proposals.is_empty() {
+            self.propose(proposals).await;
+        }
     }
 
     fn step(
         &self,
-        input: impl FnOnce(&mut LeaderCore, Instant, &ClusterState, &mut Vec<Effect>),
+        input: impl FnOnce(&mut LeaderCore, Instant, &Current<'_>, &mut Vec<Effect>),
     ) -> Vec<(ProposalId, Vec<Command>)> {
-        let mut effects = Vec::new();
+        let mut effects = Vec::with_capacity(4);
         let mut inner = self.lock();
-        {
-            let data = self.shared.read();
-            input(&mut inner.core, Instant::now(), &data.state, &mut effects);
-        }
+        input(&mut inner.core, Instant::now(), &Current(&self.shared), &mut effects);
         self.act(&mut inner, effects)
     }
 
@@ -162,7 +174,9 @@ impl Sessions {
                         sessions.step(|core, now, _, out| core.on_failed(now, id, failure, out))
                     }
                 };
-                sessions.propose(proposals).await;
+                if !proposals.is_empty() {
+                    sessions.propose(proposals).await;
+                }
             });
         }
     }

@@ -29,6 +29,19 @@ use flotilla_core::session::{self, Reply};
 use flotilla_core::state::{ClusterState, WorkerState};
 use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_VERSION};
 
+/// Read access to the replicated state, taken only by the inputs that need it (a heartbeat or
+/// a report does not): the master's shell reads under the state's lock, the simulation and the
+/// tests hand the state itself.
+pub trait Replica {
+    fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R;
+}
+
+impl Replica for ClusterState {
+    fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(self)
+    }
+}
+
 /// A worker's stream, numbered by the shell that accepted it.
 pub type SessionId = u64;
 /// A proposal, numbered by the core; the shell reports its outcome under this number.
@@ -351,7 +364,7 @@ impl LeaderCore {
     pub fn on_message(
         &mut self,
         now: Instant,
-        state: &ClusterState,
+        state: &impl Replica,
         session: SessionId,
         msg: WorkerMsg,
         out: &mut Vec<Effect>,
@@ -361,7 +374,7 @@ impl LeaderCore {
             Stage::AwaitHello { .. } => {
                 match msg {
                     WorkerMsg::Hello { protocol, info, known, highest_term: _ } => {
-                        self.hello(now, state, session, protocol, info, known, out)
+                        state.read(|state| self.hello(now, state, session, protocol, info, known, out))
                     }
                     _ => {
                         out.push(Effect::Observe(Observation::ProtocolError {
@@ -562,7 +575,7 @@ impl LeaderCore {
     /// Time passed (call at least every liveness period, and whenever the state changed):
     /// hello and readiness deadlines, worker liveness, a retry of the election note, and a
     /// scheduling round.
-    pub fn on_tick(&mut self, now: Instant, state: &ClusterState, out: &mut Vec<Effect>) {
+    pub fn on_tick(&mut self, now: Instant, state: &impl Replica, out: &mut Vec<Effect>) {
         self.expire_waiting(now, out);
         let Role::Leading(lead) = &mut self.role else { return };
         if lead.elect_retry_at.is_some_and(|t| t <= now) {
@@ -573,11 +586,19 @@ impl LeaderCore {
         if !lead.ready {
             return;
         }
-        if lead.next_liveness <= now {
+        let liveness = lead.next_liveness <= now;
+        if liveness {
             lead.next_liveness = now + self.config.liveness_period();
-            self.check_liveness(now, state, out);
         }
-        self.schedule(now, state, out);
+        if !liveness && lead.plan_in_flight {
+            return; // nothing to read the state for
+        }
+        state.read(|state| {
+            if liveness {
+                self.check_liveness(now, state, out);
+            }
+            self.schedule(now, state, out);
+        });
     }
 
     /// Sessions that did not say hello in time, or waited too long for this leader to be ready.
@@ -667,12 +688,55 @@ impl LeaderCore {
     pub fn on_applied(
         &mut self,
         now: Instant,
-        state: &ClusterState,
+        state: &impl Replica,
         id: ProposalId,
         responses: &[Response],
         out: &mut Vec<Effect>,
     ) {
         let Some(origin) = self.pending.remove(&id) else { return };
+        match origin {
+            // Answers to reports need no state.
+            Origin::Reports { session, reports } => self.answer_reports(session, reports, responses, out),
+            Origin::Lost { .. } => {}
+            other => state.read(|state| self.applied(now, state, other, responses, out)),
+        }
+    }
+
+    fn answer_reports(
+        &mut self,
+        session: SessionId,
+        reports: Vec<Option<(TaskId, Fence, bool)>>,
+        responses: &[Response],
+        out: &mut Vec<Effect>,
+    ) {
+        if !matches!(self.sessions.get(&session), Some(Stage::Open { .. })) {
+            return; // the worker resends what is not acknowledged when it reconnects
+        }
+        let bodies: Vec<MasterBody> = reports
+            .into_iter()
+            .zip(responses)
+            .filter_map(|(report, response)| {
+                let (task, fence, finished) = report?;
+                match session::reply(response, finished) {
+                    Reply::Ack => Some(MasterBody::Ack { task, fence }),
+                    Reply::Stop => Some(MasterBody::Stop { task, fence }),
+                    Reply::Nothing => None,
+                }
+            })
+            .collect();
+        if let Some(body) = MasterBody::batch(bodies) {
+            self.send(session, body, out);
+        }
+    }
+
+    fn applied(
+        &mut self,
+        now: Instant,
+        state: &ClusterState,
+        origin: Origin,
+        responses: &[Response],
+        out: &mut Vec<Effect>,
+    ) {
         match origin {
             Origin::Elected => {
                 if let Role::Leading(lead) = &mut self.role {
@@ -712,26 +776,6 @@ impl LeaderCore {
                     }
                 }
             }
-            Origin::Reports { session, reports } => {
-                if !matches!(self.sessions.get(&session), Some(Stage::Open { .. })) {
-                    return; // the worker resends what is not acknowledged when it reconnects
-                }
-                let bodies: Vec<MasterBody> = reports
-                    .into_iter()
-                    .zip(responses)
-                    .filter_map(|(report, response)| {
-                        let (task, fence, finished) = report?;
-                        match session::reply(response, finished) {
-                            Reply::Ack => Some(MasterBody::Ack { task, fence }),
-                            Reply::Stop => Some(MasterBody::Stop { task, fence }),
-                            Reply::Nothing => None,
-                        }
-                    })
-                    .collect();
-                if let Some(body) = MasterBody::batch(bodies) {
-                    self.send(session, body, out);
-                }
-            }
             Origin::Plan { at } => {
                 if let Role::Leading(lead) = &mut self.role {
                     lead.plan_in_flight = false;
@@ -750,7 +794,7 @@ impl LeaderCore {
                 // Whatever the capped plan left over is placed at once.
                 self.schedule(now, state, out);
             }
-            Origin::Lost { .. } => {}
+            Origin::Reports { .. } | Origin::Lost { .. } => {}
         }
     }
 
