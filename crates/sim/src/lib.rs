@@ -31,6 +31,9 @@
 //!
 //! Not simulated: openraft itself (its election and replication code), the gRPC/HTTP
 //! transport, redb, and real processes; the chaos harness exercises those for real.
+//!
+//! Replaying one seed with `SIM_DEBUG=1` in the environment prints the faults as they are
+//! injected and, on a violation, the journal and where every master and worker stood.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::panic::AssertUnwindSafe;
