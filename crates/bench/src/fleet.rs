@@ -154,7 +154,8 @@ async fn session(
                         stats.refused.fetch_add(1, Ordering::Relaxed);
                         return welcomed;
                     }
-                    MasterBody::Stop { .. } | MasterBody::Ack { .. } | MasterBody::Batch(_) | MasterBody::Echo { .. } => {}
+                    // Nothing waits in its queue: a revocation has nothing to give back.
+                    MasterBody::Stop { .. } | MasterBody::Ack { .. } | MasterBody::Batch(_) | MasterBody::Echo { .. } | MasterBody::Revoke { .. } => {}
                 }
                 }
                 if !reports.is_empty() && tx.send(encode(&WorkerMsg::Batch(reports))).is_err() {

@@ -96,6 +96,13 @@ pub enum Command {
     },
     /// How much of the event journal the cluster keeps (an operator's setting).
     SetJournalRetention(crate::journal::Retention),
+    /// The worker confirmed it took this queued attempt out of its queue without starting it
+    /// (the leader asked, to run it on an idle worker): the task waits to be placed again.
+    TaskRevoked {
+        task: TaskId,
+        fence: Fence,
+        worker: String,
+    },
 }
 
 /// One committed assignment, as the leader pushes it to the worker.
@@ -138,6 +145,8 @@ pub enum Response {
         reason: StaleReason,
     },
     Noted,
+    /// A queued attempt was taken back from its worker; the task waits again.
+    Revoked,
     /// The command was refused; nothing changed.
     Invalid {
         reason: Refusal,

@@ -17,8 +17,8 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::command::Placement;
-use crate::model::{TaskId, TaskSlot};
-use crate::state::{ClusterState, Job, WorkerState};
+use crate::model::{Fence, Millis, TaskId, TaskSlot};
+use crate::state::{ClusterState, Job, TaskState, Worker, WorkerState};
 
 /// Capacity of one worker while a plan is being built.
 struct Slot<'a> {
@@ -119,6 +119,85 @@ pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
         }
     }
     plan
+}
+
+/// A queued attempt to take back from its worker so that an idle worker runs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub task: TaskId,
+    pub fence: Fence,
+    /// The worker that holds it queued.
+    pub worker: String,
+}
+
+/// A busy worker's queued attempts, the back of its queue first, and their cpus.
+struct Backlog<'a> {
+    cpus: u32,
+    worker: &'a str,
+    queued: Vec<(TaskId, Fence, &'a Job)>,
+}
+
+/// Attempts to take back from busy workers' queues so that idle cpus elsewhere run them. Call
+/// it when the plan placed nothing: then every ready worker with free cpus has nothing waiting
+/// that it could run. For each such worker (by name), up to its free cpus: attempts it could run
+/// that workers holding more than their cpus queued last (the back of their queues, the least
+/// likely to have started), from the most-loaded worker first. `skip` leaves out attempts
+/// already being revoked. Only a worker's confirmation that it never started one makes it
+/// wait again (`Command::TaskRevoked`); one that started meanwhile stays where it is.
+pub fn revocations(state: &ClusterState, skip: impl Fn(TaskId, Fence) -> bool) -> Vec<Revocation> {
+    let ready = || state.workers().filter(|w| w.state == WorkerState::Ready);
+    let idle: Vec<&Worker> = ready().filter(|w| w.free_cpus() > 0).collect();
+    if idle.is_empty() {
+        return Vec::new();
+    }
+    let mut busy: Vec<Backlog> = Vec::new();
+    for w in ready().filter(|w| w.cpus_used > w.cpus) {
+        let mut assigned: Vec<(Millis, TaskId, Fence, &Job)> = Vec::new();
+        let mut running_cpus = 0;
+        for (task, fence) in &w.tasks {
+            let Some(job) = state.job(task.job) else { continue };
+            match job.task(task.slot).map(|t| &t.state) {
+                Some(TaskState::Assigned { since, .. }) => assigned.push((*since, *task, *fence, job)),
+                Some(TaskState::Running { .. }) => running_cpus += job.spec.cpus,
+                _ => {}
+            }
+        }
+        // The oldest assignments fill the cpus not known to be running: likely started.
+        assigned.sort_by_key(|(since, task, _, _)| (*since, *task));
+        let mut starting = w.cpus.saturating_sub(running_cpus);
+        let mut queued = Vec::new();
+        for (_, task, fence, job) in assigned {
+            if starting >= job.spec.cpus {
+                starting -= job.spec.cpus;
+                continue;
+            }
+            starting = 0;
+            queued.push((task, fence, job));
+        }
+        queued.reverse();
+        let queued_cpus = queued.iter().map(|(_, _, j)| j.spec.cpus).sum();
+        if !queued.is_empty() {
+            busy.push(Backlog { cpus: queued_cpus, worker: &w.name, queued });
+        }
+    }
+    let mut out = Vec::new();
+    for w in idle {
+        let mut free = w.free_cpus();
+        while free > 0 {
+            // The most-loaded busy worker first (ties by name).
+            busy.sort_by(|a, b| b.cpus.cmp(&a.cpus).then(a.worker.cmp(b.worker)));
+            let fits = |job: &Job| job.spec.cpus <= free && job.spec.cpus <= w.cpus && job.spec.selects(&w.labels);
+            let pick = busy.iter().enumerate().find_map(|(b, backlog)| {
+                backlog.queued.iter().position(|(t, f, j)| fits(j) && !skip(*t, *f)).map(|q| (b, q))
+            });
+            let Some((b, q)) = pick else { break };
+            let (task, fence, job) = busy[b].queued.remove(q);
+            busy[b].cpus -= job.spec.cpus;
+            free -= job.spec.cpus;
+            out.push(Revocation { task, fence, worker: busy[b].worker.to_string() });
+        }
+    }
+    out
 }
 
 /// A job's waiting tasks in the order they should run: the reduce step, or array indices

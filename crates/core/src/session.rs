@@ -39,10 +39,12 @@ pub enum Reply {
     Nothing,
 }
 
-/// `finished`: the report was a result (otherwise a "started").
+/// `finished`: the report was a result or a confirmed revocation (otherwise a "started").
 pub fn reply(response: &Response, finished: bool) -> Reply {
     match (response, finished) {
-        (Response::ResultRecorded | Response::Duplicate | Response::Stale { .. }, true) => Reply::Ack,
+        (Response::ResultRecorded | Response::Duplicate | Response::Revoked | Response::Stale { .. }, true) => {
+            Reply::Ack
+        }
         (Response::Stale { .. }, false) => Reply::Stop,
         _ => Reply::Nothing,
     }

@@ -7,6 +7,8 @@
 //!   ◀─────── Run{task, fence, command…}   (only committed assignments)
 //!   Started / Finished ────────────────▶  (proposed to Raft, then…)
 //!   ◀─────── Ack{task, fence} | Stop{task, fence}
+//!   ◀─────── Revoke{task, fence}          (an idle worker elsewhere could run it)
+//!   Revoked{task, fence} ──────────────▶  (only if not started; proposed, then Ack)
 //!   Heartbeat ─────────────────────────▶  (liveness, leader memory only)
 //! ```
 //!
@@ -19,8 +21,8 @@ use flotilla_core::model::{Fence, NodeId, Outcome, TaskId, TaskSlot};
 use flotilla_core::state::ClusterState;
 use flotilla_core::WorkerInfo;
 
-/// Bumped when session messages change incompatibly.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Bumped when session messages change incompatibly (3: queued attempts can be revoked).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerMsg {
@@ -61,6 +63,13 @@ pub enum WorkerMsg {
         echo: Option<u64>,
         /// The last round trip the worker measured, in microseconds.
         rtt_micros: Option<u64>,
+    },
+    /// The worker took this queued attempt out of its queue without starting it, as asked
+    /// ([`MasterBody::Revoke`]); it will never start it. Sent again after a reconnect until
+    /// acknowledged.
+    Revoked {
+        task: TaskId,
+        fence: Fence,
     },
 }
 
@@ -111,6 +120,12 @@ pub enum MasterBody {
     /// The answer to a heartbeat's `echo` token.
     Echo {
         token: u64,
+    },
+    /// Give back this queued attempt if it has not started (answered by
+    /// [`WorkerMsg::Revoked`]); one that has started stays and runs.
+    Revoke {
+        task: TaskId,
+        fence: Fence,
     },
 }
 

@@ -414,8 +414,14 @@ impl AgentCore {
             out.push(Effect::Observe(Observation::IgnoredStale { term: msg.term, highest }));
             return;
         }
+        let mut given_back = Vec::new();
         for body in msg.body.flatten() {
             match body {
+                MasterBody::Revoke { task, fence } => {
+                    if self.book.on_revoke(task, fence) {
+                        given_back.push(WorkerMsg::Revoked { task, fence });
+                    }
+                }
                 MasterBody::Run(run) => {
                     let actions = self.book.on_run(run);
                     push_actions(actions, out);
@@ -438,6 +444,12 @@ impl AgentCore {
                 }
                 MasterBody::Welcome { .. } | MasterBody::Batch(_) => {}
             }
+        }
+        // An idle worker elsewhere waits for these: at once, in one message.
+        match given_back.len() {
+            0 => {}
+            1 => out.extend(given_back.pop().map(Effect::Send)),
+            _ => out.push(Effect::Send(WorkerMsg::Batch(given_back))),
         }
     }
 

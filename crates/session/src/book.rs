@@ -2,7 +2,7 @@
 //! finished without an acknowledgement, and the highest term it has seen. The session loop
 //! (and the deterministic simulator) feed it messages and execute the actions it returns.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use flotilla_core::model::{Fence, Outcome, TaskId};
 use flotilla_proto::wire::{RunTask, WorkerMsg};
@@ -32,6 +32,9 @@ pub struct Book {
     cpus_used: u32,
     /// Finished attempts not yet acknowledged by a leader, resent after each reconnect.
     unacked: BTreeMap<(TaskId, Fence), Outcome>,
+    /// Queued attempts given back to a leader that asked (never to be started), until it
+    /// acknowledges; resent after each reconnect.
+    revoked: BTreeSet<(TaskId, Fence)>,
 }
 
 impl Book {
@@ -43,6 +46,7 @@ impl Book {
             queued: VecDeque::new(),
             cpus_used: 0,
             unacked: BTreeMap::new(),
+            revoked: BTreeSet::new(),
         }
     }
 
@@ -65,6 +69,7 @@ impl Book {
         let mut known: Vec<(TaskId, Fence)> = self.running.iter().map(|(t, r)| (*t, r.fence)).collect();
         known.extend(self.queued.iter().map(|r| (r.task, r.fence)));
         known.extend(self.unacked.keys().copied());
+        known.extend(self.revoked.iter().copied());
         known.sort();
         known
     }
@@ -78,21 +83,30 @@ impl Book {
         self.queued.len()
     }
 
-    /// The finished-but-unacknowledged results, to send again to a new leader.
+    /// The unacknowledged results and revocations, to send again to a new leader.
     pub fn unacked(&self) -> Vec<WorkerMsg> {
-        self.unacked
-            .iter()
-            .map(|((task, fence), outcome)| WorkerMsg::Finished {
-                task: *task,
-                fence: *fence,
-                outcome: outcome.clone(),
-            })
-            .collect()
+        let results = self.unacked.iter().map(|((task, fence), outcome)| WorkerMsg::Finished {
+            task: *task,
+            fence: *fence,
+            outcome: outcome.clone(),
+        });
+        let revoked = self.revoked.iter().map(|(task, fence)| WorkerMsg::Revoked { task: *task, fence: *fence });
+        results.chain(revoked).collect()
+    }
+
+    /// A leader asks for a queued attempt back. True if it was still queued: it is dropped
+    /// and will never start here. One that started (or is unknown) stays as it is.
+    pub fn on_revoke(&mut self, task: TaskId, fence: Fence) -> bool {
+        let Some(at) = self.queued.iter().position(|q| q.task == task && q.fence == fence) else { return false };
+        self.queued.remove(at);
+        self.revoked.insert((task, fence));
+        true
     }
 
     pub fn on_run(&mut self, run: RunTask) -> Vec<Action> {
         let mut actions = Vec::new();
         let duplicate = self.unacked.contains_key(&(run.task, run.fence))
+            || self.revoked.contains(&(run.task, run.fence))
             || self.queued.iter().any(|q| q.task == run.task && q.fence == run.fence)
             || self.running.get(&run.task).is_some_and(|r| r.fence == run.fence);
         if duplicate {
@@ -110,6 +124,8 @@ impl Book {
 
     pub fn on_stop(&mut self, task: TaskId, fence: Fence) -> Vec<Action> {
         self.queued.retain(|q| !(q.task == task && q.fence == fence));
+        // The state no longer gives it to this worker: its revocation took effect.
+        self.revoked.remove(&(task, fence));
         match self.running.get(&task) {
             Some(r) if r.fence == fence => vec![Action::Kill(task, fence)],
             _ => Vec::new(),
@@ -118,6 +134,7 @@ impl Book {
 
     pub fn on_ack(&mut self, task: TaskId, fence: Fence) {
         self.unacked.remove(&(task, fence));
+        self.revoked.remove(&(task, fence));
     }
 
     /// An attempt's process ended; `outcome` is `None` when it was killed on request (nothing
@@ -200,6 +217,23 @@ mod tests {
         let (msg, next) = b.on_ended(TaskId::array(1, 1), Fence { term: 1, attempt: 1 }, None);
         assert!(msg.is_none(), "a killed attempt reports nothing");
         assert_eq!(next, vec![Action::Start(run(1, 2, 1))]);
+    }
+
+    #[test]
+    fn only_a_queued_attempt_is_given_back_and_never_started_after() {
+        let mut b = Book::new(1);
+        b.on_run(run(1, 1, 1));
+        b.on_run(run(2, 1, 1));
+        let fence = Fence { term: 1, attempt: 1 };
+        assert!(!b.on_revoke(TaskId::array(1, 1), fence), "running: stays");
+        assert!(b.on_revoke(TaskId::array(1, 2), fence), "queued: given back");
+        assert!(b.on_run(run(2, 1, 1)).is_empty(), "a resent run of a revoked attempt starts nothing");
+        let (_, next) = b.on_ended(TaskId::array(1, 1), fence, Some(Outcome::default()));
+        assert!(next.is_empty(), "the revoked attempt is not started when a cpu frees");
+        assert!(b.unacked().contains(&WorkerMsg::Revoked { task: TaskId::array(1, 2), fence }), "resent until acked");
+        assert!(b.known().contains(&(TaskId::array(1, 2), fence)));
+        b.on_ack(TaskId::array(1, 2), fence);
+        assert!(!b.unacked().contains(&WorkerMsg::Revoked { task: TaskId::array(1, 2), fence }));
     }
 
     #[test]

@@ -215,8 +215,13 @@ struct Lead {
     lost_proposed: HashMap<String, u64>,
     next_liveness: Instant,
     plan_in_flight: bool,
+    /// Queued attempts asked back from their workers, and when (asked again after a while:
+    /// one that had started is never given back, and the question may have been lost).
+    revoking: HashMap<(TaskId, Fence), Instant>,
 }
 
+// One per master, replaced only when the Raft role changes: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Role {
     Following { term: u64, leader: Option<String> },
     Leading(Lead),
@@ -230,6 +235,10 @@ pub struct LeaderCore {
     pending: HashMap<ProposalId, Origin>,
     next_proposal: ProposalId,
 }
+
+/// A queued attempt asked back is asked again after this long (it may have started, or the
+/// question or its answer may have been lost with a session).
+const REVOKE_AGAIN: Duration = Duration::from_secs(1);
 
 /// Most reports turned into one proposal (the shell batches what has arrived up to this).
 pub const MAX_REPORTS: usize = 1024;
@@ -330,6 +339,7 @@ impl LeaderCore {
             lost_proposed: HashMap::new(),
             next_liveness: now,
             plan_in_flight: false,
+            revoking: HashMap::new(),
         });
         self.propose(vec![Command::LeaderElected { node: self.config.me }], Origin::Elected, out);
     }
@@ -422,6 +432,9 @@ impl LeaderCore {
                     (Command::TaskFinished { task, fence, worker, outcome }, Some((task, fence, true)))
                 }
                 WorkerMsg::Queue { queue } => (Command::SetWorkerQueue { worker, queue }, None),
+                WorkerMsg::Revoked { task, fence } => {
+                    (Command::TaskRevoked { task, fence, worker }, Some((task, fence, true)))
+                }
             };
             commands.push(command);
             reports.push(report);
@@ -678,10 +691,31 @@ impl LeaderCore {
         }
         let placements = scheduler::plan(state, self.config.max_plan);
         if placements.is_empty() {
+            self.revoke(now, state, out);
             return;
         }
         lead.plan_in_flight = true;
         self.propose(vec![Command::Assign { placements }], Origin::Plan { at: now }, out);
+    }
+
+    /// Nothing waiting can be placed: asks busy workers for queued attempts that idle cpus
+    /// elsewhere could run (see `scheduler::revocations`). Their confirmations come back as
+    /// reports; only a committed `TaskRevoked` makes a task wait again.
+    fn revoke(&mut self, now: Instant, state: &ClusterState, out: &mut Vec<Effect>) {
+        let Role::Leading(lead) = &mut self.role else { return };
+        lead.revoking.retain(|_, asked| now.saturating_duration_since(*asked) < REVOKE_AGAIN);
+        // The answers to the last round come first: asking more meanwhile would take back
+        // more work than the idle cpus can run.
+        if !lead.revoking.is_empty() {
+            return;
+        }
+        let wanted = scheduler::revocations(state, |task, fence| lead.revoking.contains_key(&(task, fence)));
+        let mut by_worker: BTreeMap<&str, Vec<MasterBody>> = BTreeMap::new();
+        for r in &wanted {
+            lead.revoking.insert((r.task, r.fence), now);
+            by_worker.entry(r.worker.as_str()).or_default().push(MasterBody::Revoke { task: r.task, fence: r.fence });
+        }
+        self.push(by_worker, out);
     }
 
     /// A proposal committed and was applied; `state` is the state now (at or after it).
@@ -709,6 +743,12 @@ impl LeaderCore {
         responses: &[Response],
         out: &mut Vec<Effect>,
     ) {
+        if let Role::Leading(lead) = &mut self.role {
+            // Given back, started or finished: no longer waited for.
+            for (task, fence, _) in reports.iter().flatten() {
+                lead.revoking.remove(&(*task, *fence));
+            }
+        }
         if !matches!(self.sessions.get(&session), Some(Stage::Open { .. })) {
             return; // the worker resends what is not acknowledged when it reconnects
         }

@@ -24,8 +24,9 @@
 //!   restarts a worker the masters refused.
 //!
 //! After every applied entry it checks the state's invariants (`sanity_check`: capacity,
-//! counters, queue, task ownership), that no task's successful result is recorded twice, and
-//! that no worker is declared lost within the timeout of its registration;
+//! counters, queue, task ownership), that no task's successful result is recorded twice, that
+//! no worker is declared lost within the timeout of its registration, and that an attempt
+//! given back (revoked) never runs;
 //! at the end, after the faults stop, that every job succeeded with the expected outputs and
 //! reduce results, and that replaying the committed log rebuilds the same state.
 //!
@@ -97,6 +98,8 @@ pub struct Report {
     pub round_trips: u64,
     /// Queue depths the workers changed (`Queue` reports through the log).
     pub queue_resizes: u64,
+    /// Queued attempts taken back from busy workers for idle ones (committed).
+    pub revocations: u64,
     /// Jobs failed because a task's workers were lost more often than the limit (by design
     /// under dense faults; every other job must succeed).
     pub failed_by_losses: u64,
@@ -291,6 +294,8 @@ struct Sim {
     recorded: HashMap<TaskId, Fence>,
     /// When each worker incarnation's registration was applied.
     registered: HashMap<(String, u64), u64>,
+    /// Attempts taken back from their workers (committed).
+    revoked: std::collections::HashSet<(TaskId, Fence)>,
     report: Report,
 }
 
@@ -373,6 +378,7 @@ impl Sim {
             next_session: 1,
             recorded: HashMap::new(),
             registered: HashMap::new(),
+            revoked: Default::default(),
             report: Report::default(),
         }
     }
@@ -538,6 +544,15 @@ impl Sim {
                     if let Some(previous) = self.recorded.insert(*task, *fence) {
                         panic!("task {task} recorded twice: {previous} then {fence}");
                     }
+                }
+                (Command::TaskFinished { task, fence, .. } | Command::TaskStarted { task, fence, .. }, _)
+                    if self.revoked.contains(&(*task, *fence)) =>
+                {
+                    panic!("{task} {fence} ran although its worker gave it back");
+                }
+                (Command::TaskRevoked { task, fence, .. }, Response::Revoked) => {
+                    self.revoked.insert((*task, *fence));
+                    self.report.revocations += 1;
                 }
                 (Command::RegisterWorker(info), Response::WorkerRegistered { incarnation, .. }) => {
                     self.registered.insert((info.name.clone(), *incarnation), self.now);
@@ -779,6 +794,14 @@ impl Sim {
                     }
                 }
                 agent::Effect::Start(run) => {
+                    // A worker that gave an attempt back never starts it.
+                    assert!(
+                        !self.revoked.contains(&(run.task, run.fence)),
+                        "worker {} started {} {} after its revocation committed",
+                        self.workers[w].name,
+                        run.task,
+                        run.fence
+                    );
                     let outcome = self.outcome_of(&run);
                     let done_at = self.now + self.rng.range(10, 400);
                     let worker = &mut self.workers[w];

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
                 totals.round_trips += r.round_trips;
                 totals.queue_resizes += r.queue_resizes;
                 totals.failed_by_losses += r.failed_by_losses;
+                totals.revocations += r.revocations;
             }
             Err(e) => {
                 failures += 1;
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} sessions refused, {} round trips, {} queue resizes, {} jobs failed by worker losses (by design), {} tasks checked, {failures} violations, {:.1}s",
+        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} sessions refused, {} round trips, {} queue resizes, {} queued attempts revoked, {} jobs failed by worker losses (by design), {} tasks checked, {failures} violations, {:.1}s",
         totals.faults,
         totals.terms,
         totals.entries,
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         totals.refusals,
         totals.round_trips,
         totals.queue_resizes,
+        totals.revocations,
         totals.failed_by_losses,
         totals.tasks,
         t0.elapsed().as_secs_f64()

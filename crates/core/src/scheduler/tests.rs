@@ -146,3 +146,72 @@ fn regression_a_deep_queue_does_not_make_a_small_worker_take_a_big_task() {
     }));
     assert!(plan(&s.state, usize::MAX).is_empty());
 }
+
+/// A busy worker holding queued attempts beyond its cpus, an idle one that could run them.
+fn busy_and_idle() -> (Setup, u64) {
+    let mut s = Setup::new();
+    s.worker("a", 2, &[]);
+    s.apply(Command::SetWorkerQueue { worker: "a".into(), queue: 8 });
+    let job = s.job(6, 0, 1, &[]);
+    let Response::Assigned { runs } = s.apply(Command::Assign { placements: plan(&s.state, usize::MAX) }) else {
+        panic!("assign")
+    };
+    assert_eq!(runs.len(), 6);
+    s.worker("b", 2, &[]);
+    (s, job)
+}
+
+#[test]
+fn an_idle_worker_gets_the_back_of_a_busy_queue() {
+    let (s, job) = busy_and_idle();
+    assert!(plan(&s.state, usize::MAX).is_empty(), "nothing waits in the cluster queue");
+    let wanted = revocations(&s.state, |_, _| false);
+    let tasks: Vec<TaskId> = wanted.iter().map(|r| r.task).collect();
+    // b has 2 free cpus: the last two a queued, never the two it likely runs (1 and 2).
+    assert_eq!(tasks, vec![TaskId::array(job, 6), TaskId::array(job, 5)]);
+    assert!(wanted.iter().all(|r| r.worker == "a"));
+    let skipped = revocations(&s.state, |t, _| t == TaskId::array(job, 6));
+    let tasks: Vec<TaskId> = skipped.iter().map(|r| r.task).collect();
+    assert_eq!(tasks, vec![TaskId::array(job, 5), TaskId::array(job, 4)], "one being revoked is not asked twice");
+}
+
+#[test]
+fn nothing_is_revoked_for_a_worker_that_could_not_run_it() {
+    let mut s = Setup::new();
+    s.worker("a", 2, &[("zone", "x")]);
+    s.apply(Command::SetWorkerQueue { worker: "a".into(), queue: 8 });
+    s.job(6, 0, 1, &[("zone", "x")]);
+    s.apply(Command::Assign { placements: plan(&s.state, usize::MAX) });
+    s.worker("b", 2, &[("zone", "y")]);
+    assert!(revocations(&s.state, |_, _| false).is_empty(), "b's labels do not match the job's selector");
+}
+
+#[test]
+fn a_revoked_attempt_waits_again_and_goes_to_the_idle_worker() {
+    let (mut s, job) = busy_and_idle();
+    let r = revocations(&s.state, |_, _| false).remove(0);
+    let revoke = Command::TaskRevoked { task: r.task, fence: r.fence, worker: r.worker.clone() };
+    assert_eq!(s.apply(revoke.clone()), Response::Revoked);
+    s.state.sanity_check();
+    assert!(matches!(s.apply(revoke), Response::Stale { .. }), "a repeated confirmation changes nothing");
+    let placed = plan(&s.state, usize::MAX);
+    assert_eq!(placed, vec![Placement { task: TaskId::array(job, 6), worker: "b".into() }]);
+    let Response::Assigned { runs } = s.apply(Command::Assign { placements: placed }) else { panic!("assign") };
+    assert_eq!(runs[0].fence.attempt, 2, "a new attempt, fenced apart from the revoked one");
+    let counts = s.state.job(job).map(|j| j.counts).expect("job");
+    assert_eq!((counts.waiting, counts.assigned), (0, 6));
+    // The old attempt's late confirmation or result changes nothing.
+    let late = Command::TaskRevoked { task: r.task, fence: r.fence, worker: r.worker };
+    assert!(matches!(s.apply(late), Response::Stale { .. }));
+}
+
+#[test]
+fn an_attempt_that_started_is_never_revoked() {
+    let (mut s, _) = busy_and_idle();
+    let r = revocations(&s.state, |_, _| false).remove(0);
+    let started = Command::TaskStarted { task: r.task, fence: r.fence, worker: r.worker.clone() };
+    assert_eq!(s.apply(started), Response::Started);
+    let revoke = Command::TaskRevoked { task: r.task, fence: r.fence, worker: r.worker };
+    assert!(matches!(s.apply(revoke), Response::Stale { .. }));
+    assert!(revocations(&s.state, |_, _| false).iter().all(|x| x.task != r.task), "running: not asked again");
+}

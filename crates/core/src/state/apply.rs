@@ -69,7 +69,35 @@ impl ClusterState {
                 }
                 Err(e) => Response::Invalid { reason: Refusal::BadRetention(e) },
             },
+            Command::TaskRevoked { task, fence, worker } => self.task_revoked(ctx, *task, *fence, worker),
         }
+    }
+
+    /// A queued attempt its worker never started goes back to waiting. It costs the task no
+    /// retry and no loss: nothing ran.
+    fn task_revoked(&mut self, ctx: ApplyCtx, id: TaskId, fence: Fence, worker: &str) -> Response {
+        let Some(job) = self.jobs.get_mut(&id.job) else {
+            return Response::Stale { reason: StaleReason::NoJob(id.job) };
+        };
+        let cpus = job.spec.cpus;
+        let Some(task) = task_mut(job, id.slot) else {
+            return Response::Stale { reason: StaleReason::NoTask(id) };
+        };
+        match &task.state {
+            TaskState::Assigned { worker: w, fence: f, .. } if *f == fence && w == worker => {}
+            other => return Response::Stale { reason: StaleReason::for_state(other, fence) },
+        }
+        task.state = TaskState::Waiting;
+        match id.slot {
+            TaskSlot::Array(i) => {
+                job.pending.insert(i);
+                move_count(&mut job.counts, false, Dest::Waiting);
+            }
+            TaskSlot::Reduce => job.reduce_pending = true,
+        }
+        self.release(worker, id, cpus);
+        self.after_task_change(ctx, id.job);
+        Response::Revoked
     }
 
     fn submit(&mut self, ctx: ApplyCtx, spec: &JobSpec, request_id: Option<&str>) -> Response {

@@ -253,3 +253,21 @@ fn echoes_measure_the_round_trip() {
         "{effects:?}"
     );
 }
+
+#[test]
+fn only_a_queued_attempt_is_given_back() {
+    let mut w = Worker::welcomed(1, 2);
+    w.message(10, 2, MasterBody::Run(run(1, 2)));
+    w.message(11, 2, MasterBody::Run(run(2, 2)));
+    let fence = Fence { term: 2, attempt: 1 };
+    let (t1, t2) = (TaskId::array(1, 1), TaskId::array(1, 2));
+    let ask = MasterBody::Batch(vec![MasterBody::Revoke { task: t1, fence }, MasterBody::Revoke { task: t2, fence }]);
+    assert_eq!(
+        w.message(12, 2, ask),
+        vec![Effect::Send(WorkerMsg::Revoked { task: t2, fence })],
+        "task 1 runs: it stays"
+    );
+    // Task 1 ends: the given-back task 2 is not started.
+    w.core.ended(w.at(20), t1, fence, Some(Outcome::default()), None, &mut w.out.effects);
+    assert!(w.out.take().iter().all(|e| !matches!(e, Effect::Start(_))));
+}

@@ -403,3 +403,46 @@ fn regression_a_worker_registering_again_after_being_lost_gets_a_fresh_grace_per
     ));
     assert_eq!(l.tick(6_000), vec![], "heard at its welcome");
 }
+
+#[test]
+fn an_idle_worker_gets_queued_work_from_a_busy_one_through_a_confirmed_revocation() {
+    let mut l = Leader::ready();
+    l.admit(0, 7, "busy", 1);
+    let queue = l.message(1, 7, WorkerMsg::Queue { queue: 8 });
+    let Some(Effect::Propose { id, commands }) = queue.last() else { panic!("{queue:?}") };
+    let (id, commands) = (*id, commands.clone());
+    l.commit(2, id, commands);
+    let job = l.cluster.submit(6);
+    let effects = l.tick(3);
+    let Some(Effect::Propose { id, commands }) = effects.last() else { panic!("{effects:?}") };
+    let (id, commands) = (*id, commands.clone());
+    l.commit(4, id, commands);
+    l.out.take();
+    l.admit(5, 8, "idle", 2);
+    // Nothing waits: the back of the busy worker's queue is asked back for the idle one.
+    let fence = Fence { term: TERM, attempt: 1 };
+    let (t5, t6) = (TaskId::array(job, 5), TaskId::array(job, 6));
+    assert_eq!(
+        l.tick(6),
+        vec![Effect::Send {
+            session: 7,
+            msg: msg(MasterBody::Batch(vec![
+                MasterBody::Revoke { task: t6, fence },
+                MasterBody::Revoke { task: t5, fence }
+            ]))
+        }]
+    );
+    assert_eq!(l.tick(7), vec![], "asked once");
+    // The busy worker gives one back (the other had started).
+    let effects = l.message(8, 7, WorkerMsg::Revoked { task: t6, fence });
+    let [Effect::Observe(_), Effect::Propose { id, commands }] = effects.as_slice() else { panic!("{effects:?}") };
+    assert_eq!(commands, &vec![Command::TaskRevoked { task: t6, fence, worker: "busy".into() }]);
+    let (id, commands) = (*id, commands.clone());
+    l.commit(9, id, commands);
+    assert_eq!(l.out.take(), vec![Effect::Send { session: 7, msg: msg(MasterBody::Ack { task: t6, fence }) }]);
+    // The next round places it on the idle worker, as a new attempt.
+    let effects = l.tick(10);
+    let Some(Effect::Propose { commands, .. }) = effects.last() else { panic!("{effects:?}") };
+    let Command::Assign { placements } = &commands[0] else { panic!("{commands:?}") };
+    assert_eq!(placements, &vec![flotilla_core::command::Placement { task: t6, worker: "idle".into() }]);
+}
