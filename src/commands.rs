@@ -288,11 +288,13 @@ async fn status(client: &Client, json: bool, stale: bool) -> anyhow::Result<Exit
     for w in &s.workers {
         let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "  {:<20} {:<6} cpus {}/{}  {}{}",
+            "  {:<20} {:<6} cpus busy {}/{}, free {}, queued {}  {}{}",
             w.name,
             w.state,
-            w.cpus_used,
+            w.cpus_busy,
             w.cpus_total,
+            w.cpus_free,
+            w.cpus_queued,
             labels.join(","),
             w.last_heartbeat_ms_ago.map(|ms| format!("  (heard {ms} ms ago)")).unwrap_or_default()
         );

@@ -50,8 +50,8 @@ async fn long_tasks_behind_quick_ones_are_shared_by_both_workers() {
 
 /// A worker that joins while another holds every task of a job in its queue (nothing waits in
 /// the cluster queue, so only a revocation can give the newcomer work) gets part of it.
-/// Invariants: the newcomer runs tasks of the job submitted before it joined; every task is
-/// recorded exactly once with its own output.
+/// Invariants: status shows the busy, queued and free cpus apart; the newcomer runs tasks of
+/// the job submitted before it joined; every task is recorded exactly once with its own output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_joining_late_takes_work_from_a_deep_queue() {
     let mut t = cluster(1, &[("a", 1)], &[]).await;
@@ -64,6 +64,15 @@ async fn a_worker_joining_late_takes_work_from_a_deep_queue() {
         })
     })
     .await;
+    // Honest figures: one cpu busy, the rest queued, none free; never "8/1". (A task may
+    // finish meanwhile, so the queued count is not pinned.)
+    let status = client.status(false).await.expect("status");
+    let a = status.workers.iter().find(|w| w.name == "a").expect("worker a");
+    assert_eq!((a.cpus_busy, a.cpus_free, a.cpus_total), (1, 0, 1), "{a:?}");
+    assert!(a.cpus_queued >= 1 && a.cpus_busy + a.cpus_queued == a.cpus_used, "{a:?}");
+    let (code, out, _) = cli(&t.cluster.master_list(), &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("cpus busy 1/1, free 0, queued "), "{out}");
     t.cluster.start_worker("b", 1, "").expect("start worker b");
     let detail = wait_job(&t, &client, id, LONG).await;
     if detail.tasks.succeeded != 8 {

@@ -59,6 +59,8 @@ pub struct Metrics {
     workers: Family<Labels, Gauge>,
     worker_cpus: Family<Labels, Gauge>,
     worker_cpus_used: Family<Labels, Gauge>,
+    worker_cpus_busy: Family<Labels, Gauge>,
+    worker_cpus_queued: Family<Labels, Gauge>,
     worker_queue: Family<Labels, Gauge>,
     events: Family<Labels, Counter>,
     reported_running: Family<Labels, Gauge>,
@@ -114,6 +116,8 @@ impl Metrics {
             workers: Family::default(),
             worker_cpus: Family::default(),
             worker_cpus_used: Family::default(),
+            worker_cpus_busy: Family::default(),
+            worker_cpus_queued: Family::default(),
             worker_queue: Family::default(),
             events: Family::default(),
             reported_running: Family::default(),
@@ -176,6 +180,12 @@ impl Metrics {
             "worker_cpus_used",
             "Cpus of a ready worker held by assigned or running tasks",
             m.worker_cpus_used.clone(),
+        );
+        r.register("worker_cpus_busy", "Cpus of a ready worker running tasks", m.worker_cpus_busy.clone());
+        r.register(
+            "worker_cpus_queued",
+            "Cpus' worth of tasks queued on a ready worker, waiting for a free cpu",
+            m.worker_cpus_queued.clone(),
         );
         r.register("worker_queue", "Tasks' cpus a ready worker keeps queued beyond its cpus", m.worker_queue.clone());
         r.register("worker_heartbeats", "Leader only: messages received from workers", m.heartbeats.clone());
@@ -345,6 +355,8 @@ impl Metrics {
         self.workers.clear();
         self.worker_cpus.clear();
         self.worker_cpus_used.clear();
+        self.worker_cpus_busy.clear();
+        self.worker_cpus_queued.clear();
         self.worker_queue.clear();
         for s in [WorkerState::Ready, WorkerState::Lost] {
             self.workers.get_or_create(&labels(&[("state", s.name())])).set(0);
@@ -360,6 +372,8 @@ impl Metrics {
             let l = labels(&[("worker", &w.name), ("zone", zone), ("region", region)]);
             self.worker_cpus.get_or_create(&l).set(i64::from(w.cpus));
             self.worker_cpus_used.get_or_create(&l).set(i64::from(w.cpus_used));
+            self.worker_cpus_busy.get_or_create(&l).set(i64::from(w.cpus_busy()));
+            self.worker_cpus_queued.get_or_create(&l).set(i64::from(w.cpus_queued()));
             self.worker_queue.get_or_create(&l).set(i64::from(w.queue));
         }
         // Reports older than a few heartbeats are from workers gone or led by another master.

@@ -637,8 +637,15 @@ pub struct WorkerStatus {
     pub name: String,
     pub state: WorkerState,
     pub labels: BTreeMap<String, String>,
+    /// Cpus of the attempts it holds, running or queued (`cpus_busy + cpus_queued`).
     pub cpus_used: u32,
     pub cpus_total: u32,
+    /// Cpus running attempts (at most `cpus_total`).
+    pub cpus_busy: u32,
+    /// Cpus' worth of attempts queued on it, waiting for a free cpu.
+    pub cpus_queued: u32,
+    /// Cpus with nothing to run.
+    pub cpus_free: u32,
     pub memory: Option<u64>,
     pub tasks: usize,
     pub joined_at: String,
@@ -657,6 +664,9 @@ impl WorkerStatus {
             labels: w.labels.clone(),
             cpus_used: w.cpus_used,
             cpus_total: w.cpus,
+            cpus_busy: w.cpus_busy(),
+            cpus_queued: w.cpus_queued(),
+            cpus_free: w.free_cpus(),
             memory: w.memory,
             tasks: w.tasks.len(),
             joined_at: rfc3339(w.joined_at),

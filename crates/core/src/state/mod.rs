@@ -187,6 +187,17 @@ impl Worker {
         self.cpus.saturating_sub(self.cpus_used)
     }
 
+    /// Cpus busy running attempts: a worker starts what it holds as soon as a cpu frees, so
+    /// the attempts it holds fill its cpus first.
+    pub fn cpus_busy(&self) -> u32 {
+        self.cpus_used.min(self.cpus)
+    }
+
+    /// Cpus' worth of attempts it holds queued, waiting for a free cpu.
+    pub fn cpus_queued(&self) -> u32 {
+        self.cpus_used.saturating_sub(self.cpus)
+    }
+
     /// Room left for attempts, counting its queue.
     pub fn free_capacity(&self) -> u32 {
         (self.cpus + self.queue).saturating_sub(self.cpus_used)

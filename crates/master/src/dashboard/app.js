@@ -164,13 +164,15 @@ function badge(text) {
 
 function clusterPage(v) {
   const leader = v.masters.find((m) => m.role === "leader");
-  const cpus = v.workers.filter((w) => w.state !== "lost").reduce((a, w) => [a[0] + w.cpus_used, a[1] + w.cpus_total], [0, 0]);
+  const up = v.workers.filter((w) => w.state !== "lost");
+  const cpus = up.reduce((a, w) => [a[0] + w.cpus_busy, a[1] + w.cpus_total, a[2] + w.cpus_queued], [0, 0, 0]);
   const counts = v.job_counts;
   const tiles = [
     ["leader", leader ? `master ${leader.id}` : "none"],
     ["term", v.node.term],
     ["workers up", v.workers.filter((w) => w.state !== "lost").length],
-    ["cpus used", `${cpus[0]} / ${cpus[1]}`],
+    ["cpus busy", `${cpus[0]} / ${cpus[1]}`],
+    ["cpus queued", cpus[2]],
     ["jobs running", (counts.running || 0) + (counts.waiting || 0)],
     ["jobs done", (counts.succeeded || 0) + (counts.failed || 0) + (counts.cancelled || 0)],
   ].map(([k, val]) => `<div class="tile"><span class="muted">${esc(k)}</span><b id="tile-${k.replace(/ /g, "-")}">${esc(val)}</b></div>`).join("");
@@ -187,11 +189,12 @@ function clusterPage(v) {
   const zoneHtml = [...zones.entries()].sort().map(([zone, ws]) => `
     <div class="zone" data-zone="${esc(zone)}"><h3>${esc(zone)}</h3>
     ${ws.map((w) => {
-      const pct = w.cpus_total ? Math.round((100 * w.cpus_used) / w.cpus_total) : 0;
+      const pct = w.cpus_total ? Math.round((100 * w.cpus_busy) / w.cpus_total) : 0;
+      const queued = w.cpus_queued ? ` +${w.cpus_queued} queued` : "";
       return `<div class="worker" data-name="${esc(w.name)}" data-state="${esc(w.state)}">
         <span>${esc(w.name)}</span>${badge(w.state)}
-        <div class="load" title="${w.cpus_used} of ${w.cpus_total} cpus in use"><div style="width:${pct}%"></div></div>
-        <span class="muted">${w.cpus_used}/${w.cpus_total}</span></div>`;
+        <div class="load" title="${w.cpus_busy} of ${w.cpus_total} cpus busy, ${w.cpus_free} free, ${w.cpus_queued} queued"><div style="width:${pct}%"></div></div>
+        <span class="muted">${w.cpus_busy}/${w.cpus_total}${queued}</span></div>`;
     }).join("")}</div>`).join("");
   return `<div class="tiles">${tiles}</div>
     <h2>Masters</h2>
