@@ -51,6 +51,9 @@ pub enum Cmd {
         #[command(subcommand)]
         command: IncidentCmd,
     },
+    /// Show or change how jobs of the same priority share the workers: `fair` (the default:
+    /// jobs take turns, the one holding the fewest tasks first) or `fifo` (submission order).
+    Scheduling(SchedulingArgs),
     /// Run a local cluster in the foreground (3 masters, 2 workers); Ctrl-C stops it.
     Up(UpArgs),
     /// Start a local cluster, run a job, kill the leader and a worker, show the result.
@@ -317,6 +320,18 @@ pub struct RetentionArgs {
     /// Drop events older than this: a duration like 7d or 12h (at least 1m), or `none`.
     #[arg(long)]
     pub max_age: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SchedulingArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// `fair` or `fifo` (a cluster-wide setting, committed through Raft).
+    #[arg(long)]
+    pub sharing: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -23,6 +23,7 @@ pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Status { client, json, stale } => status(&connect(&client)?, json, stale).await,
         Cmd::Events(a) => events(a).await,
         Cmd::Incident { command: crate::cli::IncidentCmd::Report(a) } => incident_report(a).await,
+        Cmd::Scheduling(a) => scheduling(a).await,
         Cmd::Up(a) => crate::local::up(a).await,
         Cmd::Demo(a) => crate::demo::run(a).await,
     }
@@ -381,6 +382,30 @@ async fn retention(a: RetentionArgs) -> anyhow::Result<ExitCode> {
         println!("keeps at most:  {} events, age {age}", view.max_events);
         println!("kept now:       {} of {} recorded", view.kept, view.recorded);
         println!("oldest kept:    {}", view.oldest.as_deref().unwrap_or("-"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn scheduling(a: crate::cli::SchedulingArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&a.client)?;
+    let view = match a.sharing.as_deref() {
+        Some(name) => {
+            let sharing = flotilla_core::model::Sharing::from_name(name)
+                .ok_or_else(|| anyhow!("--sharing {name:?}: expected `fair` or `fifo`"))?;
+            client.set_scheduling(&flotilla_proto::api::Scheduling { sharing }).await?
+        }
+        None => client.scheduling(false).await?,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        let what = match view.sharing {
+            flotilla_core::model::Sharing::Fair => {
+                "jobs of one priority take turns (the one holding the fewest tasks first)"
+            }
+            flotilla_core::model::Sharing::Fifo => "jobs of one priority run in submission order",
+        };
+        println!("sharing: {} ({what})", view.sharing.name());
     }
     Ok(ExitCode::SUCCESS)
 }

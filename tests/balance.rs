@@ -83,3 +83,37 @@ async fn a_worker_joining_late_takes_work_from_a_deep_queue() {
         t.fail(&format!("the late worker got nothing: {by_worker:?}"));
     }
 }
+
+/// Fair sharing (the default): a short job submitted behind a large array does not wait for
+/// the array. Invariants: the short job succeeds while most of the array has yet to run, with
+/// each task recorded once; the cluster setting switches to `fifo` and back through the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_job_behind_a_large_array_runs_at_once() {
+    let t = cluster(1, &[("a", 2)], &["--worker-timeout", "5s"]).await;
+    let client = t.client();
+    let masters = t.cluster.master_list();
+    let (code, out, _) = cli(&masters, &["scheduling", "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"fair\""), "{out}");
+    let array = client.submit(&sleepers(200, "0.2")).await.expect("submit array").id;
+    let short = SubmitRequest {
+        command: vec!["sh".into(), "-c".into(), "echo $FLOTILLA_TASK_INDEX".into()],
+        array: Some("1-3".into()),
+        ..Default::default()
+    };
+    let id = client.submit(&short).await.expect("submit short").id;
+    let detail = wait_job(&t, &client, id, LONG).await;
+    if detail.tasks.succeeded != 3 {
+        t.fail(&format!("the short job did not succeed: {detail:?}"));
+    }
+    ran_on(&t, id, 3).await;
+    let big = client.job(array, false).await.expect("array");
+    assert!(big.tasks.succeeded < 150, "the short job waited for most of the array: {big:?}");
+    let (code, out, err) = cli(&masters, &["scheduling", "--sharing", "fifo"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sharing: fifo"), "{out}");
+    let (code, _, err) = cli(&masters, &["scheduling", "--sharing", "lottery"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("expected `fair` or `fifo`"), "{err}");
+    client.cancel(array).await.expect("cancel");
+}

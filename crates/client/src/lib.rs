@@ -229,6 +229,19 @@ impl Client {
         self.request(Method::PUT, "/v1/events/retention", Some(retention), ATTEMPT_TIMEOUT).await
     }
 
+    /// How jobs of the same priority share the workers.
+    pub async fn scheduling(&self, stale: bool) -> Result<flotilla_proto::api::Scheduling, ClientError> {
+        self.get(&format!("/v1/scheduling{}", stale_query(stale, '?'))).await
+    }
+
+    /// Changes how jobs of the same priority share the workers (committed through Raft).
+    pub async fn set_scheduling(
+        &self,
+        scheduling: &flotilla_proto::api::Scheduling,
+    ) -> Result<flotilla_proto::api::Scheduling, ClientError> {
+        self.request(Method::PUT, "/v1/scheduling", Some(scheduling), ATTEMPT_TIMEOUT).await
+    }
+
     /// One master's own view of itself (never redirected).
     pub async fn node(&self, address: &str) -> Result<NodeInfo, ClientError> {
         let (status, body) = self

@@ -103,6 +103,8 @@ pub enum Command {
         fence: Fence,
         worker: String,
     },
+    /// How jobs of the same priority share the workers (an operator's setting).
+    SetSharing(crate::model::Sharing),
 }
 
 /// One committed assignment, as the leader pushes it to the worker.

@@ -339,3 +339,33 @@ impl TaskState {
         }
     }
 }
+
+/// How jobs of the same priority share the workers (a cluster-wide, replicated setting).
+/// JSON names: `fair`, `fifo` (the replicated encoding is by position, not name).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sharing {
+    /// Jobs take turns: the one holding the fewest attempts is placed next, so a short job
+    /// behind a huge array starts at once.
+    #[default]
+    Fair,
+    /// Strictly in submission order: a job gets nothing until every earlier one is placed.
+    Fifo,
+}
+
+impl Sharing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sharing::Fair => "fair",
+            Sharing::Fifo => "fifo",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Sharing> {
+        match name {
+            "fair" => Some(Sharing::Fair),
+            "fifo" => Some(Sharing::Fifo),
+            _ => None,
+        }
+    }
+}

@@ -5,8 +5,10 @@
 //!   at least the job's cpus, and whose capacity (its cpus plus its queue) covers the job's
 //!   cpus, counting what this same plan already placed there; free cpus are filled before
 //!   any queue;
-//! - jobs are served in priority order, FIFO within a priority; a job that cannot be placed
-//!   does not block lower-priority jobs from using other workers (backfill);
+//! - jobs are served in priority order; within a priority they take turns (the job holding
+//!   the fewest attempts first) under the default `Fair` sharing, or go in submission order
+//!   under `Fifo`; a job that cannot be placed does not block others from using other
+//!   workers (backfill);
 //! - within a job, each task goes to the least-loaded eligible worker (used/total cpus, then
 //!   used/total capacity for queues), ties broken by name, so the plan is deterministic.
 //!
@@ -17,6 +19,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::command::Placement;
+use crate::model::Sharing;
 use crate::model::{Fence, Millis, TaskId, TaskSlot};
 use crate::state::{ClusterState, Job, TaskState, Worker, WorkerState};
 
@@ -82,6 +85,12 @@ impl Ord for ByLoad {
 }
 
 /// Places up to `max` waiting tasks. Returns an empty plan when nothing fits.
+///
+/// Jobs of a higher priority go first. Within a priority the cluster's [`Sharing`] policy
+/// decides: `Fair` (the default) takes turns between the jobs that wait, the job holding the
+/// fewest attempts first, so a short job submitted behind a huge array starts at once;
+/// `Fifo` serves them in submission order. A job that cannot be placed never blocks others
+/// from using other workers (backfill).
 pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
     let mut slots: Vec<Slot> = state
         .workers()
@@ -92,33 +101,98 @@ pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
     if slots.is_empty() {
         return plan;
     }
-    for job in state.queued_jobs() {
+    let jobs: Vec<&Job> = state.queued_jobs().filter(|j| j.has_waiting_work()).collect();
+    let mut group: Vec<&Job> = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        group.push(job);
+        let next_shares = state.sharing() == Sharing::Fair
+            && jobs.get(i + 1).is_some_and(|next| next.spec.priority == job.spec.priority);
+        if !next_shares {
+            place_group(std::mem::take(&mut group), &mut slots, &mut plan, max);
+        }
         if plan.len() >= max {
             break;
         }
-        let cpus = job.spec.cpus;
-        let mut waiting = waiting_tasks(job).peekable();
-        for round in [Round::Run, Round::Queue] {
-            let mut heap: BinaryHeap<ByLoad> = slots
+    }
+    plan
+}
+
+/// One job's turn-taking state within a group.
+struct Turn<'a> {
+    job: &'a Job,
+    waiting: std::iter::Peekable<Box<dyn Iterator<Item = TaskId> + 'a>>,
+    /// Eligible workers by load (entries may be stale: re-checked when popped).
+    heap: BinaryHeap<ByLoad>,
+    /// Attempts it holds, counting this plan's placements: the fewest goes next.
+    held: u64,
+    /// Nothing more to place in this round (no task left, or no worker with room).
+    done: bool,
+}
+
+/// Places the waiting tasks of jobs that share a priority (one job alone under `Fifo`): free
+/// cpus first, then workers' queues; each placement on the least-loaded eligible worker; the
+/// job holding the fewest attempts places next.
+fn place_group<'a>(group: Vec<&'a Job>, slots: &mut [Slot<'_>], plan: &mut Vec<Placement>, max: usize) {
+    // One task iterator per job for both rounds: a task placed on a free cpu is not queued too.
+    let mut turns: Vec<Turn<'a>> = group
+        .iter()
+        .map(|job| Turn {
+            job,
+            waiting: waiting_tasks(job).peekable(),
+            heap: BinaryHeap::new(),
+            held: job.counts.assigned + job.counts.running,
+            done: false,
+        })
+        .collect();
+    for round in [Round::Run, Round::Queue] {
+        for turn in turns.iter_mut() {
+            let (job, cpus) = (turn.job, turn.job.spec.cpus);
+            turn.heap = slots
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.cpus >= cpus && s.room(round).0 >= cpus && job.spec.selects(s.labels))
                 .map(|(i, s)| ByLoad { used: s.used, total: s.room(round).1, slot: i })
                 .collect();
-            while plan.len() < max && waiting.peek().is_some() {
-                let Some(mut best) = heap.pop() else { break };
-                let Some(task) = waiting.next() else { break };
+            turn.done = turn.waiting.peek().is_none() || turn.heap.is_empty();
+        }
+        while plan.len() < max {
+            // The job holding the fewest attempts that can still place one (ties: queue order).
+            let Some(next) =
+                turns.iter().enumerate().filter(|(_, t)| !t.done).min_by_key(|(i, t)| (t.held, *i)).map(|(i, _)| i)
+            else {
+                break;
+            };
+            let turn = &mut turns[next];
+            let cpus = turn.job.spec.cpus;
+            // Pop until an entry is current and still has room (others placed meanwhile).
+            let mut placed = false;
+            while let Some(mut best) = turn.heap.pop() {
+                let slot = &slots[best.slot];
+                if slot.room(round).0 < cpus {
+                    continue;
+                }
+                if best.used != slot.used {
+                    best.used = slot.used;
+                    turn.heap.push(best);
+                    continue;
+                }
+                let Some(task) = turn.waiting.next() else { break };
                 let slot = &mut slots[best.slot];
                 slot.used += cpus;
                 plan.push(Placement { task, worker: slot.name.to_string() });
                 if slot.room(round).0 >= cpus {
                     best.used = slot.used;
-                    heap.push(best);
+                    turn.heap.push(best);
                 }
+                turn.held += 1;
+                placed = true;
+                break;
+            }
+            if !placed || turn.waiting.peek().is_none() {
+                turn.done = true;
             }
         }
     }
-    plan
 }
 
 /// A queued attempt to take back from its worker so that an idle worker runs it.

@@ -39,6 +39,7 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/events/retention", get(retention).put(set_retention))
+        .route("/v1/scheduling", get(scheduling).put(set_scheduling))
         .route("/v1/node", get(node))
         .route("/metrics", get(metrics))
         .with_state(master)
@@ -318,6 +319,33 @@ async fn set_retention(State(master): State<Shared>, body: Bytes) -> Result<Json
     let command = Command::SetJournalRetention(retention);
     match master.proposer.propose_one(command).await.map_err(|e| from_propose(&master, e))? {
         Applied::Noted => Ok(Json(RetentionView::from_journal(master.shared.read().state.journal()))),
+        Applied::Invalid { reason } => Err(refused(reason)),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn scheduling(
+    State(master): State<Shared>,
+    Query(q): Params,
+) -> Result<Json<flotilla_proto::api::Scheduling>, Failure> {
+    read_barrier(&master, &q).await?;
+    Ok(Json(flotilla_proto::api::Scheduling { sharing: master.shared.read().state.sharing() }))
+}
+
+async fn set_scheduling(
+    State(master): State<Shared>,
+    body: Bytes,
+) -> Result<Json<flotilla_proto::api::Scheduling>, Failure> {
+    let wanted: flotilla_proto::api::Scheduling = serde_json::from_slice(&body).map_err(|e| {
+        bad_request(format!("invalid scheduling JSON (want {{\"sharing\": \"fair\" or \"fifo\"}}): {e}"))
+    })?;
+    match master
+        .proposer
+        .propose_one(Command::SetSharing(wanted.sharing))
+        .await
+        .map_err(|e| from_propose(&master, e))?
+    {
+        Applied::Noted => Ok(Json(flotilla_proto::api::Scheduling { sharing: master.shared.read().state.sharing() })),
         Applied::Invalid { reason } => Err(refused(reason)),
         other => Err(unexpected(other)),
     }

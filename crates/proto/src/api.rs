@@ -973,3 +973,9 @@ mod tests {
         assert!(json(&EventView::from_event(&finished)).ends_with(r#""state":"cancelled"}"#));
     }
 }
+
+/// `GET`/`PUT /v1/scheduling`: how jobs of the same priority share the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduling {
+    pub sharing: flotilla_core::model::Sharing,
+}

@@ -50,6 +50,7 @@ impl Setup {
 #[test]
 fn higher_priority_first_then_fifo() {
     let mut s = Setup::new();
+    assert_eq!(s.apply(Command::SetSharing(crate::model::Sharing::Fifo)), Response::Noted);
     let low = s.job(5, 0, 1, &[]);
     let high = s.job(5, 10, 1, &[]);
     let low2 = s.job(5, 0, 1, &[]);
@@ -214,4 +215,30 @@ fn an_attempt_that_started_is_never_revoked() {
     let revoke = Command::TaskRevoked { task: r.task, fence: r.fence, worker: r.worker };
     assert!(matches!(s.apply(revoke), Response::Stale { .. }));
     assert!(revocations(&s.state, |_, _| false).iter().all(|x| x.task != r.task), "running: not asked again");
+}
+
+#[test]
+fn jobs_of_one_priority_take_turns_the_one_holding_least_first() {
+    let mut s = Setup::new();
+    s.worker("a", 4, &[]);
+    let huge = s.job(100_000, 0, 1, &[]);
+    s.apply(Command::Assign { placements: plan(&s.state, 3) });
+    // Submitted behind the array, the short job gets the free cpu at once.
+    let short = s.job(5, 0, 1, &[]);
+    let placed: Vec<u64> = plan(&s.state, usize::MAX).iter().map(|p| p.task.job).collect();
+    assert_eq!(placed, vec![short], "the array holds 3 attempts, the short job none");
+    // With more room, they alternate once level.
+    s.worker("b", 6, &[]);
+    let placed: Vec<u64> = plan(&s.state, usize::MAX).iter().map(|p| p.task.job).collect();
+    assert_eq!(placed, vec![short, short, short, huge, short, huge, short]);
+}
+
+#[test]
+fn a_higher_priority_still_goes_first_under_fair_sharing() {
+    let mut s = Setup::new();
+    let low = s.job(5, 0, 1, &[]);
+    let high = s.job(5, 10, 1, &[]);
+    s.worker("a", 6, &[]);
+    let jobs: Vec<u64> = plan(&s.state, usize::MAX).iter().map(|p| p.task.job).collect();
+    assert_eq!(jobs, vec![high, high, high, high, high, low]);
 }

@@ -70,6 +70,10 @@ impl ClusterState {
                 Err(e) => Response::Invalid { reason: Refusal::BadRetention(e) },
             },
             Command::TaskRevoked { task, fence, worker } => self.task_revoked(ctx, *task, *fence, worker),
+            Command::SetSharing(sharing) => {
+                self.sharing = *sharing;
+                Response::Noted
+            }
         }
     }
 

@@ -211,6 +211,8 @@ pub struct ClusterState {
     jobs: BTreeMap<JobId, Job>,
     /// Jobs with work waiting, in scheduling order: higher priority first, then older first.
     queue: BTreeSet<(Reverse<i32>, JobId)>,
+    /// How jobs of one priority share the workers.
+    sharing: crate::model::Sharing,
     workers: BTreeMap<String, Worker>,
     next_incarnation: u64,
     request_ids: BTreeMap<String, JobId>,
@@ -234,6 +236,7 @@ impl Default for ClusterState {
             next_job_id: 1,
             jobs: BTreeMap::new(),
             queue: BTreeSet::new(),
+            sharing: crate::model::Sharing::default(),
             workers: BTreeMap::new(),
             next_incarnation: 1,
             request_ids: BTreeMap::new(),
@@ -272,6 +275,10 @@ impl ClusterState {
     /// Jobs with waiting work, in the order the scheduler serves them.
     pub fn queued_jobs(&self) -> impl Iterator<Item = &Job> {
         self.queue.iter().filter_map(|(_, id)| self.jobs.get(id))
+    }
+
+    pub fn sharing(&self) -> crate::model::Sharing {
+        self.sharing
     }
 
     pub fn journal(&self) -> &Journal {
