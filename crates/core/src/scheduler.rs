@@ -220,6 +220,10 @@ struct Backlog<'a> {
 /// wait again (`Command::TaskRevoked`); one that started meanwhile stays where it is.
 pub fn revocations(state: &ClusterState, skip: impl Fn(TaskId, Fence) -> bool) -> Vec<Revocation> {
     let ready = || state.workers().filter(|w| w.state == WorkerState::Ready);
+    // Most rounds have no queue beyond some worker's cpus: nothing to look at.
+    if !ready().any(|w| w.cpus_used > w.cpus) {
+        return Vec::new();
+    }
     let idle: Vec<&Worker> = ready().filter(|w| w.free_cpus() > 0).collect();
     if idle.is_empty() {
         return Vec::new();

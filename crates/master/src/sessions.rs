@@ -57,6 +57,8 @@ struct Outbound {
 struct Inner {
     core: LeaderCore,
     streams: HashMap<SessionId, Outbound>,
+    /// The effects buffer, kept between inputs.
+    effects: Vec<Effect>,
 }
 
 /// The worker sessions of this master and the core that decides for them.
@@ -71,7 +73,7 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(config: LeaderConfig, proposer: Proposer, shared: Arc<Shared>, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Sessions {
-            inner: Mutex::new(Inner { core: LeaderCore::new(config), streams: HashMap::new() }),
+            inner: Mutex::new(Inner { core: LeaderCore::new(config), streams: HashMap::new(), effects: Vec::new() }),
             next_id: AtomicU64::new(1),
             proposer,
             shared,
@@ -101,16 +103,19 @@ impl Sessions {
         &self,
         input: impl FnOnce(&mut LeaderCore, Instant, &Current<'_>, &mut Vec<Effect>),
     ) -> Vec<(ProposalId, Vec<Command>)> {
-        let mut effects = Vec::with_capacity(4);
         let mut inner = self.lock();
+        // One buffer reused for every input: a heartbeat costs no allocation.
+        let mut effects = std::mem::take(&mut inner.effects);
         input(&mut inner.core, Instant::now(), &Current(&self.shared), &mut effects);
-        self.act(&mut inner, effects)
+        let proposals = self.act(&mut inner, &mut effects);
+        inner.effects = effects;
+        proposals
     }
 
     /// Carries out stream and observation effects; returns the proposals.
-    fn act(&self, inner: &mut Inner, effects: Vec<Effect>) -> Vec<(ProposalId, Vec<Command>)> {
+    fn act(&self, inner: &mut Inner, effects: &mut Vec<Effect>) -> Vec<(ProposalId, Vec<Command>)> {
         let mut proposals = Vec::new();
-        for effect in effects {
+        for effect in effects.drain(..) {
             match effect {
                 Effect::Send { session, msg } => {
                     if let Some(s) = inner.streams.get(&session) {
@@ -241,7 +246,7 @@ impl Sessions {
             inner.streams.remove(&session);
             let mut effects = Vec::new();
             inner.core.closed(session, &mut effects);
-            self.act(&mut inner, effects)
+            self.act(&mut inner, &mut effects)
         };
         self.propose(proposals).await;
     }
@@ -314,9 +319,10 @@ async fn read_session(
             m = recv(&mut inbound) => m?,
         };
         let Some(first) = msg else { return Ok(()) };
-        // Take every message that has already arrived as well: one input, one proposal.
+        // Take every report that has already arrived as well: one input, one proposal. (A
+        // heartbeat, most of what an idle fleet sends, goes alone: no second poll.)
         let mut batch: Vec<WorkerMsg> = Vec::new();
-        if !matches!(first, WorkerMsg::Hello { .. }) {
+        if !matches!(first, WorkerMsg::Hello { .. } | WorkerMsg::Heartbeat | WorkerMsg::Stats { .. }) {
             while batch.len() < MAX_REPORTS {
                 match recv_ready(&mut inbound).await {
                     Some(Ok(Some(more))) => batch.push(more),

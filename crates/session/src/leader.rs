@@ -232,6 +232,8 @@ pub struct LeaderCore {
     config: LeaderConfig,
     role: Role,
     sessions: BTreeMap<SessionId, Stage>,
+    /// Sessions that may be waiting for a hello or for readiness (checked for deadlines).
+    waiting: std::collections::BTreeSet<SessionId>,
     pending: HashMap<ProposalId, Origin>,
     next_proposal: ProposalId,
 }
@@ -249,6 +251,7 @@ impl LeaderCore {
             config,
             role: Role::Following { term: 0, leader: None },
             sessions: BTreeMap::new(),
+            waiting: Default::default(),
             pending: HashMap::new(),
             next_proposal: 1,
         }
@@ -355,7 +358,12 @@ impl LeaderCore {
 
     /// A worker opened a stream.
     pub fn open(&mut self, now: Instant, session: SessionId) {
+        self.await_hello(session, now);
+    }
+
+    fn await_hello(&mut self, session: SessionId, now: Instant) {
         self.sessions.insert(session, Stage::AwaitHello { since: now });
+        self.waiting.insert(session);
     }
 
     /// The worker's stream ended (or failed).
@@ -487,6 +495,7 @@ impl LeaderCore {
             }
             Role::Leading(l) if !l.ready => {
                 self.sessions.insert(session, Stage::AwaitReady { since: now, info, known });
+                self.waiting.insert(session);
             }
             Role::Leading(_) => self.admit(now, state, session, info, known, out),
         }
@@ -617,19 +626,24 @@ impl LeaderCore {
     /// Sessions that did not say hello in time, or waited too long for this leader to be ready.
     fn expire_waiting(&mut self, now: Instant, out: &mut Vec<Effect>) {
         let mut expired = Vec::new();
-        for (id, stage) in &self.sessions {
-            match stage {
-                Stage::AwaitHello { since } if now.saturating_duration_since(*since) >= self.config.hello_timeout => {
+        // Only the sessions that may still wait are looked at (a leader of a large fleet ticks
+        // often); the others drop out of the set here.
+        let sessions = &self.sessions;
+        self.waiting.retain(|id| match sessions.get(id) {
+            Some(Stage::AwaitHello { since }) => {
+                if now.saturating_duration_since(*since) >= self.config.hello_timeout {
                     expired.push((*id, true));
                 }
-                Stage::AwaitReady { since, .. }
-                    if now.saturating_duration_since(*since) >= self.config.ready_timeout =>
-                {
+                true
+            }
+            Some(Stage::AwaitReady { since, .. }) => {
+                if now.saturating_duration_since(*since) >= self.config.ready_timeout {
                     expired.push((*id, false));
                 }
-                _ => {}
+                true
             }
-        }
+            _ => false,
+        });
         for (session, no_hello) in expired {
             if no_hello {
                 out.push(Effect::Observe(Observation::ProtocolError { session, error: ProtocolError::NoHello }));
@@ -791,7 +805,7 @@ impl LeaderCore {
                     .collect();
                 for session in waiting {
                     if let Some(Stage::AwaitReady { info, known, .. }) = self.sessions.remove(&session) {
-                        self.sessions.insert(session, Stage::AwaitHello { since: now });
+                        self.await_hello(session, now);
                         self.admit(now, state, session, info, known, out);
                     }
                 }
@@ -804,7 +818,7 @@ impl LeaderCore {
                         self.welcome(now, state, session, name, *incarnation, &known, false, out)
                     }
                     Some(Response::Invalid { reason }) => {
-                        self.sessions.insert(session, Stage::AwaitHello { since: now });
+                        self.await_hello(session, now);
                         self.refuse(session, reason.to_string(), out);
                     }
                     _ => {
@@ -849,7 +863,7 @@ impl LeaderCore {
             }
             Origin::Register { session } => {
                 if self.sessions.remove(&session).is_some() {
-                    self.sessions.insert(session, Stage::AwaitHello { since: now });
+                    self.await_hello(session, now);
                     self.send(session, MasterBody::NotLeader { leader: None }, out);
                     self.close(session, out);
                 }
