@@ -91,14 +91,7 @@ impl ClusterState {
             TaskState::Assigned { worker: w, fence: f, .. } if *f == fence && w == worker => {}
             other => return Response::Stale { reason: StaleReason::for_state(other, fence) },
         }
-        task.state = TaskState::Waiting;
-        match id.slot {
-            TaskSlot::Array(i) => {
-                job.pending.insert(i);
-                move_count(&mut job.counts, false, Dest::Waiting);
-            }
-            TaskSlot::Reduce => job.reduce_pending = true,
-        }
+        wait_again(job, id.slot, false);
         self.release(worker, id, cpus);
         self.after_task_change(ctx, id.job);
         Response::Revoked
@@ -275,14 +268,7 @@ impl ClusterState {
             }
             job.failure.get_or_insert(JobFailure { task: id, reason });
         } else {
-            task.state = TaskState::Waiting;
-            match id.slot {
-                TaskSlot::Array(i) => {
-                    job.pending.insert(i);
-                    move_count(&mut job.counts, was_running, Dest::Waiting);
-                }
-                TaskSlot::Reduce => job.reduce_pending = true,
-            }
+            wait_again(job, id.slot, was_running);
             self.journal.record(
                 ctx.at_ms,
                 EventKind::TaskRescheduled {
@@ -530,6 +516,21 @@ impl ClusterState {
         for (_, name) in by_age.into_iter().take(lost - LOST_WORKERS_KEPT) {
             self.workers.remove(&name);
         }
+    }
+}
+
+/// Puts an attempt's task (assigned, or running if `was_running`) back among the job's
+/// waiting tasks, to be placed again.
+fn wait_again(job: &mut Job, slot: TaskSlot, was_running: bool) {
+    if let Some(task) = task_mut(job, slot) {
+        task.state = TaskState::Waiting;
+    }
+    match slot {
+        TaskSlot::Array(i) => {
+            job.pending.insert(i);
+            move_count(&mut job.counts, was_running, Dest::Waiting);
+        }
+        TaskSlot::Reduce => job.reduce_pending = true,
     }
 }
 
