@@ -252,8 +252,9 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
         });
     }
     masters.sort_by_key(|m| m.id);
+    let seen = master.sessions.last_seen_all();
     let data = master.shared.read();
-    let workers = worker_statuses(&master, &data.state);
+    let workers = worker_statuses(&seen, &data.state);
     let jobs = data.state.job_counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let metrics = master.raft.metrics().borrow().clone();
     Ok(Json(Status {
@@ -268,19 +269,18 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
 }
 
 /// Every worker's status; the time since its last message only on the leader (heartbeats
-/// live in the leader's memory).
-pub fn worker_statuses(master: &Master, state: &flotilla_core::state::ClusterState) -> Vec<WorkerStatus> {
+/// live in the leader's memory). `seen` comes from [`crate::sessions::Sessions::last_seen_all`],
+/// taken before the state's lock.
+pub fn worker_statuses(
+    seen: &HashMap<std::sync::Arc<str>, std::time::Instant>,
+    state: &flotilla_core::state::ClusterState,
+) -> Vec<WorkerStatus> {
     let now = now_ms();
-    let leading = master.leadership().is_some();
     state
         .workers()
         .map(|w| {
-            let seen = if leading {
-                master.sessions.last_seen(&w.name).map(|t| now.saturating_sub(t.elapsed().as_millis() as u64))
-            } else {
-                None
-            };
-            WorkerStatus::from_worker(w, seen, now)
+            let ago = seen.get(w.name.as_str()).map(|t| now.saturating_sub(t.elapsed().as_millis() as u64));
+            WorkerStatus::from_worker(w, ago, now)
         })
         .collect()
 }

@@ -211,8 +211,9 @@ pub async fn view(master: &Arc<Master>) -> View {
 
     let leading = master.leadership().is_some();
     let now = now_ms();
+    let seen = master.sessions.last_seen_all();
     let data = master.shared.read();
-    let workers = crate::api::worker_statuses(master, &data.state);
+    let workers = crate::api::worker_statuses(&seen, &data.state);
     let job_counts = data.state.job_counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let jobs: Vec<JobSummary> = data.state.jobs().rev().take(VIEW_JOBS).map(JobSummary::from_job).collect();
     let journal = data.state.journal();

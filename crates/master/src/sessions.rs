@@ -201,9 +201,10 @@ impl Sessions {
         self.lock().core.ready_term()
     }
 
-    /// When the leader last heard from the worker (none on a follower).
-    pub fn last_seen(&self, worker: &str) -> Option<Instant> {
-        self.lock().core.last_seen(worker)
+    /// When the leader last heard from each worker (empty on a follower). Take it before the
+    /// state's lock, never under it: the core's lock comes first everywhere.
+    pub fn last_seen_all(&self) -> HashMap<Arc<str>, Instant> {
+        self.lock().core.last_seen_all()
     }
 
     /// Tells workers to stop attempts the state took from them.

@@ -284,6 +284,14 @@ impl LeaderCore {
         }
     }
 
+    /// When this leader last heard from each worker (empty while following).
+    pub fn last_seen_all(&self) -> HashMap<Arc<str>, Instant> {
+        match &self.role {
+            Role::Leading(l) => l.last_seen.clone(),
+            Role::Following { .. } => HashMap::new(),
+        }
+    }
+
     /// Number of open sessions (admitted workers).
     pub fn open_sessions(&self) -> usize {
         self.sessions.values().filter(|s| matches!(s, Stage::Open { .. })).count()
@@ -309,6 +317,12 @@ impl LeaderCore {
 
     /// Ends one session: its stream is closed and its worker forgets this leader.
     fn close(&mut self, session: SessionId, out: &mut Vec<Effect>) {
+        self.forget(session, out);
+        out.push(Effect::Close { session });
+    }
+
+    /// Drops the session from the core (its stream is gone or going).
+    fn forget(&mut self, session: SessionId, out: &mut Vec<Effect>) {
         if let Some(Stage::Open { name }) = self.sessions.remove(&session) {
             if let Role::Leading(l) = &mut self.role {
                 if l.by_worker.get(&name) == Some(&session) {
@@ -317,7 +331,6 @@ impl LeaderCore {
             }
             out.push(Effect::Observe(Observation::SessionClosed { worker: name }));
         }
-        out.push(Effect::Close { session });
     }
 
     fn close_all(&mut self, out: &mut Vec<Effect>) {
@@ -368,14 +381,7 @@ impl LeaderCore {
 
     /// The worker's stream ended (or failed).
     pub fn closed(&mut self, session: SessionId, out: &mut Vec<Effect>) {
-        if let Some(Stage::Open { name }) = self.sessions.remove(&session) {
-            if let Role::Leading(l) = &mut self.role {
-                if l.by_worker.get(&name) == Some(&session) {
-                    l.by_worker.remove(&name);
-                }
-            }
-            out.push(Effect::Observe(Observation::SessionClosed { worker: name }));
-        }
+        self.forget(session, out);
     }
 
     /// A message arrived on a session (a batch of several as one [`WorkerMsg::Batch`]).
@@ -805,7 +811,6 @@ impl LeaderCore {
                     .collect();
                 for session in waiting {
                     if let Some(Stage::AwaitReady { info, known, .. }) = self.sessions.remove(&session) {
-                        self.await_hello(session, now);
                         self.admit(now, state, session, info, known, out);
                     }
                 }
@@ -818,7 +823,6 @@ impl LeaderCore {
                         self.welcome(now, state, session, name, *incarnation, &known, false, out)
                     }
                     Some(Response::Invalid { reason }) => {
-                        self.await_hello(session, now);
                         self.refuse(session, reason.to_string(), out);
                     }
                     _ => {
@@ -863,7 +867,6 @@ impl LeaderCore {
             }
             Origin::Register { session } => {
                 if self.sessions.remove(&session).is_some() {
-                    self.await_hello(session, now);
                     self.send(session, MasterBody::NotLeader { leader: None }, out);
                     self.close(session, out);
                 }
