@@ -125,9 +125,15 @@ pub struct WorkerArgs {
     /// tasks started and finished, running and queued tasks). Off by default.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Memory this worker offers, e.g. 4G (informational).
+    /// Memory this worker offers to tasks that ask for memory (`submit --memory`), e.g. 4G.
+    /// Default: the machine's total memory.
     #[arg(long)]
     pub memory: Option<String>,
+    /// Named resources this worker offers, NAME=COUNT,…, e.g. gpu=2,license=4. A task asking
+    /// for gpu=1 holds one unit and learns which in FLOTILLA_RESOURCE_GPU (and, for gpu,
+    /// CUDA_VISIBLE_DEVICES).
+    #[arg(long, default_value = "")]
+    pub resources: String,
     /// Labels, e.g. region=eu,zone=a; jobs select workers by them.
     #[arg(long, default_value = "")]
     pub labels: String,
@@ -167,6 +173,24 @@ pub struct SubmitArgs {
     /// Only run on workers with these labels, e.g. zone=a,gpu=yes.
     #[arg(long)]
     pub selector: Option<String>,
+    /// Named resources each task holds, NAME=COUNT (repeatable or comma-separated), e.g.
+    /// gpu=1. Only workers offering them run it; the task learns its units from
+    /// FLOTILLA_RESOURCE_<NAME> (and CUDA_VISIBLE_DEVICES for gpu).
+    #[arg(long = "resource", value_name = "NAME=COUNT")]
+    pub resources: Vec<String>,
+    /// Memory each task holds while it runs, e.g. 2G; placement never over-commits a
+    /// worker's memory.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Soft: run on workers with these labels when they have room, e.g. zone=a (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub prefer: Vec<String>,
+    /// Soft: run on workers with these labels only when others are full (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub avoid: Vec<String>,
+    /// Spread the tasks evenly over the values of this worker label, e.g. zone.
+    #[arg(long, value_name = "LABEL")]
+    pub spread: Option<String>,
     /// Shell command run once after all tasks succeed, with their stdout (in index order) on
     /// its stdin; its stdout is the job's result.
     #[arg(long)]

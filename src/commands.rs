@@ -12,7 +12,7 @@ use flotilla_core::units::parse_duration;
 use flotilla_proto::api::{JobDetail, JobState, Retention, SubmitRequest};
 
 use crate::cli::{ClientArgs, Cmd, EventsArgs, EventsCmd, JobCmd, RetentionArgs, SubmitArgs};
-use crate::roles::parse_labels;
+use crate::roles::{parse_labels, parse_resources};
 
 pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -76,6 +76,17 @@ fn submit_request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
     if let Some(sel) = &a.selector {
         req.selector = parse_labels(sel).context("--selector")?;
     }
+    for r in &a.resources {
+        req.resources.extend(parse_resources(r).context("--resource")?);
+    }
+    take!(memory);
+    for p in &a.prefer {
+        req.prefer.extend(parse_labels(p).context("--prefer")?);
+    }
+    for p in &a.avoid {
+        req.avoid.extend(parse_labels(p).context("--avoid")?);
+    }
+    take!(spread);
     for kv in &a.env {
         let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env '{kv}' is not KEY=VALUE"))?;
         req.env.insert(k.to_string(), v.to_string());
@@ -197,9 +208,27 @@ fn print_job(j: &JobDetail) {
     if let Some(ms) = j.timeout_ms {
         println!("  timeout:   {}", flotilla_core::units::format_millis(ms));
     }
+    let pairs = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    };
     if !j.selector.is_empty() {
-        let sel: Vec<String> = j.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("  selector:  {}", sel.join(","));
+        println!("  selector:  {}", pairs(&j.selector));
+    }
+    if !j.resources.is_empty() || j.memory.is_some() {
+        let mut held: Vec<String> = j.resources.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if let Some(m) = j.memory {
+            held.push(format!("memory={}", flotilla_core::units::format_bytes(m)));
+        }
+        println!("  resources: {} per task", held.join(","));
+    }
+    if !j.prefer.is_empty() {
+        println!("  prefer:    {}", pairs(&j.prefer));
+    }
+    if !j.avoid.is_empty() {
+        println!("  avoid:     {}", pairs(&j.avoid));
+    }
+    if let Some(label) = &j.spread {
+        println!("  spread:    over {label}");
     }
     if let Some(r) = &j.reduce {
         println!("  reduce:    {r} ({})", j.reduce_state.map_or("-", |s| s.as_str()));
@@ -288,8 +317,14 @@ async fn status(client: &Client, json: bool, stale: bool) -> anyhow::Result<Exit
     }
     for w in &s.workers {
         let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // Named resources as held/offered, shown only when the worker offers some.
+        let resources: String = w
+            .resources
+            .iter()
+            .map(|(name, offered)| format!(", {name} {}/{offered}", w.resources_held.get(name).copied().unwrap_or(0)))
+            .collect();
         println!(
-            "  {:<20} {:<6} cpus busy {}/{}, free {}, queued {}  {}{}",
+            "  {:<20} {:<6} cpus busy {}/{}, free {}, queued {}{resources}  {}{}",
             w.name,
             w.state,
             w.cpus_busy,

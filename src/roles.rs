@@ -72,6 +72,38 @@ pub fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(labels)
 }
 
+/// Parses `gpu=2,license=4` (a resource offer or request).
+pub fn parse_resources(text: &str) -> anyhow::Result<BTreeMap<String, u32>> {
+    let mut resources = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, count) = item.split_once('=').ok_or_else(|| anyhow!("resource '{item}' is not NAME=COUNT"))?;
+        let name = name.trim();
+        if !flotilla_core::model::valid_resource_name(name) {
+            bail!("invalid resource name '{name}' (lower-case letters, digits, '_' and '-'; cpus and memory have their own flags)");
+        }
+        let count: u32 =
+            count.trim().parse().map_err(|_| anyhow!("resource '{item}': '{}' is not a count", count.trim()))?;
+        if count == 0 {
+            bail!("resource '{item}': the count must be at least 1");
+        }
+        if resources.insert(name.to_string(), count).is_some() {
+            bail!("resource '{name}' is listed twice");
+        }
+    }
+    if resources.len() > flotilla_core::model::MAX_RESOURCES {
+        bail!("too many resources (limit {})", flotilla_core::model::MAX_RESOURCES);
+    }
+    Ok(resources)
+}
+
+/// The machine's total memory (MemTotal in /proc/meminfo), if it can be read.
+fn machine_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -86,7 +118,11 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         Some(c) => c,
         None => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
     };
-    let memory = args.memory.as_deref().map(parse_size).transpose().context("--memory")?;
+    let memory = match args.memory.as_deref() {
+        Some(m) => Some(parse_size(m).context("--memory")?),
+        None => machine_memory(),
+    };
+    let resources = parse_resources(&args.resources).context("--resources")?;
     let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from(".flotilla").join(format!("worker-{name}")));
     let config = WorkerConfig {
         masters: args.masters.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
@@ -96,6 +132,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         adaptive_prefetch: args.prefetch.is_none(),
         metrics: args.metrics,
         memory,
+        resources,
         labels: parse_labels(&args.labels)?,
         data_dir,
         token: read_token(args.token_file.as_deref())?,

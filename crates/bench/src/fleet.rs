@@ -106,6 +106,7 @@ async fn session(
             // What a real worker starts with before it measures its tasks (16 per cpu).
             queue: cpus * 16,
             memory: None,
+            resources: Default::default(),
             labels: BTreeMap::new(),
         },
         known: Vec::new(),

@@ -40,7 +40,10 @@ pub struct WorkerInfo {
     /// Cpus' worth of tasks the worker keeps queued beyond those it runs, so that a finished
     /// task is replaced at once instead of after a round trip through the leader.
     pub queue: u32,
+    /// Bytes of memory it offers to tasks that ask for memory.
     pub memory: Option<u64>,
+    /// Named resources it offers, e.g. gpu=2: units 0 and 1.
+    pub resources: BTreeMap<String, u32>,
     pub labels: BTreeMap<String, String>,
 }
 

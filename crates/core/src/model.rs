@@ -94,6 +94,55 @@ pub struct JobSpec {
     pub reduce: Option<String>,
     /// Extra environment variables for the tasks.
     pub env: BTreeMap<String, String>,
+    /// Named resources each task holds from its worker while assigned, e.g. `gpu=1`: placement
+    /// never gives out more units than a worker offers.
+    pub resources: BTreeMap<String, u32>,
+    /// Bytes of the worker's memory each task holds while assigned; `None`: not accounted.
+    pub memory: Option<u64>,
+    /// Soft placement wishes, weighed after the hard `selector`.
+    pub affinity: Affinity,
+}
+
+/// Soft placement: these only order the workers a task may run on, so a task still runs at
+/// once on any eligible worker with room when the wished-for ones are full.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Affinity {
+    /// Workers carrying these labels go first (each matching label counts).
+    pub prefer: BTreeMap<String, String>,
+    /// Workers carrying these labels go last (each matching label counts).
+    pub avoid: BTreeMap<String, String>,
+    /// Spread the job's tasks evenly over the values of this label (e.g. `zone`): the next task
+    /// goes where the job holds the fewest attempts. Workers without the label form one group.
+    pub spread: Option<String>,
+}
+
+impl Affinity {
+    pub fn is_empty(&self) -> bool {
+        self.prefer.is_empty() && self.avoid.is_empty() && self.spread.is_none()
+    }
+
+    /// Lower is better: avoided labels a worker carries minus preferred ones it carries.
+    pub fn rank(&self, labels: &BTreeMap<String, String>) -> i32 {
+        let carries = |wanted: &BTreeMap<String, String>| {
+            wanted.iter().filter(|(k, v)| labels.get(*k) == Some(*v)).count() as i32
+        };
+        carries(&self.avoid) - carries(&self.prefer)
+    }
+}
+
+/// Most named resources a job may ask for, or a worker offer.
+pub const MAX_RESOURCES: usize = 32;
+
+/// Whether `name` can name a resource: short, lower-case letters, digits, `_` and `-`, not
+/// one of the built-in `cpus` and `memory` (they have their own flags). It becomes part of an
+/// environment variable name (`FLOTILLA_RESOURCE_GPU`).
+pub fn valid_resource_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name != "cpus"
+        && name != "memory"
 }
 
 impl Default for JobSpec {
@@ -109,6 +158,9 @@ impl Default for JobSpec {
             selector: BTreeMap::new(),
             reduce: None,
             env: BTreeMap::new(),
+            resources: BTreeMap::new(),
+            memory: None,
+            affinity: Affinity::default(),
         }
     }
 }
@@ -137,6 +189,16 @@ pub enum SpecError {
     EmptyReduce,
     #[error("invalid environment variable name '{0}'")]
     BadEnvName(String),
+    #[error("invalid resource name '{0}' (lower-case letters, digits, '_' and '-'; not cpus or memory)")]
+    BadResourceName(String),
+    #[error("resource '{0}' is asked for 0 units")]
+    ZeroResource(String),
+    #[error("too many resources (limit {MAX_RESOURCES})")]
+    TooManyResources,
+    #[error("memory must be more than 0")]
+    ZeroMemory,
+    #[error("the spread label is empty")]
+    EmptySpread,
 }
 
 impl JobSpec {
@@ -173,6 +235,23 @@ impl JobSpec {
                 return Err(SpecError::BadEnvName(key.clone()));
             }
         }
+        if self.resources.len() > MAX_RESOURCES {
+            return Err(SpecError::TooManyResources);
+        }
+        for (name, units) in &self.resources {
+            if !valid_resource_name(name) {
+                return Err(SpecError::BadResourceName(name.clone()));
+            }
+            if *units == 0 {
+                return Err(SpecError::ZeroResource(name.clone()));
+            }
+        }
+        if self.memory == Some(0) {
+            return Err(SpecError::ZeroMemory);
+        }
+        if self.affinity.spread.as_ref().is_some_and(|l| l.trim().is_empty()) {
+            return Err(SpecError::EmptySpread);
+        }
         Ok(())
     }
 
@@ -184,6 +263,11 @@ impl JobSpec {
     /// Whether a worker's labels satisfy this job's selector.
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
         self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// Whether its tasks hold anything beyond cpus (named resources or memory).
+    pub fn holds_resources(&self) -> bool {
+        !self.resources.is_empty() || self.memory.is_some()
     }
 }
 

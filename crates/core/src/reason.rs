@@ -31,6 +31,8 @@ pub enum Refusal {
     BadSpec(SpecError),
     #[error("{0}")]
     BadRetention(RetentionError),
+    #[error("invalid resource name '{0}' offered (lower-case letters, digits, '_' and '-'; not cpus or memory)")]
+    BadResourceName(String),
 }
 
 /// Why an attempt's message is fenced off ([`crate::Response::Stale`], and the journal's

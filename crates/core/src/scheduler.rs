@@ -15,21 +15,23 @@
 //! The plan is only a proposal: the leader commits it as one `Assign` command, and applying it
 //! re-checks every placement against the state of that moment.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use crate::command::Placement;
 use crate::model::Sharing;
-use crate::model::{Fence, Millis, TaskId, TaskSlot};
+use crate::model::{Fence, JobSpec, Millis, TaskId, TaskSlot};
 use crate::state::{ClusterState, Job, TaskState, Worker, WorkerState};
 
 /// Capacity of one worker while a plan is being built.
 struct Slot<'a> {
-    name: &'a str,
-    labels: &'a std::collections::BTreeMap<String, String>,
+    worker: &'a Worker,
     cpus: u32,
     capacity: u32,
     used: u32,
+    /// Named resources and memory this plan already gave out here (beyond the worker's grants).
+    planned: BTreeMap<&'a str, u32>,
+    planned_memory: u64,
 }
 
 /// The two rounds of placement for each job: first onto free cpus (the task starts at once),
@@ -40,7 +42,7 @@ enum Round {
     Queue,
 }
 
-impl Slot<'_> {
+impl<'a> Slot<'a> {
     /// Room for `cpus` more in this round, and the total that load is measured against.
     fn room(&self, round: Round) -> (u32, u32) {
         match round {
@@ -48,39 +50,89 @@ impl Slot<'_> {
             Round::Queue => (self.capacity.saturating_sub(self.used), self.capacity),
         }
     }
+
+    /// Whether the named resources and memory `spec` asks for are free here, counting this plan.
+    fn has_resources_for(&self, spec: &JobSpec) -> bool {
+        if !spec.holds_resources() {
+            return true;
+        }
+        let w = self.worker;
+        spec.resources.iter().all(|(name, units)| {
+            let offered = w.resources.get(name).copied().unwrap_or(0);
+            let planned = self.planned.get(name.as_str()).copied().unwrap_or(0);
+            offered.saturating_sub(w.units_held(name) + planned) >= *units
+        }) && spec
+            .memory
+            .is_none_or(|m| w.memory.unwrap_or(0).saturating_sub(w.memory_held() + self.planned_memory) >= m)
+    }
+
+    fn take(&mut self, spec: &'a JobSpec) {
+        self.used += spec.cpus;
+        for (name, units) in &spec.resources {
+            *self.planned.entry(name.as_str()).or_default() += units;
+        }
+        self.planned_memory += spec.memory.unwrap_or(0);
+    }
 }
 
-/// Heap entry ordering workers by load, least loaded on top.
-struct ByLoad {
+/// A worker's load as a fraction, compared without floats: a/b < c/d  <=>  a*d < c*b.
+#[derive(Clone, Copy)]
+struct Load {
     used: u32,
     total: u32,
-    slot: usize,
 }
 
-impl ByLoad {
-    fn cmp_load(&self, other: &Self) -> Ordering {
-        // used/total compared without floats: a/b < c/d  <=>  a*d < c*b; ties by name order.
-        let lhs = u64::from(self.used) * u64::from(other.total);
-        let rhs = u64::from(other.used) * u64::from(self.total);
-        lhs.cmp(&rhs).then(self.slot.cmp(&other.slot))
+impl Ord for Load {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (u64::from(self.used) * u64::from(other.total)).cmp(&(u64::from(other.used) * u64::from(self.total)))
     }
 }
-
-impl PartialEq for ByLoad {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp_load(other) == Ordering::Equal
-    }
-}
-impl Eq for ByLoad {}
-impl PartialOrd for ByLoad {
+impl PartialOrd for Load {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for ByLoad {
-    /// Reversed so that `BinaryHeap` (a max-heap) pops the least-loaded worker.
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.cmp_load(self)
+impl PartialEq for Load {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Load {}
+
+/// Where a worker stands for one job, best first: fewest of the job's attempts in its spread
+/// group, then its affinity rank (preferred first, avoided last), then its load, then its
+/// name order. Every part only grows while a plan is built, so a heap of these with lazily
+/// refreshed entries always pops the true best.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Standing {
+    spread: u64,
+    rank: i32,
+    load: Load,
+    slot: usize,
+}
+
+/// One job's view of the spread groups: its attempts per value of the spread label.
+struct Spread<'a> {
+    label: &'a str,
+    held: HashMap<Option<&'a str>, u64>,
+}
+
+impl<'a> Spread<'a> {
+    fn new(state: &'a ClusterState, job: &'a Job) -> Option<Self> {
+        let label = job.spec.affinity.spread.as_deref()?;
+        let mut held = HashMap::new();
+        let (first, last) = (TaskId::array(job.id, 0), TaskId::reduce(job.id));
+        for w in state.workers().filter(|w| w.state == WorkerState::Ready) {
+            let n = w.tasks.range(first..=last).count() as u64;
+            if n > 0 {
+                *held.entry(w.labels.get(label).map(String::as_str)).or_default() += n;
+            }
+        }
+        Some(Spread { label, held })
+    }
+
+    fn group(&self, worker: &'a Worker) -> Option<&'a str> {
+        worker.labels.get(self.label).map(String::as_str)
     }
 }
 
@@ -95,7 +147,14 @@ pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
     let mut slots: Vec<Slot> = state
         .workers()
         .filter(|w| w.state == WorkerState::Ready && w.free_capacity() > 0)
-        .map(|w| Slot { name: &w.name, labels: &w.labels, cpus: w.cpus, capacity: w.cpus + w.queue, used: w.cpus_used })
+        .map(|w| Slot {
+            worker: w,
+            cpus: w.cpus,
+            capacity: w.cpus + w.queue,
+            used: w.cpus_used,
+            planned: BTreeMap::new(),
+            planned_memory: 0,
+        })
         .collect();
     let mut plan = Vec::new();
     if slots.is_empty() {
@@ -108,7 +167,7 @@ pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
         let next_shares = state.sharing() == Sharing::Fair
             && jobs.get(i + 1).is_some_and(|next| next.spec.priority == job.spec.priority);
         if !next_shares {
-            place_group(std::mem::take(&mut group), &mut slots, &mut plan, max);
+            place_group(state, std::mem::take(&mut group), &mut slots, &mut plan, max);
         }
         if plan.len() >= max {
             break;
@@ -121,38 +180,67 @@ pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
 struct Turn<'a> {
     job: &'a Job,
     waiting: std::iter::Peekable<Box<dyn Iterator<Item = TaskId> + 'a>>,
-    /// Eligible workers by load (entries may be stale: re-checked when popped).
-    heap: BinaryHeap<ByLoad>,
+    /// Eligible workers, best first (entries may be stale: refreshed when popped).
+    heap: BinaryHeap<Reverse<Standing>>,
+    /// Its affinity rank on each slot; `None` without affinity (all rank alike).
+    ranks: Option<Vec<i32>>,
+    spread: Option<Spread<'a>>,
     /// Attempts it holds, counting this plan's placements: the fewest goes next.
     held: u64,
     /// Nothing more to place in this round (no task left, or no worker with room).
     done: bool,
 }
 
+impl Turn<'_> {
+    fn standing(&self, slots: &[Slot<'_>], slot: usize, round: Round) -> Standing {
+        let s = &slots[slot];
+        let spread = self.spread.as_ref().map_or(0, |sp| sp.held.get(&sp.group(s.worker)).copied().unwrap_or(0));
+        let rank = self.ranks.as_ref().map_or(0, |r| r[slot]);
+        Standing { spread, rank, load: Load { used: s.used, total: s.room(round).1 }, slot }
+    }
+}
+
 /// Places the waiting tasks of jobs that share a priority (one job alone under `Fifo`): free
-/// cpus first, then workers' queues; each placement on the least-loaded eligible worker; the
-/// job holding the fewest attempts places next.
-fn place_group<'a>(group: Vec<&'a Job>, slots: &mut [Slot<'_>], plan: &mut Vec<Placement>, max: usize) {
+/// cpus first, then workers' queues; each placement on the best eligible worker for the job
+/// ([`Standing`]); the job holding the fewest attempts places next.
+fn place_group<'a>(
+    state: &'a ClusterState,
+    group: Vec<&'a Job>,
+    slots: &mut [Slot<'a>],
+    plan: &mut Vec<Placement>,
+    max: usize,
+) {
     // One task iterator per job for both rounds: a task placed on a free cpu is not queued too.
     let mut turns: Vec<Turn<'a>> = group
         .iter()
-        .map(|job| Turn {
-            job,
-            waiting: waiting_tasks(job).peekable(),
-            heap: BinaryHeap::new(),
-            held: job.counts.assigned + job.counts.running,
-            done: false,
+        .map(|job| {
+            let affinity = &job.spec.affinity;
+            let ranks = (!affinity.prefer.is_empty() || !affinity.avoid.is_empty())
+                .then(|| slots.iter().map(|s| affinity.rank(&s.worker.labels)).collect());
+            Turn {
+                job,
+                waiting: waiting_tasks(job).peekable(),
+                heap: BinaryHeap::new(),
+                ranks,
+                spread: Spread::new(state, job),
+                held: job.counts.assigned + job.counts.running,
+                done: false,
+            }
         })
         .collect();
     for round in [Round::Run, Round::Queue] {
         for turn in turns.iter_mut() {
-            let (job, cpus) = (turn.job, turn.job.spec.cpus);
-            turn.heap = slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.cpus >= cpus && s.room(round).0 >= cpus && job.spec.selects(s.labels))
-                .map(|(i, s)| ByLoad { used: s.used, total: s.room(round).1, slot: i })
+            let spec = &turn.job.spec;
+            let eligible: Vec<usize> = (0..slots.len())
+                .filter(|&i| {
+                    let s = &slots[i];
+                    s.cpus >= spec.cpus
+                        && s.room(round).0 >= spec.cpus
+                        && spec.selects(&s.worker.labels)
+                        && s.has_resources_for(spec)
+                })
                 .collect();
+            turn.heap = eligible.into_iter().map(|i| Reverse(turn.standing(slots, i, round))).collect();
             turn.done = turn.waiting.peek().is_none() || turn.heap.is_empty();
         }
         while plan.len() < max {
@@ -163,26 +251,30 @@ fn place_group<'a>(group: Vec<&'a Job>, slots: &mut [Slot<'_>], plan: &mut Vec<P
                 break;
             };
             let turn = &mut turns[next];
-            let cpus = turn.job.spec.cpus;
+            let job = turn.job;
+            let spec = &job.spec;
             // Pop until an entry is current and still has room (others placed meanwhile).
             let mut placed = false;
-            while let Some(mut best) = turn.heap.pop() {
+            while let Some(Reverse(best)) = turn.heap.pop() {
                 let slot = &slots[best.slot];
-                if slot.room(round).0 < cpus {
+                if slot.room(round).0 < spec.cpus || !slot.has_resources_for(spec) {
                     continue;
                 }
-                if best.used != slot.used {
-                    best.used = slot.used;
-                    turn.heap.push(best);
+                let now = turn.standing(slots, best.slot, round);
+                if now != best {
+                    turn.heap.push(Reverse(now));
                     continue;
                 }
                 let Some(task) = turn.waiting.next() else { break };
-                let slot = &mut slots[best.slot];
-                slot.used += cpus;
-                plan.push(Placement { task, worker: slot.name.to_string() });
-                if slot.room(round).0 >= cpus {
-                    best.used = slot.used;
-                    turn.heap.push(best);
+                slots[best.slot].take(spec);
+                let worker = slots[best.slot].worker;
+                plan.push(Placement { task, worker: worker.name.clone() });
+                if let Some(sp) = turn.spread.as_mut() {
+                    *sp.held.entry(sp.group(worker)).or_default() += 1;
+                }
+                let slot = &slots[best.slot];
+                if slot.room(round).0 >= spec.cpus && slot.has_resources_for(spec) {
+                    turn.heap.push(Reverse(turn.standing(slots, best.slot, round)));
                 }
                 turn.held += 1;
                 placed = true;
@@ -264,7 +356,12 @@ pub fn revocations(state: &ClusterState, skip: impl Fn(TaskId, Fence) -> bool) -
         while free > 0 {
             // The most-loaded busy worker first (ties by name).
             busy.sort_by(|a, b| b.cpus.cmp(&a.cpus).then(a.worker.cmp(b.worker)));
-            let fits = |job: &Job| job.spec.cpus <= free && job.spec.cpus <= w.cpus && job.spec.selects(&w.labels);
+            let fits = |job: &Job| {
+                job.spec.cpus <= free
+                    && job.spec.cpus <= w.cpus
+                    && job.spec.selects(&w.labels)
+                    && w.has_resources_for(&job.spec)
+            };
             let pick = busy.iter().enumerate().find_map(|(b, backlog)| {
                 backlog.queued.iter().position(|(t, f, j)| fits(j) && !skip(*t, *f)).map(|q| (b, q))
             });
@@ -287,28 +384,76 @@ fn waiting_tasks(job: &Job) -> Box<dyn Iterator<Item = TaskId> + '_> {
     Box::new(job.pending.iter().map(move |i| TaskId::array(job.id, i)))
 }
 
+/// Why a job's waiting tasks cannot run on any worker the cluster has now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unschedulable {
+    #[error("no workers are connected")]
+    NoWorkers,
+    #[error("no connected worker has the labels {} ({connected} workers connected)", labels(selector))]
+    NoMatchingLabels { selector: BTreeMap<String, String>, connected: usize },
+    #[error("each task needs {needs} cpus but the largest matching worker has {largest}")]
+    TooFewCpus { needs: u32, largest: u32 },
+    #[error("each task needs {resource}={needs} but {}", offered(resource, *largest))]
+    TooFewUnits { resource: String, needs: u32, largest: u32 },
+    #[error("each task needs {} of memory but {}", crate::units::format_bytes(*needs), memory_offered(*largest))]
+    TooLittleMemory { needs: u64, largest: u64 },
+    #[error("no single matching worker has every resource a task needs (cpus, resources and memory together)")]
+    NoWorkerWithAll,
+}
+
+fn labels(map: &BTreeMap<String, String>) -> String {
+    map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn offered(resource: &str, largest: u32) -> String {
+    if largest == 0 {
+        format!("no matching worker offers {resource} (workers offer it with --resources {resource}=N)")
+    } else {
+        format!("the most any matching worker offers is {resource}={largest}")
+    }
+}
+
+fn memory_offered(largest: u64) -> String {
+    if largest == 0 {
+        "no matching worker offers memory (--memory on the worker)".to_string()
+    } else {
+        format!("the largest matching worker offers {}", crate::units::format_bytes(largest))
+    }
+}
+
 /// Why a job's waiting tasks cannot run on any worker the cluster has now, if so. Shown by
 /// `job show` so that a job nobody can satisfy is reported rather than silently stuck.
-pub fn unschedulable_reason(state: &ClusterState, job: &Job) -> Option<String> {
+pub fn unschedulable_reason(state: &ClusterState, job: &Job) -> Option<Unschedulable> {
     if !job.has_waiting_work() {
         return None;
     }
     let ready: Vec<_> = state.workers().filter(|w| w.state == WorkerState::Ready).collect();
     if ready.is_empty() {
-        return Some("no workers are connected".to_string());
+        return Some(Unschedulable::NoWorkers);
     }
-    let matching: Vec<_> = ready.iter().filter(|w| job.spec.selects(&w.labels)).collect();
+    let spec = &job.spec;
+    let matching: Vec<_> = ready.iter().filter(|w| spec.selects(&w.labels)).collect();
     if matching.is_empty() {
-        let selector: Vec<String> = job.spec.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        return Some(format!(
-            "no connected worker has the labels {} ({} workers connected)",
-            selector.join(","),
-            ready.len()
-        ));
+        return Some(Unschedulable::NoMatchingLabels { selector: spec.selector.clone(), connected: ready.len() });
     }
     let largest = matching.iter().map(|w| w.cpus).max().unwrap_or(0);
-    if largest < job.spec.cpus {
-        return Some(format!("each task needs {} cpus but the largest matching worker has {largest}", job.spec.cpus));
+    if largest < spec.cpus {
+        return Some(Unschedulable::TooFewCpus { needs: spec.cpus, largest });
+    }
+    for (name, needs) in &spec.resources {
+        let largest = matching.iter().filter_map(|w| w.resources.get(name)).copied().max().unwrap_or(0);
+        if largest < *needs {
+            return Some(Unschedulable::TooFewUnits { resource: name.clone(), needs: *needs, largest });
+        }
+    }
+    if let Some(needs) = spec.memory {
+        let largest = matching.iter().filter_map(|w| w.memory).max().unwrap_or(0);
+        if largest < needs {
+            return Some(Unschedulable::TooLittleMemory { needs, largest });
+        }
+    }
+    if !matching.iter().any(|w| w.cpus >= spec.cpus && w.could_ever_hold(spec)) {
+        return Some(Unschedulable::NoWorkerWithAll);
     }
     None
 }

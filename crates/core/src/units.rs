@@ -52,6 +52,22 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     value.checked_mul(mult).ok_or_else(bad)
 }
 
+/// Formats a size the way `parse_size` reads it back: the largest binary unit that divides it,
+/// else the nearest one with a decimal (`1.5G`).
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    for (name, size) in UNITS {
+        if bytes >= size {
+            return if bytes.is_multiple_of(size) {
+                format!("{}{name}", bytes / size)
+            } else {
+                format!("{:.1}{name}", bytes as f64 / size as f64)
+            };
+        }
+    }
+    format!("{bytes}B")
+}
+
 /// Formats a duration the way `parse_duration` reads it back, for messages.
 pub fn format_millis(ms: u64) -> String {
     if ms < 1000 {
@@ -66,6 +82,14 @@ pub fn format_millis(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_format_as_they_parse() {
+        assert_eq!(format_bytes(2 << 30), "2G");
+        assert_eq!(parse_size(&format_bytes(512 << 20)).unwrap(), 512 << 20);
+        assert_eq!(format_bytes(1536 << 20), "1.5G");
+        assert_eq!(format_bytes(100), "100B");
+    }
 
     #[test]
     fn durations() {

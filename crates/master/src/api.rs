@@ -80,7 +80,9 @@ pub fn refusal_code(refusal: &Refusal) -> ApiErrorCode {
     match refusal {
         Refusal::NoJob(_) => ApiErrorCode::NotFound,
         Refusal::JobFinished { .. } | Refusal::NoReadyWorker(_) => ApiErrorCode::Conflict,
-        Refusal::WorkerWithoutCpus | Refusal::BadSpec(_) | Refusal::BadRetention(_) => ApiErrorCode::BadRequest,
+        Refusal::WorkerWithoutCpus | Refusal::BadSpec(_) | Refusal::BadRetention(_) | Refusal::BadResourceName(_) => {
+            ApiErrorCode::BadRequest
+        }
     }
 }
 

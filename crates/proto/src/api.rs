@@ -23,7 +23,8 @@ use flotilla_core::index_set::IndexSet;
 /// The body of `PUT /v1/events/retention`.
 pub use flotilla_core::journal::Retention;
 use flotilla_core::journal::{self, Event};
-use flotilla_core::model::{JobSpec, TaskSlot};
+use flotilla_core::model::{Affinity, JobSpec, TaskSlot};
+use flotilla_core::scheduler::Unschedulable;
 use flotilla_core::state::{self, Job, Task, TaskCounts, Worker};
 use flotilla_core::units;
 
@@ -359,6 +360,21 @@ pub struct SubmitRequest {
     pub reduce: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Named resources each task holds, e.g. `{"gpu": 1}`.
+    #[serde(default)]
+    pub resources: BTreeMap<String, u32>,
+    /// Memory each task holds, e.g. `2G`.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// Soft: workers with these labels first.
+    #[serde(default)]
+    pub prefer: BTreeMap<String, String>,
+    /// Soft: workers with these labels last.
+    #[serde(default)]
+    pub avoid: BTreeMap<String, String>,
+    /// Spread the tasks evenly over this label's values, e.g. `zone`.
+    #[serde(default)]
+    pub spread: Option<String>,
     /// Makes retries of the same submission idempotent.
     #[serde(default)]
     pub request_id: Option<String>,
@@ -378,6 +394,10 @@ impl SubmitRequest {
             }
             None => None,
         };
+        let memory = match &self.memory {
+            Some(m) => Some(units::parse_size(m).map_err(|e| format!("invalid memory: {e}"))?),
+            None => None,
+        };
         let spec = JobSpec {
             name: self.name.clone(),
             command: self.command.clone(),
@@ -389,6 +409,9 @@ impl SubmitRequest {
             selector: self.selector.clone(),
             reduce: self.reduce.clone(),
             env: self.env.clone(),
+            resources: self.resources.clone(),
+            memory,
+            affinity: Affinity { prefer: self.prefer.clone(), avoid: self.avoid.clone(), spread: self.spread.clone() },
         };
         spec.validate().map_err(|e| e.to_string())?;
         Ok(spec)
@@ -479,10 +502,22 @@ pub struct JobDetail {
     pub failure: Option<String>,
     /// Set when no connected worker could ever run the job's waiting tasks.
     pub unschedulable: Option<String>,
+    /// Named resources each task holds.
+    #[serde(default)]
+    pub resources: BTreeMap<String, u32>,
+    /// Bytes of memory each task holds.
+    #[serde(default)]
+    pub memory: Option<u64>,
+    #[serde(default)]
+    pub prefer: BTreeMap<String, String>,
+    #[serde(default)]
+    pub avoid: BTreeMap<String, String>,
+    #[serde(default)]
+    pub spread: Option<String>,
 }
 
 impl JobDetail {
-    pub fn from_job(job: &Job, unschedulable: Option<String>) -> Self {
+    pub fn from_job(job: &Job, unschedulable: Option<Unschedulable>) -> Self {
         let reduce_state = job.spec.reduce.as_ref().map(|_| match (&job.reduce, job.reduce_pending) {
             (_, true) => TaskState::Waiting,
             (Some(t), false) => TaskState::from(&t.state),
@@ -505,7 +540,12 @@ impl JobDetail {
             submitted_at: rfc3339(job.submitted_at),
             finished_at: job.finished_at.map(rfc3339),
             failure: job.failure.as_ref().map(|f| f.to_string()),
-            unschedulable,
+            unschedulable: unschedulable.map(|u| u.to_string()),
+            resources: job.spec.resources.clone(),
+            memory: job.spec.memory,
+            prefer: job.spec.affinity.prefer.clone(),
+            avoid: job.spec.affinity.avoid.clone(),
+            spread: job.spec.affinity.spread.clone(),
         }
     }
 }
@@ -646,7 +686,15 @@ pub struct WorkerStatus {
     pub cpus_queued: u32,
     /// Cpus with nothing to run.
     pub cpus_free: u32,
+    /// Bytes of memory offered to tasks that ask for memory, and held by them.
     pub memory: Option<u64>,
+    #[serde(default)]
+    pub memory_held: u64,
+    /// Named resources offered, and units held by its attempts.
+    #[serde(default)]
+    pub resources: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub resources_held: BTreeMap<String, u32>,
     pub tasks: usize,
     pub joined_at: String,
     /// Last message the leader received from the worker (leader memory; `null` if not seen
@@ -668,6 +716,9 @@ impl WorkerStatus {
             cpus_queued: w.cpus_queued(),
             cpus_free: w.free_cpus(),
             memory: w.memory,
+            memory_held: w.memory_held(),
+            resources: w.resources.clone(),
+            resources_held: w.resources.keys().map(|n| (n.clone(), w.units_held(n))).collect(),
             tasks: w.tasks.len(),
             joined_at: rfc3339(w.joined_at),
             last_heartbeat: last_heartbeat_ms.map(rfc3339),

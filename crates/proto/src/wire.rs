@@ -174,14 +174,27 @@ impl RunTask {
                 (vec!["/bin/sh".to_string(), "-c".to_string(), reduce], Some(job.reduce_input()))
             }
         };
-        Some(RunTask {
-            task,
-            fence,
-            command,
-            env: job.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            cpus: job.spec.cpus,
-            timeout_ms: job.spec.timeout_ms,
-            stdin,
-        })
+        let mut env: Vec<(String, String)> = job.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // The units this attempt holds, so the task uses those and no others. The job's own
+        // variables cannot collide: names starting with FLOTILLA_ are refused.
+        let worker = job.task(task.slot).and_then(|t| t.state.in_flight()).map(|(w, _)| w);
+        if let Some(grant) = worker.and_then(|w| state.worker(w)).and_then(|w| w.grants.get(&task)) {
+            for (name, units) in &grant.units {
+                let list = units.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+                if name == "gpu" {
+                    env.push(("CUDA_VISIBLE_DEVICES".to_string(), list.clone()));
+                }
+                env.push((resource_env_name(name), list));
+            }
+            if grant.memory > 0 {
+                env.push(("FLOTILLA_MEMORY".to_string(), grant.memory.to_string()));
+            }
+        }
+        Some(RunTask { task, fence, command, env, cpus: job.spec.cpus, timeout_ms: job.spec.timeout_ms, stdin })
     }
+}
+
+/// `FLOTILLA_RESOURCE_GPU` for `gpu`: upper case, `-` as `_`.
+pub fn resource_env_name(resource: &str) -> String {
+    format!("FLOTILLA_RESOURCE_{}", resource.to_ascii_uppercase().replace('-', "_"))
 }

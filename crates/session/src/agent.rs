@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub instance: u64,
     pub cpus: u32,
     pub memory: Option<u64>,
+    /// Named resources offered, e.g. gpu=2.
+    pub resources: BTreeMap<String, u32>,
     pub labels: BTreeMap<String, String>,
     pub masters: Vec<String>,
     /// Cpus' worth of tasks to keep queued; the starting value with `adaptive_prefetch`.
@@ -238,6 +240,7 @@ impl AgentCore {
                 cpus: self.config.cpus,
                 queue: self.queue,
                 memory: self.config.memory,
+                resources: self.config.resources.clone(),
                 labels: self.config.labels.clone(),
             },
             known: self.book.known(),

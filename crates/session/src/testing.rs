@@ -110,5 +110,13 @@ impl Cluster {
 }
 
 pub fn info(name: &str, instance: u64, cpus: u32) -> WorkerInfo {
-    WorkerInfo { name: name.to_string(), instance, cpus, queue: 0, memory: None, labels: BTreeMap::new() }
+    WorkerInfo {
+        name: name.to_string(),
+        instance,
+        cpus,
+        queue: 0,
+        memory: None,
+        resources: Default::default(),
+        labels: BTreeMap::new(),
+    }
 }

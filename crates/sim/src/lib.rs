@@ -312,6 +312,7 @@ fn new_worker(name: String, instance: u64, impostor: bool, config: &SimConfig, n
             instance,
             cpus: config.cpus,
             memory: None,
+            resources: Default::default(),
             labels: BTreeMap::new(),
             masters: (0..MASTERS).map(address).collect(),
             prefetch: config.queue,

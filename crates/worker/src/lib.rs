@@ -50,7 +50,10 @@ pub struct WorkerConfig {
     pub prefetch: u32,
     /// Resize the queue to cover [`QUEUE_AHEAD`] of work at the measured task durations.
     pub adaptive_prefetch: bool,
+    /// Bytes of memory offered to tasks that ask for memory.
     pub memory: Option<u64>,
+    /// Named resources offered, e.g. gpu=2 (units 0 and 1).
+    pub resources: BTreeMap<String, u32>,
     pub labels: BTreeMap<String, String>,
     pub data_dir: PathBuf,
     pub token: Option<String>,
@@ -274,6 +277,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             instance: random_u64(),
             cpus: config.cpus,
             memory: config.memory,
+            resources: config.resources.clone(),
             labels: config.labels.clone(),
             masters: config.masters.clone(),
             prefetch: config.prefetch,

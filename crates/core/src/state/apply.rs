@@ -198,6 +198,9 @@ impl ClusterState {
         if info.cpus == 0 {
             return Response::Invalid { reason: Refusal::WorkerWithoutCpus };
         }
+        if let Some(bad) = info.resources.keys().find(|n| !crate::model::valid_resource_name(n)) {
+            return Response::Invalid { reason: Refusal::BadResourceName(bad.clone()) };
+        }
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
         self.workers.insert(
@@ -209,6 +212,7 @@ impl ClusterState {
                 cpus: info.cpus,
                 queue: info.queue,
                 memory: info.memory,
+                resources: info.resources.clone(),
                 labels: info.labels.clone(),
                 state: WorkerState::Ready,
                 cpus_used: 0,
@@ -216,6 +220,7 @@ impl ClusterState {
                 joined_at: ctx.at_ms,
                 lost_at: None,
                 lost_reason: None,
+                grants: BTreeMap::new(),
             },
         );
         self.forget_old_lost_workers();
@@ -240,6 +245,7 @@ impl ClusterState {
         worker.lost_at = Some(ctx.at_ms);
         worker.lost_reason = Some(reason);
         worker.cpus_used = 0;
+        worker.grants.clear();
         let held = std::mem::take(&mut worker.tasks);
         let requeued = held.len() as u64;
         self.journal.record(ctx.at_ms, EventKind::WorkerLost { worker: name.to_string(), reason, requeued });
@@ -301,6 +307,7 @@ impl ClusterState {
             || worker.free_capacity() < cpus
             || worker.cpus < cpus
             || !job.spec.selects(&worker.labels)
+            || !worker.has_resources_for(&job.spec)
         {
             return None;
         }
@@ -326,6 +333,7 @@ impl ClusterState {
         task.state = TaskState::Assigned { worker: p.worker.clone(), fence, since: ctx.at_ms };
         worker.cpus_used += cpus;
         worker.tasks.insert(p.task, fence);
+        worker.grant(p.task, &job.spec);
         self.last_assignment_term = ctx.term;
         if job.state == JobState::Waiting {
             job.state = JobState::Running;
@@ -441,6 +449,7 @@ impl ClusterState {
         if let Some(w) = self.workers.get_mut(worker) {
             if w.tasks.remove(&task).is_some() {
                 w.cpus_used -= cpus;
+                w.grants.remove(&task);
             }
         }
     }

@@ -169,7 +169,10 @@ pub struct Worker {
     pub cpus: u32,
     /// Cpus' worth of tasks it may hold queued beyond `cpus` (see `WorkerInfo::queue`).
     pub queue: u32,
+    /// Bytes of memory it offers to tasks that ask for memory.
     pub memory: Option<u64>,
+    /// Named resources it offers: units `0..count` of each.
+    pub resources: BTreeMap<String, u32>,
     pub labels: BTreeMap<String, String>,
     pub state: WorkerState,
     /// Cpus of the attempts it holds, running or queued: at most `cpus + queue`.
@@ -179,9 +182,62 @@ pub struct Worker {
     pub joined_at: Millis,
     pub lost_at: Option<Millis>,
     pub lost_reason: Option<LostReason>,
+    /// What each attempt that asked for resources holds (units by resource, memory).
+    pub grants: BTreeMap<TaskId, Grant>,
+}
+
+/// The resources one attempt holds on its worker while assigned or running.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Unit numbers held, by resource name (e.g. gpu -> [0, 1]).
+    pub units: BTreeMap<String, Vec<u32>>,
+    pub memory: u64,
 }
 
 impl Worker {
+    /// Units of `resource` held by the attempts it holds.
+    pub fn units_held(&self, resource: &str) -> u32 {
+        self.grants.values().filter_map(|g| g.units.get(resource)).map(|u| u.len() as u32).sum()
+    }
+
+    /// Bytes of memory held by the attempts it holds.
+    pub fn memory_held(&self) -> u64 {
+        self.grants.values().map(|g| g.memory).sum()
+    }
+
+    /// Whether it offers enough of each resource the spec asks for, were it idle.
+    pub fn could_ever_hold(&self, spec: &JobSpec) -> bool {
+        spec.resources.iter().all(|(name, units)| self.resources.get(name).is_some_and(|have| have >= units))
+            && spec.memory.is_none_or(|m| self.memory.is_some_and(|have| have >= m))
+    }
+
+    /// Whether the resources the spec asks for are free now (cpus are checked apart).
+    pub fn has_resources_for(&self, spec: &JobSpec) -> bool {
+        if !spec.holds_resources() {
+            return true;
+        }
+        spec.resources.iter().all(|(name, units)| {
+            self.resources.get(name).is_some_and(|have| have.saturating_sub(self.units_held(name)) >= *units)
+        }) && spec.memory.is_none_or(|m| self.memory.is_some_and(|have| have.saturating_sub(self.memory_held()) >= m))
+    }
+
+    /// Hands `task` the lowest free units of each resource the spec asks for, and its memory.
+    /// The caller checked [`Worker::has_resources_for`].
+    fn grant(&mut self, task: TaskId, spec: &JobSpec) {
+        if !spec.holds_resources() {
+            return;
+        }
+        let mut grant = Grant { units: BTreeMap::new(), memory: spec.memory.unwrap_or(0) };
+        for (name, wanted) in &spec.resources {
+            let taken: BTreeSet<u32> =
+                self.grants.values().filter_map(|g| g.units.get(name)).flatten().copied().collect();
+            let offered = self.resources.get(name).copied().unwrap_or(0);
+            let units: Vec<u32> = (0..offered).filter(|u| !taken.contains(u)).take(*wanted as usize).collect();
+            grant.units.insert(name.clone(), units);
+        }
+        self.grants.insert(task, grant);
+    }
+
     /// Cpus not taken by the attempts it holds: room to start tasks at once.
     pub fn free_cpus(&self) -> u32 {
         self.cpus.saturating_sub(self.cpus_used)
@@ -367,6 +423,17 @@ impl ClusterState {
             let (cpus, tasks) = held.remove(worker.name.as_str()).unwrap_or_default();
             assert_eq!(worker.cpus_used, cpus, "worker {} cpus_used", worker.name);
             assert_eq!(worker.tasks, tasks, "worker {} task list", worker.name);
+            assert!(worker.grants.keys().all(|t| worker.tasks.contains_key(t)), "worker {} grants", worker.name);
+            for (name, offered) in &worker.resources {
+                let mut units: Vec<u32> =
+                    worker.grants.values().filter_map(|g| g.units.get(name)).flatten().copied().collect();
+                let held = units.len();
+                units.sort_unstable();
+                units.dedup();
+                assert_eq!(units.len(), held, "worker {} gives out a {name} unit twice", worker.name);
+                assert!(units.iter().all(|u| u < offered), "worker {} over-commits {name}", worker.name);
+            }
+            assert!(worker.memory_held() <= worker.memory.unwrap_or(0), "worker {} over-commits memory", worker.name);
             // No capacity check here: a worker may lower its queue below what it already
             // holds. Plans are checked against capacity where they are made and applied.
             if worker.state == WorkerState::Lost {
@@ -379,4 +446,4 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

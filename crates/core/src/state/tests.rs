@@ -38,8 +38,15 @@ impl Driver {
     }
 
     pub fn worker(&mut self, name: &str, cpus: u32) -> u64 {
-        let info =
-            WorkerInfo { name: name.to_string(), instance: 7, cpus, queue: 0, memory: None, labels: BTreeMap::new() };
+        let info = WorkerInfo {
+            name: name.to_string(),
+            instance: 7,
+            cpus,
+            queue: 0,
+            memory: None,
+            resources: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        };
         match self.apply(Command::RegisterWorker(info)) {
             Response::WorkerRegistered { incarnation, .. } => incarnation,
             other => panic!("register refused: {other:?}"),
@@ -241,7 +248,15 @@ fn a_restarted_worker_loses_what_its_old_process_held() {
     let job = d.submit(spec("1"));
     d.worker("a", 1);
     d.schedule();
-    let info = WorkerInfo { name: "a".into(), instance: 8, cpus: 1, queue: 0, memory: None, labels: BTreeMap::new() };
+    let info = WorkerInfo {
+        name: "a".into(),
+        instance: 8,
+        cpus: 1,
+        queue: 0,
+        memory: None,
+        resources: BTreeMap::new(),
+        labels: BTreeMap::new(),
+    };
     d.apply(Command::RegisterWorker(info));
     assert_eq!(d.state.job(job).unwrap().counts.waiting, 1);
     assert_eq!(d.schedule()[0].fence.attempt, 2);
@@ -272,27 +287,58 @@ fn the_state_survives_an_encode_decode_round_trip() {
 /// A random step, interpreted against the current state so that most steps are meaningful.
 #[derive(Clone, Debug)]
 enum Op {
-    Submit { tasks: u8, cpus: u8, retries: u8, reduce: bool, priority: i8, zone: Option<u8> },
-    Register { worker: u8, cpus: u8, queue: u8, zone: u8, restart: bool },
-    Lose { worker: u8 },
-    SetQueue { worker: u8, queue: u8 },
-    Schedule { max: u8 },
-    Start { pick: u16 },
-    Finish { pick: u16, ok: bool, stale: bool },
-    Cancel { pick: u8 },
+    /// `needs`: 0 nothing beyond cpus, 1 a gpu, 2 3G of memory, 3 both.
+    Submit {
+        tasks: u8,
+        cpus: u8,
+        retries: u8,
+        reduce: bool,
+        priority: i8,
+        zone: Option<u8>,
+        needs: u8,
+    },
+    Register {
+        worker: u8,
+        cpus: u8,
+        queue: u8,
+        zone: u8,
+        restart: bool,
+    },
+    Lose {
+        worker: u8,
+    },
+    SetQueue {
+        worker: u8,
+        queue: u8,
+    },
+    Schedule {
+        max: u8,
+    },
+    Start {
+        pick: u16,
+    },
+    Finish {
+        pick: u16,
+        ok: bool,
+        stale: bool,
+    },
+    Cancel {
+        pick: u8,
+    },
     NewTerm,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (1u8..8, 1u8..3, 0u8..2, any::<bool>(), -1i8..2, proptest::option::of(0u8..2)).prop_map(
-            |(tasks, cpus, retries, reduce, priority, zone)| Op::Submit {
+        (1u8..8, 1u8..3, 0u8..2, any::<bool>(), -1i8..2, proptest::option::of(0u8..2), 0u8..4).prop_map(
+            |(tasks, cpus, retries, reduce, priority, zone, needs)| Op::Submit {
                 tasks,
                 cpus,
                 retries,
                 reduce,
                 priority,
-                zone
+                zone,
+                needs
             }
         ),
         (0u8..4, 1u8..4, 0u8..3, 0u8..2, any::<bool>()).prop_map(|(worker, cpus, queue, zone, restart)| Op::Register {
@@ -331,7 +377,7 @@ fn in_flight(state: &ClusterState) -> Vec<(TaskId, String, Fence, bool)> {
 
 fn run_op(d: &mut Driver, op: &Op) {
     match op.clone() {
-        Op::Submit { tasks, cpus, retries, reduce, priority, zone } => {
+        Op::Submit { tasks, cpus, retries, reduce, priority, zone, needs } => {
             let spec = JobSpec {
                 command: vec!["t".into()],
                 array: Some(IndexSet::range(1, u64::from(tasks))),
@@ -340,6 +386,8 @@ fn run_op(d: &mut Driver, op: &Op) {
                 reduce: reduce.then(|| "r".to_string()),
                 priority: i32::from(priority),
                 selector: zone.map(|z| [("zone".to_string(), z.to_string())].into()).unwrap_or_default(),
+                resources: if needs & 1 == 1 { [("gpu".to_string(), 1)].into() } else { BTreeMap::new() },
+                memory: (needs & 2 == 2).then_some(3 << 30),
                 ..Default::default()
             };
             d.submit(spec);
@@ -352,7 +400,13 @@ fn run_op(d: &mut Driver, op: &Op) {
                 instance: if restart { old + 1 } else { old },
                 cpus: u32::from(cpus),
                 queue: u32::from(queue),
-                memory: None,
+                // Workers 1 and 3 offer one and three gpus; all offer 8G.
+                memory: Some(8 << 30),
+                resources: if worker % 2 == 1 {
+                    [("gpu".to_string(), u32::from(worker))].into()
+                } else {
+                    BTreeMap::new()
+                },
                 labels: [("zone".to_string(), zone.to_string())].into(),
             };
             d.apply(Command::RegisterWorker(info));

@@ -34,6 +34,7 @@ impl Worker {
             instance: 42,
             cpus,
             memory: None,
+            resources: Default::default(),
             labels: Default::default(),
             masters: vec!["m1".into(), "m2".into(), "m3".into()],
             prefetch: 1,
