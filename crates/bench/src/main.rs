@@ -9,6 +9,7 @@
 //! | `failover` | N leader SIGKILLs under load, then a silent worker (default 20) |
 //! | `latency` | N single-client submits, then 64 clients (default 2,000) |
 //! | `fleet` | N simulated workers heartbeating (default 10,000) |
+//! | `balance` | heterogeneous jobs on 4 real workers, one joining or leaving (`--size` scales it, percent) |
 //! | `all` | every one of them |
 //!
 //! `--smoke` runs tiny sizes (CI keeps the benchmarks working with it). The binary also plays
@@ -16,6 +17,7 @@
 //! always the code this benchmark was built from.
 
 mod arrays;
+mod balance;
 mod common;
 mod failover;
 mod fleet;
@@ -32,7 +34,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "flotilla-bench", about = "Flotilla's benchmarks (see the README's Performance section)")]
 struct Args {
-    /// storm, throughput, arrays, failover, latency, fleet or all.
+    /// storm, throughput, arrays, failover, latency, fleet, balance or all.
     name: String,
     /// The main size of the benchmark (tasks, kills, requests or workers).
     #[arg(long)]
@@ -66,7 +68,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let names: Vec<&str> = match args.name.as_str() {
-        "all" => vec!["storm", "throughput", "arrays", "failover", "latency", "fleet"],
+        "all" => vec!["storm", "throughput", "arrays", "failover", "latency", "fleet", "balance"],
         n => vec![n],
     };
     let size = |full: u64, smoke: u64| if args.smoke { args.size.unwrap_or(smoke) } else { args.size.unwrap_or(full) };
@@ -90,8 +92,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "fleet" => {
                 fleetscale::run(size(10_000, 50) as usize).await?;
             }
+            "balance" => {
+                balance::run(size(100, 5) as f64 / 100.0).await?;
+            }
             other => {
-                anyhow::bail!("unknown benchmark '{other}' (storm, throughput, arrays, failover, latency, fleet, all)")
+                anyhow::bail!(
+                    "unknown benchmark '{other}' (storm, throughput, arrays, failover, latency, fleet, balance, all)"
+                )
             }
         }
     }
