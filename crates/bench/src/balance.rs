@@ -184,6 +184,8 @@ struct Outcome {
     makespan_ms: f64,
     mean_completion_ms: f64,
     idle: Vec<u64>,
+    /// The joining worker: from its registration to its first task's start, in ms.
+    join_to_first_task: Option<u64>,
 }
 
 async fn run_flotilla(jobs: &[JobPlan], scenario: Scenario) -> anyhow::Result<Outcome> {
@@ -269,10 +271,19 @@ async fn run_flotilla(jobs: &[JobPlan], scenario: Scenario) -> anyhow::Result<Ou
             runs.push(Ran { worker, start: end.saturating_sub(ms), end, ready: *submitted });
         }
     }
+    let joiner = format!("w{}", WORKERS - 1);
+    let joined = client.status(false).await?.workers.into_iter().find(|w| w.name == joiner);
+    let join_to_first_task = match (scenario, joined.and_then(|w| parse_rfc3339(&w.joined_at))) {
+        (Scenario::OneJoins, Some(at)) => {
+            runs.iter().filter(|r| r.worker == joiner).map(|r| r.start.saturating_sub(at)).min()
+        }
+        _ => None,
+    };
     Ok(Outcome {
         makespan_ms: last.saturating_sub(epoch0) as f64,
         mean_completion_ms: completion / ids.len() as f64,
         idle: idle_gaps(&runs, &present),
+        join_to_first_task,
     })
 }
 
@@ -388,6 +399,7 @@ fn run_hq(exe: &Path, jobs: &[JobPlan], scenario: Scenario) -> anyhow::Result<Ou
         makespan_ms: makespan.as_millis() as f64,
         mean_completion_ms: completion / ids.len() as f64,
         idle: Vec::new(),
+        join_to_first_task: None,
     })
 }
 
@@ -438,6 +450,9 @@ pub async fn run(scale: f64) -> anyhow::Result<()> {
             format!("{:.2} s total, gap p99 {p99} ms ({} gaps)", total as f64 / 1000.0, out.idle.len()),
             "p99 < 100 ms",
         );
+        if let Some(ms) = out.join_to_first_task {
+            figure("balance", &format!("{name}: joined worker's first task after"), format!("{ms} ms"), "< 100 ms");
+        }
         if let Some(exe) = &hq {
             let jobs = workload(scale);
             let h = tokio::task::spawn_blocking({
