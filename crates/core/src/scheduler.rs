@@ -9,8 +9,11 @@
 //!   the fewest attempts first) under the default `Fair` sharing, or go in submission order
 //!   under `Fifo`; a job that cannot be placed does not block others from using other
 //!   workers (backfill);
-//! - within a job, each task goes to the least-loaded eligible worker (used/total cpus, then
-//!   used/total capacity for queues), ties broken by name, so the plan is deterministic.
+//! - within a job, each task goes to the eligible worker with the fewest of the job's attempts
+//!   in its spread group, then the best affinity rank, then the least expected work per cpu
+//!   (its attempts, running and queued, each weighed by its job's measured mean run time), ties
+//!   broken by name, so the plan is deterministic;
+//! - named resources and memory are never given out beyond what a worker offers.
 //!
 //! The plan is only a proposal: the leader commits it as one `Assign` command, and applying it
 //! re-checks every placement against the state of that moment.
@@ -29,6 +32,9 @@ struct Slot<'a> {
     cpus: u32,
     capacity: u32,
     used: u32,
+    /// Expected cpu-milliseconds of the attempts it holds, running or queued, counting this
+    /// plan's: what load is measured by.
+    work: u64,
     /// Named resources and memory this plan already gave out here (beyond the worker's grants).
     planned: BTreeMap<&'a str, u32>,
     planned_memory: u64,
@@ -66,8 +72,10 @@ impl<'a> Slot<'a> {
             .is_none_or(|m| w.memory.unwrap_or(0).saturating_sub(w.memory_held() + self.planned_memory) >= m)
     }
 
-    fn take(&mut self, spec: &'a JobSpec) {
+    fn take(&mut self, job: &'a Job) {
+        let spec = &job.spec;
         self.used += spec.cpus;
+        self.work += expected_work(job);
         for (name, units) in &spec.resources {
             *self.planned.entry(name.as_str()).or_default() += units;
         }
@@ -75,16 +83,43 @@ impl<'a> Slot<'a> {
     }
 }
 
-/// A worker's load as a fraction, compared without floats: a/b < c/d  <=>  a*d < c*b.
+/// Expected run time of a task whose job has no measured run yet.
+pub const UNMEASURED_MS: u64 = 1_000;
+
+/// The cpu-milliseconds one task of `job` is expected to take: its job's mean run time so far
+/// (a task that ran 0 ms still counts 1), times its cpus.
+fn expected_work(job: &Job) -> u64 {
+    job.measured.mean_ms().unwrap_or(UNMEASURED_MS).max(1) * u64::from(job.spec.cpus)
+}
+
+/// Expected work a worker holds, in cpu-milliseconds.
+fn held_work(state: &ClusterState, worker: &Worker) -> u64 {
+    // Attempts are ordered by job: look each job up once.
+    let mut last: Option<(crate::model::JobId, u64)> = None;
+    worker
+        .tasks
+        .keys()
+        .map(|t| match last {
+            Some((job, work)) if job == t.job => work,
+            _ => {
+                let work = state.job(t.job).map_or(UNMEASURED_MS, expected_work);
+                last = Some((t.job, work));
+                work
+            }
+        })
+        .sum()
+}
+
+/// A worker's load, expected work per cpu, compared without floats: a/b < c/d <=> a*d < c*b.
 #[derive(Clone, Copy)]
 struct Load {
-    used: u32,
-    total: u32,
+    work: u64,
+    cpus: u32,
 }
 
 impl Ord for Load {
     fn cmp(&self, other: &Self) -> Ordering {
-        (u64::from(self.used) * u64::from(other.total)).cmp(&(u64::from(other.used) * u64::from(self.total)))
+        (u128::from(self.work) * u128::from(other.cpus)).cmp(&(u128::from(other.work) * u128::from(self.cpus)))
     }
 }
 impl PartialOrd for Load {
@@ -152,6 +187,7 @@ pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
             cpus: w.cpus,
             capacity: w.cpus + w.queue,
             used: w.cpus_used,
+            work: held_work(state, w),
             planned: BTreeMap::new(),
             planned_memory: 0,
         })
@@ -192,11 +228,11 @@ struct Turn<'a> {
 }
 
 impl Turn<'_> {
-    fn standing(&self, slots: &[Slot<'_>], slot: usize, round: Round) -> Standing {
+    fn standing(&self, slots: &[Slot<'_>], slot: usize) -> Standing {
         let s = &slots[slot];
         let spread = self.spread.as_ref().map_or(0, |sp| sp.held.get(&sp.group(s.worker)).copied().unwrap_or(0));
         let rank = self.ranks.as_ref().map_or(0, |r| r[slot]);
-        Standing { spread, rank, load: Load { used: s.used, total: s.room(round).1 }, slot }
+        Standing { spread, rank, load: Load { work: s.work, cpus: s.cpus }, slot }
     }
 }
 
@@ -240,7 +276,7 @@ fn place_group<'a>(
                         && s.has_resources_for(spec)
                 })
                 .collect();
-            turn.heap = eligible.into_iter().map(|i| Reverse(turn.standing(slots, i, round))).collect();
+            turn.heap = eligible.into_iter().map(|i| Reverse(turn.standing(slots, i))).collect();
             turn.done = turn.waiting.peek().is_none() || turn.heap.is_empty();
         }
         while plan.len() < max {
@@ -260,13 +296,13 @@ fn place_group<'a>(
                 if slot.room(round).0 < spec.cpus || !slot.has_resources_for(spec) {
                     continue;
                 }
-                let now = turn.standing(slots, best.slot, round);
+                let now = turn.standing(slots, best.slot);
                 if now != best {
                     turn.heap.push(Reverse(now));
                     continue;
                 }
                 let Some(task) = turn.waiting.next() else { break };
-                slots[best.slot].take(spec);
+                slots[best.slot].take(job);
                 let worker = slots[best.slot].worker;
                 plan.push(Placement { task, worker: worker.name.clone() });
                 if let Some(sp) = turn.spread.as_mut() {
@@ -274,7 +310,7 @@ fn place_group<'a>(
                 }
                 let slot = &slots[best.slot];
                 if slot.room(round).0 >= spec.cpus && slot.has_resources_for(spec) {
-                    turn.heap.push(Reverse(turn.standing(slots, best.slot, round)));
+                    turn.heap.push(Reverse(turn.standing(slots, best.slot)));
                 }
                 turn.held += 1;
                 placed = true;

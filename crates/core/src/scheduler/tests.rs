@@ -383,3 +383,37 @@ fn a_spread_job_is_spread_evenly_over_the_label_values() {
     let _ = k;
     s.state.sanity_check();
 }
+
+/// Load is expected work, not a count: a worker queueing two tasks measured at 5 s is more
+/// loaded than one queueing four measured at 10 ms, so the next task queues behind the short
+/// ones.
+#[test]
+fn queues_fill_by_measured_work_not_by_count() {
+    let mut s = Setup::new();
+    s.worker_with("a", 1, 8, None, &[]);
+    s.worker_with("b", 1, 8, None, &[]);
+    let long = s.submit(array(2));
+    let short = s.submit(array(5));
+    // Measure each job once: one long task ran 5 s on a, one short one 10 ms on b.
+    let finish = |s: &mut Setup, job: u64, worker: &str, ms: u64| {
+        let placements = vec![Placement { task: TaskId::array(job, 1), worker: worker.into() }];
+        let Response::Assigned { runs } = s.apply(Command::Assign { placements }) else { panic!() };
+        let mut outcome = crate::state::tests::outcome(0, "");
+        outcome.duration_ms = ms;
+        s.apply(Command::TaskFinished { task: runs[0].task, fence: runs[0].fence, worker: worker.into(), outcome });
+    };
+    finish(&mut s, long, "a", 5_000);
+    finish(&mut s, short, "b", 10);
+    // a holds the other long task; b holds three short ones: by count b is busier.
+    let place = |s: &mut Setup, job: u64, index: u64, worker: &str| {
+        let placements = vec![Placement { task: TaskId::array(job, index), worker: worker.into() }];
+        assert!(matches!(s.apply(Command::Assign { placements }), Response::Assigned { runs } if runs.len() == 1));
+    };
+    place(&mut s, long, 2, "a");
+    for i in 2..5 {
+        place(&mut s, short, i, "b");
+    }
+    let plan = plan(&s.state, usize::MAX);
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].worker, "b", "the last short task should queue behind the short ones");
+}

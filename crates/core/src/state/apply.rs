@@ -121,6 +121,7 @@ impl ClusterState {
             reduce_pending: false,
             counts: TaskCounts { waiting: total, ..Default::default() },
             failure: None,
+            measured: Measured::default(),
         };
         self.queue.insert((Reverse(spec.priority), id));
         self.jobs.insert(id, job);
@@ -388,9 +389,14 @@ impl ClusterState {
         self.release(worker, id, cpus);
         let job = self.jobs.get_mut(&id.job).expect("job checked above");
         let retries = job.spec.retries;
+        if let TaskSlot::Array(_) = id.slot {
+            job.measured.total_ms = job.measured.total_ms.saturating_add(outcome.duration_ms);
+            job.measured.count += 1;
+        }
         let task = task_mut(job, id.slot).expect("task checked above");
         task.result =
             Some(TaskResult { fence, worker: worker.to_string(), outcome: outcome.clone(), finished_at: ctx.at_ms });
+
         let dest = if outcome.succeeded() {
             task.state = TaskState::Succeeded;
             Dest::Succeeded

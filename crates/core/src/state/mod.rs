@@ -101,6 +101,22 @@ pub struct Job {
     pub counts: TaskCounts,
     /// Why the job failed (the first task that exhausted its retries).
     pub failure: Option<JobFailure>,
+    /// Run times of its array tasks' recorded attempts, for placement by expected work.
+    pub measured: Measured,
+}
+
+/// A running sum of task run times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Measured {
+    pub total_ms: u64,
+    pub count: u64,
+}
+
+impl Measured {
+    /// The mean run time, once there is one.
+    pub fn mean_ms(&self) -> Option<u64> {
+        self.total_ms.checked_div(self.count)
+    }
 }
 
 impl Job {
