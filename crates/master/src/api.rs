@@ -263,7 +263,7 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
             },
         });
     }
-    warnings.sort_by(|a, b| warning_key(a).cmp(&warning_key(b)));
+    warnings.sort_by_key(warning_key);
     masters.sort_by_key(|m| m.id);
     let seen = master.sessions.last_seen_all();
     let data = master.shared.read();

@@ -193,7 +193,7 @@ pub async fn view(master: &Arc<Master>) -> View {
     let newest = infos.iter().filter_map(|(_, _, i)| i.as_ref().and_then(|i| i.last_log_index)).max();
     let mut warnings: Vec<StatusWarning> =
         infos.iter().filter_map(|(_, _, i)| i.as_ref()).flat_map(crate::api::slow_peer_warnings).collect();
-    warnings.sort_by(|a, b| crate::api::warning_key(a).cmp(&crate::api::warning_key(b)));
+    warnings.sort_by_key(crate::api::warning_key);
     let masters = infos
         .into_iter()
         .map(|(id, address, info)| match info {

@@ -9,8 +9,8 @@ use hyper::Method;
 use tokio_util::sync::CancellationToken;
 
 use flotilla_proto::api::NodeInfo;
-use flotilla_raft::state_machine::Shared;
 use flotilla_raft::rtt::PeerRtts;
+use flotilla_raft::state_machine::Shared;
 use flotilla_raft::{NodeId, Raft};
 
 use crate::config::MasterConfig;

@@ -172,7 +172,10 @@ mod tests {
         assert!(!w.observe(t0, &v, Duration::ZERO, NEAR));
         assert!(!w.observe(t0 + Duration::from_millis(500), &v, Duration::from_millis(500), NEAR));
         assert!(w.observe(t0 + Duration::from_millis(700), &v, Duration::from_millis(700), NEAR));
-        assert!(!w.observe(t0 + Duration::from_millis(710), &v, Duration::from_millis(710), NEAR), "not twice in a lease");
+        assert!(
+            !w.observe(t0 + Duration::from_millis(710), &v, Duration::from_millis(710), NEAR),
+            "not twice in a lease"
+        );
     }
 
     #[test]

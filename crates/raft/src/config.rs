@@ -109,6 +109,9 @@ mod tests {
             election_max: Duration::from_millis(2000),
             ..RaftTiming::default()
         };
-        assert_eq!(far.replication_bounds(), Bounds { floor: Duration::from_millis(150), ceiling: Duration::from_millis(950) });
+        assert_eq!(
+            far.replication_bounds(),
+            Bounds { floor: Duration::from_millis(150), ceiling: Duration::from_millis(950) }
+        );
     }
 }

@@ -81,7 +81,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 pub fn warn_slow_link(me: NodeId, link: &SlowLink, rtts: &PeerRtts, election: (Duration, Duration)) {
     let ceiling_ms = rtts.bounds().ceiling.as_millis() as u64;
     let (election_min_ms, election_max_ms) = (election.0.as_millis() as u64, election.1.as_millis() as u64);
-    let remedy = "raise --election-timeout (and --heartbeat) on every master; see \"Masters across regions\" in the README";
+    let remedy =
+        "raise --election-timeout (and --heartbeat) on every master; see \"Masters across regions\" in the README";
     match link.why {
         Slow::Approaching { rtt } => tracing::warn!(
             from = me,

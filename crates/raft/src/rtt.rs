@@ -63,7 +63,7 @@ impl RttEstimator {
         self.smoothed = Some(match self.smoothed {
             None => (rtt, rtt / 2),
             Some((srtt, rttvar)) => {
-                let deviation = if srtt > rtt { srtt - rtt } else { rtt - srtt };
+                let deviation = srtt.abs_diff(rtt);
                 (srtt * 7 / 8 + rtt / 8, rttvar * 3 / 4 + deviation / 4)
             }
         });
