@@ -12,6 +12,12 @@
 //! master triggers heartbeats every [`RaftTiming::heartbeat`] instead (`flotilla-master`'s
 //! `leader::beat`). A heartbeat only fills an idle replication stream, so over a slow link the
 //! beats simply become one per round trip.
+//!
+//! openraft reads `heartbeat_interval` in two more places, both fine with the ceiling: a
+//! linearizable read's quorum check waits that long for the followers' answers (75 ms would
+//! also fail across regions), and its timer ticks every 1.5 intervals (375 ms by default), so
+//! its own election timer, now only the fallback behind `flotilla-master`'s watchdog, fires up
+//! to one tick late. `enable_heartbeat` is read only by that tick's heartbeat.
 
 use std::time::Duration;
 
