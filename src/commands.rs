@@ -300,15 +300,20 @@ async fn status(client: &Client, json: bool, stale: bool) -> anyhow::Result<Exit
         print_json(&s)?;
         return Ok(ExitCode::SUCCESS);
     }
+    for w in &s.warnings {
+        println!("warning: {w}");
+    }
     println!("masters (term {}, leader {}):", s.term, s.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()));
     for m in &s.masters {
         println!(
-            "  {:>3}  {:<22} {:<10} term {:<5} applied {}",
+            "  {:>3}  {:<22} {:<10} term {:<5} applied {:<8} {}",
             m.id,
             m.address,
             if m.reachable { m.role.as_str() } else { "unreachable" },
             m.term.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-            m.last_applied.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+            m.last_applied.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            // Measured by the master that answered (`answered_by`); none for itself.
+            m.rtt_ms.map(|r| format!("rtt {r:.0} ms")).unwrap_or_default()
         );
     }
     println!("workers:");

@@ -18,7 +18,11 @@ use crate::cli::UpArgs;
 pub struct LocalCluster {
     pub exe: PathBuf,
     pub dir: PathBuf,
+    /// The port every other process (peers, workers, clients) reaches each master at.
     pub ports: BTreeMap<u64, u16>,
+    /// The port a master listens on, when not its entry in `ports` (tests put a relay that
+    /// delays traffic between the two).
+    pub listen_ports: BTreeMap<u64, u16>,
     pub masters: BTreeMap<u64, Child>,
     pub workers: BTreeMap<String, Child>,
     /// Extra arguments for every master (e.g. a shorter worker timeout in tests).
@@ -56,6 +60,7 @@ impl LocalCluster {
             exe: exe.to_path_buf(),
             dir: dir.to_path_buf(),
             ports,
+            listen_ports: BTreeMap::new(),
             masters: BTreeMap::new(),
             workers: BTreeMap::new(),
             master_args: Vec::new(),
@@ -64,6 +69,11 @@ impl LocalCluster {
 
     pub fn address(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.ports[&id])
+    }
+
+    /// Where master `id` listens: its own address unless `listen_ports` says otherwise.
+    pub fn listen_address(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.listen_ports.get(&id).unwrap_or(&self.ports[&id]))
     }
 
     /// `host:port` of every master, comma-separated (for `--masters`).
@@ -90,7 +100,7 @@ impl LocalCluster {
         let child = Command::new(&self.exe)
             .arg("master")
             .args(["--id", &id.to_string()])
-            .args(["--listen", &self.address(id)])
+            .args(["--listen", &self.listen_address(id)])
             .arg("--data-dir")
             .arg(self.dir.join(format!("master-{id}")))
             .args(["--peers", &self.peers()])

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -47,9 +49,21 @@ impl TestCluster {
 
 /// Starts masters, waits for a leader, starts workers and waits until they are ready.
 pub async fn cluster(masters: u64, workers: &[(&str, u32)], master_args: &[&str]) -> TestCluster {
+    cluster_with(masters, workers, master_args, |_| {}).await
+}
+
+/// [`cluster`], with `prepare` run on the planned cluster before anything starts (to change
+/// ports, for instance).
+pub async fn cluster_with(
+    masters: u64,
+    workers: &[(&str, u32)],
+    master_args: &[&str],
+    prepare: impl FnOnce(&mut LocalCluster),
+) -> TestCluster {
     let dir = tempfile::Builder::new().prefix("flotilla-test-").tempdir().expect("temp dir");
     let mut cluster = LocalCluster::new(&PathBuf::from(EXE), dir.path(), masters, None).expect("plan cluster");
     cluster.master_args = master_args.iter().map(|s| s.to_string()).collect();
+    prepare(&mut cluster);
     cluster.start_masters().expect("start masters");
     let mut t = TestCluster { cluster, dir };
     if t.cluster.wait_leader(LONG).await.is_none() {

@@ -13,8 +13,8 @@ use flotilla_proto::api::{Role, SubmitRequest, TaskState};
 
 use crate::common::{figure, ms, percentile, Bench};
 
-pub async fn run(kills: usize) -> anyhow::Result<Duration> {
-    let mut bench = Bench::start(3, &[]).await?;
+pub async fn run(kills: usize, master_args: &[&str]) -> anyhow::Result<Duration> {
+    let mut bench = Bench::start(3, master_args).await?;
     bench.cluster.start_worker("a", 2, "")?;
     bench.cluster.wait_workers(1, Duration::from_secs(60)).await?;
     let client = bench.client()?;

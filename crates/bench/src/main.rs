@@ -42,6 +42,10 @@ struct Args {
     /// Tiny sizes, to check the benchmarks work (CI).
     #[arg(long)]
     smoke: bool,
+    /// Extra flags for every master of the failover benchmark, space-separated (to measure
+    /// other Raft timings, e.g. "--heartbeat 50ms --election-timeout 200ms").
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    master_args: String,
 }
 
 fn main() -> ExitCode {
@@ -84,7 +88,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             "arrays" => arrays::run(size(1_000_000, 10_000)).await?,
             "failover" => {
-                failover::run(size(20, 2) as usize).await?;
+                let master_args: Vec<&str> = args.master_args.split_whitespace().collect();
+                failover::run(size(20, 2) as usize, &master_args).await?;
             }
             "latency" => {
                 latency::run(size(2_000, 50) as usize).await?;

@@ -19,7 +19,7 @@ use flotilla_core::scheduler::unschedulable_reason;
 use flotilla_core::{Command, Refusal, Response as Applied};
 use flotilla_proto::api::{
     ApiError, ApiErrorCode, Cancelled, EventView, Events, JobDetail, JobResult, JobSummary, MasterStatus,
-    RetentionView, Role, Status, SubmitRequest, Submitted, TaskResultView, WorkerStatus,
+    RetentionView, Role, Status, StatusWarning, SubmitRequest, Submitted, TaskResultView, WorkerStatus,
 };
 use flotilla_proto::time::now_ms;
 
@@ -237,22 +237,35 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
         });
     }
     let mut masters = Vec::new();
+    let mut warnings = Vec::new();
     while let Some(joined) = asks.join_next().await {
         let Ok((id, address, info)) = joined else { continue };
+        let rtt_ms = master.rtt_ms(id);
         masters.push(match info {
-            Ok(i) => MasterStatus {
+            Ok(i) => {
+                warnings.extend(slow_peer_warnings(&i));
+                MasterStatus {
+                    id,
+                    address,
+                    role: i.role,
+                    term: Some(i.term),
+                    last_applied: i.last_applied,
+                    reachable: true,
+                    rtt_ms,
+                }
+            }
+            Err(_) => MasterStatus {
                 id,
                 address,
-                role: i.role,
-                term: Some(i.term),
-                last_applied: i.last_applied,
-                reachable: true,
+                role: Role::Unknown,
+                term: None,
+                last_applied: None,
+                reachable: false,
+                rtt_ms,
             },
-            Err(_) => {
-                MasterStatus { id, address, role: Role::Unknown, term: None, last_applied: None, reachable: false }
-            }
         });
     }
+    warnings.sort_by_key(warning_key);
     masters.sort_by_key(|m| m.id);
     let seen = master.sessions.last_seen_all();
     let data = master.shared.read();
@@ -267,7 +280,27 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
         jobs,
         answered_by: master.config.id,
         stale,
+        warnings,
     }))
+}
+
+/// The links a master reports (in its own [`flotilla_proto::api::NodeInfo`]) whose round
+/// trip is close to its replication timeout; the same test as its log warning
+/// ([`flotilla_raft::rtt::is_slow`]).
+pub fn slow_peer_warnings(info: &flotilla_proto::api::NodeInfo) -> Vec<StatusWarning> {
+    let Some(timeout_ms) = info.replication_timeout_ms else { return Vec::new() };
+    info.peer_rtt_ms
+        .iter()
+        .filter(|(_, rtt_ms)| flotilla_raft::rtt::is_slow(**rtt_ms, timeout_ms))
+        .map(|(to, rtt_ms)| StatusWarning::SlowPeer { from: info.id, to: *to, rtt_ms: *rtt_ms, timeout_ms })
+        .collect()
+}
+
+/// Orders warnings for display (the fan-out answers in any order).
+pub fn warning_key(w: &StatusWarning) -> (u8, u64, u64) {
+    match w {
+        StatusWarning::SlowPeer { from, to, .. } => (0, *from, *to),
+    }
 }
 
 /// Every worker's status; the time since its last message only on the leader (heartbeats
@@ -356,6 +389,7 @@ async fn set_scheduling(
 /// Prometheus text exposition (see `metrics`). Served by every master, leader or not.
 async fn metrics(State(master): State<Shared>) -> Response {
     let raft = master.raft.metrics().borrow().clone();
+    let peer_rtts = master.rtts.smoothed();
     let body = {
         let data = master.shared.read();
         master.metrics.render(&crate::metrics::Scrape {
@@ -363,6 +397,8 @@ async fn metrics(State(master): State<Shared>) -> Response {
             log_bytes: master.log_bytes.load(std::sync::atomic::Ordering::Relaxed),
             state: &data.state,
             heartbeat: master.config.heartbeat_interval(),
+            peer_rtts: &peer_rtts,
+            replication_timeout: master.rtts.bounds().ceiling,
         })
     };
     ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
@@ -413,6 +449,31 @@ mod tests {
         assert_eq!(status_of(ApiErrorCode::NotLeader), StatusCode::MISDIRECTED_REQUEST);
         assert_eq!(status_of(ApiErrorCode::NoLeader), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(status_of(ApiErrorCode::Unauthorized), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn links_near_the_replication_timeout_are_warned_about() {
+        let info = flotilla_proto::api::NodeInfo {
+            id: 2,
+            address: "h:2".into(),
+            role: Role::Follower,
+            term: 1,
+            leader: Some(1),
+            leader_address: None,
+            last_applied: None,
+            last_log_index: None,
+            last_assignment_term: 0,
+            log_bytes_written: 0,
+            peer_rtt_ms: [(1, 110.0), (3, 160.0)].into_iter().collect(),
+            replication_timeout_ms: Some(250.0),
+        };
+        assert_eq!(
+            slow_peer_warnings(&info),
+            vec![StatusWarning::SlowPeer { from: 2, to: 3, rtt_ms: 160.0, timeout_ms: 250.0 }],
+            "110 ms is under 60% of 250 ms; 160 ms is over"
+        );
+        let older = flotilla_proto::api::NodeInfo { replication_timeout_ms: None, ..info };
+        assert!(slow_peer_warnings(&older).is_empty(), "a master that reports no timeout is not judged");
     }
 
     #[test]

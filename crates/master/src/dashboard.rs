@@ -26,7 +26,9 @@ use serde::Serialize;
 use tokio_stream::wrappers::ReceiverStream;
 
 use flotilla_core::scheduler::unschedulable_reason;
-use flotilla_proto::api::{EventView, JobDetail, JobSummary, NodeInfo, Role, TaskResultView, WorkerStatus};
+use flotilla_proto::api::{
+    EventView, JobDetail, JobSummary, NodeInfo, Role, StatusWarning, TaskResultView, WorkerStatus,
+};
 use flotilla_proto::time::now_ms;
 
 use crate::node::Master;
@@ -143,6 +145,8 @@ pub struct MasterView {
     /// Entries behind the most advanced master in this view.
     pub lag: Option<u64>,
     pub reachable: bool,
+    /// Smoothed round trip from the answering master, in milliseconds.
+    pub rtt_ms: Option<f64>,
 }
 
 /// Everything one dashboard refresh needs, from the answering master's replica.
@@ -161,6 +165,8 @@ pub struct View {
     pub jobs: Vec<JobSummary>,
     /// The newest journal events, oldest first.
     pub events: Vec<EventView>,
+    /// What needs attention, as `/v1/status` reports it.
+    pub warnings: Vec<StatusWarning>,
 }
 
 /// Builds a view: this master's replica plus each other master's own figures.
@@ -185,6 +191,9 @@ pub async fn view(master: &Arc<Master>) -> View {
     }
     infos.sort_by_key(|(id, _, _)| *id);
     let newest = infos.iter().filter_map(|(_, _, i)| i.as_ref().and_then(|i| i.last_log_index)).max();
+    let mut warnings: Vec<StatusWarning> =
+        infos.iter().filter_map(|(_, _, i)| i.as_ref()).flat_map(crate::api::slow_peer_warnings).collect();
+    warnings.sort_by_key(crate::api::warning_key);
     let masters = infos
         .into_iter()
         .map(|(id, address, info)| match info {
@@ -196,6 +205,7 @@ pub async fn view(master: &Arc<Master>) -> View {
                 last_applied: i.last_applied,
                 lag: newest.map(|n| n.saturating_sub(i.last_applied.unwrap_or(0))),
                 reachable: true,
+                rtt_ms: master.rtt_ms(id),
             },
             None => MasterView {
                 id,
@@ -205,6 +215,7 @@ pub async fn view(master: &Arc<Master>) -> View {
                 last_applied: None,
                 lag: None,
                 reachable: false,
+                rtt_ms: master.rtt_ms(id),
             },
         })
         .collect();
@@ -228,6 +239,7 @@ pub async fn view(master: &Arc<Master>) -> View {
         job_counts,
         jobs,
         events,
+        warnings,
     }
 }
 

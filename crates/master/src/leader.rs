@@ -6,6 +6,7 @@
 //! leader's state current), admits workers, schedules, pushes committed runs and declares
 //! silent workers lost. This module also watches the other masters and journals when one
 //! becomes unreachable or returns; that duty stops when the leadership's token is cancelled.
+//! And it sends Raft's heartbeats ([`beat`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,6 +74,29 @@ pub async fn watch_leadership(master: Arc<Master>, shutdown: CancellationToken) 
     }
     if let Some(l) = master.set_leadership(None) {
         l.end();
+    }
+}
+
+/// Sends Raft heartbeats every `interval` while this master leads.
+///
+/// openraft's own heartbeat is off (its interval is the replication timeout; see
+/// `flotilla_raft::config`). A trigger only fills an idle replication stream, so a follower
+/// behind a link slower than `interval` gets one heartbeat per round trip, never a backlog.
+/// This runs regardless of [`Leadership`]: a leader that lost its quorum must keep beating to
+/// regain it.
+pub async fn beat(raft: flotilla_raft::Raft, interval: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let leading = raft.metrics().borrow().state == ServerState::Leader;
+        // Fails only once Raft has stopped, which the master's main loop reports.
+        if leading && raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
     }
 }
 

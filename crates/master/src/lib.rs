@@ -19,7 +19,8 @@
 //!
 //! Modules: [`config`], [`node`] (shared context), [`proposer`] (batching), [`api`] (client
 //! API), [`sessions`] (the worker streams' shell around `LeaderCore`), [`leader`] (Raft role
-//! changes, master reachability), [`raft_service`] (peer RPC server), [`watchdog`] (quick
+//! changes, master reachability, Raft heartbeats), [`links`] (round trips to the other
+//! masters), [`raft_service`] (peer RPC server), [`watchdog`] (quick
 //! elections after a leader dies), [`auth`] (token check), [`metrics`] (Prometheus
 //! exposition), [`dashboard`] (the live web dashboard).
 
@@ -28,6 +29,7 @@ pub mod auth;
 pub mod config;
 pub mod dashboard;
 pub mod leader;
+pub mod links;
 pub mod metrics;
 pub mod node;
 pub mod proposer;
@@ -122,12 +124,14 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     }
     let shared = state_machine.shared();
     let raft_config = Arc::new(config.raft.to_config().map_err(|e| MasterError::Raft(e.to_string()))?);
-    let network = GrpcNetwork { id: config.id, token: config.token.as_deref().map(Arc::from) };
+    let network = GrpcNetwork::new(config.id, config.token.as_deref().map(Arc::from), &config.raft);
+    let rtts = network.rtts.clone();
     let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| MasterError::Raft(e.to_string()))?;
-    let master =
-        Arc::new(Master::new(config.clone(), raft.clone(), shared, log_bytes, metrics).map_err(MasterError::Config)?);
+    let master = Arc::new(
+        Master::new(config.clone(), raft.clone(), shared, log_bytes, metrics, rtts).map_err(MasterError::Config)?,
+    );
 
     let grpc = tonic::service::Routes::new(
         RaftServiceServer::new(raft_service::RaftSvc { raft: raft.clone(), contact: master.leader_contact.clone() })
@@ -160,11 +164,14 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     }
     tokio::spawn(master.sessions.clone().run(shutdown.clone()));
     tokio::spawn(leader::watch_leadership(master.clone(), shutdown.clone()));
+    tokio::spawn(leader::beat(raft.clone(), config.raft.heartbeat, shutdown.clone()));
+    tokio::spawn(links::probe(master.clone(), shutdown.clone()));
     tokio::spawn(watchdog::run(
         raft.clone(),
         config.id,
         config.raft.election_max,
         master.leader_contact.clone(),
+        master.rtts.clone(),
         shutdown.clone(),
     ));
 

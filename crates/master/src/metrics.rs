@@ -31,6 +31,10 @@ pub struct Scrape<'a> {
     pub state: &'a flotilla_core::state::ClusterState,
     /// How often workers send heartbeats (figures older than a few are dropped).
     pub heartbeat: std::time::Duration,
+    /// Smoothed round trip to each measured peer master.
+    pub peer_rtts: &'a [(flotilla_raft::NodeId, Duration)],
+    /// The longest a replication call may take.
+    pub replication_timeout: Duration,
 }
 
 pub struct Metrics {
@@ -53,6 +57,8 @@ pub struct Metrics {
     raft_commit_index: Gauge,
     raft_replication_lag: Family<Labels, Gauge>,
     raft_quorum_ack_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    raft_peer_rtt: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    raft_replication_timeout: Gauge<f64, std::sync::atomic::AtomicU64>,
     jobs: Family<Labels, Gauge>,
     tasks: Family<Labels, Gauge>,
     queue_waiting: Family<Labels, Gauge>,
@@ -110,6 +116,8 @@ impl Metrics {
             raft_commit_index: Gauge::default(),
             raft_replication_lag: Family::default(),
             raft_quorum_ack_age: Gauge::default(),
+            raft_peer_rtt: Family::default(),
+            raft_replication_timeout: Gauge::default(),
             jobs: Family::default(),
             tasks: Family::default(),
             queue_waiting: Family::default(),
@@ -155,6 +163,18 @@ impl Metrics {
             "Leader only: time since a quorum last acknowledged this leader",
             Unit::Seconds,
             m.raft_quorum_ack_age.clone(),
+        );
+        r.register_with_unit(
+            "raft_peer_rtt",
+            "Smoothed round trip from this master to each peer master (Raft calls and probes)",
+            Unit::Seconds,
+            m.raft_peer_rtt.clone(),
+        );
+        r.register_with_unit(
+            "raft_replication_timeout",
+            "The longest this master lets a replication call take; round trips near it are warned about",
+            Unit::Seconds,
+            m.raft_replication_timeout.clone(),
         );
         r.register("raft_proposal_commands", "Commands per Raft log entry proposed by this master", proposal_commands);
         r.register_with_unit(
@@ -310,6 +330,11 @@ impl Metrics {
             }
         }
         self.raft_quorum_ack_age.set(raft.millis_since_quorum_ack.map_or(0.0, |ms| ms as f64 / 1000.0));
+        self.raft_peer_rtt.clear();
+        for (peer, rtt) in source.peer_rtts {
+            self.raft_peer_rtt.get_or_create(&labels(&[("peer", &peer.to_string())])).set(rtt.as_secs_f64());
+        }
+        self.raft_replication_timeout.set(source.replication_timeout.as_secs_f64());
         self.log_bytes.inc_by(source.log_bytes.saturating_sub(self.log_bytes.get()));
         let state = source.state;
         self.jobs.clear();

@@ -9,6 +9,7 @@ use hyper::Method;
 use tokio_util::sync::CancellationToken;
 
 use flotilla_proto::api::NodeInfo;
+use flotilla_raft::rtt::PeerRtts;
 use flotilla_raft::state_machine::Shared;
 use flotilla_raft::{NodeId, Raft};
 
@@ -64,6 +65,8 @@ pub struct Master {
     pub log_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Prometheus metrics served at `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Round trips to the other masters (from Raft's calls and [`crate::links`]' probes).
+    pub rtts: PeerRtts,
     leadership: Mutex<Option<Leadership>>,
 }
 
@@ -74,6 +77,7 @@ impl Master {
         shared: Arc<Shared>,
         log_bytes: Arc<std::sync::atomic::AtomicU64>,
         metrics: Arc<crate::metrics::Metrics>,
+        rtts: PeerRtts,
     ) -> Result<Self, String> {
         let http = HttpClient::new(config.token.as_deref())?;
         let proposer = Proposer::start(raft.clone(), metrics.clone());
@@ -93,6 +97,7 @@ impl Master {
             leader_contact: Arc::new(LeaderContact::default()),
             log_bytes,
             metrics,
+            rtts,
             leadership: Mutex::new(None),
         })
     }
@@ -158,7 +163,14 @@ impl Master {
             last_log_index: m.last_log_index,
             last_assignment_term: self.shared.read().state.last_assignment_term(),
             log_bytes_written: self.log_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            peer_rtt_ms: self.rtts.smoothed().into_iter().map(|(id, rtt)| (id, millis(rtt))).collect(),
+            replication_timeout_ms: Some(millis(self.rtts.bounds().ceiling)),
         }
+    }
+
+    /// Smoothed round trip to another master, in milliseconds, once measured.
+    pub fn rtt_ms(&self, id: NodeId) -> Option<f64> {
+        self.rtts.smoothed().into_iter().find(|(peer, _)| *peer == id).map(|(_, rtt)| millis(rtt))
     }
 
     /// Asks another master for its own view (`GET /v1/node`).
@@ -170,4 +182,9 @@ impl Master {
         }
         serde_json::from_slice(&body).map_err(|e| e.to_string())
     }
+}
+
+/// A duration in (fractional) milliseconds, as the API reports round trips.
+pub fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }

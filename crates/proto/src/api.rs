@@ -670,6 +670,34 @@ pub struct MasterStatus {
     pub term: Option<u64>,
     pub last_applied: Option<u64>,
     pub reachable: bool,
+    /// Smoothed round trip from the answering master to this one, in milliseconds (`null` for
+    /// the answering master itself, or before it has measured the link).
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+}
+
+/// Something in the cluster's health that needs an operator's attention. Tagged by `kind`,
+/// so new kinds can be added without breaking readers that skip the ones they do not know.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StatusWarning {
+    /// The link from master `from` to master `to` has a smoothed round trip close to the
+    /// longest a replication call may take (`timeout_ms`): a little more and calls time out,
+    /// the leader cannot commit and followers start elections. Raise `--election-timeout`
+    /// and `--heartbeat` (README: "Masters across regions").
+    SlowPeer { from: u64, to: u64, rtt_ms: f64, timeout_ms: f64 },
+}
+
+impl std::fmt::Display for StatusWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusWarning::SlowPeer { from, to, rtt_ms, timeout_ms } => write!(
+                f,
+                "round trip from master {from} to master {to} is {rtt_ms:.0} ms, close to the {timeout_ms:.0} ms \
+                 replication timeout: raise --election-timeout and --heartbeat (README: \"Masters across regions\")"
+            ),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -739,6 +767,9 @@ pub struct Status {
     /// The master that answered, and whether the answer may be stale.
     pub answered_by: u64,
     pub stale: bool,
+    /// What needs attention (slow links between masters, ...); empty when all is well.
+    #[serde(default)]
+    pub warnings: Vec<StatusWarning>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -757,6 +788,12 @@ pub struct NodeInfo {
     /// Bytes of Raft log this master has written since it started.
     #[serde(default)]
     pub log_bytes_written: u64,
+    /// This master's smoothed round trip to each peer it has measured, in milliseconds.
+    #[serde(default)]
+    pub peer_rtt_ms: BTreeMap<u64, f64>,
+    /// The longest this master lets a replication call take, in milliseconds.
+    #[serde(default)]
+    pub replication_timeout_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -887,6 +924,15 @@ mod tests {
 
     fn json<T: Serialize>(value: &T) -> String {
         serde_json::to_string(value).unwrap()
+    }
+
+    #[test]
+    fn status_warnings_are_tagged_by_kind() {
+        let w = StatusWarning::SlowPeer { from: 1, to: 2, rtt_ms: 160.4, timeout_ms: 250.0 };
+        assert_eq!(json(&w), r#"{"kind":"slow_peer","from":1,"to":2,"rtt_ms":160.4,"timeout_ms":250.0}"#);
+        let back: StatusWarning = serde_json::from_str(&json(&w)).unwrap();
+        assert_eq!(back, w);
+        assert!(w.to_string().contains("master 1 to master 2 is 160 ms"), "{w}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`state_machine`]: the in-memory [`flotilla_core::ClusterState`] plus snapshots persisted in
 //!   `redb`, rebuilt on restart from the last snapshot and the committed log.
 //! - [`network`]: openraft's RPCs over gRPC to the peers.
+//! - [`rtt`]: round trips to the peers, and the replication timeouts that follow them.
 //! - [`config`]: timing defaults.
 
 // openraft's error types are large by design; boxing them at our boundary would only obscure them.
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod log_store;
 pub mod network;
+pub mod rtt;
 pub mod state_machine;
 
 use std::io::Cursor;

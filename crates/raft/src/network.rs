@@ -3,10 +3,15 @@
 //! Each request and response is a postcard-encoded openraft type inside an `Envelope`. The
 //! remote side answers `Result<T, String>`: remote failures are reported as "unreachable" so
 //! openraft backs off instead of hammering a peer that is shutting down or broken.
+//!
+//! Replication and vote calls are timed: each answer is a round-trip sample for the peer's
+//! [`PeerRtts`] estimate, and each replication call's timeout follows that estimate (see
+//! [`crate::rtt`]). A link whose round trip approaches the timeout ceiling is logged as a
+//! warning, at most once a minute per peer.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -23,6 +28,8 @@ use flotilla_proto::grpc::raft_service_client::RaftServiceClient;
 use flotilla_proto::grpc::Envelope;
 use flotilla_proto::{bearer, codec, AUTH_HEADER};
 
+use crate::config::RaftTiming;
+use crate::rtt::{PeerRtts, Slow, SlowLink};
 use crate::{Node, NodeId, TypeConfig};
 
 /// Largest gRPC message accepted or sent between masters (a batch of entries or a snapshot
@@ -36,6 +43,21 @@ pub struct GrpcNetwork {
     pub id: NodeId,
     /// Cluster token sent with every request, when configured.
     pub token: Option<Arc<str>>,
+    /// Round trips to the peers, shared by every connection (and with the master).
+    pub rtts: PeerRtts,
+    /// The election timeout range, quoted when a link is too slow for it.
+    pub election: (Duration, Duration),
+}
+
+impl GrpcNetwork {
+    pub fn new(id: NodeId, token: Option<Arc<str>>, timing: &RaftTiming) -> Self {
+        GrpcNetwork {
+            id,
+            token,
+            rtts: PeerRtts::new(timing.replication_bounds()),
+            election: (timing.election_min, timing.election_max),
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -43,7 +65,59 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
         let channel = peer_channel(&node.addr);
-        PeerConnection { id: self.id, target, addr: node.addr.clone(), channel, token: self.token.clone() }
+        PeerConnection {
+            id: self.id,
+            target,
+            addr: node.addr.clone(),
+            channel,
+            token: self.token.clone(),
+            rtts: self.rtts.clone(),
+            election: self.election,
+        }
+    }
+}
+
+/// Logs a slow link with the figures and the remedy.
+pub fn warn_slow_link(me: NodeId, link: &SlowLink, rtts: &PeerRtts, election: (Duration, Duration)) {
+    let ceiling_ms = rtts.bounds().ceiling.as_millis() as u64;
+    let (election_min_ms, election_max_ms) = (election.0.as_millis() as u64, election.1.as_millis() as u64);
+    let remedy =
+        "raise --election-timeout (and --heartbeat) on every master; see \"Masters across regions\" in the README";
+    match link.why {
+        Slow::Approaching { rtt } => tracing::warn!(
+            from = me,
+            peer = link.peer,
+            addr = %link.addr,
+            rtt_ms = rtt.as_secs_f64() * 1e3,
+            timeout_ms = ceiling_ms,
+            election_min_ms,
+            election_max_ms,
+            "round trip to master {} ({}) is {:.0} ms, close to the {} ms replication timeout \
+             (election timeout {}-{} ms): {remedy}",
+            link.peer,
+            link.addr,
+            rtt.as_secs_f64() * 1e3,
+            ceiling_ms,
+            election_min_ms,
+            election_max_ms,
+        ),
+        Slow::TimedOutAtCeiling { rtt } => tracing::warn!(
+            from = me,
+            peer = link.peer,
+            addr = %link.addr,
+            rtt_ms = rtt.map(|r| r.as_secs_f64() * 1e3),
+            timeout_ms = ceiling_ms,
+            election_min_ms,
+            election_max_ms,
+            "a call to master {} ({}) took the whole {} ms replication timeout (smoothed round trip {}; \
+             election timeout {}-{} ms): {remedy}",
+            link.peer,
+            link.addr,
+            ceiling_ms,
+            rtt.map_or("not measured yet".to_string(), |r| format!("{:.0} ms", r.as_secs_f64() * 1e3)),
+            election_min_ms,
+            election_max_ms,
+        ),
     }
 }
 
@@ -65,6 +139,16 @@ pub struct PeerConnection {
     addr: String,
     channel: Result<Channel, String>,
     token: Option<Arc<str>>,
+    rtts: PeerRtts,
+    election: (Duration, Duration),
+}
+
+/// Whether a call feeds the round-trip estimate: replication and votes do; snapshot chunks
+/// (large, and dominated by the transfer, not the round trip) do not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Timed {
+    Yes,
+    No,
 }
 
 enum CallError {
@@ -79,6 +163,7 @@ impl PeerConnection {
         what: &'static str,
         req: &Req,
         ttl: Duration,
+        timed: Timed,
         send: F,
     ) -> Result<Resp, CallError>
     where
@@ -97,7 +182,21 @@ impl PeerConnection {
         let client = RaftServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let response = match tokio::time::timeout(ttl, send(client, request)).await {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(ttl, send(client, request)).await;
+        if timed == Timed::Yes {
+            let now = Instant::now();
+            let slow = match &answer {
+                Err(_) => self.rtts.timed_out(self.target, &self.addr, ttl, now),
+                // Any answer, even a refusal, measured a whole round trip.
+                Ok(Ok(_)) => self.rtts.sample(self.target, &self.addr, now.saturating_duration_since(started), now),
+                Ok(Err(_)) => None,
+            };
+            if let Some(link) = slow {
+                warn_slow_link(self.id, &link, &self.rtts, self.election);
+            }
+        }
+        let response = match answer {
             Err(_) => return Err(CallError::Timeout),
             Ok(Err(status)) => {
                 return Err(match status.code() {
@@ -134,8 +233,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        let ttl = option.hard_ttl();
-        self.call("append entries", &rpc, ttl, |mut c, r| async move { c.append_entries(r).await })
+        // openraft's own timeout of the call is the ceiling; the estimate may cut it shorter.
+        let ttl = self.rtts.timeout(self.target).min(option.hard_ttl());
+        self.call("append entries", &rpc, ttl, Timed::Yes, |mut c, r| async move { c.append_entries(r).await })
             .await
             .map_err(|e| self.rpc_error(RPCTypes::AppendEntries, ttl, e))
     }
@@ -146,7 +246,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>> {
         let ttl = option.hard_ttl();
-        self.call("install snapshot", &rpc, ttl, |mut c, r| async move { c.install_snapshot(r).await })
+        self.call("install snapshot", &rpc, ttl, Timed::No, |mut c, r| async move { c.install_snapshot(r).await })
             .await
             .map_err(|e| self.rpc_error(RPCTypes::InstallSnapshot, ttl, e))
     }
@@ -157,7 +257,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         let ttl = option.hard_ttl();
-        self.call("vote", &rpc, ttl, |mut c, r| async move { c.vote(r).await })
+        self.call("vote", &rpc, ttl, Timed::Yes, |mut c, r| async move { c.vote(r).await })
             .await
             .map_err(|e| self.rpc_error(RPCTypes::Vote, ttl, e))
     }

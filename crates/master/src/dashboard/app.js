@@ -179,7 +179,11 @@ function clusterPage(v) {
   const masters = v.masters.map((m) => `
     <tr class="master ${m.reachable ? "" : "unreachable"}" data-id="${m.id}" data-role="${esc(m.role)}" data-reachable="${m.reachable}">
       <td>${m.id}${m.id === v.node.id ? ' <span class="muted">(this page)</span>' : ""}</td><td>${esc(m.address)}</td><td>${badge(m.role)}</td>
-      <td>${m.term ?? "–"}</td><td>${m.last_applied ?? "–"}</td><td>${m.lag ?? "–"}</td></tr>`).join("");
+      <td>${m.term ?? "–"}</td><td>${m.last_applied ?? "–"}</td><td>${m.lag ?? "–"}</td>
+      <td>${m.rtt_ms == null ? "–" : `${Math.round(m.rtt_ms)} ms`}</td></tr>`).join("");
+  const warnings = (v.warnings || []).map((w) => w.kind === "slow_peer"
+    ? `<p class="warning" data-kind="slow_peer">Round trip from master ${w.from} to master ${w.to} is ${Math.round(w.rtt_ms)} ms, close to the ${Math.round(w.timeout_ms)} ms replication timeout: raise --election-timeout and --heartbeat (README: “Masters across regions”).</p>`
+    : `<p class="warning" data-kind="${esc(w.kind)}">${esc(JSON.stringify(w))}</p>`).join("");
   const zones = new Map();
   for (const w of v.workers) {
     const key = [w.labels.region, w.labels.zone].filter(Boolean).join(" / ") || "no region or zone";
@@ -197,8 +201,9 @@ function clusterPage(v) {
         <span class="muted">${w.cpus_busy}/${w.cpus_total}${queued}</span></div>`;
     }).join("")}</div>`).join("");
   return `<div class="tiles">${tiles}</div>
+    ${warnings ? `<div id="warnings">${warnings}</div>` : ""}
     <h2>Masters</h2>
-    <table id="masters"><tr><th>id</th><th>address</th><th>role</th><th>term</th><th>applied</th><th>lag</th></tr>${masters}</table>
+    <table id="masters"><tr><th>id</th><th>address</th><th>role</th><th>term</th><th>applied</th><th>lag</th><th title="round trip from this page's master">rtt</th></tr>${masters}</table>
     <h2>Workers</h2>
     <div class="zones" id="workers">${zoneHtml || '<p class="muted">No worker has joined.</p>'}</div>`;
 }
