@@ -247,17 +247,6 @@ async fn run_flotilla(jobs: &[JobPlan], scenario: Scenario) -> anyhow::Result<Ou
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let last = done.values().copied().max().unwrap_or(epoch0);
-    let change = epoch0 + Scenario::CHANGE_AT[usize::from(scenario == Scenario::OneLeaves)].as_millis() as u64;
-    let present: Vec<(String, u64, u64)> = (0..WORKERS)
-        .map(|i| {
-            let (from, to) = match (scenario, i) {
-                (Scenario::OneJoins, i) if i == WORKERS - 1 => (change, last),
-                (Scenario::OneLeaves, 0) => (epoch0, change),
-                _ => (epoch0, last),
-            };
-            (format!("w{i}"), from, to)
-        })
-        .collect();
     let mut runs = Vec::new();
     let mut completion = 0.0;
     for (id, submitted) in &ids {
@@ -273,7 +262,21 @@ async fn run_flotilla(jobs: &[JobPlan], scenario: Scenario) -> anyhow::Result<Ou
     }
     let joiner = format!("w{}", WORKERS - 1);
     let joined = client.status(false).await?.workers.into_iter().find(|w| w.name == joiner);
-    let join_to_first_task = match (scenario, joined.and_then(|w| parse_rfc3339(&w.joined_at))) {
+    let joined_at = joined.and_then(|w| parse_rfc3339(&w.joined_at));
+    // The joiner counts from its registration (not its process start), the leaver until
+    // it was told to stop.
+    let change = epoch0 + Scenario::CHANGE_AT[usize::from(scenario == Scenario::OneLeaves)].as_millis() as u64;
+    let present: Vec<(String, u64, u64)> = (0..WORKERS)
+        .map(|i| {
+            let (from, to) = match (scenario, i) {
+                (Scenario::OneJoins, i) if i == WORKERS - 1 => (joined_at.unwrap_or(change), last),
+                (Scenario::OneLeaves, 0) => (epoch0, change),
+                _ => (epoch0, last),
+            };
+            (format!("w{i}"), from, to)
+        })
+        .collect();
+    let join_to_first_task = match (scenario, joined_at) {
         (Scenario::OneJoins, Some(at)) => {
             runs.iter().filter(|r| r.worker == joiner).map(|r| r.start.saturating_sub(at)).min()
         }
