@@ -105,6 +105,10 @@ pub struct MasterArgs {
     /// Snapshot the state and compact the Raft log every this many entries.
     #[arg(long, default_value_t = 5000)]
     pub snapshot_every: u64,
+    /// Where this master runs, e.g. region=eu,zone=a. Status and the dashboard warn when one
+    /// zone holds a majority of the voting masters (losing it would lose the cluster).
+    #[arg(long, default_value = "")]
+    pub labels: String,
 }
 
 #[derive(Args, Debug)]

@@ -305,15 +305,17 @@ async fn status(client: &Client, json: bool, stale: bool) -> anyhow::Result<Exit
     }
     println!("masters (term {}, leader {}):", s.term, s.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()));
     for m in &s.masters {
+        let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "  {:>3}  {:<22} {:<10} term {:<5} applied {:<8} {}",
+            "  {:>3}  {:<22} {:<10} term {:<5} applied {:<8} {:<12} {}",
             m.id,
             m.address,
             if m.reachable { m.role.as_str() } else { "unreachable" },
             m.term.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
             m.last_applied.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
             // Measured by the master that answered (`answered_by`); none for itself.
-            m.rtt_ms.map(|r| format!("rtt {r:.0} ms")).unwrap_or_default()
+            m.rtt_ms.map(|r| format!("rtt {r:.0} ms")).unwrap_or_default(),
+            labels.join(",")
         );
     }
     println!("workers:");

@@ -56,6 +56,7 @@ pub async fn master(args: MasterArgs) -> anyhow::Result<()> {
         bail!("--snapshot-every must be at least 10");
     }
     config.raft.snapshot_every = args.snapshot_every;
+    config.labels = parse_labels(&args.labels).context("--labels")?;
     flotilla_master::run(config, shutdown_on_signals()).await?;
     Ok(())
 }

@@ -153,3 +153,28 @@ async fn spread_prefer_and_avoid_shape_placement() {
     let on_b = rows.iter().filter(|r| r.worker.as_deref() == Some("b1")).count();
     assert_eq!(on_b, 3, "the avoided zone was used while b1 had free cpus");
 }
+
+/// Invariant: when one zone holds a majority of the voting masters, `/v1/status` and
+/// `flotilla status` say so, naming the zone and the masters; each master reports its labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_in_one_zone_are_warned_about() {
+    let t = cluster(3, &[], &["--labels", "zone=a,region=eu"]).await;
+    let client = t.client();
+    wait_until(&t, "every master reports its labels", LONG, || async {
+        client
+            .status(false)
+            .await
+            .is_ok_and(|s| s.masters.iter().all(|m| m.labels.get("zone").map(String::as_str) == Some("a")))
+    })
+    .await;
+    let status = client.status(false).await.expect("status");
+    let warned = status.warnings.iter().any(|w| {
+        matches!(w, flotilla_proto::api::StatusWarning::ZoneMajority { zone, masters, voters: 3 }
+            if zone == "a" && masters == &vec![1, 2, 3])
+    });
+    assert!(warned, "no zone warning: {:?}", status.warnings);
+    let (code, out, err) = cli(&t.cluster.master_list(), &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("warning: zone a holds 3 of the 3 voting masters (1, 2, 3)"), "{out}");
+    assert!(out.contains("region=eu,zone=a"), "{out}");
+}

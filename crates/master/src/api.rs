@@ -4,7 +4,7 @@
 //! read-index on the leader) unless `stale=true`, which any master answers from its replica.
 //! A follower answers both with 421 and the leader's address.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,6 +252,7 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
                     last_applied: i.last_applied,
                     reachable: true,
                     rtt_ms,
+                    labels: i.labels,
                 }
             }
             Err(_) => MasterStatus {
@@ -262,9 +263,11 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
                 last_applied: None,
                 reachable: false,
                 rtt_ms,
+                labels: BTreeMap::new(),
             },
         });
     }
+    warnings.extend(StatusWarning::zone_majorities(masters.iter().map(|m| (m.id, m.reachable.then_some(&m.labels)))));
     warnings.sort_by_key(warning_key);
     masters.sort_by_key(|m| m.id);
     let seen = master.sessions.last_seen_all();
@@ -300,6 +303,7 @@ pub fn slow_peer_warnings(info: &flotilla_proto::api::NodeInfo) -> Vec<StatusWar
 pub fn warning_key(w: &StatusWarning) -> (u8, u64, u64) {
     match w {
         StatusWarning::SlowPeer { from, to, .. } => (0, *from, *to),
+        StatusWarning::ZoneMajority { masters, .. } => (1, masters.first().copied().unwrap_or(0), 0),
     }
 }
 
@@ -466,6 +470,7 @@ mod tests {
             log_bytes_written: 0,
             peer_rtt_ms: [(1, 110.0), (3, 160.0)].into_iter().collect(),
             replication_timeout_ms: Some(250.0),
+            labels: BTreeMap::new(),
         };
         assert_eq!(
             slow_peer_warnings(&info),

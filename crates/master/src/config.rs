@@ -21,6 +21,9 @@ pub struct MasterConfig {
     /// A worker silent for this long is declared lost and its tasks re-queued.
     pub worker_timeout: Duration,
     pub raft: RaftTiming,
+    /// Where this master runs (e.g. zone=a, region=eu): shown in status, and checked so that
+    /// no one zone holds a majority of the voting masters.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl MasterConfig {
@@ -33,6 +36,7 @@ impl MasterConfig {
             token: None,
             worker_timeout: Duration::from_secs(3),
             raft: RaftTiming::default(),
+            labels: BTreeMap::new(),
         }
     }
 

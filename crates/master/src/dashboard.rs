@@ -193,6 +193,8 @@ pub async fn view(master: &Arc<Master>) -> View {
     let newest = infos.iter().filter_map(|(_, _, i)| i.as_ref().and_then(|i| i.last_log_index)).max();
     let mut warnings: Vec<StatusWarning> =
         infos.iter().filter_map(|(_, _, i)| i.as_ref()).flat_map(crate::api::slow_peer_warnings).collect();
+    warnings
+        .extend(StatusWarning::zone_majorities(infos.iter().map(|(id, _, i)| (*id, i.as_ref().map(|i| &i.labels)))));
     warnings.sort_by_key(crate::api::warning_key);
     let masters = infos
         .into_iter()

@@ -165,6 +165,7 @@ impl Master {
             log_bytes_written: self.log_bytes.load(std::sync::atomic::Ordering::Relaxed),
             peer_rtt_ms: self.rtts.smoothed().into_iter().map(|(id, rtt)| (id, millis(rtt))).collect(),
             replication_timeout_ms: Some(millis(self.rtts.bounds().ceiling)),
+            labels: self.config.labels.clone(),
         }
     }
 

@@ -674,6 +674,9 @@ pub struct MasterStatus {
     /// the answering master itself, or before it has measured the link).
     #[serde(default)]
     pub rtt_ms: Option<f64>,
+    /// Its `--labels` (zone, region, …), as it reported them; empty when unreachable.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Something in the cluster's health that needs an operator's attention. Tagged by `kind`,
@@ -686,6 +689,38 @@ pub enum StatusWarning {
     /// the leader cannot commit and followers start elections. Raise `--election-timeout`
     /// and `--heartbeat` (README: "Masters across regions").
     SlowPeer { from: u64, to: u64, rtt_ms: f64, timeout_ms: f64 },
+    /// One zone (the masters' `zone` label) holds a majority of the voting masters: losing
+    /// that zone loses the cluster's quorum.
+    ZoneMajority { zone: String, masters: Vec<u64>, voters: u64 },
+}
+
+impl StatusWarning {
+    /// The warnings about where the voting masters run: `masters` lists each voter with its
+    /// labels when known (an unreachable master's are not). Only with 3 or more voters (fewer
+    /// survive no failure anyway) and only zones that the labels name.
+    pub fn zone_majorities<'a>(
+        masters: impl IntoIterator<Item = (u64, Option<&'a BTreeMap<String, String>>)>,
+    ) -> Vec<Self> {
+        let mut voters = 0u64;
+        let mut by_zone: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for (id, labels) in masters {
+            voters += 1;
+            if let Some(zone) = labels.and_then(|l| l.get("zone")) {
+                by_zone.entry(zone.as_str()).or_default().push(id);
+            }
+        }
+        if voters < 3 {
+            return Vec::new();
+        }
+        by_zone
+            .into_iter()
+            .filter(|(_, ids)| ids.len() as u64 * 2 > voters)
+            .map(|(zone, mut ids)| {
+                ids.sort_unstable();
+                StatusWarning::ZoneMajority { zone: zone.to_string(), masters: ids, voters }
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Display for StatusWarning {
@@ -695,6 +730,13 @@ impl std::fmt::Display for StatusWarning {
                 f,
                 "round trip from master {from} to master {to} is {rtt_ms:.0} ms, close to the {timeout_ms:.0} ms \
                  replication timeout: raise --election-timeout and --heartbeat (README: \"Masters across regions\")"
+            ),
+            StatusWarning::ZoneMajority { zone, masters, voters } => write!(
+                f,
+                "zone {zone} holds {} of the {voters} voting masters ({}): losing that zone loses the cluster; \
+                 run the masters in at least 3 zones",
+                masters.len(),
+                masters.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
             ),
         }
     }
@@ -791,6 +833,9 @@ pub struct NodeInfo {
     /// This master's smoothed round trip to each peer it has measured, in milliseconds.
     #[serde(default)]
     pub peer_rtt_ms: BTreeMap<u64, f64>,
+    /// The master's own `--labels` (zone, region, …).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// The longest this master lets a replication call take, in milliseconds.
     #[serde(default)]
     pub replication_timeout_ms: Option<f64>,
@@ -928,6 +973,19 @@ mod tests {
 
     #[test]
     fn status_warnings_are_tagged_by_kind() {
+        let zone = |z: &str| -> BTreeMap<String, String> { [("zone".to_string(), z.to_string())].into() };
+        let (a, b, c) = (zone("a"), zone("b"), zone("c"));
+        // Two of three voters in zone a: warned; one per zone, or a zone unknown: not.
+        let w = StatusWarning::zone_majorities([(1, Some(&a)), (2, Some(&a)), (3, Some(&b))]);
+        assert_eq!(w, vec![StatusWarning::ZoneMajority { zone: "a".into(), masters: vec![1, 2], voters: 3 }]);
+        assert!(w[0].to_string().starts_with("zone a holds 2 of the 3 voting masters (1, 2)"));
+        assert!(StatusWarning::zone_majorities([(1, Some(&a)), (2, Some(&b)), (3, Some(&c))]).is_empty());
+        assert!(StatusWarning::zone_majorities([(1, Some(&a)), (2, None), (3, Some(&b))]).is_empty());
+        // Three of five is a majority; unlabelled masters count as voters in no zone.
+        let none = BTreeMap::new();
+        let five = [(1, Some(&a)), (2, Some(&a)), (3, Some(&a)), (4, Some(&b)), (5, Some(&none))];
+        assert_eq!(StatusWarning::zone_majorities(five).len(), 1);
+        assert!(StatusWarning::zone_majorities([(1, Some(&a))]).is_empty(), "a single master is not warned about");
         let w = StatusWarning::SlowPeer { from: 1, to: 2, rtt_ms: 160.4, timeout_ms: 250.0 };
         assert_eq!(json(&w), r#"{"kind":"slow_peer","from":1,"to":2,"rtt_ms":160.4,"timeout_ms":250.0}"#);
         let back: StatusWarning = serde_json::from_str(&json(&w)).unwrap();

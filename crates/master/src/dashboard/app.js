@@ -183,6 +183,8 @@ function clusterPage(v) {
       <td>${m.rtt_ms == null ? "–" : `${Math.round(m.rtt_ms)} ms`}</td></tr>`).join("");
   const warnings = (v.warnings || []).map((w) => w.kind === "slow_peer"
     ? `<p class="warning" data-kind="slow_peer">Round trip from master ${w.from} to master ${w.to} is ${Math.round(w.rtt_ms)} ms, close to the ${Math.round(w.timeout_ms)} ms replication timeout: raise --election-timeout and --heartbeat (README: “Masters across regions”).</p>`
+    : w.kind === "zone_majority"
+    ? `<p class="warning" data-kind="zone_majority">Zone ${esc(w.zone)} holds ${w.masters.length} of the ${w.voters} voting masters (${w.masters.join(", ")}): losing that zone loses the cluster; run the masters in at least 3 zones.</p>`
     : `<p class="warning" data-kind="${esc(w.kind)}">${esc(JSON.stringify(w))}</p>`).join("");
   const zones = new Map();
   for (const w of v.workers) {
