@@ -68,6 +68,8 @@ pub struct Metrics {
     worker_cpus_busy: Family<Labels, Gauge>,
     worker_cpus_queued: Family<Labels, Gauge>,
     worker_queue: Family<Labels, Gauge>,
+    worker_resource_units: Family<Labels, Gauge>,
+    worker_resource_held: Family<Labels, Gauge>,
     events: Family<Labels, Counter>,
     reported_running: Family<Labels, Gauge>,
     reported_queued: Family<Labels, Gauge>,
@@ -126,6 +128,8 @@ impl Metrics {
             worker_cpus_used: Family::default(),
             worker_cpus_busy: Family::default(),
             worker_cpus_queued: Family::default(),
+            worker_resource_units: Family::default(),
+            worker_resource_held: Family::default(),
             worker_queue: Family::default(),
             events: Family::default(),
             reported_running: Family::default(),
@@ -202,6 +206,16 @@ impl Metrics {
             m.worker_cpus_used.clone(),
         );
         r.register("worker_cpus_busy", "Cpus of a ready worker running tasks", m.worker_cpus_busy.clone());
+        r.register(
+            "worker_resource_units",
+            "Units of a named resource a ready worker offers (--resources)",
+            m.worker_resource_units.clone(),
+        );
+        r.register(
+            "worker_resource_held",
+            "Units of a named resource held by the attempts a ready worker holds",
+            m.worker_resource_held.clone(),
+        );
         r.register(
             "worker_cpus_queued",
             "Cpus' worth of tasks queued on a ready worker, waiting for a free cpu",
@@ -382,6 +396,8 @@ impl Metrics {
         self.worker_cpus_used.clear();
         self.worker_cpus_busy.clear();
         self.worker_cpus_queued.clear();
+        self.worker_resource_units.clear();
+        self.worker_resource_held.clear();
         self.worker_queue.clear();
         for s in [WorkerState::Ready, WorkerState::Lost] {
             self.workers.get_or_create(&labels(&[("state", s.name())])).set(0);
@@ -400,6 +416,11 @@ impl Metrics {
             self.worker_cpus_busy.get_or_create(&l).set(i64::from(w.cpus_busy()));
             self.worker_cpus_queued.get_or_create(&l).set(i64::from(w.cpus_queued()));
             self.worker_queue.get_or_create(&l).set(i64::from(w.queue));
+            for (name, units) in &w.resources {
+                let l = labels(&[("worker", &w.name), ("resource", name)]);
+                self.worker_resource_units.get_or_create(&l).set(i64::from(*units));
+                self.worker_resource_held.get_or_create(&l).set(i64::from(w.units_held(name)));
+            }
         }
         // Reports older than a few heartbeats are from workers gone or led by another master.
         self.reported_running.clear();
