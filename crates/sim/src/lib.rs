@@ -312,7 +312,9 @@ fn new_worker(name: String, instance: u64, impostor: bool, config: &SimConfig, n
             instance,
             cpus: config.cpus,
             memory: None,
-            resources: Default::default(),
+            // Every worker offers two gpus and every other job asks for one, so the
+            // invariants (no unit given out twice) are checked under every fault.
+            resources: [("gpu".to_string(), 2)].into(),
             labels: BTreeMap::new(),
             masters: (0..MASTERS).map(address).collect(),
             prefetch: config.queue,
@@ -743,6 +745,7 @@ impl Sim {
                 cpus: self.rng.range(1, u64::from(self.config.cpus)) as u32,
                 retries: if plan.flaky { 2 } else { 0 },
                 reduce: Some("sum".into()),
+                resources: if self.submitted % 2 == 1 { [("gpu".to_string(), 1)].into() } else { BTreeMap::new() },
                 ..Default::default()
             };
             self.requests.insert(format!("r{}", self.submitted), (plan, spec));
