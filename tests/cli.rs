@@ -34,6 +34,19 @@ async fn bad_input_gets_clear_errors_and_crashes_nothing() {
     assert_ne!(code, 0);
     assert!(err.contains("duration"), "{err}");
 
+    let (code, _, err) = cli(&masters, &["submit", "--resource", "GPU=1", "--", "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid resource name 'GPU'"), "{err}");
+    let (code, _, err) = cli(&masters, &["submit", "--resource", "gpu=0", "--", "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("at least 1"), "{err}");
+    let (code, _, err) = cli(&masters, &["submit", "--memory", "lots", "--", "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid memory"), "{err}");
+    let (code, _, err) = cli(&masters, &["submit", "--prefer", "zone", "--", "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not KEY=VALUE"), "{err}");
+
     let (code, _, err) = cli(&masters, &["job", "show", "999"]);
     assert_ne!(code, 0);
     assert!(err.contains("no job 999"), "{err}");
@@ -51,6 +64,10 @@ async fn bad_input_gets_clear_errors_and_crashes_nothing() {
         raw_http(&address, "POST", "/v1/jobs", &[], br#"{"command": ["true"], "array": "1-3", "cpus": 0}"#);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("cpus"), "{body}");
+    let (status, body) =
+        raw_http(&address, "POST", "/v1/jobs", &[], br#"{"command": ["true"], "resources": {"memory": 1}}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid resource name 'memory'"), "{body}");
     let (status, _) = raw_http(&address, "GET", "/v1/jobs/abc", &[], b"");
     assert_eq!(status, 400);
     let (status, _) = raw_http(&address, "GET", "/nowhere", &[], b"");

@@ -178,3 +178,40 @@ async fn masters_in_one_zone_are_warned_about() {
     assert!(out.contains("warning: zone a holds 3 of the 3 voting masters (1, 2, 3)"), "{out}");
     assert!(out.contains("region=eu,zone=a"), "{out}");
 }
+
+/// A job file carries the resource and placement fields: `job show --json` shows them back,
+/// and the job runs where they say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_files_carry_resources_and_affinity() {
+    let t = cluster_of(&[("a1", 2, "zone=a", &["--resources", "license=1"]), ("b1", 2, "zone=b", &[])]).await;
+    let file = t.dir.path().join("job.toml");
+    std::fs::write(
+        &file,
+        r#"
+command = ["sh", "-c", "echo $FLOTILLA_RESOURCE_LICENSE"]
+array = "1-2"
+memory = "64M"
+resources = { license = 1 }
+prefer = { zone = "a" }
+avoid = { spot = "yes" }
+spread = "zone"
+"#,
+    )
+    .expect("write job file");
+    let masters = t.cluster.master_list();
+    let (code, out, err) = cli(&masters, &["submit", "--wait", "--file", &file.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_string();
+    let (code, out, err) = cli(&masters, &["job", "show", &id, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(j["resources"]["license"], 1, "{out}");
+    assert_eq!(j["memory"], 64 << 20, "{out}");
+    assert_eq!(j["prefer"]["zone"], "a");
+    assert_eq!(j["avoid"]["spot"], "yes");
+    assert_eq!(j["spread"], "zone");
+    // Only a1 offers the license: both tasks ran there, one after the other, on unit 0.
+    let rows = t.client().results(id.parse().expect("id"), 0, None, false).await.expect("results");
+    assert_each_task_recorded_once(&rows, 2, |_| "0".to_string());
+    assert!(rows.iter().all(|r| r.worker.as_deref() == Some("a1")));
+}
