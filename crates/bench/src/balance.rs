@@ -144,12 +144,23 @@ struct Ran {
     ready: u64,
 }
 
-/// Gaps in which a worker had a free cpu while a submitted task had not started, in ms.
+/// Gaps in which a worker had a free cpu while a submitted task had not started, in ms (each
+/// free interval counts only while some task waited).
 /// `present`: each worker and the window it was there (a worker that ran nothing counts too).
 fn idle_gaps(runs: &[Ran], present: &[(String, u64, u64)]) -> Vec<u64> {
-    // Whether some task was waiting at some point of [t0, t1): submitted before t1, started
-    // after t0. A scan is cheap enough at these sizes.
-    let waiting_in = |t0: u64, t1: u64| runs.iter().any(|r| r.ready < t1 && r.start > t0);
+    // When some task was waiting: the union of [submitted, started) over all tasks.
+    let mut spans: Vec<(u64, u64)> = runs.iter().filter(|r| r.start > r.ready).map(|r| (r.ready, r.start)).collect();
+    spans.sort_unstable();
+    let mut waiting: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in spans {
+        match waiting.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => waiting.push((a, b)),
+        }
+    }
+    // The part of [t0, t1) during which some task waited.
+    let waiting_in =
+        |t0: u64, t1: u64| -> u64 { waiting.iter().map(|(a, b)| (*b).min(t1).saturating_sub((*a).max(t0))).sum() };
     let mut gaps = Vec::new();
     for (worker, from, to) in present {
         let mut edges: Vec<(u64, i64)> = runs
@@ -168,8 +179,9 @@ fn idle_gaps(runs: &[Ran], present: &[(String, u64, u64)]) -> Vec<u64> {
             match (free, free_since) {
                 (true, None) => free_since = Some(t),
                 (false, Some(s)) => {
-                    if t > s && waiting_in(s, t) {
-                        gaps.push(t - s);
+                    let gap = waiting_in(s, t);
+                    if gap > 0 {
+                        gaps.push(gap);
                     }
                     free_since = None;
                 }
