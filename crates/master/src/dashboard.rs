@@ -172,10 +172,7 @@ pub struct View {
 /// Builds a view: this master's replica plus each other master's own figures.
 pub async fn view(master: &Arc<Master>) -> View {
     let mut asks = tokio::task::JoinSet::new();
-    for (id, address) in master.members() {
-        if id == master.config.id {
-            continue;
-        }
+    for (id, address) in master.others() {
         let m = master.clone();
         asks.spawn(async move {
             let info = m.fetch_node_info(&address, PEER_TIMEOUT).await;

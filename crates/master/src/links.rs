@@ -25,10 +25,7 @@ pub async fn probe(master: Arc<Master>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(EVERY) => {}
         }
         let mut asks = tokio::task::JoinSet::new();
-        for (id, address) in master.members() {
-            if id == master.config.id {
-                continue;
-            }
+        for (id, address) in master.others() {
             let m = master.clone();
             asks.spawn(async move {
                 let started = Instant::now();

@@ -135,6 +135,11 @@ impl Master {
         self.leader_id().filter(|id| *id != self.config.id).and_then(|id| self.address_of(id))
     }
 
+    /// The other masters of the group: id and address.
+    pub fn others(&self) -> Vec<(NodeId, String)> {
+        self.members().into_iter().filter(|(id, _)| *id != self.config.id).collect()
+    }
+
     /// All masters of the group: id and address.
     pub fn members(&self) -> Vec<(NodeId, String)> {
         let metrics = self.raft.metrics();
