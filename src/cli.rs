@@ -272,6 +272,32 @@ pub enum JobCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Remove finished jobs now, with their results (every master drops them at the same
+    /// Raft entry; the journal keeps each one's summary). Unfinished jobs are refused: cancel
+    /// them first.
+    Purge {
+        /// Job ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or change how long finished jobs stay (a cluster-wide setting, replicated like
+    /// everything else). Without options, shows the setting and what is kept now.
+    Retention {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Remove finished jobs this long after they finished: 24h, 7d (at least 1m), or `none`.
+        #[arg(long)]
+        max_age: Option<String>,
+        /// Keep at most this many finished jobs, the newest (10 to 10,000,000; default 10,000).
+        #[arg(long)]
+        max_finished: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

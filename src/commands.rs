@@ -183,6 +183,68 @@ async fn job(cmd: JobCmd) -> anyhow::Result<ExitCode> {
             let c = connect(&client)?.cancel(job_id(&id)?).await?;
             println!("job {} cancelled ({} running attempts stopped)", c.id, c.stopped);
         }
+        JobCmd::Purge { ids, client, json } => {
+            let ids = ids.iter().map(|i| job_id(i)).collect::<anyhow::Result<Vec<u64>>>()?;
+            let out = connect(&client)?.purge(&ids).await?;
+            if json {
+                print_json(&out)?;
+            } else {
+                let list = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+                if !out.purged.is_empty() {
+                    println!("purged: {}", list(&out.purged));
+                }
+                if !out.already_removed.is_empty() {
+                    println!("already removed: {}", list(&out.already_removed));
+                }
+                if !out.unfinished.is_empty() {
+                    eprintln!("not finished (cancel first): {}", list(&out.unfinished));
+                }
+                if !out.unknown.is_empty() {
+                    eprintln!("no such job: {}", list(&out.unknown));
+                }
+            }
+            if !out.unfinished.is_empty() || !out.unknown.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        JobCmd::Retention { client, max_age, max_finished, json } => {
+            return job_retention(&client, max_age.as_deref(), max_finished, json).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn job_retention(
+    client: &ClientArgs,
+    max_age: Option<&str>,
+    max_finished: Option<u64>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(client)?;
+    let max_age_ms = match max_age {
+        None => None,
+        Some("none" | "off") => Some(None),
+        Some(text) => Some(Some(
+            parse_duration(text).map_err(|e| anyhow!("--max-age {text:?}: {e} (or `none`)"))?.as_millis() as u64,
+        )),
+    };
+    let view = if max_age_ms.is_some() || max_finished.is_some() {
+        let now = client.job_retention(false).await?;
+        let wanted = flotilla_proto::api::JobRetention {
+            max_age_ms: max_age_ms.unwrap_or(now.max_age_ms),
+            max_finished: max_finished.unwrap_or(now.max_finished),
+        };
+        wanted.validate().map_err(|e| anyhow!(e))?;
+        client.set_job_retention(&wanted).await?
+    } else {
+        client.job_retention(false).await?
+    };
+    if json {
+        print_json(&view)?;
+    } else {
+        let age = view.max_age_ms.map(flotilla_core::units::format_millis).unwrap_or_else(|| "no limit".into());
+        println!("finished jobs kept: at most {}, for {age} after they finish", view.max_finished);
+        println!("kept now:           {} finished, {} jobs in all", view.finished_kept, view.jobs_kept);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -229,6 +229,25 @@ impl Client {
         self.request(Method::PUT, "/v1/events/retention", Some(retention), ATTEMPT_TIMEOUT).await
     }
 
+    /// Finished jobs' retention and what is kept now.
+    pub async fn job_retention(&self, stale: bool) -> Result<flotilla_proto::api::JobRetentionView, ClientError> {
+        self.get(&format!("/v1/jobs/retention{}", stale_query(stale, '?'))).await
+    }
+
+    /// Changes how long finished jobs stay (committed through Raft; removal is immediate).
+    pub async fn set_job_retention(
+        &self,
+        retention: &flotilla_proto::api::JobRetention,
+    ) -> Result<flotilla_proto::api::JobRetentionView, ClientError> {
+        self.request(Method::PUT, "/v1/jobs/retention", Some(retention), ATTEMPT_TIMEOUT).await
+    }
+
+    /// Removes finished jobs now; safe to retry (a job removed already is reported as such).
+    pub async fn purge(&self, jobs: &[u64]) -> Result<flotilla_proto::api::PurgeOutcome, ClientError> {
+        let body = flotilla_proto::api::PurgeRequest { jobs: jobs.to_vec() };
+        self.request(Method::POST, "/v1/jobs/purge", Some(&body), ATTEMPT_TIMEOUT).await
+    }
+
     /// How jobs of the same priority share the workers.
     pub async fn scheduling(&self, stale: bool) -> Result<flotilla_proto::api::Scheduling, ClientError> {
         self.get(&format!("/v1/scheduling{}", stale_query(stale, '?'))).await

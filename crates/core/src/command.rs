@@ -108,6 +108,12 @@ pub enum Command {
     },
     /// How jobs of the same priority share the workers (an operator's setting).
     SetSharing(crate::model::Sharing),
+    /// How long finished jobs stay (an operator's setting).
+    SetJobRetention(crate::state::JobRetention),
+    /// Remove these finished jobs now (`job purge`).
+    PurgeJobs {
+        jobs: Vec<JobId>,
+    },
 }
 
 /// One committed assignment, as the leader pushes it to the worker.
@@ -156,4 +162,5 @@ pub enum Response {
     Invalid {
         reason: Refusal,
     },
+    JobsPurged(crate::state::PurgeOutcome),
 }

@@ -108,6 +108,15 @@ pub enum EventKind {
         job: JobId,
         state: JobState,
     },
+    /// A finished job left the state (retention or purge); its summary stays here.
+    JobRemoved {
+        job: JobId,
+        reason: crate::state::RemovalReason,
+        state: JobState,
+        succeeded: u64,
+        failed: u64,
+        cancelled: u64,
+    },
 }
 
 impl EventKind {
@@ -124,6 +133,7 @@ impl EventKind {
             EventKind::TaskFailed { .. } => "task_failed",
             EventKind::ResultRejected { .. } => "result_rejected",
             EventKind::JobFinished { .. } => "job_finished",
+            EventKind::JobRemoved { .. } => "job_removed",
         }
     }
 
@@ -160,12 +170,19 @@ impl EventKind {
             EventKind::JobFinished { job, state } => {
                 format!("job {job} finished: {}", state.name())
             }
+            EventKind::JobRemoved { job, reason, state, succeeded, failed, cancelled } => format!(
+                "job {job} removed ({}): it had {} with {succeeded} tasks succeeded, {failed} failed, {cancelled} cancelled",
+                reason.name(),
+                state.name()
+            ),
         }
     }
 
     pub fn job(&self) -> Option<JobId> {
         match self {
-            EventKind::JobSubmitted { job, .. } | EventKind::JobFinished { job, .. } => Some(*job),
+            EventKind::JobSubmitted { job, .. }
+            | EventKind::JobFinished { job, .. }
+            | EventKind::JobRemoved { job, .. } => Some(*job),
             EventKind::TaskRescheduled { task, .. }
             | EventKind::TaskFailed { task, .. }
             | EventKind::ResultRejected { task, .. } => Some(task.job),

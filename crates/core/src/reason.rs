@@ -33,6 +33,8 @@ pub enum Refusal {
     BadRetention(RetentionError),
     #[error("invalid resource name '{0}' offered (lower-case letters, digits, '_' and '-'; not cpus or memory)")]
     BadResourceName(String),
+    #[error("{0}")]
+    BadJobRetention(crate::state::JobRetentionError),
 }
 
 /// Why an attempt's message is fenced off ([`crate::Response::Stale`], and the journal's

@@ -70,7 +70,11 @@ pub fn format_bytes(bytes: u64) -> String {
 
 /// Formats a duration the way `parse_duration` reads it back, for messages.
 pub fn format_millis(ms: u64) -> String {
-    if ms < 1000 {
+    if ms >= 86_400_000 && ms.is_multiple_of(86_400_000) {
+        format!("{}d", ms / 86_400_000)
+    } else if ms >= 3_600_000 && ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms < 1000 {
         format!("{ms}ms")
     } else if ms < 60_000 {
         format!("{:.2}s", ms as f64 / 1000.0)
@@ -89,6 +93,14 @@ mod tests {
         assert_eq!(parse_size(&format_bytes(512 << 20)).unwrap(), 512 << 20);
         assert_eq!(format_bytes(1536 << 20), "1.5G");
         assert_eq!(format_bytes(100), "100B");
+    }
+
+    #[test]
+    fn whole_hours_and_days_format_short() {
+        assert_eq!(format_millis(86_400_000), "1d");
+        assert_eq!(format_millis(7_200_000), "2h");
+        assert_eq!(parse_duration(&format_millis(7 * 86_400_000)).unwrap().as_millis(), 7 * 86_400_000);
+        assert_eq!(format_millis(90_000), "1m30s");
     }
 
     #[test]

@@ -16,10 +16,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use flotilla_core::scheduler::unschedulable_reason;
+use flotilla_core::state::JobPresence;
 use flotilla_core::{Command, Refusal, Response as Applied};
 use flotilla_proto::api::{
-    ApiError, ApiErrorCode, Cancelled, EventView, Events, JobDetail, JobResult, JobSummary, MasterStatus,
-    RetentionView, Role, Status, StatusWarning, SubmitRequest, Submitted, TaskResultView, WorkerStatus,
+    removed_message, ApiError, ApiErrorCode, Cancelled, EventView, Events, JobDetail, JobResult, JobRetention,
+    JobRetentionView, JobSummary, MasterStatus, PurgeOutcome, PurgeRequest, RetentionView, Role, Status, StatusWarning,
+    SubmitRequest, Submitted, TaskResultView, WorkerStatus,
 };
 use flotilla_proto::time::now_ms;
 
@@ -32,6 +34,8 @@ type Params = Query<HashMap<String, String>>;
 pub fn router(master: Shared) -> Router {
     Router::new()
         .route("/v1/jobs", post(submit).get(list_jobs))
+        .route("/v1/jobs/retention", get(job_retention).put(set_job_retention))
+        .route("/v1/jobs/purge", post(purge_jobs))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/results", get(job_results))
         .route("/v1/jobs/{id}/result", get(job_result))
@@ -80,9 +84,11 @@ pub fn refusal_code(refusal: &Refusal) -> ApiErrorCode {
     match refusal {
         Refusal::NoJob(_) => ApiErrorCode::NotFound,
         Refusal::JobFinished { .. } | Refusal::NoReadyWorker(_) => ApiErrorCode::Conflict,
-        Refusal::WorkerWithoutCpus | Refusal::BadSpec(_) | Refusal::BadRetention(_) | Refusal::BadResourceName(_) => {
-            ApiErrorCode::BadRequest
-        }
+        Refusal::WorkerWithoutCpus
+        | Refusal::BadSpec(_)
+        | Refusal::BadRetention(_)
+        | Refusal::BadResourceName(_)
+        | Refusal::BadJobRetention(_) => ApiErrorCode::BadRequest,
     }
 }
 
@@ -155,6 +161,7 @@ async fn cancel_job(State(master): State<Shared>, Path(id): Path<String>) -> Res
             master.sessions.stop_attempts(&kill).await;
             Ok(Json(Cancelled { id: job, stopped: kill.len() }))
         }
+        Applied::Invalid { reason: Refusal::NoJob(id) } => Err(missing_job(&master.shared.read().state, id)),
         Applied::Invalid { reason } => Err(refused(reason)),
         other => Err(unexpected(other)),
     }
@@ -181,7 +188,7 @@ async fn show_job(
     loop {
         {
             let data = master.shared.read();
-            let job = data.state.job(id).ok_or_else(|| not_found(format!("no job {id}")))?;
+            let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
             if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(Json(JobDetail::from_job(job, unschedulable_reason(&data.state, job))));
             }
@@ -189,7 +196,7 @@ async fn show_job(
         if tokio::time::timeout_at(deadline, applied.changed()).await.is_ok_and(|r| r.is_err()) {
             // The state machine is gone (shutting down): answer with what there is.
             let data = master.shared.read();
-            let job = data.state.job(id).ok_or_else(|| not_found(format!("no job {id}")))?;
+            let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
             return Ok(Json(JobDetail::from_job(job, unschedulable_reason(&data.state, job))));
         }
     }
@@ -205,7 +212,7 @@ async fn job_results(
     let limit = number(&q, "limit", u64::MAX)?;
     read_barrier(&master, &q).await?;
     let data = master.shared.read();
-    let job = data.state.job(id).ok_or_else(|| not_found(format!("no job {id}")))?;
+    let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
     Ok(Json(TaskResultView::list(job, offset, limit)))
 }
 
@@ -217,7 +224,7 @@ async fn job_result(
     let id = job_id(&id)?;
     read_barrier(&master, &q).await?;
     let data = master.shared.read();
-    let job = data.state.job(id).ok_or_else(|| not_found(format!("no job {id}")))?;
+    let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
     Ok(Json(JobResult::from_job(job)))
 }
 
@@ -360,6 +367,57 @@ async fn set_retention(State(master): State<Shared>, body: Bytes) -> Result<Json
         Applied::Noted => Ok(Json(RetentionView::from_journal(master.shared.read().state.journal()))),
         Applied::Invalid { reason } => Err(refused(reason)),
         other => Err(unexpected(other)),
+    }
+}
+
+async fn job_retention(State(master): State<Shared>, Query(q): Params) -> Result<Json<JobRetentionView>, Failure> {
+    read_barrier(&master, &q).await?;
+    Ok(Json(JobRetentionView::from_state(&master.shared.read().state)))
+}
+
+async fn set_job_retention(State(master): State<Shared>, body: Bytes) -> Result<Json<JobRetentionView>, Failure> {
+    let retention: JobRetention = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("invalid retention JSON (want max_age_ms, max_finished): {e}")))?;
+    retention.validate().map_err(|e| refused(Refusal::BadJobRetention(e)))?;
+    match master
+        .proposer
+        .propose_one(Command::SetJobRetention(retention))
+        .await
+        .map_err(|e| from_propose(&master, e))?
+    {
+        Applied::Noted => Ok(Json(JobRetentionView::from_state(&master.shared.read().state))),
+        Applied::Invalid { reason } => Err(refused(reason)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Removes finished jobs now. Retrying is safe: a job removed already is reported as such.
+async fn purge_jobs(State(master): State<Shared>, body: Bytes) -> Result<Json<PurgeOutcome>, Failure> {
+    let request: PurgeRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("invalid purge JSON (want {{\"jobs\": [ids]}}): {e}")))?;
+    if request.jobs.is_empty() {
+        return Err(bad_request("no job ids given"));
+    }
+    if request.jobs.len() > 10_000 {
+        return Err(bad_request("at most 10,000 jobs per purge"));
+    }
+    match master
+        .proposer
+        .propose_one(Command::PurgeJobs { jobs: request.jobs })
+        .await
+        .map_err(|e| from_propose(&master, e))?
+    {
+        Applied::JobsPurged(outcome) => Ok(Json(outcome)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The answer for a job id the state does not hold: removed (410, with when and why) or never
+/// known (404).
+pub fn missing_job(state: &flotilla_core::state::ClusterState, id: u64) -> Failure {
+    match state.job_presence(id) {
+        JobPresence::Removed(removal) => failure(ApiErrorCode::Gone, removed_message(id, removal)),
+        _ => not_found(format!("no job {id}")),
     }
 }
 

@@ -280,7 +280,7 @@ async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
             detail: JobDetail::from_job(job, unschedulable_reason(&data.state, job)),
             results: TaskResultView::list(job, 0, JOB_TASKS),
         })),
-        None => cors(crate::api::not_found(format!("no job {id}"))),
+        None => cors(crate::api::missing_job(&data.state, id)),
     }
 }
 

@@ -67,6 +67,8 @@ pub enum ApiErrorCode {
     Unavailable,
     /// 500: a bug.
     Internal,
+    /// 410: the job existed but was removed (retention or purge).
+    Gone,
     /// A code this client does not know (a newer master), or an answer without a JSON error
     /// body. Never sent by a master.
     #[serde(other)]
@@ -74,7 +76,7 @@ pub enum ApiErrorCode {
 }
 
 impl ApiErrorCode {
-    pub const ALL: [ApiErrorCode; 9] = [
+    pub const ALL: [ApiErrorCode; 10] = [
         ApiErrorCode::NotLeader,
         ApiErrorCode::NoLeader,
         ApiErrorCode::NotFound,
@@ -83,6 +85,7 @@ impl ApiErrorCode {
         ApiErrorCode::Conflict,
         ApiErrorCode::Unavailable,
         ApiErrorCode::Internal,
+        ApiErrorCode::Gone,
         ApiErrorCode::Unknown,
     ];
 
@@ -95,6 +98,7 @@ impl ApiErrorCode {
             ApiErrorCode::BadRequest => 400,
             ApiErrorCode::Unauthorized => 401,
             ApiErrorCode::Conflict => 409,
+            ApiErrorCode::Gone => 410,
             ApiErrorCode::Internal | ApiErrorCode::Unknown => 500,
         }
     }
@@ -110,6 +114,7 @@ impl ApiErrorCode {
             ApiErrorCode::Conflict => "conflict",
             ApiErrorCode::Unavailable => "unavailable",
             ApiErrorCode::Internal => "internal",
+            ApiErrorCode::Gone => "gone",
             ApiErrorCode::Unknown => "unknown",
         }
     }
@@ -293,6 +298,7 @@ pub enum EventType {
     TaskFailed,
     ResultRejected,
     JobFinished,
+    JobRemoved,
     /// A kind this build does not know (from a newer master).
     #[default]
     #[serde(other)]
@@ -312,6 +318,7 @@ impl EventType {
             EventType::TaskFailed => "task_failed",
             EventType::ResultRejected => "result_rejected",
             EventType::JobFinished => "job_finished",
+            EventType::JobRemoved => "job_removed",
             EventType::Unknown => "unknown",
         }
     }
@@ -331,6 +338,7 @@ impl From<&journal::EventKind> for EventType {
             K::TaskFailed { .. } => EventType::TaskFailed,
             K::ResultRejected { .. } => EventType::ResultRejected,
             K::JobFinished { .. } => EventType::JobFinished,
+            K::JobRemoved { .. } => EventType::JobRemoved,
         }
     }
 }
@@ -922,6 +930,10 @@ impl EventView {
                 v.reason = Some(reason.to_string());
             }
             journal::EventKind::JobFinished { state, .. } => v.state = Some((*state).into()),
+            journal::EventKind::JobRemoved { state, reason, .. } => {
+                v.state = Some((*state).into());
+                v.reason = Some(reason.name().to_string());
+            }
             journal::EventKind::JobSubmitted { .. } => {}
         }
         v
@@ -933,6 +945,58 @@ pub struct Events {
     pub events: Vec<EventView>,
     /// Pass as `after` to get the next events.
     pub last_seq: u64,
+}
+
+/// The body of `PUT /v1/jobs/retention`.
+pub use flotilla_core::state::{JobRetention, PurgeOutcome};
+
+/// Finished jobs' retention and what is kept now (`GET /v1/jobs/retention`; `PUT` takes a
+/// [`JobRetention`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobRetentionView {
+    /// Finished jobs older than this are removed (`null`: no age limit).
+    pub max_age_ms: Option<u64>,
+    /// Finished jobs kept at most (the oldest go first).
+    pub max_finished: u64,
+    /// Finished jobs kept now.
+    pub finished_kept: u64,
+    /// Jobs in the state now, finished or not.
+    pub jobs_kept: u64,
+}
+
+impl JobRetentionView {
+    pub fn from_state(state: &flotilla_core::state::ClusterState) -> Self {
+        let r = state.job_retention();
+        JobRetentionView {
+            max_age_ms: r.max_age_ms,
+            max_finished: r.max_finished,
+            finished_kept: state.finished_jobs() as u64,
+            jobs_kept: state.jobs().count() as u64,
+        }
+    }
+}
+
+/// The body of `POST /v1/jobs/purge`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    pub jobs: Vec<u64>,
+}
+
+/// Why a job id answers 410: when and why it was removed, if still remembered.
+pub fn removed_message(id: u64, removal: Option<flotilla_core::state::Removal>) -> String {
+    use flotilla_core::state::RemovalReason;
+    match removal {
+        Some(r) => {
+            let why = match r.reason {
+                RemovalReason::Expired => "its retention age ran out",
+                RemovalReason::Excess => "more finished jobs than the retention keeps",
+                RemovalReason::Purged => "purged",
+            };
+            format!("job {id} was removed at {} ({why}); its summary is in `flotilla events`", rfc3339(r.at_ms))
+        }
+        None => format!("job {id} was removed (long ago; its summary may still be in `flotilla events`)"),
+    }
 }
 
 /// The journal's retention setting and what it keeps now (`GET /v1/events/retention`; `PUT`

@@ -14,6 +14,9 @@ impl ClusterState {
     pub fn apply(&mut self, ctx: ApplyCtx, proposal: &Proposal) -> Vec<Response> {
         let ctx = ApplyCtx { at_ms: proposal.at_ms, ..ctx };
         let responses = proposal.commands.iter().map(|c| self.apply_command(ctx, c)).collect();
+        // Every entry moves the clock: finished jobs past the retention go now, on every replica
+        // at this same entry.
+        self.expire_jobs(ctx.at_ms);
         self.applied_index = self.applied_index.max(ctx.index);
         self.last_entry = Some((ctx.term, proposal.at_ms));
         responses
@@ -74,6 +77,14 @@ impl ClusterState {
                 self.sharing = *sharing;
                 Response::Noted
             }
+            Command::SetJobRetention(retention) => match retention.validate() {
+                Ok(()) => {
+                    self.set_job_retention(*retention, ctx.at_ms);
+                    Response::Noted
+                }
+                Err(e) => Response::Invalid { reason: Refusal::BadJobRetention(e) },
+            },
+            Command::PurgeJobs { jobs } => Response::JobsPurged(self.purge_jobs(jobs, ctx.at_ms)),
         }
     }
 
@@ -503,6 +514,7 @@ impl ClusterState {
         job.reduce_pending = false;
         self.queue.remove(&(Reverse(job.spec.priority), id));
         self.journal.record(ctx.at_ms, EventKind::JobFinished { job: id, state });
+        self.note_finished(id, ctx.at_ms);
     }
 
     /// Keeps `queue` holding exactly the jobs with waiting work.

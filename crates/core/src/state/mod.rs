@@ -10,6 +10,9 @@
 //! replica that applies the same log reaches the same state.
 
 mod apply;
+mod retention;
+
+pub use retention::{JobPresence, JobRetention, JobRetentionError, PurgeOutcome, Removal, RemovalReason};
 
 pub use crate::model::{JobState, TaskState};
 use std::cmp::Reverse;
@@ -300,6 +303,8 @@ pub struct ClusterState {
     /// Term and leader clock of the last applied entry: a new leader's first entry measures
     /// how long the cluster went without a commit (journalled with its election).
     last_entry: Option<(u64, Millis)>,
+    /// Which finished jobs stay, and which were removed.
+    retained: retention::Retained,
 }
 
 impl Default for ClusterState {
@@ -319,6 +324,7 @@ impl Default for ClusterState {
             applied_index: 0,
             last_assignment_term: 0,
             last_entry: None,
+            retained: retention::Retained::default(),
         }
     }
 }
@@ -457,6 +463,14 @@ impl ClusterState {
             }
         }
         assert!(held.is_empty(), "tasks held by unknown workers: {:?}", held.keys());
+        let finished: BTreeSet<(Millis, JobId)> =
+            self.jobs.values().filter(|j| j.state.is_terminal()).filter_map(|j| Some((j.finished_at?, j.id))).collect();
+        assert_eq!(finished, self.retained.finished, "the retention's index of finished jobs");
+        assert!(
+            finished.len() as u64 <= self.retained.setting.max_finished,
+            "more finished jobs kept than the retention allows"
+        );
+        assert!(self.retained.removals.keys().all(|id| !self.jobs.contains_key(id)), "a removed job is back");
         assert_eq!(self.queue.len(), self.jobs.values().filter(|j| j.has_waiting_work()).count());
     }
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::command::{Command, Placement, Proposal, Response, WorkerInfo};
+use crate::journal::EventKind;
 use crate::model::{Captured, Outcome, SpecError, MAX_WORKER_LOSSES};
 use crate::reason::{LostReason, Refusal, TaskFailure};
 use crate::scheduler;
@@ -325,11 +326,15 @@ enum Op {
     Cancel {
         pick: u8,
     },
+    Purge {
+        pick: u8,
+    },
     NewTerm,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
+        (0u8..16).prop_map(|pick| Op::Purge { pick }),
         (1u8..8, 1u8..3, 0u8..2, any::<bool>(), -1i8..2, proptest::option::of(0u8..2), 0u8..4).prop_map(
             |(tasks, cpus, retries, reduce, priority, zone, needs)| Op::Submit {
                 tasks,
@@ -465,6 +470,19 @@ fn run_op(d: &mut Driver, op: &Op) {
                 }
             }
         }
+        Op::Purge { pick } => {
+            // Any id, known or not, finished or not: only finished ones go, and only once.
+            let job = u64::from(pick);
+            let before = d.state.job(job).map(|j| j.state.is_terminal());
+            match d.apply(Command::PurgeJobs { jobs: vec![job] }) {
+                Response::JobsPurged(out) => {
+                    assert_eq!(out.purged.len(), usize::from(before == Some(true)));
+                    assert_eq!(out.unfinished.len(), usize::from(before == Some(false)));
+                    assert!(d.state.job(job).is_none() || before == Some(false));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
         Op::Cancel { pick } => {
             let ids: Vec<JobId> = d.state.jobs().map(|j| j.id).collect();
             if let Some(&job) = ids.get(usize::from(pick) % ids.len().max(1)) {
@@ -562,4 +580,83 @@ fn a_worker_that_asks_for_a_deeper_queue_gets_more_tasks() {
     assert!(matches!(d.apply(Command::SetWorkerQueue { worker: "nobody".into(), queue: 1 }), Response::Invalid { .. }));
     // Replicas that replay the same log agree.
     assert_eq!(d.replay().without_journal(), d.state.without_journal());
+}
+
+fn quick_job(d: &mut Driver) -> JobId {
+    let job = d.submit(spec("1-1"));
+    let runs = d.schedule();
+    assert_eq!(d.finish(&runs[0], 0, "x\n"), Response::ResultRecorded);
+    job
+}
+
+/// Invariant: beyond the count, the oldest finished jobs go at the entry that exceeds it,
+/// identically on replay; unfinished jobs never go; a removed id answers "removed", with why.
+#[test]
+fn finished_jobs_beyond_the_retention_count_are_removed_oldest_first() {
+    let mut d = Driver::new();
+    d.worker("w", 1);
+    let retention = JobRetention { max_age_ms: None, max_finished: 10 };
+    assert_eq!(d.apply(Command::SetJobRetention(retention)), Response::Noted);
+    let jobs: Vec<JobId> = (0..12).map(|_| quick_job(&mut d)).collect();
+    let waiting = d.submit(spec("1-3"));
+    assert_eq!(d.state.finished_jobs(), 10);
+    assert!(d.state.job(jobs[0]).is_none() && d.state.job(jobs[1]).is_none());
+    assert!(d.state.job(jobs[2]).is_some() && d.state.job(waiting).is_some());
+    match d.state.job_presence(jobs[0]) {
+        JobPresence::Removed(Some(r)) => assert_eq!(r.reason, RemovalReason::Excess),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(d.state.job_presence(999), JobPresence::Unknown);
+    let removed =
+        d.state.journal().since(0, usize::MAX).filter(|e| matches!(e.kind, EventKind::JobRemoved { .. })).count();
+    assert_eq!(removed, 2, "each removal journals the job's summary");
+    assert_eq!(d.replay(), d.state);
+}
+
+/// Invariant: age counts from when a job finished, by the entries' leader clock.
+#[test]
+fn finished_jobs_expire_after_the_retention_age() {
+    let mut d = Driver::new();
+    d.worker("w", 1);
+    let retention = JobRetention { max_age_ms: Some(60_000), max_finished: 1_000 };
+    assert_eq!(d.apply(Command::SetJobRetention(retention)), Response::Noted);
+    let old = quick_job(&mut d);
+    d.now += 30_000;
+    let young = quick_job(&mut d);
+    d.now += 30_000;
+    d.apply(Command::SetSharing(crate::model::Sharing::Fair));
+    assert!(d.state.job(old).is_none(), "older than a minute");
+    assert!(d.state.job(young).is_some(), "30 s old");
+    match d.state.job_presence(old) {
+        JobPresence::Removed(Some(r)) => assert_eq!(r.reason, RemovalReason::Expired),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(d.replay(), d.state);
+}
+
+#[test]
+fn purge_removes_finished_jobs_once_and_refuses_the_rest() {
+    let mut d = Driver::new();
+    d.worker("w", 1);
+    let done = quick_job(&mut d);
+    let running = d.submit(spec("1-2"));
+    d.schedule();
+    let out = match d.apply(Command::PurgeJobs { jobs: vec![done, running, 77] }) {
+        Response::JobsPurged(out) => out,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(out.purged, vec![done]);
+    assert_eq!(out.unfinished, vec![running]);
+    assert_eq!(out.unknown, vec![77]);
+    // A retried purge (say, across a failover) removes nothing twice.
+    let again = match d.apply(Command::PurgeJobs { jobs: vec![done] }) {
+        Response::JobsPurged(out) => out,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(again.already_removed, vec![done]);
+    assert!(again.purged.is_empty());
+    // Bad settings are refused by apply too.
+    let bad = JobRetention { max_age_ms: Some(1_000), max_finished: 10 };
+    assert!(matches!(d.apply(Command::SetJobRetention(bad)), Response::Invalid { .. }));
+    assert_eq!(d.replay(), d.state);
 }
