@@ -215,10 +215,22 @@ pub struct SubmitArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum JobCmd {
-    /// List jobs.
+    /// List jobs, newest first.
     List {
         #[command(flatten)]
         client: ClientArgs,
+        /// Show at most this many (the newest).
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// Every job the cluster keeps (all pages; overrides --limit).
+        #[arg(long)]
+        all: bool,
+        /// Only jobs in this state: waiting, running, reducing, succeeded, failed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only jobs of this name.
+        #[arg(long)]
+        name: Option<String>,
         #[arg(long)]
         json: bool,
         #[arg(long)]

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context};
 
 use flotilla_client::Client;
 use flotilla_core::units::parse_duration;
-use flotilla_proto::api::{JobDetail, JobState, Retention, SubmitRequest};
+use flotilla_proto::api::{JobDetail, JobQuery, JobState, Retention, SubmitRequest};
 
 use crate::cli::{ClientArgs, Cmd, EventsArgs, EventsCmd, JobCmd, RetentionArgs, SubmitArgs};
 use crate::roles::{parse_labels, parse_resources};
@@ -113,8 +113,38 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
 
 async fn job(cmd: JobCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        JobCmd::List { client, json, stale } => {
-            let jobs = connect(&client)?.jobs(stale).await?;
+        JobCmd::List { client, limit, all, state, name, json, stale } => {
+            let state = match state.as_deref() {
+                None => None,
+                Some(s) => Some(JobState::from_name(s).ok_or_else(|| {
+                    let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                    anyhow!("--state {s:?}: expected one of {}", names.join(", "))
+                })?),
+            };
+            if limit == 0 {
+                bail!("--limit must be at least 1");
+            }
+            let client = connect(&client)?;
+            let page_size = if all { JobQuery::MAX_LIMIT } else { limit.min(JobQuery::MAX_LIMIT) };
+            let mut query = JobQuery { limit: Some(page_size), before: None, state, name };
+            let mut jobs = Vec::new();
+            let mut more = false;
+            loop {
+                let page = client.jobs_page(&query, stale).await?;
+                jobs.extend(page.jobs);
+                match page.next {
+                    Some(next) if all || (jobs.len() as u64) < limit => query.before = Some(next),
+                    Some(_) => {
+                        more = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if !all {
+                more |= jobs.len() as u64 > limit;
+                jobs.truncate(limit as usize);
+            }
             if json {
                 print_json(&jobs)?;
             } else {
@@ -133,6 +163,9 @@ async fn job(cmd: JobCmd) -> anyhow::Result<ExitCode> {
                         j.tasks.failed,
                         j.name.unwrap_or_default()
                     );
+                }
+                if more {
+                    eprintln!("(more jobs: --limit N or --all)");
                 }
             }
         }

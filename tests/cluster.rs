@@ -124,5 +124,5 @@ async fn a_single_master_restarts_without_losing_jobs_or_results() {
         assert_eq!(r.trim(), sum_of_squares(n).to_string());
     }
     let ids: Vec<u64> = client.jobs(false).await.expect("jobs").iter().map(|j| j.id).collect();
-    assert_eq!(ids, vec![first, second]);
+    assert_eq!(ids, vec![second, first], "newest first");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use flotilla_client::Client;
-use flotilla_proto::api::{EventType, SubmitRequest};
+use flotilla_proto::api::{EventType, JobQuery, JobState, SubmitRequest};
 
 /// The jobs one master's own replica holds (a stale read from that master alone).
 async fn jobs_on(address: &str) -> Option<BTreeSet<u64>> {
@@ -79,5 +79,81 @@ async fn every_master_removes_the_same_jobs() {
         events.events.iter().filter(|e| e.kind == EventType::JobRemoved).filter_map(|e| e.job).collect();
     let expected: BTreeSet<u64> = ids[..5].iter().chain([&ids[14]]).copied().collect();
     assert_eq!(removed, expected, "one summary event per removed job");
+    client.cancel(running).await.expect("cancel");
+}
+
+/// Invariants: `GET /v1/jobs` pages newest first with a next-page token until the last page,
+/// every job exactly once across pages; filters by state and name; bad parameters are
+/// refused with clear errors; `job list` shows the newest 50 by default, `--limit`, `--all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_listings_page_newest_first_and_filter() {
+    let t = cluster(1, &[("a", 2)], &[]).await;
+    let client = t.client();
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let name = if i % 5 == 0 { "fives" } else { "other" };
+        let req = SubmitRequest { name: Some(name.into()), command: vec!["true".into()], ..Default::default() };
+        ids.push(client.submit(&req).await.expect("submit").id);
+    }
+    for id in &ids {
+        wait_job(&t, &client, *id, LONG).await;
+    }
+    let running = client
+        .submit(&SubmitRequest { command: vec!["sleep".into(), "30".into()], ..Default::default() })
+        .await
+        .expect("submit")
+        .id;
+
+    let mut query = JobQuery { limit: Some(10), ..Default::default() };
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = client.jobs_page(&query, false).await.expect("page");
+        pages += 1;
+        assert!(page.jobs.len() <= 10);
+        seen.extend(page.jobs.iter().map(|j| j.id));
+        match page.next {
+            Some(next) => query.before = Some(next),
+            None => break,
+        }
+    }
+    let mut expected: Vec<u64> = ids.iter().copied().chain([running]).collect();
+    expected.reverse();
+    assert_eq!(seen, expected, "newest first, each job once");
+    assert_eq!(pages, 3);
+
+    let fives =
+        client.jobs_page(&JobQuery { name: Some("fives".into()), ..Default::default() }, false).await.expect("by name");
+    assert_eq!(fives.jobs.len(), 5);
+    assert!(fives.next.is_none());
+    let live = client
+        .jobs_page(&JobQuery { state: Some(JobState::Running), ..Default::default() }, false)
+        .await
+        .expect("by state");
+    assert_eq!(live.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![running]);
+
+    let address = t.cluster.address(1);
+    for (query, wanted) in [
+        ("limit=0", "limit must be between 1 and 10000"),
+        ("state=done", "state 'done' is not one of"),
+        ("before=abc", "not a page token"),
+    ] {
+        let (status, body) = raw_http(&address, "GET", &format!("/v1/jobs?{query}"), &[], b"");
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(wanted), "{query}: {body}");
+    }
+
+    let masters = t.cluster.master_list();
+    let (code, out, err) = cli(&masters, &["job", "list", "--limit", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 4, "a header and 3 jobs: {out}");
+    assert!(err.contains("more jobs"), "{err}");
+    let (code, out, _) = cli(&masters, &["job", "list", "--all", "--state", "succeeded", "--json"]);
+    assert_eq!(code, 0);
+    let all: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(all.as_array().map(Vec::len), Some(25));
+    let (code, _, err) = cli(&masters, &["job", "list", "--state", "done"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("expected one of waiting, running"), "{err}");
     client.cancel(running).await.expect("cancel");
 }

@@ -171,8 +171,27 @@ impl Client {
         self.request(Method::POST, "/v1/jobs", Some(&request), ATTEMPT_TIMEOUT).await
     }
 
+    /// One page of jobs, newest first.
+    pub async fn jobs_page(
+        &self,
+        query: &flotilla_proto::api::JobQuery,
+        stale: bool,
+    ) -> Result<flotilla_proto::api::JobPage, ClientError> {
+        self.get(&format!("/v1/jobs?{}{}", query.to_query(), stale_query(stale, '&'))).await
+    }
+
+    /// Every job the cluster keeps, newest first (all pages).
     pub async fn jobs(&self, stale: bool) -> Result<Vec<JobSummary>, ClientError> {
-        self.get(&format!("/v1/jobs{}", stale_query(stale, '?'))).await
+        let mut query = flotilla_proto::api::JobQuery::default();
+        let mut all = Vec::new();
+        loop {
+            let page = self.jobs_page(&query, stale).await?;
+            all.extend(page.jobs);
+            match page.next {
+                Some(next) => query.before = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
     pub async fn job(&self, id: u64, stale: bool) -> Result<JobDetail, ClientError> {

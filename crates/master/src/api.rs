@@ -19,9 +19,9 @@ use flotilla_core::scheduler::unschedulable_reason;
 use flotilla_core::state::JobPresence;
 use flotilla_core::{Command, Refusal, Response as Applied};
 use flotilla_proto::api::{
-    removed_message, ApiError, ApiErrorCode, Cancelled, EventView, Events, JobDetail, JobResult, JobRetention,
-    JobRetentionView, JobSummary, MasterStatus, PurgeOutcome, PurgeRequest, RetentionView, Role, Status, StatusWarning,
-    SubmitRequest, Submitted, TaskResultView, WorkerStatus,
+    removed_message, ApiError, ApiErrorCode, Cancelled, EventView, Events, JobDetail, JobPage, JobQuery, JobResult,
+    JobRetention, JobRetentionView, JobState, JobSummary, MasterStatus, PurgeOutcome, PurgeRequest, RetentionView,
+    Role, Status, StatusWarning, SubmitRequest, Submitted, TaskResultView, WorkerStatus,
 };
 use flotilla_proto::time::now_ms;
 
@@ -167,10 +167,39 @@ async fn cancel_job(State(master): State<Shared>, Path(id): Path<String>) -> Res
     }
 }
 
-async fn list_jobs(State(master): State<Shared>, Query(q): Params) -> Result<Json<Vec<JobSummary>>, Failure> {
+/// Jobs newest first, a page at a time, optionally of one state or name.
+async fn list_jobs(State(master): State<Shared>, Query(q): Params) -> Result<Json<JobPage>, Failure> {
+    let limit = number(&q, "limit", JobQuery::DEFAULT_LIMIT)?;
+    if !(1..=JobQuery::MAX_LIMIT).contains(&limit) {
+        return Err(bad_request(format!("limit must be between 1 and {}, not {limit}", JobQuery::MAX_LIMIT)));
+    }
+    // The page token is the id of the last job of the previous page.
+    let before = match q.get("before") {
+        None => u64::MAX,
+        Some(t) => t.parse().map_err(|_| bad_request(format!("'{t}' is not a page token from a previous page")))?,
+    };
+    let state = match q.get("state") {
+        None => None,
+        Some(s) => Some(JobState::from_name(s).ok_or_else(|| {
+            let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+            bad_request(format!("state '{s}' is not one of {}", names.join(", ")))
+        })?),
+    };
+    let name = q.get("name");
     read_barrier(&master, &q).await?;
     let data = master.shared.read();
-    Ok(Json(data.state.jobs().map(JobSummary::from_job).collect()))
+    let mut matching = data
+        .state
+        .jobs_before(before)
+        .filter(|j| state.is_none_or(|s| JobState::from(j.state) == s))
+        .filter(|j| name.is_none_or(|n| j.spec.name.as_ref() == Some(n)));
+    let jobs: Vec<JobSummary> = matching.by_ref().take(limit as usize).map(JobSummary::from_job).collect();
+    // A next page only if something is left, so the last page says so.
+    let next = match (jobs.last(), matching.next()) {
+        (Some(last), Some(_)) => Some(last.id.to_string()),
+        _ => None,
+    };
+    Ok(Json(JobPage { jobs, next }))
 }
 
 async fn show_job(

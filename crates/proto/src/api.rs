@@ -176,8 +176,21 @@ pub enum JobState {
 }
 
 impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Waiting,
+        JobState::Running,
+        JobState::Reducing,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         state::JobState::from(self).name()
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
     pub fn is_terminal(self) -> bool {
@@ -424,6 +437,57 @@ impl SubmitRequest {
         spec.validate().map_err(|e| e.to_string())?;
         Ok(spec)
     }
+}
+
+/// One page of `GET /v1/jobs`: newest first. Pass `next` back as `before` for the next page;
+/// `None`: this was the last.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobSummary>,
+    pub next: Option<String>,
+}
+
+/// What `GET /v1/jobs` selects: `limit` (default [`JobQuery::DEFAULT_LIMIT`], at most
+/// [`JobQuery::MAX_LIMIT`]), `before` (a page token), `state`, `name` (exact).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobQuery {
+    pub limit: Option<u64>,
+    pub before: Option<String>,
+    pub state: Option<JobState>,
+    pub name: Option<String>,
+}
+
+impl JobQuery {
+    pub const DEFAULT_LIMIT: u64 = 1_000;
+    pub const MAX_LIMIT: u64 = 10_000;
+
+    /// The query string (without `?`), URL-encoded.
+    pub fn to_query(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(l) = self.limit {
+            parts.push(format!("limit={l}"));
+        }
+        if let Some(b) = &self.before {
+            parts.push(format!("before={}", url_encode(b)));
+        }
+        if let Some(s) = self.state {
+            parts.push(format!("state={}", s.as_str()));
+        }
+        if let Some(n) = &self.name {
+            parts.push(format!("name={}", url_encode(n)));
+        }
+        parts.join("&")
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

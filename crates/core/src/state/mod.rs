@@ -342,6 +342,11 @@ impl ClusterState {
         self.jobs.values()
     }
 
+    /// Jobs with ids below `before`, newest first.
+    pub fn jobs_before(&self, before: JobId) -> impl Iterator<Item = &Job> {
+        self.jobs.range(..before).rev().map(|(_, j)| j)
+    }
+
     pub fn worker(&self, name: &str) -> Option<&Worker> {
         self.workers.get(name)
     }
