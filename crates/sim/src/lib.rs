@@ -27,8 +27,10 @@
 //! counters, queue, task ownership), that no task's successful result is recorded twice, that
 //! no worker is declared lost within the timeout of its registration, and that an attempt
 //! given back (revoked) never runs;
-//! at the end, after the faults stop, that every job succeeded with the expected outputs and
-//! reduce results, and that replaying the committed log rebuilds the same state.
+//! that a purge removes a finished job exactly once (an operator purges finished jobs during
+//! the faults, after checking them, sometimes twice as a retrying client would);
+//! at the end, after the faults stop, that every job still kept succeeded with the expected
+//! outputs and reduce results, and that replaying the committed log rebuilds the same state.
 //!
 //! Not simulated: openraft itself (its election and replication code), the gRPC/HTTP
 //! transport, redb, and real processes; the chaos harness exercises those for real.
@@ -103,6 +105,8 @@ pub struct Report {
     /// Jobs failed because a task's workers were lost more often than the limit (by design
     /// under dense faults; every other job must succeed).
     pub failed_by_losses: u64,
+    /// Finished jobs purged during the run (each checked first, removed exactly once).
+    pub purged: u64,
 }
 
 /// Runs one seed; `Err` carries the violated invariant.
@@ -286,6 +290,9 @@ struct Sim {
     workers: Vec<SimWorker>,
     /// Jobs by id, once their submission applied.
     plans: BTreeMap<u64, Plan>,
+    /// Jobs the simulated operator asked to purge (checked first), and those removed.
+    purge_asked: BTreeMap<u64, JobCheck>,
+    purged: std::collections::BTreeSet<u64>,
     /// Submissions by request id, until they apply (a lost one is submitted again).
     requests: BTreeMap<String, (Plan, JobSpec)>,
     submitted: usize,
@@ -376,6 +383,8 @@ impl Sim {
             old_master_msgs: Vec::new(),
             workers,
             plans: BTreeMap::new(),
+            purge_asked: Default::default(),
+            purged: Default::default(),
             requests: BTreeMap::new(),
             submitted: 0,
             next_session: 1,
@@ -575,6 +584,19 @@ impl Sim {
                         );
                     }
                 }
+                (Command::PurgeJobs { jobs }, Response::JobsPurged(out)) => {
+                    assert!(out.unfinished.is_empty() && out.unknown.is_empty(), "purge of {jobs:?} refused: {out:?}");
+                    for id in &out.purged {
+                        let Some(checked) = self.purge_asked.get(id) else { panic!("job {id} purged unasked") };
+                        self.report.tasks += checked.tasks;
+                        self.report.failed_by_losses += u64::from(checked.failed_by_losses);
+                        assert!(self.purged.insert(*id), "job {id} removed twice");
+                        self.report.purged += 1;
+                    }
+                    for id in &out.already_removed {
+                        assert!(self.purged.contains(id), "job {id} reported removed but never was");
+                    }
+                }
                 (Command::SubmitJob { request_id: Some(r), .. }, Response::JobSubmitted { job, duplicate }) => {
                     match self.requests.remove(r) {
                         Some((plan, _)) => {
@@ -717,6 +739,30 @@ impl Sim {
         }
         if (self.submitted < self.config.jobs || !self.requests.is_empty()) && self.rng.chance(2) {
             self.submit_job();
+        }
+        if self.rng.chance(5) {
+            self.purge_a_finished_job();
+        }
+    }
+
+    /// An operator purges the oldest finished job (after checking its results, which then
+    /// leave the state), sometimes sending the purge twice as a client retrying would. The
+    /// state must remove it once, and only it.
+    fn purge_a_finished_job(&mut self) {
+        let Some(job) = self.state.jobs().find(|j| j.state.is_terminal() && !self.purge_asked.contains_key(&j.id))
+        else {
+            return;
+        };
+        let plan = &self.plans[&job.id];
+        let checked = match check_job(job, plan) {
+            Ok(c) => c,
+            Err(e) => panic!("before purging: {e}"),
+        };
+        let id = job.id;
+        self.purge_asked.insert(id, checked);
+        self.propose_as_client(vec![Command::PurgeJobs { jobs: vec![id] }]);
+        if self.rng.chance(30) {
+            self.propose_as_client(vec![Command::PurgeJobs { jobs: vec![id] }]);
         }
     }
 
@@ -1074,62 +1120,17 @@ impl Sim {
         if self.plans.len() < self.config.jobs {
             return Err(format!("only {} of {} jobs were submitted", self.plans.len(), self.config.jobs));
         }
-        for job in self.state.jobs() {
-            let plan = &self.plans[&job.id];
-            // A task whose workers were lost more often than the limit fails by design: the
-            // only failure a run may end with. Its other results must still be right.
-            let lost_too_often = matches!(
-                &job.failure,
-                Some(JobFailure { reason: TaskFailure::WorkerLost { times, .. }, .. }) if *times > MAX_WORKER_LOSSES
-            );
-            if job.state == JobState::Failed && lost_too_often {
-                self.report.failed_by_losses += 1;
-                for (i, task) in &job.tasks {
-                    if let Some(r) = task.result.as_ref().filter(|r| r.outcome.succeeded()) {
-                        if r.outcome.stdout.text.trim() != plan.expected(*i).to_string() {
-                            return Err(format!(
-                                "job {} task {i}: {:?} != {}",
-                                job.id,
-                                r.outcome.stdout.text,
-                                plan.expected(*i)
-                            ));
-                        }
-                    }
+        for (id, plan) in &self.plans {
+            let Some(job) = self.state.job(*id) else {
+                // Gone: only by a purge the simulated operator made after checking it.
+                if !self.purged.contains(id) {
+                    return Err(format!("job {id} disappeared without a purge"));
                 }
                 continue;
-            }
-            if job.state != JobState::Succeeded {
-                return Err(format!(
-                    "job {} is {} at the end ({:?}, counts {:?}); a task was lost",
-                    job.id,
-                    job.state.name(),
-                    job.failure,
-                    job.counts
-                ));
-            }
-            for i in 1..=plan.tasks {
-                let task = &job.tasks[&i];
-                let r = task.result.as_ref().ok_or_else(|| format!("job {} task {i} has no result", job.id))?;
-                if r.outcome.stdout.text.trim() != plan.expected(i).to_string() {
-                    return Err(format!(
-                        "job {} task {i}: {:?} != {}",
-                        job.id,
-                        r.outcome.stdout.text,
-                        plan.expected(i)
-                    ));
-                }
-                if r.fence.attempt != task.attempts {
-                    return Err(format!(
-                        "job {} task {i}: result from attempt {} of {}",
-                        job.id, r.fence.attempt, task.attempts
-                    ));
-                }
-                self.report.tasks += 1;
-            }
-            let expected: u64 = (1..=plan.tasks).map(|i| plan.expected(i)).sum();
-            if job.result_text().map(|t| t.trim().to_string()) != Some(expected.to_string()) {
-                return Err(format!("job {}: reduce result {:?}, expected {expected}", job.id, job.result_text()));
-            }
+            };
+            let checked = check_job(job, plan)?;
+            self.report.tasks += checked.tasks;
+            self.report.failed_by_losses += u64::from(checked.failed_by_losses);
         }
         let mut replay = ClusterState::new();
         for (ctx, proposal) in &self.log {
@@ -1140,6 +1141,64 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// What checking one finished job found.
+struct JobCheck {
+    tasks: u64,
+    failed_by_losses: bool,
+}
+
+/// A finished job is right: it succeeded with every task's expected output from its latest
+/// attempt and the expected reduce result, or it failed only because a task's workers were
+/// lost more often than the limit (by design), its other results still right.
+fn check_job(job: &flotilla_core::state::Job, plan: &Plan) -> Result<JobCheck, String> {
+    let lost_too_often = matches!(
+        &job.failure,
+        Some(JobFailure { reason: TaskFailure::WorkerLost { times, .. }, .. }) if *times > MAX_WORKER_LOSSES
+    );
+    if job.state == JobState::Failed && lost_too_often {
+        for (i, task) in &job.tasks {
+            if let Some(r) = task.result.as_ref().filter(|r| r.outcome.succeeded()) {
+                if r.outcome.stdout.text.trim() != plan.expected(*i).to_string() {
+                    return Err(format!(
+                        "job {} task {i}: {:?} != {}",
+                        job.id,
+                        r.outcome.stdout.text,
+                        plan.expected(*i)
+                    ));
+                }
+            }
+        }
+        return Ok(JobCheck { tasks: 0, failed_by_losses: true });
+    }
+    if job.state != JobState::Succeeded {
+        return Err(format!(
+            "job {} is {} at the end ({:?}, counts {:?}); a task was lost",
+            job.id,
+            job.state.name(),
+            job.failure,
+            job.counts
+        ));
+    }
+    for i in 1..=plan.tasks {
+        let task = &job.tasks[&i];
+        let r = task.result.as_ref().ok_or_else(|| format!("job {} task {i} has no result", job.id))?;
+        if r.outcome.stdout.text.trim() != plan.expected(i).to_string() {
+            return Err(format!("job {} task {i}: {:?} != {}", job.id, r.outcome.stdout.text, plan.expected(i)));
+        }
+        if r.fence.attempt != task.attempts {
+            return Err(format!(
+                "job {} task {i}: result from attempt {} of {}",
+                job.id, r.fence.attempt, task.attempts
+            ));
+        }
+    }
+    let expected: u64 = (1..=plan.tasks).map(|i| plan.expected(i)).sum();
+    if job.result_text().map(|t| t.trim().to_string()) != Some(expected.to_string()) {
+        return Err(format!("job {}: reduce result {:?}, expected {expected}", job.id, job.result_text()));
+    }
+    Ok(JobCheck { tasks: plan.tasks, failed_by_losses: false })
 }
 
 /// Every message goes through the wire encoding, as on a real stream.

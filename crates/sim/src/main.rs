@@ -36,6 +36,7 @@ fn main() -> ExitCode {
                 totals.queue_resizes += r.queue_resizes;
                 totals.failed_by_losses += r.failed_by_losses;
                 totals.revocations += r.revocations;
+                totals.purged += r.purged;
             }
             Err(e) => {
                 failures += 1;
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} sessions refused, {} round trips, {} queue resizes, {} queued attempts revoked, {} jobs failed by worker losses (by design), {} tasks checked, {failures} violations, {:.1}s",
+        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} sessions refused, {} round trips, {} queue resizes, {} queued attempts revoked, {} jobs failed by worker losses (by design), {} finished jobs purged, {} tasks checked, {failures} violations, {:.1}s",
         totals.faults,
         totals.terms,
         totals.entries,
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
         totals.queue_resizes,
         totals.revocations,
         totals.failed_by_losses,
+        totals.purged,
         totals.tasks,
         t0.elapsed().as_secs_f64()
     );
