@@ -1,6 +1,7 @@
 //! Control-plane throughput: no processes. An in-process fleet of simulated workers completes
 //! every task at once, so the cluster itself (3 masters) is measured: tasks per second end to
-//! end, Raft entries and bytes per task, master CPU and peak memory.
+//! end, Raft entries and bytes per task, master CPU and peak memory, and the leader memory each
+//! finished task kept in the state costs.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ pub async fn run(tasks: u64, workers: usize, cpus: u32) -> anyhow::Result<f64> {
     let cpu_before: Vec<Duration> = pids.iter().map(|p| procfs::cpu_time(*p).unwrap_or_default()).collect();
     let fleet_before = procfs::cpu_time(std::process::id()).unwrap_or_default();
     let leader_info = client.node(&bench.cluster.address(leader)).await?;
+    let leader_pid = bench.cluster.masters[&leader].id();
+    let rss_before = procfs::rss_bytes(leader_pid).unwrap_or(0);
     let job = SubmitRequest { command: vec!["noop".into()], array: Some(format!("1-{tasks}")), ..Default::default() };
     let t0 = Instant::now();
     let id = client.submit(&job).await?.id;
@@ -41,6 +44,8 @@ pub async fn run(tasks: u64, workers: usize, cpus: u32) -> anyhow::Result<f64> {
     let fleet_cpu = procfs::cpu_time(std::process::id()).unwrap_or_default().saturating_sub(fleet_before).as_secs_f64()
         / elapsed.as_secs_f64();
     let peak = pids.iter().filter_map(|p| procfs::peak_rss_bytes(*p)).max().unwrap_or(0);
+    // The finished job stays (retention), with every task's result: what one kept task costs.
+    let retained = procfs::rss_bytes(leader_pid).unwrap_or(0).saturating_sub(rss_before);
     let rate = tasks as f64 / elapsed.as_secs_f64();
     figure(
         "throughput",
@@ -64,6 +69,12 @@ pub async fn run(tasks: u64, workers: usize, cpus: u32) -> anyhow::Result<f64> {
         "",
     );
     figure("throughput", "peak master RSS", format!("{:.0} MiB", procfs::mib(peak)), "");
+    figure(
+        "throughput",
+        "leader RSS per retained finished task",
+        format!("{:.0} bytes", retained as f64 / tasks as f64),
+        "<= 64 bytes (issue 12)",
+    );
     drop(fleet);
     Ok(rate)
 }
