@@ -19,11 +19,11 @@ async fn jobs_on(address: &str) -> Option<BTreeSet<u64>> {
 /// Invariants: with a retention of 10 finished jobs, every master ends holding the same 10
 /// newest jobs (removal is part of applying the log); a removed job answers "removed" with
 /// when and why, not "no job"; a purge removes a finished job once (a retry reports it as
-/// already removed), refuses a running one and an unknown id; the journal keeps each removed
-/// job's summary.
+/// already removed), refuses a running one and an unknown id, and across a leader SIGKILL
+/// still removes its job once; the journal keeps each removed job's summary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_master_removes_the_same_jobs() {
-    let t = cluster(3, &[("a", 2)], &[]).await;
+    let mut t = cluster(3, &[("a", 2)], &[]).await;
     let client = t.client();
     let masters = t.cluster.master_list();
 
@@ -80,6 +80,21 @@ async fn every_master_removes_the_same_jobs() {
     let expected: BTreeSet<u64> = ids[..5].iter().chain([&ids[14]]).copied().collect();
     assert_eq!(removed, expected, "one summary event per removed job");
     client.cancel(running).await.expect("cancel");
+
+    // A purge sent as the leader dies is retried by the client until a new leader answers:
+    // the job goes exactly once, on every master.
+    let leader = t.cluster.wait_leader(LONG).await.expect("leader");
+    t.cluster.kill_master(leader);
+    let target = ids[13];
+    let out = client.purge(&[target]).await.expect("purge across the failover");
+    assert_eq!(out.purged.len() + out.already_removed.len(), 1, "{out:?}");
+    for id in (1..=3).filter(|id| *id != leader) {
+        let address = t.cluster.address(id);
+        wait_until(&t, &format!("master {id} dropped job {target}"), LONG, || async {
+            jobs_on(&address).await.is_some_and(|jobs| !jobs.contains(&target) && jobs.contains(&ids[12]))
+        })
+        .await;
+    }
 }
 
 /// Invariants: `GET /v1/jobs` pages newest first with a next-page token until the last page,
