@@ -1132,6 +1132,7 @@ mod tests {
             (ApiErrorCode::Conflict, "conflict", 409),
             (ApiErrorCode::Unavailable, "unavailable", 503),
             (ApiErrorCode::Internal, "internal", 500),
+            (ApiErrorCode::Gone, "gone", 410),
             (ApiErrorCode::Unknown, "unknown", 500),
         ];
         assert_eq!(expected.len(), ApiErrorCode::ALL.len());
