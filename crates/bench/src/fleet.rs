@@ -51,6 +51,18 @@ async fn channel(address: &str) -> anyhow::Result<Channel> {
 /// Starts `workers` simulated workers with `cpus` slots each, connected to `leader`,
 /// sharing one HTTP/2 connection per `per_connection` workers.
 pub async fn start(leader: &str, workers: usize, cpus: u32, per_connection: usize) -> anyhow::Result<Fleet> {
+    start_with_output(leader, workers, cpus, per_connection, Vec::new()).await
+}
+
+/// The same, every task reporting `stdout` as its output.
+pub async fn start_with_output(
+    leader: &str,
+    workers: usize,
+    cpus: u32,
+    per_connection: usize,
+    stdout: Vec<u8>,
+) -> anyhow::Result<Fleet> {
+    let stdout = Captured::from_bytes(&stdout, stdout.len() as u64);
     let stats = Arc::new(FleetStats::default());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut ch = channel(leader).await?;
@@ -59,7 +71,7 @@ pub async fn start(leader: &str, workers: usize, cpus: u32, per_connection: usiz
             ch = channel(leader).await?;
         }
         let client = WorkerServiceClient::new(ch.clone());
-        tokio::spawn(simulated_worker(client, i, cpus, stats.clone(), stop_rx.clone()));
+        tokio::spawn(simulated_worker(client, i, cpus, stdout.clone(), stats.clone(), stop_rx.clone()));
     }
     Ok(Fleet { stats, stop })
 }
@@ -72,12 +84,13 @@ async fn simulated_worker(
     client: WorkerServiceClient<Channel>,
     index: usize,
     cpus: u32,
+    stdout: Captured,
     stats: Arc<FleetStats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     // A leader that is not ready yet answers "not leader": try again, like a real worker.
     loop {
-        let welcomed = session(client.clone(), index, cpus, &stats, &mut stop).await;
+        let welcomed = session(client.clone(), index, cpus, &stdout, &stats, &mut stop).await;
         if *stop.borrow() {
             return;
         }
@@ -93,6 +106,7 @@ async fn session(
     mut client: WorkerServiceClient<Channel>,
     index: usize,
     cpus: u32,
+    stdout: &Captured,
     stats: &FleetStats,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
@@ -120,7 +134,7 @@ async fn session(
     let mut inbound = response.into_inner();
     let mut beat = tokio::time::interval(Duration::from_secs(3600));
     let mut welcomed = false;
-    let done = Outcome { exit_code: Some(0), stdout: Captured::default(), ..Default::default() };
+    let done = Outcome { exit_code: Some(0), stdout: stdout.clone(), ..Default::default() };
     loop {
         tokio::select! {
             _ = stop.changed() => return welcomed,

@@ -9,6 +9,7 @@
 //! | `failover` | N leader SIGKILLs under load, then a silent worker (default 20) |
 //! | `latency` | N single-client submits, then 64 clients (default 2,000) |
 //! | `fleet` | N simulated workers heartbeating (default 10,000) |
+//! | `soak` | N tasks with output as 10,000-task jobs, a short retention: RSS and speed over time, follower restart (default 20,000,000) |
 //! | `balance` | heterogeneous jobs on 4 real workers, one joining or leaving (`--size` scales it, percent) |
 //! | `all` | every one of them |
 //!
@@ -24,6 +25,7 @@ mod fleet;
 mod fleetscale;
 mod latency;
 mod procfs;
+mod soak;
 mod storm;
 mod throughput;
 
@@ -34,7 +36,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "flotilla-bench", about = "Flotilla's benchmarks (see the README's Performance section)")]
 struct Args {
-    /// storm, throughput, arrays, failover, latency, fleet, balance or all.
+    /// storm, throughput, arrays, failover, latency, fleet, balance, soak or all.
     name: String,
     /// The main size of the benchmark (tasks, kills, requests or workers).
     #[arg(long)]
@@ -72,7 +74,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let names: Vec<&str> = match args.name.as_str() {
-        "all" => vec!["storm", "throughput", "arrays", "failover", "latency", "fleet", "balance"],
+        "all" => vec!["storm", "throughput", "arrays", "failover", "latency", "fleet", "balance", "soak"],
         n => vec![n],
     };
     let size = |full: u64, smoke: u64| if args.smoke { args.size.unwrap_or(smoke) } else { args.size.unwrap_or(full) };
@@ -97,12 +99,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "fleet" => {
                 fleetscale::run(size(10_000, 50) as usize).await?;
             }
+            "soak" => soak::run(size(20_000_000, 20_000)).await?,
             "balance" => {
                 balance::run(size(100, 5) as f64 / 100.0).await?;
             }
             other => {
                 anyhow::bail!(
-                    "unknown benchmark '{other}' (storm, throughput, arrays, failover, latency, fleet, balance, all)"
+                    "unknown benchmark '{other}' (storm, throughput, arrays, failover, latency, fleet, balance, soak, all)"
                 )
             }
         }

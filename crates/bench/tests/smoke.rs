@@ -13,7 +13,7 @@ fn every_benchmark_runs_at_smoke_size() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "flotilla-bench all --smoke failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    for name in ["storm", "throughput", "arrays", "failover", "latency", "fleet", "balance"] {
+    for name in ["storm", "throughput", "arrays", "failover", "latency", "fleet", "balance", "soak"] {
         assert!(stdout.lines().any(|l| l.starts_with(name)), "no figures from {name}:\n{stdout}");
     }
 }

@@ -1,0 +1,108 @@
+//! Soak: N tasks (default 20,000,000) with a line of stdout each, through 3 masters and 100
+//! simulated workers × 8 slots, as 10,000-task jobs one after another, with a retention that
+//! keeps the 10 newest finished jobs. Prints the leader's and a follower's RSS at 10 points and
+//! the throughput of each tenth (flat is the goal: memory bounded by what is retained, speed not
+//! decaying with history), the follower's data directory size, and at the end the time for a
+//! SIGKILLed follower to restart and catch up with the leader.
+//!
+//! Not measured yet (issue 12): snapshot build time and the longest apply stall (the masters
+//! export neither), and a wiped follower's catch-up.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use flotilla_proto::api::{JobRetention, SubmitRequest};
+
+use crate::common::{figure, wait_job, Bench};
+use crate::procfs;
+
+const JOB_TASKS: u64 = 10_000;
+const POINTS: u64 = 10;
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+pub async fn run(tasks: u64) -> anyhow::Result<()> {
+    let mut bench = Bench::start(3, &[]).await?;
+    let client = bench.client()?;
+    let (leader, _) = bench.leader_pid().await?;
+    let follower = (1..=3).find(|id| *id != leader).context("no follower")?;
+    client.set_job_retention(&JobRetention { max_age_ms: None, max_finished: 10 }).await?;
+    let line = b"task output: a line of forty-odd bytes\n".to_vec();
+    let fleet = crate::fleet::start_with_output(&bench.cluster.address(leader), 100, 8, 100, line).await?;
+    let wait_from = Instant::now();
+    while fleet.stats.connected.load(std::sync::atomic::Ordering::Relaxed) < 100 {
+        anyhow::ensure!(wait_from.elapsed() < Duration::from_secs(120), "fleet did not connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = |id: u64| bench.cluster.masters[&id].id();
+    let job_tasks = JOB_TASKS.min(tasks);
+    let jobs = tasks.div_ceil(job_tasks);
+    let per_point = jobs.div_ceil(POINTS).max(1);
+    let t0 = Instant::now();
+    let mut lap = Instant::now();
+    let mut done = 0u64;
+    let mut done_at_lap = 0u64;
+    let mut rss = Vec::new();
+    for j in 0..jobs {
+        let n = job_tasks.min(tasks - done);
+        let job = SubmitRequest { command: vec!["noop".into()], array: Some(format!("1-{n}")), ..Default::default() };
+        let id = client.submit(&job).await?.id;
+        wait_job(&client, id, Duration::from_secs(3600)).await?;
+        done += n;
+        if (j + 1) % per_point == 0 || j + 1 == jobs {
+            let rate = (done - done_at_lap) as f64 / lap.elapsed().as_secs_f64();
+            (lap, done_at_lap) = (Instant::now(), done);
+            let (l, f) = (procfs::rss_bytes(pid(leader)).unwrap_or(0), procfs::rss_bytes(pid(follower)).unwrap_or(0));
+            rss.push(l);
+            figure(
+                "soak",
+                &format!("after {done} tasks: leader / follower RSS, tasks/s"),
+                format!("{:.0} / {:.0} MiB, {rate:.0}", procfs::mib(l), procfs::mib(f)),
+                "",
+            );
+        }
+    }
+    let elapsed = t0.elapsed();
+    figure("soak", "tasks per second over the whole run", format!("{:.0}", tasks as f64 / elapsed.as_secs_f64()), "");
+    // After warm-up: the second point against the last.
+    if rss.len() >= 3 {
+        let ratio = rss[rss.len() - 1] as f64 / rss[1].max(1) as f64;
+        figure("soak", "leader RSS, last / second point", format!("{ratio:.2}"), "<= 1.2, below 300 MiB");
+    }
+    figure(
+        "soak",
+        "follower data directory",
+        format!("{:.0} MiB", procfs::mib(dir_bytes(&bench.cluster.dir.join(format!("master-{follower}"))))),
+        "",
+    );
+    drop(fleet);
+
+    // A follower SIGKILLed and restarted from its data directory: time until it has applied
+    // everything the leader had committed.
+    let target = client.node(&bench.cluster.address(leader)).await?.last_applied.unwrap_or(0);
+    bench.cluster.kill_master(follower);
+    let restart = Instant::now();
+    bench.cluster.start_master(follower)?;
+    let address = bench.cluster.address(follower);
+    loop {
+        if let Ok(info) = client.node(&address).await {
+            if info.last_applied.unwrap_or(0) >= target {
+                break;
+            }
+        }
+        anyhow::ensure!(restart.elapsed() < Duration::from_secs(300), "the follower did not catch up in 5 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    figure(
+        "soak",
+        "follower SIGKILL -> restarted and caught up",
+        format!("{:.2} s", restart.elapsed().as_secs_f64()),
+        "< 10 s",
+    );
+    Ok(())
+}
