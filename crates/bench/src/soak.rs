@@ -6,7 +6,10 @@
 //! SIGKILLed follower to restart and catch up with the leader.
 //!
 //! Not measured yet (issue 12): snapshot build time and the longest apply stall (the masters
-//! export neither), and a wiped follower's catch-up.
+//! export neither), and a wiped follower's catch-up. `FLOTILLA_SOAK_JOB_TASKS=100000` (a
+//! million results retained) reproduces a stall found on 1 December 2026: progress stops
+//! somewhere between 3.6 and 10 million tasks; if a job does not finish, the masters' logs are
+//! kept in `$TMPDIR/flotilla-soak-logs`.
 
 use std::time::{Duration, Instant};
 
@@ -40,7 +43,13 @@ pub async fn run(tasks: u64) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pid = |id: u64| bench.cluster.masters[&id].id();
-    let job_tasks = JOB_TASKS.min(tasks);
+    // FLOTILLA_SOAK_JOB_TASKS: another job size (the retention keeps 10 jobs, so this sets how
+    // many results stay in memory).
+    let job_tasks = std::env::var("FLOTILLA_SOAK_JOB_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(JOB_TASKS)
+        .clamp(1, tasks.max(1));
     let jobs = tasks.div_ceil(job_tasks);
     let per_point = jobs.div_ceil(POINTS).max(1);
     let t0 = Instant::now();
@@ -51,8 +60,16 @@ pub async fn run(tasks: u64) -> anyhow::Result<()> {
     for j in 0..jobs {
         let n = job_tasks.min(tasks - done);
         let job = SubmitRequest { command: vec!["noop".into()], array: Some(format!("1-{n}")), ..Default::default() };
-        let id = client.submit(&job).await?.id;
-        wait_job(&client, id, Duration::from_secs(3600)).await?;
+        let waited = async { wait_job(&client, client.submit(&job).await?.id, Duration::from_secs(3600)).await };
+        if let Err(e) = waited.await {
+            // Keep the masters' logs: the temp dir goes with the cluster.
+            let keep = std::env::temp_dir().join("flotilla-soak-logs");
+            let _ = std::fs::create_dir_all(&keep);
+            for entry in std::fs::read_dir(bench.cluster.dir.join("logs")).into_iter().flatten().flatten() {
+                let _ = std::fs::copy(entry.path(), keep.join(entry.file_name()));
+            }
+            return Err(e.context(format!("after {done} tasks (logs kept in {})", keep.display())));
+        }
         done += n;
         if (j + 1) % per_point == 0 || j + 1 == jobs {
             let rate = (done - done_at_lap) as f64 / lap.elapsed().as_secs_f64();
