@@ -60,7 +60,8 @@ pub async fn run(tasks: u64) -> anyhow::Result<()> {
     for j in 0..jobs {
         let n = job_tasks.min(tasks - done);
         let job = SubmitRequest { command: vec!["noop".into()], array: Some(format!("1-{n}")), ..Default::default() };
-        let waited = async { wait_job(&client, client.submit(&job).await?.id, Duration::from_secs(3600)).await };
+        // A job takes seconds: two minutes without it finishing is a stall.
+        let waited = async { wait_job(&client, client.submit(&job).await?.id, Duration::from_secs(120)).await };
         if let Err(e) = waited.await {
             // Keep the masters' logs: the temp dir goes with the cluster.
             let keep = std::env::temp_dir().join("flotilla-soak-logs");

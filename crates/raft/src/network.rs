@@ -143,8 +143,9 @@ pub struct PeerConnection {
     election: (Duration, Duration),
 }
 
-/// Whether a call feeds the round-trip estimate: replication and votes do; snapshot chunks
-/// (large, and dominated by the transfer, not the round trip) do not.
+/// Whether a call feeds the round-trip estimate: heartbeats and votes do; calls carrying
+/// entries (the follower fsyncs before answering) and snapshot chunks (dominated by the
+/// transfer) do not.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Timed {
     Yes,
@@ -233,9 +234,18 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        // openraft's own timeout of the call is the ceiling; the estimate may cut it shorter.
-        let ttl = self.rtts.timeout(self.target).min(option.hard_ttl());
-        self.call("append entries", &rpc, ttl, Timed::Yes, |mut c, r| async move { c.append_entries(r).await })
+        // openraft's own timeout of the call is the ceiling. The round-trip estimate may cut a
+        // heartbeat shorter, but not a call carrying entries: the follower writes and fsyncs
+        // them before it answers, which can take far longer than a round trip (found by the
+        // soak benchmark: batches of thousands of results timed out at 75 ms again and again
+        // and cost the leader its leadership). Such calls give no sample either, so the
+        // estimate stays the network's.
+        let (ttl, timed) = if rpc.entries.is_empty() {
+            (self.rtts.timeout(self.target).min(option.hard_ttl()), Timed::Yes)
+        } else {
+            (option.hard_ttl(), Timed::No)
+        };
+        self.call("append entries", &rpc, ttl, timed, |mut c, r| async move { c.append_entries(r).await })
             .await
             .map_err(|e| self.rpc_error(RPCTypes::AppendEntries, ttl, e))
     }
