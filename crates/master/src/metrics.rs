@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use flotilla_core::state::{JobState, WorkerState};
+use flotilla_core::state::WorkerState;
 use flotilla_proto::api::TaskState;
 
 type Labels = Vec<(String, String)>;
@@ -354,15 +354,8 @@ impl Metrics {
         self.jobs.clear();
         self.tasks.clear();
         self.queue_waiting.clear();
-        for s in [
-            JobState::Waiting,
-            JobState::Running,
-            JobState::Reducing,
-            JobState::Succeeded,
-            JobState::Failed,
-            JobState::Cancelled,
-        ] {
-            self.jobs.get_or_create(&labels(&[("state", s.name())])).set(0);
+        for s in flotilla_proto::api::JobState::ALL {
+            self.jobs.get_or_create(&labels(&[("state", s.as_str())])).set(0);
         }
         // The default priority is always there, so an idle queue reads 0 rather than nothing.
         self.queue_waiting.get_or_create(&labels(&[("priority", "0")])).set(0);
