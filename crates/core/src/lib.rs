@@ -11,6 +11,7 @@
 //! - [`scheduler`]: state snapshot in, placement plan out.
 //! - [`session`]: the leader's decisions in a worker session (reconcile, replies).
 //! - [`journal`]: the replicated event journal.
+//! - [`records`]: finished tasks' records, stored outside the in-memory state.
 //! - [`reason`]: why things happened (refusals, failures, losses), as data; text at the edge.
 //! - [`units`]: durations and sizes as users write them.
 //! - [`rng`]: a seeded generator for tests, simulations and fault schedules.
@@ -20,6 +21,7 @@ pub mod index_set;
 pub mod journal;
 pub mod model;
 pub mod reason;
+pub mod records;
 pub mod rng;
 pub mod scheduler;
 pub mod session;

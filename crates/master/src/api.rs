@@ -241,8 +241,9 @@ async fn job_results(
     let limit = number(&q, "limit", u64::MAX)?;
     read_barrier(&master, &q).await?;
     let data = master.shared.read();
+    let records = master.shared.records();
     let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
-    Ok(Json(TaskResultView::list(job, offset, limit)))
+    Ok(Json(TaskResultView::list(job, offset, limit, &records).map_err(records_failure)?))
 }
 
 async fn job_result(
@@ -253,8 +254,9 @@ async fn job_result(
     let id = job_id(&id)?;
     read_barrier(&master, &q).await?;
     let data = master.shared.read();
+    let records = master.shared.records();
     let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
-    Ok(Json(JobResult::from_job(job)))
+    Ok(Json(JobResult::from_job(job, &records).map_err(records_failure)?))
 }
 
 async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<Status>, Failure> {
@@ -443,6 +445,12 @@ async fn purge_jobs(State(master): State<Shared>, body: Bytes) -> Result<Json<Pu
 
 /// The answer for a job id the state does not hold: removed (410, with when and why) or never
 /// known (404).
+/// The stored task records could not be read: the disk, not the request.
+pub fn records_failure(e: flotilla_core::records::RecordError) -> Failure {
+    tracing::error!(error = %e, "cannot read task records");
+    failure(ApiErrorCode::Internal, e.to_string())
+}
+
 pub fn missing_job(state: &flotilla_core::state::ClusterState, id: u64) -> Failure {
     match state.job_presence(id) {
         JobPresence::Removed(removal) => failure(ApiErrorCode::Gone, removed_message(id, removal)),

@@ -275,12 +275,13 @@ async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
         return cors(crate::api::bad_request(format!("job id must be a number, not '{id}'")));
     };
     let data = master.shared.read();
-    match data.state.job(id) {
-        Some(job) => cors(Json(JobPage {
-            detail: JobDetail::from_job(job, unschedulable_reason(&data.state, job)),
-            results: TaskResultView::list(job, 0, JOB_TASKS),
-        })),
-        None => cors(crate::api::missing_job(&data.state, id)),
+    let records = master.shared.records();
+    let Some(job) = data.state.job(id) else { return cors(crate::api::missing_job(&data.state, id)) };
+    match TaskResultView::list(job, 0, JOB_TASKS, &records) {
+        Ok(results) => {
+            cors(Json(JobPage { detail: JobDetail::from_job(job, unschedulable_reason(&data.state, job)), results }))
+        }
+        Err(e) => cors(crate::api::records_failure(e)),
     }
 }
 

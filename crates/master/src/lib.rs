@@ -237,7 +237,8 @@ async fn peers_run_a_group(config: &MasterConfig) -> bool {
 fn quarantine(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     let aside = dir.join(format!("corrupt-{}", flotilla_proto::time::now_ms()));
     std::fs::create_dir_all(&aside)?;
-    for name in ["raft-log.redb", "snapshot.redb"] {
+    let files = std::iter::once("raft-log.redb").chain(flotilla_raft::state_machine::STATE_FILES);
+    for name in files {
         let from = dir.join(name);
         if from.exists() {
             std::fs::rename(&from, aside.join(name))?;

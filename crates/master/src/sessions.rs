@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use flotilla_core::command::Kill;
+use flotilla_core::records::RecordReader;
 use flotilla_core::state::ClusterState;
 use flotilla_core::Command;
 use flotilla_proto::codec;
@@ -42,9 +43,10 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 struct Current<'a>(&'a Shared);
 
 impl Replica for Current<'_> {
-    fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+    fn read<R>(&self, f: impl FnOnce(&ClusterState, &dyn RecordReader) -> R) -> R {
         let data = self.0.read();
-        f(&data.state)
+        let records = self.0.records();
+        f(&data.state, &records)
     }
 }
 
@@ -150,6 +152,9 @@ impl Sessions {
                 tracing::warn!(%worker, incarnation, silent_s = silent.as_secs_f64(), "worker lost")
             }
             Observation::ProtocolError { session, error } => tracing::debug!(session, %error, "worker session ended"),
+            Observation::RecordsUnreadable { task, error } => {
+                tracing::error!(%task, %error, "cannot send an assignment: the stored task records are unreadable")
+            }
         }
     }
 

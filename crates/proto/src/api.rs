@@ -15,6 +15,7 @@
 //! Reads are linearizable unless `stale=true`. A follower answers writes and linearizable reads
 //! with `421 Misdirected Request` and an [`ApiError`] naming the leader; clients retry there.
 
+use flotilla_core::records::{self, RecordError, RecordReader};
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -697,19 +698,26 @@ impl TaskResultView {
         }
     }
 
-    /// Every task of a job in index order, `offset`/`limit` applied.
-    pub fn list(job: &Job, offset: u64, limit: u64) -> Vec<Self> {
-        let mut out = Vec::new();
+    /// Every task of a job in index order, `offset`/`limit` applied: those in flight from the
+    /// state, finished ones from the stored records.
+    pub fn list(job: &Job, offset: u64, limit: u64, records: &dyn RecordReader) -> Result<Vec<Self>, RecordError> {
         let never_ran_state =
             if job.state == state::JobState::Cancelled { TaskState::Cancelled } else { TaskState::Waiting };
         let indices = job.spec.indices();
-        for index in indices.iter().skip(offset as usize).take(limit as usize) {
-            out.push(match job.tasks.get(&index) {
-                Some(task) => Self::from_task(index, task),
-                None => Self::never_ran(index, never_ran_state),
-            });
-        }
-        out
+        let page: Vec<u64> = indices.iter().skip(offset as usize).take(limit.min(usize::MAX as u64) as usize).collect();
+        // The page's finished tasks are among the first `page.len()` records from its start.
+        let stored: BTreeMap<u64, state::Task> = match page.first() {
+            Some(&first) => records.array_records(job.id, first, page.len())?.into_iter().collect(),
+            None => BTreeMap::new(),
+        };
+        Ok(page
+            .into_iter()
+            .map(|index| match (job.tasks.get(&index), stored.get(&index)) {
+                (Some(task), _) => Self::from_task(index, task),
+                (None, Some(task)) if job.finished(index).is_some() => Self::from_task(index, task),
+                _ => Self::never_ran(index, never_ran_state),
+            })
+            .collect())
     }
 }
 
@@ -724,12 +732,12 @@ pub struct JobResult {
 }
 
 impl JobResult {
-    pub fn from_job(job: &Job) -> Self {
-        let truncated = match &job.reduce {
-            Some(t) => t.result.as_ref().is_some_and(|r| r.outcome.stdout.truncated),
-            None => job.tasks.values().any(|t| t.result.as_ref().is_some_and(|r| r.outcome.stdout.truncated)),
+    pub fn from_job(job: &Job, records: &dyn RecordReader) -> Result<Self, RecordError> {
+        let (result, truncated) = match records::job_result(job, records)? {
+            Some((text, truncated)) => (Some(text), truncated),
+            None => (None, false),
         };
-        JobResult { id: job.id, state: job.state.into(), result: job.result_text(), truncated }
+        Ok(JobResult { id: job.id, state: job.state.into(), result, truncated })
     }
 }
 

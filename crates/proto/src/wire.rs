@@ -15,6 +15,7 @@
 //! Every master message carries the sender's Raft term; a worker ignores messages from a term
 //! lower than the highest it has seen, so a deposed leader cannot make it act.
 
+use flotilla_core::records::{self, RecordError, RecordReader};
 use serde::{Deserialize, Serialize};
 
 use flotilla_core::model::{Fence, NodeId, Outcome, TaskId, TaskSlot};
@@ -165,13 +166,21 @@ impl RunTask {
     /// The message that makes a worker run one committed attempt, built from the state:
     /// the job's command, or for the reduce step `/bin/sh -c REDUCE` with the tasks' stdout
     /// on its stdin.
-    pub fn for_attempt(state: &ClusterState, task: TaskId, fence: Fence) -> Option<RunTask> {
-        let job = state.job(task.job)?;
+    /// `None` if the state has no such job (or no reduce step); an error if the stored records
+    /// the reduce step reads could not be read.
+    pub fn for_attempt(
+        state: &ClusterState,
+        records: &dyn RecordReader,
+        task: TaskId,
+        fence: Fence,
+    ) -> Result<Option<RunTask>, RecordError> {
+        let Some(job) = state.job(task.job) else { return Ok(None) };
         let (command, stdin) = match task.slot {
             TaskSlot::Array(_) => (job.spec.command.clone(), None),
             TaskSlot::Reduce => {
-                let reduce = job.spec.reduce.clone()?;
-                (vec!["/bin/sh".to_string(), "-c".to_string(), reduce], Some(job.reduce_input()))
+                let Some(reduce) = job.spec.reduce.clone() else { return Ok(None) };
+                let input = records::concatenated_stdout(job, records)?;
+                (vec!["/bin/sh".to_string(), "-c".to_string(), reduce], Some(input))
             }
         };
         let mut env: Vec<(String, String)> = job.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -190,7 +199,7 @@ impl RunTask {
                 env.push(("FLOTILLA_MEMORY".to_string(), grant.memory.to_string()));
             }
         }
-        Some(RunTask { task, fence, command, env, cpus: job.spec.cpus, timeout_ms: job.spec.timeout_ms, stdin })
+        Ok(Some(RunTask { task, fence, command, env, cpus: job.spec.cpus, timeout_ms: job.spec.timeout_ms, stdin }))
     }
 }
 

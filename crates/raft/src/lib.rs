@@ -5,8 +5,10 @@
 //!   [`flotilla_core::Proposal`]; its result is one [`Applied`]).
 //! - [`log_store`]: the Raft log, vote and committed index in `redb`, fsynced before openraft
 //!   is told they are durable.
-//! - [`state_machine`]: the in-memory [`flotilla_core::ClusterState`] plus snapshots persisted in
-//!   `redb`, rebuilt on restart from the last snapshot and the committed log.
+//! - [`state_machine`]: the in-memory [`flotilla_core::ClusterState`] and snapshot files,
+//!   built without stopping apply, sent and installed in chunks; rebuilt on restart from the
+//!   last snapshot and the committed log.
+//! - [`state_store`]: finished tasks' records on disk (`state.redb`), written as entries apply.
 //! - [`network`]: openraft's RPCs over gRPC to the peers.
 //! - [`rtt`]: round trips to the peers, and the replication timeouts that follow them.
 //! - [`config`]: timing defaults.
@@ -19,8 +21,7 @@ pub mod log_store;
 pub mod network;
 pub mod rtt;
 pub mod state_machine;
-
-use std::io::Cursor;
+pub mod state_store;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +42,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -318,7 +318,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn create_database(path: &Path) -> Result<Database, OpenError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        match Database::create(path) {
+        // redb's default cache is 1 GiB: the log is read back from the in-memory tail, so a
+        // small cache is enough and keeps the master's memory flat.
+        match Database::builder().set_cache_size(16 << 20).create(path) {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }

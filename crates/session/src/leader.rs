@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use flotilla_core::command::{Command, Kill, Response, WorkerInfo};
 use flotilla_core::model::{Fence, NodeId, TaskId, MAX_NAME_LEN};
 use flotilla_core::reason::LostReason;
+use flotilla_core::records::RecordReader;
 use flotilla_core::scheduler;
 use flotilla_core::session::{self, Reply};
 use flotilla_core::state::{ClusterState, WorkerState};
@@ -33,12 +34,19 @@ use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_V
 /// a report does not): the master's shell reads under the state's lock, the simulation and the
 /// tests hand the state itself.
 pub trait Replica {
-    fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R;
+    /// Runs `f` on the state and the stored records of the same applied entry.
+    fn read<R>(&self, f: impl FnOnce(&ClusterState, &dyn RecordReader) -> R) -> R;
 }
 
-impl Replica for ClusterState {
-    fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
-        f(self)
+/// A state and its records, borrowed (the simulation's replica).
+pub struct StateView<'a> {
+    pub state: &'a ClusterState,
+    pub records: &'a dyn RecordReader,
+}
+
+impl Replica for StateView<'_> {
+    fn read<R>(&self, f: impl FnOnce(&ClusterState, &dyn RecordReader) -> R) -> R {
+        f(self.state, self.records)
     }
 }
 
@@ -133,6 +141,12 @@ pub enum Observation {
     ProtocolError {
         session: SessionId,
         error: ProtocolError,
+    },
+    /// An assignment could not be sent: the stored records its reduce step reads could not be
+    /// read. The worker's next reconcile tries again.
+    RecordsUnreadable {
+        task: TaskId,
+        error: Arc<str>,
     },
 }
 
@@ -397,9 +411,8 @@ impl LeaderCore {
         let name = match stage {
             Stage::AwaitHello { .. } => {
                 match msg {
-                    WorkerMsg::Hello { protocol, info, known, highest_term: _ } => {
-                        state.read(|state| self.hello(now, state, session, protocol, info, known, out))
-                    }
+                    WorkerMsg::Hello { protocol, info, known, highest_term: _ } => state
+                        .read(|state, records| self.hello(now, state, records, session, protocol, info, known, out)),
                     _ => {
                         out.push(Effect::Observe(Observation::ProtocolError {
                             session,
@@ -481,6 +494,7 @@ impl LeaderCore {
         &mut self,
         now: Instant,
         state: &ClusterState,
+        records: &dyn RecordReader,
         session: SessionId,
         protocol: u32,
         info: WorkerInfo,
@@ -503,16 +517,18 @@ impl LeaderCore {
                 self.sessions.insert(session, Stage::AwaitReady { since: now, info, known });
                 self.waiting.insert(session);
             }
-            Role::Leading(_) => self.admit(now, state, session, info, known, out),
+            Role::Leading(_) => self.admit(now, state, records, session, info, known, out),
         }
     }
 
     /// Admits a worker on a ready leader: refuses a bad name or a second live process under
     /// the same name, re-attaches the same process, or registers it anew.
+    #[allow(clippy::too_many_arguments)]
     fn admit(
         &mut self,
         now: Instant,
         state: &ClusterState,
+        records: &dyn RecordReader,
         session: SessionId,
         info: WorkerInfo,
         known: Vec<(TaskId, Fence)>,
@@ -547,7 +563,7 @@ impl LeaderCore {
             lead.last_seen.insert(name.clone(), now);
         }
         match attached {
-            Some(incarnation) => self.welcome(now, state, session, name, incarnation, &known, true, out),
+            Some(incarnation) => self.welcome(now, state, records, session, name, incarnation, &known, true, out),
             None => {
                 self.sessions.insert(session, Stage::Registering { name, known });
                 self.propose(vec![Command::RegisterWorker(info)], Origin::Register { session }, out);
@@ -567,6 +583,7 @@ impl LeaderCore {
         &mut self,
         now: Instant,
         state: &ClusterState,
+        records: &dyn RecordReader,
         session: SessionId,
         name: Arc<str>,
         incarnation: u64,
@@ -589,11 +606,8 @@ impl LeaderCore {
         self.send(session, MasterBody::Welcome { leader: self.config.me, incarnation, heartbeat_ms }, out);
         out.push(Effect::Observe(Observation::SessionOpened { worker: name.clone(), incarnation, attached }));
         let plan = session::reconcile(state, &name, known);
-        let mut bodies: Vec<MasterBody> = plan
-            .run
-            .iter()
-            .filter_map(|(task, fence)| RunTask::for_attempt(state, *task, *fence).map(MasterBody::Run))
-            .collect();
+        let mut bodies: Vec<MasterBody> =
+            plan.run.iter().filter_map(|(task, fence)| self.run_message(state, records, *task, *fence, out)).collect();
         bodies.extend(plan.stop.iter().map(|(task, fence)| MasterBody::Stop { task: *task, fence: *fence }));
         if let Some(body) = MasterBody::batch(bodies) {
             self.send(session, body, out);
@@ -621,7 +635,7 @@ impl LeaderCore {
         if !liveness && lead.plan_in_flight {
             return; // nothing to read the state for
         }
-        state.read(|state| {
+        state.read(|state, _| {
             if liveness {
                 self.check_liveness(now, state, out);
             }
@@ -752,7 +766,7 @@ impl LeaderCore {
             // Answers to reports need no state.
             Origin::Reports { session, reports } => self.answer_reports(session, reports, responses, out),
             Origin::Lost { .. } => {}
-            other => state.read(|state| self.applied(now, state, other, responses, out)),
+            other => state.read(|state, records| self.applied(now, state, records, other, responses, out)),
         }
     }
 
@@ -793,6 +807,7 @@ impl LeaderCore {
         &mut self,
         now: Instant,
         state: &ClusterState,
+        records: &dyn RecordReader,
         origin: Origin,
         responses: &[Response],
         out: &mut Vec<Effect>,
@@ -811,7 +826,7 @@ impl LeaderCore {
                     .collect();
                 for session in waiting {
                     if let Some(Stage::AwaitReady { info, known, .. }) = self.sessions.remove(&session) {
-                        self.admit(now, state, session, info, known, out);
+                        self.admit(now, state, records, session, info, known, out);
                     }
                 }
                 self.schedule(now, state, out);
@@ -820,7 +835,7 @@ impl LeaderCore {
                 let Some(Stage::Registering { name, known }) = self.sessions.remove(&session) else { return };
                 match responses.first() {
                     Some(Response::WorkerRegistered { incarnation, .. }) => {
-                        self.welcome(now, state, session, name, *incarnation, &known, false, out)
+                        self.welcome(now, state, records, session, name, *incarnation, &known, false, out)
                     }
                     Some(Response::Invalid { reason }) => {
                         self.refuse(session, reason.to_string(), out);
@@ -843,8 +858,8 @@ impl LeaderCore {
                     out.push(Effect::Observe(Observation::Placement { took, assigned: runs.len() }));
                     let mut by_worker: BTreeMap<&str, Vec<MasterBody>> = BTreeMap::new();
                     for run in runs {
-                        if let Some(msg) = RunTask::for_attempt(state, run.task, run.fence) {
-                            by_worker.entry(run.worker.as_str()).or_default().push(MasterBody::Run(msg));
+                        if let Some(msg) = self.run_message(state, records, run.task, run.fence, out) {
+                            by_worker.entry(run.worker.as_str()).or_default().push(msg);
                         }
                     }
                     self.push(by_worker, out);
@@ -853,6 +868,24 @@ impl LeaderCore {
                 self.schedule(now, state, out);
             }
             Origin::Reports { .. } | Origin::Lost { .. } => {}
+        }
+    }
+
+    /// The message that runs one committed attempt.
+    fn run_message(
+        &self,
+        state: &ClusterState,
+        records: &dyn RecordReader,
+        task: TaskId,
+        fence: Fence,
+        out: &mut Vec<Effect>,
+    ) -> Option<MasterBody> {
+        match RunTask::for_attempt(state, records, task, fence) {
+            Ok(run) => run.map(MasterBody::Run),
+            Err(error) => {
+                out.push(Effect::Observe(Observation::RecordsUnreadable { task, error: Arc::from(error.to_string()) }));
+                None
+            }
         }
     }
 

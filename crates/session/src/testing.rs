@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_core::command::{Command, Proposal, Response, WorkerInfo};
 use flotilla_core::model::JobSpec;
+use flotilla_core::records::{MemRecords, RecordReader};
 use flotilla_core::state::{ApplyCtx, ClusterState};
 use flotilla_proto::codec;
 
@@ -74,13 +75,20 @@ impl<E: Wire> Outbox<E> {
 /// A replicated state and a clock, applying commands as committed entries.
 pub struct Cluster {
     pub state: ClusterState,
+    pub records: MemRecords,
     pub t0: Instant,
     index: u64,
 }
 
+impl crate::leader::Replica for Cluster {
+    fn read<R>(&self, f: impl FnOnce(&ClusterState, &dyn RecordReader) -> R) -> R {
+        f(&self.state, &self.records)
+    }
+}
+
 impl Cluster {
     pub fn new() -> Self {
-        Cluster { state: ClusterState::new(), t0: Instant::now(), index: 0 }
+        Cluster { state: ClusterState::new(), records: MemRecords::new(), t0: Instant::now(), index: 0 }
     }
 
     pub fn at(&self, ms: u64) -> Instant {
@@ -92,6 +100,7 @@ impl Cluster {
         self.index += 1;
         let at_ms = 1_000 + self.index;
         let responses = self.state.apply(ApplyCtx { index: self.index, term, at_ms }, &Proposal::new(at_ms, commands));
+        self.records.apply(self.state.take_record_ops());
         self.state.sanity_check();
         responses
     }

@@ -46,12 +46,13 @@ use flotilla_core::command::{Command, Proposal, Response};
 use flotilla_core::index_set::IndexSet;
 use flotilla_core::model::{Captured, Fence, JobSpec, Outcome, TaskId, TaskSlot, MAX_WORKER_LOSSES};
 use flotilla_core::reason::{JobFailure, TaskFailure};
+use flotilla_core::records::{self, MemRecords, RecordReader};
 use flotilla_core::rng::Rng;
-use flotilla_core::state::{ApplyCtx, ClusterState, JobState};
+use flotilla_core::state::{ApplyCtx, ClusterState, JobState, TaskState};
 use flotilla_proto::codec;
 use flotilla_proto::wire::{MasterMsg, RunTask, WorkerMsg};
 use flotilla_session::agent::{self, AgentConfig, AgentCore, LinkError};
-use flotilla_session::leader::{self, Failure, LeaderConfig, LeaderCore, ProposalId, SessionId};
+use flotilla_session::leader::{self, Failure, LeaderConfig, LeaderCore, ProposalId, SessionId, StateView};
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -279,6 +280,8 @@ struct Sim {
     /// (at, master, term, proposal, responses).
     outcomes: Vec<(u64, usize, u64, ProposalId, Vec<Response>)>,
     state: ClusterState,
+    /// The finished tasks' records the applied entries stored (a master's `state.redb`).
+    records: MemRecords,
     log: Vec<(ApplyCtx, Proposal)>,
     net: BinaryHeap<InFlight>,
     /// The last delivery time on each stream direction (streams are ordered).
@@ -376,6 +379,7 @@ impl Sim {
             refused: Vec::new(),
             outcomes: Vec::new(),
             state: ClusterState::new(),
+            records: MemRecords::new(),
             log: Vec::new(),
             net: BinaryHeap::new(),
             stream_clock: HashMap::new(),
@@ -537,7 +541,13 @@ impl Sim {
             if leads {
                 let now = self.instant();
                 let mut out = Vec::new();
-                self.masters[node].core.on_applied(now, &self.state, id, &responses, &mut out);
+                self.masters[node].core.on_applied(
+                    now,
+                    &StateView { state: &self.state, records: &self.records },
+                    id,
+                    &responses,
+                    &mut out,
+                );
                 self.master_effects(node, out);
             }
         }
@@ -547,6 +557,7 @@ impl Sim {
         let ctx = ApplyCtx { index: self.log.len() as u64 + 1, term, at_ms: self.now };
         let proposal = Proposal::new(self.now, commands);
         let responses = self.state.apply(ctx, &proposal);
+        self.records.apply(self.state.take_record_ops());
         self.state.sanity_check();
         for (command, response) in proposal.commands.iter().zip(&responses) {
             match (command, response) {
@@ -622,7 +633,7 @@ impl Sim {
             }
             let now = self.instant();
             let mut out = Vec::new();
-            self.masters[node].core.on_tick(now, &self.state, &mut out);
+            self.masters[node].core.on_tick(now, &StateView { state: &self.state, records: &self.records }, &mut out);
             self.master_effects(node, out);
         }
     }
@@ -698,7 +709,13 @@ impl Sim {
                     if self.reachable(node) {
                         let now = self.instant();
                         let mut out = Vec::new();
-                        self.masters[node].core.on_message(now, &self.state, session, msg, &mut out);
+                        self.masters[node].core.on_message(
+                            now,
+                            &StateView { state: &self.state, records: &self.records },
+                            session,
+                            msg,
+                            &mut out,
+                        );
                         self.master_effects(node, out);
                     }
                 }
@@ -754,7 +771,7 @@ impl Sim {
             return;
         };
         let plan = &self.plans[&job.id];
-        let checked = match check_job(job, plan) {
+        let checked = match check_job(job, &self.records, plan) {
             Ok(c) => c,
             Err(e) => panic!("before purging: {e}"),
         };
@@ -1128,16 +1145,26 @@ impl Sim {
                 }
                 continue;
             };
-            let checked = check_job(job, plan)?;
+            let checked = check_job(job, &self.records, plan)?;
             self.report.tasks += checked.tasks;
             self.report.failed_by_losses += u64::from(checked.failed_by_losses);
         }
         let mut replay = ClusterState::new();
+        let mut replayed = MemRecords::new();
         for (ctx, proposal) in &self.log {
             replay.apply(*ctx, proposal);
+            replayed.apply(replay.take_record_ops());
         }
         if replay != self.state {
             return Err("replaying the committed log gives a different state".into());
+        }
+        if replayed != self.records {
+            return Err("replaying the committed log gives different task records".into());
+        }
+        // Records go with their jobs: none is left of a job the state no longer has.
+        let orphans = self.records.job_ids().filter(|id| self.state.job(*id).is_none()).count();
+        if orphans > 0 {
+            return Err(format!("{orphans} removed jobs left task records behind"));
         }
         Ok(())
     }
@@ -1152,20 +1179,27 @@ struct JobCheck {
 /// A finished job is right: it succeeded with every task's expected output from its latest
 /// attempt and the expected reduce result, or it failed only because a task's workers were
 /// lost more often than the limit (by design), its other results still right.
-fn check_job(job: &flotilla_core::state::Job, plan: &Plan) -> Result<JobCheck, String> {
+fn check_job(job: &flotilla_core::state::Job, records: &MemRecords, plan: &Plan) -> Result<JobCheck, String> {
+    let record = |i: u64| {
+        records
+            .record(TaskId::array(job.id, i))
+            .map_err(|e| e.to_string())
+            .map(|r| r.or_else(|| job.tasks.get(&i).cloned()))
+    };
     let lost_too_often = matches!(
         &job.failure,
         Some(JobFailure { reason: TaskFailure::WorkerLost { times, .. }, .. }) if *times > MAX_WORKER_LOSSES
     );
     if job.state == JobState::Failed && lost_too_often {
-        for (i, task) in &job.tasks {
+        for i in 1..=plan.tasks {
+            let Some(task) = record(i)? else { continue };
             if let Some(r) = task.result.as_ref().filter(|r| r.outcome.succeeded()) {
-                if r.outcome.stdout.text.trim() != plan.expected(*i).to_string() {
+                if r.outcome.stdout.text.trim() != plan.expected(i).to_string() {
                     return Err(format!(
                         "job {} task {i}: {:?} != {}",
                         job.id,
                         r.outcome.stdout.text,
-                        plan.expected(*i)
+                        plan.expected(i)
                     ));
                 }
             }
@@ -1182,7 +1216,10 @@ fn check_job(job: &flotilla_core::state::Job, plan: &Plan) -> Result<JobCheck, S
         ));
     }
     for i in 1..=plan.tasks {
-        let task = &job.tasks[&i];
+        let task = record(i)?.ok_or_else(|| format!("job {} task {i} has no record", job.id))?;
+        if task.state != TaskState::Succeeded {
+            return Err(format!("job {} task {i} is {} in its record", job.id, task.state.name()));
+        }
         let r = task.result.as_ref().ok_or_else(|| format!("job {} task {i} has no result", job.id))?;
         if r.outcome.stdout.text.trim() != plan.expected(i).to_string() {
             return Err(format!("job {} task {i}: {:?} != {}", job.id, r.outcome.stdout.text, plan.expected(i)));
@@ -1195,8 +1232,9 @@ fn check_job(job: &flotilla_core::state::Job, plan: &Plan) -> Result<JobCheck, S
         }
     }
     let expected: u64 = (1..=plan.tasks).map(|i| plan.expected(i)).sum();
-    if job.result_text().map(|t| t.trim().to_string()) != Some(expected.to_string()) {
-        return Err(format!("job {}: reduce result {:?}, expected {expected}", job.id, job.result_text()));
+    let result = records::job_result(job, records).map_err(|e| e.to_string())?.map(|(text, _)| text);
+    if result.as_deref().map(str::trim) != Some(expected.to_string().as_str()) {
+        return Err(format!("job {}: reduce result {result:?}, expected {expected}", job.id));
     }
     Ok(JobCheck { tasks: plan.tasks, failed_by_losses: false })
 }

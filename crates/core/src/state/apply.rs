@@ -128,6 +128,8 @@ impl ClusterState {
             total,
             pending,
             tasks: BTreeMap::new(),
+            settled: BTreeMap::new(),
+            never_ran: IndexSet::new(),
             reduce: None,
             reduce_pending: false,
             counts: TaskCounts { waiting: total, ..Default::default() },
@@ -160,7 +162,12 @@ impl ClusterState {
         }
         let mut kill: Vec<Kill> = Vec::new();
         let waiting = job.pending.len();
-        job.pending.clear();
+        let mut never_ran = std::mem::take(&mut job.pending);
+        for &index in job.tasks.keys() {
+            // A re-queued task ran before: it gets a record like any other.
+            never_ran.remove(index);
+        }
+        job.never_ran = never_ran;
         job.reduce_pending = false;
         job.counts.waiting -= waiting;
         job.counts.cancelled += waiting;
@@ -190,8 +197,15 @@ impl ClusterState {
             }
         }
         let cpus = job.spec.cpus;
+        let mut settle: Vec<TaskId> = job.tasks.keys().map(|&i| TaskId::array(id, i)).collect();
+        if job.reduce.as_ref().is_some_and(|r| r.state == TaskState::Cancelled) {
+            settle.push(TaskId::reduce(id));
+        }
         for k in &kill {
             self.release(&k.worker, k.task, cpus);
+        }
+        for task in settle {
+            self.settle(task);
         }
         self.finish_job(ctx, id, JobState::Cancelled);
         Response::JobCancelled { job: id, kill }
@@ -285,6 +299,7 @@ impl ClusterState {
                 move_count(&mut job.counts, was_running, Dest::Failed);
             }
             job.failure.get_or_insert(JobFailure { task: id, reason });
+            self.settle(id);
         } else {
             wait_again(job, id.slot, was_running);
             self.journal.record(
@@ -377,12 +392,24 @@ impl ClusterState {
     }
 
     fn task_finished(&mut self, ctx: ApplyCtx, id: TaskId, fence: Fence, worker: &str, outcome: &Outcome) -> Response {
-        let current = self
-            .jobs
-            .get(&id.job)
-            .and_then(|job| job.task(id.slot))
-            .map(|task| (task.state.clone(), task.result.as_ref().map(|r| r.fence)));
-        let (state, recorded) = match current {
+        let current = self.jobs.get(&id.job).and_then(|job| match (job.task(id.slot), id.slot) {
+            (Some(task), _) => {
+                let duplicate = match &task.result {
+                    Some(r) => r.fence == fence,
+                    // A finished reduce step's result is stored; its attempt number tells.
+                    None => recorded_last(&task.state) && task.attempts == fence.attempt,
+                };
+                Some((task.state.clone(), duplicate))
+            }
+            (None, TaskSlot::Array(i)) => job.finished(i).map(|s| {
+                // A result is only ever recorded from the task's current attempt, and attempt
+                // numbers are never reused: the number names the recorded attempt.
+                let duplicate = recorded_last(&s.state) && s.attempts == fence.attempt;
+                (s.state, duplicate)
+            }),
+            (None, TaskSlot::Reduce) => None,
+        });
+        let (state, duplicate) = match current {
             Some(c) => c,
             None => {
                 return self.reject(ctx, id, fence, worker, StaleReason::NeverAssigned(id));
@@ -390,7 +417,7 @@ impl ClusterState {
         };
         let live = matches!(state.in_flight(), Some((w, f)) if f == fence && w == worker);
         if !live {
-            if recorded == Some(fence) {
+            if duplicate {
                 return Response::Duplicate;
             }
             return self.reject(ctx, id, fence, worker, StaleReason::for_state(&state, fence));
@@ -449,8 +476,31 @@ impl ClusterState {
                 }
             }
         }
+        if dest != Dest::Waiting {
+            self.settle(id);
+        }
         self.after_task_change(ctx, id.job);
         Response::ResultRecorded
+    }
+
+    /// A task reached its final state: its record goes to the stored records, and memory keeps
+    /// only what answering later reports about it needs.
+    fn settle(&mut self, id: TaskId) {
+        let Some(job) = self.jobs.get_mut(&id.job) else { return };
+        match id.slot {
+            TaskSlot::Array(i) => {
+                let Some(task) = job.tasks.remove(&i) else { return };
+                if !(task.state == TaskState::Succeeded && task.attempts == 1) {
+                    job.settled.insert(i, Settled { state: task.state.clone(), attempts: task.attempts });
+                }
+                self.record_ops.0.push(RecordOp::Put { task: id, record: Box::new(task) });
+            }
+            TaskSlot::Reduce => {
+                let Some(reduce) = job.reduce.as_mut() else { return };
+                let record = Task { result: reduce.result.take(), ..reduce.clone() };
+                self.record_ops.0.push(RecordOp::Put { task: id, record: Box::new(record) });
+            }
+        }
     }
 
     fn reject(&mut self, ctx: ApplyCtx, task: TaskId, fence: Fence, worker: &str, reason: StaleReason) -> Response {
@@ -566,6 +616,11 @@ fn task_mut(job: &mut Job, slot: TaskSlot) -> Option<&mut Task> {
         TaskSlot::Array(i) => job.tasks.get_mut(&i),
         TaskSlot::Reduce => job.reduce.as_mut(),
     }
+}
+
+/// Whether a task in `state` has its last attempt's result recorded.
+fn recorded_last(state: &TaskState) -> bool {
+    matches!(state, TaskState::Succeeded | TaskState::Failed)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

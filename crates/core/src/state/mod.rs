@@ -24,6 +24,7 @@ use crate::index_set::IndexSet;
 use crate::journal::Journal;
 use crate::model::{Fence, JobId, JobSpec, Millis, NodeId, Outcome, TaskId, TaskIndex, TaskSlot};
 use crate::reason::{JobFailure, LostReason};
+use crate::records::RecordOp;
 
 /// Submission request ids remembered for idempotent retries.
 pub const REQUEST_ID_WINDOW: usize = 100_000;
@@ -96,8 +97,18 @@ pub struct Job {
     pub total: u64,
     /// Array tasks waiting to be assigned (new or re-queued).
     pub pending: IndexSet,
+    /// Array tasks assigned at least once and not finished. A finished task's record goes to
+    /// the stored records ([`crate::records`]); memory keeps only [`Job::settled`] for it.
     pub tasks: BTreeMap<TaskIndex, Task>,
-    /// The reduce step, once it has been assigned.
+    /// Finished array tasks other than those that succeeded at their first attempt (by far the
+    /// most): their final state and attempts, so that a late or repeated report is answered
+    /// exactly as if the record were in memory. A finished task in neither map succeeded at
+    /// attempt 1.
+    pub settled: BTreeMap<TaskIndex, Settled>,
+    /// Array tasks cancelled before any attempt of them was assigned.
+    pub never_ran: IndexSet,
+    /// The reduce step, once it has been assigned. Once finished its result is in the stored
+    /// records and `result` here is empty.
     pub reduce: Option<Task>,
     /// The reduce step is waiting to be assigned.
     pub reduce_pending: bool,
@@ -106,6 +117,14 @@ pub struct Job {
     pub failure: Option<JobFailure>,
     /// Run times of its array tasks' recorded attempts, for placement by expected work.
     pub measured: Measured,
+}
+
+/// What memory keeps of a finished array task whose record is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settled {
+    /// `Succeeded`, `Failed` or `Cancelled`.
+    pub state: TaskState,
+    pub attempts: u32,
 }
 
 /// A running sum of task run times.
@@ -134,32 +153,17 @@ impl Job {
         !self.state.is_terminal() && (!self.pending.is_empty() || self.reduce_pending)
     }
 
-    /// The job's result: the reduce step's stdout, or without a reduce the tasks' stdout
-    /// concatenated in index order.
-    pub fn result_text(&self) -> Option<String> {
-        if self.state != JobState::Succeeded {
-            return None;
+    /// Where a finished array task ended, from what memory keeps: `None` if `index` is not a
+    /// finished task of this job (unknown, waiting or in flight, or never ran).
+    pub fn finished(&self, index: TaskIndex) -> Option<Settled> {
+        if let Some(s) = self.settled.get(&index) {
+            return Some(s.clone());
         }
-        match &self.reduce {
-            Some(reduce) => reduce.result.as_ref().map(|r| r.outcome.stdout.text.clone()),
-            None => Some(self.concatenated_stdout()),
-        }
-    }
-
-    /// Array tasks' stdout in index order: the reduce step's stdin.
-    pub fn concatenated_stdout(&self) -> String {
-        let mut out = String::new();
-        for task in self.tasks.values() {
-            if let Some(r) = &task.result {
-                out.push_str(&r.outcome.stdout.text);
-            }
-        }
-        out
-    }
-
-    /// What the reduce step reads: every array task's stdout, in index order.
-    pub fn reduce_input(&self) -> String {
-        self.concatenated_stdout()
+        let finished = self.spec.indices().contains(index)
+            && !self.pending.contains(index)
+            && !self.tasks.contains_key(&index)
+            && !self.never_ran.contains(index);
+        finished.then_some(Settled { state: TaskState::Succeeded, attempts: 1 })
     }
 }
 
@@ -305,7 +309,23 @@ pub struct ClusterState {
     last_entry: Option<(u64, Millis)>,
     /// Which finished jobs stay, and which were removed.
     retained: retention::Retained,
+    /// Record changes made by entries applied since the shell last took them.
+    #[serde(skip)]
+    record_ops: RecordOutbox,
 }
+
+/// The record changes `apply` made, waiting for the shell to store them. Not part of the
+/// replicated state: two replicas at the same index are equal whatever their outboxes hold.
+#[derive(Clone, Debug, Default)]
+struct RecordOutbox(Vec<RecordOp>);
+
+impl PartialEq for RecordOutbox {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for RecordOutbox {}
 
 impl Default for ClusterState {
     fn default() -> Self {
@@ -325,6 +345,7 @@ impl Default for ClusterState {
             last_assignment_term: 0,
             last_entry: None,
             retained: retention::Retained::default(),
+            record_ops: RecordOutbox::default(),
         }
     }
 }
@@ -332,6 +353,12 @@ impl Default for ClusterState {
 impl ClusterState {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The record changes of the entries applied since the last call, in order: the shell
+    /// stores them before anyone reads the state of those entries.
+    pub fn take_record_ops(&mut self) -> Vec<RecordOp> {
+        std::mem::take(&mut self.record_ops.0)
     }
 
     pub fn job(&self, id: JobId) -> Option<&Job> {
@@ -408,19 +435,36 @@ impl ClusterState {
                     }
                     TaskState::Assigned { .. } => counts.assigned += 1,
                     TaskState::Running { .. } => counts.running += 1,
-                    TaskState::Succeeded => counts.succeeded += 1,
-                    TaskState::Failed => counts.failed += 1,
-                    TaskState::Cancelled => {}
+                    finished => panic!("finished task {id} ({}) kept in memory", finished.name()),
                 }
                 if !matches!(task.state, TaskState::Waiting) {
                     assert!(!job.pending.contains(index), "task {id} both queued and {:?}", task.state);
                 }
+                assert!(!job.settled.contains_key(&index), "task {id} both in flight and settled");
                 if let Some((worker, fence)) = task.state.in_flight() {
                     let entry = held.entry(worker).or_default();
                     entry.0 += job.spec.cpus;
                     entry.1.insert(id, fence);
                 }
             }
+            let mut settled_cancelled = 0;
+            for (&index, s) in &job.settled {
+                let id = TaskId::array(job.id, index);
+                assert!(!job.pending.contains(index) && !job.never_ran.contains(index), "settled task {id} queued");
+                match s.state {
+                    TaskState::Succeeded => counts.succeeded += 1,
+                    TaskState::Failed => counts.failed += 1,
+                    TaskState::Cancelled => settled_cancelled += 1,
+                    ref other => panic!("task {id} settled as {}", other.name()),
+                }
+            }
+            assert!(job.pending.is_empty() || job.never_ran.is_empty(), "job {} both queued and never ran", job.id);
+            assert_eq!(job.counts.cancelled, settled_cancelled + job.never_ran.len(), "job {} cancelled count", job.id);
+            // Tasks in neither map nor set succeeded at their first attempt.
+            let accounted =
+                counts.waiting + counts.assigned + counts.running + job.settled.len() as u64 + job.never_ran.len();
+            assert!(accounted <= job.total, "job {} has more tasks than it was given", job.id);
+            counts.succeeded += job.total - accounted;
             if let Some(reduce) = &job.reduce {
                 if let Some((worker, fence)) = reduce.state.in_flight() {
                     let entry = held.entry(worker).or_default();

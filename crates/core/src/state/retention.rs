@@ -183,6 +183,7 @@ impl ClusterState {
     fn remove_job(&mut self, id: JobId, now: Millis, reason: RemovalReason) {
         let Some(job) = self.jobs.remove(&id) else { return };
         debug_assert!(job.state.is_terminal(), "removing unfinished job {id}");
+        self.record_ops.0.push(crate::records::RecordOp::RemoveJob(id));
         if let Some(at) = job.finished_at {
             self.retained.finished.remove(&(at, id));
         }

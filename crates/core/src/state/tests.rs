@@ -5,12 +5,15 @@ use crate::command::{Command, Placement, Proposal, Response, WorkerInfo};
 use crate::journal::EventKind;
 use crate::model::{Captured, Outcome, SpecError, MAX_WORKER_LOSSES};
 use crate::reason::{LostReason, Refusal, TaskFailure};
+use crate::records::RecordReader;
 use crate::scheduler;
 use proptest::prelude::*;
 
 /// Drives a `ClusterState` the way the leader would: numbered entries, an advancing clock.
 pub(crate) struct Driver {
     pub state: ClusterState,
+    /// The finished tasks' records the applied entries stored.
+    pub records: crate::records::MemRecords,
     pub log: Vec<(ApplyCtx, Proposal)>,
     pub term: u64,
     pub now: Millis,
@@ -18,7 +21,7 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub fn new() -> Self {
-        Driver { state: ClusterState::new(), log: Vec::new(), term: 1, now: 1_000 }
+        Driver { state: ClusterState::new(), records: Default::default(), log: Vec::new(), term: 1, now: 1_000 }
     }
 
     pub fn apply(&mut self, command: Command) -> Response {
@@ -26,6 +29,7 @@ impl Driver {
         let ctx = ApplyCtx { index: self.log.len() as u64 + 1, term: self.term, at_ms: self.now };
         let proposal = Proposal::new(self.now, vec![command]);
         let mut responses = self.state.apply(ctx, &proposal);
+        self.records.apply(self.state.take_record_ops());
         self.log.push((ctx, proposal));
         self.state.sanity_check();
         responses.pop().expect("one response per command")
@@ -121,11 +125,13 @@ fn a_job_with_a_reduce_runs_to_completion() {
     assert_eq!(d.state.job(job).unwrap().state, JobState::Reducing);
     let runs = d.schedule();
     assert_eq!(runs[0].task, TaskId::reduce(job));
-    assert_eq!(d.state.job(job).unwrap().reduce_input(), "1\n2\n3\n");
+    let input = crate::records::concatenated_stdout(d.state.job(job).unwrap(), &d.records).unwrap();
+    assert_eq!(input, "1\n2\n3\n");
     d.finish(&runs[0], 0, "6\n");
     let j = d.state.job(job).unwrap();
     assert_eq!(j.state, JobState::Succeeded);
-    assert_eq!(j.result_text().as_deref(), Some("6\n"));
+    let result = crate::records::job_result(j, &d.records).unwrap().map(|(text, _)| text);
+    assert_eq!(result.as_deref(), Some("6\n"));
     assert_eq!(d.replay(), d.state);
 }
 
@@ -564,8 +570,45 @@ fn regression_cancelling_a_job_with_a_requeued_task() {
     assert_eq!(d.state.job(job).unwrap().counts.waiting, 1, "re-queued for its retry");
     d.apply(Command::CancelJob { job });
     let j = d.state.job(job).unwrap();
-    assert_eq!(j.tasks[&1].state, TaskState::Cancelled);
+    assert_eq!(j.settled[&1].state, TaskState::Cancelled);
     assert_eq!(j.counts.cancelled, 1);
+    let record = d.records.record(TaskId::array(job, 1)).unwrap().expect("the cancelled task's record");
+    assert_eq!((record.state, record.attempts), (TaskState::Cancelled, 1));
+}
+
+#[test]
+fn finished_tasks_leave_memory_for_the_records_and_go_with_their_job() {
+    let mut d = Driver::new();
+    let job = d.submit(JobSpec { retries: 1, ..spec("1-100") });
+    d.worker("a", 100);
+    let runs = d.schedule();
+    for run in &runs {
+        let exit = if run.task.slot == TaskSlot::Array(7) { 1 } else { 0 };
+        d.finish(run, exit, "out\n");
+    }
+    let retry = d.schedule().remove(0);
+    d.finish(&retry, 0, "second\n");
+    let j = d.state.job(job).unwrap();
+    assert_eq!(j.state, JobState::Succeeded);
+    assert!(j.tasks.is_empty(), "no finished task stays in memory");
+    // Only the task that needed two attempts is remembered, by state and attempts.
+    assert_eq!(j.settled.len(), 1);
+    assert_eq!(j.settled[&7], Settled { state: TaskState::Succeeded, attempts: 2 });
+    assert_eq!(d.records.len(), 100);
+    let seventh = d.records.record(TaskId::array(job, 7)).unwrap().unwrap();
+    assert_eq!(seventh.result.unwrap().outcome.stdout.text, "second\n");
+    let page = d.records.array_records(job, 95, 10).unwrap();
+    assert_eq!(page.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![95, 96, 97, 98, 99, 100]);
+
+    // A repeated report of a settled task is a duplicate; one from an older attempt is stale.
+    assert_eq!(d.finish(&runs[0], 0, "out\n"), Response::Duplicate);
+    assert_eq!(d.finish(&retry, 0, "second\n"), Response::Duplicate);
+    let first_of_seventh = runs.iter().find(|r| r.task.slot == TaskSlot::Array(7)).unwrap();
+    assert!(matches!(d.finish(first_of_seventh, 0, "late"), Response::Stale { .. }));
+
+    let purged = d.apply(Command::PurgeJobs { jobs: vec![job] });
+    assert!(matches!(purged, Response::JobsPurged(_)));
+    assert!(d.records.is_empty(), "the job's records went with it");
 }
 
 #[test]

@@ -47,19 +47,19 @@ impl Leader {
     fn commit(&mut self, ms: u64, id: ProposalId, commands: Vec<Command>) -> Vec<Response> {
         let responses = self.cluster.commit(TERM, commands);
         let now = self.cluster.at(ms);
-        self.core.on_applied(now, &self.cluster.state, id, &responses, &mut self.out.effects);
+        self.core.on_applied(now, &self.cluster, id, &responses, &mut self.out.effects);
         responses
     }
 
     fn message(&mut self, ms: u64, session: SessionId, m: WorkerMsg) -> Vec<Effect> {
         let now = self.cluster.at(ms);
-        self.core.on_message(now, &self.cluster.state, session, m, &mut self.out.effects);
+        self.core.on_message(now, &self.cluster, session, m, &mut self.out.effects);
         self.out.take()
     }
 
     fn tick(&mut self, ms: u64) -> Vec<Effect> {
         let now = self.cluster.at(ms);
-        self.core.on_tick(now, &self.cluster.state, &mut self.out.effects);
+        self.core.on_tick(now, &self.cluster, &mut self.out.effects);
         self.out.take()
     }
 
@@ -134,7 +134,15 @@ fn the_same_process_reattaches_without_a_registration_and_is_reconciled() {
     l.commit(25, id, commands);
     let effects = l.out.take();
     let runs: Vec<RunTask> = (1..=2)
-        .map(|i| RunTask::for_attempt(&l.cluster.state, TaskId::array(job, i), Fence { term: TERM, attempt: 1 }))
+        .map(|i| {
+            RunTask::for_attempt(
+                &l.cluster.state,
+                &l.cluster.records,
+                TaskId::array(job, i),
+                Fence { term: TERM, attempt: 1 },
+            )
+            .unwrap()
+        })
         .map(|r| r.expect("assigned"))
         .collect();
     let run = |i: usize| runs[i - 1].clone();
@@ -207,7 +215,7 @@ fn a_follower_names_the_leader() {
     core.follow(5, Some("10.0.0.3:7700".into()), &mut out.effects);
     assert_eq!(out.take(), vec![]);
     core.open(cluster.at(0), 1);
-    core.on_message(cluster.at(0), &cluster.state, 1, hello("w1", 1, vec![]), &mut out.effects);
+    core.on_message(cluster.at(0), &cluster, 1, hello("w1", 1, vec![]), &mut out.effects);
     let body = MasterBody::NotLeader { leader: Some("10.0.0.3:7700".into()) };
     assert_eq!(
         out.take(),
@@ -223,10 +231,10 @@ fn a_hello_waits_for_the_new_leader_to_be_ready() {
     core.lead(cluster.at(0), TERM, &mut out.effects);
     out.take();
     core.open(cluster.at(1), 1);
-    core.on_message(cluster.at(1), &cluster.state, 1, hello("w1", 1, vec![]), &mut out.effects);
+    core.on_message(cluster.at(1), &cluster, 1, hello("w1", 1, vec![]), &mut out.effects);
     assert_eq!(out.take(), vec![], "not ready: the hello waits");
     let responses = cluster.commit(TERM, vec![Command::LeaderElected { node: 2 }]);
-    core.on_applied(cluster.at(2), &cluster.state, 1, &responses, &mut out.effects);
+    core.on_applied(cluster.at(2), &cluster, 1, &responses, &mut out.effects);
     let effects = out.take();
     assert!(
         matches!(effects.as_slice(), [Effect::Propose { id: 2, commands }] if matches!(commands[0], Command::RegisterWorker(_))),
@@ -242,8 +250,8 @@ fn a_hello_that_waits_too_long_for_readiness_is_sent_away() {
     core.lead(cluster.at(0), TERM, &mut out.effects);
     out.take();
     core.open(cluster.at(0), 1);
-    core.on_message(cluster.at(0), &cluster.state, 1, hello("w1", 1, vec![]), &mut out.effects);
-    core.on_tick(cluster.at(10_000), &cluster.state, &mut out.effects);
+    core.on_message(cluster.at(0), &cluster, 1, hello("w1", 1, vec![]), &mut out.effects);
+    core.on_tick(cluster.at(10_000), &cluster, &mut out.effects);
     assert_eq!(
         out.take(),
         vec![
@@ -373,7 +381,7 @@ fn stepping_down_closes_every_session_and_forgets_pending_proposals() {
     assert_eq!(l.core.leading_term(), None);
     assert_eq!(l.core.last_seen("w1"), None);
     // A late answer to an old proposal does nothing.
-    l.core.on_applied(l.cluster.at(10), &l.cluster.state, 1, &[Response::Noted], &mut l.out.effects);
+    l.core.on_applied(l.cluster.at(10), &l.cluster, 1, &[Response::Noted], &mut l.out.effects);
     l.out.assert_empty();
 }
 
@@ -396,7 +404,7 @@ fn regression_a_worker_registering_again_after_being_lost_gets_a_fresh_grace_per
     let responses = l.cluster.commit(TERM, commands);
     assert!(matches!(responses[0], Response::WorkerRegistered { incarnation: i, .. } if i > incarnation));
     assert_eq!(l.tick(3_600), vec![], "not lost again before its welcome");
-    l.core.on_applied(l.cluster.at(3_650), &l.cluster.state, id, &responses, &mut l.out.effects);
+    l.core.on_applied(l.cluster.at(3_650), &l.cluster, id, &responses, &mut l.out.effects);
     assert!(matches!(
         l.out.take().first(),
         Some(Effect::Send { msg: MasterMsg { body: MasterBody::Welcome { .. }, .. }, .. })

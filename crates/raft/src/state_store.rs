@@ -1,0 +1,385 @@
+//! The masters' on-disk state store, `state.redb`: the finished tasks' records
+//! ([`flotilla_core::records`]) that the in-memory state hands out as it applies entries.
+//!
+//! There are two record tables, `records.a` and `records.b`, and `meta.live` names the one in
+//! use. Applying entries writes the live table, one transaction per applied batch, without an
+//! fsync: the Raft log is the durable copy, and replaying it rewrites the same records (the ops
+//! are idempotent). [`StateStore::persist`] makes everything written so far durable; a snapshot
+//! is only kept once what it covers is durable here.
+//!
+//! Installing a snapshot from the leader fills the other table in bounded transactions and then
+//! flips `live` in one durable commit, so a crash at any point leaves a live table that goes
+//! with the snapshot on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+
+use flotilla_core::model::{JobId, TaskId, TaskIndex, TaskSlot};
+use flotilla_core::records::{RecordError, RecordOp, RecordReader};
+use flotilla_core::state::Task;
+use flotilla_proto::codec;
+
+/// (job, slot): an array task's index, or [`REDUCE_KEY`].
+pub type RecordKey = (u64, u64);
+/// The reduce step's slot in a [`RecordKey`]; array indices stay below it.
+const REDUCE_KEY: u64 = u64::MAX;
+
+const RECORDS_A: TableDefinition<RecordKey, &[u8]> = TableDefinition::new("records.a");
+const RECORDS_B: TableDefinition<RecordKey, &[u8]> = TableDefinition::new("records.b");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEY_LIVE: &str = "live";
+/// The id of the snapshot whose records the live table was filled from by an install.
+const KEY_INSTALLED: &str = "installed";
+
+/// Records copied into the spare table per transaction while installing a snapshot.
+const INSTALL_BATCH: usize = 8_192;
+/// Memory redb may use for its page cache and write buffer. Its default (1 GiB) would make
+/// the master's memory grow with the records, the very thing the store exists to avoid.
+const CACHE_BYTES: usize = 32 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("state store {path}: a stored record of {task} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        task: TaskId,
+        #[source]
+        source: codec::DecodeError,
+    },
+    #[error("cannot encode the record of {task}: {source}")]
+    Encode {
+        task: TaskId,
+        #[source]
+        source: codec::EncodeError,
+    },
+}
+
+impl StoreError {
+    /// The stored data is damaged (as opposed to, say, held by another process).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Corrupt { .. } => true,
+            StoreError::Db { source, .. } => matches!(source, redb::Error::Corrupted(_)),
+            StoreError::Encode { .. } => false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    fn table(self) -> TableDefinition<'static, RecordKey, &'static [u8]> {
+        match self {
+            Side::A => RECORDS_A,
+            Side::B => RECORDS_B,
+        }
+    }
+
+    fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    fn name(self) -> &'static [u8] {
+        match self {
+            Side::A => b"a",
+            Side::B => b"b",
+        }
+    }
+}
+
+pub fn record_key(task: TaskId) -> RecordKey {
+    match task.slot {
+        TaskSlot::Array(i) => (task.job, i),
+        TaskSlot::Reduce => (task.job, REDUCE_KEY),
+    }
+}
+
+pub fn task_of(key: RecordKey) -> TaskId {
+    match key.1 {
+        REDUCE_KEY => TaskId::reduce(key.0),
+        i => TaskId::array(key.0, i),
+    }
+}
+
+pub struct StateStore {
+    db: Database,
+    path: PathBuf,
+    live: Mutex<Side>,
+}
+
+impl StateStore {
+    /// Opens or creates `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |source: redb::Error| StoreError::Db { path: path.to_path_buf(), source };
+        let db = open_database(path).map_err(|e| err(e.into()))?;
+        let live = {
+            let txn = db.begin_write().map_err(|e| err(e.into()))?;
+            let live = {
+                let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+                let live = match meta.get(KEY_LIVE).map_err(|e| err(e.into()))? {
+                    Some(v) if v.value() == b"b" => Side::B,
+                    _ => Side::A,
+                };
+                meta.insert(KEY_LIVE, live.name()).map_err(|e| err(e.into()))?;
+                live
+            };
+            txn.open_table(RECORDS_A).map_err(|e| err(e.into()))?;
+            txn.open_table(RECORDS_B).map_err(|e| err(e.into()))?;
+            txn.commit().map_err(|e| err(e.into()))?;
+            live
+        };
+        Ok(StateStore { db, path: path.to_path_buf(), live: Mutex::new(live) })
+    }
+
+    fn err(&self, source: impl Into<redb::Error>) -> StoreError {
+        StoreError::Db { path: self.path.clone(), source: source.into() }
+    }
+
+    fn live(&self) -> Side {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores the record changes of applied entries, in order, in one transaction (no fsync).
+    pub fn apply(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(Durability::None).map_err(|e| self.err(e))?;
+        {
+            let mut table = txn.open_table(self.live().table()).map_err(|e| self.err(e))?;
+            for op in ops {
+                match op {
+                    RecordOp::Put { task, record } => {
+                        let bytes = codec::encode("task record", record)
+                            .map_err(|source| StoreError::Encode { task: *task, source })?;
+                        table.insert(record_key(*task), bytes.as_slice()).map_err(|e| self.err(e))?;
+                    }
+                    RecordOp::RemoveJob(job) => {
+                        table.retain_in((*job, 0)..=(*job, REDUCE_KEY), |_, _| false).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Makes everything stored so far durable.
+    pub fn persist(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// A consistent view of the records as of the last [`StateStore::apply`].
+    pub fn reader(&self) -> Records {
+        let open = || -> Result<Reader, StoreError> {
+            let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+            let table = txn.open_table(self.live().table()).map_err(|e| self.err(e))?;
+            Ok(Reader { _txn: txn, table, path: self.path.clone() })
+        };
+        Records(open().map_err(Arc::new))
+    }
+
+    /// Starts replacing every record by a snapshot's: the spare table is emptied, then filled
+    /// with [`Install::put`]; nothing changes for readers until [`Install::finish`].
+    pub fn install(&self) -> Result<Install<'_>, StoreError> {
+        let side = self.live().other();
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.delete_table(side.table()).map_err(|e| self.err(e))?;
+        txn.open_table(side.table()).map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(Install { store: self, side, batch: Vec::with_capacity(INSTALL_BATCH), count: 0 })
+    }
+
+    /// The id of the snapshot the live records were last installed from.
+    pub fn installed(&self) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.err(e))?;
+        let value = meta.get(KEY_INSTALLED).map_err(|e| self.err(e))?;
+        Ok(value.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
+    /// Bytes of the database file.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// A snapshot's records going into the spare table.
+pub struct Install<'a> {
+    store: &'a StateStore,
+    side: Side,
+    batch: Vec<(RecordKey, Vec<u8>)>,
+    count: u64,
+}
+
+impl Install<'_> {
+    pub fn put(&mut self, key: RecordKey, value: Vec<u8>) -> Result<(), StoreError> {
+        self.batch.push((key, value));
+        self.count += 1;
+        if self.batch.len() >= INSTALL_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let store = self.store;
+        let mut txn = store.db.begin_write().map_err(|e| store.err(e))?;
+        txn.set_durability(Durability::None).map_err(|e| store.err(e))?;
+        {
+            let mut table = txn.open_table(self.side.table()).map_err(|e| store.err(e))?;
+            for (key, value) in self.batch.drain(..) {
+                table.insert(key, value.as_slice()).map_err(|e| store.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| store.err(e))
+    }
+
+    /// Records put so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Makes the new records the live ones, durably, noting the snapshot they came from.
+    pub fn finish(mut self, snapshot_id: &str) -> Result<(), StoreError> {
+        self.flush()?;
+        let store = self.store;
+        let txn = store.db.begin_write().map_err(|e| store.err(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| store.err(e))?;
+            meta.insert(KEY_LIVE, self.side.name()).map_err(|e| store.err(e))?;
+            meta.insert(KEY_INSTALLED, snapshot_id.as_bytes()).map_err(|e| store.err(e))?;
+        }
+        txn.commit().map_err(|e| store.err(e))?;
+        *store.live.lock().unwrap_or_else(|p| p.into_inner()) = self.side;
+        Ok(())
+    }
+}
+
+struct Reader {
+    _txn: ReadTransaction,
+    table: redb::ReadOnlyTable<RecordKey, &'static [u8]>,
+    path: PathBuf,
+}
+
+/// Read access to the records as they were when it was opened. Opening cannot fail; if it
+/// did, every read reports why.
+pub struct Records(Result<Reader, Arc<StoreError>>);
+
+impl Records {
+    fn reader(&self) -> Result<&Reader, RecordError> {
+        self.0.as_ref().map_err(|e| RecordError(Box::new(ArcError(e.clone()))))
+    }
+
+    /// Every record, key order, as stored (for a snapshot).
+    pub fn raw(&self) -> Result<impl Iterator<Item = Result<(RecordKey, Vec<u8>), StoreError>> + '_, StoreError> {
+        let reader = self.0.as_ref().map_err(|e| StoreError::Db {
+            path: PathBuf::new(),
+            source: redb::Error::Io(std::io::Error::other(e.to_string())),
+        })?;
+        let err = |source: redb::StorageError| StoreError::Db { path: reader.path.clone(), source: source.into() };
+        let iter = reader.table.iter().map_err(err)?;
+        Ok(iter.map(move |item| {
+            let (k, v) = item.map_err(err)?;
+            Ok((k.value(), v.value().to_vec()))
+        }))
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> Result<u64, StoreError> {
+        match &self.0 {
+            Ok(r) => r.table.len().map_err(|e| StoreError::Db { path: r.path.clone(), source: e.into() }),
+            Err(e) => Err(StoreError::Db {
+                path: PathBuf::new(),
+                source: redb::Error::Io(std::io::Error::other(e.to_string())),
+            }),
+        }
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+fn decode(reader: &Reader, key: RecordKey, bytes: &[u8]) -> Result<Task, RecordError> {
+    codec::decode("task record", bytes).map_err(|source| {
+        RecordError(Box::new(StoreError::Corrupt { path: reader.path.clone(), task: task_of(key), source }))
+    })
+}
+
+fn read_error(reader: &Reader, source: redb::StorageError) -> RecordError {
+    RecordError(Box::new(StoreError::Db { path: reader.path.clone(), source: source.into() }))
+}
+
+impl RecordReader for Records {
+    fn record(&self, task: TaskId) -> Result<Option<Task>, RecordError> {
+        let reader = self.reader()?;
+        let key = record_key(task);
+        match reader.table.get(key).map_err(|e| read_error(reader, e))? {
+            Some(v) => Ok(Some(decode(reader, key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn array_records(&self, job: JobId, from: TaskIndex, limit: usize) -> Result<Vec<(TaskIndex, Task)>, RecordError> {
+        let reader = self.reader()?;
+        let mut out = Vec::new();
+        for item in reader.table.range((job, from)..(job, REDUCE_KEY)).map_err(|e| read_error(reader, e))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| read_error(reader, e))?;
+            let key = k.value();
+            out.push((key.1, decode(reader, key, v.value())?));
+        }
+        Ok(out)
+    }
+}
+
+/// A shared open error, as an error of each read that meets it.
+#[derive(Debug)]
+struct ArcError(Arc<StoreError>);
+
+impl std::fmt::Display for ArcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ArcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
+/// Opens the database; waits a little if this process still holds it (a store just dropped
+/// releases the file shortly after).
+fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
