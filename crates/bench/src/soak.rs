@@ -5,11 +5,12 @@
 //! decaying with history), the follower's data directory size, and at the end the time for a
 //! SIGKILLed follower to restart and catch up with the leader.
 //!
-//! Not measured yet (issue 12): snapshot build time and the longest apply stall (the masters
-//! export neither), and a wiped follower's catch-up. `FLOTILLA_SOAK_JOB_TASKS=100000` (a
-//! million results retained) reproduces a stall found on 1 December 2026: progress stops
-//! somewhere between 3.6 and 10 million tasks; if a job does not finish, the masters' logs are
-//! kept in `$TMPDIR/flotilla-soak-logs`.
+//! From the leader's metrics it prints the last snapshot's size, records and build time, and
+//! the longest time a snapshot build held the state lock (the longest apply stall snapshots
+//! cause). At the end it also wipes a follower's data directory and times its rebuild by
+//! snapshot install. `FLOTILLA_SOAK_JOB_TASKS` sets the job size (the retention keeps 10 jobs,
+//! so this sets how many records are retained); if a job does not finish within two minutes,
+//! the masters' logs are kept in `$TMPDIR/flotilla-soak-logs`.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,35 @@ use crate::procfs;
 
 const JOB_TASKS: u64 = 10_000;
 const POINTS: u64 = 10;
+
+/// One metric's value from a master's `/metrics` (plain HTTP on loopback, no token needed).
+async fn metric(address: &str, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut body)).await.ok()?.ok()?;
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until the master at `address` has applied `target`; the time it took.
+async fn caught_up(
+    client: &flotilla_client::Client,
+    address: &str,
+    target: u64,
+    from: Instant,
+) -> anyhow::Result<Duration> {
+    loop {
+        if let Ok(info) = client.node(address).await {
+            if info.last_applied.unwrap_or(0) >= target {
+                return Ok(from.elapsed());
+            }
+        }
+        anyhow::ensure!(from.elapsed() < Duration::from_secs(300), "the follower did not catch up in 5 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
@@ -98,6 +128,35 @@ pub async fn run(tasks: u64) -> anyhow::Result<()> {
         format!("{:.0} MiB", procfs::mib(dir_bytes(&bench.cluster.dir.join(format!("master-{follower}"))))),
         "",
     );
+    let leader_address = bench.cluster.address(leader);
+    let m = |name: &'static str| {
+        let address = leader_address.clone();
+        async move { metric(&address, name).await.unwrap_or(f64::NAN) }
+    };
+    figure(
+        "soak",
+        "leader's last snapshot: size, records, build time",
+        format!(
+            "{:.1} MiB, {:.0}, {:.0} ms ({:.0} built)",
+            m("flotilla_snapshot_bytes").await / (1024.0 * 1024.0),
+            m("flotilla_snapshot_records").await,
+            m("flotilla_snapshot_build_seconds").await * 1000.0,
+            m("flotilla_snapshots_built").await,
+        ),
+        "",
+    );
+    figure(
+        "soak",
+        "longest apply stall from a snapshot build (state lock held)",
+        format!("{:.1} ms", m("flotilla_snapshot_lock_hold_max_seconds").await * 1000.0),
+        "< 50 ms",
+    );
+    figure(
+        "soak",
+        "leader's task records store (state.redb)",
+        format!("{:.0} MiB", m("flotilla_state_store_bytes").await / (1024.0 * 1024.0)),
+        "",
+    );
     drop(fleet);
 
     // A follower SIGKILLed and restarted from its data directory: time until it has applied
@@ -107,20 +166,16 @@ pub async fn run(tasks: u64) -> anyhow::Result<()> {
     let restart = Instant::now();
     bench.cluster.start_master(follower)?;
     let address = bench.cluster.address(follower);
-    loop {
-        if let Ok(info) = client.node(&address).await {
-            if info.last_applied.unwrap_or(0) >= target {
-                break;
-            }
-        }
-        anyhow::ensure!(restart.elapsed() < Duration::from_secs(300), "the follower did not catch up in 5 minutes");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    figure(
-        "soak",
-        "follower SIGKILL -> restarted and caught up",
-        format!("{:.2} s", restart.elapsed().as_secs_f64()),
-        "< 10 s",
-    );
+    let took = caught_up(&client, &address, target, restart).await?;
+    figure("soak", "follower SIGKILL -> restarted and caught up", format!("{:.2} s", took.as_secs_f64()), "< 10 s");
+
+    // The same follower again, its data directory wiped: the leader rebuilds it by snapshot.
+    let target = client.node(&leader_address).await?.last_applied.unwrap_or(0);
+    bench.cluster.kill_master(follower);
+    std::fs::remove_dir_all(bench.cluster.dir.join(format!("master-{follower}")))?;
+    let wiped = Instant::now();
+    bench.cluster.start_master(follower)?;
+    let took = caught_up(&client, &address, target, wiped).await?;
+    figure("soak", "follower wiped -> rebuilt by snapshot and caught up", format!("{:.2} s", took.as_secs_f64()), "");
     Ok(())
 }

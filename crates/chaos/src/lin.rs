@@ -2,10 +2,11 @@
 //! style of Wing & Gong / Lowe's search (as Porcupine and Knossos do).
 //!
 //! The model is the job registry: `submit` creates the next job (ids 1, 2, 3, … in commit
-//! order) and returns its id; `list` returns the ids of every job. A history is linearizable
+//! order) and returns its id; `purge` removes jobs (each at most once: a job removed already is
+//! reported so); `list` returns the ids of every job not removed. A history is linearizable
 //! if each operation can be placed at one instant between its invocation and its completion
-//! so that the model, run in that order, gives every answer the clients saw. A submit whose
-//! outcome the client never learned (an error after retries) may take effect or not.
+//! so that the model, run in that order, gives every answer the clients saw. A submit or purge
+//! whose outcome the client never learned (an error after retries) may take effect or not.
 
 use std::collections::HashSet;
 
@@ -17,6 +18,12 @@ pub enum Op {
     },
     List {
         ids: Vec<u64>,
+    },
+    /// A purge of `job`: `Some(true)` removed it, `Some(false)` found it removed already,
+    /// `None` when the outcome is unknown. The jobs purged are finished (the harness waits).
+    Purge {
+        job: u64,
+        removed: Option<bool>,
     },
 }
 
@@ -34,17 +41,28 @@ pub fn check(history: &[Event]) -> Result<(), String> {
     if history.len() > 128 {
         return Err(format!("history of {} operations is too long for this checker (max 128)", history.len()));
     }
+    let purged: u128 = history
+        .iter()
+        .filter_map(|e| match e.op {
+            Op::Purge { job, .. } if job < 128 => Some(1u128 << job),
+            _ => None,
+        })
+        .fold(0, |a, b| a | b);
     for e in history {
         if let Op::List { ids } = &e.op {
             let mut sorted = ids.clone();
             sorted.sort_unstable();
-            if sorted.iter().enumerate().any(|(i, id)| *id != i as u64 + 1) {
+            // Gaps are only allowed where a purge could have removed a job.
+            let listed: u128 = sorted.iter().filter(|id| **id < 128).map(|id| 1u128 << id).fold(0, |a, b| a | b);
+            let top = sorted.last().copied().unwrap_or(0);
+            let gap = (1..=top.min(127)).any(|id| listed & (1 << id) == 0 && purged & (1 << id) == 0);
+            if gap || top >= 128 {
                 return Err(format!("a read saw job ids {ids:?}, which are not 1..n"));
             }
         }
     }
     let mut seen = HashSet::new();
-    if search(history, 0, 0, &mut seen) {
+    if search(history, 0, Registry::default(), &mut seen) {
         Ok(())
     } else {
         Err(format!("no linearization of {} operations matches the answers", history.len()))
@@ -56,13 +74,28 @@ fn must_finish(e: &Event) -> bool {
     e.complete.is_some()
 }
 
-fn search(h: &[Event], done: u128, jobs: u64, seen: &mut HashSet<(u128, u64)>) -> bool {
+/// The model's state: jobs created, and which were removed (a bit per id).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+struct Registry {
+    jobs: u64,
+    removed: u128,
+}
+
+impl Registry {
+    fn lists(&self, ids: &[u64]) -> bool {
+        let live = (1..=self.jobs).filter(|id| self.removed & (1 << id) == 0).count();
+        ids.len() == live && ids.iter().all(|id| *id >= 1 && *id <= self.jobs && self.removed & (1 << id) == 0)
+    }
+}
+
+fn search(h: &[Event], done: u128, model: Registry, seen: &mut HashSet<(u128, Registry)>) -> bool {
     if h.iter().enumerate().all(|(i, e)| done & (1 << i) != 0 || !must_finish(e)) {
         return true;
     }
-    if !seen.insert((done, jobs)) {
+    if !seen.insert((done, model)) {
         return false;
     }
+    let jobs = model.jobs;
     // An op may go next only if no other pending op completed before it was invoked.
     let earliest_end = h
         .iter()
@@ -75,14 +108,28 @@ fn search(h: &[Event], done: u128, jobs: u64, seen: &mut HashSet<(u128, u64)>) -
         if done & (1 << i) != 0 || e.invoke > earliest_end {
             continue;
         }
-        let next = match &e.op {
-            Op::Submit { id: Some(id) } if *id == jobs + 1 => Some(jobs + 1),
-            Op::Submit { id: Some(_) } => None,
-            Op::Submit { id: None } => Some(jobs + 1),
-            Op::List { ids } if ids.len() as u64 == jobs => Some(jobs),
-            Op::List { .. } => None,
-        };
-        if let Some(n) = next {
+        let created = Registry { jobs: jobs + 1, ..model };
+        let mut next = Vec::new();
+        match &e.op {
+            Op::Submit { id: Some(id) } if *id == jobs + 1 => next.push(created),
+            Op::Submit { id: Some(_) } => {}
+            Op::Submit { id: None } => next.push(created),
+            Op::List { ids } if model.lists(ids) => next.push(model),
+            Op::List { .. } => {}
+            Op::Purge { job, removed } => {
+                let exists = *job >= 1 && *job <= jobs && *job < 128;
+                let gone = exists && model.removed & (1 << job) != 0;
+                let removing = Registry { removed: model.removed | (1 << job), ..model };
+                match removed {
+                    Some(true) if exists && !gone => next.push(removing),
+                    Some(false) if gone => next.push(model),
+                    None if exists && !gone => next.extend([removing, model]),
+                    None => next.push(model),
+                    _ => {}
+                }
+            }
+        }
+        for n in next {
             if search(h, done | (1 << i), n, seen) {
                 return true;
             }
@@ -141,6 +188,31 @@ mod tests {
         assert!(check(&h).is_err());
         let h = vec![submit(Some(1), 0, Some(1)), submit(Some(1), 2, Some(3))];
         assert!(check(&h).is_err(), "one id given twice");
+    }
+
+    fn purge(job: u64, removed: Option<bool>, invoke: u64, complete: Option<u64>) -> Event {
+        Event { op: Op::Purge { job, removed }, invoke, complete }
+    }
+
+    #[test]
+    fn a_purged_job_leaves_the_listing_once() {
+        let only_2 = Event { op: Op::List { ids: vec![2] }, invoke: 8, complete: Some(9) };
+        let h = vec![
+            submit(Some(1), 0, Some(1)),
+            submit(Some(2), 2, Some(3)),
+            purge(1, Some(true), 4, Some(5)),
+            purge(1, Some(false), 6, Some(7)),
+            only_2.clone(),
+        ];
+        assert!(check(&h).is_ok());
+        // Removed twice is a violation, and so is a read that still sees it afterwards.
+        let h = vec![submit(Some(1), 0, Some(1)), purge(1, Some(true), 2, Some(3)), purge(1, Some(true), 4, Some(5))];
+        assert!(check(&h).is_err());
+        let h = vec![submit(Some(1), 0, Some(1)), purge(1, Some(true), 2, Some(3)), list(1, 4, 5)];
+        assert!(check(&h).is_err());
+        // A purge of unknown outcome may have removed it or not.
+        let h = vec![submit(Some(1), 0, Some(1)), submit(Some(2), 2, Some(3)), purge(1, None, 4, None), only_2];
+        assert!(check(&h).is_ok());
     }
 
     #[test]

@@ -240,10 +240,9 @@ async fn job_results(
     let offset = number(&q, "offset", 0)?;
     let limit = number(&q, "limit", u64::MAX)?;
     read_barrier(&master, &q).await?;
-    let data = master.shared.read();
-    let records = master.shared.records();
-    let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
-    Ok(Json(TaskResultView::list(job, offset, limit, &records).map_err(records_failure)?))
+    let (job, records) = job_and_records(&master, id)?;
+    let records = records.wait_async().await;
+    Ok(Json(TaskResultView::list(&job, offset, limit, &records).map_err(records_failure)?))
 }
 
 async fn job_result(
@@ -253,10 +252,9 @@ async fn job_result(
 ) -> Result<Json<JobResult>, Failure> {
     let id = job_id(&id)?;
     read_barrier(&master, &q).await?;
-    let data = master.shared.read();
-    let records = master.shared.records();
-    let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
-    Ok(Json(JobResult::from_job(job, &records).map_err(records_failure)?))
+    let (job, records) = job_and_records(&master, id)?;
+    let records = records.wait_async().await;
+    Ok(Json(JobResult::from_job(&job, &records).map_err(records_failure)?))
 }
 
 async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<Status>, Failure> {
@@ -445,6 +443,17 @@ async fn purge_jobs(State(master): State<Shared>, body: Bytes) -> Result<Json<Pu
 
 /// The answer for a job id the state does not hold: removed (410, with when and why) or never
 /// known (404).
+/// A job as this replica holds it, and its stored records as of the same applied entry (the
+/// job is copied so that the state's lock is not held while the records are read).
+pub fn job_and_records(
+    master: &Master,
+    id: u64,
+) -> Result<(flotilla_core::state::Job, flotilla_raft::state_store::Ticket), Failure> {
+    let data = master.shared.read();
+    let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
+    Ok((job.clone(), master.shared.records()))
+}
+
 /// The stored task records could not be read: the disk, not the request.
 pub fn records_failure(e: flotilla_core::records::RecordError) -> Failure {
     tracing::error!(error = %e, "cannot read task records");
@@ -498,6 +507,8 @@ async fn metrics(State(master): State<Shared>) -> Response {
             heartbeat: master.config.heartbeat_interval(),
             peer_rtts: &peer_rtts,
             replication_timeout: master.rtts.bounds().ceiling,
+            snapshots: &master.shared.snapshots,
+            store_bytes: master.shared.store_bytes(),
         })
     };
     ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()

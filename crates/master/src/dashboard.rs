@@ -274,13 +274,14 @@ async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return cors(crate::api::bad_request(format!("job id must be a number, not '{id}'")));
     };
-    let data = master.shared.read();
-    let records = master.shared.records();
-    let Some(job) = data.state.job(id) else { return cors(crate::api::missing_job(&data.state, id)) };
-    match TaskResultView::list(job, 0, JOB_TASKS, &records) {
-        Ok(results) => {
-            cors(Json(JobPage { detail: JobDetail::from_job(job, unschedulable_reason(&data.state, job)), results }))
-        }
+    let (detail, job, records) = {
+        let data = master.shared.read();
+        let Some(job) = data.state.job(id) else { return cors(crate::api::missing_job(&data.state, id)) };
+        (JobDetail::from_job(job, unschedulable_reason(&data.state, job)), job.clone(), master.shared.records())
+    };
+    let records = records.wait_async().await;
+    match TaskResultView::list(&job, 0, JOB_TASKS, &records) {
+        Ok(results) => cors(Json(JobPage { detail, results })),
         Err(e) => cors(crate::api::records_failure(e)),
     }
 }

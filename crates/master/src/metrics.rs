@@ -35,6 +35,10 @@ pub struct Scrape<'a> {
     pub peer_rtts: &'a [(flotilla_raft::NodeId, Duration)],
     /// The longest a replication call may take.
     pub replication_timeout: Duration,
+    /// Figures of the snapshots this master built or installed.
+    pub snapshots: &'a flotilla_raft::state_machine::SnapshotFigures,
+    /// Bytes of the task records store file.
+    pub store_bytes: u64,
 }
 
 pub struct Metrics {
@@ -59,6 +63,13 @@ pub struct Metrics {
     raft_quorum_ack_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     raft_peer_rtt: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     raft_replication_timeout: Gauge<f64, std::sync::atomic::AtomicU64>,
+    snapshot_bytes: Gauge,
+    snapshot_records: Gauge,
+    snapshot_build_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    snapshot_lock_hold_max_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    snapshots_built: Gauge,
+    snapshots_installed: Gauge,
+    state_store_bytes: Gauge,
     jobs: Family<Labels, Gauge>,
     tasks: Family<Labels, Gauge>,
     queue_waiting: Family<Labels, Gauge>,
@@ -120,6 +131,13 @@ impl Metrics {
             raft_quorum_ack_age: Gauge::default(),
             raft_peer_rtt: Family::default(),
             raft_replication_timeout: Gauge::default(),
+            snapshot_bytes: Gauge::default(),
+            snapshot_records: Gauge::default(),
+            snapshot_build_seconds: Gauge::default(),
+            snapshot_lock_hold_max_seconds: Gauge::default(),
+            snapshots_built: Gauge::default(),
+            snapshots_installed: Gauge::default(),
+            state_store_bytes: Gauge::default(),
             jobs: Family::default(),
             tasks: Family::default(),
             queue_waiting: Family::default(),
@@ -141,6 +159,37 @@ impl Metrics {
             scrape: Mutex::new(()),
         };
         r.register("raft_term", "Raft term this master is in", m.raft_term.clone());
+        r.register(
+            "snapshot_bytes",
+            "Size of the last snapshot this master built or installed",
+            m.snapshot_bytes.clone(),
+        );
+        r.register(
+            "snapshot_records",
+            "Task records in the last snapshot built or installed",
+            m.snapshot_records.clone(),
+        );
+        r.register(
+            "snapshot_build_seconds",
+            "How long building the last snapshot took",
+            m.snapshot_build_seconds.clone(),
+        );
+        r.register(
+            "snapshot_lock_hold_max_seconds",
+            "Longest time building a snapshot held the state lock (apply waited at most this long)",
+            m.snapshot_lock_hold_max_seconds.clone(),
+        );
+        r.register("snapshots_built", "Snapshots this master built since it started", m.snapshots_built.clone());
+        r.register(
+            "snapshots_installed",
+            "Snapshots this master installed since it started",
+            m.snapshots_installed.clone(),
+        );
+        r.register(
+            "state_store_bytes",
+            "Size of the task records store file (state.redb)",
+            m.state_store_bytes.clone(),
+        );
         r.register("raft_role", "1 for this master's current Raft role", m.raft_role.clone());
         r.register(
             "raft_last_log_index",
@@ -349,6 +398,15 @@ impl Metrics {
             self.raft_peer_rtt.get_or_create(&labels(&[("peer", &peer.to_string())])).set(rtt.as_secs_f64());
         }
         self.raft_replication_timeout.set(source.replication_timeout.as_secs_f64());
+        let snap = source.snapshots;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        self.snapshot_bytes.set(load(&snap.bytes) as i64);
+        self.snapshot_records.set(load(&snap.records) as i64);
+        self.snapshot_build_seconds.set(load(&snap.build_micros) as f64 / 1e6);
+        self.snapshot_lock_hold_max_seconds.set(load(&snap.longest_hold_micros) as f64 / 1e6);
+        self.snapshots_built.set(load(&snap.built) as i64);
+        self.snapshots_installed.set(load(&snap.installed) as i64);
+        self.state_store_bytes.set(source.store_bytes as i64);
         self.log_bytes.inc_by(source.log_bytes.saturating_sub(self.log_bytes.get()));
         let state = source.state;
         self.jobs.clear();

@@ -45,7 +45,7 @@ struct Current<'a>(&'a Shared);
 impl Replica for Current<'_> {
     fn read<R>(&self, f: impl FnOnce(&ClusterState, &dyn RecordReader) -> R) -> R {
         let data = self.0.read();
-        let records = self.0.records();
+        let records = self.0.records_when_read();
         f(&data.state, &records)
     }
 }

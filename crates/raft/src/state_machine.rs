@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use flotilla_core::{ApplyCtx, ClusterState};
 use flotilla_proto::codec;
 
-use crate::state_store::{Records, StateStore, StoreError};
+use crate::state_store::{Records, StateStore, StoreError, Ticket};
 use crate::{storage_error, Applied, LogId, Node, NodeId, StorageError, TypeConfig};
 
 /// The files of a master's replicated state in its data directory (besides the Raft log).
@@ -95,10 +95,18 @@ impl Shared {
         self.data.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The finished tasks' records as of the last applied batch. Open it while holding
-    /// [`Shared::read`] to see the records of exactly that state.
-    pub fn records(&self) -> Records {
-        self.store.reader()
+    /// The finished tasks' records as of the last applied batch, on their way. Take the
+    /// ticket while holding [`Shared::read`] and the records match exactly that state (it is
+    /// fine to let go of the state before waiting).
+    pub fn records(&self) -> Ticket {
+        self.store.barrier()
+    }
+
+    /// [`Shared::records`] taken only when first read, and waited for then: for callers that
+    /// rarely need records (the leader's session core reads them only to send a reduce step
+    /// its input). Read it only while holding [`Shared::read`].
+    pub fn records_when_read(&self) -> LazyRecords<'_> {
+        LazyRecords { store: &self.store, records: std::sync::OnceLock::new() }
     }
 
     /// Whether an apply panicked (the master is stopping).
@@ -114,6 +122,36 @@ impl Shared {
     /// Bytes of the records store file.
     pub fn store_bytes(&self) -> u64 {
         self.store.file_bytes()
+    }
+}
+
+/// See [`Shared::records_when_read`].
+pub struct LazyRecords<'a> {
+    store: &'a StateStore,
+    records: std::sync::OnceLock<Records>,
+}
+
+impl LazyRecords<'_> {
+    fn get(&self) -> &Records {
+        self.records.get_or_init(|| self.store.barrier().wait())
+    }
+}
+
+impl flotilla_core::records::RecordReader for LazyRecords<'_> {
+    fn record(
+        &self,
+        task: flotilla_core::TaskId,
+    ) -> Result<Option<flotilla_core::state::Task>, flotilla_core::records::RecordError> {
+        self.get().record(task)
+    }
+
+    fn array_records(
+        &self,
+        job: flotilla_core::JobId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, flotilla_core::state::Task)>, flotilla_core::records::RecordError> {
+        self.get().array_records(job, from, limit)
     }
 }
 
@@ -323,11 +361,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let started = Instant::now();
         // The only moment apply waits: the in-memory part is cloned and the records' read
         // transaction opened at the same applied index.
-        let (data, records) = {
+        let (data, ticket) = {
             let data = self.shared.read();
-            (data.clone(), self.shared.store.reader())
+            (data.clone(), self.shared.store.barrier())
         };
         let held = started.elapsed();
+        let records = ticket.wait_async().await;
         if held > HOLD_WARNING {
             tracing::warn!(held_ms = held.as_millis() as u64, "building a snapshot held the state lock long");
         }
@@ -427,9 +466,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             }
-            // Stored before the lock goes: readers see the records of the state they read.
+            // Queued before the lock goes: a reader taken under the lock sees these records.
             let ops = data.state.take_record_ops();
-            if let Err(e) = self.shared.store.apply(&ops) {
+            if let Err(e) = self.shared.store.queue(ops) {
                 // The memory moved on without its records: stop rather than serve it.
                 self.shared.poisoned.store(true, Ordering::SeqCst);
                 tracing::error!(error = %e, "cannot store task records; stopping this master");

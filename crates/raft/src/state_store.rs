@@ -12,7 +12,7 @@
 //! with the snapshot on disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -35,8 +35,10 @@ const KEY_LIVE: &str = "live";
 /// The id of the snapshot whose records the live table was filled from by an install.
 const KEY_INSTALLED: &str = "installed";
 
-/// Records copied into the spare table per transaction while installing a snapshot.
+/// Records copied into the spare table per transaction while installing a snapshot: at most
+/// this many, and about this many bytes, so memory stays bounded whatever the snapshot's size.
 const INSTALL_BATCH: usize = 8_192;
+const INSTALL_BATCH_BYTES: usize = 16 << 20;
 /// Memory redb may use for its page cache and write buffer. Its default (1 GiB) would make
 /// the master's memory grow with the records, the very thing the store exists to avoid.
 const CACHE_BYTES: usize = 32 << 20;
@@ -62,6 +64,10 @@ pub enum StoreError {
         #[source]
         source: codec::EncodeError,
     },
+    #[error("the task records writer failed earlier: {0}")]
+    Failed(#[source] Arc<StoreError>),
+    #[error("the task records writer stopped")]
+    Stopped,
 }
 
 impl StoreError {
@@ -70,7 +76,8 @@ impl StoreError {
         match self {
             StoreError::Corrupt { .. } => true,
             StoreError::Db { source, .. } => matches!(source, redb::Error::Corrupted(_)),
-            StoreError::Encode { .. } => false,
+            StoreError::Failed(e) => e.is_corruption(),
+            StoreError::Encode { .. } | StoreError::Stopped => false,
         }
     }
 }
@@ -118,15 +125,15 @@ pub fn task_of(key: RecordKey) -> TaskId {
     }
 }
 
-pub struct StateStore {
+/// The database itself; [`StateStore`] puts a writer thread in front of it.
+struct Store {
     db: Database,
     path: PathBuf,
     live: Mutex<Side>,
 }
 
-impl StateStore {
-    /// Opens or creates `path`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+impl Store {
+    fn open(path: &Path) -> Result<Self, StoreError> {
         let err = |source: redb::Error| StoreError::Db { path: path.to_path_buf(), source };
         let db = open_database(path).map_err(|e| err(e.into()))?;
         let live = {
@@ -145,7 +152,7 @@ impl StateStore {
             txn.commit().map_err(|e| err(e.into()))?;
             live
         };
-        Ok(StateStore { db, path: path.to_path_buf(), live: Mutex::new(live) })
+        Ok(Store { db, path: path.to_path_buf(), live: Mutex::new(live) })
     }
 
     fn err(&self, source: impl Into<redb::Error>) -> StoreError {
@@ -157,15 +164,12 @@ impl StateStore {
     }
 
     /// Stores the record changes of applied entries, in order, in one transaction (no fsync).
-    pub fn apply(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
-        if ops.is_empty() {
-            return Ok(());
-        }
+    fn apply(&self, batches: &[Vec<RecordOp>]) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(Durability::None).map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_table(self.live().table()).map_err(|e| self.err(e))?;
-            for op in ops {
+            for op in batches.iter().flatten() {
                 match op {
                     RecordOp::Put { task, record } => {
                         let bytes = codec::encode("task record", record)
@@ -182,13 +186,13 @@ impl StateStore {
     }
 
     /// Makes everything stored so far durable.
-    pub fn persist(&self) -> Result<(), StoreError> {
+    fn persist(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.commit().map_err(|e| self.err(e))
     }
 
-    /// A consistent view of the records as of the last [`StateStore::apply`].
-    pub fn reader(&self) -> Records {
+    /// A consistent view of the records as of the last [`Store::apply`].
+    fn reader(&self) -> Records {
         let open = || -> Result<Reader, StoreError> {
             let txn = self.db.begin_read().map_err(|e| self.err(e))?;
             let table = txn.open_table(self.live().table()).map_err(|e| self.err(e))?;
@@ -197,44 +201,209 @@ impl StateStore {
         Records(open().map_err(Arc::new))
     }
 
-    /// Starts replacing every record by a snapshot's: the spare table is emptied, then filled
-    /// with [`Install::put`]; nothing changes for readers until [`Install::finish`].
-    pub fn install(&self) -> Result<Install<'_>, StoreError> {
+    fn install(&self) -> Result<Install<'_>, StoreError> {
         let side = self.live().other();
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.delete_table(side.table()).map_err(|e| self.err(e))?;
         txn.open_table(side.table()).map_err(|e| self.err(e))?;
         txn.commit().map_err(|e| self.err(e))?;
-        Ok(Install { store: self, side, batch: Vec::with_capacity(INSTALL_BATCH), count: 0 })
+        Ok(Install { store: self, side, batch: Vec::new(), batch_bytes: 0, count: 0 })
     }
 
-    /// The id of the snapshot the live records were last installed from.
-    pub fn installed(&self) -> Result<Option<String>, StoreError> {
+    fn installed(&self) -> Result<Option<String>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let meta = txn.open_table(META).map_err(|e| self.err(e))?;
         let value = meta.get(KEY_INSTALLED).map_err(|e| self.err(e))?;
         Ok(value.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
     }
+}
+
+/// Work for the writer thread, done in the order queued.
+enum Work {
+    Ops(Vec<RecordOp>),
+    /// Open a reader that sees exactly the ops queued before this.
+    Barrier(mpsc::SyncSender<Records>),
+    /// Make everything queued before this durable.
+    Persist(mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+/// Batches of ops the writer may hold queued before apply waits for it (backpressure).
+const QUEUED_BATCHES: usize = 256;
+/// Ops the writer puts in one transaction at most when it finds several batches queued.
+const OPS_PER_COMMIT: usize = 32_768;
+
+/// The records store with its writer thread. Apply only queues an entry batch's ops (under
+/// the state lock, so the queue's order is the log's); the thread stores them, several batches
+/// per transaction when it finds them waiting. A reader is opened through the same queue
+/// ([`StateStore::barrier`]), so it sees exactly the ops queued before it: take the barrier
+/// while holding the state lock and the reader matches that state.
+pub struct StateStore {
+    store: Arc<Store>,
+    tx: mpsc::SyncSender<Work>,
+    /// Set when the writer failed: nothing is stored after that, and apply stops the master.
+    failed: Arc<Mutex<Option<Arc<StoreError>>>>,
+}
+
+/// A reader on its way: see [`StateStore::barrier`].
+pub struct Ticket(Result<mpsc::Receiver<Records>, Arc<StoreError>>);
+
+impl Ticket {
+    /// Waits for the reader, blocking the thread (the writer runs on its own thread).
+    pub fn wait(self) -> Records {
+        match self.0 {
+            Ok(rx) => rx.recv().unwrap_or_else(|_| Records(Err(Arc::new(StoreError::Stopped)))),
+            Err(e) => Records(Err(e)),
+        }
+    }
+
+    /// Waits for the reader without blocking the async runtime.
+    pub async fn wait_async(self) -> Records {
+        match tokio::task::spawn_blocking(move || self.wait()).await {
+            Ok(records) => records,
+            Err(_) => Records(Err(Arc::new(StoreError::Stopped))),
+        }
+    }
+}
+
+impl StateStore {
+    /// Opens or creates `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let store = Arc::new(Store::open(path)?);
+        let (tx, rx) = mpsc::sync_channel(QUEUED_BATCHES);
+        let failed: Arc<Mutex<Option<Arc<StoreError>>>> = Arc::default();
+        let (writer_store, writer_failed) = (store.clone(), failed.clone());
+        std::thread::Builder::new()
+            .name("records-writer".into())
+            .spawn(move || write_loop(&writer_store, &rx, &writer_failed))
+            .map_err(|e| StoreError::Db { path: path.to_path_buf(), source: e.into() })?;
+        Ok(StateStore { store, tx, failed })
+    }
+
+    fn failure(&self) -> Option<Arc<StoreError>> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Queues one applied batch's record changes; waits only if the writer is far behind.
+    pub fn queue(&self, ops: Vec<RecordOp>) -> Result<(), StoreError> {
+        if let Some(e) = self.failure() {
+            return Err(StoreError::Failed(e));
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(Work::Ops(ops)).map_err(|_| StoreError::Stopped)
+    }
+
+    /// A reader of the records as of every op queued so far.
+    pub fn barrier(&self) -> Ticket {
+        if let Some(e) = self.failure() {
+            return Ticket(Err(e));
+        }
+        let (reply, rx) = mpsc::sync_channel(1);
+        match self.tx.send(Work::Barrier(reply)) {
+            Ok(()) => Ticket(Ok(rx)),
+            Err(_) => Ticket(Err(Arc::new(StoreError::Stopped))),
+        }
+    }
+
+    /// Makes every op queued so far durable (blocks until it is).
+    pub fn persist(&self) -> Result<(), StoreError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx.send(Work::Persist(reply)).map_err(|_| StoreError::Stopped)?;
+        rx.recv().map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Starts replacing every record by a snapshot's: the spare table is emptied, then filled
+    /// with [`Install::put`]; nothing changes for readers until [`Install::finish`]. Waits for
+    /// the writer to store what is queued first (nothing is queued meanwhile: apply does not
+    /// run during an install).
+    pub fn install(&self) -> Result<Install<'_>, StoreError> {
+        self.persist()?;
+        self.store.install()
+    }
+
+    /// The id of the snapshot the live records were last installed from.
+    pub fn installed(&self) -> Result<Option<String>, StoreError> {
+        self.store.installed()
+    }
 
     /// Bytes of the database file.
     pub fn file_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        std::fs::metadata(&self.store.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+fn write_loop(store: &Store, rx: &mpsc::Receiver<Work>, failed: &Mutex<Option<Arc<StoreError>>>) {
+    let fail = |e: StoreError| {
+        tracing::error!(error = %e, "cannot store task records");
+        let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.get_or_insert(Arc::new(e)).clone()
+    };
+    let failure = || failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    while let Ok(first) = rx.recv() {
+        let mut batches = Vec::new();
+        let mut then = None;
+        match first {
+            Work::Ops(ops) => {
+                let mut count = ops.len();
+                batches.push(ops);
+                // Batches queued meanwhile go in the same transaction, up to a barrier.
+                while count < OPS_PER_COMMIT {
+                    match rx.try_recv() {
+                        Ok(Work::Ops(ops)) => {
+                            count += ops.len();
+                            batches.push(ops);
+                        }
+                        Ok(other) => {
+                            then = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            other => then = Some(other),
+        }
+        if !batches.is_empty() && failure().is_none() {
+            if let Err(e) = store.apply(&batches) {
+                fail(e);
+            }
+        }
+        match then {
+            Some(Work::Barrier(reply)) => {
+                let records = match failure() {
+                    Some(e) => Records(Err(e)),
+                    None => store.reader(),
+                };
+                let _ = reply.send(records);
+            }
+            Some(Work::Persist(reply)) => {
+                let result = match failure() {
+                    Some(e) => Err(StoreError::Failed(e)),
+                    None => store.persist(),
+                };
+                let _ = reply.send(result);
+            }
+            Some(Work::Ops(_)) | None => {}
+        }
     }
 }
 
 /// A snapshot's records going into the spare table.
 pub struct Install<'a> {
-    store: &'a StateStore,
+    store: &'a Store,
     side: Side,
     batch: Vec<(RecordKey, Vec<u8>)>,
+    batch_bytes: usize,
     count: u64,
 }
 
 impl Install<'_> {
     pub fn put(&mut self, key: RecordKey, value: Vec<u8>) -> Result<(), StoreError> {
+        self.batch_bytes += value.len();
         self.batch.push((key, value));
         self.count += 1;
-        if self.batch.len() >= INSTALL_BATCH {
+        if self.batch.len() >= INSTALL_BATCH || self.batch_bytes >= INSTALL_BATCH_BYTES {
             self.flush()?;
         }
         Ok(())
@@ -250,6 +419,7 @@ impl Install<'_> {
                 table.insert(key, value.as_slice()).map_err(|e| store.err(e))?;
             }
         }
+        self.batch_bytes = 0;
         txn.commit().map_err(|e| store.err(e))
     }
 
