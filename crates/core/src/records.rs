@@ -19,8 +19,9 @@ use crate::state::{Job, JobState, Task};
 /// A change to the stored records, made by applying one entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordOp {
-    /// A task reached its final state: this is its record for good.
-    Put { task: TaskId, record: Box<Task> },
+    /// A task reached its final state at log entry `entry`: this is its record for good.
+    /// (Stores may group records by entry: replaying the log then rewrites the same groups.)
+    Put { entry: u64, task: TaskId, record: Box<Task> },
     /// A job was removed: every record of it goes.
     RemoveJob(JobId),
 }
@@ -52,7 +53,7 @@ impl MemRecords {
     pub fn apply(&mut self, ops: impl IntoIterator<Item = RecordOp>) {
         for op in ops {
             match op {
-                RecordOp::Put { task, record } => {
+                RecordOp::Put { task, record, .. } => {
                     self.records.insert(task, *record);
                 }
                 RecordOp::RemoveJob(job) => {

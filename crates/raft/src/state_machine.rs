@@ -45,8 +45,8 @@ const SNAPSHOT_FILE: &str = "snapshot.bin";
 const INCOMING_FILE: &str = "snapshot.incoming";
 const BUILDING_FILE: &str = "snapshot.building";
 const MAGIC: &[u8; 8] = b"FLOTSNP1";
-/// Frame that ends the records of a snapshot file (no record has this key).
-const END_KEY: (u64, u64) = (u64::MAX, u64::MAX);
+/// Frame that ends the rows of a snapshot file (no row has this key).
+const END_KEY: (u64, u64, u64) = (u64::MAX, u64::MAX, u64::MAX);
 
 /// The replicated data a master holds in memory: a snapshot's header.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -278,7 +278,7 @@ enum FileError {
     Encode(#[from] codec::EncodeError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the file holds {found} records but says {expected}")]
+    #[error("the file holds {found} rows but says {expected}")]
     Count { found: u64, expected: u64 },
     #[error("snapshot data is at {data:?} but its meta says {meta:?}")]
     Mismatch { data: Option<LogId>, meta: Option<LogId> },
@@ -314,7 +314,8 @@ struct Written {
     records: u64,
 }
 
-/// Writes `header` and every record to `path`, and fsyncs it.
+/// Writes `header` and every row of records to `path`, and fsyncs it. Each row is a frame:
+/// `[job u64][bucket u64][part u64][length u32][row]`; then an end frame and the row count.
 fn write_snapshot(path: &Path, header: &Header, records: &Records) -> Result<Written, FileError> {
     let file = fs::File::create(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -323,21 +324,25 @@ fn write_snapshot(path: &Path, header: &Header, records: &Records) -> Result<Wri
     w.write_all(&(head.len() as u64).to_le_bytes())?;
     w.write_all(&head)?;
     let mut bytes = (MAGIC.len() + 8 + head.len()) as u64;
+    let mut rows = 0u64;
     let mut count = 0u64;
     for item in records.raw()? {
-        let ((job, slot), value) = item?;
+        let ((job, bucket, part), value) = item?;
         w.write_all(&job.to_le_bytes())?;
-        w.write_all(&slot.to_le_bytes())?;
+        w.write_all(&bucket.to_le_bytes())?;
+        w.write_all(&part.to_le_bytes())?;
         w.write_all(&(value.len() as u32).to_le_bytes())?;
         w.write_all(&value)?;
-        bytes += 20 + value.len() as u64;
-        count += 1;
+        bytes += 28 + value.len() as u64;
+        rows += 1;
+        count += crate::state_store::row_len(&value);
     }
     w.write_all(&END_KEY.0.to_le_bytes())?;
     w.write_all(&END_KEY.1.to_le_bytes())?;
+    w.write_all(&END_KEY.2.to_le_bytes())?;
     w.write_all(&0u32.to_le_bytes())?;
-    w.write_all(&count.to_le_bytes())?;
-    bytes += 28;
+    w.write_all(&rows.to_le_bytes())?;
+    bytes += 36;
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(Written { bytes, records: count })
@@ -524,21 +529,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 return Err(FileError::Mismatch { data: header.data.last_applied, meta: want.last_log_id });
             }
             let mut install = shared.store.install()?;
+            let mut records = 0;
             loop {
-                let key = (read_u64(&mut r)?, read_u64(&mut r)?);
+                let key = (read_u64(&mut r)?, read_u64(&mut r)?, read_u64(&mut r)?);
                 let len = read_u32(&mut r)?;
                 if key == END_KEY {
                     break;
                 }
                 let mut value = vec![0u8; len as usize];
                 r.read_exact(&mut value)?;
+                records += crate::state_store::row_len(&value);
                 install.put(key, value)?;
             }
             let expected = read_u64(&mut r)?;
             if install.count() != expected {
                 return Err(FileError::Count { found: install.count(), expected });
             }
-            let records = install.count();
             // Records, file and memory change together, under the lock readers take.
             let mut data = shared.data.write().unwrap_or_else(|p| p.into_inner());
             install.finish(&want.snapshot_id)?;

@@ -11,25 +11,32 @@
 //! flips `live` in one durable commit, so a crash at any point leaves a live table that goes
 //! with the snapshot on disk.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
 use flotilla_core::model::{JobId, TaskId, TaskIndex, TaskSlot};
 use flotilla_core::records::{RecordError, RecordOp, RecordReader};
 use flotilla_core::state::Task;
 use flotilla_proto::codec;
 
-/// (job, slot): an array task's index, or [`REDUCE_KEY`].
-pub type RecordKey = (u64, u64);
-/// The reduce step's slot in a [`RecordKey`]; array indices stay below it.
-const REDUCE_KEY: u64 = u64::MAX;
+/// A row of records: (job, bucket, part). Records are stored in rows, not one per task: a row
+/// holds the records of one job's bucket ([`BUCKET`] consecutive indices) that one log entry
+/// produced, so an entry that finishes a thousand tasks writes a few rows, not a thousand.
+/// `part` is the entry's index shifted left by 16, plus the row's number within the entry (a
+/// large group is split at [`ROW_BYTES`]); replaying an entry rewrites the same rows.
+pub type RowKey = (u64, u64, u64);
+/// Consecutive array indices per bucket.
+const BUCKET: u64 = 64;
+/// The reduce step's bucket and slot; array buckets and indices stay below it.
+const REDUCE: u64 = u64::MAX;
+/// A row is closed once its records reach this many bytes.
+const ROW_BYTES: usize = 1 << 20;
 
-const RECORDS_A: TableDefinition<RecordKey, &[u8]> = TableDefinition::new("records.a");
-const RECORDS_B: TableDefinition<RecordKey, &[u8]> = TableDefinition::new("records.b");
+const RECORDS_A: TableDefinition<RowKey, &[u8]> = TableDefinition::new("records.a");
+const RECORDS_B: TableDefinition<RowKey, &[u8]> = TableDefinition::new("records.b");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KEY_LIVE: &str = "live";
 /// The id of the snapshot whose records the live table was filled from by an install.
@@ -58,6 +65,8 @@ pub enum StoreError {
         #[source]
         source: codec::DecodeError,
     },
+    #[error("state store {path}: a stored row of job {job} is corrupt: {reason}")]
+    CorruptRow { path: PathBuf, job: JobId, reason: String },
     #[error("cannot encode the record of {task}: {source}")]
     Encode {
         task: TaskId,
@@ -74,7 +83,7 @@ impl StoreError {
     /// The stored data is damaged (as opposed to, say, held by another process).
     pub fn is_corruption(&self) -> bool {
         match self {
-            StoreError::Corrupt { .. } => true,
+            StoreError::Corrupt { .. } | StoreError::CorruptRow { .. } => true,
             StoreError::Db { source, .. } => matches!(source, redb::Error::Corrupted(_)),
             StoreError::Failed(e) => e.is_corruption(),
             StoreError::Encode { .. } | StoreError::Stopped => false,
@@ -89,7 +98,7 @@ enum Side {
 }
 
 impl Side {
-    fn table(self) -> TableDefinition<'static, RecordKey, &'static [u8]> {
+    fn table(self) -> TableDefinition<'static, RowKey, &'static [u8]> {
         match self {
             Side::A => RECORDS_A,
             Side::B => RECORDS_B,
@@ -111,18 +120,43 @@ impl Side {
     }
 }
 
-pub fn record_key(task: TaskId) -> RecordKey {
+/// A task's slot in a row, and its bucket.
+fn slot_of(task: TaskId) -> (u64, u64) {
     match task.slot {
-        TaskSlot::Array(i) => (task.job, i),
-        TaskSlot::Reduce => (task.job, REDUCE_KEY),
+        TaskSlot::Array(i) => (i, i / BUCKET),
+        TaskSlot::Reduce => (REDUCE, REDUCE),
     }
 }
 
-pub fn task_of(key: RecordKey) -> TaskId {
-    match key.1 {
-        REDUCE_KEY => TaskId::reduce(key.0),
-        i => TaskId::array(key.0, i),
+fn task_of(job: JobId, slot: u64) -> TaskId {
+    match slot {
+        REDUCE => TaskId::reduce(job),
+        i => TaskId::array(job, i),
     }
+}
+
+/// A row's value: records one after another, each `[slot u64][length u32][postcard Task]`.
+fn row_entries(row: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), String>> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= row.len() {
+            return None;
+        }
+        let head = row.get(at..at + 12)?;
+        let slot = u64::from_le_bytes(head[..8].try_into().ok()?);
+        let len = u32::from_le_bytes(head[8..12].try_into().ok()?) as usize;
+        let Some(bytes) = row.get(at + 12..at + 12 + len) else {
+            at = row.len();
+            return Some(Err(format!("a row is cut short at byte {at}")));
+        };
+        at += 12 + len;
+        Some(Ok((slot, bytes)))
+    })
+}
+
+/// How many records a row holds.
+pub fn row_len(row: &[u8]) -> u64 {
+    row_entries(row).filter(|e| e.is_ok()).count() as u64
 }
 
 /// The database itself; [`StateStore`] puts a writer thread in front of it.
@@ -169,18 +203,49 @@ impl Store {
         txn.set_durability(Durability::None).map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_table(self.live().table()).map_err(|e| self.err(e))?;
+            // Rows being filled: (job, bucket, entry) -> their bytes so far (last one open).
+            let mut rows: BTreeMap<(u64, u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
+            // Rows written per group so far: a group flushed early (before a job's removal in
+            // the same entry) goes on numbering, never overwriting its own rows.
+            let mut written: BTreeMap<(u64, u64, u64), u64> = BTreeMap::new();
+            let mut flush = |rows: &mut BTreeMap<(u64, u64, u64), Vec<Vec<u8>>>,
+                             table: &mut redb::Table<RowKey, &[u8]>|
+             -> Result<(), StoreError> {
+                for (group, parts) in std::mem::take(rows) {
+                    let (job, bucket, entry) = group;
+                    let n = written.entry(group).or_default();
+                    for row in parts {
+                        table.insert((job, bucket, entry << 16 | *n), row.as_slice()).map_err(|e| self.err(e))?;
+                        *n += 1;
+                    }
+                }
+                Ok(())
+            };
             for op in batches.iter().flatten() {
                 match op {
-                    RecordOp::Put { task, record } => {
+                    RecordOp::Put { entry, task, record } => {
                         let bytes = codec::encode("task record", record)
                             .map_err(|source| StoreError::Encode { task: *task, source })?;
-                        table.insert(record_key(*task), bytes.as_slice()).map_err(|e| self.err(e))?;
+                        let (slot, bucket) = slot_of(*task);
+                        let parts = rows.entry((task.job, bucket, *entry)).or_default();
+                        if parts.last().is_none_or(|row| row.len() >= ROW_BYTES) {
+                            parts.push(Vec::new());
+                        }
+                        if let Some(row) = parts.last_mut() {
+                            row.extend_from_slice(&slot.to_le_bytes());
+                            row.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                            row.extend_from_slice(&bytes);
+                        }
                     }
                     RecordOp::RemoveJob(job) => {
-                        table.retain_in((*job, 0)..=(*job, REDUCE_KEY), |_, _| false).map_err(|e| self.err(e))?;
+                        flush(&mut rows, &mut table)?;
+                        table
+                            .retain_in((*job, 0, 0)..=(*job, REDUCE, u64::MAX), |_, _| false)
+                            .map_err(|e| self.err(e))?;
                     }
                 }
             }
+            flush(&mut rows, &mut table)?;
         }
         txn.commit().map_err(|e| self.err(e))
     }
@@ -393,13 +458,13 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Work>, failed: &Mutex<Option<Ar
 pub struct Install<'a> {
     store: &'a Store,
     side: Side,
-    batch: Vec<(RecordKey, Vec<u8>)>,
+    batch: Vec<(RowKey, Vec<u8>)>,
     batch_bytes: usize,
     count: u64,
 }
 
 impl Install<'_> {
-    pub fn put(&mut self, key: RecordKey, value: Vec<u8>) -> Result<(), StoreError> {
+    pub fn put(&mut self, key: RowKey, value: Vec<u8>) -> Result<(), StoreError> {
         self.batch_bytes += value.len();
         self.batch.push((key, value));
         self.count += 1;
@@ -423,7 +488,7 @@ impl Install<'_> {
         txn.commit().map_err(|e| store.err(e))
     }
 
-    /// Records put so far.
+    /// Rows put so far.
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -446,7 +511,7 @@ impl Install<'_> {
 
 struct Reader {
     _txn: ReadTransaction,
-    table: redb::ReadOnlyTable<RecordKey, &'static [u8]>,
+    table: redb::ReadOnlyTable<RowKey, &'static [u8]>,
     path: PathBuf,
 }
 
@@ -459,8 +524,8 @@ impl Records {
         self.0.as_ref().map_err(|e| RecordError(Box::new(ArcError(e.clone()))))
     }
 
-    /// Every record, key order, as stored (for a snapshot).
-    pub fn raw(&self) -> Result<impl Iterator<Item = Result<(RecordKey, Vec<u8>), StoreError>> + '_, StoreError> {
+    /// Every row, key order, as stored (for a snapshot).
+    pub fn raw(&self) -> Result<impl Iterator<Item = Result<(RowKey, Vec<u8>), StoreError>> + '_, StoreError> {
         let reader = self.0.as_ref().map_err(|e| StoreError::Db {
             path: PathBuf::new(),
             source: redb::Error::Io(std::io::Error::other(e.to_string())),
@@ -473,26 +538,43 @@ impl Records {
         }))
     }
 
-    /// Number of records.
-    pub fn len(&self) -> Result<u64, StoreError> {
-        match &self.0 {
-            Ok(r) => r.table.len().map_err(|e| StoreError::Db { path: r.path.clone(), source: e.into() }),
-            Err(e) => Err(StoreError::Db {
-                path: PathBuf::new(),
-                source: redb::Error::Io(std::io::Error::other(e.to_string())),
-            }),
+    /// Number of distinct records (reads every row: for tests and checks).
+    pub fn count_records(&self) -> Result<u64, RecordError> {
+        let reader = self.reader()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for item in reader.table.iter().map_err(|e| read_error(reader, e))? {
+            let (k, v) = item.map_err(|e| read_error(reader, e))?;
+            let (job, ..) = k.value();
+            for entry in row_entries(v.value()) {
+                let (slot, _) = entry.map_err(|reason| corrupt_row(reader, job, reason))?;
+                seen.insert((job, slot));
+            }
         }
+        Ok(seen.len() as u64)
     }
 
-    pub fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.len()? == 0)
+    /// The records of one bucket of a job, by slot, as stored bytes.
+    fn bucket(&self, reader: &Reader, job: JobId, bucket: u64) -> Result<BTreeMap<u64, Vec<u8>>, RecordError> {
+        let mut out = BTreeMap::new();
+        for item in reader.table.range((job, bucket, 0)..=(job, bucket, u64::MAX)).map_err(|e| read_error(reader, e))? {
+            let (_, v) = item.map_err(|e| read_error(reader, e))?;
+            for entry in row_entries(v.value()) {
+                let (slot, bytes) = entry.map_err(|reason| corrupt_row(reader, job, reason))?;
+                // A replayed entry may have written a record twice: the copies are equal.
+                out.insert(slot, bytes.to_vec());
+            }
+        }
+        Ok(out)
     }
 }
 
-fn decode(reader: &Reader, key: RecordKey, bytes: &[u8]) -> Result<Task, RecordError> {
-    codec::decode("task record", bytes).map_err(|source| {
-        RecordError(Box::new(StoreError::Corrupt { path: reader.path.clone(), task: task_of(key), source }))
-    })
+fn corrupt_row(reader: &Reader, job: JobId, reason: String) -> RecordError {
+    RecordError(Box::new(StoreError::CorruptRow { path: reader.path.clone(), job, reason }))
+}
+
+fn decode(reader: &Reader, task: TaskId, bytes: &[u8]) -> Result<Task, RecordError> {
+    codec::decode("task record", bytes)
+        .map_err(|source| RecordError(Box::new(StoreError::Corrupt { path: reader.path.clone(), task, source })))
 }
 
 fn read_error(reader: &Reader, source: redb::StorageError) -> RecordError {
@@ -502,9 +584,9 @@ fn read_error(reader: &Reader, source: redb::StorageError) -> RecordError {
 impl RecordReader for Records {
     fn record(&self, task: TaskId) -> Result<Option<Task>, RecordError> {
         let reader = self.reader()?;
-        let key = record_key(task);
-        match reader.table.get(key).map_err(|e| read_error(reader, e))? {
-            Some(v) => Ok(Some(decode(reader, key, v.value())?)),
+        let (slot, bucket) = slot_of(task);
+        match self.bucket(reader, task.job, bucket)?.get(&slot) {
+            Some(bytes) => Ok(Some(decode(reader, task, bytes)?)),
             None => Ok(None),
         }
     }
@@ -512,13 +594,24 @@ impl RecordReader for Records {
     fn array_records(&self, job: JobId, from: TaskIndex, limit: usize) -> Result<Vec<(TaskIndex, Task)>, RecordError> {
         let reader = self.reader()?;
         let mut out = Vec::new();
-        for item in reader.table.range((job, from)..(job, REDUCE_KEY)).map_err(|e| read_error(reader, e))? {
-            if out.len() >= limit {
-                break;
+        let mut bucket = from / BUCKET;
+        while out.len() < limit {
+            // The next bucket of this job that has rows.
+            let next = reader
+                .table
+                .range((job, bucket, 0)..(job, REDUCE, 0))
+                .map_err(|e| read_error(reader, e))?
+                .next()
+                .transpose()
+                .map_err(|e| read_error(reader, e))?
+                .map(|(k, _)| k.value().1);
+            let Some(found) = next else { break };
+            for (slot, bytes) in self.bucket(reader, job, found)? {
+                if slot >= from && out.len() < limit {
+                    out.push((slot, decode(reader, task_of(job, slot), &bytes)?));
+                }
             }
-            let (k, v) = item.map_err(|e| read_error(reader, e))?;
-            let key = k.value();
-            out.push((key.1, decode(reader, key, v.value())?));
+            bucket = found + 1;
         }
         Ok(out)
     }
@@ -551,5 +644,63 @@ fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_core::model::{Captured, Outcome};
+    use flotilla_core::state::{TaskResult, TaskState};
+
+    fn put(entry: u64, job: u64, i: u64) -> RecordOp {
+        let outcome = Outcome {
+            exit_code: Some(0),
+            stdout: Captured::from_bytes(format!("{i}\n").as_bytes(), 2),
+            ..Default::default()
+        };
+        let record = Task {
+            state: TaskState::Succeeded,
+            attempts: 1,
+            failures: 0,
+            losses: 0,
+            result: Some(TaskResult {
+                fence: flotilla_core::Fence { term: 1, attempt: 1 },
+                worker: "w".into(),
+                outcome,
+                finished_at: 0,
+            }),
+        };
+        RecordOp::Put { entry, task: TaskId::array(job, i), record: Box::new(record) }
+    }
+
+    /// Invariants: records grouped in rows read back one by one and by page; a job removed in
+    /// the middle of an entry takes only its own records, and the entry's rows written before
+    /// and after the removal do not overwrite each other; a replayed entry changes nothing.
+    #[test]
+    fn rows_of_records_read_back_and_go_with_their_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state.redb")).unwrap();
+        let mut ops: Vec<RecordOp> = (1..=100).map(|i| put(5, 1, i)).collect();
+        ops.extend((1..=10).map(|i| put(5, 2, i)));
+        ops.push(RecordOp::RemoveJob(2));
+        ops.extend((101..=130).map(|i| put(5, 1, i)));
+        store.queue(ops.clone()).unwrap();
+        store.barrier().wait();
+        // The same entry again (a replay after a restart).
+        store.queue(ops).unwrap();
+        let records = store.barrier().wait();
+        assert_eq!(records.count_records().unwrap(), 130);
+        for i in [1, 63, 64, 100, 101, 127, 128, 130] {
+            let r = records.record(TaskId::array(1, i)).unwrap().expect("a record");
+            assert_eq!(r.result.unwrap().outcome.stdout.text, format!("{i}\n"));
+        }
+        assert!(records.record(TaskId::array(2, 1)).unwrap().is_none());
+        assert!(records.record(TaskId::reduce(1)).unwrap().is_none());
+        let page = records.array_records(1, 60, 10).unwrap();
+        assert_eq!(page.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (60..70).collect::<Vec<_>>());
+        assert_eq!(records.array_records(1, 0, usize::MAX).unwrap().len(), 130);
+        store.queue(vec![RecordOp::RemoveJob(1)]).unwrap();
+        assert_eq!(store.barrier().wait().count_records().unwrap(), 0);
     }
 }

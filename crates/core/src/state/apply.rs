@@ -13,7 +13,13 @@ impl ClusterState {
     /// Applies one log entry's batch of commands; one response per command.
     pub fn apply(&mut self, ctx: ApplyCtx, proposal: &Proposal) -> Vec<Response> {
         let ctx = ApplyCtx { at_ms: proposal.at_ms, ..ctx };
+        let first_op = self.record_ops.0.len();
         let responses = proposal.commands.iter().map(|c| self.apply_command(ctx, c)).collect();
+        for op in &mut self.record_ops.0[first_op..] {
+            if let RecordOp::Put { entry, .. } = op {
+                *entry = ctx.index;
+            }
+        }
         // Every entry moves the clock: finished jobs past the retention go now, on every replica
         // at this same entry.
         self.expire_jobs(ctx.at_ms);
@@ -493,12 +499,13 @@ impl ClusterState {
                 if !(task.state == TaskState::Succeeded && task.attempts == 1) {
                     job.settled.insert(i, Settled { state: task.state.clone(), attempts: task.attempts });
                 }
-                self.record_ops.0.push(RecordOp::Put { task: id, record: Box::new(task) });
+                // The entry's index is filled in once the entry is applied.
+                self.record_ops.0.push(RecordOp::Put { entry: 0, task: id, record: Box::new(task) });
             }
             TaskSlot::Reduce => {
                 let Some(reduce) = job.reduce.as_mut() else { return };
                 let record = Task { result: reduce.result.take(), ..reduce.clone() };
-                self.record_ops.0.push(RecordOp::Put { task: id, record: Box::new(record) });
+                self.record_ops.0.push(RecordOp::Put { entry: 0, task: id, record: Box::new(record) });
             }
         }
     }
