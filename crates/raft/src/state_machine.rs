@@ -167,6 +167,11 @@ pub enum OpenError {
     },
     #[error("snapshot {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "{path} was written by an older Flotilla whose snapshot format this version does not read; \
+         start this master with an empty data directory (it catches up from its peers)"
+    )]
+    OldFormat { path: PathBuf },
 }
 
 impl OpenError {
@@ -175,7 +180,7 @@ impl OpenError {
         match self {
             OpenError::Corrupt { .. } => true,
             OpenError::Store(e) => e.is_corruption(),
-            OpenError::Io { .. } => false,
+            OpenError::Io { .. } | OpenError::OldFormat { .. } => false,
         }
     }
 }
@@ -193,8 +198,14 @@ impl StateMachineStore {
     /// Opens the state in `dir`: the records store, and the in-memory part from the snapshot
     /// file, if any.
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
-        let store = StateStore::open(&dir.join("state.redb"))?;
         let snapshot = dir.join(SNAPSHOT_FILE);
+        let old = dir.join("snapshot.redb");
+        if old.exists() && !snapshot.exists() {
+            // Written by an older version (its snapshot held every result in one value): starting
+            // without it would lose the state the purged log no longer has.
+            return Err(OpenError::OldFormat { path: old });
+        }
+        let store = StateStore::open(&dir.join("state.redb"))?;
         finish_interrupted_install(dir, &store)?;
         let _ = fs::remove_file(dir.join(BUILDING_FILE));
         let (data, current) = if snapshot.exists() {
@@ -245,8 +256,12 @@ fn finish_interrupted_install(dir: &Path, store: &StateStore) -> Result<(), Open
         return Ok(());
     }
     let installed = store.installed()?;
+    // The same snapshot may have been sent again after its install and cut short by the
+    // crash: only a complete file goes with the records.
     let matches = match read_header_of(&incoming) {
-        Ok(header) => installed.as_deref() == Some(header.meta.snapshot_id.as_str()),
+        Ok(header) => {
+            installed.as_deref() == Some(header.meta.snapshot_id.as_str()) && check_complete(&incoming).is_ok()
+        }
         Err(_) => false,
     };
     let io = |source| OpenError::Io { path: incoming.clone(), source };
@@ -261,8 +276,32 @@ fn finish_interrupted_install(dir: &Path, store: &StateStore) -> Result<(), Open
 
 fn read_header_of(path: &Path) -> Result<Header, OpenError> {
     let file = fs::File::open(path).map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?;
-    read_header(&mut BufReader::new(file))
+    let len = file.metadata().map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?.len();
+    read_header(&mut BufReader::new(file), len)
         .map_err(|reason| OpenError::Corrupt { path: path.to_path_buf(), reason: reason.to_string() })
+}
+
+/// Reads a whole snapshot file through its end frame: it was written or received completely.
+fn check_complete(path: &Path) -> Result<(), FileError> {
+    let file = fs::File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    read_header(&mut r, file_len)?;
+    let mut rows = 0;
+    loop {
+        let key = (read_u64(&mut r)?, read_u64(&mut r)?, read_u64(&mut r)?);
+        let len = u64::from(read_u32(&mut r)?);
+        if key == END_KEY {
+            break;
+        }
+        std::io::copy(&mut (&mut r).take(len), &mut std::io::sink())?;
+        rows += 1;
+    }
+    let expected = read_u64(&mut r)?;
+    if rows != expected {
+        return Err(FileError::Count { found: rows, expected });
+    }
+    Ok(())
 }
 
 /// Why a snapshot file could not be read.
@@ -278,19 +317,25 @@ enum FileError {
     Encode(#[from] codec::EncodeError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("a length of {len} bytes in a file of {file_len}")]
+    Length { len: u64, file_len: u64 },
     #[error("the file holds {found} rows but says {expected}")]
     Count { found: u64, expected: u64 },
     #[error("snapshot data is at {data:?} but its meta says {meta:?}")]
     Mismatch { data: Option<LogId>, meta: Option<LogId> },
 }
 
-fn read_header(r: &mut impl Read) -> Result<Header, FileError> {
+fn read_header(r: &mut impl Read, file_len: u64) -> Result<Header, FileError> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
     if &magic != MAGIC {
         return Err(FileError::Magic);
     }
     let len = read_u64(r)?;
+    // A length read from disk is checked before anything is allocated for it.
+    if len > file_len {
+        return Err(FileError::Length { len, file_len });
+    }
     let mut bytes = vec![0u8; usize::try_from(len).map_err(|_| FileError::Magic)?];
     r.read_exact(&mut bytes)?;
     Ok(codec::decode("snapshot header", &bytes)?)
@@ -524,7 +569,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             let bytes = fs::metadata(&incoming)?.len();
             let mut r = BufReader::with_capacity(1 << 20, fs::File::open(&incoming)?);
-            let header = read_header(&mut r)?;
+            let header = read_header(&mut r, bytes)?;
             if header.data.last_applied != want.last_log_id || header.meta.last_log_id != want.last_log_id {
                 return Err(FileError::Mismatch { data: header.data.last_applied, meta: want.last_log_id });
             }
@@ -536,6 +581,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 if key == END_KEY {
                     break;
                 }
+                if u64::from(len) > bytes {
+                    return Err(FileError::Length { len: u64::from(len), file_len: bytes });
+                }
                 let mut value = vec![0u8; len as usize];
                 r.read_exact(&mut value)?;
                 records += crate::state_store::row_len(&value);
@@ -546,13 +594,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 return Err(FileError::Count { found: install.count(), expected });
             }
             // Records, file and memory change together, under the lock readers take.
+            // A snapshot build renames its file under `current` too: it cannot put an older
+            // snapshot over this one.
             let mut data = shared.data.write().unwrap_or_else(|p| p.into_inner());
+            let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
             install.finish(&want.snapshot_id)?;
             fs::rename(&incoming, dir.join(SNAPSHOT_FILE))?;
             sync_dir(&dir)?;
             let index = header.data.last_applied.map(|l| l.index).unwrap_or(0);
             *data = header.data;
-            *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(header.meta);
+            *current = Some(header.meta);
             Ok((index, bytes, records))
         })
         .await

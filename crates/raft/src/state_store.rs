@@ -197,10 +197,13 @@ impl Store {
         *self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stores the record changes of applied entries, in order, in one transaction (no fsync).
-    fn apply(&self, batches: &[Vec<RecordOp>]) -> Result<(), StoreError> {
+    /// Stores the record changes of applied entries, in order, in one transaction (no fsync
+    /// unless `durable`).
+    fn apply(&self, batches: &[Vec<RecordOp>], durable: bool) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(Durability::None).map_err(|e| self.err(e))?;
+        if !durable {
+            txn.set_durability(Durability::None).map_err(|e| self.err(e))?;
+        }
         {
             let mut table = txn.open_table(self.live().table()).map_err(|e| self.err(e))?;
             // Rows being filled: (job, bucket, entry) -> their bytes so far (last one open).
@@ -256,11 +259,11 @@ impl Store {
         txn.commit().map_err(|e| self.err(e))
     }
 
-    /// A consistent view of the records as of the last [`Store::apply`].
-    fn reader(&self) -> Records {
+    /// A consistent view of `side`'s records as of the last [`Store::apply`].
+    fn reader(&self, side: Side) -> Records {
         let open = || -> Result<Reader, StoreError> {
             let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-            let table = txn.open_table(self.live().table()).map_err(|e| self.err(e))?;
+            let table = txn.open_table(side.table()).map_err(|e| self.err(e))?;
             Ok(Reader { _txn: txn, table, path: self.path.clone() })
         };
         Records(open().map_err(Arc::new))
@@ -286,8 +289,9 @@ impl Store {
 /// Work for the writer thread, done in the order queued.
 enum Work {
     Ops(Vec<RecordOp>),
-    /// Open a reader that sees exactly the ops queued before this.
-    Barrier(mpsc::SyncSender<Records>),
+    /// Open a reader that sees exactly the ops queued before this, on the table that was live
+    /// when it was queued (an install may switch tables before the writer gets to it).
+    Barrier(mpsc::SyncSender<Records>, Side),
     /// Make everything queued before this durable.
     Persist(mpsc::SyncSender<Result<(), StoreError>>),
 }
@@ -296,6 +300,10 @@ enum Work {
 const QUEUED_BATCHES: usize = 256;
 /// Ops the writer puts in one transaction at most when it finds several batches queued.
 const OPS_PER_COMMIT: usize = 32_768;
+/// The writer commits durably at least this often. redb frees the pages a commit replaced
+/// only after a durable commit: with none for long, the file and the allocator's bookkeeping
+/// grow with every commit and writes slow down.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The records store with its writer thread. Apply only queues an entry batch's ops (under
 /// the state lock, so the queue's order is the log's); the thread stores them, several batches
@@ -365,7 +373,7 @@ impl StateStore {
             return Ticket(Err(e));
         }
         let (reply, rx) = mpsc::sync_channel(1);
-        match self.tx.send(Work::Barrier(reply)) {
+        match self.tx.send(Work::Barrier(reply, self.store.live())) {
             Ok(()) => Ticket(Ok(rx)),
             Err(_) => Ticket(Err(Arc::new(StoreError::Stopped))),
         }
@@ -405,6 +413,7 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Work>, failed: &Mutex<Option<Ar
         failed.get_or_insert(Arc::new(e)).clone()
     };
     let failure = || failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut last_durable = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
         let mut batches = Vec::new();
         let mut then = None;
@@ -430,15 +439,20 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Work>, failed: &Mutex<Option<Ar
             other => then = Some(other),
         }
         if !batches.is_empty() && failure().is_none() {
-            if let Err(e) = store.apply(&batches) {
-                fail(e);
+            let durable = last_durable.elapsed() >= DURABLE_EVERY;
+            match store.apply(&batches, durable) {
+                Ok(()) if durable => last_durable = std::time::Instant::now(),
+                Ok(()) => {}
+                Err(e) => {
+                    fail(e);
+                }
             }
         }
         match then {
-            Some(Work::Barrier(reply)) => {
+            Some(Work::Barrier(reply, side)) => {
                 let records = match failure() {
                     Some(e) => Records(Err(e)),
-                    None => store.reader(),
+                    None => store.reader(side),
                 };
                 let _ = reply.send(records);
             }

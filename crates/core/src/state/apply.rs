@@ -137,6 +137,7 @@ impl ClusterState {
             settled: BTreeMap::new(),
             never_ran: IndexSet::new(),
             reduce: None,
+            reduce_recorded: None,
             reduce_pending: false,
             counts: TaskCounts { waiting: total, ..Default::default() },
             failure: None,
@@ -402,15 +403,19 @@ impl ClusterState {
             (Some(task), _) => {
                 let duplicate = match &task.result {
                     Some(r) => r.fence == fence,
-                    // A finished reduce step's result is stored; its attempt number tells.
-                    None => recorded_last(&task.state) && task.attempts == fence.attempt,
+                    // A finished reduce step's result is stored; memory kept its fence.
+                    None => job.reduce_recorded == Some(fence),
                 };
                 Some((task.state.clone(), duplicate))
             }
             (None, TaskSlot::Array(i)) => job.finished(i).map(|s| {
-                // A result is only ever recorded from the task's current attempt, and attempt
-                // numbers are never reused: the number names the recorded attempt.
-                let duplicate = recorded_last(&s.state) && s.attempts == fence.attempt;
+                let duplicate = match s.recorded {
+                    Some(recorded) => recorded == fence,
+                    // Succeeded at attempt 1, the only attempt it had (the common case, kept
+                    // without a fence): attempt 1 is the recorded one. A settled task without
+                    // a recorded result has none to repeat.
+                    None => !job.settled.contains_key(&i) && fence.attempt == 1,
+                };
                 (s.state, duplicate)
             }),
             (None, TaskSlot::Reduce) => None,
@@ -497,13 +502,15 @@ impl ClusterState {
             TaskSlot::Array(i) => {
                 let Some(task) = job.tasks.remove(&i) else { return };
                 if !(task.state == TaskState::Succeeded && task.attempts == 1) {
-                    job.settled.insert(i, Settled { state: task.state.clone(), attempts: task.attempts });
+                    let recorded = task.result.as_ref().map(|r| r.fence);
+                    job.settled.insert(i, Settled { state: task.state.clone(), attempts: task.attempts, recorded });
                 }
                 // The entry's index is filled in once the entry is applied.
                 self.record_ops.0.push(RecordOp::Put { entry: 0, task: id, record: Box::new(task) });
             }
             TaskSlot::Reduce => {
                 let Some(reduce) = job.reduce.as_mut() else { return };
+                job.reduce_recorded = reduce.result.as_ref().map(|r| r.fence);
                 let record = Task { result: reduce.result.take(), ..reduce.clone() };
                 self.record_ops.0.push(RecordOp::Put { entry: 0, task: id, record: Box::new(record) });
             }
@@ -623,11 +630,6 @@ fn task_mut(job: &mut Job, slot: TaskSlot) -> Option<&mut Task> {
         TaskSlot::Array(i) => job.tasks.get_mut(&i),
         TaskSlot::Reduce => job.reduce.as_mut(),
     }
-}
-
-/// Whether a task in `state` has its last attempt's result recorded.
-fn recorded_last(state: &TaskState) -> bool {
-    matches!(state, TaskState::Succeeded | TaskState::Failed)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -108,8 +108,9 @@ pub struct Job {
     /// Array tasks cancelled before any attempt of them was assigned.
     pub never_ran: IndexSet,
     /// The reduce step, once it has been assigned. Once finished its result is in the stored
-    /// records and `result` here is empty.
+    /// records and `result` here is empty; `reduce_recorded` keeps that result's fence.
     pub reduce: Option<Task>,
+    pub reduce_recorded: Option<Fence>,
     /// The reduce step is waiting to be assigned.
     pub reduce_pending: bool,
     pub counts: TaskCounts,
@@ -125,6 +126,8 @@ pub struct Settled {
     /// `Succeeded`, `Failed` or `Cancelled`.
     pub state: TaskState,
     pub attempts: u32,
+    /// The fence of its recorded result, if one was recorded: a report naming it is a repeat.
+    pub recorded: Option<Fence>,
 }
 
 /// A running sum of task run times.
@@ -163,7 +166,8 @@ impl Job {
             && !self.pending.contains(index)
             && !self.tasks.contains_key(&index)
             && !self.never_ran.contains(index);
-        finished.then_some(Settled { state: TaskState::Succeeded, attempts: 1 })
+        // Its result came from attempt 1; the term of that attempt is not kept.
+        finished.then_some(Settled { state: TaskState::Succeeded, attempts: 1, recorded: None })
     }
 }
 

@@ -593,7 +593,7 @@ fn finished_tasks_leave_memory_for_the_records_and_go_with_their_job() {
     assert!(j.tasks.is_empty(), "no finished task stays in memory");
     // Only the task that needed two attempts is remembered, by state and attempts.
     assert_eq!(j.settled.len(), 1);
-    assert_eq!(j.settled[&7], Settled { state: TaskState::Succeeded, attempts: 2 });
+    assert_eq!(j.settled[&7], Settled { state: TaskState::Succeeded, attempts: 2, recorded: Some(retry.fence) });
     assert_eq!(d.records.len(), 100);
     let seventh = d.records.record(TaskId::array(job, 7)).unwrap().unwrap();
     assert_eq!(seventh.result.unwrap().outcome.stdout.text, "second\n");
@@ -702,4 +702,23 @@ fn purge_removes_finished_jobs_once_and_refuses_the_rest() {
     let bad = JobRetention { max_age_ms: Some(1_000), max_finished: 10 };
     assert!(matches!(d.apply(Command::SetJobRetention(bad)), Response::Invalid { .. }));
     assert_eq!(d.replay(), d.state);
+}
+
+/// Regression (review of the records change): a finished task out of memory answers a repeated
+/// report exactly as before: the fence of its recorded result is a duplicate even when the
+/// task ended otherwise (here cancelled while waiting for its retry), any other fence is stale.
+#[test]
+fn a_settled_task_answers_repeats_by_the_fence_of_its_recorded_result() {
+    let mut d = Driver::new();
+    let job = d.submit(JobSpec { retries: 1, ..spec("1") });
+    d.worker("a", 1);
+    let first = d.schedule().remove(0);
+    assert_eq!(d.finish(&first, 1, "boom"), Response::ResultRecorded);
+    d.apply(Command::CancelJob { job });
+    let j = d.state.job(job).unwrap();
+    assert!(j.tasks.is_empty());
+    assert_eq!(j.settled[&1].recorded, Some(first.fence));
+    assert_eq!(d.finish(&first, 1, "boom"), Response::Duplicate);
+    let forged = crate::command::Assigned { fence: Fence { attempt: 2, ..first.fence }, ..first.clone() };
+    assert!(matches!(d.finish(&forged, 0, "late"), Response::Stale { .. }));
 }
