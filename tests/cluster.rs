@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use flotilla_proto::api::{EventType, JobState, Role, TaskState, WorkerState};
+use flotilla_proto::api::{EventType, JobState, TaskState, WorkerState};
 
 /// 3 masters + 2 workers run a 500-task array job with a reduce.
 /// Invariant: every task's result is recorded exactly once and is correct; the reduce sees all.
@@ -55,19 +55,10 @@ async fn leader_sigkill_mid_job_loses_nothing_and_the_master_rejoins() {
     assert_one_leader_per_term(&client).await;
 
     t.cluster.start_master(leader).expect("restart");
-    let address = t.cluster.address(leader);
-    let leader_address = t.cluster.address(new_leader);
-    wait_until(&t, "the restarted master catches up as a follower", LONG, || async {
-        let (Ok(me), Ok(lead)) = (client.node(&address).await, client.node(&leader_address).await) else {
-            return false;
-        };
-        me.role == Role::Follower && me.last_applied.is_some() && me.last_applied >= lead.last_applied
-    })
-    .await;
-    let log = std::fs::read_to_string(t.dir.path().join(format!("logs/master-{leader}.log"))).unwrap_or_default();
+    let log = wait_caught_up(&t, &client, leader, new_leader, "the restarted master catches up as a follower").await;
     assert!(log.contains("snapshot installed"), "the lagging master was caught up by a snapshot");
     // Its replica holds the same job: ask it directly with a stale read.
-    let follower = flotilla_client::Client::new(vec![address], None).expect("client");
+    let follower = flotilla_client::Client::new(vec![t.cluster.address(leader)], None).expect("client");
     let replica = follower.job(id, true).await.expect("stale read from the restarted master");
     assert_eq!(replica.state, JobState::Succeeded);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use flotilla_client::Client;
-use flotilla_proto::api::{JobState, Role};
+use flotilla_proto::api::JobState;
 
 /// Every master's own replica of a job's results and its reduce result (stale reads, so each
 /// master answers from its own store).
@@ -77,16 +77,7 @@ async fn results_survive_every_master_restarting_and_a_follower_rebuilt_by_snaps
         wait_job(&t, &client, id, LONG).await;
     }
     t.cluster.start_master(wiped).expect("restart the wiped follower");
-    let address = t.cluster.address(wiped);
-    let leader_address = t.cluster.address(leader);
-    wait_until(&t, "the wiped follower catches up", LONG, || async {
-        let (Ok(me), Ok(lead)) = (client.node(&address).await, client.node(&leader_address).await) else {
-            return false;
-        };
-        me.role == Role::Follower && me.last_applied.is_some() && me.last_applied >= lead.last_applied
-    })
-    .await;
-    let log = std::fs::read_to_string(t.dir.path().join(format!("logs/master-{wiped}.log"))).unwrap_or_default();
+    let log = wait_caught_up(&t, &client, wiped, leader, "the wiped follower catches up").await;
     assert!(log.contains("snapshot installed"), "the wiped follower was rebuilt by a snapshot");
     check_replica(&t, wiped, id, n).await;
     let rows = client.results(later, 0, None, false).await.expect("results of the later job");

@@ -28,16 +28,7 @@ async fn regression_wiped_follower_is_rebuilt_by_a_snapshot_not_a_partial_log() 
     let dir = t.dir.path().join(format!("master-{follower}"));
     std::fs::remove_dir_all(&dir).expect("wipe");
     t.cluster.start_master(follower).expect("restart");
-    let address = t.cluster.address(follower);
-    let leader_address = t.cluster.address(leader);
-    wait_until(&t, "the wiped follower catches up", LONG, || async {
-        let (Ok(me), Ok(lead)) = (client.node(&address).await, client.node(&leader_address).await) else {
-            return false;
-        };
-        me.role == Role::Follower && me.last_applied.is_some() && me.last_applied >= lead.last_applied
-    })
-    .await;
-    let log = std::fs::read_to_string(t.dir.path().join(format!("logs/master-{follower}.log"))).unwrap_or_default();
+    let log = wait_caught_up(&t, &client, follower, leader, "the wiped follower catches up").await;
     assert!(log.contains("snapshot installed"), "rebuilt through a snapshot");
     assert!(t.cluster.masters.get_mut(&follower).expect("running").try_wait().expect("status").is_none());
 }

@@ -120,6 +120,23 @@ where
     }
 }
 
+/// Waits until master `id` follows and has applied everything master `leader` has, then
+/// returns its log (to check how it caught up).
+pub async fn wait_caught_up(t: &TestCluster, client: &Client, id: u64, leader: u64, what: &str) -> String {
+    let address = t.cluster.address(id);
+    let leader_address = t.cluster.address(leader);
+    wait_until(t, what, LONG, || async {
+        let (Ok(me), Ok(lead)) = (client.node(&address).await, client.node(&leader_address).await) else {
+            return false;
+        };
+        me.role == flotilla_proto::api::Role::Follower
+            && me.last_applied.is_some()
+            && me.last_applied >= lead.last_applied
+    })
+    .await;
+    std::fs::read_to_string(t.dir.path().join(format!("logs/master-{id}.log"))).unwrap_or_default()
+}
+
 /// Invariant: every index 1..=n has exactly one recorded result, and it is the right one.
 pub fn assert_each_task_recorded_once(rows: &[TaskResultView], n: u64, expect: impl Fn(u64) -> String) {
     let mut seen: BTreeMap<u64, usize> = BTreeMap::new();

@@ -224,8 +224,13 @@ async fn submit(shared: &Shared, client: &Client, plan: &JobPlan) -> Option<u64>
         reduce: Some("awk '{s+=$1} END {print s}'".into()),
         ..Default::default()
     };
+    submit_recorded(shared, client, &request).await
+}
+
+/// Submits `request` and records the submit in the history; the id, if the outcome is known.
+async fn submit_recorded(shared: &Shared, client: &Client, request: &SubmitRequest) -> Option<u64> {
     let invoke = shared.micros();
-    let answer = client.submit(&request).await;
+    let answer = client.submit(request).await;
     let complete = shared.micros();
     let id = answer.ok().map(|s| s.id);
     shared.history.lock().unwrap_or_else(|p| p.into_inner()).events.push(lin::Event {
@@ -274,16 +279,7 @@ async fn purge_jobs(shared: Arc<Shared>, client: Client) -> Purged {
     let mut out = Purged::default();
     let job = SubmitRequest { command: vec!["true".into()], ..Default::default() };
     while !shared.stop.load(Ordering::SeqCst) && out.submitted.len() + out.unknown < PURGES {
-        let invoke = shared.micros();
-        let answer = client.submit(&job).await;
-        let complete = shared.micros();
-        let id = answer.ok().map(|s| s.id);
-        shared.history.lock().unwrap_or_else(|p| p.into_inner()).events.push(lin::Event {
-            op: lin::Op::Submit { id },
-            invoke,
-            complete: id.map(|_| complete),
-        });
-        let Some(id) = id else {
+        let Some(id) = submit_recorded(&shared, &client, &job).await else {
             out.unknown += 1;
             continue;
         };

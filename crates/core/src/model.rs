@@ -255,6 +255,11 @@ impl JobSpec {
         Ok(())
     }
 
+    /// Whether `index` is one of this job's task indices (without copying them).
+    pub fn has_index(&self, index: u64) -> bool {
+        self.array.as_ref().map_or(index == 0, |a| a.contains(index))
+    }
+
     /// The task indices this job runs.
     pub fn indices(&self) -> IndexSet {
         self.array.clone().unwrap_or_else(|| IndexSet::range(0, 0))

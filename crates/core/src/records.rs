@@ -110,18 +110,25 @@ const PAGE: usize = 4096;
 /// Every array task's stdout in index order: the reduce step's stdin, and the result of a job
 /// without a reduce step.
 pub fn concatenated_stdout(job: &Job, records: &dyn RecordReader) -> Result<String, RecordError> {
-    let mut out = String::new();
+    Ok(stdout_of_array(job, records)?.0)
+}
+
+/// Every array task's stdout in index order, and whether any of it was cut at the limit.
+fn stdout_of_array(job: &Job, records: &dyn RecordReader) -> Result<(String, bool), RecordError> {
+    let mut text = String::new();
+    let mut truncated = false;
     let mut from = 0;
     loop {
         let page = records.array_records(job.id, from, PAGE)?;
         for (_, task) in &page {
             if let Some(r) = &task.result {
-                out.push_str(&r.outcome.stdout.text);
+                text.push_str(&r.outcome.stdout.text);
+                truncated |= r.outcome.stdout.truncated;
             }
         }
         match page.last() {
             Some((last, _)) if page.len() == PAGE => from = last + 1,
-            _ => return Ok(out),
+            _ => return Ok((text, truncated)),
         }
     }
 }
@@ -136,20 +143,5 @@ pub fn job_result(job: &Job, records: &dyn RecordReader) -> Result<Option<(Strin
         let reduce = records.record(TaskId::reduce(job.id))?;
         return Ok(reduce.and_then(|t| t.result).map(|r| (r.outcome.stdout.text, r.outcome.stdout.truncated)));
     }
-    let mut text = String::new();
-    let mut truncated = false;
-    let mut from = 0;
-    loop {
-        let page = records.array_records(job.id, from, PAGE)?;
-        for (_, task) in &page {
-            if let Some(r) = &task.result {
-                text.push_str(&r.outcome.stdout.text);
-                truncated |= r.outcome.stdout.truncated;
-            }
-        }
-        match page.last() {
-            Some((last, _)) if page.len() == PAGE => from = last + 1,
-            _ => return Ok(Some((text, truncated))),
-        }
-    }
+    stdout_of_array(job, records).map(Some)
 }

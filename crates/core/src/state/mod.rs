@@ -162,7 +162,7 @@ impl Job {
         if let Some(s) = self.settled.get(&index) {
             return Some(s.clone());
         }
-        let finished = self.spec.indices().contains(index)
+        let finished = self.spec.has_index(index)
             && !self.pending.contains(index)
             && !self.tasks.contains_key(&index)
             && !self.never_ran.contains(index);
