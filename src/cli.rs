@@ -54,6 +54,11 @@ pub enum Cmd {
     /// Show or change how jobs of the same priority share the workers: `fair` (the default:
     /// jobs take turns, the one holding the fewest tasks first) or `fifo` (submission order).
     Scheduling(SchedulingArgs),
+    /// The group of masters: list, add and remove masters, hand leadership over.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
     /// Run a local cluster in the foreground (3 masters, 2 workers); Ctrl-C stops it.
     Up(UpArgs),
     /// Start a local cluster, run a job, kill the leader and a worker, show the result.
@@ -85,9 +90,22 @@ pub struct MasterArgs {
     /// Where the Raft log and snapshots are kept.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Every master of the group: ID=HOST:PORT,… (include this one).
-    #[arg(long)]
-    pub peers: String,
+    /// First start of a new group: every master of it, ID=HOST:PORT,… (include this one).
+    /// Later starts read the membership from the data directory; this is then ignored.
+    #[arg(long, conflicts_with = "join", required_unless_present_any = ["join", "await_add"])]
+    pub peers: Option<String>,
+    /// Join a running group through one or more of its masters (HOST:PORT,…): this master
+    /// is added as a learner, catches up, and votes once it is current. Without --peers or
+    /// --join, use --await-add and run `flotilla cluster add-master` yourself.
+    #[arg(long, value_name = "HOST:PORT,…")]
+    pub join: Option<String>,
+    /// Start without a group and wait for `flotilla cluster add-master ID=HOST:PORT`.
+    #[arg(long, conflicts_with_all = ["peers", "join"])]
+    pub await_add: bool,
+    /// The address other masters, workers and clients reach this master at, if not
+    /// --listen (which may be 0.0.0.0). Used by --join and --await-add.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
     /// File holding the cluster token (or set FLOTILLA_TOKEN). Required to listen beyond
     /// loopback.
     #[arg(long)]
@@ -389,6 +407,49 @@ pub struct RetentionArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// List the masters of the group: id, address, voter or learner, and which one leads.
+    Members {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON: an array of {id, address, role, leader}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a running master to the group (start it with `flotilla master --await-add`, or
+    /// use `flotilla master --join`, which does this itself). It joins as a learner, catches
+    /// up, and votes once it is current; this waits for that.
+    AddMaster {
+        /// The new master: ID=HOST:PORT (a new id, never used in this group before).
+        member: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a master from the group (refused if it would leave no quorum, or no voter).
+    /// Its id is retired. Stop its process afterwards.
+    RemoveMaster {
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand leadership to another voter (by default the most up-to-date one that answers),
+    /// e.g. before restarting the leader's machine. A master sent SIGTERM does this itself.
+    TransferLeadership {
+        /// The master to lead next.
+        #[arg(long)]
+        to: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]

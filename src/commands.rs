@@ -24,6 +24,7 @@ pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Events(a) => events(a).await,
         Cmd::Incident { command: crate::cli::IncidentCmd::Report(a) } => incident_report(a).await,
         Cmd::Scheduling(a) => scheduling(a).await,
+        Cmd::Cluster { command } => cluster(command).await,
         Cmd::Up(a) => crate::local::up(a).await,
         Cmd::Demo(a) => crate::demo::run(a).await,
     }
@@ -575,4 +576,58 @@ async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+fn print_members(members: &[flotilla_proto::api::MemberView]) {
+    println!("{:<6} {:<24} {:<8} LEADER", "ID", "ADDRESS", "ROLE");
+    for m in members {
+        println!("{:<6} {:<24} {:<8} {}", m.id, m.address, m.role.as_str(), if m.leader { "yes" } else { "" });
+    }
+}
+
+async fn cluster(command: crate::cli::ClusterCmd) -> anyhow::Result<ExitCode> {
+    use crate::cli::ClusterCmd;
+    match command {
+        ClusterCmd::Members { client, json } => {
+            let members = connect(&client)?.members().await?;
+            if json {
+                print_json(&members)?;
+            } else {
+                print_members(&members);
+            }
+        }
+        ClusterCmd::AddMaster { member, client, json } => {
+            let (id, address) =
+                member.split_once('=').ok_or_else(|| anyhow!("'{member}' is not of the form ID=HOST:PORT"))?;
+            let id: u64 = id.trim().parse().map_err(|_| anyhow!("master id '{id}' is not a number"))?;
+            let members = connect(&client)?.add_master(id, address.trim()).await?;
+            if json {
+                print_json(&members)?;
+            } else {
+                println!("master {id} caught up and votes");
+                print_members(&members);
+            }
+        }
+        ClusterCmd::RemoveMaster { id, client, json } => {
+            let members = connect(&client)?.remove_master(id).await?;
+            if json {
+                print_json(&members)?;
+            } else {
+                println!("master {id} removed; stop its process now");
+                print_members(&members);
+            }
+        }
+        ClusterCmd::TransferLeadership { to, client, json } => {
+            let moved = connect(&client)?.transfer_leadership(to).await?;
+            if json {
+                print_json(&moved)?;
+            } else {
+                println!(
+                    "leadership moved from master {} to master {} (term {}) in {} ms",
+                    moved.from, moved.to, moved.term, moved.took_ms
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

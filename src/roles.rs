@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use flotilla_core::units::{parse_duration, parse_size};
 use flotilla_master::config::parse_peers;
+use flotilla_master::config::Bootstrap;
 use flotilla_master::MasterConfig;
 use flotilla_worker::WorkerConfig;
 
@@ -36,8 +37,26 @@ pub fn shutdown_on_signals() -> CancellationToken {
 pub async fn master(args: MasterArgs) -> anyhow::Result<()> {
     let listen: SocketAddr =
         args.listen.parse().map_err(|_| anyhow!("--listen '{}' is not an IP:PORT address", args.listen))?;
-    let peers = parse_peers(&args.peers).map_err(|e| anyhow!("--peers: {e}"))?;
+    let advertise = args.advertise.clone().unwrap_or_else(|| listen.to_string());
+    let (peers, bootstrap) = match (&args.peers, &args.join) {
+        (Some(peers), _) => (parse_peers(peers).map_err(|e| anyhow!("--peers: {e}"))?, Bootstrap::Peers),
+        (None, join) => {
+            let through: Vec<String> = join
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if join.is_some() && through.is_empty() {
+                bail!("--join needs at least one HOST:PORT of a running master");
+            }
+            let bootstrap = if through.is_empty() { Bootstrap::AwaitAdd } else { Bootstrap::Join(through) };
+            (BTreeMap::from([(args.id, advertise.clone())]), bootstrap)
+        }
+    };
     let mut config = MasterConfig::new(args.id, listen, args.data_dir, peers);
+    config.bootstrap = bootstrap;
     config.token = read_token(args.token_file.as_deref())?;
     config.worker_timeout = parse_duration(&args.worker_timeout).context("--worker-timeout")?;
     let election = parse_duration(&args.election_timeout).context("--election-timeout")?;

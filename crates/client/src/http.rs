@@ -53,6 +53,19 @@ impl HttpClient {
         json_body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), HttpError> {
+        self.exchange(method, address, path, json_body, timeout).await.map(|a| (a.status, a.body))
+    }
+
+    /// Like [`HttpClient::send`], with the masters the answer named
+    /// ([`flotilla_proto::api::MASTERS_HEADER`]).
+    pub async fn exchange(
+        &self,
+        method: Method,
+        address: &str,
+        path: &str,
+        json_body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Answer, HttpError> {
         let mut builder = Request::builder().method(method).uri(format!("http://{address}{path}"));
         if let Some(auth) = &self.auth {
             builder = builder.header(AUTHORIZATION, auth.clone());
@@ -72,12 +85,25 @@ impl HttpClient {
                 }
             })?;
             let status = response.status();
+            let masters = response
+                .headers()
+                .get(flotilla_proto::api::MASTERS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect())
+                .unwrap_or_default();
             let body = response.into_body().collect().await.map_err(|e| HttpError::Other(e.to_string()))?;
-            Ok((status, body.to_bytes()))
+            Ok(Answer { status, masters, body: body.to_bytes() })
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(HttpError::Timeout),
         }
     }
+}
+
+/// One HTTP answer: its status, the group's masters it named, and its body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub masters: Vec<String>,
+    pub body: Bytes,
 }

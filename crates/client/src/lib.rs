@@ -49,6 +49,9 @@ impl ClientError {
 
 pub struct Client {
     addresses: Vec<String>,
+    /// Masters the answers named that were not given (the group changed since): tried after
+    /// the given ones, so a client outlives the replacement of every master it was given.
+    learned: Mutex<Vec<String>>,
     http: http::HttpClient,
     leader: Mutex<Option<String>>,
     /// How long to keep retrying while no master can answer.
@@ -57,6 +60,8 @@ pub struct Client {
 
 /// Per-attempt timeout of ordinary requests; a paused master must not stall the client long.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Adding a master waits for it to catch up (the leader gives up after two minutes).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(130);
 
 impl Client {
     /// `addresses`: `host:port` of one or more masters. `token`: the cluster token, if any.
@@ -67,7 +72,13 @@ impl Client {
             return Err(ClientError::Config("no master address given (--masters or FLOTILLA_MASTERS)".into()));
         }
         let http = http::HttpClient::new(token).map_err(ClientError::Config)?;
-        Ok(Client { addresses, http, leader: Mutex::new(None), retry_for: Duration::from_secs(15) })
+        Ok(Client {
+            addresses,
+            learned: Mutex::new(Vec::new()),
+            http,
+            leader: Mutex::new(None),
+            retry_for: Duration::from_secs(15),
+        })
     }
 
     pub fn with_retry_for(mut self, d: Duration) -> Self {
@@ -87,6 +98,21 @@ impl Client {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = hint;
     }
 
+    fn learn(&self, masters: Vec<String>) {
+        if masters.is_empty() {
+            return;
+        }
+        let fresh: Vec<String> = masters.into_iter().filter(|a| !self.addresses.contains(a)).collect();
+        *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
+    /// Every address to try, given ones first, then learned ones.
+    pub fn known_addresses(&self) -> Vec<String> {
+        let mut all = self.addresses.clone();
+        all.extend(self.learned.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        all
+    }
+
     /// Sends one request, following the leader and retrying until `retry_for` runs out.
     pub async fn request<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -101,7 +127,7 @@ impl Client {
         loop {
             let hint = self.leader_hint();
             let mut order: Vec<String> = hint.iter().cloned().collect();
-            order.extend(self.addresses.iter().filter(|a| hint.as_ref() != Some(*a)).cloned());
+            order.extend(self.known_addresses().into_iter().filter(|a| hint.as_ref() != Some(a)));
             let mut redirects = 0;
             let mut i = 0;
             while i < order.len() {
@@ -112,8 +138,11 @@ impl Client {
                     None => None,
                 };
                 let (status, bytes) =
-                    match self.http.send(method.clone(), &address, path_and_query, json, attempt_timeout).await {
-                        Ok(r) => r,
+                    match self.http.exchange(method.clone(), &address, path_and_query, json, attempt_timeout).await {
+                        Ok(answer) => {
+                            self.learn(answer.masters);
+                            (answer.status, answer.body)
+                        }
                         Err(e) => {
                             last = format!("{address}: {e}");
                             if self.leader_hint().as_deref() == Some(address.as_str()) {
@@ -150,7 +179,7 @@ impl Client {
                 }
             }
             if Instant::now() + backoff > deadline {
-                return Err(ClientError::Unavailable { tried: self.addresses.join(","), last });
+                return Err(ClientError::Unavailable { tried: self.known_addresses().join(","), last });
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -278,6 +307,34 @@ impl Client {
         scheduling: &flotilla_proto::api::Scheduling,
     ) -> Result<flotilla_proto::api::Scheduling, ClientError> {
         self.request(Method::PUT, "/v1/scheduling", Some(scheduling), ATTEMPT_TIMEOUT).await
+    }
+
+    /// The masters of the group, as the master that answers knows them.
+    pub async fn members(&self) -> Result<Vec<flotilla_proto::api::MemberView>, ClientError> {
+        self.get("/v1/cluster/members").await
+    }
+
+    /// Adds a master (it must be running); answers once it votes, which may take as long as
+    /// it needs to catch up.
+    pub async fn add_master(
+        &self,
+        id: u64,
+        address: &str,
+    ) -> Result<Vec<flotilla_proto::api::MemberView>, ClientError> {
+        let request = flotilla_proto::api::AddMaster { id, address: address.to_string() };
+        self.request(Method::POST, "/v1/cluster/members", Some(&request), MEMBERSHIP_TIMEOUT).await
+    }
+
+    pub async fn remove_master(&self, id: u64) -> Result<Vec<flotilla_proto::api::MemberView>, ClientError> {
+        self.request::<(), _>(Method::DELETE, &format!("/v1/cluster/members/{id}"), None, MEMBERSHIP_TIMEOUT).await
+    }
+
+    pub async fn transfer_leadership(
+        &self,
+        to: Option<u64>,
+    ) -> Result<flotilla_proto::api::LeadershipMoved, ClientError> {
+        let request = flotilla_proto::api::TransferLeadership { to };
+        self.request(Method::POST, "/v1/cluster/leader", Some(&request), Duration::from_secs(15)).await
     }
 
     /// One master's own view of itself (never redirected).

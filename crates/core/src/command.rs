@@ -114,6 +114,20 @@ pub enum Command {
     PurgeJobs {
         jobs: Vec<JobId>,
     },
+    /// The masters' Raft membership changed (committed by openraft before this is proposed):
+    /// journalled, and a removed master's id is never accepted again.
+    MembershipChanged(MemberChange),
+}
+
+/// One change of the masters' group, as the journal records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// A new master joined as a learner (it does not vote yet).
+    LearnerAdded { node: NodeId, address: String },
+    /// A learner caught up and now votes.
+    Promoted { node: NodeId },
+    /// A master left the group; its id is retired.
+    Removed { node: NodeId },
 }
 
 /// One committed assignment, as the leader pushes it to the worker.

@@ -75,6 +75,7 @@ pub enum EventKind {
     MasterReachable {
         node: NodeId,
     },
+    MembershipChanged(crate::command::MemberChange),
     WorkerJoined {
         worker: String,
         cpus: u32,
@@ -126,6 +127,7 @@ impl EventKind {
             EventKind::LeaderElected { .. } => "leader_elected",
             EventKind::MasterUnreachable { .. } => "master_unreachable",
             EventKind::MasterReachable { .. } => "master_reachable",
+            EventKind::MembershipChanged(_) => "membership_changed",
             EventKind::WorkerJoined { .. } => "worker_joined",
             EventKind::WorkerLost { .. } => "worker_lost",
             EventKind::JobSubmitted { .. } => "job_submitted",
@@ -149,6 +151,15 @@ impl EventKind {
             },
             EventKind::MasterUnreachable { node } => format!("master {node} is unreachable"),
             EventKind::MasterReachable { node } => format!("master {node} is reachable again"),
+            EventKind::MembershipChanged(change) => match change {
+                crate::command::MemberChange::LearnerAdded { node, address } => {
+                    format!("master {node} at {address} joined as a learner")
+                }
+                crate::command::MemberChange::Promoted { node } => {
+                    format!("master {node} caught up and became a voter")
+                }
+                crate::command::MemberChange::Removed { node } => format!("master {node} was removed from the group"),
+            },
             EventKind::WorkerJoined { worker, cpus } => {
                 format!("worker {worker} joined with {cpus} cpus")
             }

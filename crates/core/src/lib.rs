@@ -28,7 +28,7 @@ pub mod session;
 pub mod state;
 pub mod units;
 
-pub use command::{Assigned, Command, Placement, Proposal, Response, WorkerInfo};
+pub use command::{Assigned, Command, MemberChange, Placement, Proposal, Response, WorkerInfo};
 pub use index_set::IndexSet;
 pub use model::{Fence, JobId, JobSpec, Outcome, TaskId, TaskSlot};
 pub use reason::Refusal;

@@ -19,9 +19,10 @@ use flotilla_core::scheduler::unschedulable_reason;
 use flotilla_core::state::JobPresence;
 use flotilla_core::{Command, Refusal, Response as Applied};
 use flotilla_proto::api::{
-    removed_message, ApiError, ApiErrorCode, Cancelled, EventView, Events, JobDetail, JobPage, JobQuery, JobResult,
-    JobRetention, JobRetentionView, JobState, JobSummary, MasterStatus, PurgeOutcome, PurgeRequest, RetentionView,
-    Role, Status, StatusWarning, SubmitRequest, Submitted, TaskResultView, WorkerStatus,
+    removed_message, AddMaster, ApiError, ApiErrorCode, Cancelled, EventView, Events, JobDetail, JobPage, JobQuery,
+    JobResult, JobRetention, JobRetentionView, JobState, JobSummary, LeadershipMoved, MasterStatus, MemberView,
+    PurgeOutcome, PurgeRequest, RetentionView, Role, Status, StatusWarning, SubmitRequest, Submitted, TaskResultView,
+    TransferLeadership, WorkerStatus,
 };
 use flotilla_proto::time::now_ms;
 
@@ -45,6 +46,10 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/events/retention", get(retention).put(set_retention))
         .route("/v1/scheduling", get(scheduling).put(set_scheduling))
         .route("/v1/node", get(node))
+        .route("/v1/cluster/members", get(cluster_members).post(add_master))
+        .route("/v1/cluster/members/{id}", axum::routing::delete(remove_master))
+        .route("/v1/cluster/leader", post(transfer_leadership))
+        .route("/v1/cluster/stand", post(stand))
         .route("/metrics", get(metrics))
         .with_state(master)
 }
@@ -114,6 +119,17 @@ fn from_propose(master: &Master, e: ProposeError) -> Failure {
         ProposeError::Dropped => {
             failure(ApiErrorCode::Unavailable, "leadership changed before the request committed; retry")
         }
+    }
+}
+
+fn from_membership(master: &Master, e: crate::membership::MembershipError) -> Failure {
+    use crate::membership::MembershipError as E;
+    match e {
+        E::NotLeader { leader } => from_propose(master, ProposeError::NotLeader { leader }),
+        E::Busy => failure(ApiErrorCode::Conflict, e.to_string()),
+        E::Invalid(m) => bad_request(m),
+        E::Conflict(m) => failure(ApiErrorCode::Conflict, m),
+        E::Unavailable(m) => failure(ApiErrorCode::Unavailable, m),
     }
 }
 
@@ -516,6 +532,39 @@ async fn metrics(State(master): State<Shared>) -> Response {
 
 async fn node(State(master): State<Shared>) -> Json<flotilla_proto::api::NodeInfo> {
     Json(master.node_info())
+}
+
+async fn cluster_members(State(master): State<Shared>) -> Json<Vec<MemberView>> {
+    Json(crate::membership::members(&master))
+}
+
+async fn add_master(State(master): State<Shared>, body: Bytes) -> Result<Json<Vec<MemberView>>, Failure> {
+    let request: AddMaster =
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("bad add-master request: {e}")))?;
+    crate::membership::add(&master, request.id, request.address)
+        .await
+        .map(Json)
+        .map_err(|e| from_membership(&master, e))
+}
+
+async fn remove_master(State(master): State<Shared>, Path(id): Path<String>) -> Result<Json<Vec<MemberView>>, Failure> {
+    let id: u64 = id.parse().map_err(|_| bad_request(format!("master id must be a number, not '{id}'")))?;
+    crate::membership::remove(&master, id).await.map(Json).map_err(|e| from_membership(&master, e))
+}
+
+async fn transfer_leadership(State(master): State<Shared>, body: Bytes) -> Result<Json<LeadershipMoved>, Failure> {
+    let request: TransferLeadership = if body.is_empty() {
+        TransferLeadership::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("bad transfer request: {e}")))?
+    };
+    crate::membership::transfer(&master, request.to).await.map(Json).map_err(|e| from_membership(&master, e))
+}
+
+/// The last step of a leadership transfer, asked of the chosen follower by the leader.
+async fn stand(State(master): State<Shared>) -> Result<Json<flotilla_proto::api::NodeInfo>, Failure> {
+    crate::membership::stand(&master).await.map_err(|e| from_membership(&master, e))?;
+    Ok(Json(master.node_info()))
 }
 
 pub async fn fallback() -> Failure {

@@ -24,6 +24,19 @@ pub struct MasterConfig {
     /// Where this master runs (e.g. zone=a, region=eu): shown in status, and checked so that
     /// no one zone holds a majority of the voting masters.
     pub labels: BTreeMap<String, String>,
+    /// How this master finds its group on a first start.
+    pub bootstrap: Bootstrap,
+}
+
+/// How a master with an empty data directory finds its group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A new group: `peers` lists every master, and each initialises it with the same list.
+    Peers,
+    /// A running group: ask these masters to add this one (it joins as a learner).
+    Join(Vec<String>),
+    /// A running group whose operator adds this master (`flotilla cluster add-master`).
+    AwaitAdd,
 }
 
 impl MasterConfig {
@@ -37,6 +50,7 @@ impl MasterConfig {
             worker_timeout: Duration::from_secs(3),
             raft: RaftTiming::default(),
             labels: BTreeMap::new(),
+            bootstrap: Bootstrap::Peers,
         }
     }
 

@@ -40,6 +40,8 @@ pub async fn watch_leadership(master: Arc<Master>, shutdown: CancellationToken) 
                 m.current_leader,
             )
         };
+        // Cheap when unchanged (the core compares); on a change every worker hears at once.
+        master.sessions.set_masters(master.members().into_iter().map(|(_, address)| address).collect()).await;
         let current = master.leadership();
         match (leading, current) {
             (true, Some(l)) if l.term == term => {}

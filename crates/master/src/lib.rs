@@ -30,6 +30,7 @@ pub mod config;
 pub mod dashboard;
 pub mod leader;
 pub mod links;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod proposer;
@@ -77,6 +78,8 @@ pub enum MasterError {
     Corrupt { dir: std::path::PathBuf, reason: String },
     #[error("raft: {0}")]
     Raft(String),
+    #[error("cannot join the group: {0}")]
+    Join(String),
     #[error("server: {0}")]
     Serve(std::io::Error),
 }
@@ -146,21 +149,36 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
         .merge(dashboard::router(master.clone()))
         .merge(grpc)
         .fallback(api::fallback)
+        .layer(axum::middleware::from_fn_with_state(master.clone(), name_the_masters))
         .layer(axum::middleware::from_fn_with_state(token, auth::require_token));
-    let server_stop = shutdown.clone();
+    // The server outlives `shutdown` by the leadership hand-over: the new leader needs this
+    // master's vote.
+    let server_stop = CancellationToken::new();
+    let server_stopped = server_stop.clone();
     // No Nagle delay: small Raft and session messages must leave at once (a delayed ACK
     // otherwise costs up to 40 ms per exchange).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let server =
-        tokio::spawn(
-            async move { axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned()).await },
-        );
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(server_stopped.cancelled_owned()).await
+    });
     tracing::info!(id = config.id, listen = %config.listen, pristine, "master started");
 
-    if pristine {
-        initialize_if_new(&master).await;
+    let (join_failed, mut join_failure) = tokio::sync::mpsc::channel::<String>(1);
+    match &config.bootstrap {
+        config::Bootstrap::Peers if pristine => initialize_if_new(&master).await,
+        config::Bootstrap::Peers => {}
+        config::Bootstrap::Join(through) => {
+            tokio::spawn(join(master.clone(), through.clone(), join_failed, shutdown.clone()));
+        }
+        config::Bootstrap::AwaitAdd if pristine => tracing::info!(
+            id = config.id,
+            "waiting to be added to a group (flotilla cluster add-master {}={})",
+            config.id,
+            master.address_of(config.id).unwrap_or_default()
+        ),
+        config::Bootstrap::AwaitAdd => {}
     }
     tokio::spawn(master.sessions.clone().run(shutdown.clone()));
     tokio::spawn(leader::watch_leadership(master.clone(), shutdown.clone()));
@@ -180,9 +198,17 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
         reason = raft_failure(&raft) => {
             // Raft stops by itself only on a fatal error, such as a failing disk.
             shutdown.cancel();
+            server_stop.cancel();
             return Err(MasterError::Raft(reason));
         }
+        Some(reason) = join_failure.recv() => {
+            shutdown.cancel();
+            server_stop.cancel();
+            return Err(MasterError::Join(reason));
+        }
     }
+    hand_over_leadership(&master).await;
+    server_stop.cancel();
     tracing::info!("shutting down");
     let _ = raft.shutdown().await;
     match tokio::time::timeout(Duration::from_secs(2), server).await {
@@ -214,13 +240,15 @@ fn open_stores(dir: &std::path::Path) -> Result<(LogStore, StateMachineStore), S
     Ok((log, sm))
 }
 
-/// Whether another master of `--peers` reports an initialised group.
+/// Whether another master of `--peers` (or `--join`) reports an initialised group.
 async fn peers_run_a_group(config: &MasterConfig) -> bool {
     let Ok(http) = flotilla_client::http::HttpClient::new(config.token.as_deref()) else { return false };
-    for (id, address) in &config.peers {
-        if *id == config.id {
-            continue;
-        }
+    let mut addresses: Vec<&String> =
+        config.peers.iter().filter(|(id, _)| **id != config.id).map(|(_, address)| address).collect();
+    if let config::Bootstrap::Join(through) = &config.bootstrap {
+        addresses.extend(through);
+    }
+    for address in addresses {
         let answer = http.send(hyper::Method::GET, address, "/v1/node", None, Duration::from_secs(1)).await;
         if let Ok((status, body)) = answer {
             let info: Result<flotilla_proto::api::NodeInfo, _> = serde_json::from_slice(&body);
@@ -281,5 +309,92 @@ async fn initialize_if_new(master: &Master) {
     match master.raft.initialize(members).await {
         Ok(()) => tracing::info!("initialised a new group from --peers"),
         Err(e) => tracing::info!(error = %e, "group already initialised"),
+    }
+}
+
+/// Names every master of the group in each answer ([`flotilla_proto::api::MASTERS_HEADER`]).
+async fn name_the_masters(
+    axum::extract::State(master): axum::extract::State<Arc<Master>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    let addresses: Vec<String> = master.members().into_iter().map(|(_, address)| address).collect();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&addresses.join(",")) {
+        response.headers_mut().insert(flotilla_proto::api::MASTERS_HEADER, value);
+    }
+    response
+}
+
+/// `--join`: asks the group (through any of `through`) to add this master, until it votes.
+/// Runs on every start, so a master restarted before it was promoted asks again. A refusal
+/// (a reused id, a taken address) stops the master with the reason.
+async fn join(
+    master: Arc<Master>,
+    through: Vec<String>,
+    failed: tokio::sync::mpsc::Sender<String>,
+    stop: CancellationToken,
+) {
+    let me = master.config.id;
+    let address = master.address_of(me).unwrap_or_default();
+    let client = match flotilla_client::Client::new(through.clone(), master.config.token.as_deref()) {
+        Ok(c) => c.with_retry_for(Duration::from_secs(5)),
+        Err(e) => {
+            let _ = failed.send(e.to_string()).await;
+            return;
+        }
+    };
+    let mut asked = false;
+    loop {
+        let voter = master.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == me);
+        if voter {
+            if asked {
+                tracing::info!(id = me, "joined the group; this master votes");
+            }
+            return;
+        }
+        if !asked {
+            tracing::info!(id = me, %address, through = %through.join(","), "asking the group to add this master");
+        }
+        asked = true;
+        let answer = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = client.add_master(me, &address) => a,
+        };
+        match answer {
+            Ok(_) => {}
+            Err(flotilla_client::ClientError::Api { status, error }) if status == 400 || status == 409 => {
+                if error.code == flotilla_proto::api::ApiErrorCode::Conflict && error.error.contains("in progress") {
+                    tracing::info!("another membership change is in progress; asking again shortly");
+                } else {
+                    tracing::error!(error = %error.error, "the group refused to add this master");
+                    let _ = failed.send(error.error).await;
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not ask the group to add this master; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// On a planned stop, a leader hands leadership to an up-to-date voter first, so the group
+/// commits on without waiting out an election timeout.
+async fn hand_over_leadership(master: &Master) {
+    let leading = master.leader_id() == Some(master.config.id);
+    let others =
+        master.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v != master.config.id);
+    if !leading || !others {
+        return;
+    }
+    match tokio::time::timeout(Duration::from_secs(5), membership::transfer(master, None)).await {
+        Ok(Ok(moved)) => {
+            tracing::info!(to = moved.to, took_ms = moved.took_ms, "handed leadership over before stopping")
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not hand leadership over before stopping"),
+        Err(_) => tracing::warn!("handing leadership over took more than 5 s; stopping anyway"),
     }
 }

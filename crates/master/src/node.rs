@@ -25,13 +25,15 @@ use crate::watchdog::LeaderContact;
 #[derive(Clone)]
 pub struct Leadership {
     pub term: u64,
+    /// When this master became leader (a leadership transfer waits out its own lease).
+    pub since: std::time::Instant,
     pub cancel: CancellationToken,
     pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Leadership {
     pub fn new(term: u64, cancel: CancellationToken) -> Self {
-        Leadership { term, cancel, tasks: tokio_util::task::TaskTracker::new() }
+        Leadership { term, since: std::time::Instant::now(), cancel, tasks: tokio_util::task::TaskTracker::new() }
     }
 
     /// Ends the leadership: its tasks are told to stop, and a straggler is reported.
@@ -67,6 +69,8 @@ pub struct Master {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Round trips to the other masters (from Raft's calls and [`crate::links`]' probes).
     pub rtts: PeerRtts,
+    /// Held by a membership change or leadership transfer: one at a time.
+    pub membership_lock: tokio::sync::Mutex<()>,
     leadership: Mutex<Option<Leadership>>,
 }
 
@@ -98,6 +102,7 @@ impl Master {
             log_bytes,
             metrics,
             rtts,
+            membership_lock: tokio::sync::Mutex::new(()),
             leadership: Mutex::new(None),
         })
     }

@@ -39,13 +39,25 @@ struct Pending {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
+    in_flight: Arc<Semaphore>,
 }
+
+/// While held, nothing more is proposed (what arrives waits in the queue); the proposal in
+/// flight when it was taken has finished.
+pub struct Paused(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 impl Proposer {
     pub fn start(raft: Raft, metrics: Arc<crate::metrics::Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(64 * 1024);
-        tokio::spawn(batch_loop(raft, rx, metrics));
-        Proposer { tx }
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        tokio::spawn(batch_loop(raft, rx, metrics, in_flight.clone()));
+        Proposer { tx, in_flight }
+    }
+
+    /// Stops proposing until the guard is dropped: a leadership transfer needs the log to
+    /// stand still while the new leader catches up to its last entry.
+    pub async fn pause(&self) -> Option<Paused> {
+        self.in_flight.clone().acquire_many_owned(MAX_IN_FLIGHT as u32).await.ok().map(Paused)
     }
 
     /// Enqueues commands (committed together, in order) and returns where their responses
@@ -71,8 +83,12 @@ impl Proposer {
     }
 }
 
-async fn batch_loop(raft: Raft, mut rx: mpsc::Receiver<Pending>, metrics: Arc<crate::metrics::Metrics>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+async fn batch_loop(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Pending>,
+    metrics: Arc<crate::metrics::Metrics>,
+    in_flight: Arc<Semaphore>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let mut count = batch[0].commands.len();

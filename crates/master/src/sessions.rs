@@ -201,6 +201,11 @@ impl Sessions {
         self.drive(|core, _, _, out| core.follow(term, leader, out)).await;
     }
 
+    /// The group's masters are these (from the Raft membership): workers are told.
+    pub async fn set_masters(self: &Arc<Self>, addresses: Vec<String>) {
+        self.drive(|core, _, _, out| core.set_masters(addresses, out)).await;
+    }
+
     /// The term this master leads and can act in (its state is current).
     pub fn ready_term(&self) -> Option<u64> {
         self.lock().core.ready_term()

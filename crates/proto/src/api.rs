@@ -11,6 +11,13 @@
 //! | GET | `/v1/status` | `?stale` | [`Status`] |
 //! | GET | `/v1/events` | `?after&limit&wait_ms&stale` | [`Events`] |
 //! | GET | `/v1/node` | | [`NodeInfo`] (this master's own view, never forwarded) |
+//! | GET | `/v1/cluster/members` | | `[MemberView]` (this master's view of the Raft membership) |
+//! | POST | `/v1/cluster/members` | [`AddMaster`] | `[MemberView]` (after the new master votes) |
+//! | DELETE | `/v1/cluster/members/{id}` | | `[MemberView]` |
+//! | POST | `/v1/cluster/leader` | [`TransferLeadership`] | [`LeadershipMoved`] |
+//!
+//! Every answer carries the group's masters in the `x-flotilla-masters` header
+//! ([`MASTERS_HEADER`]), so clients learn of masters they were not given.
 //!
 //! Reads are linearizable unless `stale=true`. A follower answers writes and linearizable reads
 //! with `421 Misdirected Request` and an [`ApiError`] naming the leader; clients retry there.
@@ -305,6 +312,7 @@ pub enum EventType {
     LeaderElected,
     MasterUnreachable,
     MasterReachable,
+    MembershipChanged,
     WorkerJoined,
     WorkerLost,
     JobSubmitted,
@@ -325,6 +333,7 @@ impl EventType {
             EventType::LeaderElected => "leader_elected",
             EventType::MasterUnreachable => "master_unreachable",
             EventType::MasterReachable => "master_reachable",
+            EventType::MembershipChanged => "membership_changed",
             EventType::WorkerJoined => "worker_joined",
             EventType::WorkerLost => "worker_lost",
             EventType::JobSubmitted => "job_submitted",
@@ -345,6 +354,7 @@ impl From<&journal::EventKind> for EventType {
             K::LeaderElected { .. } => EventType::LeaderElected,
             K::MasterUnreachable { .. } => EventType::MasterUnreachable,
             K::MasterReachable { .. } => EventType::MasterReachable,
+            K::MembershipChanged(_) => EventType::MembershipChanged,
             K::WorkerJoined { .. } => EventType::WorkerJoined,
             K::WorkerLost { .. } => EventType::WorkerLost,
             K::JobSubmitted { .. } => EventType::JobSubmitted,
@@ -975,6 +985,13 @@ impl EventView {
             journal::EventKind::MasterUnreachable { node } | journal::EventKind::MasterReachable { node } => {
                 v.node = Some(*node)
             }
+            journal::EventKind::MembershipChanged(change) => {
+                v.node = Some(match change {
+                    flotilla_core::MemberChange::LearnerAdded { node, .. }
+                    | flotilla_core::MemberChange::Promoted { node }
+                    | flotilla_core::MemberChange::Removed { node } => *node,
+                })
+            }
             journal::EventKind::WorkerJoined { worker, cpus } => {
                 v.worker = Some(worker.clone());
                 v.cpus = Some(*cpus);
@@ -1270,4 +1287,61 @@ mod tests {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scheduling {
     pub sharing: flotilla_core::model::Sharing,
+}
+
+/// The header in which every master names every master of the group (comma-separated
+/// addresses), so clients keep finding the group after its members change.
+pub const MASTERS_HEADER: &str = "x-flotilla-masters";
+
+/// Whether a master votes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    Voter,
+    /// Receives the log but does not vote (a new master catching up).
+    Learner,
+}
+
+impl MemberRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Voter => "voter",
+            MemberRole::Learner => "learner",
+        }
+    }
+}
+
+/// One master of the group (`flotilla cluster members --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: u64,
+    pub address: String,
+    pub role: MemberRole,
+    pub leader: bool,
+}
+
+/// `POST /v1/cluster/members`: add a master; it joins as a learner and votes once current.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMaster {
+    pub id: u64,
+    pub address: String,
+}
+
+/// `POST /v1/cluster/leader`: hand leadership to `to`, or to the most up-to-date voter.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeadership {
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
+/// Where leadership went.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeadershipMoved {
+    pub from: u64,
+    pub to: u64,
+    pub term: u64,
+    /// From the request to the new leader being known here.
+    pub took_ms: u64,
 }

@@ -128,6 +128,12 @@ pub enum MasterBody {
         task: TaskId,
         fence: Fence,
     },
+    /// The addresses of every master of the group, sent after `Welcome` and again when the
+    /// membership changes: the worker reconnects through these, not only the ones it was
+    /// started with.
+    Members {
+        addresses: Vec<String>,
+    },
 }
 
 impl MasterBody {

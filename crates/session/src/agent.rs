@@ -121,6 +121,10 @@ pub enum Observation {
         highest: u64,
     },
     RoundTrip(Duration),
+    /// The leader named the group's masters, and they differ from what this worker knew.
+    MastersLearned {
+        addresses: Vec<String>,
+    },
     QueueResized {
         from: u32,
         to: u32,
@@ -445,6 +449,7 @@ impl AgentCore {
                         }
                     }
                 }
+                MasterBody::Members { addresses } => self.learn_masters(addresses, out),
                 MasterBody::Welcome { .. } | MasterBody::Batch(_) => {}
             }
         }
@@ -454,6 +459,21 @@ impl AgentCore {
             1 => out.extend(given_back.pop().map(Effect::Send)),
             _ => out.push(Effect::Send(WorkerMsg::Batch(given_back))),
         }
+    }
+
+    /// The leader named the group's masters: later connections go through them (the ones
+    /// this worker was started with may be gone for good after a replacement).
+    fn learn_masters(&mut self, mut addresses: Vec<String>, out: &mut Vec<Effect>) {
+        addresses.sort();
+        addresses.dedup();
+        let mut known = self.config.masters.clone();
+        known.sort();
+        if addresses.is_empty() || addresses == known {
+            return;
+        }
+        out.push(Effect::Observe(Observation::MastersLearned { addresses: addresses.clone() }));
+        self.config.masters = addresses;
+        self.next_master = 0;
     }
 
     /// An attempt has run long enough to be worth reporting as started.

@@ -250,6 +250,8 @@ pub struct LeaderCore {
     waiting: std::collections::BTreeSet<SessionId>,
     pending: HashMap<ProposalId, Origin>,
     next_proposal: ProposalId,
+    /// Every master's address, as the Raft membership names them (told to each worker).
+    masters: Vec<String>,
 }
 
 /// A queued attempt asked back is asked again after this long (it may have started, or the
@@ -268,6 +270,25 @@ impl LeaderCore {
             waiting: Default::default(),
             pending: HashMap::new(),
             next_proposal: 1,
+            masters: Vec::new(),
+        }
+    }
+
+    /// The group's masters changed (or are first known): every open session is told.
+    pub fn set_masters(&mut self, mut addresses: Vec<String>, out: &mut Vec<Effect>) {
+        addresses.sort();
+        addresses.dedup();
+        if addresses == self.masters {
+            return;
+        }
+        self.masters = addresses;
+        if self.leading_term().is_none() {
+            return;
+        }
+        let open: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| matches!(s, Stage::Open { .. })).map(|(id, _)| *id).collect();
+        for session in open {
+            self.send(session, MasterBody::Members { addresses: self.masters.clone() }, out);
         }
     }
 
@@ -604,6 +625,9 @@ impl LeaderCore {
         self.sessions.insert(session, Stage::Open { name: name.clone() });
         let heartbeat_ms = self.config.heartbeat.as_millis() as u64;
         self.send(session, MasterBody::Welcome { leader: self.config.me, incarnation, heartbeat_ms }, out);
+        if !self.masters.is_empty() {
+            self.send(session, MasterBody::Members { addresses: self.masters.clone() }, out);
+        }
         out.push(Effect::Observe(Observation::SessionOpened { worker: name.clone(), incarnation, attached }));
         let plan = session::reconcile(state, &name, known);
         let mut bodies: Vec<MasterBody> =

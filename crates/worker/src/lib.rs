@@ -173,6 +173,9 @@ impl Launcher {
                 tracing::warn!(term, highest, "ignoring a message from a deposed leader")
             }
             Observation::RoundTrip(rtt) => self.metrics.observe_rtt(rtt),
+            Observation::MastersLearned { addresses } => {
+                tracing::info!(masters = %addresses.join(","), "the group's masters changed")
+            }
             Observation::QueueResized { from, to } => {
                 tracing::debug!(from, to, "resizing the task queue");
                 self.metrics.queue_depth.set(i64::from(to));

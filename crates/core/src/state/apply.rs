@@ -64,6 +64,14 @@ impl ClusterState {
                 }
                 Response::Noted
             }
+            Command::MembershipChanged(change) => {
+                if let crate::command::MemberChange::Removed { node } = change {
+                    self.retired_masters.insert(*node);
+                    self.unreachable_masters.remove(node);
+                }
+                self.journal.record(ctx.at_ms, EventKind::MembershipChanged(change.clone()));
+                Response::Noted
+            }
             Command::SetWorkerQueue { worker, queue } => match self.workers.get_mut(worker) {
                 Some(w) if w.state == WorkerState::Ready => {
                     w.queue = *queue;

@@ -313,6 +313,9 @@ pub struct ClusterState {
     last_entry: Option<(u64, Millis)>,
     /// Which finished jobs stay, and which were removed.
     retained: retention::Retained,
+    /// Ids of masters removed from the group: never accepted again, so a stale process with
+    /// an old id cannot come back as the new member.
+    retired_masters: BTreeSet<NodeId>,
     /// Record changes made by entries applied since the shell last took them.
     #[serde(skip)]
     record_ops: RecordOutbox,
@@ -349,6 +352,7 @@ impl Default for ClusterState {
             last_assignment_term: 0,
             last_entry: None,
             retained: retention::Retained::default(),
+            retired_masters: BTreeSet::new(),
             record_ops: RecordOutbox::default(),
         }
     }
@@ -401,6 +405,10 @@ impl ClusterState {
 
     pub fn leader(&self) -> Option<(NodeId, u64)> {
         self.leader
+    }
+
+    pub fn retired_masters(&self) -> &BTreeSet<NodeId> {
+        &self.retired_masters
     }
 
     pub fn unreachable_masters(&self) -> &BTreeSet<NodeId> {
