@@ -96,6 +96,26 @@ impl LocalCluster {
     }
 
     pub fn start_master(&mut self, id: u64) -> anyhow::Result<()> {
+        let peers = self.peers();
+        self.spawn_master(id, &["--peers", &peers])
+    }
+
+    /// Plans master `id` on a free port and starts it with `--join` through masters
+    /// `through` (it joins the running group as a learner and votes once current).
+    pub fn join_master(&mut self, id: u64, through: &[u64]) -> anyhow::Result<()> {
+        self.ports.insert(id, free_port()?);
+        let join = through.iter().map(|t| self.address(*t)).collect::<Vec<_>>().join(",");
+        self.spawn_master(id, &["--join", &join])
+    }
+
+    /// Stops and forgets master `id` (after it was removed from the group).
+    pub fn forget_master(&mut self, id: u64) {
+        self.kill_master(id);
+        self.ports.remove(&id);
+        self.listen_ports.remove(&id);
+    }
+
+    fn spawn_master(&mut self, id: u64, bootstrap: &[&str]) -> anyhow::Result<()> {
         let (out, err) = self.log(&format!("master-{id}"))?;
         let child = Command::new(&self.exe)
             .arg("master")
@@ -103,7 +123,7 @@ impl LocalCluster {
             .args(["--listen", &self.listen_address(id)])
             .arg("--data-dir")
             .arg(self.dir.join(format!("master-{id}")))
-            .args(["--peers", &self.peers()])
+            .args(bootstrap)
             .args(&self.master_args)
             .stdin(Stdio::null())
             .stdout(out)

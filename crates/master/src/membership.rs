@@ -72,6 +72,12 @@ pub fn members(master: &Master) -> Vec<MemberView> {
     out
 }
 
+/// The change lock: a change that is about to finish (journalling) is waited for briefly; one
+/// that takes long (a new master catching up) is answered with [`MembershipError::Busy`].
+async fn one_at_a_time(master: &Master) -> Result<tokio::sync::MutexGuard<'_, ()>, MembershipError> {
+    tokio::time::timeout(Duration::from_secs(5), master.membership_lock.lock()).await.map_err(|_| MembershipError::Busy)
+}
+
 fn require_leader(master: &Master) -> Result<(), MembershipError> {
     let metrics = master.raft.metrics();
     let m = metrics.borrow();
@@ -114,7 +120,7 @@ pub async fn add(master: &Master, id: NodeId, address: String) -> Result<Vec<Mem
     }
     check_address(&address)?;
     require_leader(master)?;
-    let _one_at_a_time = master.membership_lock.try_lock().map_err(|_| MembershipError::Busy)?;
+    let _one_at_a_time = one_at_a_time(master).await?;
     if master.shared.read().state.retired_masters().contains(&id) {
         return Err(MembershipError::Conflict(format!(
             "master id {id} belonged to a master removed from the group; give the new master a new id"
@@ -221,7 +227,7 @@ fn voters(master: &Master) -> BTreeSet<NodeId> {
 /// current members (a retry after a lost answer is not an error).
 pub async fn remove(master: &Master, id: NodeId) -> Result<Vec<MemberView>, MembershipError> {
     require_leader(master)?;
-    let one_at_a_time = master.membership_lock.try_lock().map_err(|_| MembershipError::Busy)?;
+    let one_at_a_time = one_at_a_time(master).await?;
     let current = members(master);
     let Some(target) = current.iter().find(|m| m.id == id) else {
         if master.shared.read().state.retired_masters().contains(&id) {
@@ -245,13 +251,14 @@ pub async fn remove(master: &Master, id: NodeId) -> Result<Vec<MemberView>, Memb
         }
         // The change commits in two steps (joint consensus): both the old and the new voters
         // need a quorum that answers. The leader counts itself when it stays.
-        let answering = answering_voters(master, &remaining).await;
-        let up: BTreeSet<NodeId> =
-            answering.iter().map(|(v, _)| *v).chain((id != master.config.id).then_some(master.config.id)).collect();
+        let answering = answering_voters(master, &all).await;
+        let up_old: BTreeSet<NodeId> =
+            answering.iter().map(|(v, _)| *v).chain(std::iter::once(master.config.id)).collect();
+        let up: BTreeSet<NodeId> = up_old.iter().copied().filter(|v| remaining.contains(v)).collect();
         let need = remaining.len() / 2 + 1;
         let need_old = all.len() / 2 + 1;
-        let up_old = up.len() + usize::from(id == master.config.id);
-        if up.len() < need || up_old < need_old {
+        let answering: Vec<(NodeId, u64)> = answering.into_iter().filter(|(v, _)| *v != id).collect();
+        if up.len() < need || up_old.len() < need_old {
             return Err(MembershipError::Conflict(format!(
                 "removing master {id} would leave {} voters of which {} answer, and a quorum needs {need}; \
                  bring a master back or add one first",
@@ -276,7 +283,7 @@ pub async fn remove(master: &Master, id: NodeId) -> Result<Vec<MemberView>, Memb
 /// Hands leadership to voter `to`, or to the most current voter that answers.
 pub async fn transfer(master: &Master, to: Option<NodeId>) -> Result<LeadershipMoved, MembershipError> {
     require_leader(master)?;
-    let _one_at_a_time = master.membership_lock.try_lock().map_err(|_| MembershipError::Busy)?;
+    let _one_at_a_time = one_at_a_time(master).await?;
     transfer_locked(master, to).await
 }
 

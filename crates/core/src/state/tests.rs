@@ -291,6 +291,24 @@ fn the_state_survives_an_encode_decode_round_trip() {
     assert_eq!(back, d.state);
 }
 
+#[test]
+fn membership_changes_are_journalled_and_a_removed_master_id_is_retired() {
+    use crate::command::MemberChange;
+    let mut d = Driver::new();
+    d.apply(Command::MasterReachability { node: 4, reachable: false });
+    d.apply(Command::MembershipChanged(MemberChange::LearnerAdded { node: 4, address: "h:1".into() }));
+    d.apply(Command::MembershipChanged(MemberChange::Promoted { node: 4 }));
+    assert!(d.state.retired_masters().is_empty());
+    d.apply(Command::MembershipChanged(MemberChange::Removed { node: 4 }));
+    assert!(d.state.retired_masters().contains(&4));
+    assert!(d.state.unreachable_masters().is_empty(), "a removed master is not reported unreachable");
+    let names: Vec<&str> = d.state.journal().since(0, 100).map(|e| e.kind.name()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "membership_changed").count(), 3, "{names:?}");
+    let bytes = postcard::to_allocvec(&d.state).unwrap();
+    let back: ClusterState = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(back, d.state);
+}
+
 /// A random step, interpreted against the current state so that most steps are meaningful.
 #[derive(Clone, Debug)]
 enum Op {

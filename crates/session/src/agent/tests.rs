@@ -272,3 +272,18 @@ fn only_a_queued_attempt_is_given_back() {
     w.core.ended(w.at(20), t1, fence, Some(Outcome::default()), None, &mut w.out.effects);
     assert!(w.out.take().iter().all(|e| !matches!(e, Effect::Start(_))));
 }
+
+#[test]
+fn the_worker_reconnects_through_the_masters_the_leader_named() {
+    let mut w = Worker::welcomed(1, 2);
+    let addresses = vec!["m4".to_string(), "m5".to_string()];
+    assert_eq!(
+        w.message(10, 2, MasterBody::Members { addresses: addresses.clone() }),
+        vec![Effect::Observe(Observation::MastersLearned { addresses })]
+    );
+    // The same group again is no news.
+    assert_eq!(w.message(11, 2, MasterBody::Members { addresses: vec!["m5".into(), "m4".into()] }), vec![]);
+    w.core.lost(w.at(20), LinkError::Broken("reset".into()), &mut w.out.effects);
+    w.out.take();
+    assert_eq!(w.tick(22), vec![Effect::Connect { address: "m4".into() }], "m1 to m3 are gone for good");
+}

@@ -454,3 +454,26 @@ fn an_idle_worker_gets_queued_work_from_a_busy_one_through_a_confirmed_revocatio
     let Command::Assign { placements } = &commands[0] else { panic!("{commands:?}") };
     assert_eq!(placements, &vec![flotilla_core::command::Placement { task: t6, worker: "idle".into() }]);
 }
+
+#[test]
+fn workers_hear_of_the_group_after_the_welcome_and_on_every_change() {
+    let mut l = Leader::ready();
+    l.core.set_masters(vec!["m2".into(), "m1".into()], &mut l.out.effects);
+    l.out.assert_empty();
+    l.core.open(l.cluster.at(10), 7);
+    let effects = l.message(10, 7, hello("w1", 11, vec![]));
+    let [Effect::Propose { id, commands }] = effects.as_slice() else { panic!("{effects:?}") };
+    let (id, commands) = (*id, commands.clone());
+    l.commit(10, id, commands);
+    let effects = l.out.take();
+    let members =
+        Effect::Send { session: 7, msg: msg(MasterBody::Members { addresses: vec!["m1".into(), "m2".into()] }) };
+    assert!(matches!(effects[0], Effect::Send { msg: MasterMsg { body: MasterBody::Welcome { .. }, .. }, .. }));
+    assert_eq!(effects[1], members, "{effects:?}");
+    // The same group in another order is no change.
+    l.core.set_masters(vec!["m1".into(), "m2".into()], &mut l.out.effects);
+    l.out.assert_empty();
+    l.core.set_masters(vec!["m1".into(), "m2".into(), "m4".into()], &mut l.out.effects);
+    let addresses = vec!["m1".into(), "m2".into(), "m4".into()];
+    assert_eq!(l.out.take(), vec![Effect::Send { session: 7, msg: msg(MasterBody::Members { addresses }) }]);
+}
