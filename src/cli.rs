@@ -24,8 +24,9 @@ pub struct Cli {
 pub enum Cmd {
     /// Run one master of the Raft group.
     Master(MasterArgs),
-    /// Run a worker that executes tasks.
-    Worker(WorkerArgs),
+    /// Run a worker that executes tasks (`flotilla worker --masters …`), or list and maintain
+    /// workers (`flotilla worker list|cordon|drain|uncordon`).
+    Worker(WorkerCli),
     /// Submit a job; prints its id alone on stdout.
     Submit(SubmitArgs),
     /// Inspect or control jobs.
@@ -130,10 +131,70 @@ pub struct MasterArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct WorkerCli {
+    #[command(subcommand)]
+    pub command: Option<WorkerCmd>,
+    #[command(flatten)]
+    pub run: WorkerArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkerCmd {
+    /// List the workers: state (ready, cordoned, draining, drained, lost), running and queued
+    /// tasks.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON: an array of {name, state, running, queued, cpus, labels, …}.
+        #[arg(long)]
+        json: bool,
+        /// Answer from whichever master responds, without a linearizable read.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Give a worker no new tasks; what it holds runs on.
+    Cordon {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a worker out of service: no new tasks, its queued tasks move to other workers,
+    /// its running tasks finish; after the deadline they are stopped and re-queued. The
+    /// worker is then `drained` (and stays out of service until uncordoned).
+    Drain {
+        name: String,
+        /// How long running tasks may take (`none`: as long as they take).
+        #[arg(long, default_value = "1h")]
+        deadline: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a cordoned, draining or drained worker back in service.
+    Uncordon {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
 pub struct WorkerArgs {
-    /// Master addresses, comma-separated.
+    /// Master addresses, comma-separated (the worker learns the others from the leader).
     #[arg(long, env = "FLOTILLA_MASTERS", default_value = "127.0.0.1:7001")]
     pub masters: String,
+    /// On SIGTERM (or Ctrl-C) the worker drains: it takes no new tasks, its queued ones move
+    /// to other workers, and its running ones finish; it exits 0 once it holds nothing. Tasks
+    /// still running after this long are stopped and re-queued elsewhere (`none`: no limit).
+    /// A second signal stops it at once.
+    #[arg(long, default_value = "60s")]
+    pub drain_deadline: String,
     /// CPU slots this worker offers (default: the machine's cpus).
     #[arg(long)]
     pub cpus: Option<u32>,

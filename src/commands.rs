@@ -17,7 +17,10 @@ use crate::roles::{parse_labels, parse_resources};
 pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Master(a) => crate::roles::master(a).await.map(|_| ExitCode::SUCCESS),
-        Cmd::Worker(a) => crate::roles::worker(a).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Worker(crate::cli::WorkerCli { command: None, run }) => {
+            crate::roles::worker(run).await.map(|_| ExitCode::SUCCESS)
+        }
+        Cmd::Worker(crate::cli::WorkerCli { command: Some(command), .. }) => worker(command).await,
         Cmd::Submit(a) => submit(a).await,
         Cmd::Job { command } => job(command).await,
         Cmd::Status { client, json, stale } => status(&connect(&client)?, json, stale).await,
@@ -628,6 +631,49 @@ async fn cluster(command: crate::cli::ClusterCmd) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_workers(workers: &[flotilla_proto::api::WorkerView]) {
+    println!("{:<20} {:<9} {:>7} {:>7} {:>5}  NOTE", "NAME", "STATE", "RUNNING", "QUEUED", "CPUS");
+    for w in workers {
+        let note = match (&w.drain_deadline, w.stopping) {
+            (Some(d), _) => format!("running tasks stopped at {d}"),
+            (None, true) => "stopping (SIGTERM)".to_string(),
+            _ => String::new(),
+        };
+        println!("{:<20} {:<9} {:>7} {:>7} {:>5}  {note}", w.name, w.state.as_str(), w.running, w.queued, w.cpus);
+    }
+}
+
+async fn worker(command: crate::cli::WorkerCmd) -> anyhow::Result<ExitCode> {
+    use crate::cli::WorkerCmd;
+    let (name, client, json, action, deadline_ms) = match command {
+        WorkerCmd::List { client, json, stale } => {
+            let workers = connect(&client)?.workers(stale).await?;
+            if json {
+                print_json(&workers)?;
+            } else {
+                print_workers(&workers);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        WorkerCmd::Cordon { name, client, json } => (name, client, json, "cordon", None),
+        WorkerCmd::Uncordon { name, client, json } => (name, client, json, "uncordon", None),
+        WorkerCmd::Drain { name, deadline, client, json } => {
+            let deadline_ms = match deadline.trim() {
+                "none" => None,
+                d => Some(parse_duration(d).context("--deadline")?.as_millis() as u64),
+            };
+            (name, client, json, "drain", deadline_ms)
+        }
+    };
+    let view = connect(&client)?.maintain_worker(&name, action, deadline_ms).await?;
+    if json {
+        print_json(&view)?;
+    } else {
+        print_workers(std::slice::from_ref(&view));
     }
     Ok(ExitCode::SUCCESS)
 }

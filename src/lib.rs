@@ -24,7 +24,8 @@ use cli::{Cli, Cmd};
 /// Parses the command line, sets up logging and runs the command; the binary's `main`.
 pub fn main_entry() -> ExitCode {
     let cli = Cli::parse();
-    let server = matches!(cli.command, Cmd::Master(_) | Cmd::Worker(_));
+    let server =
+        matches!(&cli.command, Cmd::Master(_)) || matches!(&cli.command, Cmd::Worker(w) if w.command.is_none());
     let default_level = if server { "info" } else { "warn" };
     // RUST_LOG takes `level` and `target=level` items, e.g. `info,flotilla_master=debug`.
     let default = format!("{default_level},openraft=warn,openraft::core::raft_core=off");

@@ -219,9 +219,16 @@ impl LocalCluster {
         }
     }
 
-    /// Asks every process to stop (SIGTERM), then kills what is left after a grace period.
+    /// Asks every process to stop (SIGTERM), workers first (they drain while the masters
+    /// still run), then kills what is left after a grace period.
     pub fn stop(&mut self) {
-        let children: Vec<&mut Child> = self.masters.values_mut().chain(self.workers.values_mut()).collect();
+        Self::stop_all(self.workers.values_mut().collect());
+        Self::stop_all(self.masters.values_mut().collect());
+        self.masters.clear();
+        self.workers.clear();
+    }
+
+    fn stop_all(children: Vec<&mut Child>) {
         for c in &children {
             signal(c, libc::SIGTERM);
         }
@@ -239,8 +246,6 @@ impl LocalCluster {
                 }
             }
         }
-        self.masters.clear();
-        self.workers.clear();
     }
 }
 

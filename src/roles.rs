@@ -16,6 +16,27 @@ use flotilla_worker::WorkerConfig;
 use crate::cli::{MasterArgs, WorkerArgs};
 use crate::read_token;
 
+/// A worker's stop signals: the first SIGTERM or SIGINT cancels `drain` (drain, then exit),
+/// a second one `now`.
+pub fn drain_on_signals() -> (CancellationToken, CancellationToken) {
+    let (drain, now) = (CancellationToken::new(), CancellationToken::new());
+    let (d, n) = (drain.clone(), now.clone());
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        for token in [d, n] {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            token.cancel();
+        }
+    });
+    (drain, now)
+}
+
 /// Cancels the token on SIGINT or SIGTERM.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
@@ -156,7 +177,12 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         labels: parse_labels(&args.labels)?,
         data_dir,
         token: read_token(args.token_file.as_deref())?,
+        drain_deadline: match args.drain_deadline.trim() {
+            "none" => None,
+            d => Some(parse_duration(d).context("--drain-deadline")?),
+        },
     };
-    flotilla_worker::run(config, shutdown_on_signals()).await?;
+    let (drain, now) = drain_on_signals();
+    flotilla_worker::run(config, drain, now).await?;
     Ok(())
 }

@@ -309,6 +309,22 @@ impl Client {
         self.request(Method::PUT, "/v1/scheduling", Some(scheduling), ATTEMPT_TIMEOUT).await
     }
 
+    pub async fn workers(&self, stale: bool) -> Result<Vec<flotilla_proto::api::WorkerView>, ClientError> {
+        self.get(&format!("/v1/workers{}", stale_query(stale, '?'))).await
+    }
+
+    /// `action`: `cordon`, `uncordon`, or `drain` (with `deadline_ms`).
+    pub async fn maintain_worker(
+        &self,
+        name: &str,
+        action: &str,
+        deadline_ms: Option<u64>,
+    ) -> Result<flotilla_proto::api::WorkerView, ClientError> {
+        let path = format!("/v1/workers/{name}/{action}");
+        let body = flotilla_proto::api::DrainRequest { deadline_ms };
+        self.request(Method::POST, &path, (action == "drain").then_some(&body), ATTEMPT_TIMEOUT).await
+    }
+
     /// The masters of the group, as the master that answers knows them.
     pub async fn members(&self) -> Result<Vec<flotilla_proto::api::MemberView>, ClientError> {
         self.get("/v1/cluster/members").await

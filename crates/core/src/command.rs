@@ -117,6 +117,17 @@ pub enum Command {
     /// The masters' Raft membership changed (committed by openraft before this is proposed):
     /// journalled, and a removed master's id is never accepted again.
     MembershipChanged(MemberChange),
+    /// Cordon, drain or uncordon a worker (an operator's request, or the worker's own).
+    SetMaintenance {
+        worker: String,
+        change: crate::state::MaintenanceChange,
+    },
+    /// The leader saw a draining worker's deadline pass: what it still holds is stopped and
+    /// re-queued (answered with the attempts to stop).
+    DrainOverdue {
+        worker: String,
+        incarnation: u64,
+    },
 }
 
 /// One change of the masters' group, as the journal records it.
@@ -177,4 +188,8 @@ pub enum Response {
         reason: Refusal,
     },
     JobsPurged(crate::state::PurgeOutcome),
+    /// Attempts taken from their worker: the leader tells it to stop them.
+    AttemptsTaken {
+        kill: Vec<Kill>,
+    },
 }

@@ -76,6 +76,14 @@ pub enum EventKind {
         node: NodeId,
     },
     MembershipChanged(crate::command::MemberChange),
+    WorkerMaintenance {
+        worker: String,
+        change: crate::state::MaintenanceChange,
+    },
+    /// A draining worker holds nothing any more.
+    WorkerDrained {
+        worker: String,
+    },
     WorkerJoined {
         worker: String,
         cpus: u32,
@@ -128,6 +136,12 @@ impl EventKind {
             EventKind::MasterUnreachable { .. } => "master_unreachable",
             EventKind::MasterReachable { .. } => "master_reachable",
             EventKind::MembershipChanged(_) => "membership_changed",
+            EventKind::WorkerMaintenance { change, .. } => match change {
+                crate::state::MaintenanceChange::Cordon => "worker_cordoned",
+                crate::state::MaintenanceChange::Drain { .. } => "worker_draining",
+                crate::state::MaintenanceChange::Uncordon => "worker_uncordoned",
+            },
+            EventKind::WorkerDrained { .. } => "worker_drained",
             EventKind::WorkerJoined { .. } => "worker_joined",
             EventKind::WorkerLost { .. } => "worker_lost",
             EventKind::JobSubmitted { .. } => "job_submitted",
@@ -151,6 +165,21 @@ impl EventKind {
             },
             EventKind::MasterUnreachable { node } => format!("master {node} is unreachable"),
             EventKind::MasterReachable { node } => format!("master {node} is reachable again"),
+            EventKind::WorkerMaintenance { worker, change } => match change {
+                crate::state::MaintenanceChange::Cordon => format!("worker {worker} cordoned: it takes no new tasks"),
+                crate::state::MaintenanceChange::Drain { deadline_ms, by_worker } => {
+                    let who = if *by_worker { "is stopping and drains itself" } else { "is draining" };
+                    match deadline_ms {
+                        Some(d) => format!(
+                            "worker {worker} {who}: no new tasks, queued ones move, running ones have {} s",
+                            d / 1000
+                        ),
+                        None => format!("worker {worker} {who}: no new tasks, queued ones move, running ones finish"),
+                    }
+                }
+                crate::state::MaintenanceChange::Uncordon => format!("worker {worker} uncordoned: it takes tasks again"),
+            },
+            EventKind::WorkerDrained { worker } => format!("worker {worker} is drained: it holds no tasks"),
             EventKind::MembershipChanged(change) => match change {
                 crate::command::MemberChange::LearnerAdded { node, address } => {
                     format!("master {node} at {address} joined as a learner")

@@ -127,6 +127,9 @@ pub enum RescheduleReason {
     /// The worker holding it was lost.
     #[error("worker {0} lost")]
     WorkerLost(String),
+    /// Its worker was draining and the drain's deadline passed.
+    #[error("worker {0} drained past its deadline")]
+    DrainDeadline(String),
 }
 
 /// Why a job failed: the first of its tasks that failed for good.

@@ -181,7 +181,7 @@ impl<'a> Spread<'a> {
 pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
     let mut slots: Vec<Slot> = state
         .workers()
-        .filter(|w| w.state == WorkerState::Ready && w.free_capacity() > 0)
+        .filter(|w| w.takes_work() && w.free_capacity() > 0)
         .map(|w| Slot {
             worker: w,
             cpus: w.cpus,
@@ -352,7 +352,7 @@ pub fn revocations(state: &ClusterState, skip: impl Fn(TaskId, Fence) -> bool) -
     if !ready().any(|w| w.cpus_used > w.cpus) {
         return Vec::new();
     }
-    let idle: Vec<&Worker> = ready().filter(|w| w.free_cpus() > 0).collect();
+    let idle: Vec<&Worker> = ready().filter(|w| w.takes_work() && w.free_cpus() > 0).collect();
     if idle.is_empty() {
         return Vec::new();
     }
@@ -411,6 +411,26 @@ pub fn revocations(state: &ClusterState, skip: impl Fn(TaskId, Fence) -> bool) -
     out
 }
 
+/// Attempts queued on draining workers, to take back so they run elsewhere (a running one
+/// stays until it finishes or the drain's deadline). `skip` leaves out those being revoked.
+pub fn drain_revocations(state: &ClusterState, skip: impl Fn(TaskId, Fence) -> bool) -> Vec<Revocation> {
+    let mut out = Vec::new();
+    for w in state.workers().filter(|w| {
+        w.state == WorkerState::Ready && matches!(w.maintenance, crate::state::Maintenance::Draining { .. })
+    }) {
+        for (task, fence) in &w.tasks {
+            let queued = state
+                .job(task.job)
+                .and_then(|job| job.task(task.slot))
+                .is_some_and(|t| matches!(t.state, TaskState::Assigned { .. }));
+            if queued && !skip(*task, *fence) {
+                out.push(Revocation { task: *task, fence: *fence, worker: w.name.clone() });
+            }
+        }
+    }
+    out
+}
+
 /// A job's waiting tasks in the order they should run: the reduce step, or array indices
 /// lowest first (re-queued tasks have low indices and so go first).
 fn waiting_tasks(job: &Job) -> Box<dyn Iterator<Item = TaskId> + '_> {
@@ -463,7 +483,7 @@ pub fn unschedulable_reason(state: &ClusterState, job: &Job) -> Option<Unschedul
     if !job.has_waiting_work() {
         return None;
     }
-    let ready: Vec<_> = state.workers().filter(|w| w.state == WorkerState::Ready).collect();
+    let ready: Vec<_> = state.workers().filter(|w| w.takes_work()).collect();
     if ready.is_empty() {
         return Some(Unschedulable::NoWorkers);
     }

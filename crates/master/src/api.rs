@@ -50,6 +50,10 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/cluster/members/{id}", axum::routing::delete(remove_master))
         .route("/v1/cluster/leader", post(transfer_leadership))
         .route("/v1/cluster/stand", post(stand))
+        .route("/v1/workers", get(list_workers))
+        .route("/v1/workers/{name}/cordon", post(cordon_worker))
+        .route("/v1/workers/{name}/drain", post(drain_worker))
+        .route("/v1/workers/{name}/uncordon", post(uncordon_worker))
         .route("/metrics", get(metrics))
         .with_state(master)
 }
@@ -565,6 +569,65 @@ async fn transfer_leadership(State(master): State<Shared>, body: Bytes) -> Resul
 async fn stand(State(master): State<Shared>) -> Result<Json<flotilla_proto::api::NodeInfo>, Failure> {
     crate::membership::stand(&master).await.map_err(|e| from_membership(&master, e))?;
     Ok(Json(master.node_info()))
+}
+
+async fn list_workers(
+    State(master): State<Shared>,
+    Query(q): Params,
+) -> Result<Json<Vec<flotilla_proto::api::WorkerView>>, Failure> {
+    read_barrier(&master, &q).await?;
+    let data = master.shared.read();
+    Ok(Json(data.state.workers().map(|w| flotilla_proto::api::WorkerView::of(&data.state, w)).collect()))
+}
+
+/// Commits a maintenance change and answers the worker as it is after it.
+async fn maintain(
+    master: &Master,
+    name: String,
+    change: flotilla_core::state::MaintenanceChange,
+) -> Result<Json<flotilla_proto::api::WorkerView>, Failure> {
+    if master.shared.read().state.worker(&name).is_none() {
+        return Err(not_found(format!("no worker named {name}")));
+    }
+    let command = Command::SetMaintenance { worker: name.clone(), change };
+    match master.proposer.propose_one(command).await.map_err(|e| from_propose(master, e))? {
+        Applied::Noted => {}
+        Applied::Invalid { reason } => {
+            return Err(failure(ApiErrorCode::Conflict, format!("{reason} (a lost worker cannot be changed)")))
+        }
+        other => return Err(unexpected(other)),
+    }
+    let data = master.shared.read();
+    let worker = data.state.worker(&name).ok_or_else(|| not_found(format!("no worker named {name}")))?;
+    Ok(Json(flotilla_proto::api::WorkerView::of(&data.state, worker)))
+}
+
+async fn cordon_worker(
+    State(master): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<flotilla_proto::api::WorkerView>, Failure> {
+    maintain(&master, name, flotilla_core::state::MaintenanceChange::Cordon).await
+}
+
+async fn uncordon_worker(
+    State(master): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<flotilla_proto::api::WorkerView>, Failure> {
+    maintain(&master, name, flotilla_core::state::MaintenanceChange::Uncordon).await
+}
+
+async fn drain_worker(
+    State(master): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<flotilla_proto::api::WorkerView>, Failure> {
+    let request: flotilla_proto::api::DrainRequest = if body.is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("bad drain request: {e}")))?
+    };
+    let change = flotilla_core::state::MaintenanceChange::Drain { deadline_ms: request.deadline_ms, by_worker: false };
+    maintain(&master, name, change).await
 }
 
 pub async fn fallback() -> Failure {

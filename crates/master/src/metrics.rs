@@ -450,12 +450,12 @@ impl Metrics {
         self.worker_resource_units.clear();
         self.worker_resource_held.clear();
         self.worker_queue.clear();
-        for s in [WorkerState::Ready, WorkerState::Lost] {
-            self.workers.get_or_create(&labels(&[("state", s.name())])).set(0);
+        for s in flotilla_proto::api::WorkerState::ALL {
+            self.workers.get_or_create(&labels(&[("state", s.as_str())])).set(0);
         }
         for w in state.workers() {
             let ready = w.state == WorkerState::Ready;
-            self.workers.get_or_create(&labels(&[("state", w.state.name())])).inc();
+            self.workers.get_or_create(&labels(&[("state", w.condition().name())])).inc();
             if !ready {
                 continue;
             }

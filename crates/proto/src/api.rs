@@ -15,6 +15,10 @@
 //! | POST | `/v1/cluster/members` | [`AddMaster`] | `[MemberView]` (after the new master votes) |
 //! | DELETE | `/v1/cluster/members/{id}` | | `[MemberView]` |
 //! | POST | `/v1/cluster/leader` | [`TransferLeadership`] | [`LeadershipMoved`] |
+//! | GET | `/v1/workers` | `?stale` | `[WorkerView]` |
+//! | POST | `/v1/workers/{name}/cordon` | | [`WorkerView`] |
+//! | POST | `/v1/workers/{name}/drain` | [`DrainRequest`] | [`WorkerView`] |
+//! | POST | `/v1/workers/{name}/uncordon` | | [`WorkerView`] |
 //!
 //! Every answer carries the group's masters in the `x-flotilla-masters` header
 //! ([`MASTERS_HEADER`]), so clients learn of masters they were not given.
@@ -273,34 +277,47 @@ impl From<&state::TaskState> for TaskState {
     }
 }
 
-/// A worker's state in the API.
+/// A worker's state in the API: in service (`ready`), out of service by an operator's or
+/// its own decision (`cordoned`, `draining`, `drained`), or `lost`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
     Ready,
+    Cordoned,
+    Draining,
+    Drained,
     Lost,
 }
 
 impl WorkerState {
+    pub const ALL: [WorkerState; 5] =
+        [WorkerState::Ready, WorkerState::Cordoned, WorkerState::Draining, WorkerState::Drained, WorkerState::Lost];
+
     pub fn as_str(self) -> &'static str {
-        state::WorkerState::from(self).name()
+        state::WorkerCondition::from(self).name()
     }
 }
 
-impl From<state::WorkerState> for WorkerState {
-    fn from(s: state::WorkerState) -> Self {
+impl From<state::WorkerCondition> for WorkerState {
+    fn from(s: state::WorkerCondition) -> Self {
         match s {
-            state::WorkerState::Ready => WorkerState::Ready,
-            state::WorkerState::Lost => WorkerState::Lost,
+            state::WorkerCondition::Ready => WorkerState::Ready,
+            state::WorkerCondition::Cordoned => WorkerState::Cordoned,
+            state::WorkerCondition::Draining => WorkerState::Draining,
+            state::WorkerCondition::Drained => WorkerState::Drained,
+            state::WorkerCondition::Lost => WorkerState::Lost,
         }
     }
 }
 
-impl From<WorkerState> for state::WorkerState {
+impl From<WorkerState> for state::WorkerCondition {
     fn from(s: WorkerState) -> Self {
         match s {
-            WorkerState::Ready => state::WorkerState::Ready,
-            WorkerState::Lost => state::WorkerState::Lost,
+            WorkerState::Ready => state::WorkerCondition::Ready,
+            WorkerState::Cordoned => state::WorkerCondition::Cordoned,
+            WorkerState::Draining => state::WorkerCondition::Draining,
+            WorkerState::Drained => state::WorkerCondition::Drained,
+            WorkerState::Lost => state::WorkerCondition::Lost,
         }
     }
 }
@@ -313,6 +330,10 @@ pub enum EventType {
     MasterUnreachable,
     MasterReachable,
     MembershipChanged,
+    WorkerCordoned,
+    WorkerDraining,
+    WorkerUncordoned,
+    WorkerDrained,
     WorkerJoined,
     WorkerLost,
     JobSubmitted,
@@ -334,6 +355,10 @@ impl EventType {
             EventType::MasterUnreachable => "master_unreachable",
             EventType::MasterReachable => "master_reachable",
             EventType::MembershipChanged => "membership_changed",
+            EventType::WorkerCordoned => "worker_cordoned",
+            EventType::WorkerDraining => "worker_draining",
+            EventType::WorkerUncordoned => "worker_uncordoned",
+            EventType::WorkerDrained => "worker_drained",
             EventType::WorkerJoined => "worker_joined",
             EventType::WorkerLost => "worker_lost",
             EventType::JobSubmitted => "job_submitted",
@@ -355,6 +380,12 @@ impl From<&journal::EventKind> for EventType {
             K::MasterUnreachable { .. } => EventType::MasterUnreachable,
             K::MasterReachable { .. } => EventType::MasterReachable,
             K::MembershipChanged(_) => EventType::MembershipChanged,
+            K::WorkerMaintenance { change, .. } => match change {
+                state::MaintenanceChange::Cordon => EventType::WorkerCordoned,
+                state::MaintenanceChange::Drain { .. } => EventType::WorkerDraining,
+                state::MaintenanceChange::Uncordon => EventType::WorkerUncordoned,
+            },
+            K::WorkerDrained { .. } => EventType::WorkerDrained,
             K::WorkerJoined { .. } => EventType::WorkerJoined,
             K::WorkerLost { .. } => EventType::WorkerLost,
             K::JobSubmitted { .. } => EventType::JobSubmitted,
@@ -868,7 +899,7 @@ impl WorkerStatus {
     pub fn from_worker(w: &Worker, last_heartbeat_ms: Option<u64>, now_ms: u64) -> Self {
         WorkerStatus {
             name: w.name.clone(),
-            state: w.state.into(),
+            state: w.condition().into(),
             labels: w.labels.clone(),
             cpus_used: w.cpus_used,
             cpus_total: w.cpus,
@@ -984,6 +1015,9 @@ impl EventView {
             }
             journal::EventKind::MasterUnreachable { node } | journal::EventKind::MasterReachable { node } => {
                 v.node = Some(*node)
+            }
+            journal::EventKind::WorkerMaintenance { worker, .. } | journal::EventKind::WorkerDrained { worker } => {
+                v.worker = Some(worker.clone())
             }
             journal::EventKind::MembershipChanged(change) => {
                 v.node = Some(match change {
@@ -1212,8 +1246,8 @@ mod tests {
             assert_eq!(json(&TaskState::from(&s)), format!("\"{}\"", s.name()));
         }
         assert_eq!(json(&TaskState::Pending), "\"pending\"");
-        for s in [state::WorkerState::Ready, state::WorkerState::Lost] {
-            assert_eq!(json(&WorkerState::from(s)), format!("\"{}\"", s.name()));
+        for s in WorkerState::ALL {
+            assert_eq!(json(&s), format!("\"{}\"", state::WorkerCondition::from(s).name()));
         }
         for role in [
             Role::Leader,
@@ -1344,4 +1378,61 @@ pub struct LeadershipMoved {
     pub term: u64,
     /// From the request to the new leader being known here.
     pub took_ms: u64,
+}
+
+/// One worker, as `flotilla worker list --json` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerView {
+    pub name: String,
+    pub state: WorkerState,
+    /// Attempts running on it, and queued on it waiting for a free cpu.
+    pub running: usize,
+    pub queued: usize,
+    pub cpus: u32,
+    pub labels: BTreeMap<String, String>,
+    /// When a draining worker's running tasks are stopped and re-queued (RFC 3339), if it
+    /// has a deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<String>,
+    /// Whether the worker drained itself because it was asked to stop (SIGTERM).
+    #[serde(default)]
+    pub stopping: bool,
+}
+
+impl WorkerView {
+    pub fn of(state: &state::ClusterState, w: &Worker) -> Self {
+        let (mut running, mut queued) = (0, 0);
+        for task in w.tasks.keys() {
+            match state.job(task.job).and_then(|j| j.task(task.slot)).map(|t| &t.state) {
+                Some(state::TaskState::Running { .. }) => running += 1,
+                Some(state::TaskState::Assigned { .. }) => queued += 1,
+                _ => {}
+            }
+        }
+        let (drain_deadline, stopping) = match w.maintenance {
+            state::Maintenance::Draining { deadline, by_worker } => (deadline.map(crate::time::rfc3339), by_worker),
+            state::Maintenance::Drained { by_worker } => (None, by_worker),
+            _ => (None, false),
+        };
+        WorkerView {
+            name: w.name.clone(),
+            state: w.condition().into(),
+            running,
+            queued,
+            cpus: w.cpus,
+            labels: w.labels.clone(),
+            drain_deadline,
+            stopping,
+        }
+    }
+}
+
+/// `POST /v1/workers/{name}/drain`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// How long running tasks may take before they are stopped and re-queued elsewhere
+    /// (none: as long as they take).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }

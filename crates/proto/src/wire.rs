@@ -72,6 +72,11 @@ pub enum WorkerMsg {
         task: TaskId,
         fence: Fence,
     },
+    /// This worker is stopping (it was sent SIGTERM): take it out of service and drain it;
+    /// running attempts may take `deadline_ms` before they are stopped and re-queued.
+    Drain {
+        deadline_ms: Option<u64>,
+    },
 }
 
 impl WorkerMsg {
@@ -134,6 +139,9 @@ pub enum MasterBody {
     Members {
         addresses: Vec<String>,
     },
+    /// This worker is drained: it holds nothing and is given nothing (a worker that asked to
+    /// drain may now exit).
+    Drained,
 }
 
 impl MasterBody {

@@ -77,6 +77,8 @@ pub enum Effect {
     Kill(TaskId, Fence),
     /// Stop the worker: a master refused it for good.
     Exit(Refusal),
+    /// Stop the worker: it drained as asked ([`AgentCore::drain`]) and holds nothing.
+    Drained,
     Observe(Observation),
 }
 
@@ -121,6 +123,10 @@ pub enum Observation {
         highest: u64,
     },
     RoundTrip(Duration),
+    /// Asked to stop: draining before it exits.
+    Draining {
+        deadline: Option<Duration>,
+    },
     /// The leader named the group's masters, and they differ from what this worker knew.
     MastersLearned {
         addresses: Vec<String>,
@@ -186,7 +192,23 @@ pub struct AgentCore {
     mean_task_secs: Option<f64>,
     queue_changed: Option<Instant>,
     queue_unsent: bool,
+    /// Set once the worker was asked to stop: drain, then exit.
+    draining: Option<Draining>,
 }
+
+/// A worker draining itself before it stops.
+struct Draining {
+    /// How long running attempts may still take (none: as long as they take).
+    deadline: Option<Duration>,
+    since: Instant,
+    /// The leader said this worker is drained; it exits once it holds nothing (its last
+    /// results acknowledged).
+    told_drained: bool,
+}
+
+/// A draining worker that still holds attempts this long past its deadline (no leader took
+/// them) exits anyway; the leader re-queues what it held when it declares it lost.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 impl AgentCore {
     pub fn new(config: AgentConfig, now: Instant) -> Self {
@@ -203,7 +225,32 @@ impl AgentCore {
             mean_task_secs: None,
             queue_changed: None,
             queue_unsent: false,
+            draining: None,
         }
+    }
+
+    /// The worker was asked to stop (SIGTERM): it asks the leader to drain it and exits once
+    /// the leader says it is drained (or, without a leader, `deadline` plus a grace period
+    /// after now).
+    pub fn drain(&mut self, now: Instant, deadline: Option<Duration>, out: &mut Vec<Effect>) {
+        if self.draining.is_some() {
+            return;
+        }
+        self.draining = Some(Draining { deadline, since: now, told_drained: false });
+        out.push(Effect::Observe(Observation::Draining { deadline }));
+        if self.is_welcomed() {
+            self.send_drain(now, out);
+        }
+    }
+
+    fn send_drain(&self, now: Instant, out: &mut Vec<Effect>) {
+        let Some(d) = &self.draining else { return };
+        let left = d.deadline.map(|dl| dl.saturating_sub(now.saturating_duration_since(d.since)));
+        out.push(Effect::Send(WorkerMsg::Drain { deadline_ms: left.map(|l| l.as_millis() as u64) }));
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_some()
     }
 
     pub fn book(&self) -> &Book {
@@ -337,6 +384,17 @@ impl AgentCore {
     /// `spawned` and `spawn_micros`: processes started so far and the time spent starting
     /// them (the runner measures them), carried in heartbeats.
     pub fn on_tick(&mut self, now: Instant, spawned: u64, spawn_micros: u64, out: &mut Vec<Effect>) {
+        if let Some(d) = &self.draining {
+            let overdue = d.deadline.is_some_and(|dl| now.saturating_duration_since(d.since) >= dl + DRAIN_GRACE);
+            // Results not yet acknowledged keep the worker until they are.
+            let done = d.told_drained && self.book.is_empty();
+            if (done || overdue) && !matches!(self.link, Link::Exited) {
+                self.link = Link::Exited;
+                out.push(Effect::Disconnect);
+                out.push(Effect::Drained);
+                return;
+            }
+        }
         match &mut self.link {
             Link::Idle { at } if *at <= now => {
                 let address = self.hint.take().unwrap_or_else(|| {
@@ -406,6 +464,7 @@ impl AgentCore {
                     if !unacked.is_empty() {
                         out.push(Effect::Send(WorkerMsg::Batch(unacked)));
                     }
+                    self.send_drain(now, out);
                 }
                 MasterBody::NotLeader { leader } => self.redirect(now, leader, out),
                 MasterBody::Refused { reason } => self.exit(Refusal::ByMaster(reason), out),
@@ -450,6 +509,11 @@ impl AgentCore {
                     }
                 }
                 MasterBody::Members { addresses } => self.learn_masters(addresses, out),
+                MasterBody::Drained => {
+                    if let Some(d) = &mut self.draining {
+                        d.told_drained = true;
+                    }
+                }
                 MasterBody::Welcome { .. } | MasterBody::Batch(_) => {}
             }
         }

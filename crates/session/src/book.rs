@@ -74,6 +74,11 @@ impl Book {
         known
     }
 
+    /// Whether it holds nothing at all (a draining worker may exit).
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty() && self.queued.is_empty() && self.unacked.is_empty() && self.revoked.is_empty()
+    }
+
     pub fn running_count(&self) -> usize {
         self.running.len()
     }

@@ -27,7 +27,7 @@ use flotilla_core::reason::LostReason;
 use flotilla_core::records::RecordReader;
 use flotilla_core::scheduler;
 use flotilla_core::session::{self, Reply};
-use flotilla_core::state::{ClusterState, WorkerState};
+use flotilla_core::state::{ClusterState, Maintenance, MaintenanceChange, WorkerState};
 use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_VERSION};
 
 /// Read access to the replicated state, taken only by the inputs that need it (a heartbeat or
@@ -216,6 +216,10 @@ enum Origin {
         /// When the worker was last heard, restored if the proposal fails.
         last_seen: Option<Instant>,
     },
+    /// A draining worker's deadline passed.
+    Overdue {
+        worker: String,
+    },
 }
 
 struct Lead {
@@ -232,6 +236,17 @@ struct Lead {
     /// Queued attempts asked back from their workers, and when (asked again after a while:
     /// one that had started is never given back, and the question may have been lost).
     revoking: HashMap<(TaskId, Fence), Instant>,
+    /// Draining workers with a deadline, and when this leader takes what they still hold.
+    drains: HashMap<String, DrainWatch>,
+    /// Sessions told that their worker is drained.
+    told_drained: std::collections::HashSet<SessionId>,
+}
+
+/// When a draining worker's deadline passes, as this leader measures it.
+struct DrainWatch {
+    incarnation: u64,
+    due: Instant,
+    proposed: bool,
 }
 
 // One per master, replaced only when the Raft role changes: its size does not matter.
@@ -391,6 +406,8 @@ impl LeaderCore {
             next_liveness: now,
             plan_in_flight: false,
             revoking: HashMap::new(),
+            drains: HashMap::new(),
+            told_drained: Default::default(),
         });
         self.propose(vec![Command::LeaderElected { node: self.config.me }], Origin::Elected, out);
     }
@@ -482,6 +499,23 @@ impl LeaderCore {
                 WorkerMsg::Queue { queue } => (Command::SetWorkerQueue { worker, queue }, None),
                 WorkerMsg::Revoked { task, fence } => {
                     (Command::TaskRevoked { task, fence, worker }, Some((task, fence, true)))
+                }
+                WorkerMsg::Drain { deadline_ms } => {
+                    // Asked again after a reconnect: already draining itself, nothing to do.
+                    let already = state.read(|s, _| {
+                        s.worker(&worker).is_some_and(|w| {
+                            matches!(
+                                w.maintenance,
+                                Maintenance::Draining { by_worker: true, .. }
+                                    | Maintenance::Drained { by_worker: true }
+                            )
+                        })
+                    });
+                    if already {
+                        continue;
+                    }
+                    let change = MaintenanceChange::Drain { deadline_ms, by_worker: true };
+                    (Command::SetMaintenance { worker, change }, None)
                 }
             };
             commands.push(command);
@@ -662,6 +696,7 @@ impl LeaderCore {
         state.read(|state, _| {
             if liveness {
                 self.check_liveness(now, state, out);
+                self.watch_drains(now, state, out);
             }
             self.schedule(now, state, out);
         });
@@ -738,6 +773,67 @@ impl LeaderCore {
             let reason = LostReason::silent(since);
             let command = Command::WorkerLost { name: name.clone(), incarnation, reason };
             self.propose(vec![command], Origin::Lost { name, incarnation, last_seen }, out);
+        }
+    }
+
+    /// Draining workers: their queued attempts are asked back (to run elsewhere), what they
+    /// still hold when the deadline passes is taken, and a drained worker's session is told.
+    fn watch_drains(&mut self, now: Instant, state: &ClusterState, out: &mut Vec<Effect>) {
+        let Role::Leading(lead) = &mut self.role else { return };
+        lead.drains.retain(|name, watch| {
+            state.worker(name).is_some_and(|w| {
+                w.incarnation == watch.incarnation
+                    && w.state == WorkerState::Ready
+                    && matches!(w.maintenance, Maintenance::Draining { deadline: Some(_), .. })
+            })
+        });
+        let sessions = &self.sessions;
+        lead.told_drained.retain(|s| sessions.contains_key(s));
+        // The deadline is on the leader clock of the entries; the state's clock is the last
+        // entry's, at most now: the wait measured from it never ends early.
+        let clock = state.clock_ms();
+        let mut overdue = Vec::new();
+        let mut drained = Vec::new();
+        for w in state.workers().filter(|w| w.state == WorkerState::Ready) {
+            match w.maintenance {
+                Maintenance::Draining { deadline: Some(d), .. } if !w.tasks.is_empty() => {
+                    let watch = lead.drains.entry(w.name.clone()).or_insert_with(|| DrainWatch {
+                        incarnation: w.incarnation,
+                        due: now + Duration::from_millis(d.saturating_sub(clock)),
+                        proposed: false,
+                    });
+                    if !watch.proposed && watch.due <= now {
+                        watch.proposed = true;
+                        overdue.push((w.name.clone(), w.incarnation));
+                    }
+                }
+                Maintenance::Drained { .. } => {
+                    if let Some(session) = lead.by_worker.get(w.name.as_str()) {
+                        if lead.told_drained.insert(*session) {
+                            drained.push(*session);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        lead.revoking.retain(|_, asked| now.saturating_duration_since(*asked) < REVOKE_AGAIN);
+        let wanted = scheduler::drain_revocations(state, |task, fence| lead.revoking.contains_key(&(task, fence)));
+        let mut by_worker: BTreeMap<&str, Vec<MasterBody>> = BTreeMap::new();
+        for r in &wanted {
+            lead.revoking.insert((r.task, r.fence), now);
+            by_worker.entry(r.worker.as_str()).or_default().push(MasterBody::Revoke { task: r.task, fence: r.fence });
+        }
+        self.push(by_worker, out);
+        for session in drained {
+            self.send(session, MasterBody::Drained, out);
+        }
+        for (worker, incarnation) in overdue {
+            self.propose(
+                vec![Command::DrainOverdue { worker: worker.clone(), incarnation }],
+                Origin::Overdue { worker },
+                out,
+            );
         }
     }
 
@@ -891,7 +987,21 @@ impl LeaderCore {
                 // Whatever the capped plan left over is placed at once.
                 self.schedule(now, state, out);
             }
+            Origin::Overdue { worker } => match responses.first() {
+                Some(Response::AttemptsTaken { kill }) => self.stop_attempts(kill, out),
+                // Not due yet on the entry's clock: asked again a little later.
+                _ => self.overdue_again(now, &worker),
+            },
             Origin::Reports { .. } | Origin::Lost { .. } => {}
+        }
+    }
+
+    fn overdue_again(&mut self, now: Instant, worker: &str) {
+        if let Role::Leading(lead) = &mut self.role {
+            if let Some(watch) = lead.drains.get_mut(worker) {
+                watch.proposed = false;
+                watch.due = now + Duration::from_secs(1);
+            }
         }
     }
 
@@ -935,6 +1045,7 @@ impl LeaderCore {
                     lead.plan_in_flight = false;
                 }
             }
+            Origin::Overdue { worker } => self.overdue_again(now, &worker),
             Origin::Lost { name, incarnation, last_seen } => {
                 // Try again at the next liveness check, unless the worker was heard meanwhile.
                 if let Role::Leading(lead) = &mut self.role {

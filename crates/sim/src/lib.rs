@@ -48,7 +48,7 @@ use flotilla_core::model::{Captured, Fence, JobSpec, Outcome, TaskId, TaskSlot, 
 use flotilla_core::reason::{JobFailure, TaskFailure};
 use flotilla_core::records::{self, MemRecords, RecordReader};
 use flotilla_core::rng::Rng;
-use flotilla_core::state::{ApplyCtx, ClusterState, JobState, TaskState};
+use flotilla_core::state::{ApplyCtx, ClusterState, JobState, Maintenance, MaintenanceChange, TaskState};
 use flotilla_proto::codec;
 use flotilla_proto::wire::{MasterMsg, RunTask, WorkerMsg};
 use flotilla_session::agent::{self, AgentConfig, AgentCore, LinkError};
@@ -97,6 +97,10 @@ pub struct Report {
     pub messages: u64,
     /// Sessions the masters refused (a second process under a taken name).
     pub refusals: u64,
+    /// Workers that drained themselves (asked to stop) and exited.
+    pub drained: u64,
+    /// Attempts taken from draining workers at their deadline (stopped and re-queued).
+    pub drain_requeued: u64,
     /// Heartbeat round trips the workers measured (echoes answered by a leader).
     pub round_trips: u64,
     /// Queue depths the workers changed (`Queue` reports through the log).
@@ -595,6 +599,9 @@ impl Sim {
                         );
                     }
                 }
+                (Command::DrainOverdue { .. }, Response::AttemptsTaken { kill }) => {
+                    self.report.drain_requeued += kill.len() as u64;
+                }
                 (Command::PurgeJobs { jobs }, Response::JobsPurged(out)) => {
                     assert!(out.unfinished.is_empty() && out.unknown.is_empty(), "purge of {jobs:?} refused: {out:?}");
                     for id in &out.purged {
@@ -760,6 +767,25 @@ impl Sim {
         if self.rng.chance(5) {
             self.purge_a_finished_job();
         }
+        // Once the faults stop, the operator puts every worker it took out back in service.
+        if self.now > self.config.faults_until_ms && self.rng.chance(5) {
+            let out: Vec<String> = self
+                .state
+                .workers()
+                .filter(|w| {
+                    matches!(
+                        w.maintenance,
+                        Maintenance::Cordoned
+                            | Maintenance::Draining { by_worker: false, .. }
+                            | Maintenance::Drained { by_worker: false }
+                    )
+                })
+                .map(|w| w.name.clone())
+                .collect();
+            for worker in out {
+                self.propose_as_client(vec![Command::SetMaintenance { worker, change: MaintenanceChange::Uncordon }]);
+            }
+        }
     }
 
     /// An operator purges the oldest finished job (after checking its results, which then
@@ -889,6 +915,17 @@ impl Sim {
                         p.killed = true;
                         p.done_at = p.done_at.min(at);
                     }
+                }
+                agent::Effect::Drained => {
+                    // Invariant: a worker that drained itself runs nothing when it exits.
+                    let running = self.workers[w].procs.iter().filter(|p| !p.killed).count();
+                    assert_eq!(
+                        running, 0,
+                        "worker {} exited drained with {running} tasks running",
+                        self.workers[w].name
+                    );
+                    self.report.drained += 1;
+                    self.stop_worker(w);
                 }
                 agent::Effect::Exit(_) => {
                     // The masters refused this process: it stops, and so do its tasks. A
@@ -1020,7 +1057,7 @@ impl Sim {
 
     fn fault(&mut self) {
         let w = self.rng.range(0, self.workers.len() as u64 - 1) as usize;
-        let kind = self.rng.range(0, 8);
+        let kind = self.rng.range(0, 10);
         if std::env::var_os("SIM_DEBUG").is_some() {
             eprintln!("fault {} kind {kind} worker {w} ({})", self.now, self.workers[w].name);
         }
@@ -1073,6 +1110,31 @@ impl Sim {
                     self.workers.push(impostor);
                     self.report.faults += 1;
                 }
+            }
+            8 => {
+                // The worker is asked to stop (SIGTERM): it drains, with or without a deadline,
+                // and exits once drained (its supervisor starts it again later).
+                if self.workers[w].alive && !self.workers[w].impostor {
+                    let deadline = self.rng.chance(70).then(|| Duration::from_millis(self.rng.range(0, 3_000)));
+                    let (now, mut out) = (self.instant(), Vec::new());
+                    self.workers[w].core.drain(now, deadline, &mut out);
+                    self.worker_effects(w, out);
+                    self.report.faults += 1;
+                }
+            }
+            9 => {
+                // An operator cordons, drains or puts back a worker.
+                let name = self.workers[w].name.clone();
+                let change = match self.rng.range(0, 3) {
+                    0 => MaintenanceChange::Cordon,
+                    1 => MaintenanceChange::Uncordon,
+                    _ => {
+                        let deadline_ms = self.rng.chance(50).then(|| self.rng.range(0, 3_000));
+                        MaintenanceChange::Drain { deadline_ms, by_worker: false }
+                    }
+                };
+                self.propose_as_client(vec![Command::SetMaintenance { worker: name, change }]);
+                self.report.faults += 1;
             }
             _ => {
                 // A deposed leader, which does not know it yet, reaches a worker that has

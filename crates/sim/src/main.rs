@@ -37,6 +37,8 @@ fn main() -> ExitCode {
                 totals.failed_by_losses += r.failed_by_losses;
                 totals.revocations += r.revocations;
                 totals.purged += r.purged;
+                totals.drained += r.drained;
+                totals.drain_requeued += r.drain_requeued;
             }
             Err(e) => {
                 failures += 1;
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} sessions refused, {} round trips, {} queue resizes, {} queued attempts revoked, {} jobs failed by worker losses (by design), {} finished jobs purged, {} tasks checked, {failures} violations, {:.1}s",
+        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} sessions refused, {} round trips, {} queue resizes, {} queued attempts revoked, {} jobs failed by worker losses (by design), {} finished jobs purged, {} workers drained on stop, {} attempts re-queued at a drain deadline, {} tasks checked, {failures} violations, {:.1}s",
         totals.faults,
         totals.terms,
         totals.entries,
@@ -56,6 +58,8 @@ fn main() -> ExitCode {
         totals.revocations,
         totals.failed_by_losses,
         totals.purged,
+        totals.drained,
+        totals.drain_requeued,
         totals.tasks,
         t0.elapsed().as_secs_f64()
     );

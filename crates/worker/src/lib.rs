@@ -59,6 +59,9 @@ pub struct WorkerConfig {
     pub token: Option<String>,
     /// Serve Prometheus metrics at this address (`/metrics`), if given.
     pub metrics: Option<std::net::SocketAddr>,
+    /// When asked to stop (the `drain` token), how long running tasks may take before the
+    /// leader stops and re-queues them (none: as long as they take).
+    pub drain_deadline: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +176,13 @@ impl Launcher {
                 tracing::warn!(term, highest, "ignoring a message from a deposed leader")
             }
             Observation::RoundTrip(rtt) => self.metrics.observe_rtt(rtt),
+            Observation::Draining { deadline } => match deadline {
+                Some(d) => tracing::info!(
+                    deadline_s = d.as_secs(),
+                    "draining before stopping: no new tasks; running ones may take the deadline (signal again to stop now)"
+                ),
+                None => tracing::info!("draining before stopping: no new tasks (signal again to stop now)"),
+            },
             Observation::MastersLearned { addresses } => {
                 tracing::info!(masters = %addresses.join(","), "the group's masters changed")
             }
@@ -238,10 +248,16 @@ struct Agent {
     launcher: Launcher,
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     link: Option<Link>,
+    drain_deadline: Option<Duration>,
 }
 
-/// Runs a worker until `shutdown` is cancelled.
-pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+/// Runs a worker until `shutdown` is cancelled, or until it drained after `drain` was
+/// cancelled (the first SIGTERM: no new tasks, queued ones move, running ones finish).
+pub async fn run(
+    config: WorkerConfig,
+    drain: CancellationToken,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     if config.masters.is_empty() {
         return Err(WorkerError::Config("no master addresses given (--masters)".into()));
     }
@@ -296,8 +312,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         metrics: worker_metrics.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
-    let mut agent = Agent { launcher, token, link: None };
-    let result = agent.serve(&mut events_rx, &shutdown).await;
+    let mut agent = Agent { launcher, token, link: None, drain_deadline: config.drain_deadline };
+    let result = agent.serve(&mut events_rx, &drain, &shutdown).await;
     worker_metrics.connected.set(0);
     {
         let mut slots = agent.launcher.lock();
@@ -329,6 +345,7 @@ fn random_u64() -> u64 {
 /// What woke the agent.
 enum Wake {
     Shutdown,
+    Drain,
     Deadline,
     Event(Option<TaskEvent>),
     Inbound(Result<Option<Envelope>, tonic::Status>),
@@ -340,8 +357,10 @@ impl Agent {
     async fn serve(
         &mut self,
         events: &mut mpsc::UnboundedReceiver<TaskEvent>,
+        drain: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
+        let drain_deadline = self.drain_deadline;
         let mut todo: VecDeque<Effect> = VecDeque::new();
         self.input(&mut todo, |core, out| core.on_tick(Instant::now(), 0, 0, out));
         loop {
@@ -355,6 +374,10 @@ impl Agent {
                     }
                     Effect::Disconnect => self.link = None,
                     Effect::Exit(refusal) => return Err(WorkerError::Refused(refusal.to_string())),
+                    Effect::Drained => {
+                        tracing::info!("drained: every task finished or moved; stopping");
+                        return Ok(());
+                    }
                     process @ (Effect::Start(_) | Effect::Kill(..) | Effect::Observe(_)) => {
                         self.input(&mut todo, |_, out| out.push(process))
                     }
@@ -365,14 +388,17 @@ impl Agent {
             }
             let deadline = self.launcher.lock().core.next_deadline().map(tokio::time::Instant::from_std);
             let inbound = self.link.as_mut().and_then(|l| l.inbound.as_mut());
+            let draining = self.launcher.lock().core.is_draining();
             let wake = tokio::select! {
                 _ = shutdown.cancelled() => Wake::Shutdown,
+                _ = drain.cancelled(), if !draining => Wake::Drain,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => Wake::Deadline,
                 ev = events.recv() => Wake::Event(ev),
                 msg = async { inbound.expect("guarded").message().await }, if inbound.is_some() => Wake::Inbound(msg),
             };
             match wake {
                 Wake::Shutdown => return Ok(()),
+                Wake::Drain => self.input(&mut todo, |core, out| core.drain(Instant::now(), drain_deadline, out)),
                 Wake::Deadline => {
                     let (spawned, spawn_micros) = self.launcher.metrics.spawn_totals();
                     self.input(&mut todo, |core, out| core.on_tick(Instant::now(), spawned, spawn_micros, out));

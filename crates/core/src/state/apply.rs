@@ -72,6 +72,8 @@ impl ClusterState {
                 self.journal.record(ctx.at_ms, EventKind::MembershipChanged(change.clone()));
                 Response::Noted
             }
+            Command::SetMaintenance { worker, change } => self.set_maintenance(ctx, worker, *change),
+            Command::DrainOverdue { worker, incarnation } => self.drain_overdue(ctx, worker, *incarnation),
             Command::SetWorkerQueue { worker, queue } => match self.workers.get_mut(worker) {
                 Some(w) if w.state == WorkerState::Ready => {
                     w.queue = *queue;
@@ -117,7 +119,7 @@ impl ClusterState {
             other => return Response::Stale { reason: StaleReason::for_state(other, fence) },
         }
         wait_again(job, id.slot, false);
-        self.release(worker, id, cpus);
+        self.release(ctx, worker, id, cpus);
         self.after_task_change(ctx, id.job);
         Response::Revoked
     }
@@ -217,7 +219,7 @@ impl ClusterState {
             settle.push(TaskId::reduce(id));
         }
         for k in &kill {
-            self.release(&k.worker, k.task, cpus);
+            self.release(ctx, &k.worker, k.task, cpus);
         }
         for task in settle {
             self.settle(task);
@@ -227,6 +229,14 @@ impl ClusterState {
     }
 
     fn register_worker(&mut self, ctx: ApplyCtx, info: &WorkerInfo) -> Response {
+        // An operator's decision outlives a restart (the worker stays out of service until
+        // uncordoned); a worker that drained itself to stop comes back in service.
+        let maintenance = match self.workers.get(&info.name).map(|w| w.maintenance) {
+            Some(Maintenance::Cordoned)
+            | Some(Maintenance::Draining { by_worker: false, .. })
+            | Some(Maintenance::Drained { by_worker: false }) => Maintenance::Cordoned,
+            _ => Maintenance::InService,
+        };
         if let Some(existing) = self.workers.get(&info.name) {
             if existing.state == WorkerState::Ready && existing.instance == info.instance {
                 // The same process registering twice (a retried proposal): nothing to do.
@@ -262,6 +272,7 @@ impl ClusterState {
                 lost_at: None,
                 lost_reason: None,
                 grants: BTreeMap::new(),
+                maintenance,
             },
         );
         self.forget_old_lost_workers();
@@ -345,7 +356,7 @@ impl ClusterState {
         let worker = self.workers.get_mut(&p.worker)?;
         let cpus = job.spec.cpus;
         if job.state.is_terminal()
-            || worker.state != WorkerState::Ready
+            || !worker.takes_work()
             || worker.free_capacity() < cpus
             || worker.cpus < cpus
             || !job.spec.selects(&worker.labels)
@@ -443,7 +454,7 @@ impl ClusterState {
         }
         let was_running = matches!(state, TaskState::Running { .. });
         let cpus = self.jobs[&id.job].spec.cpus;
-        self.release(worker, id, cpus);
+        self.release(ctx, worker, id, cpus);
         let job = self.jobs.get_mut(&id.job).expect("job checked above");
         let retries = job.spec.retries;
         if let TaskSlot::Array(_) = id.slot {
@@ -533,14 +544,75 @@ impl ClusterState {
         Response::Stale { reason }
     }
 
-    /// Frees the cpus a worker held for one attempt.
-    fn release(&mut self, worker: &str, task: TaskId, cpus: u32) {
-        if let Some(w) = self.workers.get_mut(worker) {
-            if w.tasks.remove(&task).is_some() {
-                w.cpus_used -= cpus;
-                w.grants.remove(&task);
+    /// Frees the cpus a worker held for one attempt (a draining worker that held its last
+    /// one is drained).
+    fn release(&mut self, ctx: ApplyCtx, worker: &str, task: TaskId, cpus: u32) {
+        let Some(w) = self.workers.get_mut(worker) else { return };
+        if w.tasks.remove(&task).is_some() {
+            w.cpus_used -= cpus;
+            w.grants.remove(&task);
+            self.note_drained(ctx, worker);
+        }
+    }
+
+    /// A draining worker that holds nothing is drained.
+    fn note_drained(&mut self, ctx: ApplyCtx, name: &str) {
+        let Some(w) = self.workers.get_mut(name) else { return };
+        if let Maintenance::Draining { by_worker, .. } = w.maintenance {
+            if w.tasks.is_empty() && w.state == WorkerState::Ready {
+                w.maintenance = Maintenance::Drained { by_worker };
+                self.journal.record(ctx.at_ms, EventKind::WorkerDrained { worker: name.to_string() });
             }
         }
+    }
+
+    fn set_maintenance(&mut self, ctx: ApplyCtx, name: &str, change: MaintenanceChange) -> Response {
+        let Some(w) = self.workers.get_mut(name).filter(|w| w.state == WorkerState::Ready) else {
+            return Response::Invalid { reason: Refusal::NoReadyWorker(name.to_string()) };
+        };
+        w.maintenance = match change {
+            MaintenanceChange::Cordon => Maintenance::Cordoned,
+            MaintenanceChange::Uncordon => Maintenance::InService,
+            MaintenanceChange::Drain { deadline_ms, by_worker } => {
+                Maintenance::Draining { deadline: deadline_ms.map(|d| ctx.at_ms.saturating_add(d)), by_worker }
+            }
+        };
+        self.journal.record(ctx.at_ms, EventKind::WorkerMaintenance { worker: name.to_string(), change });
+        self.note_drained(ctx, name);
+        Response::Noted
+    }
+
+    /// A draining worker's deadline passed: every attempt it holds waits again, with a new
+    /// attempt number (its late results are then refused); it is drained.
+    fn drain_overdue(&mut self, ctx: ApplyCtx, name: &str, incarnation: u64) -> Response {
+        let Some(w) = self.workers.get(name).filter(|w| w.incarnation == incarnation) else { return Response::Noted };
+        if !w.drain_overdue(ctx.at_ms) {
+            return Response::Noted;
+        }
+        let held: Vec<(TaskId, Fence)> = w.tasks.iter().map(|(t, f)| (*t, *f)).collect();
+        let mut kill = Vec::with_capacity(held.len());
+        for (id, fence) in held {
+            let Some(job) = self.jobs.get_mut(&id.job) else { continue };
+            let cpus = job.spec.cpus;
+            let Some(task) = task_mut(job, id.slot) else { continue };
+            if task.state.in_flight().map(|(_, f)| f) != Some(fence) {
+                continue;
+            }
+            let was_running = matches!(task.state, TaskState::Running { .. });
+            wait_again(job, id.slot, was_running);
+            self.journal.record(
+                ctx.at_ms,
+                EventKind::TaskRescheduled {
+                    task: id,
+                    attempt: fence.attempt,
+                    reason: RescheduleReason::DrainDeadline(name.to_string()),
+                },
+            );
+            self.release(ctx, name, id, cpus);
+            self.after_task_change(ctx, id.job);
+            kill.push(Kill { task: id, worker: name.to_string(), fence });
+        }
+        Response::AttemptsTaken { kill }
     }
 
     /// Moves a job forward after one of its tasks changed: starts the reduce step, or finishes

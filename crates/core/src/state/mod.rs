@@ -186,6 +186,57 @@ impl WorkerState {
     }
 }
 
+/// Whether a worker is in service: an operator's decision (`worker cordon`, `worker drain`),
+/// or the worker's own when it was asked to stop (SIGTERM).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Maintenance {
+    #[default]
+    InService,
+    /// Takes no new tasks; what it holds runs on.
+    Cordoned,
+    /// Takes no new tasks; its queued ones move elsewhere, its running ones finish until
+    /// `deadline` (leader clock), after which they are stopped and re-queued.
+    Draining { deadline: Option<Millis>, by_worker: bool },
+    /// Drained: holds nothing and takes nothing until uncordoned (or, when it drained itself
+    /// to stop, until it registers again).
+    Drained { by_worker: bool },
+}
+
+/// A worker's condition as status, the CLI and the dashboard name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerCondition {
+    Ready,
+    Cordoned,
+    Draining,
+    Drained,
+    Lost,
+}
+
+impl WorkerCondition {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerCondition::Ready => "ready",
+            WorkerCondition::Cordoned => "cordoned",
+            WorkerCondition::Draining => "draining",
+            WorkerCondition::Drained => "drained",
+            WorkerCondition::Lost => "lost",
+        }
+    }
+}
+
+/// A change of a worker's [`Maintenance`], as commanded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MaintenanceChange {
+    Cordon,
+    /// `deadline_ms`: how long running tasks may take before they are stopped and re-queued
+    /// (none: they may take as long as they take).
+    Drain {
+        deadline_ms: Option<u64>,
+        by_worker: bool,
+    },
+    Uncordon,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Worker {
     pub name: String,
@@ -211,6 +262,7 @@ pub struct Worker {
     pub lost_reason: Option<LostReason>,
     /// What each attempt that asked for resources holds (units by resource, memory).
     pub grants: BTreeMap<TaskId, Grant>,
+    pub maintenance: Maintenance,
 }
 
 /// The resources one attempt holds on its worker while assigned or running.
@@ -284,6 +336,28 @@ impl Worker {
     /// Room left for attempts, counting its queue.
     pub fn free_capacity(&self) -> u32 {
         (self.cpus + self.queue).saturating_sub(self.cpus_used)
+    }
+
+    /// Whether the scheduler may give it new tasks.
+    pub fn takes_work(&self) -> bool {
+        self.state == WorkerState::Ready && self.maintenance == Maintenance::InService
+    }
+
+    pub fn condition(&self) -> WorkerCondition {
+        match (self.state, self.maintenance) {
+            (WorkerState::Lost, _) => WorkerCondition::Lost,
+            (WorkerState::Ready, Maintenance::InService) => WorkerCondition::Ready,
+            (WorkerState::Ready, Maintenance::Cordoned) => WorkerCondition::Cordoned,
+            (WorkerState::Ready, Maintenance::Draining { .. }) => WorkerCondition::Draining,
+            (WorkerState::Ready, Maintenance::Drained { .. }) => WorkerCondition::Drained,
+        }
+    }
+
+    /// The drain deadline, once passed, while it still holds attempts.
+    pub fn drain_overdue(&self, now_ms: Millis) -> bool {
+        matches!(self.maintenance, Maintenance::Draining { deadline: Some(d), .. } if d <= now_ms)
+            && self.state == WorkerState::Ready
+            && !self.tasks.is_empty()
     }
 }
 
@@ -407,6 +481,11 @@ impl ClusterState {
         self.leader
     }
 
+    /// The leader clock of the last applied entry (milliseconds; 0 before any).
+    pub fn clock_ms(&self) -> Millis {
+        self.last_entry.map_or(0, |(_, at)| at)
+    }
+
     pub fn retired_masters(&self) -> &BTreeSet<NodeId> {
         &self.retired_masters
     }
@@ -507,6 +586,14 @@ impl ClusterState {
             assert_eq!(worker.cpus_used, cpus, "worker {} cpus_used", worker.name);
             assert_eq!(worker.tasks, tasks, "worker {} task list", worker.name);
             assert!(worker.grants.keys().all(|t| worker.tasks.contains_key(t)), "worker {} grants", worker.name);
+            if worker.state == WorkerState::Ready {
+                if let Maintenance::Drained { .. } = worker.maintenance {
+                    assert!(worker.tasks.is_empty(), "drained worker {} holds {:?}", worker.name, worker.tasks);
+                }
+                if let Maintenance::Draining { .. } = worker.maintenance {
+                    assert!(!worker.tasks.is_empty(), "draining worker {} holds nothing", worker.name);
+                }
+            }
             for (name, offered) in &worker.resources {
                 let mut units: Vec<u32> =
                     worker.grants.values().filter_map(|g| g.units.get(name)).flatten().copied().collect();

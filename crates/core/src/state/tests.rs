@@ -309,6 +309,88 @@ fn membership_changes_are_journalled_and_a_removed_master_id_is_retired() {
     assert_eq!(back, d.state);
 }
 
+fn maintain(d: &mut Driver, worker: &str, change: MaintenanceChange) -> Response {
+    d.apply(Command::SetMaintenance { worker: worker.into(), change })
+}
+
+#[test]
+fn a_cordoned_or_draining_worker_gets_no_new_tasks_and_a_drained_one_holds_nothing() {
+    let mut d = Driver::new();
+    d.worker("a", 1);
+    d.worker("b", 1);
+    d.submit(spec("1-4"));
+    let runs = d.schedule();
+    assert_eq!(runs.len(), 2, "one per worker (no queue)");
+    let on_a = runs.iter().find(|r| r.worker == "a").expect("a run").clone();
+    assert_eq!(maintain(&mut d, "a", MaintenanceChange::Cordon), Response::Noted);
+    assert_eq!(d.state.worker("a").map(|w| w.condition()), Some(WorkerCondition::Cordoned));
+    d.finish(&on_a, 0, "x");
+    let runs = d.schedule();
+    assert!(runs.iter().all(|r| r.worker != "a"), "a cordoned worker was given {runs:?}");
+    // Draining a worker that holds nothing drains it at once.
+    maintain(&mut d, "a", MaintenanceChange::Drain { deadline_ms: None, by_worker: false });
+    assert_eq!(d.state.worker("a").map(|w| w.condition()), Some(WorkerCondition::Drained));
+    maintain(&mut d, "a", MaintenanceChange::Uncordon);
+    assert!(d.state.worker("a").is_some_and(|w| w.takes_work()));
+    assert_eq!(
+        maintain(&mut d, "nobody", MaintenanceChange::Cordon),
+        Response::Invalid { reason: Refusal::NoReadyWorker("nobody".into()) }
+    );
+    assert_eq!(d.replay(), d.state, "maintenance replays to the same state");
+}
+
+#[test]
+fn a_drain_past_its_deadline_requeues_what_the_worker_holds_with_new_attempts() {
+    let mut d = Driver::new();
+    let incarnation = d.worker("a", 2);
+    d.submit(spec("1-2"));
+    let runs = d.schedule();
+    assert_eq!(runs.len(), 2);
+    maintain(&mut d, "a", MaintenanceChange::Drain { deadline_ms: Some(1_000), by_worker: false });
+    assert_eq!(d.state.worker("a").map(|w| w.condition()), Some(WorkerCondition::Draining));
+    // Before the deadline (on the entries' clock): nothing happens.
+    assert_eq!(d.apply(Command::DrainOverdue { worker: "a".into(), incarnation }), Response::Noted);
+    d.now += 2_000;
+    let Response::AttemptsTaken { kill } = d.apply(Command::DrainOverdue { worker: "a".into(), incarnation }) else {
+        panic!("nothing taken")
+    };
+    assert_eq!(kill.len(), 2);
+    assert_eq!(d.state.worker("a").map(|w| w.condition()), Some(WorkerCondition::Drained));
+    // The old attempts' results are stale now; the tasks wait for another worker.
+    assert!(matches!(d.finish(&runs[0], 0, "late"), Response::Stale { .. }));
+    d.worker("b", 2);
+    let again = d.schedule();
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|r| r.worker == "b" && r.fence.attempt == 2), "{again:?}");
+    let names: Vec<&str> = d.state.journal().since(0, 100).map(|e| e.kind.name()).collect();
+    assert!(names.contains(&"worker_draining") && names.contains(&"worker_drained"), "{names:?}");
+}
+
+#[test]
+fn an_operators_decision_outlives_a_restart_and_a_self_drain_does_not() {
+    let mut d = Driver::new();
+    d.worker("a", 1);
+    d.worker("b", 1);
+    maintain(&mut d, "a", MaintenanceChange::Drain { deadline_ms: None, by_worker: false });
+    maintain(&mut d, "b", MaintenanceChange::Drain { deadline_ms: None, by_worker: true });
+    let restart = |d: &mut Driver, name: &str| {
+        let info = WorkerInfo {
+            name: name.to_string(),
+            instance: 99,
+            cpus: 1,
+            queue: 0,
+            memory: None,
+            resources: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        };
+        d.apply(Command::RegisterWorker(info));
+    };
+    restart(&mut d, "a");
+    restart(&mut d, "b");
+    assert_eq!(d.state.worker("a").map(|w| w.condition()), Some(WorkerCondition::Cordoned));
+    assert_eq!(d.state.worker("b").map(|w| w.condition()), Some(WorkerCondition::Ready));
+}
+
 /// A random step, interpreted against the current state so that most steps are meaningful.
 #[derive(Clone, Debug)]
 enum Op {
@@ -350,6 +432,13 @@ enum Op {
     Cancel {
         pick: u8,
     },
+    Maintain {
+        worker: u8,
+        change: u8,
+    },
+    Overdue {
+        worker: u8,
+    },
     Purge {
         pick: u8,
     },
@@ -359,6 +448,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0u8..16).prop_map(|pick| Op::Purge { pick }),
+        (0u8..4, 0u8..4).prop_map(|(worker, change)| Op::Maintain { worker, change }),
+        (0u8..4).prop_map(|worker| Op::Overdue { worker }),
         (1u8..8, 1u8..3, 0u8..2, any::<bool>(), -1i8..2, proptest::option::of(0u8..2), 0u8..4).prop_map(
             |(tasks, cpus, retries, reduce, priority, zone, needs)| Op::Submit {
                 tasks,
@@ -446,6 +537,21 @@ fn run_op(d: &mut Driver, op: &Op) {
                 let incarnation = w.incarnation;
                 d.apply(Command::WorkerLost { name, incarnation, reason: LostReason::Restarted });
             }
+        }
+        Op::Maintain { worker, change } => {
+            let change = match change {
+                0 => MaintenanceChange::Cordon,
+                1 => MaintenanceChange::Uncordon,
+                2 => MaintenanceChange::Drain { deadline_ms: Some(50), by_worker: false },
+                _ => MaintenanceChange::Drain { deadline_ms: None, by_worker: true },
+            };
+            d.apply(Command::SetMaintenance { worker: format!("w{worker}"), change });
+        }
+        Op::Overdue { worker } => {
+            let name = format!("w{worker}");
+            let incarnation = d.state.worker(&name).map_or(0, |w| w.incarnation);
+            d.now += 100;
+            d.apply(Command::DrainOverdue { worker: name, incarnation });
         }
         Op::SetQueue { worker, queue } => {
             // Lowering a queue below what is already assigned must not break anything.

@@ -287,3 +287,35 @@ fn the_worker_reconnects_through_the_masters_the_leader_named() {
     w.out.take();
     assert_eq!(w.tick(22), vec![Effect::Connect { address: "m4".into() }], "m1 to m3 are gone for good");
 }
+
+#[test]
+fn a_draining_worker_asks_every_leader_and_exits_once_drained_and_empty() {
+    let mut w = Worker::welcomed(1, 2);
+    assert_eq!(w.message(5, 2, MasterBody::Run(run(1, 2))), vec![Effect::Start(run(1, 2))]);
+    w.core.drain(w.at(10), Some(Duration::from_secs(60)), &mut w.out.effects);
+    let effects = w.out.take();
+    assert!(effects.contains(&Effect::Send(WorkerMsg::Drain { deadline_ms: Some(60_000) })), "{effects:?}");
+    // A new leader hears it again, with the time left.
+    w.core.lost(w.at(1_000), LinkError::Broken("reset".into()), &mut w.out.effects);
+    w.out.take();
+    w.tick(1_002);
+    w.core.connected(w.at(1_003), &mut w.out.effects);
+    w.out.take();
+    let welcome = MasterBody::Welcome { leader: 2, incarnation: 3, heartbeat_ms: 1000 };
+    let effects = w.message(1_010, 3, welcome);
+    assert!(effects.contains(&Effect::Send(WorkerMsg::Drain { deadline_ms: Some(59_000) })), "{effects:?}");
+    // Told it is drained while its task still runs: it stays until the task is done and acknowledged.
+    w.message(1_020, 3, MasterBody::Drained);
+    assert!(!w.tick(1_030).contains(&Effect::Drained));
+    w.core.ended(
+        w.at(1_040),
+        TaskId::array(1, 1),
+        Fence { term: 2, attempt: 1 },
+        Some(Outcome::default()),
+        None,
+        &mut w.out.effects,
+    );
+    w.out.take();
+    w.message(1_050, 3, MasterBody::Ack { task: TaskId::array(1, 1), fence: Fence { term: 2, attempt: 1 } });
+    assert!(w.tick(1_060).contains(&Effect::Drained));
+}

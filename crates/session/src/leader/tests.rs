@@ -477,3 +477,27 @@ fn workers_hear_of_the_group_after_the_welcome_and_on_every_change() {
     let addresses = vec!["m1".into(), "m2".into(), "m4".into()];
     assert_eq!(l.out.take(), vec![Effect::Send { session: 7, msg: msg(MasterBody::Members { addresses }) }]);
 }
+
+#[test]
+fn a_worker_asking_to_drain_is_drained_and_told_once() {
+    use flotilla_core::state::MaintenanceChange;
+    let mut l = Leader::ready();
+    l.admit(0, 7, "w1", 11);
+    let effects = l.message(10, 7, WorkerMsg::Drain { deadline_ms: Some(60_000) });
+    let change = MaintenanceChange::Drain { deadline_ms: Some(60_000), by_worker: true };
+    let expected = vec![Command::SetMaintenance { worker: "w1".into(), change }];
+    let proposal = effects.iter().find_map(|e| match e {
+        Effect::Propose { id, commands } if *commands == expected => Some(*id),
+        _ => None,
+    });
+    let Some(id) = proposal else { panic!("no drain proposal in {effects:?}") };
+    l.commit(10, id, expected);
+    l.out.take();
+    // It holds nothing: drained at once, and its session is told at the next liveness check.
+    let effects = l.tick(1_000);
+    assert!(effects.contains(&Effect::Send { session: 7, msg: msg(MasterBody::Drained) }), "{effects:?}");
+    assert!(!l.tick(2_000).contains(&Effect::Send { session: 7, msg: msg(MasterBody::Drained) }), "told twice");
+    // Asked again (after a reconnect): nothing more to propose.
+    let effects = l.message(2_010, 7, WorkerMsg::Drain { deadline_ms: Some(50_000) });
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Propose { .. })), "{effects:?}");
+}
