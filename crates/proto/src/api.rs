@@ -1279,6 +1279,14 @@ mod tests {
                 reason: StaleReason::NeverAssigned(task),
             },
             journal::EventKind::JobFinished { job: 1, state: state::JobState::Failed },
+            journal::EventKind::MembershipChanged(flotilla_core::MemberChange::Promoted { node: 4 }),
+            journal::EventKind::WorkerMaintenance { worker: "a".into(), change: state::MaintenanceChange::Cordon },
+            journal::EventKind::WorkerMaintenance {
+                worker: "a".into(),
+                change: state::MaintenanceChange::Drain { deadline_ms: None, by_worker: true },
+            },
+            journal::EventKind::WorkerMaintenance { worker: "a".into(), change: state::MaintenanceChange::Uncordon },
+            journal::EventKind::WorkerDrained { worker: "a".into() },
         ];
         for kind in &kinds {
             let t = EventType::from(kind);
@@ -1286,7 +1294,7 @@ mod tests {
             assert_eq!(json(&t), format!("\"{}\"", kind.name()));
             assert_eq!(serde_json::from_str::<EventType>(&json(&t)).unwrap(), t);
         }
-        assert_eq!(serde_json::from_str::<EventType>("\"worker_drained\"").unwrap(), EventType::Unknown);
+        assert_eq!(serde_json::from_str::<EventType>("\"worker_teleported\"").unwrap(), EventType::Unknown);
         // Padding works as it did on the strings (the CLI's columns).
         assert_eq!(format!("{:<10}|", JobState::Running), "running   |");
     }
