@@ -8,6 +8,9 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "flotilla",
     version,
+    // A flag given twice keeps the last value: `--config` puts the file's flags first, so the
+    // command line's own win.
+    args_override_self = true,
     about = "A highly available master/worker cluster for running jobs",
     long_about = "Flotilla runs batch jobs on many machines. Masters (1, 3 or 5) agree through Raft; \
                   the leader splits jobs into tasks and places them on workers, which run them as \
@@ -82,6 +85,11 @@ pub struct ClientArgs {
 
 #[derive(Args, Debug)]
 pub struct MasterArgs {
+    /// A TOML file of these flags (`data_dir = "/var/lib/flotilla"`, `peers = "1=…,2=…"`);
+    /// flags on the command line and FLOTILLA_* variables override it; an unknown key is an
+    /// error.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// This master's id in the group (a positive number, unique, never reused).
     #[arg(long)]
     pub id: u64,
@@ -186,6 +194,10 @@ pub enum WorkerCmd {
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
+    /// A TOML file of these flags (`cpus = 16`, `labels = { zone = "a" }`); flags on the
+    /// command line and FLOTILLA_* variables override it; an unknown key is an error.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Master addresses, comma-separated (the worker learns the others from the leader).
     #[arg(long, env = "FLOTILLA_MASTERS", default_value = "127.0.0.1:7001")]
     pub masters: String,

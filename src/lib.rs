@@ -3,11 +3,13 @@
 //! - [`cli`]: argument definitions.
 //! - [`commands`]: client commands (submit, job, status, events).
 //! - [`roles`]: `flotilla master` and `flotilla worker`, thin wrappers over their crates.
+//! - [`config_file`]: `--config FILE` of a master or worker, expanded into flags.
 //! - [`local`]: a cluster of real local processes, used by `up`, `demo` and the tests.
 //! - [`demo`]: the end-to-end demonstration with fault injection.
 
 pub mod cli;
 pub mod commands;
+pub mod config_file;
 pub mod demo;
 pub mod incident;
 pub mod local;
@@ -23,7 +25,14 @@ use cli::{Cli, Cmd};
 
 /// Parses the command line, sets up logging and runs the command; the binary's `main`.
 pub fn main_entry() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match config_file::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let server =
         matches!(&cli.command, Cmd::Master(_)) || matches!(&cli.command, Cmd::Worker(w) if w.command.is_none());
     let default_level = if server { "info" } else { "warn" };

@@ -328,3 +328,53 @@ async fn journal_retention_is_replicated_and_bounded() {
         assert_eq!(seqs, want, "master {id} keeps the same events");
     }
 }
+
+/// `--config FILE`: the file's keys are flags; the command line and FLOTILLA_* variables
+/// override them; an unknown key is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_and_workers_read_config_files_that_flags_override() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = flotilla::local::free_port().expect("port");
+    let address = format!("127.0.0.1:{port}");
+    let file = dir.path().join("master.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "id = 1\nlisten = \"{address}\"\ndata_dir = \"{}\"\npeers = {{ 1 = \"{address}\" }}\n\
+             worker_timeout = \"2s\"\nlabels = {{ zone = \"a\", region = \"eu\" }}\n",
+            dir.path().join("m1").display()
+        ),
+    )
+    .expect("write config");
+    let mut master = Command::new(EXE)
+        .args(["master", "--config"])
+        .arg(&file)
+        .args(["--labels", "zone=b"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start master");
+    let client = flotilla_client::Client::new(vec![address.clone()], None).expect("client");
+    let deadline = std::time::Instant::now() + LONG;
+    let info = loop {
+        if let Ok(info) = client.node(&address).await {
+            break info;
+        }
+        assert!(std::time::Instant::now() < deadline, "the master from a config file never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(info.id, 1);
+    assert_eq!(info.labels.get("zone").map(String::as_str), Some("b"), "the command line overrides the file");
+    assert_eq!(info.labels.get("region"), None, "a flag replaces the file's value whole");
+
+    let worker_file = dir.path().join("worker.toml");
+    std::fs::write(&worker_file, "cpus = 2\ncpuz = 3\n").expect("write");
+    let out = Command::new(EXE).args(["worker", "--config"]).arg(&worker_file).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("unknown key 'cpuz'") && err.contains("cpus"), "{err}");
+    let out = Command::new(EXE).args(["master", "--config", "/nonexistent.toml"]).output().expect("run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+    let _ = master.kill();
+    let _ = master.wait();
+}
