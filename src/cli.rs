@@ -25,8 +25,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Run one master of the Raft group.
-    Master(MasterArgs),
+    /// Run one master of the Raft group (`flotilla master --id …`), or rebuild a group from a
+    /// surviving master's data (`flotilla master recover`).
+    Master(MasterCli),
     /// Run a worker that executes tasks (`flotilla worker --masters …`), or list and maintain
     /// workers (`flotilla worker list|cordon|drain|uncordon`).
     Worker(WorkerCli),
@@ -58,6 +59,12 @@ pub enum Cmd {
     /// Show or change how jobs of the same priority share the workers: `fair` (the default:
     /// jobs take turns, the one holding the fewest tasks first) or `fifo` (submission order).
     Scheduling(SchedulingArgs),
+    /// Back up the cluster's state (`snapshot save`) and seed a new cluster from a backup
+    /// (`snapshot restore`).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCmd,
+    },
     /// The group of masters: list, add and remove masters, hand leadership over.
     Cluster {
         #[command(subcommand)]
@@ -84,6 +91,76 @@ pub struct ClientArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct MasterCli {
+    #[command(subcommand)]
+    pub command: Option<MasterCmd>,
+    #[command(flatten)]
+    pub run: MasterArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MasterCmd {
+    /// Disaster recovery after losing a quorum for good: rebuilds a working group from this
+    /// stopped master's data directory. UNSAFE: what the lost masters committed without this
+    /// one is lost, and entries this one never saw committed are kept. Its old files move to
+    /// DIR/pre-recovery-<time>/. Then start this master (`flotilla master --id N …`); the other
+    /// masters of --peers start with `--await-add` and empty data directories, and are caught
+    /// up by it. The group gets a new identity: the lost masters can never rejoin it.
+    Recover {
+        /// The surviving master's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The surviving master's id.
+        #[arg(long)]
+        id: u64,
+        /// The new group: ID=HOST:PORT,… including this master.
+        #[arg(long)]
+        peers: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Save a consistent, checksummed backup of the cluster's state, taken through the leader
+    /// while the cluster runs (everything acknowledged before the request is in it).
+    Save {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seed the data directory of one master of a NEW cluster from a backup (run it for each
+    /// master, with the same --peers; then start them with `flotilla master --id N --listen …
+    /// --data-dir DIR --peers …`). The new cluster gets its own identity: masters of the old
+    /// one can never join it by mistake.
+    Restore {
+        file: PathBuf,
+        /// An empty directory for this master's data.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// This master's id in the new cluster.
+        #[arg(long)]
+        id: u64,
+        /// Every master of the new cluster: ID=HOST:PORT,…
+        #[arg(long)]
+        peers: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a backup's checksum and show what it holds.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
 pub struct MasterArgs {
     /// A TOML file of these flags (`data_dir = "/var/lib/flotilla"`, `peers = "1=…,2=…"`);
     /// flags on the command line and FLOTILLA_* variables override it; an unknown key is an
@@ -91,14 +168,15 @@ pub struct MasterArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// This master's id in the group (a positive number, unique, never reused).
-    #[arg(long)]
-    pub id: u64,
+    // Optional in the type only: `master recover` runs without it.
+    #[arg(long, required = true)]
+    pub id: Option<u64>,
     /// Address to listen on for peers, workers and clients.
     #[arg(long, default_value = "127.0.0.1:7001")]
     pub listen: String,
     /// Where the Raft log and snapshots are kept.
-    #[arg(long)]
-    pub data_dir: PathBuf,
+    #[arg(long, required = true)]
+    pub data_dir: Option<PathBuf>,
     /// First start of a new group: every master of it, ID=HOST:PORT,… (include this one).
     /// Later starts read the membership from the data directory; this is then ignored.
     #[arg(long, conflicts_with = "join", required_unless_present_any = ["join", "await_add"])]

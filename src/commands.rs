@@ -16,7 +16,11 @@ use crate::roles::{parse_labels, parse_resources};
 
 pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Master(a) => crate::roles::master(a).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Master(crate::cli::MasterCli { command: None, run }) => {
+            crate::roles::master(run).await.map(|_| ExitCode::SUCCESS)
+        }
+        Cmd::Master(crate::cli::MasterCli { command: Some(command), .. }) => crate::backup::master(command).await,
+        Cmd::Snapshot { command } => crate::backup::snapshot(command).await,
         Cmd::Worker(crate::cli::WorkerCli { command: None, run }) => {
             crate::roles::worker(run).await.map(|_| ExitCode::SUCCESS)
         }

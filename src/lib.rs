@@ -7,6 +7,7 @@
 //! - [`local`]: a cluster of real local processes, used by `up`, `demo` and the tests.
 //! - [`demo`]: the end-to-end demonstration with fault injection.
 
+pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod config_file;
@@ -33,8 +34,8 @@ pub fn main_entry() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
-    let server =
-        matches!(&cli.command, Cmd::Master(_)) || matches!(&cli.command, Cmd::Worker(w) if w.command.is_none());
+    let server = matches!(&cli.command, Cmd::Master(m) if m.command.is_none())
+        || matches!(&cli.command, Cmd::Worker(w) if w.command.is_none());
     let default_level = if server { "info" } else { "warn" };
     // RUST_LOG takes `level` and `target=level` items, e.g. `info,flotilla_master=debug`.
     let default = format!("{default_level},openraft=warn,openraft::core::raft_core=off");

@@ -108,6 +108,20 @@ impl LocalCluster {
         self.spawn_master(id, &["--join", &join])
     }
 
+    /// Plans master `id` on a free port (if it has none) and starts it with `--await-add`:
+    /// empty, it waits for a leader whose membership names it.
+    pub fn start_master_awaiting(&mut self, id: u64) -> anyhow::Result<()> {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.ports.entry(id) {
+            e.insert(free_port()?);
+        }
+        self.spawn_master(id, &["--await-add"])
+    }
+
+    /// Where master `id` keeps its data.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("master-{id}"))
+    }
+
     /// Stops and forgets master `id` (after it was removed from the group).
     pub fn forget_master(&mut self, id: u64) {
         self.kill_master(id);

@@ -56,6 +56,8 @@ pub fn shutdown_on_signals() -> CancellationToken {
 }
 
 pub async fn master(args: MasterArgs) -> anyhow::Result<()> {
+    let id = args.id.ok_or_else(|| anyhow!("--id is required"))?;
+    let data_dir = args.data_dir.clone().ok_or_else(|| anyhow!("--data-dir is required"))?;
     let listen: SocketAddr =
         args.listen.parse().map_err(|_| anyhow!("--listen '{}' is not an IP:PORT address", args.listen))?;
     let advertise = args.advertise.clone().unwrap_or_else(|| listen.to_string());
@@ -73,10 +75,10 @@ pub async fn master(args: MasterArgs) -> anyhow::Result<()> {
                 bail!("--join needs at least one HOST:PORT of a running master");
             }
             let bootstrap = if through.is_empty() { Bootstrap::AwaitAdd } else { Bootstrap::Join(through) };
-            (BTreeMap::from([(args.id, advertise.clone())]), bootstrap)
+            (BTreeMap::from([(id, advertise.clone())]), bootstrap)
         }
     };
-    let mut config = MasterConfig::new(args.id, listen, args.data_dir, peers);
+    let mut config = MasterConfig::new(id, listen, data_dir, peers);
     config.bootstrap = bootstrap;
     config.token = read_token(args.token_file.as_deref())?;
     config.worker_timeout = parse_duration(&args.worker_timeout).context("--worker-timeout")?;

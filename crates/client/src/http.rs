@@ -44,6 +44,53 @@ impl HttpClient {
         Ok(HttpClient { inner, auth })
     }
 
+    /// `GET http://{address}{path}` with the body streamed into `dest` when the answer is a
+    /// success (any other answer's body is returned, for its error). `timeout` bounds the
+    /// whole transfer.
+    pub async fn download(
+        &self,
+        address: &str,
+        path: &str,
+        dest: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), HttpError> {
+        use tokio::io::AsyncWriteExt;
+        let mut builder = Request::builder().method(Method::GET).uri(format!("http://{address}{path}"));
+        if let Some(auth) = &self.auth {
+            builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        let request = builder.body(Full::new(Bytes::new())).map_err(|e| HttpError::Other(e.to_string()))?;
+        let exchange = async {
+            let response = self.inner.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    HttpError::Connect
+                } else {
+                    HttpError::Other(e.to_string())
+                }
+            })?;
+            let status = response.status();
+            let mut body = response.into_body();
+            if !status.is_success() {
+                let bytes = body.collect().await.map_err(|e| HttpError::Other(e.to_string()))?.to_bytes();
+                return Ok((status, bytes));
+            }
+            let other = |e: std::io::Error| HttpError::Other(format!("{}: {e}", dest.display()));
+            let mut file = tokio::fs::File::create(dest).await.map_err(other)?;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| HttpError::Other(e.to_string()))?;
+                if let Some(data) = frame.data_ref() {
+                    file.write_all(data).await.map_err(other)?;
+                }
+            }
+            file.sync_all().await.map_err(other)?;
+            Ok((status, Bytes::new()))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(HttpError::Timeout),
+        }
+    }
+
     /// Sends one request to `http://{address}{path}`; returns the status and the whole body.
     pub async fn send(
         &self,

@@ -325,6 +325,47 @@ impl Client {
         self.request(Method::POST, &path, (action == "drain").then_some(&body), ATTEMPT_TIMEOUT).await
     }
 
+    /// Saves a backup of the cluster's state, taken by the leader, to `dest` (the leader is
+    /// found as for any request). The caller checks the file ([`flotilla_raft`'s `verify`]).
+    pub async fn save_snapshot(&self, dest: &std::path::Path) -> Result<String, ClientError> {
+        let deadline = Instant::now() + self.retry_for;
+        let mut last = String::from("no attempt made");
+        loop {
+            let hint = self.leader_hint();
+            let mut order: Vec<String> = hint.iter().cloned().collect();
+            order.extend(self.known_addresses().into_iter().filter(|a| hint.as_ref() != Some(a)));
+            let (mut i, mut redirects) = (0, 0);
+            while i < order.len() {
+                let address = order[i].clone();
+                i += 1;
+                match self.http.download(&address, "/v1/snapshot", dest, Duration::from_secs(600)).await {
+                    Ok((status, _)) if status.is_success() => return Ok(address),
+                    Ok((status, bytes)) => {
+                        let error: ApiError = serde_json::from_slice(&bytes)
+                            .unwrap_or_else(|_| ApiError::new(ApiErrorCode::Unknown, format!("HTTP {status}")));
+                        match (status, error.leader.clone()) {
+                            (StatusCode::MISDIRECTED_REQUEST, Some(leader)) if redirects < 3 => {
+                                redirects += 1;
+                                order.insert(i, leader.clone());
+                                self.set_leader_hint(Some(leader));
+                                last = format!("{address}: {}", error.error);
+                            }
+                            (StatusCode::MISDIRECTED_REQUEST | StatusCode::SERVICE_UNAVAILABLE, _) => {
+                                last = format!("{address}: {}", error.error)
+                            }
+                            _ => return Err(ClientError::Api { status: status.as_u16(), error }),
+                        }
+                    }
+                    Err(e) => last = format!("{address}: {e}"),
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(ClientError::Unavailable { tried: self.known_addresses().join(","), last });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The masters of the group, as the master that answers knows them.
     pub async fn members(&self) -> Result<Vec<flotilla_proto::api::MemberView>, ClientError> {
         self.get("/v1/cluster/members").await

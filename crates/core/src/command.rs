@@ -122,6 +122,11 @@ pub enum Command {
         worker: String,
         change: crate::state::MaintenanceChange,
     },
+    /// The cluster's identity, chosen by its first leader: masters of another cluster (a
+    /// restored or recovered copy) are refused by it. Applied only while none is set.
+    SetClusterIdentity {
+        id: u64,
+    },
     /// The leader saw a draining worker's deadline pass: what it still holds is stopped and
     /// re-queued (answered with the attempts to stop).
     DrainOverdue {

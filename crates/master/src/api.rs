@@ -50,6 +50,7 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/cluster/members/{id}", axum::routing::delete(remove_master))
         .route("/v1/cluster/leader", post(transfer_leadership))
         .route("/v1/cluster/stand", post(stand))
+        .route("/v1/snapshot", get(save_snapshot))
         .route("/v1/workers", get(list_workers))
         .route("/v1/workers/{name}/cordon", post(cordon_worker))
         .route("/v1/workers/{name}/drain", post(drain_worker))
@@ -630,6 +631,31 @@ async fn drain_worker(
     maintain(&master, name, change).await
 }
 
+/// A backup of the state, taken by the leader after a linearizable barrier: everything
+/// acknowledged before the request is in it. Streamed from a file that is unlinked at once
+/// (its space is freed when the answer is sent).
+async fn save_snapshot(State(master): State<Shared>) -> Result<Response, Failure> {
+    read_barrier(&master, &HashMap::new()).await?;
+    let path = master.config.data_dir.join(format!("backup-{}.tmp", now_ms()));
+    let info = flotilla_raft::backup::export(&master.shared, &path)
+        .await
+        .map_err(|e| failure(ApiErrorCode::Unavailable, format!("cannot write the backup: {e}")))?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| failure(ApiErrorCode::Unavailable, format!("cannot read the backup: {e}")))?;
+    let _ = std::fs::remove_file(&path);
+    tracing::info!(index = info.index, bytes = info.bytes, sha256 = %info.sha256, "backup sent");
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (axum::http::header::CONTENT_LENGTH, info.bytes.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
 pub async fn fallback() -> Failure {
     not_found("no such endpoint (the API lives under /v1/)")
 }
@@ -689,6 +715,7 @@ mod tests {
             peer_rtt_ms: [(1, 110.0), (3, 160.0)].into_iter().collect(),
             replication_timeout_ms: Some(250.0),
             labels: BTreeMap::new(),
+            cluster: None,
         };
         assert_eq!(
             slow_peer_warnings(&info),

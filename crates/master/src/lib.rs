@@ -129,6 +129,8 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     let raft_config = Arc::new(config.raft.to_config().map_err(|e| MasterError::Raft(e.to_string()))?);
     let network = GrpcNetwork::new(config.id, config.token.as_deref().map(Arc::from), &config.raft);
     let rtts = network.rtts.clone();
+    let cluster = network.cluster.clone();
+    cluster.set(state_machine.shared().read().state.cluster_id());
     let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| MasterError::Raft(e.to_string()))?;
@@ -137,9 +139,13 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     );
 
     let grpc = tonic::service::Routes::new(
-        RaftServiceServer::new(raft_service::RaftSvc { raft: raft.clone(), contact: master.leader_contact.clone() })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        RaftServiceServer::new(raft_service::RaftSvc {
+            raft: raft.clone(),
+            contact: master.leader_contact.clone(),
+            cluster: cluster.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
     .add_service(WorkerServiceServer::new(sessions::WorkerSvc { sessions: master.sessions.clone() }))
     .into_axum_router();
@@ -182,6 +188,7 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     }
     tokio::spawn(master.sessions.clone().run(shutdown.clone()));
     tokio::spawn(leader::watch_leadership(master.clone(), shutdown.clone()));
+    tokio::spawn(follow_identity(master.clone(), cluster, shutdown.clone()));
     tokio::spawn(leader::beat(raft.clone(), config.raft.heartbeat, shutdown.clone()));
     tokio::spawn(links::probe(master.clone(), shutdown.clone()));
     tokio::spawn(watchdog::run(
@@ -396,5 +403,25 @@ async fn hand_over_leadership(master: &Master) {
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "could not hand leadership over before stopping"),
         Err(_) => tracing::warn!("handing leadership over took more than 5 s; stopping anyway"),
+    }
+}
+
+/// Keeps the identity this master's RPCs carry and check in step with the replicated state.
+async fn follow_identity(
+    master: Arc<Master>,
+    cluster: flotilla_raft::network::ClusterIdentity,
+    stop: CancellationToken,
+) {
+    let mut applied = master.shared.subscribe();
+    loop {
+        let id = master.shared.read().state.cluster_id();
+        if id != cluster.get() {
+            tracing::info!(cluster = %format!("{id:016x}"), "cluster identity");
+            cluster.set(id);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = applied.changed() => if changed.is_err() { return },
+        }
     }
 }

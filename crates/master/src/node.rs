@@ -176,6 +176,7 @@ impl Master {
             peer_rtt_ms: self.rtts.smoothed().into_iter().map(|(id, rtt)| (id, millis(rtt))).collect(),
             replication_timeout_ms: Some(millis(self.rtts.bounds().ceiling)),
             labels: self.config.labels.clone(),
+            cluster: Some(self.shared.read().state.cluster_id()).filter(|c| *c != 0).map(|c| format!("{c:016x}")),
         }
     }
 

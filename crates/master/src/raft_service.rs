@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use flotilla_proto::codec;
 use flotilla_proto::grpc::raft_service_server::RaftService;
 use flotilla_proto::grpc::Envelope;
+use flotilla_raft::network::{ClusterIdentity, CLUSTER_HEADER};
 use flotilla_raft::{Raft, TypeConfig};
 
 use crate::watchdog::LeaderContact;
@@ -15,6 +16,18 @@ use crate::watchdog::LeaderContact;
 pub struct RaftSvc {
     pub raft: Raft,
     pub contact: Arc<LeaderContact>,
+    pub cluster: ClusterIdentity,
+}
+
+impl RaftSvc {
+    /// Refuses an RPC from a master of another cluster.
+    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let theirs = req.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
+        match self.cluster.refusal(theirs) {
+            Some(why) => Err(Status::failed_precondition(why)),
+            None => Ok(()),
+        }
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &'static str, req: Request<Envelope>) -> Result<T, Status> {
@@ -33,17 +46,20 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(
 #[tonic::async_trait]
 impl RaftService for RaftSvc {
     async fn append_entries(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        self.check(&req)?;
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode("append entries", req)?;
         self.contact.touch();
         reply("append entries", self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        self.check(&req)?;
         let rpc: openraft::raft::VoteRequest<u64> = decode("vote", req)?;
         reply("vote", self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        self.check(&req)?;
         let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode("install snapshot", req)?;
         reply("install snapshot", self.raft.install_snapshot(rpc).await)
     }

@@ -960,6 +960,10 @@ pub struct NodeInfo {
     /// The longest this master lets a replication call take, in milliseconds.
     #[serde(default)]
     pub replication_timeout_ms: Option<f64>,
+    /// The cluster's identity (hex) as this master knows it; a restored or recovered copy has
+    /// a new one.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

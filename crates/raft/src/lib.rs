@@ -16,6 +16,7 @@
 // openraft's error types are large by design; boxing them at our boundary would only obscure them.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod config;
 pub mod log_store;
 pub mod network;

@@ -36,6 +36,37 @@ use crate::{Node, NodeId, TypeConfig};
 /// chunk).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The metadata key of a Raft RPC's cluster identity (hex).
+pub const CLUSTER_HEADER: &str = "x-flotilla-cluster";
+
+/// This master's cluster identity as its RPCs carry it (0 until known), kept in step with
+/// the replicated state by the master.
+#[derive(Clone, Default)]
+pub struct ClusterIdentity(Arc<std::sync::atomic::AtomicU64>);
+
+impl ClusterIdentity {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set(&self, id: u64) {
+        self.0.store(id, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why an RPC from a master of cluster `theirs` is refused here, if it is: both know their
+    /// cluster and they differ (a restored or recovered copy meeting the original).
+    pub fn refusal(&self, theirs: Option<&str>) -> Option<String> {
+        let mine = self.get();
+        let theirs = theirs.and_then(|t| u64::from_str_radix(t, 16).ok()).unwrap_or(0);
+        (mine != 0 && theirs != 0 && mine != theirs).then(|| {
+            format!(
+                "this master belongs to cluster {mine:016x}, the caller to {theirs:016x}: masters of a restored or \
+                 recovered copy never talk to the original"
+            )
+        })
+    }
+}
+
 /// Builds connections to peers; one per target, reused across RPCs.
 #[derive(Clone)]
 pub struct GrpcNetwork {
@@ -47,6 +78,7 @@ pub struct GrpcNetwork {
     pub rtts: PeerRtts,
     /// The election timeout range, quoted when a link is too slow for it.
     pub election: (Duration, Duration),
+    pub cluster: ClusterIdentity,
 }
 
 impl GrpcNetwork {
@@ -56,6 +88,7 @@ impl GrpcNetwork {
             token,
             rtts: PeerRtts::new(timing.replication_bounds()),
             election: (timing.election_min, timing.election_max),
+            cluster: ClusterIdentity::default(),
         }
     }
 }
@@ -73,6 +106,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             token: self.token.clone(),
             rtts: self.rtts.clone(),
             election: self.election,
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -141,6 +175,7 @@ pub struct PeerConnection {
     token: Option<Arc<str>>,
     rtts: PeerRtts,
     election: (Duration, Duration),
+    cluster: ClusterIdentity,
 }
 
 /// Whether a call feeds the round-trip estimate: heartbeats and votes do; calls carrying
@@ -179,6 +214,12 @@ impl PeerConnection {
         if let Some(token) = &self.token {
             let value = bearer(token).parse().map_err(|_| CallError::Network("token is not a valid header".into()))?;
             request.metadata_mut().insert(AUTH_HEADER, value);
+        }
+        let cluster = self.cluster.get();
+        if cluster != 0 {
+            if let Ok(value) = format!("{cluster:016x}").parse() {
+                request.metadata_mut().insert(CLUSTER_HEADER, value);
+            }
         }
         let client = RaftServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -270,5 +311,22 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.call("vote", &rpc, ttl, Timed::Yes, |mut c, r| async move { c.vote(r).await })
             .await
             .map_err(|e| self.rpc_error(RPCTypes::Vote, ttl, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClusterIdentity;
+
+    #[test]
+    fn masters_of_two_clusters_refuse_each_other_and_unnamed_ones_are_let_in() {
+        let mine = ClusterIdentity::default();
+        assert_eq!(mine.refusal(Some("00000000000000ab")), None, "this master does not know its cluster yet");
+        mine.set(0xab);
+        assert_eq!(mine.refusal(Some("00000000000000ab")), None);
+        assert_eq!(mine.refusal(None), None, "a new master catching up has no identity yet");
+        assert_eq!(mine.refusal(Some("garbage")), None);
+        let why = mine.refusal(Some("00000000000000cd")).expect("refused");
+        assert!(why.contains("00000000000000ab") && why.contains("00000000000000cd"), "{why}");
     }
 }

@@ -44,7 +44,7 @@ pub const STATE_FILES: [&str; 3] = ["state.redb", "snapshot.bin", "snapshot.inco
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const INCOMING_FILE: &str = "snapshot.incoming";
 const BUILDING_FILE: &str = "snapshot.building";
-const MAGIC: &[u8; 8] = b"FLOTSNP1";
+pub(crate) const MAGIC: &[u8; 8] = b"FLOTSNP1";
 /// Frame that ends the rows of a snapshot file (no row has this key).
 const END_KEY: (u64, u64, u64) = (u64::MAX, u64::MAX, u64::MAX);
 
@@ -57,9 +57,9 @@ pub struct SmData {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Header {
-    meta: SnapshotMeta<NodeId, Node>,
-    data: SmData,
+pub(crate) struct Header {
+    pub(crate) meta: SnapshotMeta<NodeId, Node>,
+    pub(crate) data: SmData,
 }
 
 /// Figures of the snapshots this master built or installed (for metrics and the soak).
@@ -77,7 +77,7 @@ pub struct SnapshotFigures {
 /// The part shared with the rest of the master: read access and change notification.
 pub struct Shared {
     data: RwLock<SmData>,
-    store: StateStore,
+    pub(crate) store: StateStore,
     applied: watch::Sender<u64>,
     /// An apply panicked: the state may be half-applied.
     poisoned: std::sync::atomic::AtomicBool,
@@ -306,7 +306,7 @@ fn check_complete(path: &Path) -> Result<(), FileError> {
 
 /// Why a snapshot file could not be read.
 #[derive(Debug, thiserror::Error)]
-enum FileError {
+pub(crate) enum FileError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("not a snapshot file (bad magic)")]
@@ -325,7 +325,7 @@ enum FileError {
     Mismatch { data: Option<LogId>, meta: Option<LogId> },
 }
 
-fn read_header(r: &mut impl Read, file_len: u64) -> Result<Header, FileError> {
+pub(crate) fn read_header(r: &mut impl Read, file_len: u64) -> Result<Header, FileError> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
     if &magic != MAGIC {
@@ -341,27 +341,27 @@ fn read_header(r: &mut impl Read, file_len: u64) -> Result<Header, FileError> {
     Ok(codec::decode("snapshot header", &bytes)?)
 }
 
-fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
+pub(crate) fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
     let mut b = [0u8; 8];
     r.read_exact(&mut b)?;
     Ok(u64::from_le_bytes(b))
 }
 
-fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
+pub(crate) fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
     let mut b = [0u8; 4];
     r.read_exact(&mut b)?;
     Ok(u32::from_le_bytes(b))
 }
 
 /// What writing a snapshot file produced.
-struct Written {
-    bytes: u64,
-    records: u64,
+pub(crate) struct Written {
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
 }
 
 /// Writes `header` and every row of records to `path`, and fsyncs it. Each row is a frame:
 /// `[job u64][bucket u64][part u64][length u32][row]`; then an end frame and the row count.
-fn write_snapshot(path: &Path, header: &Header, records: &Records) -> Result<Written, FileError> {
+pub(crate) fn write_snapshot(path: &Path, header: &Header, records: &Records) -> Result<Written, FileError> {
     let file = fs::File::create(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let head = codec::encode("snapshot header", header)?;

@@ -220,6 +220,17 @@ enum Origin {
     Overdue {
         worker: String,
     },
+    /// The cluster's identity (retried by the next leader if lost).
+    Identity,
+}
+
+/// A cluster identity from the first leader's clock, term and id (splitmix64; never 0).
+fn identity(clock_ms: u64, term: u64, me: NodeId) -> u64 {
+    let mut z = clock_ms ^ term.rotate_left(24) ^ me.rotate_left(48);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)).max(1)
 }
 
 struct Lead {
@@ -949,6 +960,12 @@ impl LeaderCore {
                         self.admit(now, state, records, session, info, known, out);
                     }
                 }
+                if state.cluster_id() == 0 {
+                    // The first leader names the cluster; each term and leader give another id.
+                    let term = self.leading_term().unwrap_or(0);
+                    let id = identity(state.clock_ms(), term, self.config.me);
+                    self.propose(vec![Command::SetClusterIdentity { id }], Origin::Identity, out);
+                }
                 self.schedule(now, state, out);
             }
             Origin::Register { session } => {
@@ -992,7 +1009,7 @@ impl LeaderCore {
                 // Not due yet on the entry's clock: asked again a little later.
                 _ => self.overdue_again(now, &worker),
             },
-            Origin::Reports { .. } | Origin::Lost { .. } => {}
+            Origin::Reports { .. } | Origin::Lost { .. } | Origin::Identity => {}
         }
     }
 
@@ -1046,6 +1063,7 @@ impl LeaderCore {
                 }
             }
             Origin::Overdue { worker } => self.overdue_again(now, &worker),
+            Origin::Identity => {}
             Origin::Lost { name, incarnation, last_seen } => {
                 // Try again at the next liveness check, unless the worker was heard meanwhile.
                 if let Role::Leading(lead) = &mut self.role {

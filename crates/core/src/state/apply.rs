@@ -72,6 +72,12 @@ impl ClusterState {
                 self.journal.record(ctx.at_ms, EventKind::MembershipChanged(change.clone()));
                 Response::Noted
             }
+            Command::SetClusterIdentity { id } => {
+                if self.cluster_id == 0 {
+                    self.cluster_id = *id;
+                }
+                Response::Noted
+            }
             Command::SetMaintenance { worker, change } => self.set_maintenance(ctx, worker, *change),
             Command::DrainOverdue { worker, incarnation } => self.drain_overdue(ctx, worker, *incarnation),
             Command::SetWorkerQueue { worker, queue } => match self.workers.get_mut(worker) {

@@ -390,6 +390,8 @@ pub struct ClusterState {
     /// Ids of masters removed from the group: never accepted again, so a stale process with
     /// an old id cannot come back as the new member.
     retired_masters: BTreeSet<NodeId>,
+    /// The cluster's identity (0 until its first leader chose one).
+    cluster_id: u64,
     /// Record changes made by entries applied since the shell last took them.
     #[serde(skip)]
     record_ops: RecordOutbox,
@@ -427,6 +429,7 @@ impl Default for ClusterState {
             last_entry: None,
             retained: retention::Retained::default(),
             retired_masters: BTreeSet::new(),
+            cluster_id: 0,
             record_ops: RecordOutbox::default(),
         }
     }
@@ -484,6 +487,19 @@ impl ClusterState {
     /// The leader clock of the last applied entry (milliseconds; 0 before any).
     pub fn clock_ms(&self) -> Millis {
         self.last_entry.map_or(0, |(_, at)| at)
+    }
+
+    /// The cluster's identity (0 until its first leader chose one).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// Gives a restored or recovered copy of a cluster a new identity and membership history:
+    /// the start of a new cluster from a snapshot, never an apply.
+    pub fn reidentify(&mut self, cluster_id: u64) {
+        self.cluster_id = cluster_id;
+        self.retired_masters.clear();
+        self.unreachable_masters.clear();
     }
 
     pub fn retired_masters(&self) -> &BTreeSet<NodeId> {

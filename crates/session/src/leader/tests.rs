@@ -39,6 +39,11 @@ impl Leader {
         let effects = l.out.take();
         assert_eq!(effects, vec![Effect::Propose { id: 1, commands: vec![Command::LeaderElected { node: 2 }] }]);
         l.commit(0, 1, vec![Command::LeaderElected { node: 2 }]);
+        // The first leader names the cluster.
+        let effects = l.out.take();
+        let [Effect::Propose { id: 2, commands }] = effects.as_slice() else { panic!("{effects:?}") };
+        assert!(matches!(commands.as_slice(), [Command::SetClusterIdentity { id }] if *id != 0));
+        l.commit(0, 2, commands.clone());
         assert_eq!(l.out.take(), vec![]);
         l
     }
@@ -237,7 +242,7 @@ fn a_hello_waits_for_the_new_leader_to_be_ready() {
     core.on_applied(cluster.at(2), &cluster, 1, &responses, &mut out.effects);
     let effects = out.take();
     assert!(
-        matches!(effects.as_slice(), [Effect::Propose { id: 2, commands }] if matches!(commands[0], Command::RegisterWorker(_))),
+        matches!(effects.as_slice(), [Effect::Propose { id: 2, commands }, Effect::Propose { id: 3, .. }] if matches!(commands[0], Command::RegisterWorker(_))),
         "{effects:?}"
     );
 }
@@ -291,7 +296,7 @@ fn a_silent_worker_is_declared_lost_once() {
                 silent: Duration::from_millis(3_300)
             }),
             Effect::Propose {
-                id: 3,
+                id: 4,
                 commands: vec![Command::WorkerLost {
                     name: "w1".into(),
                     incarnation,
@@ -302,7 +307,7 @@ fn a_silent_worker_is_declared_lost_once() {
     );
     assert_eq!(l.tick(3_600), vec![], "proposed once");
     // The proposal failed: the next check proposes it again.
-    l.core.on_failed(l.cluster.at(3_700), 3, Failure::Other, &mut l.out.effects);
+    l.core.on_failed(l.cluster.at(3_700), 4, Failure::Other, &mut l.out.effects);
     let effects = l.tick(3_900);
     assert!(matches!(effects.as_slice(), [Effect::Observe(_), Effect::Propose { .. }]), "{effects:?}");
 }
