@@ -136,6 +136,24 @@ impl Cluster {
         }
     }
 
+    /// Asks a master to stop (SIGTERM) and waits for it; false if it was still running after
+    /// `within` (it is then killed).
+    pub fn terminate_master(&mut self, id: u64, within: std::time::Duration) -> bool {
+        let Some(mut p) = self.masters.remove(&id) else { return true };
+        Self::signal(&p, libc::SIGCONT);
+        Self::signal(&p, libc::SIGTERM);
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if p.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        false
+    }
+
     pub fn kill_worker(&mut self, name: &str) {
         if let Some(mut p) = self.workers.remove(name) {
             Self::signal(&p, libc::SIGCONT);

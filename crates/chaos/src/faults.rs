@@ -30,9 +30,19 @@ pub enum Kind {
     RestartWorker,
     /// Fill a master's (small tmpfs) disk, then free it and restart the master if it stopped.
     DiskFull,
+    /// Hand leadership to another master while the jobs run (`cluster transfer-leadership`).
+    TransferLeader,
+    /// Restart every master in turn with SIGTERM (followers first, the leader last), each
+    /// caught up before the next.
+    RollingRestart,
+    /// Drain the busiest worker (with a short deadline) and SIGKILL the leader at once.
+    DrainLeaderKill,
+    /// Cut a minority of followers off, then ask to remove another follower: refused, as it
+    /// would leave no quorum that answers; the membership stays as it was.
+    RemoveDuringPartition,
 }
 
-pub const ALL: [Kind; 13] = [
+pub const ALL: [Kind; 17] = [
     Kind::KillLeader,
     Kind::KillMaster,
     Kind::KillTwoMasters,
@@ -46,6 +56,10 @@ pub const ALL: [Kind; 13] = [
     Kind::CorruptFollower,
     Kind::RestartWorker,
     Kind::DiskFull,
+    Kind::TransferLeader,
+    Kind::RollingRestart,
+    Kind::DrainLeaderKill,
+    Kind::RemoveDuringPartition,
 ];
 
 impl Kind {
@@ -64,6 +78,10 @@ impl Kind {
             Kind::CorruptFollower => "corrupt-follower",
             Kind::RestartWorker => "restart-worker",
             Kind::DiskFull => "disk-full",
+            Kind::TransferLeader => "transfer-leader",
+            Kind::RollingRestart => "rolling-restart",
+            Kind::DrainLeaderKill => "drain-leader-kill",
+            Kind::RemoveDuringPartition => "remove-during-partition",
         }
     }
 

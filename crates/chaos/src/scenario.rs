@@ -610,6 +610,94 @@ async fn inject(
                 }
             }
         }
+        Kind::TransferLeader => match client.transfer_leadership(None).await {
+            Ok(moved) => {
+                notes.push(format!("leadership moved {} -> {} in {} ms", moved.from, moved.to, moved.took_ms));
+                tokio::time::sleep(hold).await;
+            }
+            Err(e) => notes.push(format!("leadership transfer refused: {e}")),
+        },
+        Kind::RollingRestart => {
+            let mut order = followers.clone();
+            order.push(leader_id);
+            for id in order {
+                if !cluster.terminate_master(id, Duration::from_secs(15)) {
+                    violations.push(format!("master {id} did not stop within 15 s of SIGTERM"));
+                }
+                let log =
+                    std::fs::read_to_string(cluster.dir.join("logs").join(format!("m{id}.log"))).unwrap_or_default();
+                if id == leader_id && log.contains("handed leadership over before stopping") {
+                    notes.push(format!("leader {id} handed over before its restart"));
+                }
+                cluster.start_master(id)?;
+                let addr = cluster.master_addr(id);
+                let caught_up = wait_for(Duration::from_secs(60), "the restarted master to catch up", || async {
+                    let (Ok(me), Some(l)) = (client.node(&addr).await, leader(cluster).await) else { return false };
+                    let Ok(lead) = client.node(&cluster.master_addr(l)).await else { return false };
+                    me.last_applied.is_some() && me.last_applied >= lead.last_applied.map(|a| a.saturating_sub(5))
+                })
+                .await;
+                if let Err(e) = caught_up {
+                    violations.push(format!("rolling restart of master {id}: {e:#}"));
+                }
+            }
+        }
+        Kind::DrainLeaderKill => {
+            let name =
+                busiest_worker(cluster, client).await.unwrap_or_else(|| frng.pick(&cluster.worker_names).clone());
+            let deadline_ms = frng.range(0, 2_000);
+            let drained = client.maintain_worker(&name, "drain", Some(deadline_ms)).await;
+            cluster.kill_master(leader_id);
+            tokio::time::sleep(hold).await;
+            cluster.start_master(leader_id)?;
+            match drained {
+                Err(e) => notes.push(format!("drain of {name} not taken before the kill: {e}")),
+                Ok(_) => {
+                    // Invariant: a draining worker ends drained (its deadline passed long ago),
+                    // whichever leader carries the drain on.
+                    let done = wait_for(Duration::from_secs(60), "the worker to be drained", || async {
+                        client
+                            .workers(false)
+                            .await
+                            .is_ok_and(|ws| ws.iter().any(|w| w.name == name && w.state == WorkerState::Drained))
+                    })
+                    .await;
+                    if let Err(e) = done {
+                        violations.push(format!("drain of {name} through a leader kill: {e:#}"));
+                    }
+                }
+            }
+            if let Err(e) = client.maintain_worker(&name, "uncordon", None).await {
+                violations.push(format!("cannot put {name} back in service: {e}"));
+            }
+        }
+        Kind::RemoveDuringPartition => {
+            let size = if cluster.master_ids.len() >= 5 { 2 } else { 1 };
+            let island: Vec<u64> = followers.iter().copied().take(size).collect();
+            let Some(other) = followers.iter().copied().find(|f| !island.contains(f)) else {
+                return Ok(());
+            };
+            let island_names: Vec<String> = island.iter().map(|id| master_name(*id)).collect();
+            let mut rest: Vec<String> =
+                cluster.master_ids.iter().filter(|id| !island.contains(id)).map(|id| master_name(*id)).collect();
+            rest.extend(cluster.worker_names.iter().cloned());
+            cluster.net.partition(&island_names, &rest)?;
+            match client.remove_master(other).await {
+                Err(flotilla_client::ClientError::Api { status: 409, error }) if error.error.contains("quorum") => {
+                    notes.push(format!("removing master {other} while {island:?} were cut off was refused"))
+                }
+                Err(e) => notes.push(format!("removing master {other} during the partition failed: {e}")),
+                Ok(members) => violations.push(format!(
+                    "master {other} was removed while {island:?} were cut off (no quorum would answer): {members:?}"
+                )),
+            }
+            tokio::time::sleep(hold).await;
+            cluster.net.heal_all()?;
+            let voters = client.members().await.map(|m| m.len()).unwrap_or(0);
+            if voters != cluster.master_ids.len() {
+                violations.push(format!("the group has {voters} masters after a refused removal"));
+            }
+        }
         Kind::DiskFull => {
             let id = cluster.master_ids.len() as u64;
             let filled = cluster.fill_disk(id)?;
