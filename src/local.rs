@@ -180,6 +180,34 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Asks a master to stop (SIGTERM: a leader hands over first) and waits for it; returns
+    /// its exit code (`None`: killed after `within`, or gone already).
+    pub fn terminate_master(&mut self, id: u64, within: Duration) -> Option<i32> {
+        let child = self.masters.remove(&id)?;
+        Self::terminate(child, within)
+    }
+
+    /// Asks a worker to stop (SIGTERM: it drains first) and waits for it, as
+    /// [`LocalCluster::terminate_master`].
+    pub fn terminate_worker(&mut self, name: &str, within: Duration) -> Option<i32> {
+        let child = self.workers.remove(name)?;
+        Self::terminate(child, within)
+    }
+
+    fn terminate(mut child: Child, within: Duration) -> Option<i32> {
+        signal(&child, libc::SIGTERM);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     /// SIGKILLs a master and reaps it.
     pub fn kill_master(&mut self, id: u64) {
         if let Some(mut c) = self.masters.remove(&id) {

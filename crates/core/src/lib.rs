@@ -27,6 +27,7 @@ pub mod scheduler;
 pub mod session;
 pub mod state;
 pub mod units;
+pub mod version;
 
 pub use command::{Assigned, Command, MemberChange, Placement, Proposal, Response, WorkerInfo};
 pub use index_set::IndexSet;

@@ -310,6 +310,7 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
                     reachable: true,
                     rtt_ms,
                     labels: i.labels,
+                    version: Some(i.version.unwrap_or_else(|| "0.1.0".to_string())),
                 }
             }
             Err(_) => MasterStatus {
@@ -321,6 +322,7 @@ async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<S
                 reachable: false,
                 rtt_ms,
                 labels: BTreeMap::new(),
+                version: None,
             },
         });
     }
@@ -577,8 +579,23 @@ async fn list_workers(
     Query(q): Params,
 ) -> Result<Json<Vec<flotilla_proto::api::WorkerView>>, Failure> {
     read_barrier(&master, &q).await?;
+    // Leader memory, taken before the state's lock (the sessions' lock comes first).
+    let versions = master.sessions.worker_versions();
+    let seen = master.sessions.last_seen_all();
     let data = master.shared.read();
-    Ok(Json(data.state.workers().map(|w| flotilla_proto::api::WorkerView::of(&data.state, w)).collect()))
+    Ok(Json(
+        data.state
+            .workers()
+            .map(|w| {
+                let mut view = flotilla_proto::api::WorkerView::of(&data.state, w);
+                let connected = seen.contains_key(w.name.as_str());
+                view.version = versions.get(w.name.as_str()).cloned().or_else(|| {
+                    (connected && w.state == flotilla_core::state::WorkerState::Ready).then(|| "0.1.0".into())
+                });
+                view
+            })
+            .collect(),
+    ))
 }
 
 /// Commits a maintenance change and answers the worker as it is after it.
@@ -716,6 +733,7 @@ mod tests {
             replication_timeout_ms: Some(250.0),
             labels: BTreeMap::new(),
             cluster: None,
+            version: None,
         };
         assert_eq!(
             slow_peer_warnings(&info),

@@ -80,6 +80,8 @@ pub enum MasterError {
     Raft(String),
     #[error("cannot join the group: {0}")]
     Join(String),
+    #[error("{0}")]
+    Incompatible(String),
     #[error("server: {0}")]
     Serve(std::io::Error),
 }
@@ -130,6 +132,7 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     let network = GrpcNetwork::new(config.id, config.token.as_deref().map(Arc::from), &config.raft);
     let rtts = network.rtts.clone();
     let cluster = network.cluster.clone();
+    let (incompatible, mut incompatible_rx) = tokio::sync::mpsc::channel::<String>(1);
     cluster.set(state_machine.shared().read().state.cluster_id());
     let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
         .await
@@ -143,6 +146,7 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
             raft: raft.clone(),
             contact: master.leader_contact.clone(),
             cluster: cluster.clone(),
+            incompatible,
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -207,6 +211,13 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
             shutdown.cancel();
             server_stop.cancel();
             return Err(MasterError::Raft(reason));
+        }
+        Some(reason) = incompatible_rx.recv() => {
+            tracing::error!(%reason, "stopping");
+            shutdown.cancel();
+            server_stop.cancel();
+            let _ = raft.shutdown().await;
+            return Err(MasterError::Incompatible(reason));
         }
         Some(reason) = join_failure.recv() => {
             shutdown.cancel();

@@ -58,6 +58,7 @@ pub fn members(master: &Master) -> Vec<MemberView> {
             address: node.addr.clone(),
             role: if voters.contains(id) { MemberRole::Voter } else { MemberRole::Learner },
             leader: m.current_leader == Some(*id),
+            version: master.version_of(*id),
         })
         .collect();
     if out.is_empty() {
@@ -67,6 +68,7 @@ pub fn members(master: &Master) -> Vec<MemberView> {
             address: master.address_of(master.config.id).unwrap_or_default(),
             role: MemberRole::Learner,
             leader: false,
+            version: master.version_of(master.config.id),
         });
     }
     out

@@ -69,6 +69,9 @@ pub struct Master {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Round trips to the other masters (from Raft's calls and [`crate::links`]' probes).
     pub rtts: PeerRtts,
+    /// The release each other master last reported to this one's probes (`links`); a master
+    /// that answered without one runs 0.1.0.
+    pub peer_versions: Mutex<std::collections::BTreeMap<NodeId, String>>,
     /// Held by a membership change or leadership transfer: one at a time.
     pub membership_lock: tokio::sync::Mutex<()>,
     leadership: Mutex<Option<Leadership>>,
@@ -103,6 +106,7 @@ impl Master {
             metrics,
             rtts,
             membership_lock: tokio::sync::Mutex::new(()),
+            peer_versions: Mutex::new(Default::default()),
             leadership: Mutex::new(None),
         })
     }
@@ -177,7 +181,28 @@ impl Master {
             replication_timeout_ms: Some(millis(self.rtts.bounds().ceiling)),
             labels: self.config.labels.clone(),
             cluster: Some(self.shared.read().state.cluster_id()).filter(|c| *c != 0).map(|c| format!("{c:016x}")),
+            version: Some(flotilla_proto::api::VERSION.to_string()),
         }
+    }
+
+    /// A master's release as this one knows it: its own, or the last a probe saw.
+    pub fn version_of(&self, id: NodeId) -> Option<String> {
+        if id == self.config.id {
+            return Some(flotilla_proto::api::VERSION.to_string());
+        }
+        self.peer_versions.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// The oldest release among the voters, once every voter has answered a probe; `None`
+    /// while one has not. Features an older master cannot understand wait for it.
+    pub fn voters_version(&self) -> Option<flotilla_core::version::Version> {
+        let voters: Vec<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let mut oldest: Option<flotilla_core::version::Version> = None;
+        for id in voters {
+            let v = flotilla_core::version::Version::parse(&self.version_of(id)?)?;
+            oldest = Some(oldest.map_or(v, |o| o.min(v)));
+        }
+        oldest
     }
 
     /// Smoothed round trip to another master, in milliseconds, once measured.

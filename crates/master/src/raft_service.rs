@@ -17,6 +17,9 @@ pub struct RaftSvc {
     pub raft: Raft,
     pub contact: Arc<LeaderContact>,
     pub cluster: ClusterIdentity,
+    /// Told when a leader sends what this build cannot decode (a newer release's entry): the
+    /// master stops, loudly, before anything reaches its log.
+    pub incompatible: tokio::sync::mpsc::Sender<String>,
 }
 
 impl RaftSvc {
@@ -47,7 +50,20 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(
 impl RaftService for RaftSvc {
     async fn append_entries(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         self.check(&req)?;
-        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode("append entries", req)?;
+        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = match decode("append entries", req) {
+            Ok(rpc) => rpc,
+            Err(status) => {
+                let why = format!(
+                    "the leader sent entries this master ({}) cannot decode ({}): the leader runs a newer \
+                     release that used a feature before every master was upgraded, or the data is damaged. \
+                     This master stops without writing them; upgrade it and start it again",
+                    flotilla_proto::api::VERSION,
+                    status.message()
+                );
+                let _ = self.incompatible.try_send(why);
+                return Err(status);
+            }
+        };
         self.contact.touch();
         reply("append entries", self.raft.append_entries(rpc).await)
     }

@@ -211,6 +211,11 @@ impl Sessions {
         self.lock().core.ready_term()
     }
 
+    /// The release each connected worker reported (empty on a follower).
+    pub fn worker_versions(&self) -> HashMap<Arc<str>, String> {
+        self.lock().core.worker_versions()
+    }
+
     /// When the leader last heard from each worker (empty on a follower). Take it before the
     /// state's lock, never under it: the core's lock comes first everywhere.
     pub fn last_seen_all(&self) -> HashMap<Arc<str>, Instant> {

@@ -798,6 +798,9 @@ pub struct MasterStatus {
     /// Its `--labels` (zone, region, …), as it reported them; empty when unreachable.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Its release as it reported it (`0.1.0` did not: shown as such).
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// Something in the cluster's health that needs an operator's attention. Tagged by `kind`,
@@ -964,7 +967,13 @@ pub struct NodeInfo {
     /// a new one.
     #[serde(default)]
     pub cluster: Option<String>,
+    /// This master's release (`null`: 0.1.0, which did not report it).
+    #[serde(default)]
+    pub version: Option<String>,
 }
+
+/// This build's release, as masters and workers report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EventView {
@@ -1364,6 +1373,10 @@ pub struct MemberView {
     pub address: String,
     pub role: MemberRole,
     pub leader: bool,
+    /// Its release, as last reported to the answering master (`null` until it answered one
+    /// of its probes).
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// `POST /v1/cluster/members`: add a master; it joins as a learner and votes once current.
@@ -1409,6 +1422,10 @@ pub struct WorkerView {
     /// Whether the worker drained itself because it was asked to stop (SIGTERM).
     #[serde(default)]
     pub stopping: bool,
+    /// Its release as it reported it to the leader (`0.1.0` did not report one; `null` while
+    /// it has no session with this leader).
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 impl WorkerView {
@@ -1435,6 +1452,7 @@ impl WorkerView {
             labels: w.labels.clone(),
             drain_deadline,
             stopping,
+            version: None,
         }
     }
 }

@@ -77,6 +77,11 @@ pub enum WorkerMsg {
     Drain {
         deadline_ms: Option<u64>,
     },
+    /// The worker's release, sent after each welcome (0.2.0 on; a worker that never sends it
+    /// runs 0.1.0). Masters are upgraded before workers: a 0.1.0 master does not know it.
+    Version {
+        version: String,
+    },
 }
 
 impl WorkerMsg {

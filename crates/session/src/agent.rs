@@ -464,6 +464,7 @@ impl AgentCore {
                     if !unacked.is_empty() {
                         out.push(Effect::Send(WorkerMsg::Batch(unacked)));
                     }
+                    out.push(Effect::Send(WorkerMsg::Version { version: flotilla_proto::api::VERSION.to_string() }));
                     self.send_drain(now, out);
                 }
                 MasterBody::NotLeader { leader } => self.redirect(now, leader, out),

@@ -251,6 +251,8 @@ struct Lead {
     drains: HashMap<String, DrainWatch>,
     /// Sessions told that their worker is drained.
     told_drained: std::collections::HashSet<SessionId>,
+    /// The release each worker reported (leader memory, like `last_seen`).
+    versions: HashMap<Arc<str>, String>,
 }
 
 /// When a draining worker's deadline passes, as this leader measures it.
@@ -337,6 +339,15 @@ impl LeaderCore {
         }
     }
 
+    /// The release each worker reported to this leader (empty while following; a worker
+    /// that reported none runs 0.1.0).
+    pub fn worker_versions(&self) -> HashMap<Arc<str>, String> {
+        match &self.role {
+            Role::Leading(l) => l.versions.clone(),
+            Role::Following { .. } => HashMap::new(),
+        }
+    }
+
     /// When this leader last heard from the worker (none while following).
     pub fn last_seen(&self, worker: &str) -> Option<Instant> {
         match &self.role {
@@ -419,6 +430,7 @@ impl LeaderCore {
             revoking: HashMap::new(),
             drains: HashMap::new(),
             told_drained: Default::default(),
+            versions: HashMap::new(),
         });
         self.propose(vec![Command::LeaderElected { node: self.config.me }], Origin::Elected, out);
     }
@@ -482,6 +494,10 @@ impl LeaderCore {
         // Most messages from an idle fleet are heartbeats: no allocation beyond the effects.
         let msgs = match msg {
             WorkerMsg::Heartbeat => return,
+            WorkerMsg::Version { version } => {
+                lead.versions.insert(name.clone(), version);
+                return;
+            }
             stats @ WorkerMsg::Stats { .. } => return self.stats(session, &name, stats, out),
             WorkerMsg::Batch(msgs) => msgs.into_iter().flat_map(WorkerMsg::flatten).collect(),
             other => vec![other],
@@ -492,6 +508,12 @@ impl LeaderCore {
             let worker = name.to_string();
             let (command, report) = match msg {
                 WorkerMsg::Heartbeat | WorkerMsg::Batch(_) => continue,
+                WorkerMsg::Version { version } => {
+                    if let Role::Leading(lead) = &mut self.role {
+                        lead.versions.insert(name.clone(), version);
+                    }
+                    continue;
+                }
                 stats @ WorkerMsg::Stats { .. } => {
                     self.stats(session, &name, stats, out);
                     continue;

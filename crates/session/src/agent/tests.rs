@@ -67,7 +67,10 @@ impl Worker {
         let welcome = MasterBody::Welcome { leader: 1, incarnation: 3, heartbeat_ms: 1000 };
         assert_eq!(
             w.message(2, term, welcome),
-            vec![Effect::Observe(Observation::Connected { address: "m1".into(), leader: 1, term, incarnation: 3 })]
+            vec![
+                Effect::Observe(Observation::Connected { address: "m1".into(), leader: 1, term, incarnation: 3 }),
+                Effect::Send(WorkerMsg::Version { version: flotilla_proto::api::VERSION.to_string() }),
+            ]
         );
         let effects = w.tick(2);
         assert!(matches!(effects.as_slice(), [Effect::Send(WorkerMsg::Stats { echo: Some(1), .. })]), "{effects:?}");
@@ -233,11 +236,14 @@ fn results_finished_while_disconnected_are_sent_after_the_welcome() {
     let effects = w.message(32, 3, welcome);
     assert_eq!(
         effects[1..],
-        [Effect::Send(WorkerMsg::Batch(vec![WorkerMsg::Finished {
-            task: TaskId::array(1, 1),
-            fence,
-            outcome: Outcome::default()
-        }]))]
+        [
+            Effect::Send(WorkerMsg::Batch(vec![WorkerMsg::Finished {
+                task: TaskId::array(1, 1),
+                fence,
+                outcome: Outcome::default()
+            }])),
+            Effect::Send(WorkerMsg::Version { version: flotilla_proto::api::VERSION.to_string() })
+        ]
     );
 }
 

@@ -1,0 +1,191 @@
+//! A rolling upgrade from release 0.1.0 to this build, with real processes under load.
+//!
+//! Release 0.1.0 is commit [`RELEASE_0_1_0`] of this repository (tags may not travel with a
+//! clone, so the test names the commit). The test builds it once from the repository's own
+//! history (`git worktree`, cached under `target/upgrade-0.1.0/`), starts a cluster of it
+//! (3 masters, 2 workers), and upgrades it one master at a time (SIGTERM, then this build on
+//! the same data directory, caught up before the next), then one worker at a time (SIGTERM
+//! drains it), while a job runs and clients keep submitting.
+//!
+//! Invariants checked: no submission fails; every job succeeds with each task recorded once;
+//! after the upgrade every master and worker reports this build's release. And a master that
+//! is sent entries it cannot decode (what a newer leader's would be) stops, loudly, without
+//! writing them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use flotilla::local::LocalCluster;
+use flotilla_proto::api::{JobState, SubmitRequest, VERSION};
+
+/// The commit released as 0.1.0.
+const RELEASE_0_1_0: &str = "409f30dac2636ecc620f7c1ef344e6a6e67d4073";
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The 0.1.0 `flotilla` binary, built once from the repository's history.
+fn release_0_1_0() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = root.join("target").join("upgrade-0.1.0");
+    let bin = cache.join("target").join("debug").join("flotilla");
+    if bin.exists() {
+        return bin;
+    }
+    std::fs::create_dir_all(&cache).expect("cache dir");
+    let src = cache.join("src");
+    if !src.join("Cargo.toml").exists() {
+        let _ = std::fs::remove_dir_all(&src);
+        let _ = Command::new("git").arg("-C").arg(root).args(["worktree", "prune"]).output();
+        run(
+            Command::new("git")
+                .arg("-C")
+                .arg(root)
+                .args(["worktree", "add", "--force", "--detach"])
+                .arg(&src)
+                .arg(RELEASE_0_1_0),
+            "git worktree add of release 0.1.0 (the repository needs its history: not a shallow clone)",
+        );
+    }
+    run(
+        Command::new(env!("CARGO"))
+            .args(["build", "--locked", "--bin", "flotilla"])
+            .current_dir(&src)
+            .env("CARGO_TARGET_DIR", cache.join("target")),
+        "building release 0.1.0",
+    );
+    assert!(bin.exists(), "no binary at {}", bin.display());
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_0_1_0_is_upgraded_one_member_at_a_time_under_load() {
+    let old = release_0_1_0();
+    let new = PathBuf::from(EXE);
+    let dir = tempfile::Builder::new().prefix("flotilla-upgrade-").tempdir().expect("dir");
+    let mut cluster = LocalCluster::new(&old, dir.path(), 3, None).expect("plan");
+    cluster.start_masters().expect("start 0.1.0 masters");
+    let t = TestCluster { cluster, dir };
+    let mut t = t;
+    assert!(t.cluster.wait_leader(LONG).await.is_some(), "0.1.0 elects no leader");
+    for name in ["a", "b"] {
+        t.cluster.start_worker(name, 2, "").expect("start 0.1.0 worker");
+    }
+    t.cluster.wait_workers(2, LONG).await.unwrap_or_else(|e| t.fail(&e.to_string()));
+    let client = t.client();
+    let n = 80;
+    let long = client.submit(&squares_job(n, "0.3")).await.expect("submit").id;
+
+    // Clients keep submitting through the whole upgrade; none may fail.
+    let (stop, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let submitted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let (client, stop, failed, submitted) = (t.client(), stop.clone(), failed.clone(), submitted.clone());
+        tokio::spawn(async move {
+            let request =
+                SubmitRequest { command: vec!["true".into()], array: Some("1-3".into()), ..Default::default() };
+            while stop.load(Ordering::Relaxed) == 0 {
+                match client.submit(&request).await {
+                    Ok(s) => submitted.lock().expect("lock").push(s.id),
+                    Err(e) => {
+                        eprintln!("submission failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    t.cluster.exe = new.clone();
+    for id in [1, 2, 3] {
+        let code = t.cluster.terminate_master(id, Duration::from_secs(30));
+        assert_eq!(code, Some(0), "0.1.0 master {id} did not stop cleanly on SIGTERM");
+        t.cluster.start_master(id).expect("start the upgraded master");
+        let leader = t.cluster.wait_leader(LONG).await.expect("leader");
+        if leader != id {
+            wait_caught_up(&t, &client, id, leader, "the upgraded master catches up").await;
+        }
+        let info = client.node(&t.cluster.address(id)).await.expect("node");
+        assert_eq!(info.version.as_deref(), Some(VERSION));
+    }
+    for name in ["a", "b"] {
+        let code = t.cluster.terminate_worker(name, Duration::from_secs(90));
+        assert_eq!(code, Some(0), "0.1.0 worker {name} did not drain and exit 0 on SIGTERM");
+        t.cluster.start_worker(name, 2, "").expect("start the upgraded worker");
+    }
+    t.cluster.wait_workers(2, LONG).await.unwrap_or_else(|e| t.fail(&e.to_string()));
+    stop.store(1, Ordering::Relaxed);
+    load.await.expect("submitter");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "submissions failed during the upgrade");
+
+    assert_eq!(wait_job(&t, &client, long, LONG).await.state, JobState::Succeeded);
+    let rows = client.results(long, 0, None, false).await.expect("results");
+    assert_each_task_recorded_once(&rows, n, |i| (i * i).to_string());
+    let ids: Vec<u64> = submitted.lock().expect("lock").clone();
+    assert!(!ids.is_empty(), "nothing was submitted during the upgrade");
+    for id in ids {
+        let job = wait_job(&t, &client, id, LONG).await;
+        assert_eq!(job.state, JobState::Succeeded, "job {id}");
+    }
+    wait_until(&t, "every worker reports this release", LONG, || async {
+        client.workers(false).await.is_ok_and(|ws| {
+            ws.iter().filter(|w| w.state == flotilla_proto::api::WorkerState::Ready).count() == 2
+                && ws.iter().filter(|w| w.version.as_deref() == Some(VERSION)).count() == 2
+        })
+    })
+    .await;
+    let members = client.members().await.expect("members");
+    assert!(members.iter().all(|m| m.version.as_deref() == Some(VERSION)), "{members:?}");
+    assert_one_leader_per_term(&client).await;
+}
+
+/// What a newer leader's entries would be to this build: bytes it cannot decode. The master
+/// stops with a clear error and its log does not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_sent_entries_it_cannot_decode_stops_loudly_without_writing_them() {
+    let mut t = cluster(3, &[], &[]).await;
+    let leader = t.cluster.wait_leader(LONG).await.expect("leader");
+    let victim = [1, 2, 3].into_iter().find(|m| *m != leader).expect("a follower");
+    let client = t.client();
+    let before = client.node(&t.cluster.address(victim)).await.expect("node").last_log_index;
+    let address = format!("http://{}", t.cluster.address(victim));
+    let mut raft =
+        flotilla_proto::grpc::raft_service_client::RaftServiceClient::connect(address).await.expect("connect");
+    let garbage = flotilla_proto::grpc::Envelope { payload: vec![0xff; 64] };
+    assert!(raft.append_entries(garbage).await.is_err(), "undecodable entries were accepted");
+    let mut child = t.cluster.masters.remove(&victim).expect("victim");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < LONG, "master {victim} kept running after entries it cannot decode");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "it stops with an error status");
+    let log = std::fs::read_to_string(t.dir.path().join(format!("logs/master-{victim}.log"))).unwrap_or_default();
+    assert!(log.contains("cannot decode"), "no clear error in the log");
+    // Restarted, it holds what it held: nothing was written from the bad request.
+    t.cluster.start_master(victim).expect("restart");
+    let info = loop {
+        if let Ok(info) = client.node(&t.cluster.address(victim)).await {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(info.last_log_index >= before, "its log lost entries");
+}
