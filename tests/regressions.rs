@@ -73,3 +73,32 @@ async fn regression_a_resumed_old_leader_does_not_depose_the_new_one() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Bug (found by the fault run): `GET /v1/node` read the replicated state twice in one
+/// expression; when apply was waiting to write between the two reads, std's lock held the
+/// second read back behind the writer, which waited for the first: the master hung for good.
+/// Invariant: a master polled for its view while it applies a steady stream of entries keeps
+/// answering and applying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_master_polled_for_its_view_while_it_applies_never_hangs() {
+    let t = cluster(3, &[("a", 4)], &[]).await;
+    let client = t.client();
+    let job = client.submit(&squares_job(400, "0")).await.expect("submit").id;
+    let addresses: Vec<String> = (1..=3).map(|id| t.cluster.address(id)).collect();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut polls = 0u64;
+    while Instant::now() < deadline {
+        for address in &addresses {
+            let answered = tokio::time::timeout(Duration::from_secs(10), client.node(address)).await;
+            assert!(answered.is_ok(), "master at {address} stopped answering /v1/node after {polls} polls");
+            polls += 1;
+        }
+    }
+    assert_eq!(wait_job(&t, &client, job, LONG).await.state, flotilla_proto::api::JobState::Succeeded);
+    for id in 1..=3 {
+        let leader = t.cluster.wait_leader(LONG).await.expect("leader");
+        if id != leader {
+            wait_caught_up(&t, &client, id, leader, "every master keeps applying").await;
+        }
+    }
+}

@@ -102,6 +102,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts master `id` outside the group, waiting to be added (`--await-add`).
+    pub fn start_master_awaiting(&mut self, id: u64) -> anyhow::Result<()> {
+        let args: Vec<String> = vec![
+            "master".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            self.master_addr(id),
+            "--data-dir".into(),
+            self.master_dir(id).display().to_string(),
+            "--await-add".into(),
+            "--token-file".into(),
+            self.token_file.display().to_string(),
+            "--snapshot-every".into(),
+            "200".into(),
+        ];
+        let child = self.spawn_in(&master_name(id), &args)?;
+        self.masters.insert(id, Proc { child, paused: false });
+        Ok(())
+    }
+
     pub fn start_worker(&mut self, name: &str) -> anyhow::Result<()> {
         let args: Vec<String> = vec![
             "worker".into(),

@@ -40,9 +40,12 @@ pub enum Kind {
     /// Cut a minority of followers off, then ask to remove another follower: refused, as it
     /// would leave no quorum that answers; the membership stays as it was.
     RemoveDuringPartition,
+    /// Add a master (3-master groups: a fourth) while it is cut off from the others: it stays
+    /// a learner and the group commits on; once healed it catches up, votes, and is removed.
+    LearnerCutOff,
 }
 
-pub const ALL: [Kind; 17] = [
+pub const ALL: [Kind; 18] = [
     Kind::KillLeader,
     Kind::KillMaster,
     Kind::KillTwoMasters,
@@ -60,6 +63,7 @@ pub const ALL: [Kind; 17] = [
     Kind::RollingRestart,
     Kind::DrainLeaderKill,
     Kind::RemoveDuringPartition,
+    Kind::LearnerCutOff,
 ];
 
 impl Kind {
@@ -82,6 +86,7 @@ impl Kind {
             Kind::RollingRestart => "rolling-restart",
             Kind::DrainLeaderKill => "drain-leader-kill",
             Kind::RemoveDuringPartition => "remove-during-partition",
+            Kind::LearnerCutOff => "learner-cut-off",
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use flotilla_client::Client;
-use flotilla_proto::api::{EventType, JobState, Role, SubmitRequest, WorkerState};
+use flotilla_proto::api::{EventType, JobState, MemberRole, Role, SubmitRequest, WorkerState};
 
 use crate::cluster::{master_name, Cluster};
 use crate::faults::{Fault, JobPlan, Kind, Schedule};
@@ -697,6 +697,48 @@ async fn inject(
             if voters != cluster.master_ids.len() {
                 violations.push(format!("the group has {voters} masters after a refused removal"));
             }
+        }
+        Kind::LearnerCutOff => {
+            if cluster.master_ids.len() != 3 {
+                notes.push("learner-cut-off needs a free master slot (3-master groups only)".into());
+                return Ok(());
+            }
+            let id = 4;
+            cluster.start_master_awaiting(id)?;
+            let others: Vec<String> = cluster.master_ids.iter().map(|m| master_name(*m)).collect();
+            cluster.net.partition(&[master_name(id)], &others)?;
+            let adder = {
+                let client = cluster.client()?;
+                let address = cluster.master_addr(id);
+                tokio::spawn(async move { client.add_master(id, &address).await })
+            };
+            // Cut off, it is a learner: it does not vote, and the group commits on.
+            let learner = wait_for(Duration::from_secs(30), "the new master listed as a learner", || async {
+                client.members().await.is_ok_and(|m| m.iter().any(|m| m.id == id && m.role == MemberRole::Learner))
+            })
+            .await;
+            if let Err(e) = learner {
+                violations.push(format!("learner-cut-off: {e:#}"));
+            }
+            tokio::time::sleep(hold).await;
+            if adder.is_finished() {
+                violations.push(format!("master {id} was added as a voter while it was cut off"));
+            }
+            match client.remove_master(2).await {
+                Err(flotilla_client::ClientError::Api { status: 409, .. }) => {}
+                other => violations.push(format!("a second change during the add was not refused: {other:?}")),
+            }
+            cluster.net.heal_all()?;
+            match tokio::time::timeout(Duration::from_secs(90), adder).await {
+                Ok(Ok(Ok(members))) if members.iter().any(|m| m.id == id && m.role == MemberRole::Voter) => {
+                    notes.push(format!("cut-off learner {id} caught up and votes once healed"))
+                }
+                other => violations.push(format!("the cut-off learner {id} was not promoted after healing: {other:?}")),
+            }
+            if let Err(e) = client.remove_master(id).await {
+                violations.push(format!("cannot remove master {id} again: {e}"));
+            }
+            cluster.kill_master(id);
         }
         Kind::DiskFull => {
             let id = cluster.master_ids.len() as u64;

@@ -22,5 +22,5 @@ fn every_fault_kind_on_real_clusters_keeps_every_invariant() {
     println!("{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the fault run found violations or could not run:\n{stdout}");
-    assert!(stdout.contains("(17 kinds:"), "not every fault kind was exercised:\n{stdout}");
+    assert!(stdout.contains("(18 kinds:"), "not every fault kind was exercised:\n{stdout}");
 }

@@ -166,6 +166,12 @@ impl Master {
     pub fn node_info(&self) -> NodeInfo {
         let metrics = self.raft.metrics();
         let m = metrics.borrow().clone();
+        // One read of the state: a second read while the first is held deadlocks once apply
+        // waits to write between them (std's lock then holds new readers back).
+        let (last_assignment_term, cluster) = {
+            let data = self.shared.read();
+            (data.state.last_assignment_term(), data.state.cluster_id())
+        };
         NodeInfo {
             id: self.config.id,
             address: self.address_of(self.config.id).unwrap_or_default(),
@@ -175,12 +181,12 @@ impl Master {
             leader_address: m.current_leader.and_then(|id| self.address_of(id)),
             last_applied: m.last_applied.map(|l| l.index),
             last_log_index: m.last_log_index,
-            last_assignment_term: self.shared.read().state.last_assignment_term(),
+            last_assignment_term,
             log_bytes_written: self.log_bytes.load(std::sync::atomic::Ordering::Relaxed),
             peer_rtt_ms: self.rtts.smoothed().into_iter().map(|(id, rtt)| (id, millis(rtt))).collect(),
             replication_timeout_ms: Some(millis(self.rtts.bounds().ceiling)),
             labels: self.config.labels.clone(),
-            cluster: Some(self.shared.read().state.cluster_id()).filter(|c| *c != 0).map(|c| format!("{c:016x}")),
+            cluster: Some(cluster).filter(|c| *c != 0).map(|c| format!("{c:016x}")),
             version: Some(flotilla_proto::api::VERSION.to_string()),
         }
     }
