@@ -21,6 +21,8 @@ pub enum Op {
     },
     /// A purge of `job`: `Some(true)` removed it, `Some(false)` found it removed already,
     /// `None` when the outcome is unknown. The jobs purged are finished (the harness waits).
+    /// `Some(false)` may also be the answer to the client's own retry, after an attempt whose
+    /// answer was lost had removed the job: the removal then falls inside this operation.
     Purge {
         job: u64,
         removed: Option<bool>,
@@ -123,6 +125,10 @@ fn search(h: &[Event], done: u128, model: Registry, seen: &mut HashSet<(u128, Re
                 match removed {
                     Some(true) if exists && !gone => next.push(removing),
                     Some(false) if gone => next.push(model),
+                    // The client retries a purge whose answer it lost (a leadership change):
+                    // the retry finds the job removed by the first attempt and says so. The
+                    // removal is then this operation's own, inside its interval.
+                    Some(false) if exists => next.push(removing),
                     None if exists && !gone => next.extend([removing, model]),
                     None => next.push(model),
                     _ => {}
@@ -219,5 +225,19 @@ mod tests {
     fn gaps_in_ids_are_reported() {
         let h = vec![Event { op: Op::List { ids: vec![1, 3] }, invoke: 0, complete: Some(1) }];
         assert!(check(&h).unwrap_err().contains("not 1..n"));
+    }
+
+    #[test]
+    fn a_retried_purge_that_finds_its_own_removal_is_linearizable_but_a_second_removal_is_not() {
+        // Job 1 is listed, then a purge whose first attempt removed it answers "already
+        // removed" (its retry); a later read no longer lists it.
+        let h = vec![submit(Some(1), 0, Some(1)), list(1, 2, 3), purge(1, Some(false), 4, Some(8)), list(0, 9, 10)];
+        assert!(check(&h).is_ok());
+        // But the job cannot be listed after that purge completed.
+        let h = vec![submit(Some(1), 0, Some(1)), purge(1, Some(false), 4, Some(8)), list(1, 9, 10)];
+        assert!(check(&h).is_err());
+        // Nor removed twice.
+        let h = vec![submit(Some(1), 0, Some(1)), purge(1, Some(true), 2, Some(3)), purge(1, Some(true), 4, Some(5))];
+        assert!(check(&h).is_err());
     }
 }

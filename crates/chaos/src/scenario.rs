@@ -181,6 +181,9 @@ pub async fn run(cluster: &mut Cluster, schedule: &Schedule) -> anyhow::Result<O
     let history = std::mem::take(&mut shared.history.lock().unwrap_or_else(|p| p.into_inner()).events);
     if let Err(e) = lin::check(&history) {
         violations.push(format!("client history is not linearizable: {e}"));
+        // The history, for the post-mortem (kept with the scenario's logs).
+        let text: Vec<String> = history.iter().map(|e| format!("{e:?}")).collect();
+        let _ = std::fs::write(cluster.dir.join("history.txt"), text.join("\n"));
     }
     Ok(Outcome { faults: schedule.faults.len(), jobs: plans.len(), tasks, converged_in, violations, notes })
 }
