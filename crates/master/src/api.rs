@@ -569,8 +569,9 @@ async fn transfer_leadership(State(master): State<Shared>, body: Bytes) -> Resul
 }
 
 /// The last step of a leadership transfer, asked of the chosen follower by the leader.
-async fn stand(State(master): State<Shared>) -> Result<Json<flotilla_proto::api::NodeInfo>, Failure> {
-    crate::membership::stand(&master).await.map_err(|e| from_membership(&master, e))?;
+async fn stand(State(master): State<Shared>, Query(q): Params) -> Result<Json<flotilla_proto::api::NodeInfo>, Failure> {
+    let asked_by = q.get("leader").and_then(|l| l.parse().ok());
+    crate::membership::stand(&master, asked_by).await.map_err(|e| from_membership(&master, e))?;
     Ok(Json(master.node_info()))
 }
 

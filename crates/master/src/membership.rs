@@ -47,18 +47,24 @@ pub enum MembershipError {
 
 /// The group as this master's Raft node knows it.
 pub fn members(master: &Master) -> Vec<MemberView> {
-    let metrics = master.raft.metrics();
-    let m = metrics.borrow();
-    let membership = m.membership_config.membership();
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    let mut out: Vec<MemberView> = membership
-        .nodes()
-        .map(|(id, node)| MemberView {
-            id: *id,
-            address: node.addr.clone(),
-            role: if voters.contains(id) { MemberRole::Voter } else { MemberRole::Learner },
-            leader: m.current_leader == Some(*id),
-            version: master.version_of(*id),
+    // Copied out first: reading Raft's metrics again while this borrow is held can deadlock
+    // with openraft publishing new metrics in between.
+    let (nodes, voters, leader) = {
+        let metrics = master.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let nodes: Vec<(NodeId, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        (nodes, voters, m.current_leader)
+    };
+    let mut out: Vec<MemberView> = nodes
+        .into_iter()
+        .map(|(id, address)| MemberView {
+            id,
+            address,
+            role: if voters.contains(&id) { MemberRole::Voter } else { MemberRole::Learner },
+            leader: leader == Some(id),
+            version: master.version_of(id),
         })
         .collect();
     if out.is_empty() {
@@ -185,7 +191,11 @@ async fn wait_caught_up(master: &Master, id: NodeId, deadline: Duration) -> Resu
                     matched.map_or("none".to_string(), |i| i.to_string())
                 )));
             }
-            let _ = tokio::time::timeout((give_up - now).min(Duration::from_millis(100)), metrics.changed()).await;
+            if let Ok(Err(_)) =
+                tokio::time::timeout((give_up - now).min(Duration::from_millis(100)), metrics.changed()).await
+            {
+                return Err(MembershipError::Unavailable("raft stopped".into()));
+            }
         }
         if round.elapsed() <= KEEPING_UP {
             return Ok(());
@@ -361,11 +371,19 @@ async fn transfer_locked(master: &Master, to: Option<NodeId>) -> Result<Leadersh
                      leadership stays with master {me}"
                 )));
             }
-            let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await {
+                return Err(MembershipError::Unavailable("raft stopped".into()));
+            }
         }
         let (status, body) = master
             .http
-            .send(hyper::Method::POST, &address, "/v1/cluster/stand", None, Duration::from_secs(2))
+            .send(
+                hyper::Method::POST,
+                &address,
+                &format!("/v1/cluster/stand?leader={me}"),
+                None,
+                Duration::from_secs(2),
+            )
             .await
             .map_err(|e| MembershipError::Unavailable(format!("master {target} was not reached: {e}")))?;
         if !status.is_success() {
@@ -394,7 +412,9 @@ async fn transfer_locked(master: &Master, to: Option<NodeId>) -> Result<Leadersh
                     (master.config.raft.election_max * 4 + Duration::from_secs(1)).as_millis()
                 )));
             }
-            let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await {
+                return Err(MembershipError::Unavailable("raft stopped".into()));
+            }
         }
     }
     .await;
@@ -406,8 +426,17 @@ async fn transfer_locked(master: &Master, to: Option<NodeId>) -> Result<Leadersh
     outcome
 }
 
-/// A follower asked by the leader to stand for election (the last step of a transfer).
-pub async fn stand(master: &Arc<Master>) -> Result<(), MembershipError> {
+/// A follower asked by the leader to stand for election (the last step of a transfer). Only
+/// the master it follows may ask: anyone else would move leadership at will.
+pub async fn stand(master: &Arc<Master>, asked_by: Option<NodeId>) -> Result<(), MembershipError> {
+    let leader = master.leader_id();
+    if asked_by.is_none() || asked_by != leader || leader == Some(master.config.id) {
+        return Err(MembershipError::Conflict(format!(
+            "only the leader (master {}) may ask master {} to stand",
+            leader.map_or("unknown".to_string(), |l| l.to_string()),
+            master.config.id
+        )));
+    }
     let voter = voters(master).contains(&master.config.id);
     if !voter {
         return Err(MembershipError::Conflict(format!("master {} does not vote", master.config.id)));

@@ -194,6 +194,9 @@ pub struct AgentCore {
     queue_unsent: bool,
     /// Set once the worker was asked to stop: drain, then exit.
     draining: Option<Draining>,
+    /// The leader said this worker is drained (perhaps before it was asked to stop: an
+    /// operator's drain); it exits once draining and holding nothing.
+    told_drained: bool,
 }
 
 /// A worker draining itself before it stops.
@@ -201,9 +204,6 @@ struct Draining {
     /// How long running attempts may still take (none: as long as they take).
     deadline: Option<Duration>,
     since: Instant,
-    /// The leader said this worker is drained; it exits once it holds nothing (its last
-    /// results acknowledged).
-    told_drained: bool,
 }
 
 /// A draining worker that still holds attempts this long past its deadline (no leader took
@@ -226,6 +226,7 @@ impl AgentCore {
             queue_changed: None,
             queue_unsent: false,
             draining: None,
+            told_drained: false,
         }
     }
 
@@ -236,7 +237,7 @@ impl AgentCore {
         if self.draining.is_some() {
             return;
         }
-        self.draining = Some(Draining { deadline, since: now, told_drained: false });
+        self.draining = Some(Draining { deadline, since: now });
         out.push(Effect::Observe(Observation::Draining { deadline }));
         if self.is_welcomed() {
             self.send_drain(now, out);
@@ -387,7 +388,7 @@ impl AgentCore {
         if let Some(d) = &self.draining {
             let overdue = d.deadline.is_some_and(|dl| now.saturating_duration_since(d.since) >= dl + DRAIN_GRACE);
             // Results not yet acknowledged keep the worker until they are.
-            let done = d.told_drained && self.book.is_empty();
+            let done = self.told_drained && self.book.is_empty();
             if (done || overdue) && !matches!(self.link, Link::Exited) {
                 self.link = Link::Exited;
                 out.push(Effect::Disconnect);
@@ -490,6 +491,8 @@ impl AgentCore {
                     }
                 }
                 MasterBody::Run(run) => {
+                    // Given work: not drained (any more).
+                    self.told_drained = false;
                     let actions = self.book.on_run(run);
                     push_actions(actions, out);
                 }
@@ -510,11 +513,7 @@ impl AgentCore {
                     }
                 }
                 MasterBody::Members { addresses } => self.learn_masters(addresses, out),
-                MasterBody::Drained => {
-                    if let Some(d) = &mut self.draining {
-                        d.told_drained = true;
-                    }
-                }
+                MasterBody::Drained => self.told_drained = true,
                 MasterBody::Welcome { .. } | MasterBody::Batch(_) => {}
             }
         }

@@ -258,6 +258,8 @@ struct Lead {
 /// When a draining worker's deadline passes, as this leader measures it.
 struct DrainWatch {
     incarnation: u64,
+    /// The deadline it watches (a new drain with another deadline starts a new watch).
+    deadline: u64,
     due: Instant,
     proposed: bool,
 }
@@ -817,7 +819,7 @@ impl LeaderCore {
             state.worker(name).is_some_and(|w| {
                 w.incarnation == watch.incarnation
                     && w.state == WorkerState::Ready
-                    && matches!(w.maintenance, Maintenance::Draining { deadline: Some(_), .. })
+                    && matches!(w.maintenance, Maintenance::Draining { deadline: Some(d), .. } if d == watch.deadline)
             })
         });
         let sessions = &self.sessions;
@@ -832,6 +834,7 @@ impl LeaderCore {
                 Maintenance::Draining { deadline: Some(d), .. } if !w.tasks.is_empty() => {
                     let watch = lead.drains.entry(w.name.clone()).or_insert_with(|| DrainWatch {
                         incarnation: w.incarnation,
+                        deadline: d,
                         due: now + Duration::from_millis(d.saturating_sub(clock)),
                         proposed: false,
                     });

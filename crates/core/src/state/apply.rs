@@ -248,15 +248,17 @@ impl ClusterState {
                 // The same process registering twice (a retried proposal): nothing to do.
                 return Response::WorkerRegistered { incarnation: existing.incarnation, kill: Vec::new() };
             }
-            if existing.state == WorkerState::Ready {
-                self.lose_worker(ctx, &info.name, LostReason::Restarted);
-            }
         }
+        // Refused before anything changes: a bad registration must not cost the live process
+        // under the same name its tasks.
         if info.cpus == 0 {
             return Response::Invalid { reason: Refusal::WorkerWithoutCpus };
         }
         if let Some(bad) = info.resources.keys().find(|n| !crate::model::valid_resource_name(n)) {
             return Response::Invalid { reason: Refusal::BadResourceName(bad.clone()) };
+        }
+        if self.workers.get(&info.name).is_some_and(|w| w.state == WorkerState::Ready) {
+            self.lose_worker(ctx, &info.name, LostReason::Restarted);
         }
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
@@ -576,10 +578,31 @@ impl ClusterState {
         let Some(w) = self.workers.get_mut(name).filter(|w| w.state == WorkerState::Ready) else {
             return Response::Invalid { reason: Refusal::NoReadyWorker(name.to_string()) };
         };
-        w.maintenance = match change {
-            MaintenanceChange::Cordon => Maintenance::Cordoned,
-            MaintenanceChange::Uncordon => Maintenance::InService,
-            MaintenanceChange::Drain { deadline_ms, by_worker } => {
+        w.maintenance = match (change, w.maintenance) {
+            (MaintenanceChange::Cordon, _) => Maintenance::Cordoned,
+            (MaintenanceChange::Uncordon, _) => Maintenance::InService,
+            // A worker that drains itself to stop keeps an operator's decision: it stays out of
+            // service after its restart, and an operator's earlier deadline holds.
+            (MaintenanceChange::Drain { deadline_ms, by_worker: true }, current)
+                if current != Maintenance::InService
+                    && !matches!(
+                        current,
+                        Maintenance::Draining { by_worker: true, .. } | Maintenance::Drained { by_worker: true }
+                    ) =>
+            {
+                let mine = deadline_ms.map(|d| ctx.at_ms.saturating_add(d));
+                let deadline = match current {
+                    Maintenance::Draining { deadline: Some(theirs), .. } => {
+                        Some(mine.map_or(theirs, |m| m.min(theirs)))
+                    }
+                    _ => mine,
+                };
+                match current {
+                    Maintenance::Drained { .. } => current,
+                    _ => Maintenance::Draining { deadline, by_worker: false },
+                }
+            }
+            (MaintenanceChange::Drain { deadline_ms, by_worker }, _) => {
                 Maintenance::Draining { deadline: deadline_ms.map(|d| ctx.at_ms.saturating_add(d)), by_worker }
             }
         };

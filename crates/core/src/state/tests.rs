@@ -846,3 +846,18 @@ fn a_settled_task_answers_repeats_by_the_fence_of_its_recorded_result() {
     let forged = crate::command::Assigned { fence: Fence { attempt: 2, ..first.fence }, ..first.clone() };
     assert!(matches!(d.finish(&forged, 0, "late"), Response::Stale { .. }));
 }
+
+#[test]
+fn a_workers_own_drain_keeps_an_operators_decision_and_deadline() {
+    let mut d = Driver::new();
+    d.worker("a", 1);
+    d.submit(spec("1-1"));
+    d.schedule();
+    maintain(&mut d, "a", MaintenanceChange::Drain { deadline_ms: Some(1_000), by_worker: false });
+    maintain(&mut d, "a", MaintenanceChange::Drain { deadline_ms: Some(60_000), by_worker: true });
+    let w = d.state.worker("a").expect("a");
+    let Maintenance::Draining { deadline: Some(deadline), by_worker: false } = w.maintenance else {
+        panic!("{:?}", w.maintenance)
+    };
+    assert!(deadline < d.now + 1_000, "the operator's earlier deadline holds");
+}
