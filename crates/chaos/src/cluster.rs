@@ -82,29 +82,18 @@ impl Cluster {
     }
 
     pub fn start_master(&mut self, id: u64) -> anyhow::Result<()> {
-        let args: Vec<String> = vec![
-            "master".into(),
-            "--id".into(),
-            id.to_string(),
-            "--listen".into(),
-            self.master_addr(id),
-            "--data-dir".into(),
-            self.master_dir(id).display().to_string(),
-            "--peers".into(),
-            self.peers(),
-            "--token-file".into(),
-            self.token_file.display().to_string(),
-            "--snapshot-every".into(),
-            "200".into(),
-        ];
-        let child = self.spawn_in(&master_name(id), &args)?;
-        self.masters.insert(id, Proc { child, paused: false });
-        Ok(())
+        let peers = self.peers();
+        self.spawn_master(id, &["--peers".into(), peers])
     }
 
     /// Starts master `id` outside the group, waiting to be added (`--await-add`).
     pub fn start_master_awaiting(&mut self, id: u64) -> anyhow::Result<()> {
-        let args: Vec<String> = vec![
+        self.spawn_master(id, &["--await-add".into()])
+    }
+
+    /// Starts master `id` with how it finds its group (`bootstrap`) and the usual flags.
+    fn spawn_master(&mut self, id: u64, bootstrap: &[String]) -> anyhow::Result<()> {
+        let mut args: Vec<String> = vec![
             "master".into(),
             "--id".into(),
             id.to_string(),
@@ -112,12 +101,14 @@ impl Cluster {
             self.master_addr(id),
             "--data-dir".into(),
             self.master_dir(id).display().to_string(),
-            "--await-add".into(),
+        ];
+        args.extend(bootstrap.iter().cloned());
+        args.extend([
             "--token-file".into(),
             self.token_file.display().to_string(),
             "--snapshot-every".into(),
             "200".into(),
-        ];
+        ]);
         let child = self.spawn_in(&master_name(id), &args)?;
         self.masters.insert(id, Proc { child, paused: false });
         Ok(())

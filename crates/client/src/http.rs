@@ -44,6 +44,40 @@ impl HttpClient {
         Ok(HttpClient { inner, auth })
     }
 
+    /// A request to `http://{address}{path}` with the token, and a JSON body if given.
+    fn request(
+        &self,
+        method: Method,
+        address: &str,
+        path: &str,
+        json_body: Option<Vec<u8>>,
+    ) -> Result<Request<Full<Bytes>>, HttpError> {
+        let mut builder = Request::builder().method(method).uri(format!("http://{address}{path}"));
+        if let Some(auth) = &self.auth {
+            builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        if json_body.is_some() {
+            builder = builder.header(CONTENT_TYPE, "application/json");
+        }
+        builder
+            .body(Full::new(Bytes::from(json_body.unwrap_or_default())))
+            .map_err(|e| HttpError::Other(format!("bad request for {address}{path}: {e}")))
+    }
+
+    /// Sends a request; a refused or unreachable connection is [`HttpError::Connect`].
+    async fn respond(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, HttpError> {
+        self.inner.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                HttpError::Connect
+            } else {
+                HttpError::Other(e.to_string())
+            }
+        })
+    }
+
     /// `GET http://{address}{path}` with the body streamed into `dest` when the answer is a
     /// success (any other answer's body is returned, for its error). `timeout` bounds the
     /// whole transfer.
@@ -55,19 +89,9 @@ impl HttpClient {
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), HttpError> {
         use tokio::io::AsyncWriteExt;
-        let mut builder = Request::builder().method(Method::GET).uri(format!("http://{address}{path}"));
-        if let Some(auth) = &self.auth {
-            builder = builder.header(AUTHORIZATION, auth.clone());
-        }
-        let request = builder.body(Full::new(Bytes::new())).map_err(|e| HttpError::Other(e.to_string()))?;
+        let request = self.request(Method::GET, address, path, None)?;
         let exchange = async {
-            let response = self.inner.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    HttpError::Connect
-                } else {
-                    HttpError::Other(e.to_string())
-                }
-            })?;
+            let response = self.respond(request).await?;
             let status = response.status();
             let mut body = response.into_body();
             if !status.is_success() {
@@ -113,24 +137,9 @@ impl HttpClient {
         json_body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Answer, HttpError> {
-        let mut builder = Request::builder().method(method).uri(format!("http://{address}{path}"));
-        if let Some(auth) = &self.auth {
-            builder = builder.header(AUTHORIZATION, auth.clone());
-        }
-        if json_body.is_some() {
-            builder = builder.header(CONTENT_TYPE, "application/json");
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(json_body.unwrap_or_default())))
-            .map_err(|e| HttpError::Other(format!("bad request for {address}{path}: {e}")))?;
+        let request = self.request(method, address, path, json_body)?;
         let exchange = async {
-            let response = self.inner.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    HttpError::Connect
-                } else {
-                    HttpError::Other(e.to_string())
-                }
-            })?;
+            let response = self.respond(request).await?;
             let status = response.status();
             let masters = response
                 .headers()
