@@ -2,9 +2,10 @@
 //! [`Proposal`], a batch of commands stamped with the leader's clock, and produces one
 //! [`Response`] per command.
 //!
-//! Commands are versioned by their variant order: new variants are only ever appended, so an
-//! older replica that meets a command it does not know fails to decode it and stops loudly
-//! instead of diverging.
+//! Commands are versioned by their variant order: new variants are only ever appended (the
+//! encodings each release wrote are kept in `crates/proto/tests/formats.golden`), a new one
+//! names its [`Feature`] so no older voter is sent it, and an older replica that meets one
+//! anyway fails to decode it and stops loudly instead of diverging.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Fence, JobId, JobSpec, Millis, NodeId, Outcome, TaskId};
 use crate::reason::{LostReason, Refusal, StaleReason};
+use crate::version::Feature;
 
 /// One Raft log entry's payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +135,35 @@ pub enum Command {
         worker: String,
         incarnation: u64,
     },
+}
+
+impl Command {
+    /// The feature this command belongs to if a release still supported during an upgrade
+    /// cannot decode it (see [`crate::version`]): the leader proposes it only once every voter
+    /// runs that feature's release. Every variant is listed, so a new one must choose.
+    pub fn feature(&self) -> Option<Feature> {
+        match self {
+            Command::SubmitJob { .. }
+            | Command::CancelJob { .. }
+            | Command::RegisterWorker(_)
+            | Command::WorkerLost { .. }
+            | Command::Assign { .. }
+            | Command::TaskStarted { .. }
+            | Command::TaskFinished { .. }
+            | Command::LeaderElected { .. }
+            | Command::MasterReachability { .. }
+            | Command::SetWorkerQueue { .. }
+            | Command::SetJournalRetention(_)
+            | Command::TaskRevoked { .. }
+            | Command::SetSharing(_)
+            | Command::SetJobRetention(_)
+            | Command::PurgeJobs { .. }
+            | Command::MembershipChanged(_)
+            | Command::SetMaintenance { .. }
+            | Command::SetClusterIdentity { .. }
+            | Command::DrainOverdue { .. } => None,
+        }
+    }
 }
 
 /// One change of the masters' group, as the journal records it.

@@ -36,10 +36,11 @@ impl std::fmt::Display for Version {
 pub const FIRST: Version = Version::new(0, 1, 0);
 
 /// What a release may not send to an older one. Each feature names the first release that
-/// understands it; the leader checks [`Feature::allowed`] with the oldest voter's release
-/// before it proposes a command of the feature, and a session's release before it sends a
-/// message of it. None yet: 0.2.0 added no command or message that 0.1.0 cannot decode (see
-/// the README's "Rolling upgrades").
+/// understands it. The commands and messages of a feature say so ([`crate::Command::feature`],
+/// `MasterBody::feature` in the protocol crate): the leader's proposer refuses a command whose
+/// feature the oldest voter's release lacks, and the leader's session core does not send a
+/// worker a message its session's release lacks. None yet: 0.2.0 added no command or message
+/// that 0.1.0 cannot decode (see the README's "Rolling upgrades").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Feature {}
 

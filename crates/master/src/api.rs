@@ -124,6 +124,7 @@ fn from_propose(master: &Master, e: ProposeError) -> Failure {
         ProposeError::Dropped => {
             failure(ApiErrorCode::Unavailable, "leadership changed before the request committed; retry")
         }
+        e @ ProposeError::NotUpgraded(_) => failure(ApiErrorCode::Conflict, e.to_string()),
     }
 }
 

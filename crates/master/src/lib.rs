@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod node;
 pub mod proposer;
 pub mod raft_service;
+pub mod releases;
 pub mod sessions;
 pub mod watchdog;
 

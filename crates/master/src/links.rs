@@ -32,9 +32,7 @@ pub async fn probe(master: Arc<Master>, shutdown: CancellationToken) {
                 // A failed or timed-out probe gives no sample (Karn's rule: its round trip is
                 // unknown); unlike Raft's calls it does not back off their timeouts either.
                 if let Ok(info) = m.fetch_node_info(&address, PROBE_TIMEOUT).await {
-                    // 0.1.0 did not report its release.
-                    let version = info.version.unwrap_or_else(|| "0.1.0".to_string());
-                    m.peer_versions.lock().unwrap_or_else(|p| p.into_inner()).insert(id, version);
+                    m.releases.record(id, info.version);
                     let now = Instant::now();
                     if let Some(slow) = m.rtts.sample(id, &address, now.saturating_duration_since(started), now) {
                         let election = (m.config.raft.election_min, m.config.raft.election_max);

@@ -64,7 +64,7 @@ pub fn members(master: &Master) -> Vec<MemberView> {
             address,
             role: if voters.contains(&id) { MemberRole::Voter } else { MemberRole::Learner },
             leader: leader == Some(id),
-            version: master.version_of(id),
+            version: master.releases.of(id),
         })
         .collect();
     if out.is_empty() {
@@ -74,7 +74,7 @@ pub fn members(master: &Master) -> Vec<MemberView> {
             address: master.address_of(master.config.id).unwrap_or_default(),
             role: MemberRole::Learner,
             leader: false,
-            version: master.version_of(master.config.id),
+            version: master.releases.of(master.config.id),
         });
     }
     out

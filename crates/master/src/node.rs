@@ -69,9 +69,8 @@ pub struct Master {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Round trips to the other masters (from Raft's calls and [`crate::links`]' probes).
     pub rtts: PeerRtts,
-    /// The release each other master last reported to this one's probes (`links`); a master
-    /// that answered without one runs 0.1.0.
-    pub peer_versions: Mutex<std::collections::BTreeMap<NodeId, String>>,
+    /// The release each master runs, and the gate on what an older voter cannot read.
+    pub releases: Arc<crate::releases::Releases>,
     /// Held by a membership change or leadership transfer: one at a time.
     pub membership_lock: tokio::sync::Mutex<()>,
     leadership: Mutex<Option<Leadership>>,
@@ -87,7 +86,8 @@ impl Master {
         rtts: PeerRtts,
     ) -> Result<Self, String> {
         let http = HttpClient::new(config.token.as_deref())?;
-        let proposer = Proposer::start(raft.clone(), metrics.clone());
+        let releases = Arc::new(crate::releases::Releases::new(config.id));
+        let proposer = Proposer::start(raft.clone(), metrics.clone(), releases.clone());
         let sessions = Sessions::new(
             LeaderConfig::new(config.id, config.worker_timeout),
             proposer.clone(),
@@ -106,7 +106,7 @@ impl Master {
             metrics,
             rtts,
             membership_lock: tokio::sync::Mutex::new(()),
-            peer_versions: Mutex::new(Default::default()),
+            releases,
             leadership: Mutex::new(None),
         })
     }
@@ -189,26 +189,6 @@ impl Master {
             cluster: Some(cluster).filter(|c| *c != 0).map(|c| format!("{c:016x}")),
             version: Some(flotilla_proto::api::VERSION.to_string()),
         }
-    }
-
-    /// A master's release as this one knows it: its own, or the last a probe saw.
-    pub fn version_of(&self, id: NodeId) -> Option<String> {
-        if id == self.config.id {
-            return Some(flotilla_proto::api::VERSION.to_string());
-        }
-        self.peer_versions.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
-    }
-
-    /// The oldest release among the voters, once every voter has answered a probe; `None`
-    /// while one has not. Features an older master cannot understand wait for it.
-    pub fn voters_version(&self) -> Option<flotilla_core::version::Version> {
-        let voters: Vec<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
-        let mut oldest: Option<flotilla_core::version::Version> = None;
-        for id in voters {
-            let v = flotilla_core::version::Version::parse(&self.version_of(id)?)?;
-            oldest = Some(oldest.map_or(v, |o| o.min(v)));
-        }
-        oldest
     }
 
     /// Smoothed round trip to another master, in milliseconds, once measured.

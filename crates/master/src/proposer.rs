@@ -16,6 +16,8 @@ use flotilla_core::{Command, Proposal, Response};
 use flotilla_proto::time::now_ms;
 use flotilla_raft::{NodeId, Raft};
 
+use crate::releases::{held_back, NotUpgraded, Releases};
+
 /// Most commands in one log entry.
 const MAX_BATCH: usize = 4096;
 /// Most proposals awaiting commit at once (see the module comment).
@@ -29,6 +31,8 @@ pub enum ProposeError {
     Fatal(String),
     #[error("the proposal was dropped before it committed (leadership changed)")]
     Dropped,
+    #[error(transparent)]
+    NotUpgraded(#[from] NotUpgraded),
 }
 
 struct Pending {
@@ -40,6 +44,8 @@ struct Pending {
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
     in_flight: Arc<Semaphore>,
+    raft: Raft,
+    releases: Arc<Releases>,
 }
 
 /// While held, nothing more is proposed (what arrives waits in the queue); the proposal in
@@ -47,11 +53,11 @@ pub struct Proposer {
 pub struct Paused(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 impl Proposer {
-    pub fn start(raft: Raft, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub fn start(raft: Raft, metrics: Arc<crate::metrics::Metrics>, releases: Arc<Releases>) -> Self {
         let (tx, rx) = mpsc::channel(64 * 1024);
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        tokio::spawn(batch_loop(raft, rx, metrics, in_flight.clone()));
-        Proposer { tx, in_flight }
+        tokio::spawn(batch_loop(raft.clone(), rx, metrics, in_flight.clone()));
+        Proposer { tx, in_flight, raft, releases }
     }
 
     /// Stops proposing until the guard is dropped: a leadership transfer needs the log to
@@ -65,6 +71,16 @@ impl Proposer {
     /// the commit.
     pub async fn enqueue(&self, commands: Vec<Command>) -> oneshot::Receiver<Result<Vec<Response>, ProposeError>> {
         let (reply, rx) = oneshot::channel();
+        // Every command reaches the log through here, so this is where a command that some
+        // voter's release could not decode is held back (rolling upgrades).
+        let voters = || {
+            let voters: Vec<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+            self.releases.oldest(voters)
+        };
+        if let Some(refused) = held_back(commands.iter().filter_map(Command::feature), voters) {
+            let _ = reply.send(Err(refused.into()));
+            return rx;
+        }
         // A closed channel drops `reply`, which the receiver sees as `Dropped`.
         let _ = self.tx.send(Pending { commands, reply }).await;
         rx

@@ -179,7 +179,9 @@ impl Sessions {
                     Err(e) => {
                         let failure = match e {
                             ProposeError::NotLeader { .. } => Failure::NotLeader,
-                            ProposeError::Fatal(_) | ProposeError::Dropped => Failure::Other,
+                            ProposeError::Fatal(_) | ProposeError::Dropped | ProposeError::NotUpgraded(_) => {
+                                Failure::Other
+                            }
                         };
                         sessions.step(|core, now, _, out| core.on_failed(now, id, failure, out))
                     }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use flotilla_core::model::{Fence, NodeId, Outcome, TaskId, TaskSlot};
 use flotilla_core::state::ClusterState;
+use flotilla_core::version::Feature;
 use flotilla_core::WorkerInfo;
 
 /// Bumped when session messages change incompatibly (3: queued attempts can be revoked).
@@ -150,6 +151,25 @@ pub enum MasterBody {
 }
 
 impl MasterBody {
+    /// The feature this message belongs to if a worker of a release still supported cannot
+    /// decode it: the leader sends it only on sessions whose worker reported that release
+    /// (see `flotilla_core::version`). Every variant is listed, so a new one must choose.
+    pub fn feature(&self) -> Option<Feature> {
+        match self {
+            MasterBody::Batch(bodies) => bodies.iter().find_map(MasterBody::feature),
+            MasterBody::Welcome { .. }
+            | MasterBody::NotLeader { .. }
+            | MasterBody::Refused { .. }
+            | MasterBody::Run(_)
+            | MasterBody::Stop { .. }
+            | MasterBody::Ack { .. }
+            | MasterBody::Echo { .. }
+            | MasterBody::Revoke { .. }
+            | MasterBody::Members { .. }
+            | MasterBody::Drained => None,
+        }
+    }
+
     /// One message for a list of bodies (none for an empty list).
     pub fn batch(mut bodies: Vec<MasterBody>) -> Option<MasterBody> {
         match bodies.len() {

@@ -44,6 +44,10 @@ pub const STATE_FILES: [&str; 3] = ["state.redb", "snapshot.bin", "snapshot.inco
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const INCOMING_FILE: &str = "snapshot.incoming";
 const BUILDING_FILE: &str = "snapshot.building";
+/// The last digit is the snapshot format: the header's encoding of the state (its bytes as each
+/// release wrote them are checked by `crates/proto/tests/formats.rs`). A release that changes
+/// the state's encoding writes the next digit, reads the previous one by converting it, and
+/// writes the new one only once every voter reads it (a follower installs the leader's file).
 pub(crate) const MAGIC: &[u8; 8] = b"FLOTSNP1";
 /// Frame that ends the rows of a snapshot file (no row has this key).
 const END_KEY: (u64, u64, u64) = (u64::MAX, u64::MAX, u64::MAX);

@@ -386,7 +386,28 @@ impl LeaderCore {
     }
 
     fn send(&self, session: SessionId, body: MasterBody, out: &mut Vec<Effect>) {
+        // A worker that cannot decode a message would drop its session and reconnect to be
+        // sent it again: a message of a feature its release lacks is held back instead (the
+        // code that sends one checks `understands` first and picks what an older one reads).
+        if let Some(feature) = body.feature() {
+            if !self.understands(session, feature) {
+                return;
+            }
+        }
         out.push(Effect::Send { session, msg: MasterMsg { term: self.term(), body } });
+    }
+
+    /// Whether the worker of `session` reported a release that understands `feature` (one
+    /// that has not reported yet counts as the oldest release).
+    pub fn understands(&self, session: SessionId, feature: flotilla_core::version::Feature) -> bool {
+        let Role::Leading(lead) = &self.role else { return false };
+        let release = match self.sessions.get(&session) {
+            Some(Stage::Open { name }) => {
+                lead.versions.get(name).and_then(|v| flotilla_core::version::Version::parse(v))
+            }
+            _ => None,
+        };
+        feature.allowed(Some(release.unwrap_or(flotilla_core::version::FIRST)))
     }
 
     /// Ends one session: its stream is closed and its worker forgets this leader.

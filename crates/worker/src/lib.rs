@@ -426,9 +426,15 @@ impl Agent {
                 }
                 Wake::Inbound(msg) => {
                     let decoded = match msg {
-                        Ok(Some(env)) => {
-                            codec::decode::<MasterMsg>("master message", &env.payload).map_err(|e| e.to_string())
-                        }
+                        // An undecodable message is a newer master's that a gate should have held
+                        // back: say so, and reconnect (after the next master upgrade it stops).
+                        Ok(Some(env)) => codec::decode::<MasterMsg>("master message", &env.payload).map_err(|e| {
+                            format!(
+                                "{e}: the master runs a newer release than this worker ({}) and sent what it \
+                                 does not understand; upgrade this worker",
+                                flotilla_proto::api::VERSION
+                            )
+                        }),
                         Ok(None) => Err("master closed the session".to_string()),
                         Err(status) => Err(status.to_string()),
                     };

@@ -1,0 +1,367 @@
+//! Encodings that outlive a release: Raft log entries (commands), snapshots (the cluster state
+//! and the finished tasks' records) and worker sessions (the messages both ways).
+//!
+//! Invariant: every encoding an earlier release wrote still decodes, exactly, in this build.
+//! A master reads the log and snapshot an older one left on disk or sent it, and talks to
+//! workers one release behind, so a changed encoding would strand a rolling upgrade.
+//!
+//! `formats.golden` keeps, per sample, the bytes as the release named on its line wrote them.
+//! The test decodes every line and checks that encoding the value again gives the same bytes
+//! (nothing lost or read differently), and that each sample this build makes is on file.
+//! `FLOTILLA_BLESS=1` appends the samples not on file yet, under this build's release; it
+//! never rewrites a line, so it cannot hide a change that breaks an old one.
+//!
+//! When a line breaks: a command or message must not change; append a new variant instead
+//! (gated by `flotilla_core::version::Feature` so no older member meets it). The state may
+//! change only with a new snapshot format that converts the previous one (README "Rolling
+//! upgrades"); the state lines then decode through that conversion.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use flotilla_core::command::{Command, MemberChange, Proposal, Response, WorkerInfo};
+use flotilla_core::journal::Retention;
+use flotilla_core::model::{Affinity, Captured, Fence, JobSpec, Outcome, Sharing, TaskId};
+use flotilla_core::reason::LostReason;
+use flotilla_core::records::{MemRecords, RecordOp};
+use flotilla_core::state::{JobRetention, MaintenanceChange, Task};
+use flotilla_core::{scheduler, ApplyCtx, ClusterState, IndexSet};
+use flotilla_proto::codec;
+use flotilla_proto::wire::{MasterBody, MasterMsg, RunTask, WorkerMsg, PROTOCOL_VERSION};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+const RELEASE: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Command,
+    State,
+    Record,
+    WorkerMsg,
+    MasterMsg,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [Kind::Command, Kind::State, Kind::Record, Kind::WorkerMsg, Kind::MasterMsg];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Command => "command",
+            Kind::State => "state",
+            Kind::Record => "record",
+            Kind::WorkerMsg => "worker-msg",
+            Kind::MasterMsg => "master-msg",
+        }
+    }
+
+    /// Decodes `bytes` as this kind and encodes the value again.
+    fn round_trip(self, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        match self {
+            Kind::Command => again::<Command>(bytes),
+            Kind::State => again::<ClusterState>(bytes),
+            Kind::Record => again::<Task>(bytes),
+            Kind::WorkerMsg => again::<WorkerMsg>(bytes),
+            Kind::MasterMsg => again::<MasterMsg>(bytes),
+        }
+    }
+}
+
+fn again<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let value: T = codec::decode("sample", bytes).map_err(|e| e.to_string())?;
+    codec::encode("sample", &value).map_err(|e| e.to_string())
+}
+
+/// This build's samples: `(kind, name) → bytes`, one per command, message and body variant
+/// (a few twice), the state they lead to, and the task records it stored.
+#[derive(Default)]
+struct Samples(BTreeMap<(Kind, String), Vec<u8>>);
+
+impl Samples {
+    fn add(&mut self, kind: Kind, name: &str, value: &impl Serialize) {
+        let bytes = codec::encode("sample", value).expect("samples encode");
+        let mut key = name.to_string();
+        let mut n = 1;
+        while self.0.contains_key(&(kind, key.clone())) {
+            n += 1;
+            key = format!("{name}#{n}");
+        }
+        self.0.insert((kind, key), bytes);
+    }
+}
+
+/// A variant's name, as `Debug` starts it.
+fn variant(value: &impl std::fmt::Debug) -> String {
+    format!("{value:?}").chars().take_while(|c| c.is_alphanumeric()).collect()
+}
+
+/// Applies commands as the leader would and keeps each as a sample.
+struct Script {
+    state: ClusterState,
+    records: MemRecords,
+    index: u64,
+    samples: Samples,
+}
+
+impl Script {
+    fn apply(&mut self, command: Command) -> Response {
+        self.index += 1;
+        let at_ms = 1_700_000_000_000 + self.index * 10;
+        let ctx = ApplyCtx { index: self.index, term: 2, at_ms };
+        self.samples.add(Kind::Command, &variant(&command), &command);
+        let mut responses = self.state.apply(ctx, &Proposal::new(at_ms, vec![command]));
+        for op in self.state.take_record_ops() {
+            if let RecordOp::Put { record, .. } = &op {
+                self.samples.add(Kind::Record, "task", record.as_ref());
+            }
+            self.records.apply([op]);
+        }
+        responses.pop().expect("one response per command")
+    }
+}
+
+fn worker(name: &str, zone: &str) -> WorkerInfo {
+    WorkerInfo {
+        name: name.into(),
+        instance: 0x5eed,
+        cpus: 2,
+        queue: 1,
+        memory: Some(1 << 30),
+        resources: BTreeMap::from([("gpu".into(), 1)]),
+        labels: BTreeMap::from([("zone".into(), zone.into())]),
+    }
+}
+
+fn outcome(exit: i32, stdout: &str) -> Outcome {
+    Outcome {
+        exit_code: Some(exit),
+        signal: None,
+        timed_out: false,
+        spawn_error: None,
+        stdout: Captured::from_bytes(stdout.as_bytes(), stdout.len() as u64),
+        stderr: Captured::from_bytes(b"warning\n", 8),
+        duration_ms: 12,
+    }
+}
+
+fn samples() -> Samples {
+    let mut s =
+        Script { state: ClusterState::new(), records: MemRecords::new(), index: 0, samples: Samples::default() };
+    s.apply(Command::LeaderElected { node: 1 });
+    s.apply(Command::SetClusterIdentity { id: 0x0123_4567_89ab_cdef });
+    let incarnation = match s.apply(Command::RegisterWorker(worker("w1", "a"))) {
+        Response::WorkerRegistered { incarnation, .. } => incarnation,
+        other => panic!("registration refused: {other:?}"),
+    };
+    s.apply(Command::RegisterWorker(worker("w2", "b")));
+    let spec = JobSpec {
+        name: Some("sample".into()),
+        command: vec!["echo".into(), "hi".into()],
+        array: Some(IndexSet::parse("0-3").expect("indices")),
+        cpus: 1,
+        retries: 1,
+        timeout_ms: Some(60_000),
+        priority: 3,
+        selector: BTreeMap::new(),
+        reduce: Some("wc -l".into()),
+        env: BTreeMap::from([("MODE".into(), "fast".into())]),
+        resources: BTreeMap::new(),
+        memory: Some(1 << 20),
+        affinity: Affinity {
+            prefer: BTreeMap::from([("zone".into(), "a".into())]),
+            avoid: BTreeMap::new(),
+            spread: Some("zone".into()),
+        },
+    };
+    s.apply(Command::SubmitJob { spec: spec.clone(), request_id: Some("req-1".into()) });
+    let second = match s.apply(Command::SubmitJob { spec: JobSpec { reduce: None, ..spec }, request_id: None }) {
+        Response::JobSubmitted { job, .. } => job,
+        other => panic!("submission refused: {other:?}"),
+    };
+    let placements = scheduler::plan(&s.state, usize::MAX);
+    assert!(placements.len() >= 3, "the sample needs three placements, got {placements:?}");
+    let runs = match s.apply(Command::Assign { placements }) {
+        Response::Assigned { runs } => runs,
+        other => panic!("assignment refused: {other:?}"),
+    };
+    let (a, b, c) = (&runs[0], &runs[1], &runs[2]);
+    s.apply(Command::TaskStarted { task: a.task, fence: a.fence, worker: a.worker.clone() });
+    s.apply(Command::TaskFinished {
+        task: a.task,
+        fence: a.fence,
+        worker: a.worker.clone(),
+        outcome: outcome(0, "0\n"),
+    });
+    s.apply(Command::TaskRevoked { task: b.task, fence: b.fence, worker: b.worker.clone() });
+    s.apply(Command::TaskStarted { task: c.task, fence: c.fence, worker: c.worker.clone() });
+    s.apply(Command::TaskFinished { task: c.task, fence: c.fence, worker: c.worker.clone(), outcome: outcome(1, "") });
+    s.apply(Command::SetWorkerQueue { worker: "w1".into(), queue: 4 });
+    s.apply(Command::MasterReachability { node: 3, reachable: false });
+    s.apply(Command::SetJournalRetention(Retention { max_events: 50_000, max_age_ms: Some(86_400_000) }));
+    s.apply(Command::SetSharing(Sharing::Fifo));
+    s.apply(Command::SetJobRetention(JobRetention { max_age_ms: Some(3_600_000), max_finished: 500 }));
+    s.apply(Command::MembershipChanged(MemberChange::LearnerAdded { node: 4, address: "10.0.0.4:7100".into() }));
+    s.apply(Command::MembershipChanged(MemberChange::Promoted { node: 4 }));
+    s.apply(Command::MembershipChanged(MemberChange::Removed { node: 3 }));
+    s.apply(Command::SetMaintenance { worker: "w2".into(), change: MaintenanceChange::Cordon });
+    s.apply(Command::SetMaintenance {
+        worker: "w2".into(),
+        change: MaintenanceChange::Drain { deadline_ms: Some(600_000), by_worker: false },
+    });
+    s.apply(Command::DrainOverdue { worker: "w2".into(), incarnation: 2 });
+    s.apply(Command::SetMaintenance { worker: "w2".into(), change: MaintenanceChange::Uncordon });
+    s.apply(Command::CancelJob { job: second });
+    s.apply(Command::PurgeJobs { jobs: vec![second] });
+    s.apply(Command::WorkerLost { name: "w2".into(), incarnation: 2, reason: LostReason::Silent { silent_ms: 5_000 } });
+    s.apply(Command::WorkerLost { name: "w2".into(), incarnation: 3, reason: LostReason::Restarted });
+
+    let task = TaskId::array(1, 0);
+    let fence = Fence { term: 2, attempt: 1 };
+    let run =
+        RunTask::for_attempt(&s.state, &s.records, a.task, a.fence).expect("records read").expect("the job is there");
+    let state = s.state.clone();
+    let mut samples = s.samples;
+    samples.add(Kind::State, "after-script", &state);
+
+    let worker_msgs = vec![
+        WorkerMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            info: worker("w1", "a"),
+            known: vec![(task, fence)],
+            highest_term: 2,
+        },
+        WorkerMsg::Heartbeat,
+        WorkerMsg::Started { task, fence },
+        WorkerMsg::Finished { task, fence, outcome: outcome(0, "0\n") },
+        WorkerMsg::Batch(vec![WorkerMsg::Heartbeat, WorkerMsg::Started { task, fence }]),
+        WorkerMsg::Queue { queue: 3 },
+        WorkerMsg::Stats {
+            running: 1,
+            queued: 2,
+            spawned: 10,
+            spawn_micros: 900,
+            echo: Some(7),
+            rtt_micros: Some(150),
+        },
+        WorkerMsg::Revoked { task, fence },
+        WorkerMsg::Drain { deadline_ms: Some(60_000) },
+        WorkerMsg::Version { version: "0.2.0".into() },
+    ];
+    for m in &worker_msgs {
+        samples.add(Kind::WorkerMsg, &variant(m), m);
+    }
+    let bodies = vec![
+        MasterBody::Welcome { leader: 1, incarnation, heartbeat_ms: 500 },
+        MasterBody::NotLeader { leader: Some("10.0.0.2:7100".into()) },
+        MasterBody::Refused { reason: "protocol 2 is not 3".into() },
+        MasterBody::Run(run),
+        MasterBody::Stop { task, fence },
+        MasterBody::Ack { task, fence },
+        MasterBody::Batch(vec![MasterBody::Ack { task, fence }, MasterBody::Drained]),
+        MasterBody::Echo { token: 7 },
+        MasterBody::Revoke { task, fence },
+        MasterBody::Members { addresses: vec!["10.0.0.1:7100".into(), "10.0.0.4:7100".into()] },
+        MasterBody::Drained,
+    ];
+    for body in bodies {
+        let name = variant(&body);
+        samples.add(Kind::MasterMsg, &name, &MasterMsg { term: 2, body });
+    }
+    samples
+}
+
+struct Line {
+    number: usize,
+    release: String,
+    kind: Kind,
+    name: String,
+    bytes: Vec<u8>,
+}
+
+fn golden_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("formats.golden")
+}
+
+fn read_golden() -> Vec<Line> {
+    let text = std::fs::read_to_string(golden_path()).unwrap_or_default();
+    let mut lines = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [release, kind, name, hex] = fields[..] else { panic!("formats.golden line {}: expected 4 fields", i + 1) };
+        let kind =
+            Kind::ALL.into_iter().find(|k| k.name() == kind).unwrap_or_else(|| panic!("line {}: kind {kind}", i + 1));
+        lines.push(Line { number: i + 1, release: release.into(), kind, name: name.into(), bytes: unhex(hex) });
+    }
+    lines
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
+}
+
+#[test]
+fn encodings_written_by_earlier_releases_still_decode_exactly() {
+    let golden = read_golden();
+    let mut broken = Vec::new();
+    for line in &golden {
+        match line.kind.round_trip(&line.bytes) {
+            Ok(again) if again == line.bytes => {}
+            Ok(_) => broken.push(format!(
+                "line {}: {} {} written by {} decodes to something else",
+                line.number,
+                line.kind.name(),
+                line.name,
+                line.release
+            )),
+            Err(e) => broken.push(format!(
+                "line {}: {} {} written by {} no longer decodes: {e}",
+                line.number,
+                line.kind.name(),
+                line.name,
+                line.release
+            )),
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "encodings changed (see this file's comment for what to do instead):\n{}",
+        broken.join("\n")
+    );
+
+    let samples = samples();
+    let missing: Vec<_> = samples
+        .0
+        .iter()
+        .filter(|((kind, name), bytes)| {
+            !golden.iter().any(|l| l.kind == *kind && &l.name == name && &l.bytes == *bytes)
+        })
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    if std::env::var_os("FLOTILLA_BLESS").is_some() {
+        let mut text = std::fs::read_to_string(golden_path()).unwrap_or_default();
+        for ((kind, name), bytes) in &missing {
+            let _ = writeln!(text, "{RELEASE} {} {name} {}", kind.name(), hex(bytes));
+        }
+        std::fs::write(golden_path(), text).expect("write formats.golden");
+        return;
+    }
+    let names: Vec<String> = missing.iter().map(|((k, n), _)| format!("{} {n}", k.name())).collect();
+    panic!(
+        "samples not on file in formats.golden: {}. A new variant or a new sample: record it with \
+         FLOTILLA_BLESS=1 cargo test -p flotilla-proto --test formats. A changed one: see this file's comment.",
+        names.join(", ")
+    );
+}
