@@ -46,6 +46,8 @@ async fn drain_moves_queued_tasks_stops_late_ones_and_survives_a_leader_kill() {
     // The leader dies during the drain: the next one carries it on from the replicated state.
     let leader = t.cluster.wait_leader(LONG).await.expect("leader");
     t.cluster.kill_master(leader);
+    // A worker that joins during the drain takes its share of what a gives back.
+    t.cluster.start_worker("c", 2, "").expect("start c");
     wait_state(&t, &client, "a", WorkerState::Drained).await;
     let a = worker(&client, "a").await.expect("a");
     assert_eq!((a.running, a.queued), (0, 0), "a drained worker holds nothing");
@@ -54,6 +56,7 @@ async fn drain_moves_queued_tasks_stops_late_ones_and_survives_a_leader_kill() {
     assert_each_task_recorded_once(&rows, n, |i| (i * i).to_string());
     // Only what a ran when the drain began can have been recorded there (at most its 2 cpus).
     assert!(recorded_on(&rows, "a").len() <= 2, "a recorded {:?} after its drain", recorded_on(&rows, "a"));
+    assert!(!recorded_on(&rows, "c").is_empty(), "the worker that joined during the drain ran nothing");
     let events = client.events(0, 10_000, Duration::ZERO, false).await.expect("events");
     let kinds: Vec<EventType> = events.events.iter().map(|e| e.kind).collect();
     assert!(kinds.contains(&EventType::WorkerDraining) && kinds.contains(&EventType::WorkerDrained), "{kinds:?}");
@@ -67,14 +70,15 @@ async fn drain_moves_queued_tasks_stops_late_ones_and_survives_a_leader_kill() {
     let rows = client.results(more, 0, None, false).await.expect("results");
     assert!(recorded_on(&rows, "a").is_empty(), "a drained worker ran {:?}", recorded_on(&rows, "a"));
 
-    // Cordon b, uncordon a: new work goes to a only; b's own tasks finish.
+    // Cordon b and c, uncordon a: new work goes to a only; b's own tasks finish.
     client.maintain_worker("b", "cordon", None).await.expect("cordon b");
+    client.maintain_worker("c", "cordon", None).await.expect("cordon c");
     let view = client.maintain_worker("a", "uncordon", None).await.expect("uncordon a");
     assert_eq!(view.state, WorkerState::Ready);
     let third = client.submit(&squares_job(6, "0")).await.expect("submit").id;
     assert_eq!(wait_job(&t, &client, third, LONG).await.state, JobState::Succeeded);
     let rows = client.results(third, 0, None, false).await.expect("results");
-    assert_eq!(recorded_on(&rows, "a").len(), 6, "a cordoned b ran tasks: {rows:?}");
+    assert_eq!(recorded_on(&rows, "a").len(), 6, "a cordoned worker ran tasks: {rows:?}");
 
     // The operator's cordon outlives a restart of the worker.
     t.cluster.kill_worker("b");
@@ -97,7 +101,7 @@ async fn drain_moves_queued_tasks_stops_late_ones_and_survives_a_leader_kill() {
     assert_eq!(code, 0, "{err}");
     let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
     let names: Vec<&str> = listed.iter().filter_map(|w| w["name"].as_str()).collect();
-    assert_eq!(names, vec!["a", "b"]);
+    assert_eq!(names, vec!["a", "b", "c"]);
     assert!(listed.iter().all(|w| w["state"].is_string() && w["running"].is_u64() && w["queued"].is_u64()));
 }
 
