@@ -706,7 +706,12 @@ async fn inject(
                 notes.push("learner-cut-off needs a free master slot (3-master groups only)".into());
                 return Ok(());
             }
-            let id = 4;
+            // A fresh id each time (a removed master's id is retired): the group's namespaces
+            // have room for two more masters.
+            let Some(id) = (4..=5).find(|id| !cluster.master_dir(*id).exists()) else {
+                notes.push("learner-cut-off: both spare master slots were used in this scenario".into());
+                return Ok(());
+            };
             cluster.start_master_awaiting(id)?;
             let others: Vec<String> = cluster.master_ids.iter().map(|m| master_name(*m)).collect();
             cluster.net.partition(&[master_name(id)], &others)?;
@@ -727,7 +732,9 @@ async fn inject(
             if adder.is_finished() {
                 violations.push(format!("master {id} was added as a voter while it was cut off"));
             }
-            match client.remove_master(2).await {
+            // Another change while the add waits is refused; asking to remove the learner
+            // itself harms nothing else should the refusal fail.
+            match client.remove_master(id).await {
                 Err(flotilla_client::ClientError::Api { status: 409, .. }) => {}
                 other => violations.push(format!("a second change during the add was not refused: {other:?}")),
             }
