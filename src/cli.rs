@@ -65,6 +65,12 @@ pub enum Cmd {
         #[command(subcommand)]
         command: SnapshotCmd,
     },
+    /// The cluster's certificates: create a CA with a certificate per role and the first admin
+    /// token (`certs init`), or renew one role's certificate (`certs issue`).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCmd,
+    },
     /// The group of masters: list, add and remove masters, hand leadership over.
     Cluster {
         #[command(subcommand)]
@@ -85,6 +91,10 @@ pub struct ClientArgs {
     /// File holding the cluster token (or set FLOTILLA_TOKEN).
     #[arg(long, env = "FLOTILLA_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The cluster's certificates (`flotilla certs init`): talk TLS, trusting its CA; its
+    /// admin.token is the token when no other is given.
+    #[arg(long, env = "FLOTILLA_CERTS", value_name = "DIR")]
+    pub certs: Option<PathBuf>,
     /// How long to keep retrying while no master answers or no leader is elected.
     #[arg(long, default_value = "15s")]
     pub retry_for: String,
@@ -194,9 +204,18 @@ pub struct MasterArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
     /// File holding the cluster token (or set FLOTILLA_TOKEN). Required to listen beyond
-    /// loopback.
+    /// loopback. With --certs and no token given, the certificates' admin.token.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// The cluster's certificates (`flotilla certs init`): serve TLS only, and know peers and
+    /// workers by their certificates. Files there are reloaded when they change (or on SIGHUP).
+    #[arg(long, env = "FLOTILLA_CERTS", value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// With --certs: accept plain text as well, and fall back to it towards peers, while a
+    /// running plain-text cluster moves to TLS (restart each master with this, then each
+    /// again without it). See the README's "Moving a cluster to TLS".
+    #[arg(long, requires = "certs")]
+    pub tls_upgrade: bool,
     /// Declare a worker lost after this long without a heartbeat.
     #[arg(long, default_value = "3s")]
     pub worker_timeout: String,
@@ -316,9 +335,13 @@ pub struct WorkerArgs {
     /// Worker state directory (default: ./.flotilla/worker-NAME).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// File holding the cluster token (or set FLOTILLA_TOKEN).
+    /// File holding the cluster token (or set FLOTILLA_TOKEN); not needed with --certs.
     #[arg(long, env = "FLOTILLA_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The cluster's certificates (`flotilla certs init`): connect over TLS with the worker
+    /// certificate, which is what lets the worker in.
+    #[arg(long, env = "FLOTILLA_CERTS", value_name = "DIR")]
+    pub certs: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -639,4 +662,37 @@ pub struct DemoArgs {
     /// Keep the temporary directory (data and logs) for inspection.
     #[arg(long)]
     pub keep: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCmd {
+    /// Create a cluster CA (DIR/ca.pem, DIR/ca.key), a certificate and key for masters,
+    /// workers and clients, and the first admin token (DIR/admin.token). Give every member
+    /// --certs DIR (or FLOTILLA_CERTS=DIR); keep ca.key off the members if you can (only
+    /// `certs issue` needs it). Refuses to replace an existing CA.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Host names and IP addresses the masters are reached at, for curl and browsers
+        /// (Flotilla's own clients verify masters by the name master.flotilla instead).
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        hosts: Vec<String>,
+        /// Print what was written as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Renew the certificate and key of one role with the CA in DIR (rotation): members using
+    /// them pick the new ones up within seconds, or at once on SIGHUP, without a restart.
+    Issue {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// master, worker or client.
+        #[arg(long)]
+        role: String,
+        /// For masters: the host names and addresses to name (as for `certs init`).
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        hosts: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -31,6 +31,7 @@ pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Events(a) => events(a).await,
         Cmd::Incident { command: crate::cli::IncidentCmd::Report(a) } => incident_report(a).await,
         Cmd::Scheduling(a) => scheduling(a).await,
+        Cmd::Certs { command } => certs(command),
         Cmd::Cluster { command } => cluster(command).await,
         Cmd::Up(a) => crate::local::up(a).await,
         Cmd::Demo(a) => crate::demo::run(a).await,
@@ -38,10 +39,16 @@ pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
 }
 
 pub fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
-    let token = crate::read_token(args.token_file.as_deref())?;
+    let token = crate::token_or_admin(args.token_file.as_deref(), args.certs.as_deref())?;
     let retry = parse_duration(&args.retry_for).context("--retry-for")?;
     let addresses = args.masters.split(',').map(str::to_string).collect();
-    Ok(Client::new(addresses, token.as_deref())?.with_retry_for(retry))
+    let identity = match &args.certs {
+        Some(dir) => {
+            Some(flotilla_tls::Identity::load(dir, flotilla_tls::Role::Client).map_err(|e| anyhow!("--certs: {e}"))?)
+        }
+        None => None,
+    };
+    Ok(Client::with_identity(addresses, token.as_deref(), identity)?.with_retry_for(retry))
 }
 
 fn job_id(text: &str) -> anyhow::Result<u64> {
@@ -678,6 +685,32 @@ async fn worker(command: crate::cli::WorkerCmd) -> anyhow::Result<ExitCode> {
         print_json(&view)?;
     } else {
         print_workers(std::slice::from_ref(&view));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn certs(command: crate::cli::CertsCmd) -> anyhow::Result<ExitCode> {
+    use crate::cli::CertsCmd;
+    let (dir, files, json) = match command {
+        CertsCmd::Init { dir, hosts, json } => {
+            let created = flotilla_tls::authority::init(&dir, &hosts)?;
+            (dir, created.files, json)
+        }
+        CertsCmd::Issue { dir, role, hosts, json } => {
+            let role = flotilla_tls::Role::parse(&role)
+                .ok_or_else(|| anyhow!("--role '{role}' is not master, worker or client"))?;
+            let files = flotilla_tls::authority::issue(&dir, role, &hosts)?;
+            (dir, files, json)
+        }
+    };
+    if json {
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        print_json(&serde_json::json!({ "dir": dir.display().to_string(), "files": files }))?;
+    } else {
+        for f in &files {
+            println!("wrote {}", f.display());
+        }
+        println!("use it: export FLOTILLA_CERTS={}", std::path::absolute(&dir).unwrap_or(dir).display());
     }
     Ok(ExitCode::SUCCESS)
 }

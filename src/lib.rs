@@ -66,6 +66,18 @@ pub fn main_entry() -> ExitCode {
     }
 }
 
+/// The token a client or master uses: `--token-file`, `FLOTILLA_TOKEN`, or else the admin
+/// token in the certificates directory (`--certs`).
+pub fn token_or_admin(file: Option<&Path>, certs: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Some(token) = read_token(file)? {
+        return Ok(Some(token));
+    }
+    match certs.map(|dir| dir.join(flotilla_tls::authority::ADMIN_TOKEN)) {
+        Some(path) if path.exists() => read_token(Some(&path)),
+        _ => Ok(None),
+    }
+}
+
 /// The cluster token from `--token-file FILE` or the `FLOTILLA_TOKEN` environment variable.
 pub fn read_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
     if let Some(path) = file {

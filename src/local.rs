@@ -27,6 +27,9 @@ pub struct LocalCluster {
     pub workers: BTreeMap<String, Child>,
     /// Extra arguments for every master (e.g. a shorter worker timeout in tests).
     pub master_args: Vec<String>,
+    /// The cluster's certificates (`DIR/certs`, made on first use): every process talks TLS.
+    /// `None`: plain text (`--insecure-plaintext`), for what has to run without TLS.
+    pub certs: Option<PathBuf>,
 }
 
 /// A free TCP port on loopback (the OS picks; it is released before use, which is racy only
@@ -45,8 +48,20 @@ pub fn signal(child: &Child, sig: i32) {
 }
 
 impl LocalCluster {
-    /// Plans `masters` masters on `base_port..` (or free ports when `None`); starts nothing.
+    /// Plans `masters` masters on `base_port..` (or free ports when `None`), secured by the
+    /// certificates in `DIR/certs` (created when missing); starts nothing.
     pub fn new(exe: &Path, dir: &Path, masters: u64, base_port: Option<u16>) -> anyhow::Result<Self> {
+        let mut cluster = Self::plain(exe, dir, masters, base_port)?;
+        let certs = dir.join("certs");
+        if !certs.join(flotilla_tls::authority::CA_CERT).exists() {
+            flotilla_tls::authority::init(&certs, &["127.0.0.1".into(), "localhost".into()])?;
+        }
+        cluster.certs = Some(certs);
+        Ok(cluster)
+    }
+
+    /// Like [`LocalCluster::new`], in plain text.
+    pub fn plain(exe: &Path, dir: &Path, masters: u64, base_port: Option<u16>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut ports = BTreeMap::new();
         for id in 1..=masters {
@@ -64,7 +79,41 @@ impl LocalCluster {
             masters: BTreeMap::new(),
             workers: BTreeMap::new(),
             master_args: Vec::new(),
+            certs: None,
         })
+    }
+
+    /// The admin token of the cluster's certificates, if it has them.
+    pub fn token(&self) -> Option<String> {
+        let path = self.certs.as_ref()?.join(flotilla_tls::authority::ADMIN_TOKEN);
+        std::fs::read_to_string(path).ok().map(|t| t.trim().to_string())
+    }
+
+    /// How a child process is told about the certificates: `--certs`, or plain text. The
+    /// caller's own FLOTILLA_* settings never leak into the cluster's processes.
+    fn security(&self, command: &mut Command) {
+        command.env_remove("FLOTILLA_CERTS").env_remove("FLOTILLA_TOKEN").env_remove("FLOTILLA_TOKEN_FILE");
+        if let Some(certs) = &self.certs {
+            command.arg("--certs").arg(certs);
+        }
+    }
+
+    /// Environment for a CLI process talking to this cluster.
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("FLOTILLA_MASTERS".to_string(), self.master_list())];
+        if let Some(certs) = &self.certs {
+            env.push(("FLOTILLA_CERTS".into(), certs.display().to_string()));
+        }
+        env
+    }
+
+    /// A client of these masters (TLS with the admin token when the cluster has certificates).
+    pub fn client_of(&self, addresses: Vec<String>) -> anyhow::Result<Client> {
+        let identity = match &self.certs {
+            Some(dir) => Some(flotilla_tls::Identity::load(dir, flotilla_tls::Role::Client)?),
+            None => None,
+        };
+        Ok(Client::with_identity(addresses, self.token().as_deref(), identity)?)
     }
 
     pub fn address(&self, id: u64) -> String {
@@ -131,8 +180,9 @@ impl LocalCluster {
 
     fn spawn_master(&mut self, id: u64, bootstrap: &[&str]) -> anyhow::Result<()> {
         let (out, err) = self.log(&format!("master-{id}"))?;
-        let child = Command::new(&self.exe)
-            .arg("master")
+        let mut command = Command::new(&self.exe);
+        self.security(command.arg("master"));
+        let child = command
             .args(["--id", &id.to_string()])
             .args(["--listen", &self.listen_address(id)])
             .arg("--data-dir")
@@ -162,8 +212,9 @@ impl LocalCluster {
     /// Starts a worker with extra command-line arguments.
     pub fn start_worker_with(&mut self, name: &str, cpus: u32, labels: &str, extra: &[&str]) -> anyhow::Result<()> {
         let (out, err) = self.log(&format!("worker-{name}"))?;
-        let child = Command::new(&self.exe)
-            .arg("worker")
+        let mut command = Command::new(&self.exe);
+        self.security(command.arg("worker"));
+        let child = command
             .args(["--masters", &self.master_list()])
             .args(["--cpus", &cpus.to_string()])
             .args(["--name", name])
@@ -224,7 +275,7 @@ impl LocalCluster {
     }
 
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(self.ports.keys().map(|id| self.address(*id)).collect(), None)?)
+        self.client_of(self.ports.keys().map(|id| self.address(*id)).collect())
     }
 
     /// Polls every live master until one says it leads; returns its id.
@@ -331,6 +382,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!();
     println!("In another shell:");
     println!("  export FLOTILLA_MASTERS={masters}");
+    if let Some(certs) = &cluster.certs {
+        let certs = std::path::absolute(certs).unwrap_or(certs.clone());
+        println!("  export FLOTILLA_CERTS={}   # TLS, and the admin token in it", certs.display());
+    }
     println!(
         r#"  flotilla submit --array 1-100 --reduce "awk '{{s+=\$1}} END {{print s}}'" -- sh -c 'echo $FLOTILLA_TASK_INDEX'"#
     );

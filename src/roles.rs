@@ -80,7 +80,11 @@ pub async fn master(args: MasterArgs) -> anyhow::Result<()> {
     };
     let mut config = MasterConfig::new(id, listen, data_dir, peers);
     config.bootstrap = bootstrap;
-    config.token = read_token(args.token_file.as_deref())?;
+    config.token = crate::token_or_admin(args.token_file.as_deref(), args.certs.as_deref())?;
+    config.tls = args
+        .certs
+        .clone()
+        .map(|certs| flotilla_master::config::TlsConfig { certs, accept_plaintext: args.tls_upgrade });
     config.worker_timeout = parse_duration(&args.worker_timeout).context("--worker-timeout")?;
     let election = parse_duration(&args.election_timeout).context("--election-timeout")?;
     let heartbeat = parse_duration(&args.heartbeat).context("--heartbeat")?;
@@ -179,6 +183,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         labels: parse_labels(&args.labels)?,
         data_dir,
         token: read_token(args.token_file.as_deref())?,
+        certs: args.certs.clone(),
         drain_deadline: match args.drain_deadline.trim() {
             "none" => None,
             d => Some(parse_duration(d).context("--drain-deadline")?),

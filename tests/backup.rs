@@ -41,7 +41,7 @@ async fn a_backup_taken_under_load_restores_into_a_new_cluster() {
 
     // A new cluster of three masters on new ports, each seeded from the backup.
     let dir = tempfile::Builder::new().prefix("flotilla-restored-").tempdir().expect("dir");
-    let mut restored = LocalCluster::new(&PathBuf::from(EXE), dir.path(), 3, None).expect("plan");
+    let mut restored = LocalCluster::plain(&PathBuf::from(EXE), dir.path(), 3, None).expect("plan");
     let peers = restored.peers();
     for id in 1..=3u64 {
         let data = restored.data_dir(id);

@@ -76,7 +76,7 @@ async fn a_cluster_of_0_1_0_is_upgraded_one_member_at_a_time_under_load() {
     let old = release_0_1_0();
     let new = PathBuf::from(EXE);
     let dir = tempfile::Builder::new().prefix("flotilla-upgrade-").tempdir().expect("dir");
-    let mut cluster = LocalCluster::new(&old, dir.path(), 3, None).expect("plan");
+    let mut cluster = LocalCluster::plain(&old, dir.path(), 3, None).expect("plan");
     cluster.start_masters().expect("start 0.1.0 masters");
     let t = TestCluster { cluster, dir };
     let mut t = t;

@@ -61,9 +61,20 @@ pub async fn cluster_with(
     prepare: impl FnOnce(&mut LocalCluster),
 ) -> TestCluster {
     let dir = tempfile::Builder::new().prefix("flotilla-test-").tempdir().expect("temp dir");
-    let mut cluster = LocalCluster::new(&PathBuf::from(EXE), dir.path(), masters, None).expect("plan cluster");
+    let mut cluster = LocalCluster::plain(&PathBuf::from(EXE), dir.path(), masters, None).expect("plan cluster");
     cluster.master_args = master_args.iter().map(|s| s.to_string()).collect();
     prepare(&mut cluster);
+    launch(cluster, dir, workers).await
+}
+
+/// [`cluster`] as `flotilla up` runs one: TLS everywhere, with certificates of its own CA.
+pub async fn secure_cluster(masters: u64, workers: &[(&str, u32)]) -> TestCluster {
+    let dir = tempfile::Builder::new().prefix("flotilla-test-").tempdir().expect("temp dir");
+    let cluster = LocalCluster::new(&PathBuf::from(EXE), dir.path(), masters, None).expect("plan cluster");
+    launch(cluster, dir, workers).await
+}
+
+async fn launch(mut cluster: LocalCluster, dir: tempfile::TempDir, workers: &[(&str, u32)]) -> TestCluster {
     cluster.start_masters().expect("start masters");
     let mut t = TestCluster { cluster, dir };
     if t.cluster.wait_leader(LONG).await.is_none() {

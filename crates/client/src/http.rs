@@ -1,20 +1,21 @@
 //! A small HTTP/1.1 JSON client on `hyper-util` (already part of the gRPC stack), with the
 //! cluster token on every request, a connect timeout and a per-request timeout.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use flotilla_tls::{Alpn, Connector, Identity};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("connection refused or unreachable")]
-    Connect,
+    #[error("cannot connect: {0}")]
+    Connect(String),
     #[error("timed out")]
     Timeout,
     #[error("{0}")]
@@ -23,13 +24,19 @@ pub enum HttpError {
 
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Client<Connector, Full<Bytes>>,
     auth: Option<HeaderValue>,
 }
 
 impl HttpClient {
-    /// `token`: the cluster token, sent as `Authorization: Bearer …`.
-    pub fn new(token: Option<&str>) -> Result<Self, String> {
+    /// `token`: the cluster token, sent as `Authorization: Bearer …`. `identity`: TLS with the
+    /// cluster CA (and this member's certificate, if it has one); `None`: plain text.
+    pub fn new(token: Option<&str>, identity: Option<Arc<Identity>>) -> Result<Self, String> {
+        Self::with_connector(token, Connector::new(identity, Alpn::Http1))
+    }
+
+    /// Like [`HttpClient::new`], with connections made by `connector`.
+    pub fn with_connector(token: Option<&str>, connector: Connector) -> Result<Self, String> {
         let auth = match token {
             Some(t) => Some(
                 HeaderValue::from_str(&flotilla_proto::bearer(t.trim()))
@@ -37,9 +44,7 @@ impl HttpClient {
             ),
             None => None,
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(800)));
-        connector.set_nodelay(true);
+        let connector = connector.connect_timeout(Duration::from_millis(800));
         let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         Ok(HttpClient { inner, auth })
     }
@@ -71,7 +76,7 @@ impl HttpClient {
     ) -> Result<hyper::Response<hyper::body::Incoming>, HttpError> {
         self.inner.request(request).await.map_err(|e| {
             if e.is_connect() {
-                HttpError::Connect
+                HttpError::Connect(error_chain(&e))
             } else {
                 HttpError::Other(e.to_string())
             }
@@ -162,4 +167,16 @@ pub struct Answer {
     pub status: StatusCode,
     pub masters: Vec<String>,
     pub body: Bytes,
+}
+
+/// An error and its causes, one after another (hyper's own message alone says only "client error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

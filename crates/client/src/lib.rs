@@ -65,13 +65,24 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(130);
 
 impl Client {
     /// `addresses`: `host:port` of one or more masters. `token`: the cluster token, if any.
+    /// Plain text: see [`Client::with_identity`] for TLS.
     pub fn new(addresses: Vec<String>, token: Option<&str>) -> Result<Self, ClientError> {
+        Self::with_identity(addresses, token, None)
+    }
+
+    /// Like [`Client::new`], over TLS when `identity` is given (the cluster CA, and a client
+    /// certificate if the directory has one).
+    pub fn with_identity(
+        addresses: Vec<String>,
+        token: Option<&str>,
+        identity: Option<std::sync::Arc<flotilla_tls::Identity>>,
+    ) -> Result<Self, ClientError> {
         let addresses: Vec<String> =
             addresses.into_iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
         if addresses.is_empty() {
             return Err(ClientError::Config("no master address given (--masters or FLOTILLA_MASTERS)".into()));
         }
-        let http = http::HttpClient::new(token).map_err(ClientError::Config)?;
+        let http = http::HttpClient::new(token, identity).map_err(ClientError::Config)?;
         Ok(Client {
             addresses,
             learned: Mutex::new(Vec::new()),

@@ -1,16 +1,34 @@
-//! The cluster token check, in front of every route (client API, worker sessions, Raft).
-//! A request without the right token gets 401 and reaches no handler, so it changes nothing.
+//! Who may call a master, in front of every route (client API, worker sessions, Raft).
+//! A refused request gets 401 and reaches no handler, so it changes nothing.
+//!
+//! Over TLS the certificate a caller showed (checked against the cluster CA by the listener)
+//! says what it is: a master may do everything, a worker may hold a worker session, and Raft
+//! is spoken with masters only. Anything else needs the cluster token.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use flotilla_tls::{Connection, Peer, Role};
 
 use flotilla_proto::api::{ApiError, ApiErrorCode};
 
+const RAFT_SERVICE: &str = "/flotilla.v1.RaftService/";
+const WORKER_SERVICE: &str = "/flotilla.v1.WorkerService/";
+
 pub async fn require_token(State(token): State<Option<Arc<str>>>, request: Request, next: Next) -> Response {
-    if let Some(expected) = token.filter(|_| !crate::dashboard::is_public(request.method(), request.uri().path())) {
+    let peer = request.extensions().get::<Connection>().map(|c| c.peer);
+    let path = request.uri().path();
+    match peer {
+        Some(Peer::Tls(Some(Role::Master))) => return next.run(request).await,
+        Some(Peer::Tls(Some(Role::Worker))) if path.starts_with(WORKER_SERVICE) => return next.run(request).await,
+        Some(Peer::Tls(_)) if path.starts_with(RAFT_SERVICE) => {
+            return refuse(&request, "Raft calls need a master certificate of this cluster");
+        }
+        _ => {}
+    }
+    if let Some(expected) = token.filter(|_| !crate::dashboard::is_public(request.method(), path)) {
         let presented = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -18,22 +36,23 @@ pub async fn require_token(State(token): State<Option<Arc<str>>>, request: Reque
             .and_then(|v| v.strip_prefix("Bearer "));
         let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), expected.as_bytes()));
         if !ok {
-            let grpc = request
-                .headers()
-                .get(axum::http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-            if grpc {
-                // A gRPC client (a worker, a master) reads the status code, not the body.
-                return tonic::Status::unauthenticated("missing or wrong cluster token").into_http();
-            }
-            let body = ApiError::new(
-                ApiErrorCode::Unauthorized,
-                "missing or wrong cluster token (set FLOTILLA_TOKEN or --token-file)",
-            );
-            return crate::api::Failure(body).into_response();
+            return refuse(&request, "missing or wrong cluster token (set FLOTILLA_TOKEN or --token-file)");
         }
     }
     next.run(request).await
+}
+
+/// 401, as gRPC or JSON as the caller speaks.
+fn refuse(request: &Request, why: &str) -> Response {
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        // A gRPC client (a worker, a master) reads the status code, not the body.
+        return tonic::Status::unauthenticated(why.to_string()).into_http();
+    }
+    crate::api::Failure(ApiError::new(ApiErrorCode::Unauthorized, why)).into_response()
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a guess was right.

@@ -26,6 +26,29 @@ pub struct MasterConfig {
     pub labels: BTreeMap<String, String>,
     /// How this master finds its group on a first start.
     pub bootstrap: Bootstrap,
+    /// TLS, with the cluster's certificates; `None`: plain text (`--insecure-plaintext`).
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS on the master's port and its connections to peers.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// The certificates directory (`flotilla certs init`).
+    pub certs: PathBuf,
+    /// Accept plain text too, and fall back to it towards peers that speak only plain text:
+    /// while a running cluster moves to TLS.
+    pub accept_plaintext: bool,
+}
+
+impl TlsConfig {
+    /// How connections to peers (`alpn`: gRPC or the JSON API) are made.
+    pub fn connector(
+        &self,
+        identity: &std::sync::Arc<flotilla_tls::Identity>,
+        alpn: flotilla_tls::Alpn,
+    ) -> flotilla_tls::Connector {
+        flotilla_tls::Connector::new(Some(identity.clone()), alpn).with_plain_fallback(self.accept_plaintext)
+    }
 }
 
 /// How a master with an empty data directory finds its group.
@@ -51,6 +74,7 @@ impl MasterConfig {
             raft: RaftTiming::default(),
             labels: BTreeMap::new(),
             bootstrap: Bootstrap::Peers,
+            tls: None,
         }
     }
 

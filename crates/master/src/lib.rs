@@ -83,8 +83,6 @@ pub enum MasterError {
     Join(String),
     #[error("{0}")]
     Incompatible(String),
-    #[error("server: {0}")]
-    Serve(std::io::Error),
 }
 
 /// Runs a master until `shutdown` is cancelled.
@@ -130,7 +128,20 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     }
     let shared = state_machine.shared();
     let raft_config = Arc::new(config.raft.to_config().map_err(|e| MasterError::Raft(e.to_string()))?);
-    let network = GrpcNetwork::new(config.id, config.token.as_deref().map(Arc::from), &config.raft);
+    let identity = match &config.tls {
+        Some(tls) => {
+            let identity = flotilla_tls::Identity::load(&tls.certs, flotilla_tls::Role::Master)
+                .map_err(|e| MasterError::Config(format!("--certs: {e}")))?;
+            identity.watch();
+            Some(identity)
+        }
+        None => None,
+    };
+    let peer_connector = match (&config.tls, &identity) {
+        (Some(tls), Some(id)) => tls.connector(id, flotilla_tls::Alpn::H2),
+        _ => flotilla_tls::Connector::new(None, flotilla_tls::Alpn::H2),
+    };
+    let network = GrpcNetwork::new(config.id, config.token.as_deref().map(Arc::from), peer_connector, &config.raft);
     let rtts = network.rtts.clone();
     let cluster = network.cluster.clone();
     let (incompatible, mut incompatible_rx) = tokio::sync::mpsc::channel::<String>(1);
@@ -139,7 +150,8 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
         .await
         .map_err(|e| MasterError::Raft(e.to_string()))?;
     let master = Arc::new(
-        Master::new(config.clone(), raft.clone(), shared, log_bytes, metrics, rtts).map_err(MasterError::Config)?,
+        Master::new(config.clone(), raft.clone(), shared, log_bytes, metrics, rtts, identity.clone())
+            .map_err(MasterError::Config)?,
     );
 
     let grpc = tonic::service::Routes::new(
@@ -166,15 +178,35 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     // master's vote.
     let server_stop = CancellationToken::new();
     let server_stopped = server_stop.clone();
-    // No Nagle delay: small Raft and session messages must leave at once (a delayed ACK
-    // otherwise costs up to 40 ms per exchange).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(server_stopped.cancelled_owned()).await
-    });
-    tracing::info!(id = config.id, listen = %config.listen, pristine, "master started");
+    let transport = match (&config.tls, identity) {
+        (Some(tls), Some(id)) if tls.accept_plaintext => flotilla_tls::Transport::Both(id),
+        (Some(_), Some(id)) => flotilla_tls::Transport::Tls(id),
+        _ => {
+            tracing::warn!(
+                listen = %config.listen,
+                "INSECURE: serving plain text (--insecure-plaintext): tokens and task commands cross the \
+                 network readable by anyone on the path"
+            );
+            flotilla_tls::Transport::Plain
+        }
+    };
+    let security = match &transport {
+        flotilla_tls::Transport::Tls(_) => "tls",
+        flotilla_tls::Transport::Both(_) => "tls and plain text (moving to TLS)",
+        flotilla_tls::Transport::Plain => "plain text",
+    };
+    // Every connection's service is the one router, told how the caller connected.
+    let service_for = move |conn: flotilla_tls::Connection| {
+        let app = app.clone();
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(conn);
+            let mut app = app.clone();
+            async move { tower_service::Service::call(&mut app, request.map(axum::body::Body::new)).await }
+        })
+    };
+    let server =
+        tokio::spawn(flotilla_tls::listener::serve(listener, transport, service_for, server_stopped.cancelled_owned()));
+    tracing::info!(id = config.id, listen = %config.listen, pristine, security, "master started");
 
     let (join_failed, mut join_failure) = tokio::sync::mpsc::channel::<String>(1);
     match &config.bootstrap {
@@ -230,10 +262,9 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     server_stop.cancel();
     tracing::info!("shutting down");
     let _ = raft.shutdown().await;
-    match tokio::time::timeout(Duration::from_secs(2), server).await {
-        Ok(Ok(Err(e))) => Err(MasterError::Serve(e)),
-        _ => Ok(()),
-    }
+    // The server lets open requests finish for a few seconds; a stuck one is not waited for.
+    let _ = tokio::time::timeout(Duration::from_secs(6), server).await;
+    Ok(())
 }
 
 enum StoreProblem {
@@ -261,7 +292,15 @@ fn open_stores(dir: &std::path::Path) -> Result<(LogStore, StateMachineStore), S
 
 /// Whether another master of `--peers` (or `--join`) reports an initialised group.
 async fn peers_run_a_group(config: &MasterConfig) -> bool {
-    let Ok(http) = flotilla_client::http::HttpClient::new(config.token.as_deref()) else { return false };
+    let identity =
+        config.tls.as_ref().and_then(|t| flotilla_tls::Identity::load(&t.certs, flotilla_tls::Role::Master).ok());
+    let connector = match (&config.tls, &identity) {
+        (Some(tls), Some(id)) => tls.connector(id, flotilla_tls::Alpn::Http1),
+        _ => flotilla_tls::Connector::new(None, flotilla_tls::Alpn::Http1),
+    };
+    let Ok(http) = flotilla_client::http::HttpClient::with_connector(config.token.as_deref(), connector) else {
+        return false;
+    };
     let mut addresses: Vec<&String> =
         config.peers.iter().filter(|(id, _)| **id != config.id).map(|(_, address)| address).collect();
     if let config::Bootstrap::Join(through) = &config.bootstrap {

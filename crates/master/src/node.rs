@@ -84,8 +84,14 @@ impl Master {
         log_bytes: Arc<std::sync::atomic::AtomicU64>,
         metrics: Arc<crate::metrics::Metrics>,
         rtts: PeerRtts,
+        identity: Option<Arc<flotilla_tls::Identity>>,
     ) -> Result<Self, String> {
-        let http = HttpClient::new(config.token.as_deref())?;
+        let http = match (&config.tls, &identity) {
+            (Some(tls), Some(id)) => {
+                HttpClient::with_connector(config.token.as_deref(), tls.connector(id, flotilla_tls::Alpn::Http1))?
+            }
+            _ => HttpClient::new(config.token.as_deref(), None)?,
+        };
         let releases = Arc::new(crate::releases::Releases::new(config.id));
         let proposer = Proposer::start(raft.clone(), metrics.clone(), releases.clone());
         let sessions = Sessions::new(

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flotilla_tls::Connector;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -74,6 +75,8 @@ pub struct GrpcNetwork {
     pub id: NodeId,
     /// Cluster token sent with every request, when configured.
     pub token: Option<Arc<str>>,
+    /// How connections to peers are made: TLS with this master's certificate, or plain text.
+    pub connector: Connector,
     /// Round trips to the peers, shared by every connection (and with the master).
     pub rtts: PeerRtts,
     /// The election timeout range, quoted when a link is too slow for it.
@@ -82,10 +85,11 @@ pub struct GrpcNetwork {
 }
 
 impl GrpcNetwork {
-    pub fn new(id: NodeId, token: Option<Arc<str>>, timing: &RaftTiming) -> Self {
+    pub fn new(id: NodeId, token: Option<Arc<str>>, connector: Connector, timing: &RaftTiming) -> Self {
         GrpcNetwork {
             id,
             token,
+            connector,
             rtts: PeerRtts::new(timing.replication_bounds()),
             election: (timing.election_min, timing.election_max),
             cluster: ClusterIdentity::default(),
@@ -97,7 +101,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
-        let channel = peer_channel(&node.addr);
+        let channel = peer_channel(&node.addr, &self.connector);
         PeerConnection {
             id: self.id,
             target,
@@ -156,15 +160,15 @@ pub fn warn_slow_link(me: NodeId, link: &SlowLink, rtts: &PeerRtts, election: (D
 }
 
 /// A lazily connected HTTP/2 channel to a peer master.
-pub fn peer_channel(addr: &str) -> Result<Channel, String> {
+/// `connector` says whether it is TLS (with this master's certificate) or plain text.
+pub fn peer_channel(addr: &str, connector: &Connector) -> Result<Channel, String> {
     let endpoint =
         Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("bad peer address {addr}: {e}"))?;
     Ok(endpoint
         .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10))
-        .connect_lazy())
+        .connect_with_connector_lazy(connector.clone()))
 }
 
 pub struct PeerConnection {

@@ -23,12 +23,21 @@ pub struct Connector {
     identity: Option<Arc<Identity>>,
     alpn: Alpn,
     connect_timeout: Duration,
+    /// Try plain text when a TLS handshake fails (a running cluster moving to TLS: peers
+    /// not restarted with certificates yet speak only plain text).
+    fallback_plain: bool,
 }
 
 impl Connector {
     /// `identity`: `None` connects in plain text.
     pub fn new(identity: Option<Arc<Identity>>, alpn: Alpn) -> Self {
-        Connector { identity, alpn, connect_timeout: Duration::from_secs(1) }
+        Connector { identity, alpn, connect_timeout: Duration::from_secs(1), fallback_plain: false }
+    }
+
+    /// See `fallback_plain`: only while a cluster moves to TLS.
+    pub fn with_plain_fallback(mut self, on: bool) -> Self {
+        self.fallback_plain = on;
+        self
     }
 
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -42,11 +51,26 @@ impl Connector {
 
     /// Connects to `host:port`.
     pub async fn connect(&self, host: &str, port: u16) -> io::Result<Stream> {
+        let tcp = self.tcp(host, port).await?;
+        let Some(identity) = &self.identity else { return Ok(Stream::Plain(tcp)) };
+        match self.handshake(identity, tcp, host, port).await {
+            Err(e) if self.fallback_plain => {
+                tracing::debug!(%host, port, error = %e, "TLS failed; trying plain text (moving to TLS)");
+                Ok(Stream::Plain(self.tcp(host, port).await?))
+            }
+            other => other,
+        }
+    }
+
+    async fn tcp(&self, host: &str, port: u16) -> io::Result<TcpStream> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {host}:{port} timed out")))??;
         let _ = tcp.set_nodelay(true);
-        let Some(identity) = &self.identity else { return Ok(Stream::Plain(tcp)) };
+        Ok(tcp)
+    }
+
+    async fn handshake(&self, identity: &Identity, tcp: TcpStream, host: &str, port: u16) -> io::Result<Stream> {
         let config = identity.client_config(self.alpn);
         let handshake = tokio_rustls::TlsConnector::from(config).connect(master_name(), tcp);
         match tokio::time::timeout(self.connect_timeout * 5, handshake).await {

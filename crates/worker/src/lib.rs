@@ -57,6 +57,9 @@ pub struct WorkerConfig {
     pub labels: BTreeMap<String, String>,
     pub data_dir: PathBuf,
     pub token: Option<String>,
+    /// The cluster's certificates directory: connect over TLS with the worker certificate
+    /// (which is what admits the session); `None`: plain text.
+    pub certs: Option<PathBuf>,
     /// Serve Prometheus metrics at this address (`/metrics`), if given.
     pub metrics: Option<std::net::SocketAddr>,
     /// When asked to stop (the `drain` token), how long running tasks may take before the
@@ -247,6 +250,8 @@ struct Link {
 struct Agent {
     launcher: Launcher,
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// TLS with the worker certificate, or plain text.
+    connector: flotilla_tls::Connector,
     link: Option<Link>,
     drain_deadline: Option<Duration>,
 }
@@ -272,6 +277,16 @@ pub async fn run(
         ),
         None => None,
     };
+    let identity = match &config.certs {
+        Some(dir) => {
+            let identity = flotilla_tls::Identity::load(dir, flotilla_tls::Role::Worker)
+                .map_err(|e| WorkerError::Config(format!("--certs: {e}")))?;
+            identity.watch();
+            Some(identity)
+        }
+        None => None,
+    };
+    let connector = flotilla_tls::Connector::new(identity, flotilla_tls::Alpn::H2);
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| WorkerError::DataDir { path: config.data_dir.clone(), source })?;
     let (pgids, leftovers) = PgidJournal::open(&config.data_dir)
@@ -312,7 +327,7 @@ pub async fn run(
         metrics: worker_metrics.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
-    let mut agent = Agent { launcher, token, link: None, drain_deadline: config.drain_deadline };
+    let mut agent = Agent { launcher, token, connector, link: None, drain_deadline: config.drain_deadline };
     let result = agent.serve(&mut events_rx, &drain, &shutdown).await;
     worker_metrics.connected.set(0);
     {
@@ -470,16 +485,22 @@ impl Agent {
         // HTTP/2 pings detect a master that is paused or cut off, not only one that is gone.
         let endpoint = endpoint
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_millis(1000))
             .keep_alive_timeout(Duration::from_millis(2000))
             .keep_alive_while_idle(true);
         let channel = tokio::select! {
             _ = shutdown.cancelled() => return,
-            c = endpoint.connect() => match c {
+            c = endpoint.connect_with_connector(self.connector.clone()) => match c {
                 Ok(c) => c,
                 Err(e) => {
-                    let error = LinkError::Broken(format!("cannot connect: {e}"));
+                    // tonic's own message is only "transport error": the cause says why (TLS, say).
+                    let mut why = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(cause) = source {
+                        why = format!("{why}: {cause}");
+                        source = cause.source();
+                    }
+                    let error = LinkError::Broken(format!("cannot connect: {why}"));
                     return self.input(todo, |core, out| core.lost(Instant::now(), error, out));
                 }
             },

@@ -1,0 +1,146 @@
+//! TLS on every connection, with real processes: a cluster as `flotilla up` runs it (its own
+//! CA, masters and workers knowing each other by certificate, clients by the admin token).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use flotilla_proto::api::JobState;
+
+/// Runs the CLI with the cluster's settings (FLOTILLA_MASTERS, FLOTILLA_CERTS) and `extra`.
+fn cli_in(t: &TestCluster, args: &[&str], extra: &[(&str, &str)]) -> (i32, String, String) {
+    let out = std::process::Command::new(EXE)
+        .args(args)
+        .envs(t.cluster.client_env())
+        .envs(extra.iter().copied())
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run flotilla");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn log_of(t: &TestCluster, name: &str) -> String {
+    std::fs::read_to_string(t.dir.path().join("logs").join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// Invariants: over TLS a job runs with every task recorded once, the CLI needs nothing but
+/// FLOTILLA_CERTS; plain text is refused with a message that says what to do; a request
+/// without a token gets 401 even on loopback; a worker certificate opens a worker session and
+/// nothing else; a worker of another CA, or one speaking plain text, never joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_everywhere_admits_the_cluster_and_refuses_everyone_else() {
+    let t = secure_cluster(3, &[("a", 2), ("b", 2)]).await;
+    let client = t.client();
+    let job = client.submit(&squares_job(12, "0")).await.expect("submit over TLS").id;
+    assert_eq!(wait_job(&t, &client, job, LONG).await.state, JobState::Succeeded);
+    let rows = client.results(job, 0, None, false).await.expect("results");
+    assert_each_task_recorded_once(&rows, 12, |i| (i * i).to_string());
+
+    let (code, out, err) = cli_in(&t, &["status", "--json"], &[]);
+    assert_eq!(code, 0, "the CLI with FLOTILLA_CERTS alone: {err}");
+    assert!(out.contains("\"leader\""), "{out}");
+
+    // Plain text, on loopback: a 400 that names the way out, and nothing served.
+    let address = t.cluster.address(1);
+    let (status, body) = raw_http(&address, "GET", "/v1/status", &[], b"");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("TLS only") && body.contains("--certs"), "{body}");
+    // TLS without a token, and with a wrong one.
+    let certs = t.cluster.certs.clone().expect("certs");
+    let bare = flotilla_tls::Identity::load(&certs, flotilla_tls::Role::Client).expect("identity");
+    let anonymous = flotilla_client::Client::with_identity(vec![address.clone()], None, Some(bare.clone())).expect("c");
+    match anonymous.status(true).await {
+        Err(flotilla_client::ClientError::Api { status: 401, .. }) => {}
+        other => panic!("no token over TLS: {other:?}"),
+    }
+    let (code, _, err) = cli_in(&t, &["status"], &[("FLOTILLA_TOKEN", "wrong")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("token"), "{err}");
+    // A worker's certificate is not an API credential.
+    let worker_id = flotilla_tls::Identity::load(&certs, flotilla_tls::Role::Worker).expect("identity");
+    let as_worker = flotilla_client::Client::with_identity(vec![address.clone()], None, Some(worker_id)).expect("c");
+    match as_worker.status(true).await {
+        Err(flotilla_client::ClientError::Api { status: 401, .. }) => {}
+        other => panic!("a worker certificate reached the API: {other:?}"),
+    }
+
+    // A worker with another cluster's certificates, and one speaking plain text.
+    let other = tempfile::tempdir().expect("tempdir");
+    flotilla_tls::authority::init(other.path(), &[]).expect("another CA");
+    let stranger_certs = other.path().display().to_string();
+    let mut stranger = std::process::Command::new(EXE)
+        .args(["worker", "--masters", &t.cluster.master_list(), "--cpus", "1", "--name", "stranger"])
+        .arg("--data-dir")
+        .arg(t.dir.path().join("w-stranger"))
+        .args(["--certs", &stranger_certs])
+        .env_remove("FLOTILLA_CERTS")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the stranger");
+    let mut plain = std::process::Command::new(EXE)
+        .args(["worker", "--masters", &t.cluster.master_list(), "--cpus", "1", "--name", "plain"])
+        .arg("--data-dir")
+        .arg(t.dir.path().join("w-plain"))
+        .env_remove("FLOTILLA_CERTS")
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the plain worker");
+    // Both keep trying; give them a few rounds, then check that neither ever registered.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let names: Vec<String> = client.workers(false).await.expect("workers").into_iter().map(|w| w.name).collect();
+        assert!(!names.iter().any(|n| n == "plain" || n == "stranger"), "a foreign worker joined: {names:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = stranger.kill();
+    let _ = plain.kill();
+    let mut err = String::new();
+    if let Some(mut e) = stranger.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    let _ = stranger.wait();
+    assert!(err.contains("TLS") || err.contains("certificate"), "the stranger was not told why: {err}");
+    let _ = plain.wait();
+    let masters_log = (1..=3).map(|id| log_of(&t, &format!("master-{id}"))).collect::<String>();
+    assert!(masters_log.contains("refused a plain-text connection"), "no master logged the plain-text refusal");
+}
+
+/// Invariant: certificates renewed while a job runs are used from the next connection on,
+/// with no restart: every member reloads them, a failover afterwards goes through (the new
+/// leader reaches its peers with the new certificates) and every task is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_without_a_restart() {
+    let mut t = secure_cluster(3, &[("a", 2), ("b", 2)]).await;
+    let client = t.client();
+    let job = client.submit(&squares_job(40, "0.2")).await.expect("submit").id;
+    let certs = t.cluster.certs.clone().expect("certs").display().to_string();
+    for role in ["master", "worker", "client"] {
+        let (code, _, err) = cli_in(&t, &["certs", "issue", "--dir", &certs, "--role", role], &[]);
+        assert_eq!(code, 0, "certs issue --role {role}: {err}");
+    }
+    wait_until(&t, "every master reloaded its certificate", LONG, || async {
+        (1..=3).all(|id| log_of(&t, &format!("master-{id}")).contains("certificates reloaded"))
+    })
+    .await;
+    wait_until(&t, "every worker reloaded its certificate", LONG, || async {
+        ["a", "b"].iter().all(|w| log_of(&t, &format!("worker-{w}")).contains("certificates reloaded"))
+    })
+    .await;
+    // The leader dies: the others elect one over connections made with the new certificates,
+    // and the workers re-attach to it with theirs.
+    let leader = t.cluster.wait_leader(LONG).await.expect("leader");
+    t.cluster.kill_master(leader);
+    assert_eq!(wait_job(&t, &client, job, LONG).await.state, JobState::Succeeded);
+    let rows = client.results(job, 0, None, false).await.expect("results");
+    assert_each_task_recorded_once(&rows, 40, |i| (i * i).to_string());
+    let (code, _, err) = cli_in(&t, &["status"], &[]);
+    assert_eq!(code, 0, "{err}");
+}
