@@ -16,16 +16,32 @@ pub struct Bench {
     pub _dir: tempfile::TempDir,
 }
 
+/// Run the clusters in plain text (`--plain`), to measure what TLS costs.
+pub static PLAIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl Bench {
     /// `masters` masters on free loopback ports, with extra master flags; no workers yet.
     pub async fn start(masters: u64, master_args: &[&str]) -> anyhow::Result<Bench> {
         let dir = tempfile::Builder::new().prefix("flotilla-bench-").tempdir()?;
         let exe: PathBuf = std::env::current_exe()?;
-        let mut cluster = LocalCluster::new(&exe, dir.path(), masters, None)?;
+        let mut cluster = if PLAIN.load(std::sync::atomic::Ordering::Relaxed) {
+            LocalCluster::plain(&exe, dir.path(), masters, None)?
+        } else {
+            LocalCluster::new(&exe, dir.path(), masters, None)?
+        };
         cluster.master_args = master_args.iter().map(|s| s.to_string()).collect();
         cluster.start_masters()?;
         cluster.wait_leader(Duration::from_secs(60)).await.context("no leader elected")?;
         Ok(Bench { cluster, _dir: dir })
+    }
+
+    /// How a simulated worker connects: as a real one does (TLS with the worker certificate).
+    pub fn worker_connector(&self) -> anyhow::Result<flotilla_tls::Connector> {
+        let identity = match &self.cluster.certs {
+            Some(dir) => Some(flotilla_tls::Identity::load(dir, flotilla_tls::Role::Worker)?),
+            None => None,
+        };
+        Ok(flotilla_tls::Connector::new(identity, flotilla_tls::Alpn::H2))
     }
 
     pub fn client(&self) -> anyhow::Result<Client> {

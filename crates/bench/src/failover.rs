@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use flotilla::local::signal;
-use flotilla_client::Client;
 use flotilla_proto::api::{Role, SubmitRequest, TaskState};
 
 use crate::common::{figure, ms, percentile, Bench};
@@ -28,7 +27,7 @@ pub async fn run(kills: usize, master_args: &[&str]) -> anyhow::Result<Duration>
         let old_term = client.node(&bench.cluster.address(old)).await?.term;
         let survivors: Vec<String> =
             bench.cluster.ports.keys().filter(|id| **id != old).map(|id| bench.cluster.address(*id)).collect();
-        let watch = Client::new(survivors.clone(), None)?.with_retry_for(Duration::from_secs(30));
+        let watch = bench.cluster.client_of(survivors.clone())?.with_retry_for(Duration::from_secs(30));
         let done_before = watch.job(job, true).await?.tasks.succeeded;
         bench.cluster.kill_master(old);
         let t0 = Instant::now();

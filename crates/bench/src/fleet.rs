@@ -40,22 +40,29 @@ impl Drop for Fleet {
     }
 }
 
-async fn channel(address: &str) -> anyhow::Result<Channel> {
+async fn channel(address: &str, connector: &flotilla_tls::Connector) -> anyhow::Result<Channel> {
     Endpoint::from_shared(format!("http://{address}"))?
-        .tcp_nodelay(true)
-        .connect()
+        .connect_with_connector(connector.clone())
         .await
         .with_context(|| format!("cannot connect to {address}"))
 }
 
 /// Starts `workers` simulated workers with `cpus` slots each, connected to `leader`,
 /// sharing one HTTP/2 connection per `per_connection` workers.
-pub async fn start(leader: &str, workers: usize, cpus: u32, per_connection: usize) -> anyhow::Result<Fleet> {
-    start_with_output(leader, workers, cpus, per_connection, Vec::new()).await
+/// `connector`: how a worker of the cluster connects (TLS with the worker certificate).
+pub async fn start(
+    connector: &flotilla_tls::Connector,
+    leader: &str,
+    workers: usize,
+    cpus: u32,
+    per_connection: usize,
+) -> anyhow::Result<Fleet> {
+    start_with_output(connector, leader, workers, cpus, per_connection, Vec::new()).await
 }
 
 /// The same, every task reporting `stdout` as its output.
 pub async fn start_with_output(
+    connector: &flotilla_tls::Connector,
     leader: &str,
     workers: usize,
     cpus: u32,
@@ -65,10 +72,10 @@ pub async fn start_with_output(
     let stdout = Captured::from_bytes(&stdout, stdout.len() as u64);
     let stats = Arc::new(FleetStats::default());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let mut ch = channel(leader).await?;
+    let mut ch = channel(leader, connector).await?;
     for i in 0..workers {
         if i > 0 && i % per_connection == 0 {
-            ch = channel(leader).await?;
+            ch = channel(leader, connector).await?;
         }
         let client = WorkerServiceClient::new(ch.clone());
         tokio::spawn(simulated_worker(client, i, cpus, stdout.clone(), stats.clone(), stop_rx.clone()));

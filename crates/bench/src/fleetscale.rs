@@ -11,7 +11,8 @@ pub async fn run(workers: usize) -> anyhow::Result<f64> {
     let bench = Bench::start(3, &[]).await?;
     let (mut leader, mut pid) = bench.leader_pid().await?;
     let t0 = Instant::now();
-    let mut fleet = crate::fleet::start(&bench.cluster.address(leader), workers, 1, 200).await?;
+    let mut fleet =
+        crate::fleet::start(&bench.worker_connector()?, &bench.cluster.address(leader), workers, 1, 200).await?;
     let mut checked = Instant::now();
     while fleet.stats.connected.load(Ordering::Relaxed) < workers as u64 {
         anyhow::ensure!(
@@ -30,7 +31,9 @@ pub async fn run(workers: usize) -> anyhow::Result<f64> {
                 eprintln!("fleet: leadership moved from master {leader} to {now_leader}; reconnecting the fleet");
                 drop(fleet);
                 (leader, pid) = (now_leader, now_pid);
-                fleet = crate::fleet::start(&bench.cluster.address(leader), workers, 1, 200).await?;
+                fleet =
+                    crate::fleet::start(&bench.worker_connector()?, &bench.cluster.address(leader), workers, 1, 200)
+                        .await?;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

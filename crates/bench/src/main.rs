@@ -48,6 +48,9 @@ struct Args {
     /// other Raft timings, e.g. "--heartbeat 50ms --election-timeout 200ms").
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     master_args: String,
+    /// Run the clusters in plain text instead of TLS (to measure what TLS costs).
+    #[arg(long)]
+    plain: bool,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         return flotilla::main_entry();
     }
     let args = Args::parse();
+    common::PLAIN.store(args.plain, std::sync::atomic::Ordering::Relaxed);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -66,7 +66,9 @@ pub async fn run(tasks: u64) -> anyhow::Result<()> {
     let follower = (1..=3).find(|id| *id != leader).context("no follower")?;
     client.set_job_retention(&JobRetention { max_age_ms: None, max_finished: 10 }).await?;
     let line = b"task output: a line of forty-odd bytes\n".to_vec();
-    let fleet = crate::fleet::start_with_output(&bench.cluster.address(leader), 100, 8, 100, line).await?;
+    let fleet =
+        crate::fleet::start_with_output(&bench.worker_connector()?, &bench.cluster.address(leader), 100, 8, 100, line)
+            .await?;
     let wait_from = Instant::now();
     while fleet.stats.connected.load(std::sync::atomic::Ordering::Relaxed) < 100 {
         anyhow::ensure!(wait_from.elapsed() < Duration::from_secs(120), "fleet did not connect");

@@ -16,7 +16,8 @@ pub async fn run(tasks: u64, workers: usize, cpus: u32) -> anyhow::Result<f64> {
     let bench = Bench::start(3, &[]).await?;
     let client = bench.client()?;
     let (leader, _) = bench.leader_pid().await?;
-    let fleet = crate::fleet::start(&bench.cluster.address(leader), workers, cpus, 100).await?;
+    let fleet =
+        crate::fleet::start(&bench.worker_connector()?, &bench.cluster.address(leader), workers, cpus, 100).await?;
     let wait_from = Instant::now();
     while fleet.stats.connected.load(std::sync::atomic::Ordering::Relaxed) < workers as u64 {
         anyhow::ensure!(wait_from.elapsed() < Duration::from_secs(120), "fleet did not connect");
