@@ -216,6 +216,10 @@ pub struct MasterArgs {
     /// again without it). See the README's "Moving a cluster to TLS".
     #[arg(long, requires = "certs")]
     pub tls_upgrade: bool,
+    /// Serve plain text, without certificates: tokens and task commands cross the network
+    /// readable by anyone on the path. For experiments on a loopback address only.
+    #[arg(long, conflicts_with = "certs")]
+    pub insecure_plaintext: bool,
     /// Declare a worker lost after this long without a heartbeat.
     #[arg(long, default_value = "3s")]
     pub worker_timeout: String,
@@ -342,6 +346,14 @@ pub struct WorkerArgs {
     /// certificate, which is what lets the worker in.
     #[arg(long, env = "FLOTILLA_CERTS", value_name = "DIR")]
     pub certs: Option<PathBuf>,
+    /// Run every task as this user (name or uid), so tasks cannot read the worker's files,
+    /// its certificates or its /proc entries. The worker must run as root.
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
+    /// Keep each task's working directory (DATA_DIR/tasks/JOB-INDEX-TERM-ATTEMPT) after it
+    /// ends; by default it is removed.
+    #[arg(long)]
+    pub keep_task_dirs: bool,
 }
 
 #[derive(Args, Debug)]

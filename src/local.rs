@@ -30,11 +30,29 @@ pub struct LocalCluster {
     /// The cluster's certificates (`DIR/certs`, made on first use): every process talks TLS.
     /// `None`: plain text (`--insecure-plaintext`), for what has to run without TLS.
     pub certs: Option<PathBuf>,
+    /// Without certificates: give masters `--insecure-plaintext` (off for a release older
+    /// than the flag, as the upgrade test runs).
+    pub plaintext_flag: bool,
 }
 
-/// A free TCP port on loopback (the OS picks; it is released before use, which is racy only
-/// in theory on a machine with few other listeners).
+/// A free TCP port on loopback for a master to listen on. It is taken below the kernel's
+/// ephemeral range (32768 and up on Linux): a port from that range, released before the
+/// master binds it, can meanwhile become the local port of any outgoing connection on the
+/// machine (under a loaded test run it did: "Address already in use").
 pub fn free_port() -> anyhow::Result<u16> {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = flotilla_core::rng::Rng::new(seed ^ u64::from(std::process::id()));
+    // Never the same port twice from one process (tests run clusters side by side in one).
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..200 {
+        let port = 20_000 + rng.range(0, 12_000) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(l.local_addr()?.port())
 }
@@ -80,6 +98,7 @@ impl LocalCluster {
             workers: BTreeMap::new(),
             master_args: Vec::new(),
             certs: None,
+            plaintext_flag: true,
         })
     }
 
@@ -91,10 +110,16 @@ impl LocalCluster {
 
     /// How a child process is told about the certificates: `--certs`, or plain text. The
     /// caller's own FLOTILLA_* settings never leak into the cluster's processes.
-    fn security(&self, command: &mut Command) {
+    fn security(&self, command: &mut Command, master: bool) {
         command.env_remove("FLOTILLA_CERTS").env_remove("FLOTILLA_TOKEN").env_remove("FLOTILLA_TOKEN_FILE");
-        if let Some(certs) = &self.certs {
-            command.arg("--certs").arg(certs);
+        match &self.certs {
+            Some(certs) => {
+                command.arg("--certs").arg(certs);
+            }
+            None if master && self.plaintext_flag => {
+                command.arg("--insecure-plaintext");
+            }
+            None => {}
         }
     }
 
@@ -181,7 +206,7 @@ impl LocalCluster {
     fn spawn_master(&mut self, id: u64, bootstrap: &[&str]) -> anyhow::Result<()> {
         let (out, err) = self.log(&format!("master-{id}"))?;
         let mut command = Command::new(&self.exe);
-        self.security(command.arg("master"));
+        self.security(command.arg("master"), true);
         let child = command
             .args(["--id", &id.to_string()])
             .args(["--listen", &self.listen_address(id)])
@@ -213,7 +238,7 @@ impl LocalCluster {
     pub fn start_worker_with(&mut self, name: &str, cpus: u32, labels: &str, extra: &[&str]) -> anyhow::Result<()> {
         let (out, err) = self.log(&format!("worker-{name}"))?;
         let mut command = Command::new(&self.exe);
-        self.security(command.arg("worker"));
+        self.security(command.arg("worker"), false);
         let child = command
             .args(["--masters", &self.master_list()])
             .args(["--cpus", &cpus.to_string()])

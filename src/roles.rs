@@ -85,6 +85,7 @@ pub async fn master(args: MasterArgs) -> anyhow::Result<()> {
         .certs
         .clone()
         .map(|certs| flotilla_master::config::TlsConfig { certs, accept_plaintext: args.tls_upgrade });
+    config.insecure_plaintext = args.insecure_plaintext;
     config.worker_timeout = parse_duration(&args.worker_timeout).context("--worker-timeout")?;
     let election = parse_duration(&args.election_timeout).context("--election-timeout")?;
     let heartbeat = parse_duration(&args.heartbeat).context("--heartbeat")?;
@@ -184,6 +185,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         data_dir,
         token: read_token(args.token_file.as_deref())?,
         certs: args.certs.clone(),
+        run_as: args.run_as.clone(),
+        keep_task_dirs: args.keep_task_dirs,
         drain_deadline: match args.drain_deadline.trim() {
             "none" => None,
             d => Some(parse_duration(d).context("--drain-deadline")?),

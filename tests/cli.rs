@@ -142,6 +142,7 @@ async fn the_cluster_token_is_required_when_set() {
         .arg(dir.path().join("m1"))
         .arg("--token-file")
         .arg(&token_file)
+        .arg("--insecure-plaintext")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -199,16 +200,24 @@ async fn the_cluster_token_is_required_when_set() {
     let _ = worker.wait();
     let _ = master.wait();
 
-    // No token, non-loopback address: refused before listening.
-    let out = Command::new(EXE)
-        .args(["master", "--id", "1", "--listen", "0.0.0.0:0", "--peers", "1=10.0.0.1:7001"])
-        .arg("--data-dir")
-        .arg(dir.path().join("m2"))
-        .env_remove("FLOTILLA_TOKEN")
-        .output()
-        .expect("run master");
-    assert_ne!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("without a cluster token"));
+    // Plain text beyond loopback, or without saying so: refused before listening.
+    let refused = |extra: &[&str]| {
+        let out = Command::new(EXE)
+            .args(["master", "--id", "1", "--listen", "0.0.0.0:0", "--peers", "1=10.0.0.1:7001"])
+            .arg("--data-dir")
+            .arg(dir.path().join("m2"))
+            .args(extra)
+            .env_remove("FLOTILLA_TOKEN")
+            .env_remove("FLOTILLA_CERTS")
+            .output()
+            .expect("run master");
+        assert_ne!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&[]);
+    assert!(err.contains("no certificates") && err.contains("flotilla certs init"), "{err}");
+    let err = refused(&["--insecure-plaintext"]);
+    assert!(err.contains("refusing to serve plain text") && err.contains("loopback"), "{err}");
 }
 
 /// `flotilla events` exports the journal as NDJSON with causal ids, filtered by time.
@@ -341,7 +350,7 @@ async fn masters_and_workers_read_config_files_that_flags_override() {
         &file,
         format!(
             "id = 1\nlisten = \"{address}\"\ndata_dir = \"{}\"\npeers = {{ 1 = \"{address}\" }}\n\
-             worker_timeout = \"2s\"\nlabels = {{ zone = \"a\", region = \"eu\" }}\n",
+             worker_timeout = \"2s\"\nlabels = {{ zone = \"a\", region = \"eu\" }}\ninsecure_plaintext = true\n",
             dir.path().join("m1").display()
         ),
     )

@@ -144,3 +144,62 @@ async fn certificates_rotate_under_load_without_a_restart() {
     let (code, _, err) = cli_in(&t, &["status"], &[]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Invariants: a task's environment holds no credential of its worker (no `FLOTILLA_TOKEN*`,
+/// no `FLOTILLA_CERTS`, not the token's value under another name); it runs in a directory of
+/// its own, removed when it ends; with `--run-as nobody` it runs as nobody and cannot read the
+/// worker's `/proc` entries, its key or its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_never_see_the_workers_credentials() {
+    let t = secure_cluster(1, &[]).await;
+    let client = t.client();
+    let certs = t.cluster.certs.clone().expect("certs");
+    let data = t.dir.path().join("w-sandboxed");
+    let secret = "the-workers-own-s3cret-token";
+    let mut worker = std::process::Command::new(EXE)
+        .args(["worker", "--masters", &t.cluster.master_list(), "--cpus", "1", "--name", "sandboxed"])
+        .args(["--labels", "sandbox=yes", "--run-as", "nobody"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--certs")
+        .arg(&certs)
+        .env("FLOTILLA_TOKEN", secret)
+        .env("COPY_OF_IT", format!("x{secret}x"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the worker");
+    let key = certs.join("worker.key").display().to_string();
+    let script = format!(
+        "env; echo PWD=$(pwd); echo UID=$(id -u); \
+         cat /proc/$PPID/environ >/dev/null 2>&1 && echo READ-ENVIRON; \
+         cat {key} >/dev/null 2>&1 && echo READ-KEY; \
+         ls {} >/dev/null 2>&1 && echo LISTED-DATA; true",
+        data.display()
+    );
+    let job = client
+        .submit(&flotilla_proto::api::SubmitRequest {
+            command: vec!["sh".into(), "-c".into(), script],
+            selector: [("sandbox".to_string(), "yes".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .id;
+    let detail = wait_job(&t, &client, job, LONG).await;
+    let rows = client.results(job, 0, None, false).await.expect("results");
+    let out = rows.first().map(|r| format!("{}{}", r.stdout, r.stderr)).unwrap_or_default();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(detail.state, JobState::Succeeded, "{out}");
+    assert!(!out.contains("FLOTILLA_TOKEN") && !out.contains("FLOTILLA_CERTS"), "{out}");
+    assert!(!out.contains(secret), "the token reached the task under another name:\n{out}");
+    let nobody = out.lines().find_map(|l| l.strip_prefix("UID=")).unwrap_or_default().to_string();
+    assert!(!nobody.is_empty() && nobody != "0", "the task ran as uid {nobody:?}\n{out}");
+    let pwd = out.lines().find_map(|l| l.strip_prefix("PWD=")).unwrap_or_default().to_string();
+    assert!(pwd.starts_with(&data.join("tasks").display().to_string()), "task directory {pwd}");
+    for forbidden in ["READ-ENVIRON", "READ-KEY", "LISTED-DATA"] {
+        assert!(!out.contains(forbidden), "{forbidden}:\n{out}");
+    }
+    assert!(!std::path::Path::new(&pwd).exists(), "the task's directory {pwd} outlived it");
+}

@@ -77,6 +77,8 @@ async fn a_cluster_of_0_1_0_is_upgraded_one_member_at_a_time_under_load() {
     let new = PathBuf::from(EXE);
     let dir = tempfile::Builder::new().prefix("flotilla-upgrade-").tempdir().expect("dir");
     let mut cluster = LocalCluster::plain(&old, dir.path(), 3, None).expect("plan");
+    // 0.1.0 had no --insecure-plaintext (it served plain text by default).
+    cluster.plaintext_flag = false;
     cluster.start_masters().expect("start 0.1.0 masters");
     let t = TestCluster { cluster, dir };
     let mut t = t;
@@ -111,6 +113,7 @@ async fn a_cluster_of_0_1_0_is_upgraded_one_member_at_a_time_under_load() {
     };
 
     t.cluster.exe = new.clone();
+    t.cluster.plaintext_flag = true;
     for id in [1, 2, 3] {
         let code = t.cluster.terminate_master(id, Duration::from_secs(30));
         assert_eq!(code, Some(0), "0.1.0 master {id} did not stop cleanly on SIGTERM");

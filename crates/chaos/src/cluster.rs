@@ -26,6 +26,9 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub token_file: PathBuf,
     pub token: String,
+    /// The cluster's certificates: every process and the harness talk TLS.
+    pub certs: PathBuf,
+    pub identity: std::sync::Arc<flotilla_tls::Identity>,
     pub master_ids: Vec<u64>,
     pub worker_names: Vec<String>,
     pub masters: BTreeMap<u64, Proc>,
@@ -106,6 +109,8 @@ impl Cluster {
         args.extend([
             "--token-file".into(),
             self.token_file.display().to_string(),
+            "--certs".into(),
+            self.certs.display().to_string(),
             "--snapshot-every".into(),
             "200".into(),
         ]);
@@ -127,6 +132,8 @@ impl Cluster {
             self.dir.join(format!("worker-{name}")).display().to_string(),
             "--token-file".into(),
             self.token_file.display().to_string(),
+            "--certs".into(),
+            self.certs.display().to_string(),
         ];
         let child = self.spawn_in(name, &args)?;
         self.workers.insert(name.to_string(), Proc { child, paused: false });
@@ -284,7 +291,8 @@ impl Cluster {
 
     pub fn client(&self) -> anyhow::Result<flotilla_client::Client> {
         let addrs = self.master_ids.iter().map(|id| self.master_addr(*id)).collect();
-        Ok(flotilla_client::Client::new(addrs, Some(&self.token))?.with_retry_for(Duration::from_secs(20)))
+        Ok(flotilla_client::Client::with_identity(addrs, Some(&self.token), Some(self.identity.clone()))?
+            .with_retry_for(Duration::from_secs(20)))
     }
 }
 

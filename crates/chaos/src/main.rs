@@ -149,7 +149,13 @@ fn run() -> anyhow::Result<bool> {
     let token = format!("chaos-{:x}", flotilla_core::rng::Rng::new(args.seed ^ std::process::id() as u64).next_u64());
     let token_file = base.join("token");
     std::fs::write(&token_file, &token)?;
+    // TLS as in production: masters serve it only, workers and the harness show certificates.
+    let certs = base.join("certs");
+    flotilla_tls::authority::init(&certs, &[])?;
+    let identity = flotilla_tls::Identity::load(&certs, flotilla_tls::Role::Client)?;
     let mut cluster = Cluster {
+        certs,
+        identity,
         net,
         exe,
         dir: base.clone(),

@@ -85,6 +85,7 @@ pub async fn run(cluster: &mut Cluster, schedule: &Schedule) -> anyhow::Result<O
         shared.clone(),
         cluster.master_ids.iter().map(|id| (*id, cluster.master_addr(*id))).collect(),
         cluster.token.clone(),
+        cluster.identity.clone(),
     ));
     let reader = tokio::spawn(read_jobs(shared.clone(), cluster.client()?));
     let purger = tokio::spawn(purge_jobs(shared.clone(), cluster.client()?));
@@ -324,8 +325,13 @@ async fn read_jobs(shared: Arc<Shared>, client: Client) {
 }
 
 /// Polls every master's own view; records which masters claimed to lead which term.
-async fn observe_leaders(shared: Arc<Shared>, masters: Vec<(u64, String)>, token: String) {
-    let Ok(client) = Client::new(vec![masters[0].1.clone()], Some(&token)) else { return };
+async fn observe_leaders(
+    shared: Arc<Shared>,
+    masters: Vec<(u64, String)>,
+    token: String,
+    identity: Arc<flotilla_tls::Identity>,
+) {
+    let Ok(client) = Client::with_identity(vec![masters[0].1.clone()], Some(&token), Some(identity)) else { return };
     while !shared.stop.load(Ordering::SeqCst) {
         for (id, addr) in &masters {
             if let Ok(info) = client.node(addr).await {

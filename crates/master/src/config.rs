@@ -26,8 +26,11 @@ pub struct MasterConfig {
     pub labels: BTreeMap<String, String>,
     /// How this master finds its group on a first start.
     pub bootstrap: Bootstrap,
-    /// TLS, with the cluster's certificates; `None`: plain text (`--insecure-plaintext`).
+    /// TLS, with the cluster's certificates; `None`: plain text, which needs
+    /// `insecure_plaintext` and a loopback address.
     pub tls: Option<TlsConfig>,
+    /// Plain text was asked for explicitly (`--insecure-plaintext`).
+    pub insecure_plaintext: bool,
 }
 
 /// TLS on the master's port and its connections to peers.
@@ -75,6 +78,7 @@ impl MasterConfig {
             labels: BTreeMap::new(),
             bootstrap: Bootstrap::Peers,
             tls: None,
+            insecure_plaintext: false,
         }
     }
 
@@ -84,6 +88,20 @@ impl MasterConfig {
                 "--peers does not list this master's id {} (it lists {})",
                 self.id,
                 self.peers.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if self.tls.is_none() && !self.insecure_plaintext {
+            return Err("this master has no certificates: give it --certs DIR (or FLOTILLA_CERTS=DIR; create them \
+                 with `flotilla certs init --dir DIR`), or --insecure-plaintext for an experiment on a loopback \
+                 address"
+                .to_string());
+        }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve plain text on {}: tokens and task commands would cross the network readable \
+                 by anyone on the path. Give this master --certs DIR (`flotilla certs init`); --insecure-plaintext \
+                 is for loopback addresses only",
+                self.listen
             ));
         }
         if !self.listen.ip().is_loopback() && self.token.is_none() {

@@ -18,6 +18,7 @@
 
 pub mod metrics;
 pub mod runner;
+pub mod sandbox;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -60,6 +61,10 @@ pub struct WorkerConfig {
     /// The cluster's certificates directory: connect over TLS with the worker certificate
     /// (which is what admits the session); `None`: plain text.
     pub certs: Option<PathBuf>,
+    /// Run tasks as this user (the worker must run as root), not the worker's.
+    pub run_as: Option<String>,
+    /// Keep each attempt's working directory after it ended (they are removed by default).
+    pub keep_task_dirs: bool,
     /// Serve Prometheus metrics at this address (`/metrics`), if given.
     pub metrics: Option<std::net::SocketAddr>,
     /// When asked to stop (the `drain` token), how long running tasks may take before the
@@ -112,6 +117,7 @@ struct Launcher {
     events: mpsc::UnboundedSender<TaskEvent>,
     pgids: Arc<PgidJournal>,
     name: Arc<str>,
+    sandbox: Arc<sandbox::Sandbox>,
     metrics: Arc<metrics::WorkerMetrics>,
     runtime: tokio::runtime::Handle,
 }
@@ -202,7 +208,7 @@ impl Launcher {
         loop {
             let (task, fence) = (run.task, run.fence);
             let started = self.events.clone();
-            let ended = runner::run_catching(&run, &self.name, &self.pgids, &stop, move || {
+            let ended = runner::run_catching(&run, &self.name, &self.sandbox, &self.pgids, &stop, move || {
                 let _ = started.send(TaskEvent::Started(task, fence));
             });
             if let Some(took) = stop.spawn_time() {
@@ -289,6 +295,12 @@ pub async fn run(
     let connector = flotilla_tls::Connector::new(identity, flotilla_tls::Alpn::H2);
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| WorkerError::DataDir { path: config.data_dir.clone(), source })?;
+    let secrets: Vec<&str> = config.token.as_deref().into_iter().collect();
+    let sandbox = sandbox::Sandbox::new(&config.data_dir, config.keep_task_dirs, config.run_as.as_deref(), &secrets)
+        .map_err(WorkerError::Config)?;
+    if let Some(user) = sandbox.run_as() {
+        tracing::info!(user = %user.name, uid = user.uid, "tasks run as another user");
+    }
     let (pgids, leftovers) = PgidJournal::open(&config.data_dir)
         .map_err(|source| WorkerError::DataDir { path: config.data_dir.clone(), source })?;
     if leftovers > 0 {
@@ -324,6 +336,7 @@ pub async fn run(
         events: events_tx,
         pgids,
         name: Arc::from(config.name.as_str()),
+        sandbox: Arc::new(sandbox),
         metrics: worker_metrics.clone(),
         runtime: tokio::runtime::Handle::current(),
     };

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use flotilla_core::model::{Captured, Outcome, TaskSlot, MAX_OUTPUT_BYTES};
 use flotilla_proto::wire::RunTask;
 
+use crate::sandbox::Sandbox;
+
 /// Attempts shorter than this are reported only by their result.
 pub const QUIET_START: Duration = Duration::from_millis(50);
 
@@ -179,12 +181,39 @@ fn pidfd(pid: u32) -> Option<OwnedFd> {
 pub fn run(
     task: &RunTask,
     worker_name: &str,
+    sandbox: &Sandbox,
+    journal: &PgidJournal,
+    stopper: &Stopper,
+    on_start: impl FnOnce(),
+) -> Ended {
+    let mut dir = None;
+    let ended = run_in(task, worker_name, sandbox, &mut dir, journal, stopper, on_start);
+    sandbox.finish(dir);
+    ended
+}
+
+fn run_in(
+    task: &RunTask,
+    worker_name: &str,
+    sandbox: &Sandbox,
+    dir: &mut Option<PathBuf>,
     journal: &PgidJournal,
     stopper: &Stopper,
     on_start: impl FnOnce(),
 ) -> Ended {
     let started = Instant::now();
     let mut cmd = Command::new(&task.command[0]);
+    // The sandbox first: the job's own variables come after it and are the job's to set.
+    match sandbox.prepare(&mut cmd, task) {
+        Ok(d) => *dir = d,
+        Err(e) => {
+            return Ended::Finished(Outcome {
+                spawn_error: Some(e),
+                duration_ms: started.elapsed().as_millis() as u64,
+                ..Default::default()
+            })
+        }
+    }
     cmd.args(&task.command[1..])
         .envs(task.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("FLOTILLA_JOB_ID", task.task.job.to_string())
@@ -345,12 +374,14 @@ pub fn run(
 pub fn run_catching(
     task: &RunTask,
     worker_name: &str,
+    sandbox: &Sandbox,
     journal: &PgidJournal,
     stopper: &Stopper,
     on_start: impl FnOnce() + Send + 'static,
 ) -> Ended {
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(task, worker_name, journal, stopper, on_start)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(task, worker_name, sandbox, journal, stopper, on_start)
+    }));
     result.unwrap_or_else(|_| {
         Ended::Finished(Outcome { spawn_error: Some("the task runner panicked".to_string()), ..Default::default() })
     })
@@ -382,7 +413,7 @@ mod tests {
 
     fn finish(t: &RunTask) -> Outcome {
         let (_d, j) = journal();
-        match run(t, "w", &j, &Stopper::default(), || {}) {
+        match run(t, "w", &Sandbox::default(), &j, &Stopper::default(), || {}) {
             Ended::Finished(o) => o,
             Ended::Stopped => panic!("stopped"),
         }
@@ -448,7 +479,7 @@ mod tests {
         let started = Arc::new(AtomicBool::new(false));
         let flag = started.clone();
         let h = std::thread::spawn(move || {
-            run(&task(&["sleep", "30"]), "w", &j2, &s2, move || flag.store(true, Ordering::SeqCst))
+            run(&task(&["sleep", "30"]), "w", &Sandbox::default(), &j2, &s2, move || flag.store(true, Ordering::SeqCst))
         });
         std::thread::sleep(Duration::from_millis(300));
         assert!(started.load(Ordering::SeqCst), "a task running past the quiet start is reported");
@@ -456,7 +487,9 @@ mod tests {
         assert!(matches!(h.join().unwrap(), Ended::Stopped));
         let quiet = Arc::new(AtomicBool::new(false));
         let flag = quiet.clone();
-        run(&task(&["true"]), "w", &j, &Stopper::default(), move || flag.store(true, Ordering::SeqCst));
+        run(&task(&["true"]), "w", &Sandbox::default(), &j, &Stopper::default(), move || {
+            flag.store(true, Ordering::SeqCst)
+        });
         assert!(!quiet.load(Ordering::SeqCst), "a task shorter than the quiet start is not reported");
     }
 
