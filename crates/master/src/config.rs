@@ -167,11 +167,22 @@ mod tests {
     }
 
     #[test]
-    fn open_ports_need_a_token() {
+    fn open_ports_need_tls_and_a_token() {
         let peers = parse_peers("1=10.0.0.1:7001").unwrap();
         let mut c = MasterConfig::new(1, "0.0.0.0:7001".parse().unwrap(), "/tmp/x".into(), peers);
+        assert!(c.validate().unwrap_err().contains("no certificates"));
+        c.insecure_plaintext = true;
+        assert!(c.validate().unwrap_err().contains("refusing to serve plain text"));
+        c.insecure_plaintext = false;
+        c.tls = Some(TlsConfig { certs: "/tmp/certs".into(), accept_plaintext: false });
         assert!(c.validate().unwrap_err().contains("token"));
         c.token = Some("secret".into());
+        assert!(c.validate().is_ok());
+        // On loopback, plain text is an explicit choice.
+        let peers = parse_peers("1=127.0.0.1:7001").unwrap();
+        let mut c = MasterConfig::new(1, "127.0.0.1:7001".parse().unwrap(), "/tmp/x".into(), peers);
+        assert!(c.validate().is_err());
+        c.insecure_plaintext = true;
         assert!(c.validate().is_ok());
     }
 }
