@@ -452,7 +452,8 @@ async fn check_jobs(
 /// Leaders follow openraft's rule. A leader is identified by (term, node id), and within one
 /// term a candidate with a higher node id may still win after a lower one did (openraft's
 /// default, without `single-term-leader`): so within a term, the journal's elections go up in
-/// node id, never back to a lower one, and no master is elected twice in one term.
+/// node id, never back to a lower one (a leader whose first election entry failed to commit
+/// writes another: the same id again).
 /// Two masters seen leading one term are noted, not a violation: the later one's vote is the
 /// greater, and the earlier one steps down as soon as it sees it.
 async fn check_leaders(client: &Client, shared: &Shared, notes: &mut Vec<String>, violations: &mut Vec<String>) {
@@ -473,7 +474,7 @@ async fn check_leaders(client: &Client, shared: &Shared, notes: &mut Vec<String>
         }
     }
     for (term, nodes) in &journal {
-        if nodes.windows(2).any(|w| w[1] <= w[0]) {
+        if nodes.windows(2).any(|w| w[1] < w[0]) {
             violations.push(format!("journal: in term {term} masters were elected in the order {nodes:?}"));
         }
     }
