@@ -94,12 +94,16 @@ async fn a_cluster_of_0_1_0_is_upgraded_one_member_at_a_time_under_load() {
     // Clients keep submitting through the whole upgrade; none may fail.
     let (stop, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let submitted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // The submitters' client: plain text, then TLS once every master accepts it.
+    let shared_client = Arc::new(std::sync::Mutex::new(Arc::new(t.client())));
     let load = {
-        let (client, stop, failed, submitted) = (t.client(), stop.clone(), failed.clone(), submitted.clone());
+        let (clients, stop, failed, submitted) =
+            (shared_client.clone(), stop.clone(), failed.clone(), submitted.clone());
         tokio::spawn(async move {
             let request =
                 SubmitRequest { command: vec!["true".into()], array: Some("1-3".into()), ..Default::default() };
             while stop.load(Ordering::Relaxed) == 0 {
+                let client = clients.lock().expect("lock").clone();
                 match client.submit(&request).await {
                     Ok(s) => submitted.lock().expect("lock").push(s.id),
                     Err(e) => {
@@ -131,6 +135,35 @@ async fn a_cluster_of_0_1_0_is_upgraded_one_member_at_a_time_under_load() {
         t.cluster.start_worker(name, 2, "").expect("start the upgraded worker");
     }
     t.cluster.wait_workers(2, LONG).await.unwrap_or_else(|e| t.fail(&e.to_string()));
+
+    // Then the running plain-text cluster moves to TLS, still under load (README "Moving a
+    // running plain-text cluster to TLS"): every master restarted with --certs --tls-upgrade
+    // (both accepted; towards peers, TLS first), the workers and clients with the
+    // certificates, every master again with TLS only.
+    let certs = t.dir.path().join("certs");
+    flotilla_tls::authority::init(&certs, &[]).expect("certs init");
+    // This loopback cluster ran without a token; keep it that way (a cluster beyond loopback
+    // keeps its --token-file, which wins over the new admin token).
+    std::fs::remove_file(certs.join(flotilla_tls::authority::ADMIN_TOKEN)).expect("rm admin.token");
+    // Until every master accepts TLS, the harness itself still speaks plain text to them.
+    let certs_arg = certs.display().to_string();
+    t.cluster.plaintext_flag = false;
+    t.cluster.master_args.extend(["--certs".to_string(), certs_arg.clone(), "--tls-upgrade".to_string()]);
+    restart_masters(&mut t, &client, "moving to TLS").await;
+    for name in ["a", "b"] {
+        let code = t.cluster.terminate_worker(name, Duration::from_secs(90));
+        assert_eq!(code, Some(0), "worker {name} did not drain and exit 0 on SIGTERM");
+        t.cluster.start_worker_with(name, 2, "", &["--certs", &certs_arg]).expect("start the worker with certificates");
+    }
+    t.cluster.wait_workers(2, LONG).await.unwrap_or_else(|e| t.fail(&e.to_string()));
+    t.cluster.master_args.clear();
+    t.cluster.certs = Some(certs);
+    *shared_client.lock().expect("lock") = Arc::new(t.client());
+    let client = t.client();
+    restart_masters(&mut t, &client, "TLS only").await;
+    let (status, body) = raw_http(&t.cluster.address(1), "GET", "/v1/status", &[], b"");
+    assert_eq!(status, 400, "plain text still served after the move: {body}");
+
     stop.store(1, Ordering::Relaxed);
     load.await.expect("submitter");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "submissions failed during the upgrade");
@@ -154,6 +187,20 @@ async fn a_cluster_of_0_1_0_is_upgraded_one_member_at_a_time_under_load() {
     let members = client.members().await.expect("members");
     assert!(members.iter().all(|m| m.version.as_deref() == Some(VERSION)), "{members:?}");
     assert_one_leader_per_term(&client).await;
+}
+
+/// Restarts every master in turn with the cluster's current flags (SIGTERM: a leader hands
+/// over first), each caught up before the next.
+async fn restart_masters(t: &mut TestCluster, client: &flotilla_client::Client, why: &str) {
+    for id in [1, 2, 3] {
+        let code = t.cluster.terminate_master(id, Duration::from_secs(30));
+        assert_eq!(code, Some(0), "master {id} did not stop cleanly on SIGTERM ({why})");
+        t.cluster.start_master(id).expect("restart the master");
+        let leader = t.cluster.wait_leader(LONG).await.expect("leader");
+        if leader != id {
+            wait_caught_up(t, client, id, leader, why).await;
+        }
+    }
 }
 
 /// What a newer leader's entries would be to this build: bytes it cannot decode. The master
