@@ -88,7 +88,7 @@ async fn tls_everywhere_admits_the_cluster_and_refuses_everyone_else() {
         .arg("--data-dir")
         .arg(t.dir.path().join("w-plain"))
         .env_remove("FLOTILLA_CERTS")
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start the plain worker");
@@ -108,7 +108,16 @@ async fn tls_everywhere_admits_the_cluster_and_refuses_everyone_else() {
     }
     let _ = stranger.wait();
     assert!(err.contains("TLS") || err.contains("certificate"), "the stranger was not told why: {err}");
+    let mut plain_err = String::new();
+    if let Some(mut e) = plain.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut plain_err);
+    }
     let _ = plain.wait();
+    assert!(
+        plain_err.contains("accepts TLS only") && plain_err.contains("--certs"),
+        "the plain worker was not told why: {plain_err}"
+    );
     let masters_log = (1..=3).map(|id| log_of(&t, &format!("master-{id}"))).collect::<String>();
     assert!(masters_log.contains("refused a plain-text connection"), "no master logged the plain-text refusal");
 }

@@ -551,6 +551,12 @@ impl Agent {
             Err(status) => {
                 let error = if status.code() == tonic::Code::Unauthenticated {
                     LinkError::Unauthenticated
+                } else if !self.connector.is_tls() && status.to_string().contains("FRAME_SIZE_ERROR") {
+                    // What a TLS-only master's plain-text refusal looks like to an HTTP/2 client.
+                    LinkError::Broken(format!(
+                        "session refused: the master accepts TLS only; give this worker --certs DIR (or \
+                         FLOTILLA_CERTS) with the cluster's certificates ({status})"
+                    ))
                 } else {
                     LinkError::Broken(format!("session refused: {status}"))
                 };
