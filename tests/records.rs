@@ -14,6 +14,12 @@ use flotilla_proto::api::JobState;
 async fn check_replica(t: &TestCluster, id: u64, job: u64, n: u64) {
     let address = t.cluster.address(id);
     let client = Client::new(vec![address], None).expect("client").with_retry_for(Duration::from_secs(60));
+    // A master just restarted re-applies its log after its snapshot only once it learns what
+    // is committed: until then its replica may show the job unfinished (stale reads).
+    wait_until(t, &format!("master {id}'s replica shows job {job} finished"), LONG, || async {
+        client.job(job, true).await.is_ok_and(|j| j.state == JobState::Succeeded)
+    })
+    .await;
     let rows = match client.results(job, 0, None, true).await {
         Ok(rows) => rows,
         Err(e) => t.fail(&format!("master {id}: results: {e}")),
