@@ -10,18 +10,9 @@ use flotilla_proto::api::JobState;
 
 /// Runs the CLI with the cluster's settings (FLOTILLA_MASTERS, FLOTILLA_CERTS) and `extra`.
 fn cli_in(t: &TestCluster, args: &[&str], extra: &[(&str, &str)]) -> (i32, String, String) {
-    let out = std::process::Command::new(EXE)
-        .args(args)
-        .envs(t.cluster.client_env())
-        .envs(extra.iter().copied())
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run flotilla");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut env = t.cluster.client_env();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    cli_with(&env, args)
 }
 
 fn log_of(t: &TestCluster, name: &str) -> String {

@@ -201,9 +201,14 @@ pub fn raw_http(address: &str, method: &str, path: &str, headers: &[(&str, &str)
 
 /// Runs the CLI; returns (exit code, stdout, stderr).
 pub fn cli(masters: &str, args: &[&str]) -> (i32, String, String) {
+    cli_with(&[("FLOTILLA_MASTERS".to_string(), masters.to_string())], args)
+}
+
+/// Runs the CLI with these environment variables set; returns (exit code, stdout, stderr).
+pub fn cli_with(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(EXE)
         .args(args)
-        .env("FLOTILLA_MASTERS", masters)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_LOG", "error")
         .output()
         .expect("run flotilla");

@@ -43,17 +43,6 @@ pub struct TlsConfig {
     pub accept_plaintext: bool,
 }
 
-impl TlsConfig {
-    /// How connections to peers (`alpn`: gRPC or the JSON API) are made.
-    pub fn connector(
-        &self,
-        identity: &std::sync::Arc<flotilla_tls::Identity>,
-        alpn: flotilla_tls::Alpn,
-    ) -> flotilla_tls::Connector {
-        flotilla_tls::Connector::new(Some(identity.clone()), alpn).with_plain_fallback(self.accept_plaintext)
-    }
-}
-
 /// How a master with an empty data directory finds its group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Bootstrap {
@@ -80,6 +69,17 @@ impl MasterConfig {
             tls: None,
             insecure_plaintext: false,
         }
+    }
+
+    /// How this master connects to its peers (`alpn`: gRPC or the JSON API): TLS with its
+    /// `identity` (falling back to plain text while the cluster moves to TLS), or plain text.
+    pub fn peer_connector(
+        &self,
+        identity: Option<&std::sync::Arc<flotilla_tls::Identity>>,
+        alpn: flotilla_tls::Alpn,
+    ) -> flotilla_tls::Connector {
+        let fallback = self.tls.as_ref().is_some_and(|t| t.accept_plaintext);
+        flotilla_tls::Connector::new(identity.cloned(), alpn).with_plain_fallback(fallback)
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -94,6 +94,15 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
         .await
         .map_err(|source| MasterError::Bind { addr: config.listen, source })?;
 
+    let identity = match &config.tls {
+        Some(tls) => {
+            let identity = flotilla_tls::Identity::load(&tls.certs, flotilla_tls::Role::Master)
+                .map_err(|e| MasterError::Config(format!("--certs: {e}")))?;
+            identity.watch();
+            Some(identity)
+        }
+        None => None,
+    };
     let (mut log_store, state_machine) = match open_stores(&config.data_dir) {
         Ok(stores) => stores,
         Err(StoreProblem::Other(e)) => return Err(e),
@@ -101,7 +110,7 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
             // Never serve damaged data. If the group is running, move the damaged files aside
             // and start empty: the leader then catches this master up (log or snapshot).
             tracing::error!(dir = %config.data_dir.display(), %reason, "stored data is corrupt");
-            if !peers_run_a_group(&config).await {
+            if !peers_run_a_group(&config, identity.as_ref()).await {
                 return Err(MasterError::Corrupt {
                     dir: config.data_dir.clone(),
                     reason: format!("{reason}; no peer is running a group to rebuild from"),
@@ -128,19 +137,7 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     }
     let shared = state_machine.shared();
     let raft_config = Arc::new(config.raft.to_config().map_err(|e| MasterError::Raft(e.to_string()))?);
-    let identity = match &config.tls {
-        Some(tls) => {
-            let identity = flotilla_tls::Identity::load(&tls.certs, flotilla_tls::Role::Master)
-                .map_err(|e| MasterError::Config(format!("--certs: {e}")))?;
-            identity.watch();
-            Some(identity)
-        }
-        None => None,
-    };
-    let peer_connector = match (&config.tls, &identity) {
-        (Some(tls), Some(id)) => tls.connector(id, flotilla_tls::Alpn::H2),
-        _ => flotilla_tls::Connector::new(None, flotilla_tls::Alpn::H2),
-    };
+    let peer_connector = config.peer_connector(identity.as_ref(), flotilla_tls::Alpn::H2);
     let network = GrpcNetwork::new(config.id, config.token.as_deref().map(Arc::from), peer_connector, &config.raft);
     let rtts = network.rtts.clone();
     let cluster = network.cluster.clone();
@@ -291,13 +288,8 @@ fn open_stores(dir: &std::path::Path) -> Result<(LogStore, StateMachineStore), S
 }
 
 /// Whether another master of `--peers` (or `--join`) reports an initialised group.
-async fn peers_run_a_group(config: &MasterConfig) -> bool {
-    let identity =
-        config.tls.as_ref().and_then(|t| flotilla_tls::Identity::load(&t.certs, flotilla_tls::Role::Master).ok());
-    let connector = match (&config.tls, &identity) {
-        (Some(tls), Some(id)) => tls.connector(id, flotilla_tls::Alpn::Http1),
-        _ => flotilla_tls::Connector::new(None, flotilla_tls::Alpn::Http1),
-    };
+async fn peers_run_a_group(config: &MasterConfig, identity: Option<&Arc<flotilla_tls::Identity>>) -> bool {
+    let connector = config.peer_connector(identity, flotilla_tls::Alpn::Http1);
     let Ok(http) = flotilla_client::http::HttpClient::with_connector(config.token.as_deref(), connector) else {
         return false;
     };

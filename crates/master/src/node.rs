@@ -86,12 +86,10 @@ impl Master {
         rtts: PeerRtts,
         identity: Option<Arc<flotilla_tls::Identity>>,
     ) -> Result<Self, String> {
-        let http = match (&config.tls, &identity) {
-            (Some(tls), Some(id)) => {
-                HttpClient::with_connector(config.token.as_deref(), tls.connector(id, flotilla_tls::Alpn::Http1))?
-            }
-            _ => HttpClient::new(config.token.as_deref(), None)?,
-        };
+        let http = HttpClient::with_connector(
+            config.token.as_deref(),
+            config.peer_connector(identity.as_ref(), flotilla_tls::Alpn::Http1),
+        )?;
         let releases = Arc::new(crate::releases::Releases::new(config.id));
         let proposer = Proposer::start(raft.clone(), metrics.clone(), releases.clone());
         let sessions = Sessions::new(
