@@ -32,6 +32,17 @@ async fn tls_everywhere_admits_the_cluster_and_refuses_everyone_else() {
     let rows = client.results(job, 0, None, false).await.expect("results");
     assert_each_task_recorded_once(&rows, 12, |i| (i * i).to_string());
 
+    // A master joins the running group over TLS (it asks through the API with its certificate).
+    let mut t = t;
+    t.cluster.join_master(4, &[1]).expect("start master 4");
+    wait_until(&t, "master 4 joined over TLS and votes", LONG, || async {
+        client
+            .members()
+            .await
+            .is_ok_and(|m| m.iter().any(|m| m.id == 4 && m.role == flotilla_proto::api::MemberRole::Voter))
+    })
+    .await;
+
     let (code, out, err) = cli_in(&t, &["status", "--json"], &[]);
     assert_eq!(code, 0, "the CLI with FLOTILLA_CERTS alone: {err}");
     assert!(out.contains("\"leader\""), "{out}");

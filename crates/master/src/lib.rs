@@ -387,7 +387,11 @@ async fn join(
 ) {
     let me = master.config.id;
     let address = master.address_of(me).unwrap_or_default();
-    let client = match flotilla_client::Client::new(through.clone(), master.config.token.as_deref()) {
+    let client = match flotilla_client::Client::with_identity(
+        through.clone(),
+        master.config.token.as_deref(),
+        master.identity.clone(),
+    ) {
         Ok(c) => c.with_retry_for(Duration::from_secs(5)),
         Err(e) => {
             let _ = failed.send(e.to_string()).await;

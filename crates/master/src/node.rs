@@ -71,6 +71,8 @@ pub struct Master {
     pub rtts: PeerRtts,
     /// The release each master runs, and the gate on what an older voter cannot read.
     pub releases: Arc<crate::releases::Releases>,
+    /// This master's certificates, when it has them: what it shows the masters it calls.
+    pub identity: Option<Arc<flotilla_tls::Identity>>,
     /// Held by a membership change or leadership transfer: one at a time.
     pub membership_lock: tokio::sync::Mutex<()>,
     leadership: Mutex<Option<Leadership>>,
@@ -111,6 +113,7 @@ impl Master {
             rtts,
             membership_lock: tokio::sync::Mutex::new(()),
             releases,
+            identity,
             leadership: Mutex::new(None),
         })
     }
