@@ -71,6 +71,12 @@ pub enum Cmd {
         #[command(subcommand)]
         command: CertsCmd,
     },
+    /// Named tokens with roles (admins only): `token create --role R --name N` prints a new
+    /// token alone on stdout; `token list`; `token revoke NAME`.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
     /// The group of masters: list, add and remove masters, hand leadership over.
     Cluster {
         #[command(subcommand)]
@@ -631,6 +637,46 @@ pub enum ClusterCmd {
         /// The master to lead next.
         #[arg(long)]
         to: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a named token and print it alone on stdout (it is shown this once; the masters
+    /// keep only its SHA-256). Roles: admin (everything), operator (maintenance, cancel any
+    /// job), submit (submit, cancel its own jobs, read), read (read only, the dashboard),
+    /// worker (hold a worker session, nothing else).
+    Create {
+        /// admin, operator, submit, read or worker.
+        #[arg(long)]
+        role: String,
+        /// A name for it: letters, digits, '.', '_' and '-' (what `token list` shows and
+        /// `token revoke` takes).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print {name, role, token} as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the credentials: name, role, who made it and when (never the tokens). The
+    /// bootstrap token (admin.token or --token-file) is listed as `bootstrap`.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON: an array of {name, role, created_ms, created_by, bootstrap}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token at once, on every master. `bootstrap` revokes the bootstrap token (once
+    /// another admin token exists; the last admin credential cannot be revoked).
+    Revoke {
+        name: String,
         #[command(flatten)]
         client: ClientArgs,
         #[arg(long)]

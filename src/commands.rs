@@ -33,6 +33,7 @@ pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Scheduling(a) => scheduling(a).await,
         Cmd::Certs { command } => certs(command),
         Cmd::Cluster { command } => cluster(command).await,
+        Cmd::Token { command } => token(command).await,
         Cmd::Up(a) => crate::local::up(a).await,
         Cmd::Demo(a) => crate::demo::run(a).await,
     }
@@ -640,6 +641,50 @@ async fn cluster(command: crate::cli::ClusterCmd) -> anyhow::Result<ExitCode> {
                     "leadership moved from master {} to master {} (term {}) in {} ms",
                     moved.from, moved.to, moved.term, moved.took_ms
                 );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn token(command: crate::cli::TokenCmd) -> anyhow::Result<ExitCode> {
+    use crate::cli::TokenCmd;
+    use flotilla_proto::api::TokenRole;
+    match command {
+        TokenCmd::Create { role, name, client, json } => {
+            let role = TokenRole::from_name(&role).ok_or_else(|| {
+                let names: Vec<&str> = TokenRole::ALL.iter().map(|r| r.name()).collect();
+                anyhow!("--role '{role}' is not one of {}", names.join(", "))
+            })?;
+            let created = connect(&client)?.create_token(&name, role).await?;
+            if json {
+                print_json(&created)?;
+            } else {
+                println!("{}", created.token);
+            }
+        }
+        TokenCmd::List { client, json } => {
+            let tokens = connect(&client)?.tokens().await?;
+            if json {
+                print_json(&tokens)?;
+            } else {
+                println!("{:<24} {:<9} {:<24} CREATED", "NAME", "ROLE", "BY");
+                for t in &tokens {
+                    let created = match t.created_ms {
+                        Some(ms) => flotilla_proto::time::rfc3339(ms),
+                        None => "(the masters' admin.token or --token-file)".to_string(),
+                    };
+                    let by = t.created_by.as_deref().unwrap_or("-");
+                    println!("{:<24} {:<9} {:<24} {created}", t.name, t.role.name(), by);
+                }
+            }
+        }
+        TokenCmd::Revoke { name, client, json } => {
+            let revoked = connect(&client)?.revoke_token(&name).await?;
+            if json {
+                print_json(&revoked)?;
+            } else {
+                println!("token '{}' (role {}) revoked", revoked.name, revoked.role.name());
             }
         }
     }

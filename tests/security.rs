@@ -214,3 +214,160 @@ async fn tasks_never_see_the_workers_credentials() {
     }
     assert!(!std::path::Path::new(&pwd).exists(), "the task's directory {pwd} outlived it");
 }
+
+/// The status a call answered with: 200 or the API error's.
+fn code_of<T>(answer: Result<T, flotilla_client::ClientError>) -> (u16, String) {
+    match answer {
+        Ok(_) => (200, String::new()),
+        Err(flotilla_client::ClientError::Api { status, error }) => (status, error.error),
+        Err(other) => (0, other.to_string()),
+    }
+}
+
+/// Invariants: each role may do exactly what the README's table says and is refused the rest
+/// with 403 and the role needed; an unknown token gets 401; a `submit` token cancels its own
+/// jobs only; a worker token holds a worker session and reads nothing; the last admin
+/// credential cannot be revoked; a revoked token (the bootstrap one included) is refused at
+/// once; and all of it survives the leader's death (it is replicated state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_is_allowed_and_refused_exactly_as_documented() {
+    let mut t = secure_cluster(3, &[("a", 2)]).await;
+    let certs = t.cluster.certs.clone().expect("certs");
+    let client_id = flotilla_tls::Identity::load(&certs, flotilla_tls::Role::Client).expect("identity");
+    let masters: Vec<String> = (1..=3).map(|id| t.cluster.address(id)).collect();
+    let as_token = |token: &str| {
+        flotilla_client::Client::with_identity(masters.clone(), Some(token), Some(client_id.clone()))
+            .expect("client")
+            .with_retry_for(Duration::from_secs(60))
+    };
+    // The CLI prints the new token alone on stdout.
+    let mut tokens = std::collections::BTreeMap::new();
+    for (name, role) in [("ops", "operator"), ("ci", "submit"), ("ci2", "submit"), ("viewer", "read"), ("wk", "worker")]
+    {
+        let (code, out, err) = cli_in(&t, &["token", "create", "--role", role, "--name", name], &[]);
+        assert_eq!(code, 0, "token create {name}: {err}");
+        let token = out.trim().to_string();
+        assert!(token.len() >= 32 && !token.contains(char::is_whitespace), "not a token alone: {out:?}");
+        tokens.insert(name, as_token(&token));
+    }
+    let (code, _, err) = cli_in(&t, &["token", "create", "--role", "read", "--name", "viewer"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("exists already"), "{err}");
+    let (code, _, err) = cli_in(&t, &["token", "create", "--role", "boss", "--name", "x"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("admin, operator, submit, read, worker"), "{err}");
+
+    let (ops, ci, ci2, viewer, wk) = (&tokens["ops"], &tokens["ci"], &tokens["ci2"], &tokens["viewer"], &tokens["wk"]);
+    let job = |n| squares_job(n, "30");
+    // read: reads, and nothing else.
+    assert_eq!(code_of(viewer.status(false).await).0, 200);
+    assert_eq!(code_of(viewer.jobs(false).await).0, 200);
+    let (code, why) = code_of(viewer.submit(&job(1)).await);
+    assert_eq!(code, 403, "{why}");
+    assert!(why.contains("token 'viewer' has role read") && why.contains("role submit or higher"), "{why}");
+    assert_eq!(code_of(viewer.tokens().await).0, 403);
+    // submit: submits, cancels its own jobs only.
+    let mine = ci.submit(&job(2)).await.expect("ci submits").id;
+    let theirs = ci2.submit(&job(2)).await.expect("ci2 submits").id;
+    assert_eq!(code_of(ci.cancel(mine).await).0, 200);
+    let (code, why) = code_of(ci.cancel(theirs).await);
+    assert_eq!(code, 403, "{why}");
+    assert!(why.contains("only its own jobs") && why.contains("token 'ci2'"), "{why}");
+    let (code, why) = code_of(ci.maintain_worker("a", "cordon", None).await);
+    assert_eq!(code, 403, "{why}");
+    assert!(why.contains("role operator or higher"), "{why}");
+    let (code, why) = code_of(ci.create_token("more", flotilla_proto::api::TokenRole::Admin).await);
+    assert_eq!(code, 403, "{why}");
+    assert!(why.contains("the admin role"), "{why}");
+    // operator: maintenance and any job, not tokens or masters.
+    assert_eq!(code_of(ops.cancel(theirs).await).0, 200);
+    assert_eq!(code_of(ops.maintain_worker("a", "cordon", None).await).0, 200);
+    assert_eq!(code_of(ops.maintain_worker("a", "uncordon", None).await).0, 200);
+    assert_eq!(code_of(ops.tokens().await).0, 403);
+    assert_eq!(code_of(ops.remove_master(3).await).0, 403);
+    // worker: no API at all, but a worker session.
+    let (code, why) = code_of(wk.status(false).await);
+    assert_eq!(code, 403, "{why}");
+    assert!(why.contains("token 'wk' has role worker"), "{why}");
+    // A worker whose certificate is a client's: only its token makes it a worker.
+    let tokened = t.dir.path().join("certs-of-a-tokened-worker");
+    std::fs::create_dir_all(&tokened).expect("dir");
+    std::fs::copy(certs.join("ca.pem"), tokened.join("ca.pem")).expect("ca");
+    std::fs::copy(certs.join("client.pem"), tokened.join("worker.pem")).expect("cert");
+    std::fs::copy(certs.join("client.key"), tokened.join("worker.key")).expect("key");
+    let spawn_worker = |name: &str, token: &str| {
+        std::process::Command::new(EXE)
+            .args(["worker", "--masters", &t.cluster.master_list(), "--cpus", "1", "--name", name])
+            .arg("--data-dir")
+            .arg(t.dir.path().join(format!("w-{name}")))
+            .arg("--certs")
+            .arg(&tokened)
+            .env_remove("FLOTILLA_CERTS")
+            .env("FLOTILLA_TOKEN", token)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start a worker")
+    };
+    let new_token = |name: &str, role: &str| {
+        let (code, out, err) = cli_in(&t, &["token", "create", "--role", role, "--name", name], &[]);
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_string()
+    };
+    let mut by_token = spawn_worker("by-token", &new_token("wk2", "worker"));
+    let mut by_reader = spawn_worker("by-reader", &new_token("viewer2", "read"));
+    wait_until(&t, "the worker with a worker token joined", LONG, || async {
+        ops.workers(false).await.is_ok_and(|ws| ws.iter().any(|w| w.name == "by-token"))
+    })
+    .await;
+    let names: Vec<String> = ops.workers(false).await.expect("workers").into_iter().map(|w| w.name).collect();
+    assert!(!names.iter().any(|n| n == "by-reader"), "a read token held a worker session: {names:?}");
+    let _ = by_token.kill();
+    let _ = by_token.wait();
+    let _ = by_reader.kill();
+    let mut err = String::new();
+    if let Some(mut e) = by_reader.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    let _ = by_reader.wait();
+    assert!(err.contains("has role read"), "the worker with a read token was not told why: {err}");
+
+    // Unknown tokens: 401.
+    let (code, why) = code_of(as_token("not-a-token-of-this-cluster").status(false).await);
+    assert_eq!(code, 401, "{why}");
+
+    // The last admin stays; the bootstrap token goes once another admin exists.
+    let (code, _, err) = cli_in(&t, &["token", "revoke", "bootstrap"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no admin credential"), "{err}");
+    let (code, out, err) = cli_in(&t, &["token", "create", "--role", "admin", "--name", "alice"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let alice_token = out.trim().to_string();
+    let alice = as_token(&alice_token);
+    let (code, _, err) = cli_in(&t, &["token", "revoke", "viewer"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli_in(&t, &["token", "revoke", "bootstrap"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli_in(&t, &["status"], &[]);
+    assert_ne!(code, 0, "the revoked bootstrap token still works");
+    assert!(err.contains("revoked"), "{err}");
+    assert_eq!(code_of(viewer.status(false).await).0, 401);
+    let (code, _, err) = cli_in(&t, &["token", "revoke", "alice"], &[("FLOTILLA_TOKEN", &alice_token)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no admin credential"), "{err}");
+
+    // Replicated: the next leader knows all of it.
+    // (The harness's own calls use the revoked admin.token: ask as alice.)
+    let leader = alice.status(false).await.expect("status as alice").leader.expect("a leader");
+    t.cluster.kill_master(leader);
+    let listed = alice.tokens().await.expect("alice lists the tokens after the failover");
+    let names: Vec<&str> = listed.iter().map(|v| v.name.as_str()).collect();
+    assert!(names.contains(&"ci") && names.contains(&"alice"), "{names:?}");
+    assert!(!names.contains(&"viewer") && !names.contains(&"bootstrap"), "{names:?}");
+    assert_eq!(code_of(viewer.status(false).await).0, 401);
+    assert_eq!(code_of(ci.status(false).await).0, 200);
+    let (code, out, err) = cli_in(&t, &["token", "list", "--json"], &[("FLOTILLA_TOKEN", &alice_token)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"role\": \"submit\"") || out.contains("\"role\":\"submit\""), "{out}");
+}

@@ -121,7 +121,43 @@ async fn a_cluster_of_0_1_0_is_upgraded_one_member_at_a_time_under_load() {
 
     t.cluster.exe = new.clone();
     t.cluster.plaintext_flag = true;
-    restart_masters(&mut t, &client, "upgrading from 0.1.0").await;
+    // Half-way, under a 0.2.0 leader, a 0.2.0 feature is refused while a 0.1.0 voter remains.
+    restart_master(&mut t, &client, 1, "upgrading from 0.1.0").await;
+    // 0.1.0's own leadership transfer can hang (a bug 0.2.0 fixed), so master 1 is asked to
+    // stand for election directly, as a transfer's last step does, until it leads.
+    wait_until(&t, "the upgraded master 1 leads", LONG, || async {
+        match t.cluster.wait_leader(LONG).await {
+            Some(1) => true,
+            Some(leader) => {
+                let path = format!("/v1/cluster/stand?leader={leader}");
+                let _ = raw_http(&t.cluster.address(1), "POST", &path, &[], b"");
+                false
+            }
+            None => false,
+        }
+    })
+    .await;
+    let token_role = flotilla_proto::api::TokenRole::Read;
+    // Asked of master 1 alone: an old master does not know the route at all (404).
+    let upgraded = t.cluster.client_of(vec![t.cluster.address(1)]).expect("client of master 1");
+    match upgraded.create_token("viewer", token_role).await {
+        Err(flotilla_client::ClientError::Api { status: 409, error }) => {
+            assert!(error.error.contains("tokens with roles needs every voting master at release 0.2.0"), "{error:?}")
+        }
+        other => panic!("a token was created while 0.1.0 voters remain: {other:?}"),
+    }
+    for id in [2, 3] {
+        restart_master(&mut t, &client, id, "upgrading from 0.1.0").await;
+    }
+    // Every voter reads tokens now: the next snapshots carry them (format 2).
+    wait_until(&t, "the gate opens once every voter runs 0.2.0", LONG, || async {
+        match client.create_token("viewer", token_role).await {
+            Ok(_) => true,
+            // An attempt that committed though its answer was lost.
+            Err(e) => e.to_string().contains("exists already"),
+        }
+    })
+    .await;
     for id in [1, 2, 3] {
         let info = client.node(&t.cluster.address(id)).await.expect("node");
         assert_eq!(info.version.as_deref(), Some(VERSION));
@@ -190,13 +226,18 @@ async fn a_cluster_of_0_1_0_is_upgraded_one_member_at_a_time_under_load() {
 /// over first), each caught up before the next.
 async fn restart_masters(t: &mut TestCluster, client: &flotilla_client::Client, why: &str) {
     for id in [1, 2, 3] {
-        let code = t.cluster.terminate_master(id, Duration::from_secs(30));
-        assert_eq!(code, Some(0), "master {id} did not stop cleanly on SIGTERM ({why})");
-        t.cluster.start_master(id).expect("restart the master");
-        let leader = t.cluster.wait_leader(LONG).await.expect("leader");
-        if leader != id {
-            wait_caught_up(t, client, id, leader, why).await;
-        }
+        restart_master(t, client, id, why).await;
+    }
+}
+
+/// Restarts one master (SIGTERM) and waits until it caught up.
+async fn restart_master(t: &mut TestCluster, client: &flotilla_client::Client, id: u64, why: &str) {
+    let code = t.cluster.terminate_master(id, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "master {id} did not stop cleanly on SIGTERM ({why})");
+    t.cluster.start_master(id).expect("restart the master");
+    let leader = t.cluster.wait_leader(LONG).await.expect("leader");
+    if leader != id {
+        wait_caught_up(t, client, id, leader, why).await;
     }
 }
 

@@ -405,6 +405,25 @@ impl Client {
         self.request(Method::POST, "/v1/cluster/leader", Some(&request), Duration::from_secs(15)).await
     }
 
+    /// Creates a named token; the answer holds the token, shown this once.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: flotilla_proto::api::TokenRole,
+    ) -> Result<flotilla_proto::api::TokenCreated, ClientError> {
+        let request = flotilla_proto::api::CreateToken { name: name.to_string(), role };
+        self.request(Method::POST, "/v1/tokens", Some(&request), Duration::from_secs(10)).await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<flotilla_proto::api::TokenView>, ClientError> {
+        self.get("/v1/tokens").await
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<flotilla_proto::api::TokenRevoked, ClientError> {
+        let path = format!("/v1/tokens/{}", percent_encode_segment(name));
+        self.request::<(), _>(Method::DELETE, &path, None, Duration::from_secs(10)).await
+    }
+
     /// One master's own view of itself (never redirected).
     pub async fn node(&self, address: &str) -> Result<NodeInfo, ClientError> {
         let (status, body) = self
@@ -438,4 +457,15 @@ pub fn new_request_id() -> String {
         buf = (nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A path segment with every byte outside `A-Za-z0-9._-` percent-encoded.
+fn percent_encode_segment(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

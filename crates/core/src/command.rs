@@ -135,6 +135,24 @@ pub enum Command {
         worker: String,
         incarnation: u64,
     },
+    /// A named token: only its hash is replicated. `by` names the credential that asked.
+    CreateToken {
+        name: String,
+        role: crate::access::Role,
+        hash: crate::access::TokenHash,
+        by: String,
+    },
+    /// Revoke a named token, or the bootstrap one ([`crate::access::BOOTSTRAP`]).
+    RevokeToken {
+        name: String,
+    },
+    /// [`Command::SubmitJob`] by a named token: the job remembers which one (a `submit` token
+    /// may cancel only its own jobs).
+    SubmitJobAs {
+        spec: JobSpec,
+        request_id: Option<String>,
+        owner: String,
+    },
 }
 
 impl Command {
@@ -162,6 +180,9 @@ impl Command {
             | Command::SetMaintenance { .. }
             | Command::SetClusterIdentity { .. }
             | Command::DrainOverdue { .. } => None,
+            Command::CreateToken { .. } | Command::RevokeToken { .. } | Command::SubmitJobAs { .. } => {
+                Some(Feature::Tokens)
+            }
         }
     }
 }
@@ -227,5 +248,10 @@ pub enum Response {
     /// Attempts taken from their worker: the leader tells it to stop them.
     AttemptsTaken {
         kill: Vec<Kill>,
+    },
+    TokenCreated,
+    /// The revoked token had this role.
+    TokenRevoked {
+        role: crate::access::Role,
     },
 }

@@ -4,6 +4,7 @@
 //! randomness. The masters run it inside Raft (the imperative shell lives in `flotilla-raft` and
 //! `flotilla-master`); tests and simulations run it directly.
 //!
+//! - [`access`]: named tokens, their roles, and who submitted which job.
 //! - [`model`]: jobs, tasks, attempts and their fencing tokens.
 //! - [`index_set`]: task index sets as ranges (a million-task array is one range).
 //! - [`command`]: the commands in the Raft log and their responses.
@@ -16,6 +17,7 @@
 //! - [`units`]: durations and sizes as users write them.
 //! - [`rng`]: a seeded generator for tests, simulations and fault schedules.
 
+pub mod access;
 pub mod command;
 pub mod index_set;
 pub mod journal;

@@ -35,6 +35,8 @@ pub enum Refusal {
     BadResourceName(String),
     #[error("{0}")]
     BadJobRetention(crate::state::JobRetentionError),
+    #[error("{0}")]
+    Access(crate::access::AccessRefusal),
 }
 
 /// Why an attempt's message is fenced off ([`crate::Response::Stale`], and the journal's

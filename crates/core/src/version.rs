@@ -39,14 +39,24 @@ pub const FIRST: Version = Version::new(0, 1, 0);
 /// understands it. The commands and messages of a feature say so ([`crate::Command::feature`],
 /// `MasterBody::feature` in the protocol crate): the leader's proposer refuses a command whose
 /// feature the oldest voter's release lacks, and the leader's session core does not send a
-/// worker a message its session's release lacks. None yet: 0.2.0 added no command or message
-/// that 0.1.0 cannot decode (see the README's "Rolling upgrades").
+/// worker a message its session's release lacks (see the README's "Rolling upgrades").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Feature {}
+pub enum Feature {
+    /// Named tokens with roles, and jobs that remember which token submitted them.
+    Tokens,
+}
 
 impl Feature {
     pub fn since(self) -> Version {
-        match self {}
+        match self {
+            Feature::Tokens => Version::new(0, 2, 0),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::Tokens => "tokens with roles",
+        }
     }
 
     /// Whether members running `oldest` (or newer) all understand the feature.

@@ -13,8 +13,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
+use flotilla_core::access::{AccessRefusal, Role as TokenRole};
 use flotilla_core::scheduler::unschedulable_reason;
 use flotilla_core::state::JobPresence;
 use flotilla_core::{Command, Refusal, Response as Applied};
@@ -26,11 +27,12 @@ use flotilla_proto::api::{
 };
 use flotilla_proto::time::now_ms;
 
+use crate::auth::Caller;
 use crate::node::Master;
 use crate::proposer::{read_error, ProposeError};
 
 type Shared = Arc<Master>;
-type Params = Query<HashMap<String, String>>;
+pub(crate) type Params = Query<HashMap<String, String>>;
 
 pub fn router(master: Shared) -> Router {
     Router::new()
@@ -50,11 +52,14 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/cluster/members/{id}", axum::routing::delete(remove_master))
         .route("/v1/cluster/leader", post(transfer_leadership))
         .route("/v1/cluster/stand", post(stand))
+        .route("/v1/cluster/read-index", get(read_index))
         .route("/v1/snapshot", get(save_snapshot))
         .route("/v1/workers", get(list_workers))
         .route("/v1/workers/{name}/cordon", post(cordon_worker))
         .route("/v1/workers/{name}/drain", post(drain_worker))
         .route("/v1/workers/{name}/uncordon", post(uncordon_worker))
+        .route("/v1/tokens", post(crate::tokens::create).get(crate::tokens::list))
+        .route("/v1/tokens/{name}", axum::routing::delete(crate::tokens::revoke))
         .route("/metrics", get(metrics))
         .with_state(master)
 }
@@ -73,7 +78,7 @@ pub fn status_of(code: ApiErrorCode) -> StatusCode {
     StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-fn failure(code: ApiErrorCode, error: impl Into<String>) -> Failure {
+pub(crate) fn failure(code: ApiErrorCode, error: impl Into<String>) -> Failure {
     Failure(ApiError::new(code, error))
 }
 
@@ -85,7 +90,7 @@ pub fn not_found(error: impl Into<String>) -> Failure {
     failure(ApiErrorCode::NotFound, error)
 }
 
-fn unexpected(response: Applied) -> Failure {
+pub(crate) fn unexpected(response: Applied) -> Failure {
     failure(ApiErrorCode::Internal, format!("unexpected {response:?}"))
 }
 
@@ -99,15 +104,23 @@ pub fn refusal_code(refusal: &Refusal) -> ApiErrorCode {
         | Refusal::BadRetention(_)
         | Refusal::BadResourceName(_)
         | Refusal::BadJobRetention(_) => ApiErrorCode::BadRequest,
+        Refusal::Access(e) => match e {
+            AccessRefusal::NoToken(_) => ApiErrorCode::NotFound,
+            AccessRefusal::BadName(_) => ApiErrorCode::BadRequest,
+            AccessRefusal::Exists(_)
+            | AccessRefusal::TooMany
+            | AccessRefusal::LastAdmin(_)
+            | AccessRefusal::BootstrapRevoked => ApiErrorCode::Conflict,
+        },
     }
 }
 
-fn refused(refusal: Refusal) -> Failure {
+pub(crate) fn refused(refusal: Refusal) -> Failure {
     failure(refusal_code(&refusal), refusal.to_string())
 }
 
 /// A master's Raft role as the API reports it.
-fn from_propose(master: &Master, e: ProposeError) -> Failure {
+pub(crate) fn from_propose(master: &Master, e: ProposeError) -> Failure {
     match e {
         ProposeError::NotLeader { leader: Some(id) } if id != master.config.id => {
             let address = master.address_of(id);
@@ -156,19 +169,45 @@ fn job_id(raw: &str) -> Result<u64, Failure> {
 
 /// Waits until this master may answer a read: stale reads at once, linearizable reads after
 /// the leader confirmed its leadership with a quorum and applied up to that point.
-async fn read_barrier(master: &Master, q: &HashMap<String, String>) -> Result<bool, Failure> {
+pub(crate) async fn read_barrier(master: &Master, q: &HashMap<String, String>) -> Result<bool, Failure> {
     if flag(q, "stale") {
         return Ok(true);
     }
-    master.raft.ensure_linearizable().await.map_err(|e| from_propose(master, read_error(e)))?;
-    Ok(false)
+    let refused = match master.raft.ensure_linearizable().await {
+        Ok(_) => return Ok(false),
+        Err(e) => read_error(e),
+    };
+    // A follower asks the leader for its read index rather than sending the caller away, so
+    // reads work on every master (curl, a browser, a probe).
+    if let ProposeError::NotLeader { leader: Some(leader) } = refused {
+        if leader != master.config.id && master.follower_read(leader, FOLLOWER_READ_TIMEOUT).await.is_some() {
+            return Ok(false);
+        }
+    }
+    Err(from_propose(master, refused))
 }
 
-async fn submit(State(master): State<Shared>, body: Bytes) -> Result<Json<Submitted>, Failure> {
+/// How long a follower waits for the leader's read index and for applying up to it.
+const FOLLOWER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The leader's confirmed commit index, for a follower's linearizable read.
+async fn read_index(State(master): State<Shared>) -> Result<Json<flotilla_proto::api::ReadIndex>, Failure> {
+    let read = master.raft.ensure_linearizable().await.map_err(|e| from_propose(&master, read_error(e)))?;
+    Ok(Json(flotilla_proto::api::ReadIndex { index: read.map_or(0, |l| l.index) }))
+}
+
+async fn submit(
+    State(master): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Submitted>, Failure> {
     let request: SubmitRequest =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid job JSON: {e}")))?;
     let spec = request.to_spec().map_err(bad_request)?;
-    let command = Command::SubmitJob { spec, request_id: request.request_id };
+    let command = match caller.owner() {
+        Some(owner) => Command::SubmitJobAs { spec, request_id: request.request_id, owner: owner.to_string() },
+        None => Command::SubmitJob { spec, request_id: request.request_id },
+    };
     match master.proposer.propose_one(command).await.map_err(|e| from_propose(&master, e))? {
         Applied::JobSubmitted { job, .. } => Ok(Json(Submitted { id: job })),
         Applied::Invalid { reason } => Err(refused(reason)),
@@ -176,8 +215,30 @@ async fn submit(State(master): State<Shared>, body: Bytes) -> Result<Json<Submit
     }
 }
 
-async fn cancel_job(State(master): State<Shared>, Path(id): Path<String>) -> Result<Json<Cancelled>, Failure> {
+async fn cancel_job(
+    State(master): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Cancelled>, Failure> {
     let id = job_id(&id)?;
+    if caller.role() == TokenRole::Submit {
+        // A job's owner is fixed when it is submitted: reading it before proposing is safe.
+        let data = master.shared.read();
+        if data.state.job(id).is_some() {
+            let owner = data.state.access().owner_of(id);
+            if owner != caller.owner() {
+                let by = owner.map_or("another credential".to_string(), |o| format!("token '{o}'"));
+                return Err(failure(
+                    ApiErrorCode::Forbidden,
+                    format!(
+                        "forbidden: token '{}' has role submit, which may cancel only its own jobs; job {id} was \
+                         submitted by {by} (cancelling it needs role operator or higher)",
+                        caller.name()
+                    ),
+                ));
+            }
+        }
+    }
     match master.proposer.propose_one(Command::CancelJob { job: id }).await.map_err(|e| from_propose(&master, e))? {
         Applied::JobCancelled { job, kill } => {
             master.sessions.stop_attempts(&kill).await;

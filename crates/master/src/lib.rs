@@ -37,6 +37,7 @@ pub mod proposer;
 pub mod raft_service;
 pub mod releases;
 pub mod sessions;
+pub mod tokens;
 pub mod watchdog;
 
 use std::collections::BTreeMap;
@@ -163,14 +164,13 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
     )
     .add_service(WorkerServiceServer::new(sessions::WorkerSvc { sessions: master.sessions.clone() }))
     .into_axum_router();
-    let token: Option<Arc<str>> = config.token.as_deref().map(Arc::from);
     let app = api::router(master.clone())
         .merge(dashboard::public_router())
         .merge(dashboard::router(master.clone()))
         .merge(grpc)
         .fallback(api::fallback)
         .layer(axum::middleware::from_fn_with_state(master.clone(), name_the_masters))
-        .layer(axum::middleware::from_fn_with_state(token, auth::require_token));
+        .layer(axum::middleware::from_fn_with_state(master.clone(), auth::authenticate));
     // The server outlives `shutdown` by the leadership hand-over: the new leader needs this
     // master's vote.
     let server_stop = CancellationToken::new();

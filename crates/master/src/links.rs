@@ -17,6 +17,21 @@ use crate::node::Master;
 const EVERY: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Asks every peer whose release this master does not know yet, now (a gated command just
+/// after a start or an election need not wait for the next probe).
+pub async fn ask_releases(master: &Arc<Master>) {
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, address) in master.others().into_iter().filter(|(id, _)| master.releases.of(*id).is_none()) {
+        let m = master.clone();
+        asks.spawn(async move {
+            if let Ok(info) = m.fetch_node_info(&address, PROBE_TIMEOUT).await {
+                m.releases.record(id, info.version);
+            }
+        });
+    }
+    while asks.join_next().await.is_some() {}
+}
+
 /// Probes every peer once per [`EVERY`] until `shutdown`.
 pub async fn probe(master: Arc<Master>, shutdown: CancellationToken) {
     loop {

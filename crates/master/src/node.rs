@@ -93,7 +93,7 @@ impl Master {
             config.peer_connector(identity.as_ref(), flotilla_tls::Alpn::Http1),
         )?;
         let releases = Arc::new(crate::releases::Releases::new(config.id));
-        let proposer = Proposer::start(raft.clone(), metrics.clone(), releases.clone());
+        let proposer = Proposer::start(raft.clone(), metrics.clone(), releases.clone(), shared.clone());
         let sessions = Sessions::new(
             LeaderConfig::new(config.id, config.worker_timeout),
             proposer.clone(),
@@ -201,6 +201,22 @@ impl Master {
     /// Smoothed round trip to another master, in milliseconds, once measured.
     pub fn rtt_ms(&self, id: NodeId) -> Option<f64> {
         self.rtts.smoothed().into_iter().find(|(peer, _)| *peer == id).map(|(_, rtt)| millis(rtt))
+    }
+
+    /// A linearizable read on a follower (Raft's ReadIndex): the leader confirms its
+    /// leadership with a quorum and names its commit index; once this replica has applied
+    /// that far it answers as the leader would. `None` if the leader could not be asked.
+    pub async fn follower_read(&self, leader: NodeId, timeout: Duration) -> Option<()> {
+        let address = self.address_of(leader)?;
+        let (status, body) =
+            self.http.send(Method::GET, &address, "/v1/cluster/read-index", None, timeout).await.ok()?;
+        if !status.is_success() {
+            return None;
+        }
+        let wanted = serde_json::from_slice::<flotilla_proto::api::ReadIndex>(&body).ok()?.index;
+        let mut applied = self.shared.subscribe();
+        tokio::time::timeout(timeout, applied.wait_for(|&index| index >= wanted)).await.ok()?.ok()?;
+        Some(())
     }
 
     /// Asks another master for its own view (`GET /v1/node`).

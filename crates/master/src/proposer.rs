@@ -46,6 +46,7 @@ pub struct Proposer {
     in_flight: Arc<Semaphore>,
     raft: Raft,
     releases: Arc<Releases>,
+    shared: Arc<flotilla_raft::state_machine::Shared>,
 }
 
 /// While held, nothing more is proposed (what arrives waits in the queue); the proposal in
@@ -53,11 +54,16 @@ pub struct Proposer {
 pub struct Paused(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 impl Proposer {
-    pub fn start(raft: Raft, metrics: Arc<crate::metrics::Metrics>, releases: Arc<Releases>) -> Self {
+    pub fn start(
+        raft: Raft,
+        metrics: Arc<crate::metrics::Metrics>,
+        releases: Arc<Releases>,
+        shared: Arc<flotilla_raft::state_machine::Shared>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(64 * 1024);
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         tokio::spawn(batch_loop(raft.clone(), rx, metrics, in_flight.clone()));
-        Proposer { tx, in_flight, raft, releases }
+        Proposer { tx, in_flight, raft, releases, shared }
     }
 
     /// Stops proposing until the guard is dropped: a leadership transfer needs the log to
@@ -77,7 +83,16 @@ impl Proposer {
             let voters: Vec<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
             self.releases.oldest(voters)
         };
-        if let Some(refused) = held_back(commands.iter().filter_map(Command::feature), voters) {
+        // A feature the replicated state already uses passed the gate once: every voter read
+        // it then, and no release goes back (so a voter that is down now holds nothing back).
+        let gated: Vec<_> = commands.iter().filter_map(Command::feature).collect();
+        let gated = if gated.is_empty() {
+            gated
+        } else {
+            let data = self.shared.read();
+            gated.into_iter().filter(|f| !data.state.in_use(*f)).collect()
+        };
+        if let Some(refused) = held_back(gated, voters) {
             let _ = reply.send(Err(refused.into()));
             return rx;
         }

@@ -47,7 +47,8 @@ impl Releases {
 /// A command held back because a voter runs a release that cannot decode it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "this needs every voting master at release {needs} or later, and {}; finish upgrading the masters first",
+    "{} needs every voting master at release {needs} or later, and {}; finish upgrading the masters first",
+    .feature.name(),
     match .oldest { Some(v) => format!("the oldest runs {v}"), None => "not every voter has reported its release yet".to_string() }
 )]
 pub struct NotUpgraded {

@@ -71,8 +71,10 @@ pub enum ApiErrorCode {
     NotFound,
     /// 400: the request is malformed or refused as invalid.
     BadRequest,
-    /// 401: missing or wrong cluster token.
+    /// 401: no credential, or one this cluster does not know.
     Unauthorized,
+    /// 403: a known credential whose role may not do this.
+    Forbidden,
     /// 409: the request does not fit the current state (cancelling a finished job).
     Conflict,
     /// 503: the master cannot serve the request now (leadership changed, storage failed).
@@ -88,12 +90,13 @@ pub enum ApiErrorCode {
 }
 
 impl ApiErrorCode {
-    pub const ALL: [ApiErrorCode; 10] = [
+    pub const ALL: [ApiErrorCode; 11] = [
         ApiErrorCode::NotLeader,
         ApiErrorCode::NoLeader,
         ApiErrorCode::NotFound,
         ApiErrorCode::BadRequest,
         ApiErrorCode::Unauthorized,
+        ApiErrorCode::Forbidden,
         ApiErrorCode::Conflict,
         ApiErrorCode::Unavailable,
         ApiErrorCode::Internal,
@@ -109,6 +112,7 @@ impl ApiErrorCode {
             ApiErrorCode::NotFound => 404,
             ApiErrorCode::BadRequest => 400,
             ApiErrorCode::Unauthorized => 401,
+            ApiErrorCode::Forbidden => 403,
             ApiErrorCode::Conflict => 409,
             ApiErrorCode::Gone => 410,
             ApiErrorCode::Internal | ApiErrorCode::Unknown => 500,
@@ -123,6 +127,7 @@ impl ApiErrorCode {
             ApiErrorCode::NotFound => "not_found",
             ApiErrorCode::BadRequest => "bad_request",
             ApiErrorCode::Unauthorized => "unauthorized",
+            ApiErrorCode::Forbidden => "forbidden",
             ApiErrorCode::Conflict => "conflict",
             ApiErrorCode::Unavailable => "unavailable",
             ApiErrorCode::Internal => "internal",
@@ -535,6 +540,51 @@ pub fn url_encode(text: &str) -> String {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Submitted {
     pub id: u64,
+}
+
+pub use flotilla_core::access::Role as TokenRole;
+
+/// `GET /v1/cluster/read-index` (masters only): the leader's commit index, confirmed by a
+/// quorum. A follower that has applied it may answer a linearizable read itself.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct ReadIndex {
+    pub index: u64,
+}
+
+/// `POST /v1/tokens`: a new named token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    pub role: TokenRole,
+}
+
+/// The answer to `POST /v1/tokens`: the only time the token itself is shown.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub name: String,
+    pub role: TokenRole,
+    pub token: String,
+}
+
+/// One credential in `GET /v1/tokens` (never the token, nor its hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub name: String,
+    pub role: TokenRole,
+    /// When it was made (ms since the epoch); none for the bootstrap token.
+    pub created_ms: Option<u64>,
+    /// The credential that made it; none for the bootstrap token.
+    pub created_by: Option<String>,
+    /// The bootstrap token (`admin.token` or `--token-file`), which masters hold in a file.
+    pub bootstrap: bool,
+}
+
+/// The answer to `DELETE /v1/tokens/NAME`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    pub name: String,
+    pub role: TokenRole,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1201,6 +1251,7 @@ mod tests {
             (ApiErrorCode::NotFound, "not_found", 404),
             (ApiErrorCode::BadRequest, "bad_request", 400),
             (ApiErrorCode::Unauthorized, "unauthorized", 401),
+            (ApiErrorCode::Forbidden, "forbidden", 403),
             (ApiErrorCode::Conflict, "conflict", 409),
             (ApiErrorCode::Unavailable, "unavailable", 503),
             (ApiErrorCode::Internal, "internal", 500),

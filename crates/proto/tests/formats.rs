@@ -41,10 +41,12 @@ enum Kind {
     Record,
     WorkerMsg,
     MasterMsg,
+    /// The state's access section (snapshot format 2).
+    Access,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [Kind::Command, Kind::State, Kind::Record, Kind::WorkerMsg, Kind::MasterMsg];
+    const ALL: [Kind; 6] = [Kind::Command, Kind::State, Kind::Record, Kind::WorkerMsg, Kind::MasterMsg, Kind::Access];
 
     fn name(self) -> &'static str {
         match self {
@@ -53,6 +55,7 @@ impl Kind {
             Kind::Record => "record",
             Kind::WorkerMsg => "worker-msg",
             Kind::MasterMsg => "master-msg",
+            Kind::Access => "access",
         }
     }
 
@@ -64,6 +67,7 @@ impl Kind {
             Kind::Record => again::<Task>(bytes),
             Kind::WorkerMsg => again::<WorkerMsg>(bytes),
             Kind::MasterMsg => again::<MasterMsg>(bytes),
+            Kind::Access => again::<flotilla_core::access::Access>(bytes),
         }
     }
 }
@@ -221,8 +225,21 @@ fn samples() -> Samples {
     let run =
         RunTask::for_attempt(&s.state, &s.records, a.task, a.fence).expect("records read").expect("the job is there");
     let state = s.state.clone();
+    // 0.2.0's tokens come after the state sample: they live in the access section, and the
+    // job a token submits would change the state's bytes on file.
+    let hash = flotilla_core::access::TokenHash([0xab; 32]);
+    let admin = flotilla_core::access::Role::Admin;
+    s.apply(Command::CreateToken { name: "alice".into(), role: admin, hash, by: "bootstrap".into() });
+    let submit = flotilla_core::access::Role::Submit;
+    s.apply(Command::CreateToken { name: "ci".into(), role: submit, hash, by: "alice".into() });
+    let spec = JobSpec { command: vec!["true".into()], ..JobSpec::default() };
+    s.apply(Command::SubmitJobAs { spec, request_id: Some("r-ci".into()), owner: "ci".into() });
+    s.apply(Command::RevokeToken { name: "bootstrap".into() });
+    let access = s.state.access().clone();
+    assert!(!access.is_empty() && access.bootstrap_revoked());
     let mut samples = s.samples;
     samples.add(Kind::State, "after-script", &state);
+    samples.add(Kind::Access, "after-tokens", &access);
 
     let worker_msgs = vec![
         WorkerMsg::Hello {

@@ -20,7 +20,9 @@ use openraft::{Membership, SnapshotMeta, StoredMembership, Vote};
 use sha2::{Digest, Sha256};
 
 use crate::log_store::LogStore;
-use crate::state_machine::{read_header, write_snapshot, FileError, Header, Shared, StateMachineStore, MAGIC};
+use crate::state_machine::{
+    read_header, write_header, write_snapshot, FileError, Header, Shared, StateMachineStore, MAGIC,
+};
 use crate::{Node, NodeId};
 
 const FOOTER: &[u8; 8] = b"FLOTSUM1";
@@ -192,12 +194,8 @@ pub async fn seed(
     // The new header, then the backup's rows as they are.
     let staged = dir.join("snapshot.restore");
     {
-        let head = flotilla_proto::codec::encode("snapshot header", &header)
-            .map_err(|e| BackupError::Snapshot(e.to_string()))?;
         let mut w = std::io::BufWriter::new(fs::File::create(&staged).map_err(io(&staged))?);
-        w.write_all(MAGIC).map_err(io(&staged))?;
-        w.write_all(&(head.len() as u64).to_le_bytes()).map_err(io(&staged))?;
-        w.write_all(&head).map_err(io(&staged))?;
+        write_header(&mut w, &header).map_err(snapshot_error)?;
         let mut rows = r.take(len - FOOTER_LEN - rows_start);
         std::io::copy(&mut rows, &mut w).map_err(io(&staged))?;
         let f = w.into_inner().map_err(|e| io(&staged)(e.into_error()))?;

@@ -49,6 +49,11 @@ const BUILDING_FILE: &str = "snapshot.building";
 /// the state's encoding writes the next digit, reads the previous one by converting it, and
 /// writes the new one only once every voter reads it (a follower installs the leader's file).
 pub(crate) const MAGIC: &[u8; 8] = b"FLOTSNP1";
+/// Format 2 (0.2.0): format 1's header, then a length and the state's access section (named
+/// tokens, job owners). Written only while that section holds something, which needs every
+/// voter at 0.2.0 or later (`Feature::Tokens`): a cluster that never made a token still writes
+/// format 1, which 0.1.0 reads.
+pub(crate) const MAGIC_2: &[u8; 8] = b"FLOTSNP2";
 /// Frame that ends the rows of a snapshot file (no row has this key).
 const END_KEY: (u64, u64, u64) = (u64::MAX, u64::MAX, u64::MAX);
 
@@ -332,9 +337,21 @@ pub(crate) enum FileError {
 pub(crate) fn read_header(r: &mut impl Read, file_len: u64) -> Result<Header, FileError> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(FileError::Magic);
+    let with_access = match &magic {
+        m if m == MAGIC => false,
+        m if m == MAGIC_2 => true,
+        _ => return Err(FileError::Magic),
+    };
+    let mut header: Header = codec::decode("snapshot header", &read_section(r, file_len)?)?;
+    if with_access {
+        let access = codec::decode("snapshot access section", &read_section(r, file_len)?)?;
+        header.data.state.restore_access(access);
     }
+    Ok(header)
+}
+
+/// A length, then that many bytes.
+fn read_section(r: &mut impl Read, file_len: u64) -> Result<Vec<u8>, FileError> {
     let len = read_u64(r)?;
     // A length read from disk is checked before anything is allocated for it.
     if len > file_len {
@@ -342,7 +359,28 @@ pub(crate) fn read_header(r: &mut impl Read, file_len: u64) -> Result<Header, Fi
     }
     let mut bytes = vec![0u8; usize::try_from(len).map_err(|_| FileError::Magic)?];
     r.read_exact(&mut bytes)?;
-    Ok(codec::decode("snapshot header", &bytes)?)
+    Ok(bytes)
+}
+
+/// Writes the magic and the header (format 2 only when the access section holds something);
+/// returns the bytes written.
+pub(crate) fn write_header(w: &mut impl Write, header: &Header) -> Result<u64, FileError> {
+    let head = codec::encode("snapshot header", header)?;
+    let access = header.data.state.access();
+    let sections = if access.is_empty() {
+        w.write_all(MAGIC)?;
+        vec![head]
+    } else {
+        w.write_all(MAGIC_2)?;
+        vec![head, codec::encode("snapshot access section", access)?]
+    };
+    let mut bytes = MAGIC.len() as u64;
+    for section in sections {
+        w.write_all(&(section.len() as u64).to_le_bytes())?;
+        w.write_all(&section)?;
+        bytes += 8 + section.len() as u64;
+    }
+    Ok(bytes)
 }
 
 pub(crate) fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
@@ -368,11 +406,7 @@ pub(crate) struct Written {
 pub(crate) fn write_snapshot(path: &Path, header: &Header, records: &Records) -> Result<Written, FileError> {
     let file = fs::File::create(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let head = codec::encode("snapshot header", header)?;
-    w.write_all(MAGIC)?;
-    w.write_all(&(head.len() as u64).to_le_bytes())?;
-    w.write_all(&head)?;
-    let mut bytes = (MAGIC.len() + 8 + head.len()) as u64;
+    let mut bytes = write_header(&mut w, header)?;
     let mut rows = 0u64;
     let mut count = 0u64;
     for item in records.raw()? {
@@ -639,3 +673,47 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 /// How long building a snapshot may hold the state lock before it is worth a warning.
 pub const HOLD_WARNING: Duration = Duration::from_millis(50);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_core::access::{Role, TokenHash};
+    use flotilla_core::{Command, Proposal};
+
+    fn header_of(state: ClusterState) -> Header {
+        Header { meta: SnapshotMeta::default(), data: SmData { state, ..SmData::default() } }
+    }
+
+    fn round_trip(header: &Header) -> (Vec<u8>, Header) {
+        let mut bytes = Vec::new();
+        let written = write_header(&mut bytes, header).expect("write");
+        assert_eq!(written, bytes.len() as u64);
+        let back = read_header(&mut bytes.as_slice(), bytes.len() as u64).expect("read");
+        (bytes, back)
+    }
+
+    /// Invariant: a state without tokens is written as format 1 (what 0.1.0 reads), one with
+    /// tokens as format 2, and both read back to the same state.
+    #[test]
+    fn the_access_section_is_written_only_when_it_holds_something() {
+        let plain = ClusterState::default();
+        let (bytes, back) = round_trip(&header_of(plain.clone()));
+        assert_eq!(&bytes[..8], MAGIC);
+        assert_eq!(back.data.state, plain);
+
+        let mut with_tokens = ClusterState::default();
+        let create = Command::CreateToken {
+            name: "ci".into(),
+            role: Role::Submit,
+            hash: TokenHash([7; 32]),
+            by: "bootstrap".into(),
+        };
+        let ctx = flotilla_core::ApplyCtx { index: 1, term: 1, at_ms: 5 };
+        with_tokens.apply(ctx, &Proposal::new(5, vec![create]));
+        assert!(!with_tokens.access().is_empty());
+        let (bytes, back) = round_trip(&header_of(with_tokens.clone()));
+        assert_eq!(&bytes[..8], MAGIC_2);
+        assert_eq!(back.data.state, with_tokens);
+        assert_eq!(back.data.state.access().find(&TokenHash([7; 32])).map(|(n, _)| n), Some("ci"));
+    }
+}

@@ -131,6 +131,15 @@ pub fn new_token() -> Result<String, TlsError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A token's SHA-256: what the replicated state keeps of a named token. Tokens are 256 random
+/// bits, so a plain (unsalted, fast) hash is as strong as the token.
+pub fn hash_token(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
 pub(crate) fn read(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
 }

@@ -31,6 +31,23 @@ impl ClusterState {
     pub fn apply_command(&mut self, ctx: ApplyCtx, command: &Command) -> Response {
         match command {
             Command::SubmitJob { spec, request_id } => self.submit(ctx, spec, request_id.as_deref()),
+            Command::SubmitJobAs { spec, request_id, owner } => {
+                let response = self.submit(ctx, spec, request_id.as_deref());
+                if let Response::JobSubmitted { job, duplicate: false } = response {
+                    self.access.set_owner(job, owner);
+                }
+                response
+            }
+            Command::CreateToken { name, role, hash, by } => {
+                match self.access.create(name, *role, *hash, ctx.at_ms, by) {
+                    Ok(()) => Response::TokenCreated,
+                    Err(e) => Response::Invalid { reason: Refusal::Access(e) },
+                }
+            }
+            Command::RevokeToken { name } => match self.access.revoke(name) {
+                Ok(role) => Response::TokenRevoked { role },
+                Err(e) => Response::Invalid { reason: Refusal::Access(e) },
+            },
             Command::CancelJob { job } => self.cancel(ctx, *job),
             Command::RegisterWorker(info) => self.register_worker(ctx, info),
             Command::WorkerLost { name, incarnation, reason } => self.worker_lost(ctx, name, *incarnation, *reason),

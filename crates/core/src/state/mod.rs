@@ -392,6 +392,11 @@ pub struct ClusterState {
     retired_masters: BTreeSet<NodeId>,
     /// The cluster's identity (0 until its first leader chose one).
     cluster_id: u64,
+    /// Named tokens and job owners. Not in this struct's encoding, which 0.1.0 reads: a
+    /// snapshot carries it in a section of its own, written only once it holds something (so
+    /// only once every voter runs a release that reads it, see `version::Feature::Tokens`).
+    #[serde(skip)]
+    access: crate::access::Access,
     /// Record changes made by entries applied since the shell last took them.
     #[serde(skip)]
     record_ops: RecordOutbox,
@@ -430,6 +435,7 @@ impl Default for ClusterState {
             retained: retention::Retained::default(),
             retired_masters: BTreeSet::new(),
             cluster_id: 0,
+            access: crate::access::Access::default(),
             record_ops: RecordOutbox::default(),
         }
     }
@@ -500,6 +506,24 @@ impl ClusterState {
         self.cluster_id = cluster_id;
         self.retired_masters.clear();
         self.unreachable_masters.clear();
+    }
+
+    /// Whether the state holds what only `feature`'s commands make: they were committed, so
+    /// every voter read them then (releases are never downgraded).
+    pub fn in_use(&self, feature: crate::version::Feature) -> bool {
+        match feature {
+            crate::version::Feature::Tokens => !self.access.is_empty(),
+        }
+    }
+
+    pub fn access(&self) -> &crate::access::Access {
+        &self.access
+    }
+
+    /// Puts back the access section read from a snapshot (the rest of the state's encoding
+    /// does not hold it).
+    pub fn restore_access(&mut self, access: crate::access::Access) {
+        self.access = access;
     }
 
     pub fn retired_masters(&self) -> &BTreeSet<NodeId> {
