@@ -574,6 +574,10 @@ pub struct EventsArgs {
     /// Only events before this time (same forms as --since).
     #[arg(long)]
     pub until: Option<String>,
+    /// Only events of these kinds, comma-separated: `audit` (who asked to change what, from
+    /// where), `leader_elected`, `worker_lost`, `job_submitted`, … (the `kind` of `--json`).
+    #[arg(long, value_delimiter = ',')]
+    pub kind: Vec<String>,
     /// Read from the answering master's replica without asking the leader (may lag).
     #[arg(long)]
     pub stale: bool,

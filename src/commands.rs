@@ -567,6 +567,16 @@ async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
     if let Some(EventsCmd::Retention(r)) = a.command {
         return retention(r).await;
     }
+    let kinds = a
+        .kind
+        .iter()
+        .map(|k| match serde_json::from_value::<flotilla_proto::api::EventType>(serde_json::json!(k.trim())) {
+            Ok(flotilla_proto::api::EventType::Unknown) | Err(_) => {
+                Err(anyhow!("--kind '{k}' is not an event kind (audit, leader_elected, worker_lost, job_submitted, …)"))
+            }
+            Ok(kind) => Ok(kind),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let client = connect(&a.client)?;
     let (since, until) = time_window(a.since.as_deref(), a.until.as_deref())?;
     let mut after = a.after;
@@ -574,7 +584,8 @@ async fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
         let wait = if a.follow { Duration::from_secs(20) } else { Duration::ZERO };
         let batch = client.events(after, 1000, wait, a.stale).await?;
         let mut out = std::io::stdout().lock();
-        for e in batch.events.iter().filter(|e| e.at_ms >= since && e.at_ms < until) {
+        let wanted = |e: &&flotilla_proto::api::EventView| kinds.is_empty() || kinds.contains(&e.kind);
+        for e in batch.events.iter().filter(|e| e.at_ms >= since && e.at_ms < until).filter(wanted) {
             if a.json {
                 serde_json::to_writer(&mut out, e)?;
                 writeln!(out)?;

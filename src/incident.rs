@@ -8,7 +8,9 @@
 //! - a lost worker's capacity is *restored* when a worker of the same name joins again;
 //! - the *work recovered* when the last election happened and every job that had a task
 //!   rescheduled or retried had finished; *full recovery* also waits for every lost worker's
-//!   return (capacity restored).
+//!   return (capacity restored);
+//! - *what operators did* is every audited request in the window but submissions (the
+//!   workload): cancels, drains, membership and token changes, settings, refusals (403).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -57,6 +59,8 @@ pub struct Report {
     pub first_failure_ms: Option<u64>,
     pub work_recovered_ms: Option<u64>,
     pub recovered_ms: Option<u64>,
+    /// Audited requests other than submissions, oldest first.
+    pub operator_actions: Vec<EventView>,
 }
 
 /// Builds the report of the events in `[since_ms, until_ms)`.
@@ -157,9 +161,15 @@ pub fn build(all: &[EventView], since_ms: u64, until_ms: u64) -> Report {
         }
         Some(last)
     });
+    let operator_actions = events
+        .iter()
+        .filter(|e| e.kind == EventType::Audit && e.request.as_deref() != Some("POST /v1/jobs"))
+        .cloned()
+        .collect();
     Report {
         since_ms,
         until_ms,
+        operator_actions,
         events,
         elections,
         lost_workers,
@@ -225,6 +235,24 @@ impl Report {
         ]
     }
 
+    /// time, who, role, request, status, from of each operator action (Markdown-safe).
+    fn operator_rows(&self) -> Vec<(String, String, String, String, String, String)> {
+        let cell = |s: Option<&str>| s.unwrap_or("—").replace('|', "\\|");
+        self.operator_actions
+            .iter()
+            .map(|e| {
+                (
+                    e.time.clone(),
+                    cell(e.who.as_deref()),
+                    cell(e.role.map(|r| r.name())),
+                    cell(e.request.as_deref()),
+                    e.status.map_or("—".to_string(), |s| s.to_string()),
+                    cell(e.from.as_deref()),
+                )
+            })
+            .collect()
+    }
+
     pub fn markdown(&self) -> String {
         let mut o = String::new();
         let _ = writeln!(o, "# Flotilla incident report\n");
@@ -282,6 +310,12 @@ impl Report {
                 );
             }
         }
+        if !self.operator_actions.is_empty() {
+            let _ = writeln!(o, "\n## What operators did\n\n| time | who | role | request | answer | from |\n| --- | --- | --- | --- | --- | --- |");
+            for (time, who, role, request, status, from) in self.operator_rows() {
+                let _ = writeln!(o, "| {time} | {who} | {role} | {request} | {status} | {from} |");
+            }
+        }
         let _ = writeln!(o, "\n## Timeline\n\n| time | event |\n| --- | --- |");
         for e in &self.events {
             let _ = writeln!(o, "| {} | {} |", e.time, e.message.replace('|', "\\|"));
@@ -305,7 +339,24 @@ impl Report {
         for (k, v) in self.summary() {
             let _ = write!(o, "<tr><th>{}</th><td>{}</td></tr>", esc(&k), esc(&v));
         }
-        o.push_str("</table><h2>Timeline</h2>");
+        o.push_str("</table>");
+        if !self.operator_actions.is_empty() {
+            o.push_str("<h2>What operators did</h2><table><tr><th>time</th><th>who</th><th>role</th><th>request</th><th>answer</th><th>from</th></tr>");
+            for (time, who, role, request, status, from) in self.operator_rows() {
+                let _ = write!(
+                    o,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&time),
+                    esc(&who),
+                    esc(&role),
+                    esc(&request),
+                    esc(&status),
+                    esc(&from)
+                );
+            }
+            o.push_str("</table>");
+        }
+        o.push_str("<h2>Timeline</h2>");
         o.push_str(&self.svg());
         o.push_str("<table><tr><th>time</th><th>event</th></tr>");
         for e in &self.events {
@@ -387,6 +438,30 @@ mod tests {
 
     fn ev(seq: u64, at_ms: u64, kind: EventType, message: &str) -> EventView {
         EventView { seq, time: rfc3339(at_ms), at_ms, kind, message: message.to_string(), ..Default::default() }
+    }
+
+    #[test]
+    fn operators_actions_are_listed_but_not_submissions() {
+        let audit = |seq, request: &str, who: &str| EventView {
+            who: Some(who.into()),
+            role: Some(flotilla_proto::api::TokenRole::Operator),
+            request: Some(request.into()),
+            status: Some(200),
+            from: Some("10.0.0.9:51000".into()),
+            ..ev(seq, 1_000 + seq, EventType::Audit, "audit")
+        };
+        let events = vec![
+            audit(1, "POST /v1/jobs", "ci"),
+            audit(2, "POST /v1/workers/w1/drain", "ops"),
+            audit(3, "DELETE /v1/tokens/x", "ops"),
+        ];
+        let report = build(&events, 0, u64::MAX);
+        let requests: Vec<_> = report.operator_actions.iter().filter_map(|e| e.request.as_deref()).collect();
+        assert_eq!(requests, ["POST /v1/workers/w1/drain", "DELETE /v1/tokens/x"]);
+        let md = report.markdown();
+        assert!(md.contains("## What operators did"), "{md}");
+        assert!(md.contains("| ops | operator | POST /v1/workers/w1/drain | 200 | 10.0.0.9:51000 |"), "{md}");
+        assert!(report.html().contains("What operators did"));
     }
 
     #[test]

@@ -370,4 +370,34 @@ async fn each_role_is_allowed_and_refused_exactly_as_documented() {
     let (code, out, err) = cli_in(&t, &["token", "list", "--json"], &[("FLOTILLA_TOKEN", &alice_token)]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"role\": \"submit\"") || out.contains("\"role\":\"submit\""), "{out}");
+
+    // Audit: every mutating request, allowed or refused for its role, with who and from where;
+    // replicated (read after the failover), and in the incident report.
+    let alice_env = [("FLOTILLA_TOKEN", alice_token.as_str())];
+    let mut audit = Vec::new();
+    wait_until(&t, "the audit journal holds the operator's cordon and the viewer's refusal", LONG, || {
+        let (code, out, _) = cli_in(&t, &["events", "--kind", "audit", "--json"], &alice_env);
+        audit = out.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).collect();
+        let has = |who: &str, request: &str, status: u64| {
+            audit.iter().any(|e| e["who"] == who && e["request"] == request && e["status"] == status)
+        };
+        let ok = code == 0
+            && has("ops", "POST /v1/workers/a/cordon", 200)
+            && has("viewer", "POST /v1/jobs", 403)
+            && has("ci", &format!("POST /v1/jobs/{theirs}/cancel"), 403)
+            && has("bootstrap", "DELETE /v1/tokens/bootstrap", 200);
+        async move { ok }
+    })
+    .await;
+    assert!(audit.iter().all(|e| e["kind"] == "audit"), "{audit:?}");
+    let cordon =
+        audit.iter().find(|e| e["who"] == "ops" && e["request"] == "POST /v1/workers/a/cordon").expect("cordon");
+    assert_eq!(cordon["role"], "operator");
+    assert!(cordon["from"].as_str().is_some_and(|f| f.starts_with("127.0.0.1:")), "{cordon}");
+    let (code, report, err) = cli_in(&t, &["incident", "report", "--since", "1h"], &alice_env);
+    assert_eq!(code, 0, "{err}");
+    assert!(report.contains("## What operators did") && report.contains("POST /v1/workers/a/cordon"), "{report}");
+    let (code, _, err) = cli_in(&t, &["events", "--kind", "nonsense"], &alice_env);
+    assert_ne!(code, 0);
+    assert!(err.contains("not an event kind"), "{err}");
 }

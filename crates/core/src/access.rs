@@ -137,6 +137,42 @@ pub enum AccessRefusal {
     BootstrapRevoked,
 }
 
+/// The HTTP method of an audited request (only the ones that change something).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Method {
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// One request that asked to change something, as the journal keeps it: who (the token's
+/// name and role, or the certificate), what (method, path, the answer's status) and from where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub who: String,
+    /// The token's role; none for a certificate or an open master.
+    pub role: Option<Role>,
+    pub method: Method,
+    pub path: String,
+    /// The HTTP status it was answered with (403: refused for its role).
+    pub status: u16,
+    /// The caller's address and port.
+    pub from: String,
+}
+
+/// Longest path an audit record keeps (a longer one is cut).
+pub const MAX_AUDIT_PATH: usize = 256;
+
 /// The replicated part of access control.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Access {
@@ -144,6 +180,8 @@ pub struct Access {
     bootstrap_revoked: bool,
     /// The named token that submitted each job, while the job is kept.
     owners: BTreeMap<JobId, String>,
+    /// An audit record was committed (the audit gate is open for good).
+    audited: bool,
 }
 
 impl Access {
@@ -222,6 +260,10 @@ impl Access {
 
     pub(crate) fn set_owner(&mut self, job: JobId, owner: &str) {
         self.owners.insert(job, owner.to_string());
+    }
+
+    pub(crate) fn mark_audited(&mut self) {
+        self.audited = true;
     }
 
     pub(crate) fn forget_job(&mut self, job: JobId) {

@@ -153,6 +153,8 @@ pub enum Command {
         request_id: Option<String>,
         owner: String,
     },
+    /// A request that asked to change something, for the journal (`events --kind audit`).
+    Audit(crate::access::AuditRecord),
 }
 
 impl Command {
@@ -183,6 +185,7 @@ impl Command {
             Command::CreateToken { .. } | Command::RevokeToken { .. } | Command::SubmitJobAs { .. } => {
                 Some(Feature::Tokens)
             }
+            Command::Audit(_) => Some(Feature::Audit),
         }
     }
 }

@@ -126,6 +126,8 @@ pub enum EventKind {
         failed: u64,
         cancelled: u64,
     },
+    /// A request that asked to change something (0.2.0, `Feature::Audit`).
+    Audit(crate::access::AuditRecord),
 }
 
 impl EventKind {
@@ -150,6 +152,7 @@ impl EventKind {
             EventKind::ResultRejected { .. } => "result_rejected",
             EventKind::JobFinished { .. } => "job_finished",
             EventKind::JobRemoved { .. } => "job_removed",
+            EventKind::Audit(_) => "audit",
         }
     }
 
@@ -215,6 +218,13 @@ impl EventKind {
                 reason.name(),
                 state.name()
             ),
+            EventKind::Audit(a) => {
+                let who = match a.role {
+                    Some(role) => format!("token '{}' ({role})", a.who),
+                    None => a.who.clone(),
+                };
+                format!("{who} from {}: {} {} answered {}", a.from, a.method.name(), a.path, a.status)
+            }
         }
     }
 

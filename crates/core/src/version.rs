@@ -44,18 +44,21 @@ pub const FIRST: Version = Version::new(0, 1, 0);
 pub enum Feature {
     /// Named tokens with roles, and jobs that remember which token submitted them.
     Tokens,
+    /// Mutating requests journalled with who made them (`Command::Audit`).
+    Audit,
 }
 
 impl Feature {
     pub fn since(self) -> Version {
         match self {
-            Feature::Tokens => Version::new(0, 2, 0),
+            Feature::Tokens | Feature::Audit => Version::new(0, 2, 0),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Feature::Tokens => "tokens with roles",
+            Feature::Audit => "the audit journal",
         }
     }
 

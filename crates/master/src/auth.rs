@@ -14,7 +14,8 @@ use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use flotilla_core::access::{Need, Role, TokenHash, BOOTSTRAP};
+use flotilla_core::access::{AuditRecord, Method as AuditMethod, Need, Role, TokenHash, BOOTSTRAP, MAX_AUDIT_PATH};
+use flotilla_core::Command;
 use flotilla_tls::{Connection, Peer};
 
 use flotilla_proto::api::{ApiError, ApiErrorCode};
@@ -94,8 +95,10 @@ pub fn need_of(method: &Method, path: &str) -> Need {
 
 pub async fn authenticate(State(master): State<Arc<Master>>, mut request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<Connection>().map(|c| c.peer);
+    let remote = request.extensions().get::<Connection>().map(|c| c.remote);
     let path = request.uri().path();
     let need = need_of(request.method(), path);
+    let audited = audited(request.method(), path).map(|method| (method, path.to_string()));
     let caller = match peer {
         Some(Peer::Tls(Some(flotilla_tls::Role::Master))) => Some(Caller::Master),
         Some(Peer::Tls(Some(flotilla_tls::Role::Worker))) if need == Need::WorkerSession => Some(Caller::Worker),
@@ -118,10 +121,81 @@ pub async fn authenticate(State(master): State<Arc<Master>>, mut request: Reques
     };
     if !caller.role().may(need) {
         let why = forbidden(&caller, need);
+        if let Some((method, path)) = audited {
+            // A follower sends a write to the leader, refused or not, so that the refusal
+            // is journalled there (a follower cannot propose the audit record).
+            if let Some(leader) = master.leader_id().filter(|l| *l != master.config.id) {
+                return crate::api::Failure(ApiError {
+                    error: format!("master {} is not the leader; master {leader} is", master.config.id),
+                    code: ApiErrorCode::NotLeader,
+                    leader: master.address_of(leader),
+                })
+                .into_response();
+            }
+            audit(&master, &caller, method, path, 403, remote);
+        }
         return refuse(&request, ApiErrorCode::Forbidden, &why);
     }
-    request.extensions_mut().insert(caller);
-    next.run(request).await
+    request.extensions_mut().insert(caller.clone());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    // A follower's 421 and a 503 did nothing: there is nothing to audit.
+    if let Some((method, path)) = audited.filter(|_| !matches!(status, 421 | 503)) {
+        audit(&master, &caller, method, path, status, remote);
+    }
+    response
+}
+
+/// The requests the audit journal keeps: every one that asks to change something, but the
+/// last step of a leadership transfer (one master asking another, journalled as the election).
+fn audited(method: &Method, path: &str) -> Option<AuditMethod> {
+    if !path.starts_with("/v1/") || path == "/v1/cluster/stand" {
+        return None;
+    }
+    match *method {
+        Method::POST => Some(AuditMethod::Post),
+        Method::PUT => Some(AuditMethod::Put),
+        Method::DELETE => Some(AuditMethod::Delete),
+        _ => None,
+    }
+}
+
+/// Proposes the audit record without holding the answer back. Until every voter reads audit
+/// records (a rolling upgrade from 0.1.0) there is none, and the master logs the request.
+fn audit(
+    master: &Arc<Master>,
+    caller: &Caller,
+    method: AuditMethod,
+    mut path: String,
+    status: u16,
+    remote: Option<std::net::SocketAddr>,
+) {
+    if path.len() > MAX_AUDIT_PATH {
+        let mut cut = MAX_AUDIT_PATH;
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        path.truncate(cut);
+    }
+    let role = match caller {
+        Caller::Token { role, .. } => Some(*role),
+        _ => None,
+    };
+    let from = remote.map_or_else(|| "unknown".to_string(), |r| r.to_string());
+    let record = AuditRecord { who: caller.name().to_string(), role, method, path, status, from };
+    let proposer = master.proposer.clone();
+    tokio::spawn(async move {
+        let answer = proposer.enqueue(vec![Command::Audit(record.clone())]).await;
+        match answer.await {
+            Ok(Ok(_)) => {}
+            // During an upgrade from 0.1.0 this is every request: not worth more than debug.
+            Ok(Err(e)) => tracing::debug!(
+                who = %record.who, method = record.method.name(), path = %record.path, status = record.status,
+                from = %record.from, reason = %e, "request not in the audit journal"
+            ),
+            Err(_) => {}
+        }
+    });
 }
 
 /// The token a request shows, checked against the bootstrap token and the named ones.

@@ -34,11 +34,16 @@ pub async fn ask_releases(master: &Arc<Master>) {
 
 /// Probes every peer once per [`EVERY`] until `shutdown`.
 pub async fn probe(master: Arc<Master>, shutdown: CancellationToken) {
+    // The first round at once: a new leader needs its peers' releases for gated commands.
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(EVERY) => {}
+        if !first {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(EVERY) => {}
+            }
         }
+        first = false;
         let mut asks = tokio::task::JoinSet::new();
         for (id, address) in master.others() {
             let m = master.clone();

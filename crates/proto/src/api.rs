@@ -347,6 +347,7 @@ pub enum EventType {
     ResultRejected,
     JobFinished,
     JobRemoved,
+    Audit,
     /// A kind this build does not know (from a newer master).
     #[default]
     #[serde(other)]
@@ -372,6 +373,7 @@ impl EventType {
             EventType::ResultRejected => "result_rejected",
             EventType::JobFinished => "job_finished",
             EventType::JobRemoved => "job_removed",
+            EventType::Audit => "audit",
             EventType::Unknown => "unknown",
         }
     }
@@ -399,6 +401,7 @@ impl From<&journal::EventKind> for EventType {
             K::ResultRejected { .. } => EventType::ResultRejected,
             K::JobFinished { .. } => EventType::JobFinished,
             K::JobRemoved { .. } => EventType::JobRemoved,
+            K::Audit(_) => EventType::Audit,
         }
     }
 }
@@ -1053,6 +1056,21 @@ pub struct EventView {
     /// For `job_finished`: succeeded, failed or cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<JobState>,
+    /// For `audit`: the token's name, or the certificate that made the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
+    /// For `audit`: the token's role (none for a certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<TokenRole>,
+    /// For `audit`: method and path, `POST /v1/jobs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// For `audit`: the HTTP status it was answered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// For `audit`: the caller's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl EventView {
@@ -1121,6 +1139,13 @@ impl EventView {
                 v.reason = Some(reason.name().to_string());
             }
             journal::EventKind::JobSubmitted { .. } => {}
+            journal::EventKind::Audit(a) => {
+                v.who = Some(a.who.clone());
+                v.role = a.role;
+                v.request = Some(format!("{} {}", a.method.name(), a.path));
+                v.status = Some(a.status);
+                v.from = Some(a.from.clone());
+            }
         }
         v
     }

@@ -235,6 +235,14 @@ fn samples() -> Samples {
     let spec = JobSpec { command: vec!["true".into()], ..JobSpec::default() };
     s.apply(Command::SubmitJobAs { spec, request_id: Some("r-ci".into()), owner: "ci".into() });
     s.apply(Command::RevokeToken { name: "bootstrap".into() });
+    s.apply(Command::Audit(flotilla_core::access::AuditRecord {
+        who: "alice".into(),
+        role: Some(admin),
+        method: flotilla_core::access::Method::Delete,
+        path: "/v1/tokens/bootstrap".into(),
+        status: 200,
+        from: "10.0.0.9:51000".into(),
+    }));
     let access = s.state.access().clone();
     assert!(!access.is_empty() && access.bootstrap_revoked());
     let mut samples = s.samples;

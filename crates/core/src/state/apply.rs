@@ -44,6 +44,11 @@ impl ClusterState {
                     Err(e) => Response::Invalid { reason: Refusal::Access(e) },
                 }
             }
+            Command::Audit(record) => {
+                self.access.mark_audited();
+                self.journal.record(ctx.at_ms, EventKind::Audit(record.clone()));
+                Response::Noted
+            }
             Command::RevokeToken { name } => match self.access.revoke(name) {
                 Ok(role) => Response::TokenRevoked { role },
                 Err(e) => Response::Invalid { reason: Refusal::Access(e) },

@@ -512,7 +512,9 @@ impl ClusterState {
     /// every voter read them then (releases are never downgraded).
     pub fn in_use(&self, feature: crate::version::Feature) -> bool {
         match feature {
-            crate::version::Feature::Tokens => !self.access.is_empty(),
+            // Both came with 0.2.0, and only they fill the access section: anything in it
+            // shows every voter read 0.2.0's commands.
+            crate::version::Feature::Tokens | crate::version::Feature::Audit => !self.access.is_empty(),
         }
     }
 
