@@ -160,7 +160,7 @@ fn audited(method: &Method, path: &str) -> Option<AuditMethod> {
     }
 }
 
-/// Proposes the audit record without holding the answer back. Until every voter reads audit
+/// Proposes the audit record with the next proposal, without holding the answer back. Until every voter reads audit
 /// records (a rolling upgrade from 0.1.0) there is none, and the master logs the request.
 fn audit(
     master: &Arc<Master>,
@@ -183,19 +183,13 @@ fn audit(
     };
     let from = remote.map_or_else(|| "unknown".to_string(), |r| r.to_string());
     let record = AuditRecord { who: caller.name().to_string(), role, method, path, status, from };
-    let proposer = master.proposer.clone();
-    tokio::spawn(async move {
-        let answer = proposer.enqueue(vec![Command::Audit(record.clone())]).await;
-        match answer.await {
-            Ok(Ok(_)) => {}
-            // During an upgrade from 0.1.0 this is every request: not worth more than debug.
-            Ok(Err(e)) => tracing::debug!(
-                who = %record.who, method = record.method.name(), path = %record.path, status = record.status,
-                from = %record.from, reason = %e, "request not in the audit journal"
-            ),
-            Err(_) => {}
-        }
-    });
+    if let Err(e) = master.proposer.defer(Command::Audit(record.clone())) {
+        // During an upgrade from 0.1.0 this is every request: not worth more than debug.
+        tracing::debug!(
+            who = %record.who, method = record.method.name(), path = %record.path, status = record.status,
+            from = %record.from, reason = %e, "request not in the audit journal"
+        );
+    }
 }
 
 /// The token a request shows, checked against the bootstrap token and the named ones.

@@ -40,9 +40,14 @@ struct Pending {
     reply: oneshot::Sender<Result<Vec<Response>, ProposeError>>,
 }
 
+/// How long a deferred command waits for a proposal to ride along with before it is proposed
+/// alone (see [`Proposer::defer`]).
+const DEFER_FOR: std::time::Duration = std::time::Duration::from_millis(50);
+
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
+    deferred: mpsc::Sender<Command>,
     in_flight: Arc<Semaphore>,
     raft: Raft,
     releases: Arc<Releases>,
@@ -61,24 +66,27 @@ impl Proposer {
         shared: Arc<flotilla_raft::state_machine::Shared>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(64 * 1024);
+        let (deferred, deferred_rx) = mpsc::channel(64 * 1024);
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        tokio::spawn(batch_loop(raft.clone(), rx, metrics, in_flight.clone()));
-        Proposer { tx, in_flight, raft, releases, shared }
+        tokio::spawn(batch_loop(raft.clone(), rx, deferred_rx, metrics, in_flight.clone()));
+        Proposer { tx, deferred, in_flight, raft, releases, shared }
     }
 
-    /// Stops proposing until the guard is dropped: a leadership transfer needs the log to
-    /// stand still while the new leader catches up to its last entry.
-    pub async fn pause(&self) -> Option<Paused> {
-        self.in_flight.clone().acquire_many_owned(MAX_IN_FLIGHT as u32).await.ok().map(Paused)
+    /// Proposes a command nobody waits for (an audit record) with the next proposal, or alone
+    /// after [`DEFER_FOR`] if none comes: under load it costs no entry of its own, so a
+    /// client's next request does not wait for it. Refused like [`Proposer::enqueue`] while
+    /// an older voter could not read it, and dropped if a burst filled the queue.
+    pub fn defer(&self, command: Command) -> Result<(), ProposeError> {
+        if let Some(refused) = self.held_back(std::slice::from_ref(&command)) {
+            return Err(refused.into());
+        }
+        self.deferred.try_send(command).map_err(|_| ProposeError::Dropped)
     }
 
-    /// Enqueues commands (committed together, in order) and returns where their responses
-    /// will arrive. Awaiting only the enqueue keeps the caller's order without waiting for
-    /// the commit.
-    pub async fn enqueue(&self, commands: Vec<Command>) -> oneshot::Receiver<Result<Vec<Response>, ProposeError>> {
-        let (reply, rx) = oneshot::channel();
-        // Every command reaches the log through here, so this is where a command that some
-        // voter's release could not decode is held back (rolling upgrades).
+    /// Every command reaches the log through [`Proposer::enqueue`] or [`Proposer::defer`], so
+    /// this is where a command that some voter's release could not decode is held back
+    /// (rolling upgrades).
+    fn held_back(&self, commands: &[Command]) -> Option<NotUpgraded> {
         let voters = || {
             let voters: Vec<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
             self.releases.oldest(voters)
@@ -92,7 +100,21 @@ impl Proposer {
             let data = self.shared.read();
             gated.into_iter().filter(|f| !data.state.in_use(*f)).collect()
         };
-        if let Some(refused) = held_back(gated, voters) {
+        held_back(gated, voters)
+    }
+
+    /// Stops proposing until the guard is dropped: a leadership transfer needs the log to
+    /// stand still while the new leader catches up to its last entry.
+    pub async fn pause(&self) -> Option<Paused> {
+        self.in_flight.clone().acquire_many_owned(MAX_IN_FLIGHT as u32).await.ok().map(Paused)
+    }
+
+    /// Enqueues commands (committed together, in order) and returns where their responses
+    /// will arrive. Awaiting only the enqueue keeps the caller's order without waiting for
+    /// the commit.
+    pub async fn enqueue(&self, commands: Vec<Command>) -> oneshot::Receiver<Result<Vec<Response>, ProposeError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Some(refused) = self.held_back(&commands) {
             let _ = reply.send(Err(refused.into()));
             return rx;
         }
@@ -117,12 +139,32 @@ impl Proposer {
 async fn batch_loop(
     raft: Raft,
     mut rx: mpsc::Receiver<Pending>,
+    mut deferred: mpsc::Receiver<Command>,
     metrics: Arc<crate::metrics::Metrics>,
     in_flight: Arc<Semaphore>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let mut count = batch[0].commands.len();
+    // Deferred commands taken off their channel, for the next proposal.
+    let mut carried: Vec<Command> = Vec::new();
+    loop {
+        // A proposal someone waits for starts a batch at once; a deferred command waits a
+        // little for one to ride along with.
+        let first = tokio::select! {
+            biased;
+            p = rx.recv() => match p {
+                Some(p) => Some(p),
+                None => return,
+            },
+            Some(c) = deferred.recv() => {
+                carried.push(c);
+                match tokio::time::timeout(DEFER_FOR, rx.recv()).await {
+                    Ok(Some(p)) => Some(p),
+                    Ok(None) => return,
+                    Err(_) => None,
+                }
+            }
+        };
+        let mut batch: Vec<Pending> = first.into_iter().collect();
+        let mut count = batch.first().map_or(0, |p| p.commands.len());
         while count < MAX_BATCH {
             match rx.try_recv() {
                 Ok(p) => {
@@ -133,7 +175,18 @@ async fn batch_loop(
             }
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let mut commands = Vec::with_capacity(count);
+        // What was deferred meanwhile rides along, after the commands someone waits for (whose
+        // responses come first, so each caller's slice stays where it was).
+        while count + carried.len() < MAX_BATCH {
+            match deferred.try_recv() {
+                Ok(c) => carried.push(c),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() && carried.is_empty() {
+            continue;
+        }
+        let mut commands = Vec::with_capacity(count + carried.len());
         let mut sizes = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for p in batch {
@@ -141,6 +194,7 @@ async fn batch_loop(
             commands.extend(p.commands);
             replies.push(p.reply);
         }
+        commands.append(&mut carried);
         metrics.observe_proposal(commands.len());
         let proposal = Proposal::new(now_ms(), commands);
         let receiver = match raft.client_write_ff(proposal).await {
