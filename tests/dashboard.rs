@@ -169,6 +169,29 @@ async fn dashboard_follows_a_job_and_a_leader_change_live() {
     )
     .await;
     assert_eq!(seen, json!(true));
+    // The page is served with a strict Content-Security-Policy (no inline style or script), and
+    // still draws its bars: their sizes are set from script.
+    let page = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(t.cluster.address(follower)).expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read");
+        answer.to_ascii_lowercase()
+    };
+    assert!(
+        page.contains("content-security-policy: default-src 'none'; script-src 'self'; style-src 'self';"),
+        "no strict CSP on the page: {}",
+        page.split("\r\n\r\n").next().unwrap_or_default()
+    );
+    wait_page(
+        &t,
+        &browser,
+        "worker load bars sized under the CSP",
+        "const bars = [...document.querySelectorAll('.load > div')]; \
+         return bars.length > 0 && bars.every(b => b.style.width.endsWith('%'))",
+    )
+    .await;
     let conn = eval(&browser, "return document.querySelector('#conn').textContent").await;
     assert!(
         conn.as_str().is_some_and(|c| c.contains(&format!("master {follower}")) && c.contains("follower")),

@@ -19,7 +19,7 @@ use axum::extract::Path;
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -50,7 +50,7 @@ const VIEW_EVENTS: usize = 300;
 /// The routes without the cluster token: the page and its code hold no cluster data.
 pub fn public_router() -> Router {
     Router::new()
-        .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/ui/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
 }
@@ -129,8 +129,24 @@ pub fn is_public(method: &Method, path: &str) -> bool {
     matches!(path, "/" | "/ui/app.js" | "/ui/app.css") || (method == Method::OPTIONS && path.starts_with("/ui/"))
 }
 
+/// The dashboard runs only its own script and style (no inline code, no other origin's);
+/// it may fetch from any master (it follows the leader), and nothing may frame it.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self' https: http:; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// One master as the dashboard shows it.

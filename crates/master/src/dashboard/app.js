@@ -21,6 +21,14 @@ const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "
 const fmtMs = (ms) => ms == null ? "–" : ms < 1000 ? `${ms} ms` : ms < 60000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 60000)} min`;
 const token = () => localStorage.getItem("flotilla-token") || "";
 
+// Sizes arrive as data attributes and are set here: the page's Content-Security-Policy allows
+// no inline style attributes.
+function applySizes(root) {
+  for (const el of root.querySelectorAll("[data-w]")) el.style.width = `${el.dataset.w}%`;
+  for (const el of root.querySelectorAll("[data-left]")) el.style.left = `${el.dataset.left}%`;
+}
+new MutationObserver(() => applySizes(document)).observe(document.body, { childList: true, subtree: true });
+
 function headers() {
   const t = token();
   return t ? { Authorization: `Bearer ${t}` } : {};
@@ -199,7 +207,7 @@ function clusterPage(v) {
       const queued = w.cpus_queued ? ` +${w.cpus_queued} queued` : "";
       return `<div class="worker" data-name="${esc(w.name)}" data-state="${esc(w.state)}">
         <span>${esc(w.name)}</span>${badge(w.state)}
-        <div class="load" title="${w.cpus_busy} of ${w.cpus_total} cpus busy, ${w.cpus_free} free, ${w.cpus_queued} queued"><div style="width:${pct}%"></div></div>
+        <div class="load" title="${w.cpus_busy} of ${w.cpus_total} cpus busy, ${w.cpus_free} free, ${w.cpus_queued} queued"><div data-w="${pct}"></div></div>
         <span class="muted">${w.cpus_busy}/${w.cpus_total}${queued}</span></div>`;
     }).join("")}</div>`).join("");
   return `<div class="tiles">${tiles}</div>
@@ -225,7 +233,7 @@ function progress(j) {
   const bad = (100 * (t.failed + t.cancelled)) / total;
   const pct = Math.floor(ok + bad);
   return `<div class="progress" data-job="${j.id}" data-pct="${pct}" title="${t.succeeded} succeeded, ${t.failed} failed, ${t.running} running, ${t.waiting} waiting">
-    <div class="done" style="width:${ok}%"></div><div class="fail" style="left:${ok}%;width:${bad}%"></div><span>${pct} %</span></div>`;
+    <div class="done" data-w="${ok}"></div><div class="fail" data-left="${ok}" data-w="${bad}"></div><span>${pct} %</span></div>`;
 }
 
 function jobsPage(v) {
@@ -235,7 +243,7 @@ function jobsPage(v) {
     return `<tr class="job" data-id="${j.id}" data-state="${esc(j.state)}">
       <td><a href="#/job/${j.id}">${j.id}</a></td><td>${esc(j.name || "")}</td><td>${badge(j.state)}</td>
       <td>${progress(j)}</td><td>${j.tasks.succeeded + j.tasks.failed + j.tasks.cancelled} / ${j.tasks.total}</td>
-      <td>${j.tasks.failed ? `<b style="color:var(--bad)">${j.tasks.failed}</b>` : 0}</td>
+      <td>${j.tasks.failed ? `<b class="bad">${j.tasks.failed}</b>` : 0}</td>
       <td>${r == null || j.finished_at ? "–" : r.toFixed(1) + " /s"}</td><td class="muted">${esc(j.submitted_at)}</td></tr>`;
   }).join("");
   return `<h2>Jobs</h2><table id="jobs"><tr><th>id</th><th>name</th><th>state</th><th>progress</th><th>done</th><th>failed</th><th>rate</th><th>submitted</th></tr>${rows}</table>`;
@@ -275,11 +283,11 @@ function jobPage(id) {
     <td>${t.attempt != null ? `attempt ${t.attempt}, term ${t.term}` : "–"}</td><td>${esc(t.worker || "–")}</td>
     <td>${t.exit_code ?? (t.signal != null ? "signal " + t.signal : t.timed_out ? "timed out" : esc(t.error || "–"))}</td>
     <td>${fmtMs(t.duration_ms)}</td>
-    <td>${t.stdout || t.stderr ? `<details><summary>output</summary>${t.stdout ? `<pre>${esc(t.stdout)}</pre>` : ""}${t.stderr ? `<pre style="color:var(--bad)">${esc(t.stderr)}</pre>` : ""}</details>` : ""}</td></tr>`).join("");
+    <td>${t.stdout || t.stderr ? `<details><summary>output</summary>${t.stdout ? `<pre>${esc(t.stdout)}</pre>` : ""}${t.stderr ? `<pre class="bad">${esc(t.stderr)}</pre>` : ""}</details>` : ""}</td></tr>`).join("");
   return `<h2>Job ${d.id} ${esc(d.name || "")} ${badge(d.state)}</h2>
     ${progress(d)}
     <p class="muted"><code>${esc(d.command.join(" "))}</code> · array ${esc(d.array || "–")} · ${d.cpus} cpu · retries ${d.retries}
-      ${d.failure ? `· <b style="color:var(--bad)">${esc(d.failure)}</b>` : ""}${d.unschedulable ? ` · ${esc(d.unschedulable)}` : ""}</p>
+      ${d.failure ? `· <b class="bad">${esc(d.failure)}</b>` : ""}${d.unschedulable ? ` · ${esc(d.unschedulable)}` : ""}</p>
     <div class="filters">State <select id="f-state"><option value="">all</option>${states.map((s) => `<option ${s === f.state ? "selected" : ""}>${esc(s)}</option>`).join("")}</select>
       Search <input id="f-text" value="${esc(f.text)}" placeholder="index, worker or output">
       <span class="muted">${shown.length} of ${j.results.length} tasks${j.results.length < d.tasks.total ? " (first " + j.results.length + ")" : ""}</span></div>
@@ -324,7 +332,7 @@ function timelinePage(v) {
   const list = events.slice().reverse().filter((e) => !state.kindFilter || e.kind === state.kindFilter).slice(0, 200)
     .map((e) => `<tr class="event" data-kind="${esc(e.kind)}"><td class="muted">${esc(e.time)}</td><td>${badge(e.kind)}</td><td>${esc(e.message)}</td></tr>`).join("");
   return `<h2>Event timeline <span class="muted">(${esc(events[0].time)} – ${esc(events[events.length - 1].time)}, newest ${events.length} events)</span></h2>
-    <svg class="timeline" viewBox="0 0 ${W} ${H + 10}" preserveAspectRatio="none" style="height:${H + 10}px">${lanes}${marks}</svg>
+    <svg class="timeline" viewBox="0 0 ${W} ${H + 10}" preserveAspectRatio="none" height="${H + 10}">${lanes}${marks}</svg>
     <div class="filters">Kind <select id="f-kind"><option value="">all</option>${kinds.map((k) => `<option ${k === state.kindFilter ? "selected" : ""}>${esc(k)}</option>`).join("")}</select></div>
     <table id="events"><tr><th>time</th><th>kind</th><th>what happened</th></tr>${list}</table>`;
 }
