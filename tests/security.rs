@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,6 +18,39 @@ fn cli_in(t: &TestCluster, args: &[&str], extra: &[(&str, &str)]) -> (i32, Strin
 
 fn log_of(t: &TestCluster, name: &str) -> String {
     std::fs::read_to_string(t.dir.path().join("logs").join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// A worker outside the harness, with these certificates (or none: plain text) and token; its
+/// stderr is kept for [`stop_and_read`].
+fn spawn_worker(t: &TestCluster, name: &str, certs: Option<&std::path::Path>, token: Option<&str>) -> Child {
+    let mut command = std::process::Command::new(EXE);
+    command
+        .args(["worker", "--masters", &t.cluster.master_list(), "--cpus", "1", "--name", name])
+        .arg("--data-dir")
+        .arg(t.dir.path().join(format!("w-{name}")))
+        .env_remove("FLOTILLA_CERTS")
+        .env_remove("FLOTILLA_TOKEN")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    if let Some(certs) = certs {
+        command.arg("--certs").arg(certs);
+    }
+    if let Some(token) = token {
+        command.env("FLOTILLA_TOKEN", token);
+    }
+    command.spawn().expect("start a worker")
+}
+
+/// Kills a worker of [`spawn_worker`] and returns what it wrote to stderr.
+fn stop_and_read(mut child: Child) -> String {
+    use std::io::Read;
+    let _ = child.kill();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let _ = child.wait();
+    err
 }
 
 /// Invariants: over TLS a job runs with every task recorded once, the CLI needs nothing but
@@ -74,26 +108,8 @@ async fn tls_everywhere_admits_the_cluster_and_refuses_everyone_else() {
     // A worker with another cluster's certificates, and one speaking plain text.
     let other = tempfile::tempdir().expect("tempdir");
     flotilla_tls::authority::init(other.path(), &[]).expect("another CA");
-    let stranger_certs = other.path().display().to_string();
-    let mut stranger = std::process::Command::new(EXE)
-        .args(["worker", "--masters", &t.cluster.master_list(), "--cpus", "1", "--name", "stranger"])
-        .arg("--data-dir")
-        .arg(t.dir.path().join("w-stranger"))
-        .args(["--certs", &stranger_certs])
-        .env_remove("FLOTILLA_CERTS")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start the stranger");
-    let mut plain = std::process::Command::new(EXE)
-        .args(["worker", "--masters", &t.cluster.master_list(), "--cpus", "1", "--name", "plain"])
-        .arg("--data-dir")
-        .arg(t.dir.path().join("w-plain"))
-        .env_remove("FLOTILLA_CERTS")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start the plain worker");
+    let stranger = spawn_worker(&t, "stranger", Some(other.path()), None);
+    let plain = spawn_worker(&t, "plain", None, None);
     // Both keep trying; give them a few rounds, then check that neither ever registered.
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
@@ -101,21 +117,9 @@ async fn tls_everywhere_admits_the_cluster_and_refuses_everyone_else() {
         assert!(!names.iter().any(|n| n == "plain" || n == "stranger"), "a foreign worker joined: {names:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let _ = stranger.kill();
-    let _ = plain.kill();
-    let mut err = String::new();
-    if let Some(mut e) = stranger.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
-    let _ = stranger.wait();
+    let err = stop_and_read(stranger);
     assert!(err.contains("TLS") || err.contains("certificate"), "the stranger was not told why: {err}");
-    let mut plain_err = String::new();
-    if let Some(mut e) = plain.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut plain_err);
-    }
-    let _ = plain.wait();
+    let plain_err = stop_and_read(plain);
     assert!(
         plain_err.contains("accepts TLS only") && plain_err.contains("--certs"),
         "the plain worker was not told why: {plain_err}"
@@ -295,42 +299,21 @@ async fn each_role_is_allowed_and_refused_exactly_as_documented() {
     std::fs::copy(certs.join("ca.pem"), tokened.join("ca.pem")).expect("ca");
     std::fs::copy(certs.join("client.pem"), tokened.join("worker.pem")).expect("cert");
     std::fs::copy(certs.join("client.key"), tokened.join("worker.key")).expect("key");
-    let spawn_worker = |name: &str, token: &str| {
-        std::process::Command::new(EXE)
-            .args(["worker", "--masters", &t.cluster.master_list(), "--cpus", "1", "--name", name])
-            .arg("--data-dir")
-            .arg(t.dir.path().join(format!("w-{name}")))
-            .arg("--certs")
-            .arg(&tokened)
-            .env_remove("FLOTILLA_CERTS")
-            .env("FLOTILLA_TOKEN", token)
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start a worker")
-    };
     let new_token = |name: &str, role: &str| {
         let (code, out, err) = cli_in(&t, &["token", "create", "--role", role, "--name", name], &[]);
         assert_eq!(code, 0, "{err}");
         out.trim().to_string()
     };
-    let mut by_token = spawn_worker("by-token", &new_token("wk2", "worker"));
-    let mut by_reader = spawn_worker("by-reader", &new_token("viewer2", "read"));
+    let by_token = spawn_worker(&t, "by-token", Some(&tokened), Some(&new_token("wk2", "worker")));
+    let by_reader = spawn_worker(&t, "by-reader", Some(&tokened), Some(&new_token("viewer2", "read")));
     wait_until(&t, "the worker with a worker token joined", LONG, || async {
         ops.workers(false).await.is_ok_and(|ws| ws.iter().any(|w| w.name == "by-token"))
     })
     .await;
     let names: Vec<String> = ops.workers(false).await.expect("workers").into_iter().map(|w| w.name).collect();
     assert!(!names.iter().any(|n| n == "by-reader"), "a read token held a worker session: {names:?}");
-    let _ = by_token.kill();
-    let _ = by_token.wait();
-    let _ = by_reader.kill();
-    let mut err = String::new();
-    if let Some(mut e) = by_reader.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
-    let _ = by_reader.wait();
+    stop_and_read(by_token);
+    let err = stop_and_read(by_reader);
     assert!(err.contains("has role read"), "the worker with a read token was not told why: {err}");
 
     // Unknown tokens: 401.

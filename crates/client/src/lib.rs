@@ -163,7 +163,11 @@ impl Client {
                         }
                     };
                 if status.is_success() {
-                    self.set_leader_hint(Some(address.clone()));
+                    // Any master answers a read (followers ask the leader first), so only a
+                    // write's answer, or the first answer at all, says where the leader is.
+                    if method != Method::GET || self.leader_hint().is_none() {
+                        self.set_leader_hint(Some(address.clone()));
+                    }
                     return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
                         address,
                         detail: format!("cannot decode the answer: {e}"),

@@ -49,6 +49,8 @@ pub enum Feature {
 }
 
 impl Feature {
+    pub const ALL: [Feature; 2] = [Feature::Tokens, Feature::Audit];
+
     pub fn since(self) -> Version {
         match self {
             Feature::Tokens | Feature::Audit => Version::new(0, 2, 0),

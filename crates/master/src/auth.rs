@@ -200,21 +200,24 @@ fn identify(master: &Master, request: &Request) -> Result<Caller, String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let bootstrap = master.config.token.as_deref();
-    let data = master.shared.read();
-    let access = data.state.access();
     let Some(presented) = presented else {
         if bootstrap.is_none() {
             return Ok(Caller::Anyone);
         }
         return Err("no token: set FLOTILLA_TOKEN (or --token-file), or FLOTILLA_CERTS for its admin.token".into());
     };
-    if bootstrap.is_some_and(|b| constant_time_eq(presented.as_bytes(), b.as_bytes())) {
+    let is_bootstrap = bootstrap.is_some_and(|b| constant_time_eq(presented.as_bytes(), b.as_bytes()));
+    // Hashed before the state's lock is taken: apply waits for readers.
+    let hash = TokenHash(flotilla_tls::authority::hash_token(presented));
+    let data = master.shared.read();
+    let access = data.state.access();
+    if is_bootstrap {
         if access.bootstrap_revoked() {
             return Err("the bootstrap token (admin.token) was revoked: use a named token".into());
         }
         return Ok(Caller::Token { name: BOOTSTRAP.to_string(), role: Role::Admin });
     }
-    match access.find(&TokenHash(flotilla_tls::authority::hash_token(presented))) {
+    match access.find(&hash) {
         Some((name, credential)) => Ok(Caller::Token { name: name.to_string(), role: credential.role }),
         // A master given no token is open (loopback only, as config checks): a named token
         // still has its role there, anything else is ignored as before tokens had roles.

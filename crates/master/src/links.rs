@@ -34,16 +34,14 @@ pub async fn ask_releases(master: &Arc<Master>) {
 
 /// Probes every peer once per [`EVERY`] until `shutdown`.
 pub async fn probe(master: Arc<Master>, shutdown: CancellationToken) {
-    // The first round at once: a new leader needs its peers' releases for gated commands.
-    let mut first = true;
+    // The first tick is at once: a new leader needs its peers' releases for gated commands.
+    let mut every = tokio::time::interval(EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if !first {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(EVERY) => {}
-            }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
         }
-        first = false;
         let mut asks = tokio::task::JoinSet::new();
         for (id, address) in master.others() {
             let m = master.clone();

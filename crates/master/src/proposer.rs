@@ -7,11 +7,13 @@
 //! more submits/s with 64 clients than 16 proposals in flight, at the same single-client
 //! latency, because each log entry costs the leader a redb commit and a replication round.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use flotilla_core::version::Feature;
 use flotilla_core::{Command, Proposal, Response};
 use flotilla_proto::time::now_ms;
 use flotilla_raft::{NodeId, Raft};
@@ -52,6 +54,9 @@ pub struct Proposer {
     raft: Raft,
     releases: Arc<Releases>,
     shared: Arc<flotilla_raft::state_machine::Shared>,
+    /// Per feature (`Feature as usize`): the state was seen using it, so it is never gated
+    /// again and the state need not be read for it (audit records come with every write).
+    open: Arc<[AtomicBool; Feature::ALL.len()]>,
 }
 
 /// While held, nothing more is proposed (what arrives waits in the queue); the proposal in
@@ -69,7 +74,8 @@ impl Proposer {
         let (deferred, deferred_rx) = mpsc::channel(64 * 1024);
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         tokio::spawn(batch_loop(raft.clone(), rx, deferred_rx, metrics, in_flight.clone()));
-        Proposer { tx, deferred, in_flight, raft, releases, shared }
+        let open = Arc::new(std::array::from_fn(|_| AtomicBool::new(false)));
+        Proposer { tx, deferred, in_flight, raft, releases, shared, open }
     }
 
     /// Proposes a command nobody waits for (an audit record) with the next proposal, or alone
@@ -93,12 +99,22 @@ impl Proposer {
         };
         // A feature the replicated state already uses passed the gate once: every voter read
         // it then, and no release goes back (so a voter that is down now holds nothing back).
-        let gated: Vec<_> = commands.iter().filter_map(Command::feature).collect();
+        let open = |f: Feature| self.open[f as usize].load(Ordering::Relaxed);
+        let gated: Vec<Feature> = commands.iter().filter_map(Command::feature).filter(|f| !open(*f)).collect();
         let gated = if gated.is_empty() {
             gated
         } else {
             let data = self.shared.read();
-            gated.into_iter().filter(|f| !data.state.in_use(*f)).collect()
+            gated
+                .into_iter()
+                .filter(|f| {
+                    let in_use = data.state.in_use(*f);
+                    if in_use {
+                        self.open[*f as usize].store(true, Ordering::Relaxed);
+                    }
+                    !in_use
+                })
+                .collect()
         };
         held_back(gated, voters)
     }
