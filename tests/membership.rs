@@ -81,6 +81,37 @@ async fn every_master_is_replaced_while_a_job_runs() {
     assert_eq!(changes, 9, "3 learners added, 3 promoted, 3 removed");
 }
 
+/// With four voters the target of a hand-over needs a vote beyond its own and the old
+/// leader's, which the others give only once the old leader's lease has run out. The old
+/// leader must not win its leadership back meanwhile: CI once saw a group of four go round
+/// that way for a minute (`remove-master` of the leader failing on every retry).
+/// Invariant: every hand-over succeeds at its first request, to another master, and the
+/// leader's own removal (a hand-over, then the removal) succeeds too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_four_hands_leadership_over_without_taking_it_back() {
+    let mut t = cluster(3, &[("a", 2)], &[]).await;
+    t.cluster.join_master(4, &[1, 2, 3]).expect("start joining master");
+    wait_voters(&t, &[1, 2, 3, 4]).await;
+    // One attempt only: a failed hand-over must show, not be retried away.
+    let once = t.cluster.client().expect("client").with_retry_for(Duration::ZERO);
+    for round in 0..6 {
+        let before = t.cluster.wait_leader(LONG).await.expect("leader");
+        let moved = once
+            .transfer_leadership(None)
+            .await
+            .unwrap_or_else(|e| t.fail(&format!("hand-over {round} from master {before}: {e}")));
+        assert_eq!(moved.from, before);
+        assert_ne!(moved.to, before, "round {round}: the old leader took leadership back");
+    }
+    let leader = t.cluster.wait_leader(LONG).await.expect("leader");
+    let client = t.client();
+    let after = client.remove_master(leader).await.unwrap_or_else(|e| t.fail(&format!("remove leader {leader}: {e}")));
+    assert!(!after.iter().any(|m| m.id == leader), "master {leader} still listed: {after:?}");
+    t.cluster.forget_master(leader);
+    let rest: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|m| *m != leader).collect();
+    wait_voters(&t, &rest).await;
+}
+
 /// Grows 3 → 5 → 3 and checks every refusal on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_group_grows_to_five_and_shrinks_back_and_bad_changes_are_refused() {

@@ -32,6 +32,16 @@ impl TestCluster {
     /// Panics with the tail of every process log, so a CI failure explains itself.
     pub fn fail(&self, what: &str) -> ! {
         let mut report = format!("{what}\n");
+        // FLOTILLA_KEEP_LOGS=DIR keeps every whole log of a failed test for reading later.
+        if let Some(keep) = std::env::var_os("FLOTILLA_KEEP_LOGS") {
+            let keep = PathBuf::from(keep).join(self.dir.path().file_name().unwrap_or_default());
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for e in std::fs::read_dir(self.dir.path().join("logs")).into_iter().flatten().flatten() {
+                    let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+                }
+                report.push_str(&format!("(whole logs kept in {})\n", keep.display()));
+            }
+        }
         if let Ok(entries) = std::fs::read_dir(self.dir.path().join("logs")) {
             for e in entries.flatten() {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();

@@ -308,9 +308,13 @@ pub async fn transfer(master: &Master, to: Option<NodeId>) -> Result<LeadershipM
 /// elected has run out, and steps down. So the leader holds its log still (the proposer
 /// pauses; what arrives waits), lets the target catch up to its last entry, and asks it to
 /// stand: with three masters the target's and the old leader's votes are a majority at
-/// once. With five it needs one more voter whose lease ran out, which takes up to one
-/// election timeout after the old leader stopped heartbeating. Requests that waited are
-/// then refused by the old leader with a redirect, and clients retry at the new one.
+/// once. With four or five the target needs more votes than those two, which the other
+/// voters give only once their leases ran out, one lease after the old leader stopped
+/// heartbeating; the target stands again then (see [`stand`]). Meanwhile the old leader
+/// holds its own elections: it would otherwise stand as soon as its election timer fires,
+/// and, its log being as long as anyone's, win back the leadership it is handing over (a
+/// group of four once went round that way for a minute). Requests that waited are then
+/// refused by the old leader with a redirect, and clients retry at the new one.
 async fn transfer_locked(master: &Master, to: Option<NodeId>) -> Result<LeadershipMoved, MembershipError> {
     let started = Instant::now();
     let me = master.config.id;
@@ -375,6 +379,7 @@ async fn transfer_locked(master: &Master, to: Option<NodeId>) -> Result<Leadersh
                 return Err(MembershipError::Unavailable("raft stopped".into()));
             }
         }
+        let _held = ElectionsHeld::new(&master.raft);
         let (status, body) = master
             .http
             .send(
@@ -441,5 +446,55 @@ pub async fn stand(master: &Arc<Master>, asked_by: Option<NodeId>) -> Result<(),
     if !voter {
         return Err(MembershipError::Conflict(format!("master {} does not vote", master.config.id)));
     }
-    master.raft.trigger().elect().await.map_err(|e| MembershipError::Unavailable(e.to_string()))
+    master.raft.trigger().elect().await.map_err(|e| MembershipError::Unavailable(e.to_string()))?;
+    // With more than three voters this first round cannot win: the voters other than the old
+    // leader still hold its lease. They give their votes once it has run out, one lease after
+    // the old leader's last heartbeat, which came before this request. Standing again right
+    // then comes before their own election timers and watchdogs, which wait longer.
+    let master = master.clone();
+    let old_leader = leader;
+    tokio::spawn(async move {
+        let lease = master.config.raft.election_max;
+        for _ in 0..STAND_AGAIN {
+            tokio::time::sleep(lease + STAND_AGAIN_MARGIN).await;
+            let (state, leader) = {
+                let m = master.raft.metrics();
+                let m = m.borrow();
+                (m.state, m.current_leader)
+            };
+            let settled = state == ServerState::Leader || leader.is_some_and(|l| Some(l) != old_leader);
+            if settled || state == ServerState::Shutdown {
+                return;
+            }
+            tracing::info!(asked_by = ?old_leader, "standing again for the hand-over: the other voters' leases ran out");
+            if master.raft.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// How many times the target of a hand-over stands again when a round did not settle.
+const STAND_AGAIN: u32 = 3;
+/// How long past the lease the target waits before standing again: the old leader's last
+/// heartbeat may reach a voter a little after the target stood.
+const STAND_AGAIN_MARGIN: Duration = Duration::from_millis(15);
+
+/// Keeps this master from standing for election until dropped (see [`transfer_locked`]).
+struct ElectionsHeld<'a> {
+    raft: &'a flotilla_raft::Raft,
+}
+
+impl<'a> ElectionsHeld<'a> {
+    fn new(raft: &'a flotilla_raft::Raft) -> Self {
+        raft.runtime_config().elect(false);
+        ElectionsHeld { raft }
+    }
+}
+
+impl Drop for ElectionsHeld<'_> {
+    fn drop(&mut self) {
+        self.raft.runtime_config().elect(true);
+    }
 }
