@@ -243,6 +243,14 @@ pub struct MasterArgs {
     /// zone holds a majority of the voting masters (losing it would lose the cluster).
     #[arg(long, default_value = "")]
     pub labels: String,
+    /// Open connections one client address may hold (workers, peers and clients all count;
+    /// more are closed at once). Raise it when many workers share one address.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections_per_client: usize,
+    /// Close a connection that has had no request in flight for this long (a worker's
+    /// session is always in flight; clients reconnect when they need to).
+    #[arg(long, default_value = "5m")]
+    pub idle_timeout: String,
 }
 
 #[derive(Args, Debug)]

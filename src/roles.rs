@@ -104,6 +104,14 @@ pub async fn master(args: MasterArgs) -> anyhow::Result<()> {
     }
     config.raft.snapshot_every = args.snapshot_every;
     config.labels = parse_labels(&args.labels).context("--labels")?;
+    if args.max_connections_per_client == 0 {
+        bail!("--max-connections-per-client must be at least 1");
+    }
+    config.limits.connections_per_client = args.max_connections_per_client;
+    config.limits.idle_timeout = parse_duration(&args.idle_timeout).context("--idle-timeout")?;
+    if config.limits.idle_timeout.is_zero() {
+        bail!("--idle-timeout must be more than 0");
+    }
     flotilla_master::run(config, shutdown_on_signals()).await?;
     Ok(())
 }

@@ -62,6 +62,47 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/tokens/{name}", axum::routing::delete(crate::tokens::revoke))
         .route("/metrics", get(metrics))
         .with_state(master)
+        .layer(axum::middleware::from_fn(limit_body))
+}
+
+/// The largest request body a master reads: a job's spec is far smaller.
+pub const MAX_REQUEST_BODY: usize = 1 << 20;
+/// How long a client may take to send a request's body (slow senders hold memory).
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads a request's body whole, refusing one that is too large or too slow with a JSON
+/// error, before any handler sees it.
+async fn limit_body(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        return too_large().into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_REQUEST_BODY)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            // A body over the limit, or one the connection broke off.
+            let too_big = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_big { too_large() } else { bad_request(format!("cannot read the request body: {e}")) }
+                .into_response();
+        }
+        Err(_) => {
+            return failure(
+                ApiErrorCode::Timeout,
+                format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+            )
+            .into_response()
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
+fn too_large() -> Failure {
+    failure(ApiErrorCode::TooLarge, format!("the request body is larger than {} bytes", MAX_REQUEST_BODY))
 }
 
 /// A failed request: the JSON error body, answered with its code's HTTP status.

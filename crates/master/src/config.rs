@@ -31,6 +31,8 @@ pub struct MasterConfig {
     pub tls: Option<TlsConfig>,
     /// Plain text was asked for explicitly (`--insecure-plaintext`).
     pub insecure_plaintext: bool,
+    /// What one client may hold of this master's port (connections, streams, idle time).
+    pub limits: flotilla_tls::listener::Limits,
 }
 
 /// TLS on the master's port and its connections to peers.
@@ -68,6 +70,7 @@ impl MasterConfig {
             bootstrap: Bootstrap::Peers,
             tls: None,
             insecure_plaintext: false,
+            limits: flotilla_tls::listener::Limits::default(),
         }
     }
 

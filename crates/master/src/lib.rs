@@ -201,8 +201,13 @@ pub async fn run(config: MasterConfig, shutdown: CancellationToken) -> Result<()
             async move { tower_service::Service::call(&mut app, request.map(axum::body::Body::new)).await }
         })
     };
-    let server =
-        tokio::spawn(flotilla_tls::listener::serve(listener, transport, service_for, server_stopped.cancelled_owned()));
+    let server = tokio::spawn(flotilla_tls::listener::serve(
+        listener,
+        transport,
+        config.limits.clone(),
+        service_for,
+        server_stopped.cancelled_owned(),
+    ));
     tracing::info!(id = config.id, listen = %config.listen, pristine, security, "master started");
 
     let (join_failed, mut join_failure) = tokio::sync::mpsc::channel::<String>(1);

@@ -83,6 +83,10 @@ pub enum ApiErrorCode {
     Internal,
     /// 410: the job existed but was removed (retention or purge).
     Gone,
+    /// 413: the request's body is larger than a master accepts.
+    TooLarge,
+    /// 408: the request's body did not arrive in time.
+    Timeout,
     /// A code this client does not know (a newer master), or an answer without a JSON error
     /// body. Never sent by a master.
     #[serde(other)]
@@ -90,7 +94,7 @@ pub enum ApiErrorCode {
 }
 
 impl ApiErrorCode {
-    pub const ALL: [ApiErrorCode; 11] = [
+    pub const ALL: [ApiErrorCode; 13] = [
         ApiErrorCode::NotLeader,
         ApiErrorCode::NoLeader,
         ApiErrorCode::NotFound,
@@ -101,6 +105,8 @@ impl ApiErrorCode {
         ApiErrorCode::Unavailable,
         ApiErrorCode::Internal,
         ApiErrorCode::Gone,
+        ApiErrorCode::TooLarge,
+        ApiErrorCode::Timeout,
         ApiErrorCode::Unknown,
     ];
 
@@ -115,6 +121,8 @@ impl ApiErrorCode {
             ApiErrorCode::Forbidden => 403,
             ApiErrorCode::Conflict => 409,
             ApiErrorCode::Gone => 410,
+            ApiErrorCode::TooLarge => 413,
+            ApiErrorCode::Timeout => 408,
             ApiErrorCode::Internal | ApiErrorCode::Unknown => 500,
         }
     }
@@ -132,6 +140,8 @@ impl ApiErrorCode {
             ApiErrorCode::Unavailable => "unavailable",
             ApiErrorCode::Internal => "internal",
             ApiErrorCode::Gone => "gone",
+            ApiErrorCode::TooLarge => "too_large",
+            ApiErrorCode::Timeout => "timeout",
             ApiErrorCode::Unknown => "unknown",
         }
     }
@@ -454,6 +464,7 @@ pub struct SubmitRequest {
 impl SubmitRequest {
     /// Checks and converts to the core spec; the error is a one-line message for the user.
     pub fn to_spec(&self) -> Result<JobSpec, String> {
+        self.check_sizes()?;
         let array = match &self.array {
             Some(a) => Some(IndexSet::parse(a).map_err(|e| format!("invalid array: {e}"))?),
             None => None,
@@ -487,7 +498,52 @@ impl SubmitRequest {
         spec.validate().map_err(|e| e.to_string())?;
         Ok(spec)
     }
+
+    /// Bounds on how many entries each map holds and how long its strings are, checked here
+    /// at the API edge rather than in the replicated state, so that no replica of an older
+    /// version judges a logged submission differently.
+    fn check_sizes(&self) -> Result<(), String> {
+        let maps = [
+            ("env", &self.env, MAX_ENV_ENTRIES),
+            ("selector", &self.selector, MAX_LABEL_ENTRIES),
+            ("prefer", &self.prefer, MAX_LABEL_ENTRIES),
+            ("avoid", &self.avoid, MAX_LABEL_ENTRIES),
+        ];
+        for (field, map, limit) in maps {
+            if map.len() > limit {
+                return Err(format!("{field} has {} entries (limit {limit})", map.len()));
+            }
+            if let Some((key, _)) = map.iter().find(|(k, v)| k.len() > MAX_KEY_BYTES || v.len() > MAX_VALUE_BYTES) {
+                let shown: String = key.chars().take(40).collect();
+                return Err(format!(
+                    "{field} entry '{shown}' is too long (keys up to {MAX_KEY_BYTES} bytes, values up to {MAX_VALUE_BYTES})"
+                ));
+            }
+        }
+        if self.request_id.as_ref().is_some_and(|r| r.len() > MAX_KEY_BYTES) {
+            return Err(format!("request_id is longer than {MAX_KEY_BYTES} bytes"));
+        }
+        if self.spread.as_ref().is_some_and(|r| r.len() > MAX_KEY_BYTES) {
+            return Err(format!("spread is longer than {MAX_KEY_BYTES} bytes"));
+        }
+        if self.command.iter().any(|a| a.len() > MAX_VALUE_BYTES) {
+            return Err(format!("a command argument is longer than {MAX_VALUE_BYTES} bytes"));
+        }
+        if self.reduce.as_ref().is_some_and(|r| r.len() > MAX_VALUE_BYTES) {
+            return Err(format!("reduce is longer than {MAX_VALUE_BYTES} bytes"));
+        }
+        Ok(())
+    }
 }
+
+/// Environment variables one submission may set.
+pub const MAX_ENV_ENTRIES: usize = 256;
+/// Entries of a job's `selector`, `prefer` or `avoid`.
+pub const MAX_LABEL_ENTRIES: usize = 64;
+/// Bytes of a map key, a label name or a request id.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Bytes of one value: an environment value, a label value, a command argument.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// One page of `GET /v1/jobs`: newest first. Pass `next` back as `before` for the next page;
 /// `None`: this was the last.
@@ -1281,6 +1337,8 @@ mod tests {
             (ApiErrorCode::Unavailable, "unavailable", 503),
             (ApiErrorCode::Internal, "internal", 500),
             (ApiErrorCode::Gone, "gone", 410),
+            (ApiErrorCode::TooLarge, "too_large", 413),
+            (ApiErrorCode::Timeout, "timeout", 408),
             (ApiErrorCode::Unknown, "unknown", 500),
         ];
         assert_eq!(expected.len(), ApiErrorCode::ALL.len());

@@ -22,7 +22,7 @@ async fn start(transport: Transport) -> (std::net::SocketAddr, tokio::sync::ones
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("{:?}", conn.peer)))))
         })
     };
-    tokio::spawn(listener::serve(listener, transport, service_for, async {
+    tokio::spawn(listener::serve(listener, transport, listener::Limits::default(), service_for, async {
         let _ = stopped.await;
     }));
     (addr, stop)
