@@ -404,6 +404,17 @@ pub struct SubmitArgs {
     /// worker's memory.
     #[arg(long)]
     pub memory: Option<String>,
+    /// Most memory (address space) each task's process may map, e.g. 512M: an allocation
+    /// beyond it fails. Unlike --memory this is not reserved, only enforced.
+    #[arg(long, value_name = "SIZE")]
+    pub limit_memory: Option<String>,
+    /// Most files each task may hold open at once.
+    #[arg(long, value_name = "N")]
+    pub limit_files: Option<u64>,
+    /// Most processes and threads the task's user may run (its other processes count too, so
+    /// give the workers `--run-as` a user of their own; root is not held to it).
+    #[arg(long, value_name = "N")]
+    pub limit_processes: Option<u64>,
     /// Soft: run on workers with these labels when they have room, e.g. zone=a (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub prefer: Vec<String>,

@@ -103,6 +103,18 @@ fn submit_request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
         req.avoid.extend(parse_labels(p).context("--avoid")?);
     }
     take!(spread);
+    if a.limit_memory.is_some() || a.limit_files.is_some() || a.limit_processes.is_some() {
+        let limits = req.limits.get_or_insert_with(Default::default);
+        if let Some(m) = &a.limit_memory {
+            limits.memory = Some(m.clone());
+        }
+        if let Some(n) = a.limit_files {
+            limits.open_files = Some(n);
+        }
+        if let Some(n) = a.limit_processes {
+            limits.processes = Some(n);
+        }
+    }
     for kv in &a.env {
         let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env '{kv}' is not KEY=VALUE"))?;
         req.env.insert(k.to_string(), v.to_string());
@@ -112,6 +124,7 @@ fn submit_request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
     }
     // Catch bad input here with a clear message before anything is sent.
     req.to_spec().map_err(|e| anyhow!(e))?;
+    req.to_limits().map_err(|e| anyhow!(e))?;
     Ok(req)
 }
 
@@ -340,6 +353,19 @@ fn print_job(j: &JobDetail) {
     }
     if let Some(label) = &j.spread {
         println!("  spread:    over {label}");
+    }
+    if let Some(l) = &j.limits {
+        let mut parts = Vec::new();
+        if let Some(m) = l.memory {
+            parts.push(format!("memory {}", flotilla_core::units::format_bytes(m)));
+        }
+        if let Some(n) = l.open_files {
+            parts.push(format!("{n} open files"));
+        }
+        if let Some(n) = l.processes {
+            parts.push(format!("{n} processes"));
+        }
+        println!("  limits:    {} per task", parts.join(", "));
     }
     if let Some(r) = &j.reduce {
         println!("  reduce:    {r} ({})", j.reduce_state.map_or("-", |s| s.as_str()));

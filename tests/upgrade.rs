@@ -146,6 +146,18 @@ async fn a_cluster_of_0_1_0_is_upgraded_one_member_at_a_time_under_load() {
         }
         other => panic!("a token was created while 0.1.0 voters remain: {other:?}"),
     }
+    let limits = flotilla_proto::api::LimitsRequest { open_files: Some(64), ..Default::default() };
+    let limited = SubmitRequest {
+        command: vec!["sh".into(), "-c".into(), "ulimit -n".into()],
+        limits: Some(limits),
+        ..Default::default()
+    };
+    match upgraded.submit(&limited).await {
+        Err(flotilla_client::ClientError::Api { status: 409, error }) => {
+            assert!(error.error.contains("per-task limits needs every voting master at release 0.2.0"), "{error:?}")
+        }
+        other => panic!("a job with limits was accepted while 0.1.0 voters remain: {other:?}"),
+    }
     for id in [2, 3] {
         restart_master(&mut t, &client, id, "upgrading from 0.1.0").await;
     }
@@ -162,12 +174,22 @@ async fn a_cluster_of_0_1_0_is_upgraded_one_member_at_a_time_under_load() {
         let info = client.node(&t.cluster.address(id)).await.expect("node");
         assert_eq!(info.version.as_deref(), Some(VERSION));
     }
+    // Every master reads task limits now, but both workers are 0.1.0: a job with limits waits
+    // (a job submitted after it runs), and runs, under its limit, once a worker is upgraded.
+    let limited = client.submit(&limited).await.expect("a job with limits, every master at 0.2.0").id;
+    let after = client.submit(&squares_job(2, "0")).await.expect("submit").id;
+    assert_eq!(wait_job(&t, &client, after, LONG).await.state, JobState::Succeeded);
+    let waiting = client.job(limited, false).await.expect("job");
+    assert_eq!((waiting.tasks.waiting, waiting.state), (1, JobState::Waiting), "placed on a 0.1.0 worker: {waiting:?}");
     for name in ["a", "b"] {
         let code = t.cluster.terminate_worker(name, Duration::from_secs(90));
         assert_eq!(code, Some(0), "0.1.0 worker {name} did not drain and exit 0 on SIGTERM");
         t.cluster.start_worker(name, 2, "").expect("start the upgraded worker");
     }
     t.cluster.wait_workers(2, LONG).await.unwrap_or_else(|e| t.fail(&e.to_string()));
+    assert_eq!(wait_job(&t, &client, limited, LONG).await.state, JobState::Succeeded);
+    let rows = client.results(limited, 0, None, false).await.expect("results");
+    assert_eq!(rows.first().map(|r| r.stdout.trim().to_string()), Some("64".to_string()), "{rows:?}");
 
     // Then the running plain-text cluster moves to TLS, still under load (README "Moving a
     // running plain-text cluster to TLS"): every master restarted with --certs --tls-upgrade

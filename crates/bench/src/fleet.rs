@@ -167,7 +167,7 @@ async fn session(
                         let offset = period.mul_f64((index % 997) as f64 / 997.0);
                         beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
                     }
-                    MasterBody::Run(run) => {
+                    MasterBody::Run(run) | MasterBody::RunLimited { run, .. } => {
                         // Done as soon as it is given (too quick to be reported as started).
                         reports.push(WorkerMsg::Finished { task: run.task, fence: run.fence, outcome: done.clone() });
                         stats.completed.fetch_add(1, Ordering::Relaxed);

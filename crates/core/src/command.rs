@@ -155,6 +155,14 @@ pub enum Command {
     },
     /// A request that asked to change something, for the journal (`events --kind audit`).
     Audit(crate::access::AuditRecord),
+    /// [`Command::SubmitJob`] (or [`Command::SubmitJobAs`] with an owner) whose tasks run
+    /// under `limits`.
+    SubmitLimitedJob {
+        spec: JobSpec,
+        request_id: Option<String>,
+        owner: Option<String>,
+        limits: crate::model::TaskLimits,
+    },
 }
 
 impl Command {
@@ -186,6 +194,7 @@ impl Command {
                 Some(Feature::Tokens)
             }
             Command::Audit(_) => Some(Feature::Audit),
+            Command::SubmitLimitedJob { .. } => Some(Feature::TaskLimits),
         }
     }
 }

@@ -103,6 +103,55 @@ pub struct JobSpec {
     pub affinity: Affinity,
 }
 
+/// What each of a job's tasks may use at most, enforced by the worker on the task's process
+/// (resource limits set before it starts). Kept beside the job rather than in its
+/// [`JobSpec`], whose encoding release 0.1.0 reads (see `Feature::TaskLimits`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLimits {
+    /// Bytes of address space (`RLIMIT_AS`): an allocation beyond it fails.
+    pub memory: Option<u64>,
+    /// Open file descriptors (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
+    /// Processes and threads of the task's user (`RLIMIT_NPROC`): a task's own count only
+    /// when its user runs nothing else (`--run-as` a user of its own); root ignores it.
+    pub processes: Option<u64>,
+}
+
+/// Smallest open-files limit a task may ask for: fewer leaves no room for the dynamic loader
+/// and the standard streams.
+pub const MIN_OPEN_FILES: u64 = 16;
+/// Smallest memory limit: the loader and libc of a small program fit in it.
+pub const MIN_TASK_MEMORY: u64 = 4 * 1024 * 1024;
+
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitsError {
+    #[error("the memory limit must be at least {} MiB", MIN_TASK_MEMORY >> 20)]
+    TooLittleMemory,
+    #[error("the open-files limit must be at least {MIN_OPEN_FILES}")]
+    TooFewFiles,
+    #[error("the processes limit must be at least 1")]
+    NoProcesses,
+}
+
+impl TaskLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == TaskLimits::default()
+    }
+
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if self.memory.is_some_and(|m| m < MIN_TASK_MEMORY) {
+            return Err(LimitsError::TooLittleMemory);
+        }
+        if self.open_files.is_some_and(|n| n < MIN_OPEN_FILES) {
+            return Err(LimitsError::TooFewFiles);
+        }
+        if self.processes == Some(0) {
+            return Err(LimitsError::NoProcesses);
+        }
+        Ok(())
+    }
+}
+
 /// Soft placement: these only order the workers a task may run on, so a task still runs at
 /// once on any eligible worker with room when the wished-for ones are full.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

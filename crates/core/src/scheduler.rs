@@ -38,6 +38,8 @@ struct Slot<'a> {
     /// Named resources and memory this plan already gave out here (beyond the worker's grants).
     planned: BTreeMap<&'a str, u32>,
     planned_memory: u64,
+    /// It may hold tasks of jobs with limits.
+    enforces_limits: bool,
 }
 
 /// The two rounds of placement for each job: first onto free cpus (the task starts at once),
@@ -179,10 +181,18 @@ impl<'a> Spread<'a> {
 /// `Fifo` serves them in submission order. A job that cannot be placed never blocks others
 /// from using other workers (backfill).
 pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
+    plan_for(state, max, &|_| true)
+}
+
+/// [`plan`], where a task of a job with limits goes only to a worker `enforces_limits` names
+/// (one whose release sets them; the leader knows it from the worker's session, the state
+/// does not).
+pub fn plan_for(state: &ClusterState, max: usize, enforces_limits: &dyn Fn(&str) -> bool) -> Vec<Placement> {
     let mut slots: Vec<Slot> = state
         .workers()
         .filter(|w| w.takes_work() && w.free_capacity() > 0)
         .map(|w| Slot {
+            enforces_limits: enforces_limits(&w.name),
             worker: w,
             cpus: w.cpus,
             capacity: w.cpus + w.queue,
@@ -267,10 +277,12 @@ fn place_group<'a>(
     for round in [Round::Run, Round::Queue] {
         for turn in turns.iter_mut() {
             let spec = &turn.job.spec;
+            let limited = state.task_limits(turn.job.id).is_some();
             let eligible: Vec<usize> = (0..slots.len())
                 .filter(|&i| {
                     let s = &slots[i];
-                    s.cpus >= spec.cpus
+                    (s.enforces_limits || !limited)
+                        && s.cpus >= spec.cpus
                         && s.room(round).0 >= spec.cpus
                         && spec.selects(&s.worker.labels)
                         && s.has_resources_for(spec)
@@ -347,6 +359,16 @@ struct Backlog<'a> {
 /// already being revoked. Only a worker's confirmation that it never started one makes it
 /// wait again (`Command::TaskRevoked`); one that started meanwhile stays where it is.
 pub fn revocations(state: &ClusterState, skip: impl Fn(TaskId, Fence) -> bool) -> Vec<Revocation> {
+    revocations_for(state, skip, &|_| true)
+}
+
+/// [`revocations`], moving a task of a job with limits only to a worker `enforces_limits`
+/// names (as [`plan_for`]).
+pub fn revocations_for(
+    state: &ClusterState,
+    skip: impl Fn(TaskId, Fence) -> bool,
+    enforces_limits: &dyn Fn(&str) -> bool,
+) -> Vec<Revocation> {
     let ready = || state.workers().filter(|w| w.state == WorkerState::Ready);
     // Most rounds have no queue beyond some worker's cpus: nothing to look at.
     if !ready().any(|w| w.cpus_used > w.cpus) {
@@ -392,8 +414,10 @@ pub fn revocations(state: &ClusterState, skip: impl Fn(TaskId, Fence) -> bool) -
         while free > 0 {
             // The most-loaded busy worker first (ties by name).
             busy.sort_by(|a, b| b.cpus.cmp(&a.cpus).then(a.worker.cmp(b.worker)));
+            let limits_ok = enforces_limits(&w.name);
             let fits = |job: &Job| {
-                job.spec.cpus <= free
+                (limits_ok || state.task_limits(job.id).is_none())
+                    && job.spec.cpus <= free
                     && job.spec.cpus <= w.cpus
                     && job.spec.selects(&w.labels)
                     && w.has_resources_for(&job.spec)

@@ -46,14 +46,17 @@ pub enum Feature {
     Tokens,
     /// Mutating requests journalled with who made them (`Command::Audit`).
     Audit,
+    /// Jobs whose tasks run under limits (`Command::SubmitLimitedJob`), and the message that
+    /// runs such a task on a worker (`MasterBody::RunLimited`).
+    TaskLimits,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 2] = [Feature::Tokens, Feature::Audit];
+    pub const ALL: [Feature; 3] = [Feature::Tokens, Feature::Audit, Feature::TaskLimits];
 
     pub fn since(self) -> Version {
         match self {
-            Feature::Tokens | Feature::Audit => Version::new(0, 2, 0),
+            Feature::Tokens | Feature::Audit | Feature::TaskLimits => Version::new(0, 2, 0),
         }
     }
 
@@ -61,6 +64,7 @@ impl Feature {
         match self {
             Feature::Tokens => "tokens with roles",
             Feature::Audit => "the audit journal",
+            Feature::TaskLimits => "per-task limits",
         }
     }
 

@@ -245,9 +245,12 @@ async fn submit(
     let request: SubmitRequest =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid job JSON: {e}")))?;
     let spec = request.to_spec().map_err(bad_request)?;
-    let command = match caller.owner() {
-        Some(owner) => Command::SubmitJobAs { spec, request_id: request.request_id, owner: owner.to_string() },
-        None => Command::SubmitJob { spec, request_id: request.request_id },
+    let limits = request.to_limits().map_err(bad_request)?;
+    let owner = caller.owner().map(str::to_string);
+    let command = match (owner, limits.is_empty()) {
+        (owner, false) => Command::SubmitLimitedJob { spec, request_id: request.request_id, owner, limits },
+        (Some(owner), true) => Command::SubmitJobAs { spec, request_id: request.request_id, owner },
+        (None, true) => Command::SubmitJob { spec, request_id: request.request_id },
     };
     match master.proposer.propose_one(command).await.map_err(|e| from_propose(&master, e))? {
         Applied::JobSubmitted { job, .. } => Ok(Json(Submitted { id: job })),
@@ -343,14 +346,20 @@ async fn show_job(
             let data = master.shared.read();
             let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
             if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
-                return Ok(Json(JobDetail::from_job(job, unschedulable_reason(&data.state, job))));
+                return Ok(Json(
+                    JobDetail::from_job(job, unschedulable_reason(&data.state, job))
+                        .with_limits(data.state.task_limits(job.id)),
+                ));
             }
         }
         if tokio::time::timeout_at(deadline, applied.changed()).await.is_ok_and(|r| r.is_err()) {
             // The state machine is gone (shutting down): answer with what there is.
             let data = master.shared.read();
             let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
-            return Ok(Json(JobDetail::from_job(job, unschedulable_reason(&data.state, job))));
+            return Ok(Json(
+                JobDetail::from_job(job, unschedulable_reason(&data.state, job))
+                    .with_limits(data.state.task_limits(job.id)),
+            ));
         }
     }
 }

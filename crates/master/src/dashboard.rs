@@ -293,7 +293,12 @@ async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
     let (detail, job, records) = {
         let data = master.shared.read();
         let Some(job) = data.state.job(id) else { return cors(crate::api::missing_job(&data.state, id)) };
-        (JobDetail::from_job(job, unschedulable_reason(&data.state, job)), job.clone(), master.shared.records())
+        (
+            JobDetail::from_job(job, unschedulable_reason(&data.state, job))
+                .with_limits(data.state.task_limits(job.id)),
+            job.clone(),
+            master.shared.records(),
+        )
     };
     let records = records.wait_async().await;
     match TaskResultView::list(&job, 0, JOB_TASKS, &records) {

@@ -35,7 +35,7 @@ use flotilla_core::index_set::IndexSet;
 /// The body of `PUT /v1/events/retention`.
 pub use flotilla_core::journal::Retention;
 use flotilla_core::journal::{self, Event};
-use flotilla_core::model::{Affinity, JobSpec, TaskSlot};
+use flotilla_core::model::{Affinity, JobSpec, TaskLimits, TaskSlot};
 use flotilla_core::scheduler::Unschedulable;
 use flotilla_core::state::{self, Job, Task, TaskCounts, Worker};
 use flotilla_core::units;
@@ -459,6 +459,31 @@ pub struct SubmitRequest {
     /// Makes retries of the same submission idempotent.
     #[serde(default)]
     pub request_id: Option<String>,
+    /// What each task may use at most; the worker enforces it on the process. Left out of
+    /// the JSON when absent: a 0.1.0 master refuses fields it does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsRequest>,
+}
+
+/// A job's task limits as a client writes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    /// Address space of each task's process, e.g. `512M`.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// Open file descriptors.
+    #[serde(default)]
+    pub open_files: Option<u64>,
+    /// Processes and threads of the task's user.
+    #[serde(default)]
+    pub processes: Option<u64>,
+}
+
+impl LimitsRequest {
+    pub fn is_empty(&self) -> bool {
+        *self == LimitsRequest::default()
+    }
 }
 
 impl SubmitRequest {
@@ -497,6 +522,18 @@ impl SubmitRequest {
         };
         spec.validate().map_err(|e| e.to_string())?;
         Ok(spec)
+    }
+
+    /// The task limits asked for, checked (empty when none).
+    pub fn to_limits(&self) -> Result<TaskLimits, String> {
+        let Some(asked) = &self.limits else { return Ok(TaskLimits::default()) };
+        let memory = match &asked.memory {
+            Some(m) => Some(units::parse_size(m).map_err(|e| format!("invalid memory limit: {e}"))?),
+            None => None,
+        };
+        let limits = TaskLimits { memory, open_files: asked.open_files, processes: asked.processes };
+        limits.validate().map_err(|e| e.to_string())?;
+        Ok(limits)
     }
 
     /// Bounds on how many entries each map holds and how long its strings are, checked here
@@ -737,9 +774,19 @@ pub struct JobDetail {
     pub avoid: BTreeMap<String, String>,
     #[serde(default)]
     pub spread: Option<String>,
+    /// What each task may use at most (bytes of memory, open files, processes), if the job
+    /// asked.
+    #[serde(default)]
+    pub limits: Option<TaskLimits>,
 }
 
 impl JobDetail {
+    /// With the job's task limits (kept beside the job in the state).
+    pub fn with_limits(mut self, limits: Option<&TaskLimits>) -> Self {
+        self.limits = limits.cloned();
+        self
+    }
+
     pub fn from_job(job: &Job, unschedulable: Option<Unschedulable>) -> Self {
         let reduce_state = job.spec.reduce.as_ref().map(|_| match (&job.reduce, job.reduce_pending) {
             (_, true) => TaskState::Waiting,
@@ -769,6 +816,7 @@ impl JobDetail {
             prefer: job.spec.affinity.prefer.clone(),
             avoid: job.spec.affinity.avoid.clone(),
             spread: job.spec.affinity.spread.clone(),
+            limits: None,
         }
     }
 }

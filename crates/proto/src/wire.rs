@@ -18,7 +18,7 @@
 use flotilla_core::records::{self, RecordError, RecordReader};
 use serde::{Deserialize, Serialize};
 
-use flotilla_core::model::{Fence, NodeId, Outcome, TaskId, TaskSlot};
+use flotilla_core::model::{Fence, NodeId, Outcome, TaskId, TaskLimits, TaskSlot};
 use flotilla_core::state::ClusterState;
 use flotilla_core::version::Feature;
 use flotilla_core::WorkerInfo;
@@ -148,6 +148,13 @@ pub enum MasterBody {
     /// This worker is drained: it holds nothing and is given nothing (a worker that asked to
     /// drain may now exit).
     Drained,
+    /// [`MasterBody::Run`] for a task of a job with limits (the worker sets them on the
+    /// process); sent only to workers of 0.2.0 or later, and the scheduler places such tasks on
+    /// those alone.
+    RunLimited {
+        run: RunTask,
+        limits: TaskLimits,
+    },
 }
 
 impl MasterBody {
@@ -167,6 +174,7 @@ impl MasterBody {
             | MasterBody::Revoke { .. }
             | MasterBody::Members { .. }
             | MasterBody::Drained => None,
+            MasterBody::RunLimited { .. } => Some(Feature::TaskLimits),
         }
     }
 
@@ -199,6 +207,10 @@ pub struct RunTask {
     pub timeout_ms: Option<u64>,
     /// Bytes for the process's stdin (the reduce step's input); none means /dev/null.
     pub stdin: Option<String>,
+    /// The job's limits. Not in `Run`'s encoding, which 0.1.0 workers read: it travels in
+    /// [`MasterBody::RunLimited`] (see [`RunTask::into_body`]).
+    #[serde(skip)]
+    pub limits: TaskLimits,
 }
 
 impl RunTask {
@@ -238,7 +250,28 @@ impl RunTask {
                 env.push(("FLOTILLA_MEMORY".to_string(), grant.memory.to_string()));
             }
         }
-        Ok(Some(RunTask { task, fence, command, env, cpus: job.spec.cpus, timeout_ms: job.spec.timeout_ms, stdin }))
+        let limits = state.task_limits(task.job).cloned().unwrap_or_default();
+        Ok(Some(RunTask {
+            task,
+            fence,
+            command,
+            env,
+            cpus: job.spec.cpus,
+            timeout_ms: job.spec.timeout_ms,
+            stdin,
+            limits,
+        }))
+    }
+
+    /// The message that carries this attempt: `Run`, or `RunLimited` when it has limits.
+    pub fn into_body(mut self) -> MasterBody {
+        if self.limits.is_empty() {
+            MasterBody::Run(self)
+        } else {
+            // Beside the run, not in it: its encoding drops them (the worker puts them back).
+            let limits = std::mem::take(&mut self.limits);
+            MasterBody::RunLimited { run: self, limits }
+        }
     }
 }
 

@@ -41,12 +41,12 @@ enum Kind {
     Record,
     WorkerMsg,
     MasterMsg,
-    /// The state's access section (snapshot format 2).
-    Access,
+    /// The state 0.2.0 added (snapshot format 2's second section).
+    Added,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [Kind::Command, Kind::State, Kind::Record, Kind::WorkerMsg, Kind::MasterMsg, Kind::Access];
+    const ALL: [Kind; 6] = [Kind::Command, Kind::State, Kind::Record, Kind::WorkerMsg, Kind::MasterMsg, Kind::Added];
 
     fn name(self) -> &'static str {
         match self {
@@ -55,7 +55,7 @@ impl Kind {
             Kind::Record => "record",
             Kind::WorkerMsg => "worker-msg",
             Kind::MasterMsg => "master-msg",
-            Kind::Access => "access",
+            Kind::Added => "added",
         }
     }
 
@@ -67,7 +67,7 @@ impl Kind {
             Kind::Record => again::<Task>(bytes),
             Kind::WorkerMsg => again::<WorkerMsg>(bytes),
             Kind::MasterMsg => again::<MasterMsg>(bytes),
-            Kind::Access => again::<flotilla_core::access::Access>(bytes),
+            Kind::Added => again::<flotilla_core::state::Added>(bytes),
         }
     }
 }
@@ -243,11 +243,17 @@ fn samples() -> Samples {
         status: 200,
         from: "10.0.0.9:51000".into(),
     }));
-    let access = s.state.access().clone();
-    assert!(!access.is_empty() && access.bootstrap_revoked());
+    let limits = flotilla_core::model::TaskLimits { memory: Some(64 << 20), open_files: Some(64), processes: None };
+    let spec = JobSpec { command: vec!["sleep".into(), "1".into()], ..JobSpec::default() };
+    let limited =
+        s.apply(Command::SubmitLimitedJob { spec, request_id: None, owner: Some("ci".into()), limits: limits.clone() });
+    let Response::JobSubmitted { job: limited, .. } = limited else { panic!("{limited:?}") };
+    assert_eq!(s.state.task_limits(limited), Some(&limits));
+    let added = s.state.added().clone();
+    assert!(!added.is_empty() && s.state.access().bootstrap_revoked());
     let mut samples = s.samples;
     samples.add(Kind::State, "after-script", &state);
-    samples.add(Kind::Access, "after-tokens", &access);
+    samples.add(Kind::Added, "after-tokens", &added);
 
     let worker_msgs = vec![
         WorkerMsg::Hello {
@@ -280,7 +286,7 @@ fn samples() -> Samples {
         MasterBody::Welcome { leader: 1, incarnation, heartbeat_ms: 500 },
         MasterBody::NotLeader { leader: Some("10.0.0.2:7100".into()) },
         MasterBody::Refused { reason: "protocol 2 is not 3".into() },
-        MasterBody::Run(run),
+        MasterBody::Run(run.clone()),
         MasterBody::Stop { task, fence },
         MasterBody::Ack { task, fence },
         MasterBody::Batch(vec![MasterBody::Ack { task, fence }, MasterBody::Drained]),
@@ -288,6 +294,7 @@ fn samples() -> Samples {
         MasterBody::Revoke { task, fence },
         MasterBody::Members { addresses: vec!["10.0.0.1:7100".into(), "10.0.0.4:7100".into()] },
         MasterBody::Drained,
+        RunTask { limits: limits.clone(), ..run.clone() }.into_body(),
     ];
     for body in bodies {
         let name = variant(&body);

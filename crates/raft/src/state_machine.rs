@@ -49,10 +49,11 @@ const BUILDING_FILE: &str = "snapshot.building";
 /// the state's encoding writes the next digit, reads the previous one by converting it, and
 /// writes the new one only once every voter reads it (a follower installs the leader's file).
 pub(crate) const MAGIC: &[u8; 8] = b"FLOTSNP1";
-/// Format 2 (0.2.0): format 1's header, then a length and the state's access section (named
-/// tokens, job owners). Written only while that section holds something, which needs every
-/// voter at 0.2.0 or later (`Feature::Tokens`): a cluster that never made a token still writes
-/// format 1, which 0.1.0 reads.
+/// Format 2 (0.2.0): format 1's header, then a length and the state 0.2.0 added
+/// (`flotilla_core::state::Added`: named tokens, job owners, task limits). Written only while
+/// that holds something, which needs every voter at 0.2.0 or later (`Feature::Tokens`,
+/// `Feature::TaskLimits`): a cluster that never used them still writes format 1, which 0.1.0
+/// reads.
 pub(crate) const MAGIC_2: &[u8; 8] = b"FLOTSNP2";
 /// Frame that ends the rows of a snapshot file (no row has this key).
 const END_KEY: (u64, u64, u64) = (u64::MAX, u64::MAX, u64::MAX);
@@ -344,8 +345,8 @@ pub(crate) fn read_header(r: &mut impl Read, file_len: u64) -> Result<Header, Fi
     };
     let mut header: Header = codec::decode("snapshot header", &read_section(r, file_len)?)?;
     if with_access {
-        let access = codec::decode("snapshot access section", &read_section(r, file_len)?)?;
-        header.data.state.restore_access(access);
+        let added = codec::decode("snapshot section of 0.2.0's state", &read_section(r, file_len)?)?;
+        header.data.state.restore_added(added);
     }
     Ok(header)
 }
@@ -362,17 +363,17 @@ fn read_section(r: &mut impl Read, file_len: u64) -> Result<Vec<u8>, FileError> 
     Ok(bytes)
 }
 
-/// Writes the magic and the header (format 2 only when the access section holds something);
+/// Writes the magic and the header (format 2 only when the state holds something of 0.2.0's);
 /// returns the bytes written.
 pub(crate) fn write_header(w: &mut impl Write, header: &Header) -> Result<u64, FileError> {
     let head = codec::encode("snapshot header", header)?;
-    let access = header.data.state.access();
-    let sections = if access.is_empty() {
+    let added = header.data.state.added();
+    let sections = if added.is_empty() {
         w.write_all(MAGIC)?;
         vec![head]
     } else {
         w.write_all(MAGIC_2)?;
-        vec![head, codec::encode("snapshot access section", access)?]
+        vec![head, codec::encode("snapshot section of 0.2.0's state", added)?]
     };
     let mut bytes = MAGIC.len() as u64;
     for section in sections {
@@ -692,10 +693,10 @@ mod tests {
         (bytes, back)
     }
 
-    /// Invariant: a state without tokens is written as format 1 (what 0.1.0 reads), one with
-    /// tokens as format 2, and both read back to the same state.
+    /// Invariant: a state without anything of 0.2.0's is written as format 1 (what 0.1.0
+    /// reads), one with tokens or task limits as format 2, and each reads back the same.
     #[test]
-    fn the_access_section_is_written_only_when_it_holds_something() {
+    fn the_second_section_is_written_only_when_it_holds_something() {
         let plain = ClusterState::default();
         let (bytes, back) = round_trip(&header_of(plain.clone()));
         assert_eq!(&bytes[..8], MAGIC);
@@ -715,5 +716,21 @@ mod tests {
         assert_eq!(&bytes[..8], MAGIC_2);
         assert_eq!(back.data.state, with_tokens);
         assert_eq!(back.data.state.access().find(&TokenHash([7; 32])).map(|(n, _)| n), Some("ci"));
+
+        // Task limits, without any token, need format 2 too.
+        let mut limited = ClusterState::default();
+        let limits = flotilla_core::model::TaskLimits { open_files: Some(64), ..Default::default() };
+        let submit = Command::SubmitLimitedJob {
+            spec: flotilla_core::model::JobSpec { command: vec!["true".into()], ..Default::default() },
+            request_id: None,
+            owner: None,
+            limits: limits.clone(),
+        };
+        limited.apply(ctx, &Proposal::new(5, vec![submit]));
+        assert!(limited.access().is_empty());
+        let (bytes, back) = round_trip(&header_of(limited.clone()));
+        assert_eq!(&bytes[..8], MAGIC_2);
+        assert_eq!(back.data.state, limited);
+        assert_eq!(back.data.state.task_limits(1), Some(&limits));
     }
 }

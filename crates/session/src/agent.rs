@@ -496,6 +496,12 @@ impl AgentCore {
                     let actions = self.book.on_run(run);
                     push_actions(actions, out);
                 }
+                MasterBody::RunLimited { mut run, limits } => {
+                    self.told_drained = false;
+                    run.limits = limits;
+                    let actions = self.book.on_run(run);
+                    push_actions(actions, out);
+                }
                 MasterBody::Stop { task, fence } => {
                     let actions = self.book.on_stop(task, fence);
                     push_actions(actions, out);

@@ -195,6 +195,7 @@ mod tests {
             cpus,
             timeout_ms: None,
             stdin: None,
+            limits: Default::default(),
         }
     }
 

@@ -253,6 +253,8 @@ struct Lead {
     told_drained: std::collections::HashSet<SessionId>,
     /// The release each worker reported (leader memory, like `last_seen`).
     versions: HashMap<Arc<str>, String>,
+    /// Workers whose release sets a job's task limits: the only ones given such tasks.
+    limits_capable: std::collections::HashSet<Arc<str>>,
 }
 
 /// When a draining worker's deadline passes, as this leader measures it.
@@ -282,6 +284,8 @@ pub struct LeaderCore {
     next_proposal: ProposalId,
     /// Every master's address, as the Raft membership names them (told to each worker).
     masters: Vec<String>,
+    /// Messages held back from a session until its worker reports a release that reads them.
+    held: HashMap<SessionId, Vec<MasterBody>>,
 }
 
 /// A queued attempt asked back is asked again after this long (it may have started, or the
@@ -301,6 +305,7 @@ impl LeaderCore {
             pending: HashMap::new(),
             next_proposal: 1,
             masters: Vec::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -385,16 +390,48 @@ impl LeaderCore {
         out.push(Effect::Propose { id, commands });
     }
 
-    fn send(&self, session: SessionId, body: MasterBody, out: &mut Vec<Effect>) {
+    fn send(&mut self, session: SessionId, body: MasterBody, out: &mut Vec<Effect>) {
         // A worker that cannot decode a message would drop its session and reconnect to be
-        // sent it again: a message of a feature its release lacks is held back instead (the
-        // code that sends one checks `understands` first and picks what an older one reads).
+        // sent it again: a message of a feature its release lacks is held back instead, until
+        // the worker reports a release that reads it (a new session reports its release just
+        // after its welcome; the scheduler gives a worker nothing it cannot read).
         if let Some(feature) = body.feature() {
             if !self.understands(session, feature) {
+                if matches!(self.sessions.get(&session), Some(Stage::Open { .. })) {
+                    self.held.entry(session).or_default().push(body);
+                }
                 return;
             }
         }
         out.push(Effect::Send { session, msg: MasterMsg { term: self.term(), body } });
+    }
+
+    /// A worker reported its release: messages held back for it go out if it reads them now,
+    /// and work only such a release may take is placed.
+    fn note_version(
+        &mut self,
+        now: Instant,
+        state: &impl Replica,
+        session: SessionId,
+        name: &Arc<str>,
+        version: String,
+        out: &mut Vec<Effect>,
+    ) {
+        let Role::Leading(lead) = &mut self.role else { return };
+        let release = flotilla_core::version::Version::parse(&version);
+        let capable = flotilla_core::version::Feature::TaskLimits.allowed(release);
+        lead.versions.insert(name.clone(), version);
+        if capable {
+            lead.limits_capable.insert(name.clone());
+        } else {
+            lead.limits_capable.remove(name);
+        }
+        for body in self.held.remove(&session).unwrap_or_default() {
+            self.send(session, body, out);
+        }
+        if capable {
+            state.read(|state, _| self.schedule(now, state, out));
+        }
     }
 
     /// Whether the worker of `session` reported a release that understands `feature` (one
@@ -418,6 +455,7 @@ impl LeaderCore {
 
     /// Drops the session from the core (its stream is gone or going).
     fn forget(&mut self, session: SessionId, out: &mut Vec<Effect>) {
+        self.held.remove(&session);
         if let Some(Stage::Open { name }) = self.sessions.remove(&session) {
             if let Role::Leading(l) = &mut self.role {
                 if l.by_worker.get(&name) == Some(&session) {
@@ -454,6 +492,7 @@ impl LeaderCore {
             drains: HashMap::new(),
             told_drained: Default::default(),
             versions: HashMap::new(),
+            limits_capable: Default::default(),
         });
         self.propose(vec![Command::LeaderElected { node: self.config.me }], Origin::Elected, out);
     }
@@ -517,10 +556,7 @@ impl LeaderCore {
         // Most messages from an idle fleet are heartbeats: no allocation beyond the effects.
         let msgs = match msg {
             WorkerMsg::Heartbeat => return,
-            WorkerMsg::Version { version } => {
-                lead.versions.insert(name.clone(), version);
-                return;
-            }
+            WorkerMsg::Version { version } => return self.note_version(now, state, session, &name, version, out),
             stats @ WorkerMsg::Stats { .. } => return self.stats(session, &name, stats, out),
             WorkerMsg::Batch(msgs) => msgs.into_iter().flat_map(WorkerMsg::flatten).collect(),
             other => vec![other],
@@ -532,9 +568,7 @@ impl LeaderCore {
             let (command, report) = match msg {
                 WorkerMsg::Heartbeat | WorkerMsg::Batch(_) => continue,
                 WorkerMsg::Version { version } => {
-                    if let Role::Leading(lead) = &mut self.role {
-                        lead.versions.insert(name.clone(), version);
-                    }
+                    self.note_version(now, state, session, &name, version, out);
                     continue;
                 }
                 stats @ WorkerMsg::Stats { .. } => {
@@ -583,7 +617,7 @@ impl LeaderCore {
     }
 
     /// A heartbeat with the worker's figures: recorded, and its echo token sent back.
-    fn stats(&self, session: SessionId, name: &Arc<str>, stats: WorkerMsg, out: &mut Vec<Effect>) {
+    fn stats(&mut self, session: SessionId, name: &Arc<str>, stats: WorkerMsg, out: &mut Vec<Effect>) {
         let WorkerMsg::Stats { running, queued, spawned, spawn_micros, echo, rtt_micros } = stats else { return };
         out.push(Effect::Observe(Observation::WorkerStats {
             worker: name.clone(),
@@ -712,6 +746,9 @@ impl LeaderCore {
             }
         }
         lead.last_seen.insert(name.clone(), now);
+        // Whatever process is behind this session reports its release anew.
+        lead.versions.remove(&name);
+        lead.limits_capable.remove(&name);
         self.sessions.insert(session, Stage::Open { name: name.clone() });
         let heartbeat_ms = self.config.heartbeat.as_millis() as u64;
         self.send(session, MasterBody::Welcome { leader: self.config.me, incarnation, heartbeat_ms }, out);
@@ -900,7 +937,8 @@ impl LeaderCore {
         if !lead.ready || lead.plan_in_flight {
             return;
         }
-        let placements = scheduler::plan(state, self.config.max_plan);
+        let capable = &lead.limits_capable;
+        let placements = scheduler::plan_for(state, self.config.max_plan, &|name| capable.contains(name));
         if placements.is_empty() {
             self.revoke(now, state, out);
             return;
@@ -920,7 +958,10 @@ impl LeaderCore {
         if !lead.revoking.is_empty() {
             return;
         }
-        let wanted = scheduler::revocations(state, |task, fence| lead.revoking.contains_key(&(task, fence)));
+        let wanted =
+            scheduler::revocations_for(state, |task, fence| lead.revoking.contains_key(&(task, fence)), &|name| {
+                lead.limits_capable.contains(name)
+            });
         let mut by_worker: BTreeMap<&str, Vec<MasterBody>> = BTreeMap::new();
         for r in &wanted {
             lead.revoking.insert((r.task, r.fence), now);
@@ -1078,7 +1119,7 @@ impl LeaderCore {
         out: &mut Vec<Effect>,
     ) -> Option<MasterBody> {
         match RunTask::for_attempt(state, records, task, fence) {
-            Ok(run) => run.map(MasterBody::Run),
+            Ok(run) => run.map(RunTask::into_body),
             Err(error) => {
                 out.push(Effect::Observe(Observation::RecordsUnreadable { task, error: Arc::from(error.to_string()) }));
                 None
@@ -1125,7 +1166,7 @@ impl LeaderCore {
     }
 
     /// Tells workers to stop attempts the state took from them (a cancelled job).
-    pub fn stop_attempts(&self, kills: &[Kill], out: &mut Vec<Effect>) {
+    pub fn stop_attempts(&mut self, kills: &[Kill], out: &mut Vec<Effect>) {
         let mut by_worker: BTreeMap<&str, Vec<MasterBody>> = BTreeMap::new();
         for k in kills {
             by_worker.entry(k.worker.as_str()).or_default().push(MasterBody::Stop { task: k.task, fence: k.fence });
@@ -1134,12 +1175,14 @@ impl LeaderCore {
     }
 
     /// One message per worker that has a session here.
-    fn push(&self, by_worker: BTreeMap<&str, Vec<MasterBody>>, out: &mut Vec<Effect>) {
+    fn push(&mut self, by_worker: BTreeMap<&str, Vec<MasterBody>>, out: &mut Vec<Effect>) {
         let Role::Leading(lead) = &self.role else { return };
-        for (worker, bodies) in by_worker {
-            if let (Some(session), Some(body)) = (lead.by_worker.get(worker), MasterBody::batch(bodies)) {
-                self.send(*session, body, out);
-            }
+        let sends: Vec<(SessionId, MasterBody)> = by_worker
+            .into_iter()
+            .filter_map(|(worker, bodies)| Some((*lead.by_worker.get(worker)?, MasterBody::batch(bodies)?)))
+            .collect();
+        for (session, body) in sends {
+            self.send(session, body, out);
         }
     }
 }

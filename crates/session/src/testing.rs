@@ -116,6 +116,20 @@ impl Cluster {
             other => panic!("submit refused: {other:?}"),
         }
     }
+
+    /// A job of `tasks` tasks whose tasks run under `limits`.
+    pub fn submit_limited(&mut self, tasks: u64, limits: flotilla_core::model::TaskLimits) -> u64 {
+        let spec = JobSpec {
+            command: vec!["true".into()],
+            array: Some(flotilla_core::index_set::IndexSet::range(1, tasks)),
+            ..Default::default()
+        };
+        let command = Command::SubmitLimitedJob { spec, request_id: None, owner: None, limits };
+        match self.commit(1, vec![command]).pop() {
+            Some(Response::JobSubmitted { job, .. }) => job,
+            other => panic!("submit refused: {other:?}"),
+        }
+    }
 }
 
 pub fn info(name: &str, instance: u64, cpus: u32) -> WorkerInfo {

@@ -402,6 +402,7 @@ mod tests {
             cpus: 1,
             timeout_ms: None,
             stdin: None,
+            limits: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! What a task is kept from: the worker's credentials (never in its environment), the other
 //! tasks' and the worker's files (each attempt gets its own working directory), and, with
-//! `--run-as USER`, the worker's user (its files, its certificates, its `/proc` entries).
+//! `--run-as USER`, the worker's user (its files, its certificates, its `/proc` entries);
+//! and, when its job asks, more than its limits of memory, open files and processes.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -8,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use flotilla_core::model::TaskSlot;
+use flotilla_core::model::{TaskLimits, TaskSlot};
 use flotilla_proto::wire::RunTask;
 
 #[derive(Clone, Debug, Default)]
@@ -58,6 +59,7 @@ impl Sandbox {
         for name in &self.scrub {
             cmd.env_remove(name);
         }
+        set_limits(cmd, &task.limits);
         let Some(root) = &self.tasks_dir else { return Ok(None) };
         let slot = match task.task.slot {
             TaskSlot::Array(i) => i.to_string(),
@@ -86,6 +88,55 @@ impl Sandbox {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task's directory");
             }
         }
+    }
+}
+
+/// Sets the job's limits on the task's process, between fork and exec (after the switch to
+/// `--run-as`'s user). A limit above what the worker itself may have is the worker's: a
+/// process cannot raise its hard limit. Jobs without limits get no hook, so their tasks keep
+/// `posix_spawn` (std forks instead once there is one, which costs more per task).
+fn set_limits(cmd: &mut Command, limits: &TaskLimits) {
+    if limits.is_empty() {
+        return;
+    }
+    let wanted: Vec<(Resource, libc::rlim_t)> = [
+        (libc::RLIMIT_AS, limits.memory),
+        (libc::RLIMIT_NOFILE, limits.open_files),
+        (libc::RLIMIT_NPROC, limits.processes),
+    ]
+    .into_iter()
+    .filter_map(|(resource, value)| Some((resource, clamp_to_hard(resource, value?))))
+    .collect();
+    // SAFETY: the hook runs in the child between fork and exec; it only calls setrlimit
+    // (async-signal-safe) on values prepared here, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (resource, value) in &wanted {
+                let limit = libc::rlimit { rlim_cur: *value, rlim_max: *value };
+                if libc::setrlimit(*resource, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+type Resource = libc::c_int;
+
+/// `value`, or the worker's own hard limit of `resource` if that is lower.
+fn clamp_to_hard(resource: Resource, value: u64) -> libc::rlim_t {
+    let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes only into `current`.
+    let known = unsafe { libc::getrlimit(resource, &mut current) } == 0;
+    let value = value as libc::rlim_t;
+    if known && current.rlim_max != libc::RLIM_INFINITY {
+        value.min(current.rlim_max)
+    } else {
+        value
     }
 }
 

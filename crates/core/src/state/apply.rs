@@ -34,22 +34,34 @@ impl ClusterState {
             Command::SubmitJobAs { spec, request_id, owner } => {
                 let response = self.submit(ctx, spec, request_id.as_deref());
                 if let Response::JobSubmitted { job, duplicate: false } = response {
-                    self.access.set_owner(job, owner);
+                    self.added.access.set_owner(job, owner);
+                }
+                response
+            }
+            Command::SubmitLimitedJob { spec, request_id, owner, limits } => {
+                let response = self.submit(ctx, spec, request_id.as_deref());
+                if let Response::JobSubmitted { job, duplicate: false } = response {
+                    if let Some(owner) = owner {
+                        self.added.access.set_owner(job, owner);
+                    }
+                    if !limits.is_empty() {
+                        self.added.task_limits.insert(job, limits.clone());
+                    }
                 }
                 response
             }
             Command::CreateToken { name, role, hash, by } => {
-                match self.access.create(name, *role, *hash, ctx.at_ms, by) {
+                match self.added.access.create(name, *role, *hash, ctx.at_ms, by) {
                     Ok(()) => Response::TokenCreated,
                     Err(e) => Response::Invalid { reason: Refusal::Access(e) },
                 }
             }
             Command::Audit(record) => {
-                self.access.mark_audited();
+                self.added.access.mark_audited();
                 self.journal.record(ctx.at_ms, EventKind::Audit(record.clone()));
                 Response::Noted
             }
-            Command::RevokeToken { name } => match self.access.revoke(name) {
+            Command::RevokeToken { name } => match self.added.access.revoke(name) {
                 Ok(role) => Response::TokenRevoked { role },
                 Err(e) => Response::Invalid { reason: Refusal::Access(e) },
             },

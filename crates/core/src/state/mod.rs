@@ -392,14 +392,31 @@ pub struct ClusterState {
     retired_masters: BTreeSet<NodeId>,
     /// The cluster's identity (0 until its first leader chose one).
     cluster_id: u64,
-    /// Named tokens and job owners. Not in this struct's encoding, which 0.1.0 reads: a
-    /// snapshot carries it in a section of its own, written only once it holds something (so
-    /// only once every voter runs a release that reads it, see `version::Feature::Tokens`).
+    /// What 0.2.0 added: tokens, job owners, task limits. Not in this struct's encoding,
+    /// which 0.1.0 reads: a snapshot carries it in a section of its own, written only once it
+    /// holds something (so only once every voter runs a release that reads it, see
+    /// `version::Feature`).
     #[serde(skip)]
-    access: crate::access::Access,
+    added: Added,
     /// Record changes made by entries applied since the shell last took them.
     #[serde(skip)]
     record_ops: RecordOutbox,
+}
+
+/// The replicated state release 0.2.0 added, encoded apart from the rest (snapshot format 2's
+/// second section) so that a state without any of it is still one 0.1.0 reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Added {
+    pub(crate) access: crate::access::Access,
+    /// The limits of each kept job that asked for them.
+    pub(crate) task_limits: BTreeMap<JobId, crate::model::TaskLimits>,
+}
+
+impl Added {
+    /// Whether nothing was ever recorded here (a state an older release can still read).
+    pub fn is_empty(&self) -> bool {
+        self.access.is_empty() && self.task_limits.is_empty()
+    }
 }
 
 /// The record changes `apply` made, waiting for the shell to store them. Not part of the
@@ -435,7 +452,7 @@ impl Default for ClusterState {
             retained: retention::Retained::default(),
             retired_masters: BTreeSet::new(),
             cluster_id: 0,
-            access: crate::access::Access::default(),
+            added: Added::default(),
             record_ops: RecordOutbox::default(),
         }
     }
@@ -514,18 +531,29 @@ impl ClusterState {
         match feature {
             // Both came with 0.2.0, and only they fill the access section: anything in it
             // shows every voter read 0.2.0's commands.
-            crate::version::Feature::Tokens | crate::version::Feature::Audit => !self.access.is_empty(),
+            crate::version::Feature::Tokens | crate::version::Feature::Audit => !self.added.access.is_empty(),
+            crate::version::Feature::TaskLimits => !self.added.task_limits.is_empty(),
         }
     }
 
     pub fn access(&self) -> &crate::access::Access {
-        &self.access
+        &self.added.access
     }
 
-    /// Puts back the access section read from a snapshot (the rest of the state's encoding
-    /// does not hold it).
-    pub fn restore_access(&mut self, access: crate::access::Access) {
-        self.access = access;
+    /// What each task of `job` may use at most, if the job asked for limits.
+    pub fn task_limits(&self, job: JobId) -> Option<&crate::model::TaskLimits> {
+        self.added.task_limits.get(&job)
+    }
+
+    /// The part of the state a snapshot keeps in a section of its own (see [`Added`]).
+    pub fn added(&self) -> &Added {
+        &self.added
+    }
+
+    /// Puts back the section read from a snapshot (the rest of the state's encoding does not
+    /// hold it).
+    pub fn restore_added(&mut self, added: Added) {
+        self.added = added;
     }
 
     pub fn retired_masters(&self) -> &BTreeSet<NodeId> {

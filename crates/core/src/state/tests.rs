@@ -861,3 +861,32 @@ fn a_workers_own_drain_keeps_an_operators_decision_and_deadline() {
     };
     assert!(deadline < d.now + 1_000, "the operator's earlier deadline holds");
 }
+
+/// Invariant: a job's task limits are kept beside it while it is kept, are absent for a job
+/// that asked none, and go with it when it is purged (they mark the state as 0.2.0's only
+/// while such a job exists).
+#[test]
+fn task_limits_stay_with_their_job_and_go_with_it() {
+    let mut d = Driver::new();
+    let limits = crate::model::TaskLimits { memory: Some(64 << 20), ..Default::default() };
+    let submitted = d.apply(Command::SubmitLimitedJob {
+        spec: spec("1-2"),
+        request_id: None,
+        owner: Some("ci".into()),
+        limits: limits.clone(),
+    });
+    let Response::JobSubmitted { job, .. } = submitted else { panic!("{submitted:?}") };
+    let plain = d.submit(spec("1-2"));
+    assert_eq!(d.state.task_limits(job), Some(&limits));
+    assert_eq!(d.state.task_limits(plain), None);
+    assert_eq!(d.state.access().owner_of(job), Some("ci"));
+    assert!(d.state.in_use(crate::version::Feature::TaskLimits));
+    d.apply(Command::CancelJob { job });
+    assert!(matches!(d.apply(Command::PurgeJobs { jobs: vec![job] }), Response::JobsPurged(_)));
+    assert_eq!(d.state.task_limits(job), None);
+    assert!(!d.state.in_use(crate::version::Feature::TaskLimits));
+    assert_eq!(
+        crate::model::TaskLimits { open_files: Some(3), ..Default::default() }.validate(),
+        Err(crate::model::LimitsError::TooFewFiles)
+    );
+}

@@ -23,6 +23,7 @@ fn run(index: u64, term: u64) -> RunTask {
         cpus: 1,
         timeout_ms: None,
         stdin: None,
+        limits: Default::default(),
     }
 }
 

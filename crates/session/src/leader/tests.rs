@@ -506,3 +506,47 @@ fn a_worker_asking_to_drain_is_drained_and_told_once() {
     let effects = l.message(2_010, 7, WorkerMsg::Drain { deadline_ms: Some(50_000) });
     assert!(!effects.iter().any(|e| matches!(e, Effect::Propose { .. })), "{effects:?}");
 }
+
+/// Invariant: a task of a job with limits goes only to a worker whose release sets them. One
+/// that reported no release (0.1.0, which could not decode `RunLimited`) is given none of it,
+/// while a job without limits runs there; once a worker reports 0.2.0 the task is placed on it
+/// at once and sent as `RunLimited`, its limits inside.
+#[test]
+fn a_job_with_limits_runs_only_where_the_release_sets_them() {
+    let mut l = Leader::ready();
+    l.admit(0, 7, "old", 1);
+    let limits = flotilla_core::model::TaskLimits { open_files: Some(64), ..Default::default() };
+    let limited = l.cluster.submit_limited(1, limits.clone());
+    let effects = l.tick(1);
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Propose { .. })), "nothing placed on 'old': {effects:?}");
+    let plain = l.cluster.submit(1);
+    let effects = l.tick(2);
+    let Some(Effect::Propose { id, commands }) = effects.last() else { panic!("{effects:?}") };
+    let Command::Assign { placements } = &commands[0] else { panic!("{commands:?}") };
+    assert_eq!(
+        placements,
+        &vec![flotilla_core::command::Placement { task: TaskId::array(plain, 1), worker: "old".into() }]
+    );
+    let (id, commands) = (*id, commands.clone());
+    l.commit(3, id, commands);
+    l.out.take();
+
+    l.admit(4, 8, "new", 2);
+    let effects = l.message(5, 8, WorkerMsg::Version { version: "0.2.0".into() });
+    let Some(Effect::Propose { id, commands }) = effects.last() else { panic!("{effects:?}") };
+    let Command::Assign { placements } = &commands[0] else { panic!("{commands:?}") };
+    let task = TaskId::array(limited, 1);
+    assert_eq!(placements, &vec![flotilla_core::command::Placement { task, worker: "new".into() }]);
+    let (id, commands) = (*id, commands.clone());
+    l.commit(6, id, commands);
+    let effects = l.out.take();
+    let sent: Vec<&MasterBody> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { session: 8, msg } => Some(&msg.body),
+            _ => None,
+        })
+        .collect();
+    let [MasterBody::RunLimited { run, limits: sent_limits }] = sent.as_slice() else { panic!("{effects:?}") };
+    assert_eq!((run.task, sent_limits), (task, &limits));
+}
