@@ -733,4 +733,33 @@ mod tests {
         assert_eq!(back.data.state, limited);
         assert_eq!(back.data.state.task_limits(1), Some(&limits));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 3_000, ..Default::default() })]
+
+        /// Invariant: a damaged snapshot header (a byte changed, the file cut short, a length
+        /// that claims more than the file holds) is refused with an error, never a panic or an
+        /// allocation of the claimed size.
+        #[test]
+        fn a_damaged_snapshot_header_is_an_error_not_a_panic(
+            at in proptest::prelude::any::<usize>(),
+            xor in 1..=255u8,
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let mut state = ClusterState::default();
+            let create = Command::CreateToken {
+                name: "ci".into(),
+                role: Role::Submit,
+                hash: TokenHash([7; 32]),
+                by: "bootstrap".into(),
+            };
+            state.apply(flotilla_core::ApplyCtx { index: 1, term: 1, at_ms: 5 }, &Proposal::new(5, vec![create]));
+            let mut bytes = Vec::new();
+            write_header(&mut bytes, &header_of(state)).expect("write");
+            let i = at % bytes.len();
+            bytes[i] ^= xor;
+            bytes.truncate(cut % (bytes.len() + 1));
+            let _ = read_header(&mut bytes.as_slice(), bytes.len() as u64);
+        }
+    }
 }
