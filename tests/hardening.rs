@@ -65,6 +65,14 @@ async fn hostile_clients_are_bounded_and_the_master_serves_on() {
     let address = address.split(',').next().expect("a master").to_string();
     let client = t.client();
 
+    // The API's description is served, and is the one committed under docs/.
+    let (status, served) = raw_http(&address, "GET", "/v1/openapi.json", &[], b"");
+    assert_eq!(status, 200, "{served}");
+    let served: serde_json::Value = serde_json::from_str(&served).expect("the description is JSON");
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")).expect("docs");
+    let committed: serde_json::Value = serde_json::from_str(&committed).expect("docs/openapi.json is JSON");
+    assert_eq!(served, committed, "/v1/openapi.json differs from docs/openapi.json");
+
     // The slow clients run beside the rest, so their timeouts overlap.
     let slow = {
         let address = address.clone();

@@ -22,8 +22,10 @@ pub const MAX_NAME: usize = 64;
 
 /// What a credential may do. Each role can do what the ones below it can, except `Worker`,
 /// which can only hold a worker session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+// The API has another `Role` (a master's Raft role): this one is `TokenRole` there.
+#[schema(as = TokenRole)]
 pub enum Role {
     /// Everything: tokens, masters, backups.
     Admin,

@@ -10,7 +10,7 @@ use crate::reason::{LostReason, RescheduleReason, StaleReason, TaskFailure};
 
 /// How much history the replicated state keeps. A cluster-wide setting, itself changed by a
 /// command in the log, so every master prunes the same events at the same entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Retention {
     /// Events kept at most; the oldest go first.
     pub max_events: u64,

@@ -106,7 +106,7 @@ pub struct JobSpec {
 /// What each of a job's tasks may use at most, enforced by the worker on the task's process
 /// (resource limits set before it starts). Kept beside the job rather than in its
 /// [`JobSpec`], whose encoding release 0.1.0 reads (see `Feature::TaskLimits`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskLimits {
     /// Bytes of address space (`RLIMIT_AS`): an allocation beyond it fails.
     pub memory: Option<u64>,
@@ -480,7 +480,7 @@ impl TaskState {
 
 /// How jobs of the same priority share the workers (a cluster-wide, replicated setting).
 /// JSON names: `fair`, `fifo` (the replicated encoding is by position, not name).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Sharing {
     /// Jobs take turns: the one holding the fewest attempts is placed next, so a short job

@@ -60,6 +60,7 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/workers/{name}/uncordon", post(uncordon_worker))
         .route("/v1/tokens", post(crate::tokens::create).get(crate::tokens::list))
         .route("/v1/tokens/{name}", axum::routing::delete(crate::tokens::revoke))
+        .route("/v1/openapi.json", get(crate::openapi::openapi_json))
         .route("/metrics", get(metrics))
         .with_state(master)
         .layer(axum::middleware::from_fn(limit_body))
@@ -232,12 +233,14 @@ pub(crate) async fn read_barrier(master: &Master, q: &HashMap<String, String>) -
 const FOLLOWER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The leader's confirmed commit index, for a follower's linearizable read.
-async fn read_index(State(master): State<Shared>) -> Result<Json<flotilla_proto::api::ReadIndex>, Failure> {
+#[utoipa::path(get, path = "/v1/cluster/read-index", tag = "cluster", responses((status = 200, description = "Done", body = flotilla_proto::api::ReadIndex), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn read_index(State(master): State<Shared>) -> Result<Json<flotilla_proto::api::ReadIndex>, Failure> {
     let read = master.raft.ensure_linearizable().await.map_err(|e| from_propose(&master, read_error(e)))?;
     Ok(Json(flotilla_proto::api::ReadIndex { index: read.map_or(0, |l| l.index) }))
 }
 
-async fn submit(
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body(content = SubmitRequest, content_type = "application/json"), responses((status = 200, description = "Done", body = Submitted), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError)))]
+pub(crate) async fn submit(
     State(master): State<Shared>,
     Extension(caller): Extension<Caller>,
     body: Bytes,
@@ -259,7 +262,8 @@ async fn submit(
     }
 }
 
-async fn cancel_job(
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = u64, Path, description = "The job id")), responses((status = 200, description = "Done", body = Cancelled), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError), (status = 404, description = "No such job", body = ApiError)))]
+pub(crate) async fn cancel_job(
     State(master): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -295,7 +299,8 @@ async fn cancel_job(
 }
 
 /// Jobs newest first, a page at a time, optionally of one state or name.
-async fn list_jobs(State(master): State<Shared>, Query(q): Params) -> Result<Json<JobPage>, Failure> {
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(crate::openapi::JobListParams), responses((status = 200, description = "Done", body = JobPage), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn list_jobs(State(master): State<Shared>, Query(q): Params) -> Result<Json<JobPage>, Failure> {
     let limit = number(&q, "limit", JobQuery::DEFAULT_LIMIT)?;
     if !(1..=JobQuery::MAX_LIMIT).contains(&limit) {
         return Err(bad_request(format!("limit must be between 1 and {}, not {limit}", JobQuery::MAX_LIMIT)));
@@ -329,7 +334,8 @@ async fn list_jobs(State(master): State<Shared>, Query(q): Params) -> Result<Jso
     Ok(Json(JobPage { jobs, next }))
 }
 
-async fn show_job(
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = u64, Path, description = "The job id"), crate::openapi::ShowJobParams), responses((status = 200, description = "Done", body = JobDetail), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 404, description = "No such job, worker, master or token", body = ApiError), (status = 410, description = "The job was removed (retention or purge)", body = ApiError)))]
+pub(crate) async fn show_job(
     State(master): State<Shared>,
     Path(id): Path<String>,
     Query(q): Params,
@@ -364,7 +370,8 @@ async fn show_job(
     }
 }
 
-async fn job_results(
+#[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "jobs", params(("id" = u64, Path, description = "The job id"), crate::openapi::ResultsParams), responses((status = 200, description = "Done", body = Vec<TaskResultView>), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 404, description = "No such job, worker, master or token", body = ApiError), (status = 410, description = "The job was removed (retention or purge)", body = ApiError)))]
+pub(crate) async fn job_results(
     State(master): State<Shared>,
     Path(id): Path<String>,
     Query(q): Params,
@@ -378,7 +385,8 @@ async fn job_results(
     Ok(Json(TaskResultView::list(&job, offset, limit, &records).map_err(records_failure)?))
 }
 
-async fn job_result(
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs", params(("id" = u64, Path, description = "The job id"), crate::openapi::ReadParams), responses((status = 200, description = "Done", body = JobResult), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 404, description = "No such job, worker, master or token", body = ApiError), (status = 410, description = "The job was removed (retention or purge)", body = ApiError)))]
+pub(crate) async fn job_result(
     State(master): State<Shared>,
     Path(id): Path<String>,
     Query(q): Params,
@@ -390,7 +398,8 @@ async fn job_result(
     Ok(Json(JobResult::from_job(&job, &records).map_err(records_failure)?))
 }
 
-async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<Status>, Failure> {
+#[utoipa::path(get, path = "/v1/status", tag = "cluster", params(crate::openapi::ReadParams), responses((status = 200, description = "Done", body = Status), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn status(State(master): State<Shared>, Query(q): Params) -> Result<Json<Status>, Failure> {
     let stale = read_barrier(&master, &q).await?;
     // Each master's own view, asked concurrently; an unreachable one is reported as such.
     let mut asks = tokio::task::JoinSet::new();
@@ -495,7 +504,8 @@ pub fn worker_statuses(
         .collect()
 }
 
-async fn events(State(master): State<Shared>, Query(q): Params) -> Result<Json<Events>, Failure> {
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(crate::openapi::EventsParams), responses((status = 200, description = "Done", body = Events), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn events(State(master): State<Shared>, Query(q): Params) -> Result<Json<Events>, Failure> {
     let after = number(&q, "after", 0)?;
     let limit = number(&q, "limit", 1000)?.clamp(1, 10_000) as usize;
     let wait = Duration::from_millis(number(&q, "wait_ms", 0)?.min(30_000));
@@ -517,12 +527,14 @@ async fn events(State(master): State<Shared>, Query(q): Params) -> Result<Json<E
     }
 }
 
-async fn retention(State(master): State<Shared>, Query(q): Params) -> Result<Json<RetentionView>, Failure> {
+#[utoipa::path(get, path = "/v1/events/retention", tag = "events", params(crate::openapi::ReadParams), responses((status = 200, description = "Done", body = RetentionView), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn retention(State(master): State<Shared>, Query(q): Params) -> Result<Json<RetentionView>, Failure> {
     read_barrier(&master, &q).await?;
     Ok(Json(RetentionView::from_journal(master.shared.read().state.journal())))
 }
 
-async fn set_retention(State(master): State<Shared>, body: Bytes) -> Result<Json<RetentionView>, Failure> {
+#[utoipa::path(put, path = "/v1/events/retention", tag = "events", request_body(content = flotilla_core::journal::Retention, content_type = "application/json"), responses((status = 200, description = "Done", body = RetentionView), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError)))]
+pub(crate) async fn set_retention(State(master): State<Shared>, body: Bytes) -> Result<Json<RetentionView>, Failure> {
     let retention: flotilla_core::journal::Retention = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid retention JSON (want max_events, max_age_ms): {e}")))?;
     retention.validate().map_err(|e| refused(Refusal::BadRetention(e)))?;
@@ -534,12 +546,20 @@ async fn set_retention(State(master): State<Shared>, body: Bytes) -> Result<Json
     }
 }
 
-async fn job_retention(State(master): State<Shared>, Query(q): Params) -> Result<Json<JobRetentionView>, Failure> {
+#[utoipa::path(get, path = "/v1/jobs/retention", tag = "jobs", params(crate::openapi::ReadParams), responses((status = 200, description = "Done", body = JobRetentionView), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn job_retention(
+    State(master): State<Shared>,
+    Query(q): Params,
+) -> Result<Json<JobRetentionView>, Failure> {
     read_barrier(&master, &q).await?;
     Ok(Json(JobRetentionView::from_state(&master.shared.read().state)))
 }
 
-async fn set_job_retention(State(master): State<Shared>, body: Bytes) -> Result<Json<JobRetentionView>, Failure> {
+#[utoipa::path(put, path = "/v1/jobs/retention", tag = "jobs", request_body(content = JobRetention, content_type = "application/json"), responses((status = 200, description = "Done", body = JobRetentionView), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError)))]
+pub(crate) async fn set_job_retention(
+    State(master): State<Shared>,
+    body: Bytes,
+) -> Result<Json<JobRetentionView>, Failure> {
     let retention: JobRetention = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid retention JSON (want max_age_ms, max_finished): {e}")))?;
     retention.validate().map_err(|e| refused(Refusal::BadJobRetention(e)))?;
@@ -556,7 +576,8 @@ async fn set_job_retention(State(master): State<Shared>, body: Bytes) -> Result<
 }
 
 /// Removes finished jobs now. Retrying is safe: a job removed already is reported as such.
-async fn purge_jobs(State(master): State<Shared>, body: Bytes) -> Result<Json<PurgeOutcome>, Failure> {
+#[utoipa::path(post, path = "/v1/jobs/purge", tag = "jobs", request_body(content = PurgeRequest, content_type = "application/json"), responses((status = 200, description = "Done", body = PurgeOutcome), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError)))]
+pub(crate) async fn purge_jobs(State(master): State<Shared>, body: Bytes) -> Result<Json<PurgeOutcome>, Failure> {
     let request: PurgeRequest = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid purge JSON (want {{\"jobs\": [ids]}}): {e}")))?;
     if request.jobs.is_empty() {
@@ -602,7 +623,8 @@ pub fn missing_job(state: &flotilla_core::state::ClusterState, id: u64) -> Failu
     }
 }
 
-async fn scheduling(
+#[utoipa::path(get, path = "/v1/scheduling", tag = "cluster", params(crate::openapi::ReadParams), responses((status = 200, description = "Done", body = flotilla_proto::api::Scheduling), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn scheduling(
     State(master): State<Shared>,
     Query(q): Params,
 ) -> Result<Json<flotilla_proto::api::Scheduling>, Failure> {
@@ -610,7 +632,8 @@ async fn scheduling(
     Ok(Json(flotilla_proto::api::Scheduling { sharing: master.shared.read().state.sharing() }))
 }
 
-async fn set_scheduling(
+#[utoipa::path(put, path = "/v1/scheduling", tag = "cluster", request_body(content = flotilla_proto::api::Scheduling, content_type = "application/json"), responses((status = 200, description = "Done", body = flotilla_proto::api::Scheduling), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError)))]
+pub(crate) async fn set_scheduling(
     State(master): State<Shared>,
     body: Bytes,
 ) -> Result<Json<flotilla_proto::api::Scheduling>, Failure> {
@@ -630,7 +653,8 @@ async fn set_scheduling(
 }
 
 /// Prometheus text exposition (see `metrics`). Served by every master, leader or not.
-async fn metrics(State(master): State<Shared>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus metrics", content_type = "text/plain"), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn metrics(State(master): State<Shared>) -> Response {
     let raft = master.raft.metrics().borrow().clone();
     let peer_rtts = master.rtts.smoothed();
     let body = {
@@ -649,15 +673,18 @@ async fn metrics(State(master): State<Shared>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
-async fn node(State(master): State<Shared>) -> Json<flotilla_proto::api::NodeInfo> {
+#[utoipa::path(get, path = "/v1/node", tag = "cluster", responses((status = 200, description = "Done", body = flotilla_proto::api::NodeInfo), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn node(State(master): State<Shared>) -> Json<flotilla_proto::api::NodeInfo> {
     Json(master.node_info())
 }
 
-async fn cluster_members(State(master): State<Shared>) -> Json<Vec<MemberView>> {
+#[utoipa::path(get, path = "/v1/cluster/members", tag = "cluster", responses((status = 200, description = "Done", body = Vec<MemberView>), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn cluster_members(State(master): State<Shared>) -> Json<Vec<MemberView>> {
     Json(crate::membership::members(&master))
 }
 
-async fn add_master(State(master): State<Shared>, body: Bytes) -> Result<Json<Vec<MemberView>>, Failure> {
+#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster", request_body(content = AddMaster, content_type = "application/json"), responses((status = 200, description = "Done", body = Vec<MemberView>), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError)))]
+pub(crate) async fn add_master(State(master): State<Shared>, body: Bytes) -> Result<Json<Vec<MemberView>>, Failure> {
     let request: AddMaster =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("bad add-master request: {e}")))?;
     crate::membership::add(&master, request.id, request.address)
@@ -666,12 +693,20 @@ async fn add_master(State(master): State<Shared>, body: Bytes) -> Result<Json<Ve
         .map_err(|e| from_membership(&master, e))
 }
 
-async fn remove_master(State(master): State<Shared>, Path(id): Path<String>) -> Result<Json<Vec<MemberView>>, Failure> {
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", params(("id" = u64, Path, description = "The master's id")), responses((status = 200, description = "Done", body = Vec<MemberView>), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError)))]
+pub(crate) async fn remove_master(
+    State(master): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<MemberView>>, Failure> {
     let id: u64 = id.parse().map_err(|_| bad_request(format!("master id must be a number, not '{id}'")))?;
     crate::membership::remove(&master, id).await.map(Json).map_err(|e| from_membership(&master, e))
 }
 
-async fn transfer_leadership(State(master): State<Shared>, body: Bytes) -> Result<Json<LeadershipMoved>, Failure> {
+#[utoipa::path(post, path = "/v1/cluster/leader", tag = "cluster", request_body(content = TransferLeadership, content_type = "application/json"), responses((status = 200, description = "Done", body = LeadershipMoved), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError)))]
+pub(crate) async fn transfer_leadership(
+    State(master): State<Shared>,
+    body: Bytes,
+) -> Result<Json<LeadershipMoved>, Failure> {
     let request: TransferLeadership = if body.is_empty() {
         TransferLeadership::default()
     } else {
@@ -681,13 +716,18 @@ async fn transfer_leadership(State(master): State<Shared>, body: Bytes) -> Resul
 }
 
 /// The last step of a leadership transfer, asked of the chosen follower by the leader.
-async fn stand(State(master): State<Shared>, Query(q): Params) -> Result<Json<flotilla_proto::api::NodeInfo>, Failure> {
+#[utoipa::path(post, path = "/v1/cluster/stand", tag = "cluster", params(crate::openapi::StandParams), responses((status = 200, description = "Done", body = flotilla_proto::api::NodeInfo), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError)))]
+pub(crate) async fn stand(
+    State(master): State<Shared>,
+    Query(q): Params,
+) -> Result<Json<flotilla_proto::api::NodeInfo>, Failure> {
     let asked_by = q.get("leader").and_then(|l| l.parse().ok());
     crate::membership::stand(&master, asked_by).await.map_err(|e| from_membership(&master, e))?;
     Ok(Json(master.node_info()))
 }
 
-async fn list_workers(
+#[utoipa::path(get, path = "/v1/workers", tag = "workers", params(crate::openapi::ReadParams), responses((status = 200, description = "Done", body = Vec<flotilla_proto::api::WorkerView>), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn list_workers(
     State(master): State<Shared>,
     Query(q): Params,
 ) -> Result<Json<Vec<flotilla_proto::api::WorkerView>>, Failure> {
@@ -733,21 +773,24 @@ async fn maintain(
     Ok(Json(flotilla_proto::api::WorkerView::of(&data.state, worker)))
 }
 
-async fn cordon_worker(
+#[utoipa::path(post, path = "/v1/workers/{name}/cordon", tag = "workers", params(("name" = String, Path, description = "The worker's name")), responses((status = 200, description = "Done", body = flotilla_proto::api::WorkerView), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError), (status = 404, description = "No such worker", body = ApiError)))]
+pub(crate) async fn cordon_worker(
     State(master): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Json<flotilla_proto::api::WorkerView>, Failure> {
     maintain(&master, name, flotilla_core::state::MaintenanceChange::Cordon).await
 }
 
-async fn uncordon_worker(
+#[utoipa::path(post, path = "/v1/workers/{name}/uncordon", tag = "workers", params(("name" = String, Path, description = "The worker's name")), responses((status = 200, description = "Done", body = flotilla_proto::api::WorkerView), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError), (status = 404, description = "No such worker", body = ApiError)))]
+pub(crate) async fn uncordon_worker(
     State(master): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Json<flotilla_proto::api::WorkerView>, Failure> {
     maintain(&master, name, flotilla_core::state::MaintenanceChange::Uncordon).await
 }
 
-async fn drain_worker(
+#[utoipa::path(post, path = "/v1/workers/{name}/drain", tag = "workers", params(("name" = String, Path, description = "The worker's name")), request_body(content = flotilla_proto::api::DrainRequest, content_type = "application/json"), responses((status = 200, description = "Done", body = flotilla_proto::api::WorkerView), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError), (status = 404, description = "No such worker", body = ApiError)))]
+pub(crate) async fn drain_worker(
     State(master): State<Shared>,
     Path(name): Path<String>,
     body: Bytes,
@@ -764,7 +807,8 @@ async fn drain_worker(
 /// A backup of the state, taken by the leader after a linearizable barrier: everything
 /// acknowledged before the request is in it. Streamed from a file that is unlinked at once
 /// (its space is freed when the answer is sent).
-async fn save_snapshot(State(master): State<Shared>) -> Result<Response, Failure> {
+#[utoipa::path(get, path = "/v1/snapshot", tag = "cluster", responses((status = 200, description = "A backup of the state (restore it with `flotilla snapshot restore`)", content_type = "application/octet-stream"), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
+pub(crate) async fn save_snapshot(State(master): State<Shared>) -> Result<Response, Failure> {
     read_barrier(&master, &HashMap::new()).await?;
     let path = master.config.data_dir.join(format!("backup-{}.tmp", now_ms()));
     let info = flotilla_raft::backup::export(&master.shared, &path)

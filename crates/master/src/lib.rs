@@ -33,6 +33,7 @@ pub mod links;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod openapi;
 pub mod proposer;
 pub mod raft_service;
 pub mod releases;

@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 
 use flotilla_core::access::{valid_name, AccessRefusal, TokenHash, BOOTSTRAP};
 use flotilla_core::{Command, Refusal, Response as Applied};
-use flotilla_proto::api::{ApiErrorCode, CreateToken, TokenCreated, TokenRevoked, TokenView};
+use flotilla_proto::api::{ApiError, ApiErrorCode, CreateToken, TokenCreated, TokenRevoked, TokenView};
 
 use crate::api::{bad_request, failure, from_propose, read_barrier, refused, unexpected, Failure, Params};
 use crate::auth::Caller;
@@ -17,6 +17,7 @@ use crate::node::Master;
 use crate::proposer::ProposeError;
 use crate::releases::NotUpgraded;
 
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body(content = CreateToken, content_type = "application/json"), responses((status = 200, description = "Done", body = TokenCreated), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError)))]
 pub async fn create(
     State(master): State<Arc<Master>>,
     Extension(caller): Extension<Caller>,
@@ -44,6 +45,7 @@ pub async fn create(
     }
 }
 
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(crate::openapi::ReadParams), responses((status = 200, description = "Done", body = Vec<TokenView>), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
 pub async fn list(State(master): State<Arc<Master>>, Query(q): Params) -> Result<Json<Vec<TokenView>>, Failure> {
     read_barrier(&master, &q).await?;
     let data = master.shared.read();
@@ -65,6 +67,7 @@ pub async fn list(State(master): State<Arc<Master>>, Query(q): Params) -> Result
     Ok(Json(bootstrap.into_iter().chain(named).collect()))
 }
 
+#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "The token's name, or bootstrap")), responses((status = 200, description = "Done", body = TokenRevoked), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 409, description = "Does not fit the current state, or needs every voter upgraded", body = ApiError), (status = 408, description = "The body did not arrive in time", body = ApiError), (status = 413, description = "The body is larger than 1 MiB", body = ApiError), (status = 404, description = "No such token", body = ApiError)))]
 pub async fn revoke(
     State(master): State<Arc<Master>>,
     Extension(caller): Extension<Caller>,

@@ -43,7 +43,7 @@ use flotilla_core::units;
 use crate::time::rfc3339;
 
 /// Error body of every non-2xx answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     pub error: String,
     pub code: ApiErrorCode,
@@ -60,7 +60,7 @@ impl ApiError {
 
 /// The closed set of error codes (the `code` of an [`ApiError`]), each with its HTTP status.
 /// Shared by the masters, which answer with them, and the client, which reads them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApiErrorCode {
     /// 421: this master is a follower; `leader` names the leader when it is known.
@@ -161,7 +161,7 @@ macro_rules! display_as_str {
 display_as_str!(ApiErrorCode, Role, JobState, TaskState, WorkerState, EventType);
 
 /// A master's Raft role, as `/v1/node`, `/v1/status` and the dashboard report it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Leader,
@@ -191,7 +191,7 @@ impl Role {
 }
 
 /// A job's state in the API (the replicated [`state::JobState`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Waiting,
@@ -252,7 +252,7 @@ impl From<JobState> for state::JobState {
 }
 
 /// A task's state in the API (the replicated [`state::TaskState`] without its attempt).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Only a reduce step: not started, its job's tasks are not all done.
@@ -294,7 +294,7 @@ impl From<&state::TaskState> for TaskState {
 
 /// A worker's state in the API: in service (`ready`), out of service by an operator's or
 /// its own decision (`cordoned`, `draining`, `drained`), or `lost`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
     Ready,
@@ -338,7 +338,7 @@ impl From<WorkerState> for state::WorkerCondition {
 }
 
 /// The `kind` of an [`EventView`]: which [`journal::EventKind`] it is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     LeaderElected,
@@ -417,7 +417,7 @@ impl From<&journal::EventKind> for EventType {
 }
 
 /// A job as submitted over the API or from a job file (`flotilla submit --file job.toml`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     #[serde(default)]
@@ -466,7 +466,7 @@ pub struct SubmitRequest {
 }
 
 /// A job's task limits as a client writes them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsRequest {
     /// Address space of each task's process, e.g. `512M`.
@@ -584,7 +584,7 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// One page of `GET /v1/jobs`: newest first. Pass `next` back as `before` for the next page;
 /// `None`: this was the last.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobPage {
     pub jobs: Vec<JobSummary>,
     pub next: Option<String>,
@@ -633,7 +633,7 @@ pub fn url_encode(text: &str) -> String {
         .collect()
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Submitted {
     pub id: u64,
 }
@@ -642,13 +642,13 @@ pub use flotilla_core::access::Role as TokenRole;
 
 /// `GET /v1/cluster/read-index` (masters only): the leader's commit index, confirmed by a
 /// quorum. A follower that has applied it may answer a linearizable read itself.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReadIndex {
     pub index: u64,
 }
 
 /// `POST /v1/tokens`: a new named token.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     pub name: String,
@@ -656,7 +656,7 @@ pub struct CreateToken {
 }
 
 /// The answer to `POST /v1/tokens`: the only time the token itself is shown.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenCreated {
     pub name: String,
     pub role: TokenRole,
@@ -664,7 +664,7 @@ pub struct TokenCreated {
 }
 
 /// One credential in `GET /v1/tokens` (never the token, nor its hash).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenView {
     pub name: String,
     pub role: TokenRole,
@@ -677,20 +677,20 @@ pub struct TokenView {
 }
 
 /// The answer to `DELETE /v1/tokens/NAME`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenRevoked {
     pub name: String,
     pub role: TokenRole,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Cancelled {
     pub id: u64,
     /// Running attempts told to stop.
     pub stopped: usize,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Counts {
     pub total: u64,
     pub waiting: u64,
@@ -715,7 +715,7 @@ impl Counts {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobSummary {
     pub id: u64,
     pub name: Option<String>,
@@ -740,7 +740,7 @@ impl JobSummary {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobDetail {
     pub id: u64,
     pub name: Option<String>,
@@ -822,7 +822,7 @@ impl JobDetail {
 }
 
 /// One task's state and recorded result (`job results --json` prints an array of these).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskResultView {
     pub index: u64,
     pub state: TaskState,
@@ -919,7 +919,7 @@ impl TaskResultView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobResult {
     pub id: u64,
     pub state: JobState,
@@ -939,7 +939,7 @@ impl JobResult {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MasterStatus {
     pub id: u64,
     pub address: String,
@@ -962,7 +962,7 @@ pub struct MasterStatus {
 
 /// Something in the cluster's health that needs an operator's attention. Tagged by `kind`,
 /// so new kinds can be added without breaking readers that skip the ones they do not know.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StatusWarning {
     /// The link from master `from` to master `to` has a smoothed round trip close to the
@@ -1023,7 +1023,7 @@ impl std::fmt::Display for StatusWarning {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerStatus {
     pub name: String,
     pub state: WorkerState,
@@ -1079,7 +1079,7 @@ impl WorkerStatus {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     pub leader: Option<u64>,
     pub term: u64,
@@ -1095,7 +1095,7 @@ pub struct Status {
     pub warnings: Vec<StatusWarning>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeInfo {
     pub id: u64,
     pub address: String,
@@ -1113,6 +1113,8 @@ pub struct NodeInfo {
     pub log_bytes_written: u64,
     /// This master's smoothed round trip to each peer it has measured, in milliseconds.
     #[serde(default)]
+    // JSON object keys are strings: the peer's id, written out.
+    #[schema(value_type = BTreeMap<String, f64>)]
     pub peer_rtt_ms: BTreeMap<u64, f64>,
     /// The master's own `--labels` (zone, region, …).
     #[serde(default)]
@@ -1132,7 +1134,7 @@ pub struct NodeInfo {
 /// This build's release, as masters and workers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventView {
     pub seq: u64,
     pub time: String,
@@ -1255,7 +1257,7 @@ impl EventView {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Events {
     pub events: Vec<EventView>,
     /// Pass as `after` to get the next events.
@@ -1267,7 +1269,7 @@ pub use flotilla_core::state::{JobRetention, PurgeOutcome};
 
 /// Finished jobs' retention and what is kept now (`GET /v1/jobs/retention`; `PUT` takes a
 /// [`JobRetention`]).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobRetentionView {
     /// Finished jobs older than this are removed (`null`: no age limit).
     pub max_age_ms: Option<u64>,
@@ -1292,7 +1294,7 @@ impl JobRetentionView {
 }
 
 /// The body of `POST /v1/jobs/purge`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeRequest {
     pub jobs: Vec<u64>,
@@ -1316,7 +1318,7 @@ pub fn removed_message(id: u64, removal: Option<flotilla_core::state::Removal>) 
 
 /// The journal's retention setting and what it keeps now (`GET /v1/events/retention`; `PUT`
 /// takes a [`Retention`]).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RetentionView {
     /// Events kept at most.
     pub max_events: u64,
@@ -1521,7 +1523,7 @@ mod tests {
 }
 
 /// `GET`/`PUT /v1/scheduling`: how jobs of the same priority share the workers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Scheduling {
     pub sharing: flotilla_core::model::Sharing,
 }
@@ -1531,7 +1533,7 @@ pub struct Scheduling {
 pub const MASTERS_HEADER: &str = "x-flotilla-masters";
 
 /// Whether a master votes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberRole {
     Voter,
@@ -1549,7 +1551,7 @@ impl MemberRole {
 }
 
 /// One master of the group (`flotilla cluster members --json`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberView {
     pub id: u64,
     pub address: String,
@@ -1562,7 +1564,7 @@ pub struct MemberView {
 }
 
 /// `POST /v1/cluster/members`: add a master; it joins as a learner and votes once current.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMaster {
     pub id: u64,
@@ -1570,7 +1572,7 @@ pub struct AddMaster {
 }
 
 /// `POST /v1/cluster/leader`: hand leadership to `to`, or to the most up-to-date voter.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferLeadership {
     #[serde(default)]
@@ -1578,7 +1580,7 @@ pub struct TransferLeadership {
 }
 
 /// Where leadership went.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LeadershipMoved {
     pub from: u64,
     pub to: u64,
@@ -1588,7 +1590,7 @@ pub struct LeadershipMoved {
 }
 
 /// One worker, as `flotilla worker list --json` prints it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerView {
     pub name: String,
     pub state: WorkerState,
@@ -1640,7 +1642,7 @@ impl WorkerView {
 }
 
 /// `POST /v1/workers/{name}/drain`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     /// How long running tasks may take before they are stopped and re-queued elsewhere

@@ -16,7 +16,7 @@ pub const REMOVALS_KEPT: usize = 100_000;
 
 /// Finished jobs kept: none older than `max_age_ms` (counted from when they finished), and at
 /// most `max_finished` (the oldest go first).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobRetention {
     /// `None`: no age limit.
     pub max_age_ms: Option<u64>,
@@ -89,7 +89,7 @@ pub struct Removal {
 }
 
 /// What a purge did with each id it was given.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PurgeOutcome {
     pub purged: Vec<JobId>,
     /// Removed before (a retried purge, or expired meanwhile): nothing to do.
