@@ -54,8 +54,8 @@ fn assert_json_error(status: u16, body: &str, want_status: u16, want_code: &str,
 
 /// Invariants: a body over 1 MiB is refused with 413 (declared or streamed); JSON nested past
 /// the decoder's depth limit and maps over their entry limits get 400; each of these is a JSON
-/// error and creates no job. A client that sends headers too slowly, or nothing at all, is cut
-/// off; a slow body gets 408. Connections beyond `--max-connections-per-client` are closed at
+/// error and creates no job. A client that sends headers too slowly, nothing at all, or an
+/// HTTP/2 preface and no request, is cut off; a slow body gets 408. Connections beyond `--max-connections-per-client` are closed at
 /// once while the ones held are served. A connection idle past `--idle-timeout` is closed,
 /// while the worker's session (a request always in flight) stays up and runs tasks after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,12 +96,28 @@ async fn hostile_clients_are_bounded_and_the_master_serves_on() {
                     (closed, started.elapsed())
                 })
             };
+            let preface = {
+                let address = address.clone();
+                std::thread::spawn(move || {
+                    let mut stream = TcpStream::connect(&address).expect("connect");
+                    let started = Instant::now();
+                    // An HTTP/2 preface, then no request ever.
+                    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").expect("write");
+                    let closed = closed_within(&mut stream, Duration::from_secs(60));
+                    (closed, started.elapsed())
+                })
+            };
             let body = exchange(
                 &address,
                 &format!("POST /v1/jobs HTTP/1.1\r\nHost: {address}\r\nContent-Length: 100"),
                 br#"{"command": "#,
             );
-            (headers.join().expect("slow headers"), silent.join().expect("silent"), body)
+            (
+                headers.join().expect("slow headers"),
+                silent.join().expect("silent"),
+                preface.join().expect("preface"),
+                body,
+            )
         })
     };
 
@@ -179,8 +195,16 @@ async fn hostile_clients_are_bounded_and_the_master_serves_on() {
     let idle_for = answered.elapsed();
     assert!(idle_for >= Duration::from_millis(1500), "closed only once idle for 2 s ({idle_for:?})");
 
-    let ((headers_closed, headers_took), (silent_closed, silent_took), (status, body, _)) =
-        slow.join().expect("slow clients");
+    let (
+        (headers_closed, headers_took),
+        (silent_closed, silent_took),
+        (preface_closed, preface_took),
+        (status, body, _),
+    ) = slow.join().expect("slow clients");
+    assert!(
+        preface_closed && preface_took < Duration::from_secs(40),
+        "a stalled HTTP/2 client cut off ({preface_took:?})"
+    );
     assert!(headers_closed && headers_took < Duration::from_secs(40), "slow headers cut off ({headers_took:?})");
     assert!(silent_closed && silent_took < Duration::from_secs(40), "a silent client cut off ({silent_took:?})");
     assert_json_error(status, &body, 408, "timeout", "did not arrive");

@@ -395,13 +395,19 @@ impl LeaderCore {
         // sent it again: a message of a feature its release lacks is held back instead, until
         // the worker reports a release that reads it (a new session reports its release just
         // after its welcome; the scheduler gives a worker nothing it cannot read).
-        if let Some(feature) = body.feature() {
-            if !self.understands(session, feature) {
-                if matches!(self.sessions.get(&session), Some(Stage::Open { .. })) {
-                    self.held.entry(session).or_default().push(body);
-                }
-                return;
+        // A batch is split: what the worker reads goes now, only the rest waits.
+        if body.feature().is_some_and(|feature| !self.understands(session, feature)) {
+            let (now, later): (Vec<MasterBody>, Vec<MasterBody>) = body
+                .flatten()
+                .into_iter()
+                .partition(|b| b.feature().is_none_or(|feature| self.understands(session, feature)));
+            if matches!(self.sessions.get(&session), Some(Stage::Open { .. })) {
+                self.held.entry(session).or_default().extend(later);
             }
+            if let Some(body) = MasterBody::batch(now) {
+                out.push(Effect::Send { session, msg: MasterMsg { term: self.term(), body } });
+            }
+            return;
         }
         out.push(Effect::Send { session, msg: MasterMsg { term: self.term(), body } });
     }
@@ -426,12 +432,27 @@ impl LeaderCore {
         } else {
             lead.limits_capable.remove(name);
         }
-        for body in self.held.remove(&session).unwrap_or_default() {
-            self.send(session, body, out);
-        }
-        if capable {
-            state.read(|state, _| self.schedule(now, state, out));
-        }
+        let held = self.held.remove(&session).unwrap_or_default();
+        state.read(|state, _| {
+            for body in held {
+                // Only an attempt still assigned to this worker: one stopped or moved while
+                // it waited must not start now.
+                let current = match &body {
+                    MasterBody::RunLimited { run, .. } => state
+                        .job(run.task.job)
+                        .and_then(|job| job.task(run.task.slot))
+                        .and_then(|task| task.state.in_flight())
+                        .is_some_and(|(worker, fence)| worker == &**name && fence == run.fence),
+                    _ => true,
+                };
+                if current {
+                    self.send(session, body, out);
+                }
+            }
+            if capable {
+                self.schedule(now, state, out);
+            }
+        });
     }
 
     /// Whether the worker of `session` reported a release that understands `feature` (one

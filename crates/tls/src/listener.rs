@@ -169,21 +169,42 @@ pub async fn serve<F, S, B>(
             let service = Tracked { inner: service_for(Connection { remote, peer }), activity: activity.clone() };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             tokio::pin!(conn);
-            let mut closing = false;
-            let mut check =
-                tokio::time::interval(limits.idle_timeout.min(Duration::from_secs(1)).max(Duration::from_millis(10)));
+            // When the connection was asked to close gracefully, if it was.
+            let mut closing: Option<tokio::time::Instant> = None;
+            let opened = tokio::time::Instant::now();
+            let tick = limits.idle_timeout.min(limits.header_timeout).min(Duration::from_secs(1));
+            let mut check = tokio::time::interval(tick.max(Duration::from_millis(10)));
             loop {
                 tokio::select! {
                     _ = conn.as_mut() => return,
-                    changed = stopping.changed(), if !closing => {
-                        let _ = changed;
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ = check.tick(), if !closing => {
-                        if activity.idle_for() >= limits.idle_timeout {
-                            closing = true;
+                    // Stopping: finish what is in flight; once the server gave up waiting
+                    // (it dropped the sender), the connection goes at once.
+                    changed = stopping.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        if closing.is_none() {
+                            closing = Some(tokio::time::Instant::now());
                             conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                    _ = check.tick() => {
+                        // A client that never completes a first request (a stalled HTTP/2
+                        // preface, a few bytes and silence) is cut off like slow headers.
+                        if activity.requests() == 0 && opened.elapsed() >= limits.header_timeout {
+                            return;
+                        }
+                        match closing {
+                            None if activity.idle_for() >= limits.idle_timeout => {
+                                closing = Some(tokio::time::Instant::now());
+                                conn.as_mut().graceful_shutdown();
+                            }
+                            // An HTTP/2 goodbye waits for the client's answer to a ping: one
+                            // that never answers, with nothing in flight, is cut off.
+                            Some(at) if at.elapsed() >= limits.header_timeout && activity.idle_for() > Duration::ZERO => {
+                                return;
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -191,10 +212,11 @@ pub async fn serve<F, S, B>(
         });
     }
     let _ = stopping.send(true);
-    let deadline = Instant::now() + DRAIN;
-    while open.total() > 0 && Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while open.total() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Dropping the sender ends every connection still open (a worker session, a long poll).
 }
 
 /// Open connections per client address.
@@ -244,16 +266,28 @@ struct Activity {
     base: Instant,
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    /// Requests begun on the connection so far.
+    begun: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Self {
-        Activity { base: Instant::now(), in_flight: AtomicUsize::new(0), last_ms: AtomicU64::new(0) }
+        Activity {
+            base: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            begun: AtomicU64::new(0),
+        }
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
+        self.begun.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    fn requests(&self) -> u64 {
+        self.begun.load(Ordering::Relaxed)
     }
 
     fn idle_for(&self) -> Duration {
