@@ -32,6 +32,8 @@ fn schemathesis(t: &TestCluster, address: &str, token: Option<&str>, report: &st
         // the membership tests cover them; the fuzzer leaves the group as it is.
         .args(["--exclude-operation-id", "add_master", "--exclude-operation-id", "remove_master"])
         .args(["--report", "junit", "--report-dir", report])
+        // Its cache goes into the test's own directory, not the repository.
+        .current_dir(t.dir.path())
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_TELEMETRY", "false");
     if let Some(token) = token {
