@@ -550,3 +550,53 @@ fn a_job_with_limits_runs_only_where_the_release_sets_them() {
     let [MasterBody::RunLimited { run, limits: sent_limits }] = sent.as_slice() else { panic!("{effects:?}") };
     assert_eq!((run.task, sent_limits), (task, &limits));
 }
+
+/// Invariant: a run held back from a session until its worker reports its release goes out
+/// only if its attempt is still that worker's by then; the rest of a held batch (a Stop) is
+/// not held at all.
+#[test]
+fn a_held_run_goes_out_only_if_its_attempt_is_still_current() {
+    let mut l = Leader::ready();
+    l.admit(0, 7, "w", 11);
+    l.message(1, 7, WorkerMsg::Version { version: "0.2.0".into() });
+    let limits = flotilla_core::model::TaskLimits { open_files: Some(64), ..Default::default() };
+    let kept = l.cluster.submit_limited(1, limits.clone());
+    let cancelled = l.cluster.submit_limited(1, limits);
+    let effects = l.tick(2);
+    let Some(Effect::Propose { id, commands }) = effects.last() else { panic!("{effects:?}") };
+    let (id, commands) = (*id, commands.clone());
+    l.commit(3, id, commands);
+    l.out.take();
+
+    // The same process comes back without either attempt, and with one the state does not
+    // give it: the runs wait for its release, the Stop goes at once.
+    l.core.closed(7, &mut Vec::new());
+    l.core.open(l.cluster.at(4), 9);
+    let stale = (TaskId::array(kept, 7), Fence { term: 1, attempt: 1 });
+    let effects = l.message(4, 9, hello("w", 11, vec![stale]));
+    let sent: Vec<&MasterBody> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { session: 9, msg } => Some(&msg.body),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(sent.as_slice(), [MasterBody::Welcome { .. }, MasterBody::Stop { .. }]), "{effects:?}");
+
+    // Meanwhile one of the jobs is cancelled; then the worker reports 0.2.0.
+    l.cluster.commit(TERM, vec![Command::CancelJob { job: cancelled }]);
+    let effects = l.message(5, 9, WorkerMsg::Version { version: "0.2.0".into() });
+    let runs: Vec<TaskId> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { session: 9, msg } => Some(msg.body.clone().flatten()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|b| match b {
+            MasterBody::RunLimited { run, .. } => Some(run.task),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs, vec![TaskId::array(kept, 1)], "{effects:?}");
+}
