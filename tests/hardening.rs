@@ -43,6 +43,19 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// On a thread: connects, sends `bytes` and nothing more; then whether the master closed the
+/// connection within a minute, and how long it took.
+fn stall(address: &str, bytes: &'static [u8]) -> std::thread::JoinHandle<(bool, Duration)> {
+    let address = address.to_string();
+    std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(&address).expect("connect");
+        let started = Instant::now();
+        stream.write_all(bytes).expect("write");
+        let closed = closed_within(&mut stream, Duration::from_secs(60));
+        (closed, started.elapsed())
+    })
+}
+
 /// A JSON error body carries a code and a message (never plain text, never a panic page).
 fn assert_json_error(status: u16, body: &str, want_status: u16, want_code: &str, mention: &str) {
     assert_eq!(status, want_status, "{body}");
@@ -77,36 +90,10 @@ async fn hostile_clients_are_bounded_and_the_master_serves_on() {
     let slow = {
         let address = address.clone();
         std::thread::spawn(move || {
-            let headers = {
-                let address = address.clone();
-                std::thread::spawn(move || {
-                    let mut stream = TcpStream::connect(&address).expect("connect");
-                    let started = Instant::now();
-                    stream.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n").expect("write");
-                    let closed = closed_within(&mut stream, Duration::from_secs(60));
-                    (closed, started.elapsed())
-                })
-            };
-            let silent = {
-                let address = address.clone();
-                std::thread::spawn(move || {
-                    let mut stream = TcpStream::connect(&address).expect("connect");
-                    let started = Instant::now();
-                    let closed = closed_within(&mut stream, Duration::from_secs(60));
-                    (closed, started.elapsed())
-                })
-            };
-            let preface = {
-                let address = address.clone();
-                std::thread::spawn(move || {
-                    let mut stream = TcpStream::connect(&address).expect("connect");
-                    let started = Instant::now();
-                    // An HTTP/2 preface, then no request ever.
-                    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").expect("write");
-                    let closed = closed_within(&mut stream, Duration::from_secs(60));
-                    (closed, started.elapsed())
-                })
-            };
+            let headers = stall(&address, b"GET /v1/status HTTP/1.1\r\nHost: x\r\n");
+            let silent = stall(&address, b"");
+            // An HTTP/2 preface, then no request ever.
+            let preface = stall(&address, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
             let body = exchange(
                 &address,
                 &format!("POST /v1/jobs HTTP/1.1\r\nHost: {address}\r\nContent-Length: 100"),

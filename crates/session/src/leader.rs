@@ -252,9 +252,20 @@ struct Lead {
     /// Sessions told that their worker is drained.
     told_drained: std::collections::HashSet<SessionId>,
     /// The release each worker reported (leader memory, like `last_seen`).
-    versions: HashMap<Arc<str>, String>,
-    /// Workers whose release sets a job's task limits: the only ones given such tasks.
-    limits_capable: std::collections::HashSet<Arc<str>>,
+    versions: HashMap<Arc<str>, Reported>,
+}
+
+/// A worker's release as it reported it, and parsed once (the scheduler asks per plan).
+struct Reported {
+    text: String,
+    release: flotilla_core::version::Version,
+}
+
+impl Lead {
+    /// The release `worker` reported; one that reported none runs the first release.
+    fn release_of(&self, worker: &str) -> flotilla_core::version::Version {
+        self.versions.get(worker).map_or(flotilla_core::version::FIRST, |r| r.release)
+    }
 }
 
 /// When a draining worker's deadline passes, as this leader measures it.
@@ -350,7 +361,7 @@ impl LeaderCore {
     /// that reported none runs 0.1.0).
     pub fn worker_versions(&self) -> HashMap<Arc<str>, String> {
         match &self.role {
-            Role::Leading(l) => l.versions.clone(),
+            Role::Leading(l) => l.versions.iter().map(|(name, r)| (name.clone(), r.text.clone())).collect(),
             Role::Following { .. } => HashMap::new(),
         }
     }
@@ -424,14 +435,10 @@ impl LeaderCore {
         out: &mut Vec<Effect>,
     ) {
         let Role::Leading(lead) = &mut self.role else { return };
-        let release = flotilla_core::version::Version::parse(&version);
-        let capable = flotilla_core::version::Feature::TaskLimits.allowed(release);
-        lead.versions.insert(name.clone(), version);
-        if capable {
-            lead.limits_capable.insert(name.clone());
-        } else {
-            lead.limits_capable.remove(name);
-        }
+        // Unparsable text counts as the first release: nothing newer is sent on its word.
+        let release = flotilla_core::version::Version::parse(&version).unwrap_or(flotilla_core::version::FIRST);
+        let capable = flotilla_core::version::Feature::TaskLimits.allowed(Some(release));
+        lead.versions.insert(name.clone(), Reported { text: version, release });
         let held = self.held.remove(&session).unwrap_or_default();
         state.read(|state, _| {
             for body in held {
@@ -460,12 +467,10 @@ impl LeaderCore {
     pub fn understands(&self, session: SessionId, feature: flotilla_core::version::Feature) -> bool {
         let Role::Leading(lead) = &self.role else { return false };
         let release = match self.sessions.get(&session) {
-            Some(Stage::Open { name }) => {
-                lead.versions.get(name).and_then(|v| flotilla_core::version::Version::parse(v))
-            }
-            _ => None,
+            Some(Stage::Open { name }) => lead.release_of(name),
+            _ => flotilla_core::version::FIRST,
         };
-        feature.allowed(Some(release.unwrap_or(flotilla_core::version::FIRST)))
+        feature.allowed(Some(release))
     }
 
     /// Ends one session: its stream is closed and its worker forgets this leader.
@@ -513,7 +518,6 @@ impl LeaderCore {
             drains: HashMap::new(),
             told_drained: Default::default(),
             versions: HashMap::new(),
-            limits_capable: Default::default(),
         });
         self.propose(vec![Command::LeaderElected { node: self.config.me }], Origin::Elected, out);
     }
@@ -769,7 +773,6 @@ impl LeaderCore {
         lead.last_seen.insert(name.clone(), now);
         // Whatever process is behind this session reports its release anew.
         lead.versions.remove(&name);
-        lead.limits_capable.remove(&name);
         self.sessions.insert(session, Stage::Open { name: name.clone() });
         let heartbeat_ms = self.config.heartbeat.as_millis() as u64;
         self.send(session, MasterBody::Welcome { leader: self.config.me, incarnation, heartbeat_ms }, out);
@@ -958,8 +961,9 @@ impl LeaderCore {
         if !lead.ready || lead.plan_in_flight {
             return;
         }
-        let capable = &lead.limits_capable;
-        let placements = scheduler::plan_for(state, self.config.max_plan, &|name| capable.contains(name));
+        let limits = flotilla_core::version::Feature::TaskLimits;
+        let placements =
+            scheduler::plan_for(state, self.config.max_plan, &|name| limits.allowed(Some(lead.release_of(name))));
         if placements.is_empty() {
             self.revoke(now, state, out);
             return;
@@ -981,7 +985,7 @@ impl LeaderCore {
         }
         let wanted =
             scheduler::revocations_for(state, |task, fence| lead.revoking.contains_key(&(task, fence)), &|name| {
-                lead.limits_capable.contains(name)
+                flotilla_core::version::Feature::TaskLimits.allowed(Some(lead.release_of(name)))
             });
         let mut by_worker: BTreeMap<&str, Vec<MasterBody>> = BTreeMap::new();
         for r in &wanted {

@@ -136,7 +136,13 @@ struct Plan {
     mul: u64,
     add: u64,
     flaky: bool,
+    /// Submitted with [`SIM_LIMITS`]: every attempt must reach its worker with them.
+    limited: bool,
 }
+
+/// The task limits of every third job.
+const SIM_LIMITS: flotilla_core::model::TaskLimits =
+    flotilla_core::model::TaskLimits { memory: None, open_files: Some(64), processes: None };
 
 impl Plan {
     fn expected(&self, index: u64) -> u64 {
@@ -615,15 +621,17 @@ impl Sim {
                         assert!(self.purged.contains(id), "job {id} reported removed but never was");
                     }
                 }
-                (Command::SubmitJob { request_id: Some(r), .. }, Response::JobSubmitted { job, duplicate }) => {
-                    match self.requests.remove(r) {
-                        Some((plan, _)) => {
-                            assert!(!duplicate, "a new request {r} was taken for a duplicate");
-                            self.plans.insert(*job, plan);
-                        }
-                        None => assert!(*duplicate, "request {r} created a second job {job}"),
+                (
+                    Command::SubmitJob { request_id: Some(r), .. }
+                    | Command::SubmitLimitedJob { request_id: Some(r), .. },
+                    Response::JobSubmitted { job, duplicate },
+                ) => match self.requests.remove(r) {
+                    Some((plan, _)) => {
+                        assert!(!duplicate, "a new request {r} was taken for a duplicate");
+                        self.plans.insert(*job, plan);
                     }
-                }
+                    None => assert!(*duplicate, "request {r} created a second job {job}"),
+                },
                 _ => {}
             }
         }
@@ -827,6 +835,7 @@ impl Sim {
                 mul: self.rng.range(1, 999),
                 add: self.rng.range(0, 999),
                 flaky: self.rng.chance(40),
+                limited: self.submitted % 3 == 2,
             };
             let spec = JobSpec {
                 command: vec!["sim".into()],
@@ -839,8 +848,13 @@ impl Sim {
             };
             self.requests.insert(format!("r{}", self.submitted), (plan, spec));
         }
-        let Some((request_id, (_, spec))) = self.requests.iter().next() else { return };
-        let command = Command::SubmitJob { spec: spec.clone(), request_id: Some(request_id.clone()) };
+        let Some((request_id, (plan, spec))) = self.requests.iter().next() else { return };
+        let (spec, request_id) = (spec.clone(), Some(request_id.clone()));
+        let command = if plan.limited {
+            Command::SubmitLimitedJob { spec, request_id, owner: None, limits: SIM_LIMITS }
+        } else {
+            Command::SubmitJob { spec, request_id }
+        };
         self.propose_as_client(vec![command]);
     }
 
@@ -887,6 +901,12 @@ impl Sim {
                     }
                 }
                 agent::Effect::Start(run) => {
+                    // A job's limits reach every attempt of it (through `RunLimited`), and
+                    // only its attempts.
+                    if let Some(plan) = self.plans.get(&run.task.job) {
+                        let expected = if plan.limited { SIM_LIMITS } else { Default::default() };
+                        assert_eq!(run.limits, expected, "{} started with the wrong limits", run.task);
+                    }
                     // A worker that gave an attempt back never starts it.
                     assert!(
                         !self.revoked.contains(&(run.task, run.fence)),
