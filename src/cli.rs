@@ -335,6 +335,17 @@ pub struct WorkerArgs {
     /// tasks started and finished, running and queued tasks). Off by default.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where to serve the task outputs this worker holds (other workers copy and fetch them
+    /// there; masters fetch them for `job fetch`). Default: a free port, on loopback when
+    /// every master is on loopback, on every interface otherwise. TLS with the worker
+    /// certificate when the worker has --certs.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub outputs_listen: Option<std::net::SocketAddr>,
+    /// The host name or address other members reach this worker's outputs at. Default: the
+    /// --outputs-listen address, or, listening on every interface, the address this machine
+    /// uses to reach the first master.
+    #[arg(long, value_name = "HOST")]
+    pub advertise: Option<String>,
     /// Memory this worker offers to tasks that ask for memory (`submit --memory`), e.g. 4G.
     /// Default: the machine's total memory.
     #[arg(long)]

@@ -199,6 +199,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             "none" => None,
             d => Some(parse_duration(d).context("--drain-deadline")?),
         },
+        outputs_listen: args.outputs_listen,
+        advertise: args.advertise.clone(),
     };
     let (drain, now) = drain_on_signals();
     flotilla_worker::run(config, drain, now).await?;

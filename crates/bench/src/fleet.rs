@@ -167,8 +167,12 @@ async fn session(
                         let offset = period.mul_f64((index % 997) as f64 / 997.0);
                         beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
                     }
-                    MasterBody::Run(run) | MasterBody::RunLimited { run, .. } => {
+                    MasterBody::Run(run) => {
                         // Done as soon as it is given (too quick to be reported as started).
+                        reports.push(WorkerMsg::Finished { task: run.task, fence: run.fence, outcome: done.clone() });
+                        stats.completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    MasterBody::RunWith { run, .. } => {
                         reports.push(WorkerMsg::Finished { task: run.task, fence: run.fence, outcome: done.clone() });
                         stats.completed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -177,7 +181,7 @@ async fn session(
                         return welcomed;
                     }
                     // Nothing waits in its queue: a revocation has nothing to give back.
-                    MasterBody::Stop { .. } | MasterBody::Ack { .. } | MasterBody::Batch(_) | MasterBody::Echo { .. } | MasterBody::Revoke { .. } | MasterBody::Members { .. } | MasterBody::Drained => {}
+                    MasterBody::Stop { .. } | MasterBody::Ack { .. } | MasterBody::Batch(_) | MasterBody::Echo { .. } | MasterBody::Revoke { .. } | MasterBody::Members { .. } | MasterBody::Drained | MasterBody::Peers { .. } => {}
                 }
                 }
                 if !reports.is_empty() && tx.send(encode(&WorkerMsg::Batch(reports))).is_err() {

@@ -155,13 +155,28 @@ pub enum Command {
     },
     /// A request that asked to change something, for the journal (`events --kind audit`).
     Audit(crate::access::AuditRecord),
-    /// [`Command::SubmitJob`] (or [`Command::SubmitJobAs`] with an owner) whose tasks run
-    /// under `limits`.
-    SubmitLimitedJob {
+    /// [`Command::SubmitJob`] (or [`Command::SubmitJobAs`] with an owner) with what release
+    /// 0.2.0 added: limits, the jobs it waits for, how its outputs are kept.
+    SubmitJobWith {
         spec: JobSpec,
         request_id: Option<String>,
         owner: Option<String>,
-        limits: crate::model::TaskLimits,
+        options: crate::workflow::JobOptions,
+    },
+    /// [`Command::TaskFinished`] for an attempt that left outputs (or failed to keep them):
+    /// `outcome.outputs` travels here, beside the outcome whose encoding 0.1.0 reads.
+    TaskFinishedWith {
+        task: TaskId,
+        fence: Fence,
+        worker: String,
+        outcome: Outcome,
+        outputs: crate::workflow::Outputs,
+    },
+    /// Where a worker serves the outputs it holds (its own address for other workers and the
+    /// masters to fetch from), as it reported after joining.
+    SetWorkerEndpoint {
+        worker: String,
+        address: String,
     },
 }
 
@@ -194,7 +209,37 @@ impl Command {
                 Some(Feature::Tokens)
             }
             Command::Audit(_) => Some(Feature::Audit),
-            Command::SubmitLimitedJob { .. } => Some(Feature::TaskLimits),
+            Command::SubmitJobWith { options, .. } if options.uses_workflows() => Some(Feature::Workflows),
+            Command::SubmitJobWith { .. } => Some(Feature::TaskLimits),
+            Command::TaskFinishedWith { .. } | Command::SetWorkerEndpoint { .. } => Some(Feature::Workflows),
+        }
+    }
+
+    /// The same command for voters of a release without its feature, if one can say it:
+    /// an attempt's outputs are dropped (its result stays; an output error becomes the
+    /// text such a release shows). Used only while an upgrade is under way.
+    pub fn downgraded(&self) -> Option<Command> {
+        match self {
+            Command::TaskFinishedWith { task, fence, worker, outcome, outputs } => {
+                let mut outcome = outcome.clone();
+                outcome.outputs = Default::default();
+                if let Some(e) = &outputs.error {
+                    outcome.spawn_error.get_or_insert_with(|| e.to_string());
+                }
+                Some(Command::TaskFinished { task: *task, fence: *fence, worker: worker.clone(), outcome })
+            }
+            _ => None,
+        }
+    }
+
+    /// The command that records `outcome`: [`Command::TaskFinishedWith`] when it carries
+    /// outputs, the 0.1.0 command otherwise.
+    pub fn task_finished(task: TaskId, fence: Fence, worker: String, outcome: Outcome) -> Command {
+        if outcome.outputs.is_empty() {
+            Command::TaskFinished { task, fence, worker, outcome }
+        } else {
+            let outputs = outcome.outputs.clone();
+            Command::TaskFinishedWith { task, fence, worker, outcome, outputs }
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - [`reason`]: why things happened (refusals, failures, losses), as data; text at the edge.
 //! - [`units`]: durations and sizes as users write them.
 //! - [`rng`]: a seeded generator for tests, simulations and fault schedules.
+//! - [`workflow`]: jobs that wait for jobs, and tasks' outputs kept on workers.
 
 pub mod access;
 pub mod command;
@@ -30,6 +31,7 @@ pub mod session;
 pub mod state;
 pub mod units;
 pub mod version;
+pub mod workflow;
 
 pub use command::{Assigned, Command, MemberChange, Placement, Proposal, Response, WorkerInfo};
 pub use index_set::IndexSet;

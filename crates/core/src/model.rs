@@ -123,7 +123,7 @@ pub const MIN_OPEN_FILES: u64 = 16;
 /// Smallest memory limit: the loader and libc of a small program fit in it.
 pub const MIN_TASK_MEMORY: u64 = 4 * 1024 * 1024;
 
-#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LimitsError {
     #[error("the memory limit must be at least {} MiB", MIN_TASK_MEMORY >> 20)]
     TooLittleMemory,
@@ -368,11 +368,16 @@ pub struct Outcome {
     pub stdout: Captured,
     pub stderr: Captured,
     pub duration_ms: u64,
+    /// What the task left in its output directory. Not in this struct's encoding, which
+    /// release 0.1.0 reads: it travels beside the outcome (`WorkerMsg::FinishedWith`,
+    /// `Command::TaskFinishedWith`) and is kept apart from the task's record.
+    #[serde(skip)]
+    pub outputs: crate::workflow::Outputs,
 }
 
 impl Outcome {
     pub fn succeeded(&self) -> bool {
-        self.exit_code == Some(0) && !self.timed_out && self.spawn_error.is_none()
+        self.exit_code == Some(0) && !self.timed_out && self.spawn_error.is_none() && self.outputs.error.is_none()
     }
 
     /// How the process failed (meaningful when it did not succeed), for events and `job show`.
@@ -382,6 +387,9 @@ impl Outcome {
         }
         if self.timed_out {
             return ProcessFailure::TimedOut;
+        }
+        if let Some(e) = &self.outputs.error {
+            return ProcessFailure::Outputs(e.clone());
         }
         match (self.exit_code, self.signal) {
             (Some(c), _) => ProcessFailure::Exit(c),

@@ -37,6 +37,8 @@ pub enum Refusal {
     BadJobRetention(crate::state::JobRetentionError),
     #[error("{0}")]
     Access(crate::access::AccessRefusal),
+    #[error("{0}")]
+    Dependency(crate::workflow::DependencyError),
 }
 
 /// Why an attempt's message is fenced off ([`crate::Response::Stale`], and the journal's
@@ -107,6 +109,9 @@ pub enum ProcessFailure {
     Signal(i32),
     #[error("ended without status")]
     NoStatus,
+    /// It exited 0 but what it left in its output directory could not be kept.
+    #[error("{0}")]
+    Outputs(crate::workflow::OutputError),
 }
 
 /// Why a task failed for good.

@@ -38,7 +38,7 @@ struct Slot<'a> {
     /// Named resources and memory this plan already gave out here (beyond the worker's grants).
     planned: BTreeMap<&'a str, u32>,
     planned_memory: u64,
-    /// It may hold tasks of jobs with limits.
+    /// It may hold tasks of jobs with options (limits and others, see [`plan_for`]).
     enforces_limits: bool,
 }
 
@@ -184,9 +184,9 @@ pub fn plan(state: &ClusterState, max: usize) -> Vec<Placement> {
     plan_for(state, max, &|_| true)
 }
 
-/// [`plan`], where a task of a job with limits goes only to a worker `enforces_limits` names
-/// (one whose release sets them; the leader knows it from the worker's session, the state
-/// does not).
+/// [`plan`], where a task of a job with options of release 0.2.0 (limits, inputs, an output
+/// policy) goes only to a worker `enforces_limits` names (one whose release reads them; the
+/// leader knows it from the worker's session, the state does not).
 pub fn plan_for(state: &ClusterState, max: usize, enforces_limits: &dyn Fn(&str) -> bool) -> Vec<Placement> {
     let mut slots: Vec<Slot> = state
         .workers()
@@ -277,7 +277,7 @@ fn place_group<'a>(
     for round in [Round::Run, Round::Queue] {
         for turn in turns.iter_mut() {
             let spec = &turn.job.spec;
-            let limited = state.task_limits(turn.job.id).is_some();
+            let limited = state.needs_current_workers(turn.job.id);
             let eligible: Vec<usize> = (0..slots.len())
                 .filter(|&i| {
                     let s = &slots[i];
@@ -362,7 +362,7 @@ pub fn revocations(state: &ClusterState, skip: impl Fn(TaskId, Fence) -> bool) -
     revocations_for(state, skip, &|_| true)
 }
 
-/// [`revocations`], moving a task of a job with limits only to a worker `enforces_limits`
+/// [`revocations`], moving a task of a job with options only to a worker `enforces_limits`
 /// names (as [`plan_for`]).
 pub fn revocations_for(
     state: &ClusterState,
@@ -416,7 +416,7 @@ pub fn revocations_for(
             busy.sort_by(|a, b| b.cpus.cmp(&a.cpus).then(a.worker.cmp(b.worker)));
             let limits_ok = enforces_limits(&w.name);
             let fits = |job: &Job| {
-                (limits_ok || state.task_limits(job.id).is_none())
+                (limits_ok || !state.needs_current_workers(job.id))
                     && job.spec.cpus <= free
                     && job.spec.cpus <= w.cpus
                     && job.spec.selects(&w.labels)

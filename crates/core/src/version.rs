@@ -46,17 +46,21 @@ pub enum Feature {
     Tokens,
     /// Mutating requests journalled with who made them (`Command::Audit`).
     Audit,
-    /// Jobs whose tasks run under limits (`Command::SubmitLimitedJob`), and the message that
-    /// runs such a task on a worker (`MasterBody::RunLimited`).
+    /// Jobs whose tasks run under limits (`Command::SubmitJobWith`), and the message that
+    /// runs such a task on a worker (`MasterBody::RunWith`).
     TaskLimits,
+    /// Jobs that wait for other jobs, and tasks' outputs kept on workers
+    /// (`Command::SubmitJobWith` with dependencies, `Command::TaskFinishedWith`,
+    /// `Command::SetWorkerEndpoint`; `MasterBody::RunWith` with inputs, `MasterBody::Peers`).
+    Workflows,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 3] = [Feature::Tokens, Feature::Audit, Feature::TaskLimits];
+    pub const ALL: [Feature; 4] = [Feature::Tokens, Feature::Audit, Feature::TaskLimits, Feature::Workflows];
 
     pub fn since(self) -> Version {
         match self {
-            Feature::Tokens | Feature::Audit | Feature::TaskLimits => Version::new(0, 2, 0),
+            Feature::Tokens | Feature::Audit | Feature::TaskLimits | Feature::Workflows => Version::new(0, 2, 0),
         }
     }
 
@@ -65,6 +69,7 @@ impl Feature {
             Feature::Tokens => "tokens with roles",
             Feature::Audit => "the audit journal",
             Feature::TaskLimits => "per-task limits",
+            Feature::Workflows => "job dependencies and task outputs",
         }
     }
 

@@ -145,7 +145,8 @@ pub fn refusal_code(refusal: &Refusal) -> ApiErrorCode {
         | Refusal::BadSpec(_)
         | Refusal::BadRetention(_)
         | Refusal::BadResourceName(_)
-        | Refusal::BadJobRetention(_) => ApiErrorCode::BadRequest,
+        | Refusal::BadJobRetention(_)
+        | Refusal::Dependency(_) => ApiErrorCode::BadRequest,
         Refusal::Access(e) => match e {
             AccessRefusal::NoToken(_) => ApiErrorCode::NotFound,
             AccessRefusal::BadName(_) => ApiErrorCode::BadRequest,
@@ -248,10 +249,10 @@ pub(crate) async fn submit(
     let request: SubmitRequest =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid job JSON: {e}")))?;
     let spec = request.to_spec().map_err(bad_request)?;
-    let limits = request.to_limits().map_err(bad_request)?;
+    let options = request.to_options().map_err(bad_request)?;
     let owner = caller.owner().map(str::to_string);
-    let command = match (owner, limits.is_empty()) {
-        (owner, false) => Command::SubmitLimitedJob { spec, request_id: request.request_id, owner, limits },
+    let command = match (owner, options.is_empty()) {
+        (owner, false) => Command::SubmitJobWith { spec, request_id: request.request_id, owner, options },
         (Some(owner), true) => Command::SubmitJobAs { spec, request_id: request.request_id, owner },
         (None, true) => Command::SubmitJob { spec, request_id: request.request_id },
     };

@@ -128,11 +128,20 @@ impl Proposer {
     /// Enqueues commands (committed together, in order) and returns where their responses
     /// will arrive. Awaiting only the enqueue keeps the caller's order without waiting for
     /// the commit.
-    pub async fn enqueue(&self, commands: Vec<Command>) -> oneshot::Receiver<Result<Vec<Response>, ProposeError>> {
+    pub async fn enqueue(&self, mut commands: Vec<Command>) -> oneshot::Receiver<Result<Vec<Response>, ProposeError>> {
         let (reply, rx) = oneshot::channel();
         if let Some(refused) = self.held_back(&commands) {
-            let _ = reply.send(Err(refused.into()));
-            return rx;
+            // What an older voter can be told another way (a result without its outputs) is,
+            // while the upgrade is under way.
+            let downgraded: Option<Vec<Command>> =
+                commands.iter().map(|c| if c.feature().is_some() { c.downgraded() } else { Some(c.clone()) }).collect();
+            match downgraded {
+                Some(d) if self.held_back(&d).is_none() => commands = d,
+                _ => {
+                    let _ = reply.send(Err(refused.into()));
+                    return rx;
+                }
+            }
         }
         // A closed channel drops `reply`, which the receiver sees as `Dropped`.
         let _ = self.tx.send(Pending { commands, reply }).await;

@@ -463,6 +463,19 @@ pub struct SubmitRequest {
     /// the JSON when absent: a 0.1.0 master refuses fields it does not know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsRequest>,
+    /// Jobs that must succeed before this one starts; if one fails or is cancelled, this one
+    /// is cancelled. Its tasks read their outputs in `$FLOTILLA_INPUT_DIR/JOB/INDEX/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<u64>,
+    /// Jobs that must end (however they end) before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_finished: Vec<u64>,
+    /// Copies of each task's outputs kept on other workers (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// Bytes of outputs each task may leave, e.g. `10G` (default 1G).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_quota: Option<String>,
 }
 
 /// A job's task limits as a client writes them.
@@ -534,6 +547,23 @@ impl SubmitRequest {
         let limits = TaskLimits { memory, open_files: asked.open_files, processes: asked.processes };
         limits.validate().map_err(|e| e.to_string())?;
         Ok(limits)
+    }
+
+    /// What the job asks for beyond its spec (limits, dependencies, outputs' policy).
+    pub fn to_options(&self) -> Result<flotilla_core::workflow::JobOptions, String> {
+        let output_quota = match &self.output_quota {
+            Some(q) => Some(units::parse_size(q).map_err(|e| format!("invalid output quota: {e}"))?),
+            None => None,
+        };
+        let options = flotilla_core::workflow::JobOptions {
+            limits: self.to_limits()?,
+            after: self.after.clone(),
+            after_finished: self.after_finished.clone(),
+            replicas: self.replicas,
+            output_quota,
+        };
+        options.validate().map_err(|e| e.to_string())?;
+        Ok(options)
     }
 
     /// Bounds on how many entries each map holds and how long its strings are, checked here

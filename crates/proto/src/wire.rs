@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use flotilla_core::model::{Fence, NodeId, Outcome, TaskId, TaskLimits, TaskSlot};
 use flotilla_core::state::ClusterState;
 use flotilla_core::version::Feature;
+use flotilla_core::workflow::{OutputFile, Outputs, DEFAULT_OUTPUT_QUOTA, DEFAULT_REPLICAS};
 use flotilla_core::WorkerInfo;
 
 /// Bumped when session messages change incompatibly (3: queued attempts can be revoked).
@@ -83,9 +84,32 @@ pub enum WorkerMsg {
     Version {
         version: String,
     },
+    /// [`WorkerMsg::Finished`] for an attempt that left outputs (kept on this worker and
+    /// copied to others) or could not keep them: `outcome.outputs` travels here (0.2.0 on).
+    FinishedWith {
+        task: TaskId,
+        fence: Fence,
+        outcome: Outcome,
+        outputs: Outputs,
+    },
+    /// Where this worker serves the outputs it holds, sent after each welcome (0.2.0 on).
+    Serves {
+        address: String,
+    },
 }
 
 impl WorkerMsg {
+    /// The report of a finished attempt: [`WorkerMsg::FinishedWith`] when it carries
+    /// outputs, the 0.1.0 message otherwise.
+    pub fn finished(task: TaskId, fence: Fence, outcome: Outcome) -> WorkerMsg {
+        if outcome.outputs.is_empty() {
+            WorkerMsg::Finished { task, fence, outcome }
+        } else {
+            let outputs = outcome.outputs.clone();
+            WorkerMsg::FinishedWith { task, fence, outcome, outputs }
+        }
+    }
+
     /// The messages inside, flattened.
     pub fn flatten(self) -> Vec<WorkerMsg> {
         match self {
@@ -148,12 +172,20 @@ pub enum MasterBody {
     /// This worker is drained: it holds nothing and is given nothing (a worker that asked to
     /// drain may now exit).
     Drained,
-    /// [`MasterBody::Run`] for a task of a job with limits (the worker sets them on the
-    /// process); sent only to workers of 0.2.0 or later, and the scheduler places such tasks on
-    /// those alone.
-    RunLimited {
-        run: RunTask,
+    /// [`MasterBody::Run`] for a task of a job with options: limits (the worker sets them on
+    /// the process), inputs to fetch before it starts, its outputs' policy. Sent only to
+    /// workers of 0.2.0 or later, and the scheduler places such tasks on those alone.
+    RunWith {
+        // Boxed: the largest body by far, and every other message would pay for its size.
+        run: Box<RunTask>,
         limits: TaskLimits,
+        inputs: Vec<Input>,
+        outputs: OutputPolicy,
+    },
+    /// Workers this one may copy its tasks' outputs to (name, address), sent after the
+    /// welcome and when they change.
+    Peers {
+        peers: Vec<(String, String)>,
     },
 }
 
@@ -174,7 +206,13 @@ impl MasterBody {
             | MasterBody::Revoke { .. }
             | MasterBody::Members { .. }
             | MasterBody::Drained => None,
-            MasterBody::RunLimited { .. } => Some(Feature::TaskLimits),
+            MasterBody::RunWith { inputs, outputs, .. }
+                if !inputs.is_empty() || *outputs != OutputPolicy::default() =>
+            {
+                Some(Feature::Workflows)
+            }
+            MasterBody::RunWith { .. } => Some(Feature::TaskLimits),
+            MasterBody::Peers { .. } => Some(Feature::Workflows),
         }
     }
 
@@ -208,9 +246,51 @@ pub struct RunTask {
     /// Bytes for the process's stdin (the reduce step's input); none means /dev/null.
     pub stdin: Option<String>,
     /// The job's limits. Not in `Run`'s encoding, which 0.1.0 workers read: it travels in
-    /// [`MasterBody::RunLimited`] (see [`RunTask::into_body`]).
+    /// [`MasterBody::RunWith`] (see [`RunTask::into_body`]), as do the two below.
     #[serde(skip)]
     pub limits: TaskLimits,
+    /// Outputs of upstream tasks to place in `$FLOTILLA_INPUT_DIR` before the task starts.
+    #[serde(skip)]
+    pub inputs: Vec<Input>,
+    #[serde(skip)]
+    pub outputs: OutputPolicy,
+}
+
+/// One file a task reads in `$FLOTILLA_INPUT_DIR/JOB/INDEX/PATH`, and where to get it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Input {
+    /// The task that left it.
+    pub from: TaskId,
+    pub file: OutputFile,
+    /// Addresses of workers holding a copy, the likeliest first.
+    pub sources: Vec<String>,
+}
+
+impl Input {
+    /// Where it goes under the input directory: `JOB/INDEX/PATH` (`JOB/reduce/PATH` for a
+    /// reduce step's).
+    pub fn relative_path(&self) -> String {
+        let slot = match self.from.slot {
+            TaskSlot::Array(i) => i.to_string(),
+            TaskSlot::Reduce => "reduce".to_string(),
+        };
+        format!("{}/{slot}/{}", self.from.job, self.file.path)
+    }
+}
+
+/// How a task's outputs are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputPolicy {
+    /// Copies on other workers before the task counts as done.
+    pub replicas: u32,
+    /// Bytes the task may leave.
+    pub quota: u64,
+}
+
+impl Default for OutputPolicy {
+    fn default() -> Self {
+        OutputPolicy { replicas: DEFAULT_REPLICAS, quota: DEFAULT_OUTPUT_QUOTA }
+    }
 }
 
 impl RunTask {
@@ -250,7 +330,16 @@ impl RunTask {
                 env.push(("FLOTILLA_MEMORY".to_string(), grant.memory.to_string()));
             }
         }
-        let limits = state.task_limits(task.job).cloned().unwrap_or_default();
+        let options = state.job_options(task.job);
+        let limits = options.map(|o| o.limits.clone()).unwrap_or_default();
+        let outputs =
+            options.map(|o| OutputPolicy { replicas: o.replicas(), quota: o.output_quota() }).unwrap_or_default();
+        let mut upstream = options.map(|o| o.upstream()).unwrap_or_default();
+        if task.slot == TaskSlot::Reduce {
+            // The reduce step reads what its own job's tasks left, too.
+            upstream.push(task.job);
+        }
+        let inputs = inputs_of(state, &upstream);
         Ok(Some(RunTask {
             task,
             fence,
@@ -260,19 +349,43 @@ impl RunTask {
             timeout_ms: job.spec.timeout_ms,
             stdin,
             limits,
+            inputs,
+            outputs,
         }))
     }
 
-    /// The message that carries this attempt: `Run`, or `RunLimited` when it has limits.
+    /// The message that carries this attempt: `Run`, or `RunWith` when it has options.
     pub fn into_body(mut self) -> MasterBody {
-        if self.limits.is_empty() {
+        if self.limits.is_empty() && self.inputs.is_empty() && self.outputs == OutputPolicy::default() {
             MasterBody::Run(self)
         } else {
             // Beside the run, not in it: its encoding drops them (the worker puts them back).
             let limits = std::mem::take(&mut self.limits);
-            MasterBody::RunLimited { run: self, limits }
+            let inputs = std::mem::take(&mut self.inputs);
+            let outputs = self.outputs;
+            MasterBody::RunWith { run: Box::new(self), limits, inputs, outputs }
         }
     }
+}
+
+/// Every output of the tasks of `jobs`, with the addresses of the workers in service that
+/// hold a copy (workers lost or leaving are not asked).
+pub fn inputs_of(state: &ClusterState, jobs: &[flotilla_core::model::JobId]) -> Vec<Input> {
+    let mut inputs = Vec::new();
+    for &job in jobs {
+        for (from, outputs) in state.job_outputs(job) {
+            let sources: Vec<String> = outputs
+                .holders
+                .iter()
+                .filter(|h| state.worker(h).is_some_and(|w| w.state == flotilla_core::state::WorkerState::Ready))
+                .filter_map(|h| state.endpoint(h).map(str::to_string))
+                .collect();
+            for file in &outputs.files {
+                inputs.push(Input { from: *from, file: file.clone(), sources: sources.clone() });
+            }
+        }
+    }
+    inputs
 }
 
 /// `FLOTILLA_RESOURCE_GPU` for `gpu`: upper case, `-` as `_`.

@@ -146,6 +146,15 @@ fn outcome(exit: i32, stdout: &str) -> Outcome {
         stdout: Captured::from_bytes(stdout.as_bytes(), stdout.len() as u64),
         stderr: Captured::from_bytes(b"warning\n", 8),
         duration_ms: 12,
+        outputs: Default::default(),
+    }
+}
+
+fn output_file() -> flotilla_core::workflow::OutputFile {
+    flotilla_core::workflow::OutputFile {
+        path: "part/1.txt".into(),
+        size: 11,
+        sha256: flotilla_core::workflow::Digest([0x5a; 32]),
     }
 }
 
@@ -245,10 +254,43 @@ fn samples() -> Samples {
     }));
     let limits = flotilla_core::model::TaskLimits { memory: Some(64 << 20), open_files: Some(64), processes: None };
     let spec = JobSpec { command: vec!["sleep".into(), "1".into()], ..JobSpec::default() };
-    let limited =
-        s.apply(Command::SubmitLimitedJob { spec, request_id: None, owner: Some("ci".into()), limits: limits.clone() });
+    let options = flotilla_core::workflow::JobOptions { limits: limits.clone(), ..Default::default() };
+    let limited = s.apply(Command::SubmitJobWith { spec, request_id: None, owner: Some("ci".into()), options });
     let Response::JobSubmitted { job: limited, .. } = limited else { panic!("{limited:?}") };
     assert_eq!(s.state.task_limits(limited), Some(&limits));
+    // 0.2.0's workflows: an attempt that leaves outputs, a job that waits for another, and
+    // where a worker serves what it holds.
+    s.apply(Command::SetWorkerEndpoint { worker: "w1".into(), address: "10.0.0.11:7300".into() });
+    let spec = JobSpec { command: vec!["true".into()], ..JobSpec::default() };
+    let Response::JobSubmitted { job: producer, .. } = s.apply(Command::SubmitJob { spec, request_id: None }) else {
+        panic!("producer refused")
+    };
+    let placements = scheduler::plan(&s.state, usize::MAX);
+    let Response::Assigned { runs } = s.apply(Command::Assign { placements }) else { panic!("no assignment") };
+    let made = runs.iter().find(|r| r.task.job == producer).expect("the producer is placed");
+    s.apply(Command::TaskStarted { task: made.task, fence: made.fence, worker: made.worker.clone() });
+    let file = output_file();
+    let outputs = flotilla_core::workflow::Outputs {
+        files: vec![file.clone()],
+        holders: vec![made.worker.clone(), "w3".into()],
+        error: None,
+    };
+    s.apply(Command::TaskFinishedWith {
+        task: made.task,
+        fence: made.fence,
+        worker: made.worker.clone(),
+        outcome: outcome(0, ""),
+        outputs,
+    });
+    let options = flotilla_core::workflow::JobOptions {
+        after: vec![producer],
+        after_finished: vec![limited],
+        replicas: Some(3),
+        output_quota: Some(1 << 30),
+        ..Default::default()
+    };
+    let spec = JobSpec { command: vec!["cat".into()], ..JobSpec::default() };
+    s.apply(Command::SubmitJobWith { spec, request_id: Some("r-after".into()), owner: None, options });
     let added = s.state.added().clone();
     assert!(!added.is_empty() && s.state.access().bootstrap_revoked());
     let mut samples = s.samples;
@@ -278,6 +320,27 @@ fn samples() -> Samples {
         WorkerMsg::Revoked { task, fence },
         WorkerMsg::Drain { deadline_ms: Some(60_000) },
         WorkerMsg::Version { version: "0.2.0".into() },
+        WorkerMsg::FinishedWith {
+            task,
+            fence,
+            outcome: outcome(0, ""),
+            outputs: flotilla_core::workflow::Outputs {
+                files: vec![output_file()],
+                holders: vec!["w1".into()],
+                error: None,
+            },
+        },
+        WorkerMsg::FinishedWith {
+            task,
+            fence,
+            outcome: outcome(0, ""),
+            outputs: flotilla_core::workflow::Outputs {
+                files: Vec::new(),
+                holders: Vec::new(),
+                error: Some(flotilla_core::workflow::OutputError::OverQuota { quota: 1024 }),
+            },
+        },
+        WorkerMsg::Serves { address: "10.0.0.11:7300".into() },
     ];
     for m in &worker_msgs {
         samples.add(Kind::WorkerMsg, &variant(m), m);
@@ -295,6 +358,17 @@ fn samples() -> Samples {
         MasterBody::Members { addresses: vec!["10.0.0.1:7100".into(), "10.0.0.4:7100".into()] },
         MasterBody::Drained,
         RunTask { limits: limits.clone(), ..run.clone() }.into_body(),
+        RunTask {
+            inputs: vec![flotilla_proto::wire::Input {
+                from: task,
+                file: output_file(),
+                sources: vec!["10.0.0.11:7300".into()],
+            }],
+            outputs: flotilla_proto::wire::OutputPolicy { replicas: 1, quota: 4096 },
+            ..run.clone()
+        }
+        .into_body(),
+        MasterBody::Peers { peers: vec![("w3".into(), "10.0.0.13:7300".into())] },
     ];
     for body in bodies {
         let name = variant(&body);

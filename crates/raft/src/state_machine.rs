@@ -720,11 +720,11 @@ mod tests {
         // Task limits, without any token, need format 2 too.
         let mut limited = ClusterState::default();
         let limits = flotilla_core::model::TaskLimits { open_files: Some(64), ..Default::default() };
-        let submit = Command::SubmitLimitedJob {
+        let submit = Command::SubmitJobWith {
             spec: flotilla_core::model::JobSpec { command: vec!["true".into()], ..Default::default() },
             request_id: None,
             owner: None,
-            limits: limits.clone(),
+            options: flotilla_core::workflow::JobOptions { limits: limits.clone(), ..Default::default() },
         };
         limited.apply(ctx, &Proposal::new(5, vec![submit]));
         assert!(limited.access().is_empty());

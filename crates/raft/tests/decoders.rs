@@ -70,18 +70,42 @@ fn samples() -> Vec<Vec<u8>> {
         timeout_ms: Some(1000),
         stdin: Some("in".into()),
         limits: TaskLimits::default(),
+        inputs: Vec::new(),
+        outputs: Default::default(),
     };
     let spec = JobSpec { command: vec!["true".into()], ..JobSpec::default() };
     let commands = vec![
         Command::SubmitJob { spec: spec.clone(), request_id: Some("r".into()) },
         Command::RegisterWorker(info.clone()),
         Command::TaskFinished { task: task(), fence: fence(), worker: "w1".into(), outcome: outcome.clone() },
-        Command::SubmitLimitedJob {
+        Command::SubmitJobWith {
             spec,
             request_id: None,
             owner: Some("ci".into()),
-            limits: TaskLimits { memory: Some(64 << 20), open_files: Some(64), processes: Some(8) },
+            options: flotilla_core::workflow::JobOptions {
+                limits: TaskLimits { memory: Some(64 << 20), open_files: Some(64), processes: Some(8) },
+                after: vec![1, 2],
+                after_finished: vec![3],
+                replicas: Some(3),
+                output_quota: None,
+            },
         },
+        Command::TaskFinishedWith {
+            task: task(),
+            fence: fence(),
+            worker: "w1".into(),
+            outcome: outcome.clone(),
+            outputs: flotilla_core::workflow::Outputs {
+                files: vec![flotilla_core::workflow::OutputFile {
+                    path: "a/b.txt".into(),
+                    size: 3,
+                    sha256: flotilla_core::workflow::Digest([7; 32]),
+                }],
+                holders: vec!["w1".into(), "w2".into()],
+                error: None,
+            },
+        },
+        Command::SetWorkerEndpoint { worker: "w1".into(), address: "127.0.0.1:9".into() },
     ];
     let mut out = vec![
         codec::encode(

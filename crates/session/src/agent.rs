@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub prefetch: u32,
     /// Resize the queue to cover [`QUEUE_AHEAD`] of work at the measured task durations.
     pub adaptive_prefetch: bool,
+    /// Where this worker serves the outputs it holds (told to each leader after its welcome).
+    pub serves: Option<String>,
 }
 
 /// What the shell must do, in this order.
@@ -197,6 +199,8 @@ pub struct AgentCore {
     /// The leader said this worker is drained (perhaps before it was asked to stop: an
     /// operator's drain); it exits once draining and holding nothing.
     told_drained: bool,
+    /// Workers this one may copy outputs to (name, address), as the leader last said.
+    peers: Vec<(String, String)>,
 }
 
 /// A worker draining itself before it stops.
@@ -227,7 +231,13 @@ impl AgentCore {
             queue_unsent: false,
             draining: None,
             told_drained: false,
+            peers: Vec::new(),
         }
+    }
+
+    /// Workers this one may copy its tasks' outputs to (name, address), the leader's choice.
+    pub fn peers(&self) -> &[(String, String)] {
+        &self.peers
     }
 
     /// The worker was asked to stop (SIGTERM): it asks the leader to drain it and exits once
@@ -466,6 +476,9 @@ impl AgentCore {
                         out.push(Effect::Send(WorkerMsg::Batch(unacked)));
                     }
                     out.push(Effect::Send(WorkerMsg::Version { version: flotilla_proto::api::VERSION.to_string() }));
+                    if let Some(address) = &self.config.serves {
+                        out.push(Effect::Send(WorkerMsg::Serves { address: address.clone() }));
+                    }
                     self.send_drain(now, out);
                 }
                 MasterBody::NotLeader { leader } => self.redirect(now, leader, out),
@@ -496,12 +509,15 @@ impl AgentCore {
                     let actions = self.book.on_run(run);
                     push_actions(actions, out);
                 }
-                MasterBody::RunLimited { mut run, limits } => {
+                MasterBody::RunWith { mut run, limits, inputs, outputs } => {
                     self.told_drained = false;
                     run.limits = limits;
-                    let actions = self.book.on_run(run);
+                    run.inputs = inputs;
+                    run.outputs = outputs;
+                    let actions = self.book.on_run(*run);
                     push_actions(actions, out);
                 }
+                MasterBody::Peers { peers } => self.peers = peers,
                 MasterBody::Stop { task, fence } => {
                     let actions = self.book.on_stop(task, fence);
                     push_actions(actions, out);

@@ -90,11 +90,8 @@ impl Book {
 
     /// The unacknowledged results and revocations, to send again to a new leader.
     pub fn unacked(&self) -> Vec<WorkerMsg> {
-        let results = self.unacked.iter().map(|((task, fence), outcome)| WorkerMsg::Finished {
-            task: *task,
-            fence: *fence,
-            outcome: outcome.clone(),
-        });
+        let results =
+            self.unacked.iter().map(|((task, fence), outcome)| WorkerMsg::finished(*task, *fence, outcome.clone()));
         let revoked = self.revoked.iter().map(|(task, fence)| WorkerMsg::Revoked { task: *task, fence: *fence });
         results.chain(revoked).collect()
     }
@@ -158,7 +155,7 @@ impl Book {
         }
         let msg = outcome.map(|outcome| {
             self.unacked.insert((task, fence), outcome.clone());
-            WorkerMsg::Finished { task, fence, outcome }
+            WorkerMsg::finished(task, fence, outcome)
         });
         (msg, self.start_queued())
     }
@@ -196,6 +193,8 @@ mod tests {
             timeout_ms: None,
             stdin: None,
             limits: Default::default(),
+            inputs: Vec::new(),
+            outputs: Default::default(),
         }
     }
 

@@ -253,6 +253,8 @@ struct Lead {
     told_drained: std::collections::HashSet<SessionId>,
     /// The release each worker reported (leader memory, like `last_seen`).
     versions: HashMap<Arc<str>, Reported>,
+    /// Sessions told their peers, and as of which change of them (`peers_changed`).
+    peers_told: HashMap<SessionId, u64>,
 }
 
 /// A worker's release as it reported it, and parsed once (the scheduler asks per plan).
@@ -302,6 +304,8 @@ pub struct LeaderCore {
 /// A queued attempt asked back is asked again after this long (it may have started, or the
 /// question or its answer may have been lost with a session).
 const REVOKE_AGAIN: Duration = Duration::from_secs(1);
+/// Workers one worker is told it may copy outputs to: enough to find `replicas` that answer.
+pub const MAX_PEERS: usize = 16;
 
 /// Most reports turned into one proposal (the shell batches what has arrived up to this).
 pub const MAX_REPORTS: usize = 1024;
@@ -445,7 +449,7 @@ impl LeaderCore {
                 // Only an attempt still assigned to this worker: one stopped or moved while
                 // it waited must not start now.
                 let current = match &body {
-                    MasterBody::RunLimited { run, .. } => state
+                    MasterBody::RunWith { run, .. } => state
                         .job(run.task.job)
                         .and_then(|job| job.task(run.task.slot))
                         .and_then(|task| task.state.in_flight())
@@ -456,6 +460,7 @@ impl LeaderCore {
                     self.send(session, body, out);
                 }
             }
+            self.tell_peers(state, Some(session), out);
             if capable {
                 self.schedule(now, state, out);
             }
@@ -482,6 +487,9 @@ impl LeaderCore {
     /// Drops the session from the core (its stream is gone or going).
     fn forget(&mut self, session: SessionId, out: &mut Vec<Effect>) {
         self.held.remove(&session);
+        if let Role::Leading(lead) = &mut self.role {
+            lead.peers_told.remove(&session);
+        }
         if let Some(Stage::Open { name }) = self.sessions.remove(&session) {
             if let Role::Leading(l) = &mut self.role {
                 if l.by_worker.get(&name) == Some(&session) {
@@ -518,6 +526,7 @@ impl LeaderCore {
             drains: HashMap::new(),
             told_drained: Default::default(),
             versions: HashMap::new(),
+            peers_told: HashMap::new(),
         });
         self.propose(vec![Command::LeaderElected { node: self.config.me }], Origin::Elected, out);
     }
@@ -610,6 +619,17 @@ impl LeaderCore {
                 }
                 WorkerMsg::Finished { task, fence, outcome } => {
                     (Command::TaskFinished { task, fence, worker, outcome }, Some((task, fence, true)))
+                }
+                WorkerMsg::FinishedWith { task, fence, mut outcome, outputs } => {
+                    outcome.outputs = outputs;
+                    (Command::task_finished(task, fence, worker, outcome), Some((task, fence, true)))
+                }
+                WorkerMsg::Serves { address } => {
+                    let known = state.read(|s, _| s.endpoint(&worker) == Some(address.as_str()));
+                    if known {
+                        continue;
+                    }
+                    (Command::SetWorkerEndpoint { worker, address }, None)
                 }
                 WorkerMsg::Queue { queue } => (Command::SetWorkerQueue { worker, queue }, None),
                 WorkerMsg::Revoked { task, fence } => {
@@ -814,9 +834,56 @@ impl LeaderCore {
             if liveness {
                 self.check_liveness(now, state, out);
                 self.watch_drains(now, state, out);
+                self.tell_peers(state, None, out);
             }
             self.schedule(now, state, out);
         });
+    }
+
+    /// Tells workers (of a release that copies outputs) which others they may copy their
+    /// tasks' outputs to, when that changed since they were last told: up to [`MAX_PEERS`]
+    /// workers in service, a different rotation of them for each worker so copies spread.
+    fn tell_peers(&mut self, state: &ClusterState, only: Option<SessionId>, out: &mut Vec<Effect>) {
+        let changed = state.peers_changed();
+        let Role::Leading(lead) = &self.role else { return };
+        if changed == 0 {
+            return;
+        }
+        let due: Vec<(SessionId, Arc<str>)> = self
+            .sessions
+            .iter()
+            .filter_map(|(session, stage)| match stage {
+                Stage::Open { name } => Some((*session, name.clone())),
+                _ => None,
+            })
+            .filter(|(session, _)| only.is_none_or(|o| o == *session))
+            .filter(|(session, _)| lead.peers_told.get(session) != Some(&changed))
+            .filter(|(_, name)| flotilla_core::version::Feature::Workflows.allowed(Some(lead.release_of(name))))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let candidates: Vec<(String, String)> = state
+            .workers()
+            .filter(|w| w.takes_work())
+            .filter_map(|w| Some((w.name.clone(), state.endpoint(&w.name)?.to_string())))
+            .collect();
+        for (session, name) in due {
+            let start = candidates.partition_point(|(n, _)| n.as_str() <= &*name);
+            let peers: Vec<(String, String)> = candidates
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(candidates.len())
+                .filter(|(n, _)| n.as_str() != &*name)
+                .take(MAX_PEERS)
+                .cloned()
+                .collect();
+            if let Role::Leading(lead) = &mut self.role {
+                lead.peers_told.insert(session, changed);
+            }
+            self.send(session, MasterBody::Peers { peers }, out);
+        }
     }
 
     /// Sessions that did not say hello in time, or waited too long for this leader to be ready.

@@ -124,7 +124,8 @@ impl Cluster {
             array: Some(flotilla_core::index_set::IndexSet::range(1, tasks)),
             ..Default::default()
         };
-        let command = Command::SubmitLimitedJob { spec, request_id: None, owner: None, limits };
+        let options = flotilla_core::workflow::JobOptions { limits, ..Default::default() };
+        let command = Command::SubmitJobWith { spec, request_id: None, owner: None, options };
         match self.commit(1, vec![command]).pop() {
             Some(Response::JobSubmitted { job, .. }) => job,
             other => panic!("submit refused: {other:?}"),

@@ -339,6 +339,7 @@ fn new_worker(name: String, instance: u64, impostor: bool, config: &SimConfig, n
             masters: (0..MASTERS).map(address).collect(),
             prefetch: config.queue,
             adaptive_prefetch: true,
+            serves: None,
         },
         now,
     );
@@ -622,8 +623,7 @@ impl Sim {
                     }
                 }
                 (
-                    Command::SubmitJob { request_id: Some(r), .. }
-                    | Command::SubmitLimitedJob { request_id: Some(r), .. },
+                    Command::SubmitJob { request_id: Some(r), .. } | Command::SubmitJobWith { request_id: Some(r), .. },
                     Response::JobSubmitted { job, duplicate },
                 ) => match self.requests.remove(r) {
                     Some((plan, _)) => {
@@ -851,7 +851,8 @@ impl Sim {
         let Some((request_id, (plan, spec))) = self.requests.iter().next() else { return };
         let (spec, request_id) = (spec.clone(), Some(request_id.clone()));
         let command = if plan.limited {
-            Command::SubmitLimitedJob { spec, request_id, owner: None, limits: SIM_LIMITS }
+            let options = flotilla_core::workflow::JobOptions { limits: SIM_LIMITS, ..Default::default() };
+            Command::SubmitJobWith { spec, request_id, owner: None, options }
         } else {
             Command::SubmitJob { spec, request_id }
         };
@@ -901,7 +902,7 @@ impl Sim {
                     }
                 }
                 agent::Effect::Start(run) => {
-                    // A job's limits reach every attempt of it (through `RunLimited`), and
+                    // A job's limits reach every attempt of it (through `RunWith`), and
                     // only its attempts.
                     if let Some(plan) = self.plans.get(&run.task.job) {
                         let expected = if plan.limited { SIM_LIMITS } else { Default::default() };

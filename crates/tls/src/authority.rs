@@ -107,9 +107,10 @@ fn write_leaf(
     params.distinguished_name = subject;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = match role {
-        // A master serves clients and is itself a client of its peers.
-        Role::Master => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-        Role::Worker | Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        // A master serves clients and is itself a client of its peers; a worker serves the
+        // outputs it holds to other workers and to masters.
+        Role::Master | Role::Worker => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, LEAF_DAYS);

@@ -16,7 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::identity::{master_name, Alpn, Identity};
+use crate::identity::{role_name, Alpn, Identity};
+use crate::Role;
 
 #[derive(Clone)]
 pub struct Connector {
@@ -26,12 +27,26 @@ pub struct Connector {
     /// Try plain text when a TLS handshake fails (a running cluster moving to TLS: peers
     /// not restarted with certificates yet speak only plain text).
     fallback_plain: bool,
+    /// Whom it connects to: the name the server's certificate must carry.
+    server: Role,
 }
 
 impl Connector {
     /// `identity`: `None` connects in plain text.
     pub fn new(identity: Option<Arc<Identity>>, alpn: Alpn) -> Self {
-        Connector { identity, alpn, connect_timeout: Duration::from_secs(1), fallback_plain: false }
+        Connector {
+            identity,
+            alpn,
+            connect_timeout: Duration::from_secs(1),
+            fallback_plain: false,
+            server: Role::Master,
+        }
+    }
+
+    /// Connects to workers (the outputs they serve) instead of masters.
+    pub fn to_workers(mut self) -> Self {
+        self.server = Role::Worker;
+        self
     }
 
     /// See `fallback_plain`: only while a cluster moves to TLS.
@@ -72,13 +87,14 @@ impl Connector {
 
     async fn handshake(&self, identity: &Identity, tcp: TcpStream, host: &str, port: u16) -> io::Result<Stream> {
         let config = identity.client_config(self.alpn);
-        let handshake = tokio_rustls::TlsConnector::from(config).connect(master_name(), tcp);
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(role_name(self.server), tcp);
         match tokio::time::timeout(self.connect_timeout * 5, handshake).await {
             Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls))),
             Ok(Err(e)) => Err(io::Error::new(
                 e.kind(),
                 format!(
-                    "TLS with {host}:{port} failed: {e} (is it a master of the cluster whose CA is in {}?)",
+                    "TLS with {host}:{port} failed: {e} (is it a {} of the cluster whose CA is in {}?)",
+                    self.server.label(),
                     identity.dir().display()
                 ),
             )),

@@ -64,7 +64,8 @@ impl Identity {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The config a master serves with (`None` for other roles).
+    /// The config a master (or a worker, for the outputs it holds) serves with (`None` for
+    /// clients).
     pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
         self.loaded().server.clone()
     }
@@ -124,7 +125,12 @@ impl Identity {
 
 /// The name Flotilla's own clients verify a master by, whatever address they dialled.
 pub fn master_name() -> ServerName<'static> {
-    ServerName::DnsName(rustls::pki_types::DnsName::try_from(Role::Master.name()).expect("a valid DNS name").to_owned())
+    role_name(Role::Master)
+}
+
+/// The name a member of `role` is verified by when it serves.
+pub fn role_name(role: Role) -> ServerName<'static> {
+    ServerName::DnsName(rustls::pki_types::DnsName::try_from(role.name()).expect("a valid DNS name").to_owned())
 }
 
 /// The role a peer's certificate (already verified against the cluster CA) gives it.
@@ -198,6 +204,21 @@ fn build(dir: &Path, role: Role) -> Result<Loaded, TlsError> {
                 .with_single_cert(chain.clone(), key.clone_key())
                 .map_err(|e| parse(&cert_path, format!("does not pair with {}: {e}", key_path.display())))?;
             server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(Arc::new(server))
+        }
+        (Some((chain, key)), Role::Worker) => {
+            // A worker serves the outputs it holds to other workers and to masters: only a
+            // caller with a certificate of this cluster gets in.
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            let mut server = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(config)?
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain.clone(), key.clone_key())
+                .map_err(|e| parse(&cert_path, format!("does not pair with {}: {e}", key_path.display())))?;
+            server.alpn_protocols = vec![b"http/1.1".to_vec()];
             Some(Arc::new(server))
         }
         _ => None,

@@ -17,6 +17,7 @@
 //! processes ([`runner`]), started on the blocking pool.
 
 pub mod metrics;
+pub mod outputs;
 pub mod runner;
 pub mod sandbox;
 
@@ -70,6 +71,13 @@ pub struct WorkerConfig {
     /// When asked to stop (the `drain` token), how long running tasks may take before the
     /// leader stops and re-queues them (none: as long as they take).
     pub drain_deadline: Option<Duration>,
+    /// Where to serve the outputs this worker holds; `None`: a free port on loopback when
+    /// every master is on loopback, on every interface otherwise.
+    pub outputs_listen: Option<std::net::SocketAddr>,
+    /// The host other workers and the masters reach that server at; `None`: the listening
+    /// address, or (listening on every interface) the address this machine uses to reach
+    /// the first master.
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +128,18 @@ struct Launcher {
     sandbox: Arc<sandbox::Sandbox>,
     metrics: Arc<metrics::WorkerMetrics>,
     runtime: tokio::runtime::Handle,
+    data: Arc<outputs::Data>,
+}
+
+impl runner::TaskData for Launcher {
+    fn stage(&self, task: &RunTask, dir: &std::path::Path) -> Result<(), flotilla_core::workflow::OutputError> {
+        self.data.stage(task, dir)
+    }
+
+    fn keep(&self, task: &RunTask, dir: &std::path::Path) -> flotilla_core::workflow::Outputs {
+        let peers = self.lock().core.peers().to_vec();
+        self.data.keep(task, dir, peers)
+    }
 }
 
 impl Launcher {
@@ -208,7 +228,7 @@ impl Launcher {
         loop {
             let (task, fence) = (run.task, run.fence);
             let started = self.events.clone();
-            let ended = runner::run_catching(&run, &self.name, &self.sandbox, &self.pgids, &stop, move || {
+            let ended = runner::run_catching(&run, &self.name, &self.sandbox, &self.pgids, &stop, self, move || {
                 let _ = started.send(TaskEvent::Started(task, fence));
             });
             if let Some(took) = stop.spawn_time() {
@@ -292,7 +312,7 @@ pub async fn run(
         }
         None => None,
     };
-    let connector = flotilla_tls::Connector::new(identity, flotilla_tls::Alpn::H2);
+    let connector = flotilla_tls::Connector::new(identity.clone(), flotilla_tls::Alpn::H2);
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| WorkerError::DataDir { path: config.data_dir.clone(), source })?;
     let secrets: Vec<&str> = config.token.as_deref().into_iter().collect();
@@ -317,6 +337,33 @@ pub async fn run(
             .map_err(|e| WorkerError::Config(format!("cannot serve metrics on {addr}: {e}")))?;
         tokio::spawn(metrics::serve(listener, worker_metrics.clone(), shutdown.clone()));
     }
+    let store = Arc::new(
+        flotilla_blobs::Store::open(&config.data_dir.join("outputs"))
+            .map_err(|source| WorkerError::DataDir { path: config.data_dir.join("outputs"), source })?,
+    );
+    let listen = config.outputs_listen.unwrap_or_else(|| default_outputs_listen(&config.masters));
+    let outputs_listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| WorkerError::Config(format!("cannot serve outputs on {listen}: {e}")))?;
+    let bound = outputs_listener.local_addr().map_err(|e| WorkerError::Config(format!("outputs listener: {e}")))?;
+    let serves = advertised(&config, bound);
+    let transport = match &identity {
+        Some(identity) => flotilla_tls::Transport::Tls(identity.clone()),
+        None => flotilla_tls::Transport::Plain,
+    };
+    tokio::spawn(flotilla_blobs::server::serve(
+        outputs_listener,
+        transport,
+        store.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+    tracing::info!(listen = %bound, advertised = %serves, "serving the outputs this worker holds");
+    let data = Arc::new(outputs::Data {
+        store,
+        client: flotilla_blobs::BlobClient::new(identity.clone()),
+        runtime: tokio::runtime::Handle::current(),
+        name: Arc::from(config.name.as_str()),
+    });
     let core = AgentCore::new(
         AgentConfig {
             name: config.name.clone(),
@@ -328,6 +375,7 @@ pub async fn run(
             masters: config.masters.clone(),
             prefetch: config.prefetch,
             adaptive_prefetch: config.adaptive_prefetch,
+            serves: Some(serves),
         },
         Instant::now(),
     );
@@ -339,6 +387,7 @@ pub async fn run(
         sandbox: Arc::new(sandbox),
         metrics: worker_metrics.clone(),
         runtime: tokio::runtime::Handle::current(),
+        data,
     };
     let mut agent = Agent { launcher, token, connector, link: None, drain_deadline: config.drain_deadline };
     let result = agent.serve(&mut events_rx, &drain, &shutdown).await;
@@ -358,6 +407,43 @@ pub async fn run(
         }
     }
     result
+}
+
+/// Loopback when every master is on loopback (a local cluster), every interface otherwise.
+fn default_outputs_listen(masters: &[String]) -> std::net::SocketAddr {
+    let local = masters.iter().all(|m| {
+        let host = m.rsplit_once(':').map_or(m.as_str(), |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    });
+    if local {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+    } else {
+        std::net::SocketAddr::from(([0, 0, 0, 0], 0))
+    }
+}
+
+/// The address others reach this worker's outputs at (see `WorkerConfig::advertise`).
+fn advertised(config: &WorkerConfig, bound: std::net::SocketAddr) -> String {
+    let host = match &config.advertise {
+        Some(host) => host.clone(),
+        None if !bound.ip().is_unspecified() => bound.ip().to_string(),
+        // The address of the interface that routes to the first master: a UDP "connection"
+        // sends nothing, it only picks the route.
+        None => config
+            .masters
+            .first()
+            .and_then(|m| {
+                let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+                socket.connect(m).ok()?;
+                Some(socket.local_addr().ok()?.ip().to_string())
+            })
+            .unwrap_or_else(|| "127.0.0.1".to_string()),
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{}", bound.port())
+    } else {
+        format!("{host}:{}", bound.port())
+    }
 }
 
 fn random_u64() -> u64 {

@@ -23,14 +23,38 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flotilla_core::model::{Captured, Outcome, TaskSlot, MAX_OUTPUT_BYTES};
+use flotilla_core::workflow::{OutputError, Outputs};
 use flotilla_proto::wire::RunTask;
 
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, TaskDirs};
+
+/// What the runner asks of the worker's output store around one attempt.
+pub trait TaskData {
+    /// Places the attempt's inputs in `dir` (fetching the ones not held here).
+    fn stage(&self, task: &RunTask, dir: &Path) -> Result<(), OutputError>;
+    /// Keeps what a successful attempt left in `dir` (stored, copied to peers).
+    fn keep(&self, task: &RunTask, dir: &Path) -> Outputs;
+}
+
+/// No store: inputs are not placed and outputs not kept (tests of the runner alone).
+pub struct NoData;
+
+impl TaskData for NoData {
+    fn stage(&self, _: &RunTask, _: &Path) -> Result<(), OutputError> {
+        Ok(())
+    }
+
+    fn keep(&self, _: &RunTask, _: &Path) -> Outputs {
+        Outputs::default()
+    }
+}
 
 /// Attempts shorter than this are reported only by their result.
 pub const QUIET_START: Duration = Duration::from_millis(50);
 
 /// How the attempt ended from the worker's point of view.
+// One value per attempt, moved once to its report: boxing the outcome would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Ended {
     /// The process ran (or failed to start); report this outcome.
     Finished(Outcome),
@@ -178,40 +202,65 @@ fn pidfd(pid: u32) -> Option<OwnedFd> {
 /// Runs the attempt to its end, blocking the calling thread (run it on a blocking pool).
 /// `on_start` is called with the process group id once the attempt has run for
 /// [`QUIET_START`] (never, if it ends sooner).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     task: &RunTask,
     worker_name: &str,
     sandbox: &Sandbox,
     journal: &PgidJournal,
     stopper: &Stopper,
+    data: &dyn TaskData,
     on_start: impl FnOnce(),
 ) -> Ended {
-    let mut dir = None;
-    let ended = run_in(task, worker_name, sandbox, &mut dir, journal, stopper, on_start);
-    sandbox.finish(dir);
+    let mut dirs = None;
+    let mut ended = run_in(task, worker_name, sandbox, &mut dirs, journal, stopper, data, on_start);
+    if let (Ended::Finished(outcome), Some(d)) = (&mut ended, &dirs) {
+        // Only a successful attempt's outputs are kept; a failed one's go with its directory.
+        if outcome.succeeded() && has_entries(&d.output) {
+            outcome.outputs = data.keep(task, &d.output);
+        }
+    }
+    sandbox.finish(dirs);
     ended
 }
 
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_in(
     task: &RunTask,
     worker_name: &str,
     sandbox: &Sandbox,
-    dir: &mut Option<PathBuf>,
+    dirs: &mut Option<TaskDirs>,
     journal: &PgidJournal,
     stopper: &Stopper,
+    data: &dyn TaskData,
     on_start: impl FnOnce(),
 ) -> Ended {
     let started = Instant::now();
     let mut cmd = Command::new(&task.command[0]);
     // The sandbox first: the job's own variables come after it and are the job's to set.
     match sandbox.prepare(&mut cmd, task) {
-        Ok(d) => *dir = d,
+        Ok(d) => *dirs = d,
         Err(e) => {
             return Ended::Finished(Outcome {
                 spawn_error: Some(e),
                 duration_ms: started.elapsed().as_millis() as u64,
                 ..Default::default()
             })
+        }
+    }
+    if let Some(input) = dirs.as_ref().and_then(|d| d.input.as_deref()) {
+        let staged =
+            data.stage(task, input).and_then(|()| sandbox.hand_over(input).map_err(|kind| OutputError::Store { kind }));
+        if let Err(error) = staged {
+            return Ended::Finished(Outcome {
+                outputs: Outputs { error: Some(error), ..Default::default() },
+                duration_ms: started.elapsed().as_millis() as u64,
+                ..Default::default()
+            });
         }
     }
     cmd.args(&task.command[1..])
@@ -365,6 +414,7 @@ fn run_in(
         stdout: Captured::from_bytes(&out, out_total),
         stderr: Captured::from_bytes(&err, err_total),
         duration_ms: started.elapsed().as_millis() as u64,
+        outputs: Outputs::default(),
     })
 }
 
@@ -377,10 +427,11 @@ pub fn run_catching(
     sandbox: &Sandbox,
     journal: &PgidJournal,
     stopper: &Stopper,
+    data: &dyn TaskData,
     on_start: impl FnOnce() + Send + 'static,
 ) -> Ended {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run(task, worker_name, sandbox, journal, stopper, on_start)
+        run(task, worker_name, sandbox, journal, stopper, data, on_start)
     }));
     result.unwrap_or_else(|_| {
         Ended::Finished(Outcome { spawn_error: Some("the task runner panicked".to_string()), ..Default::default() })
@@ -403,6 +454,8 @@ mod tests {
             timeout_ms: None,
             stdin: None,
             limits: Default::default(),
+            inputs: Vec::new(),
+            outputs: Default::default(),
         }
     }
 
@@ -414,7 +467,7 @@ mod tests {
 
     fn finish(t: &RunTask) -> Outcome {
         let (_d, j) = journal();
-        match run(t, "w", &Sandbox::default(), &j, &Stopper::default(), || {}) {
+        match run(t, "w", &Sandbox::default(), &j, &Stopper::default(), &NoData, || {}) {
             Ended::Finished(o) => o,
             Ended::Stopped => panic!("stopped"),
         }
@@ -480,7 +533,9 @@ mod tests {
         let started = Arc::new(AtomicBool::new(false));
         let flag = started.clone();
         let h = std::thread::spawn(move || {
-            run(&task(&["sleep", "30"]), "w", &Sandbox::default(), &j2, &s2, move || flag.store(true, Ordering::SeqCst))
+            run(&task(&["sleep", "30"]), "w", &Sandbox::default(), &j2, &s2, &NoData, move || {
+                flag.store(true, Ordering::SeqCst)
+            })
         });
         std::thread::sleep(Duration::from_millis(300));
         assert!(started.load(Ordering::SeqCst), "a task running past the quiet start is reported");
@@ -488,7 +543,7 @@ mod tests {
         assert!(matches!(h.join().unwrap(), Ended::Stopped));
         let quiet = Arc::new(AtomicBool::new(false));
         let flag = quiet.clone();
-        run(&task(&["true"]), "w", &Sandbox::default(), &j, &Stopper::default(), move || {
+        run(&task(&["true"]), "w", &Sandbox::default(), &j, &Stopper::default(), &NoData, move || {
             flag.store(true, Ordering::SeqCst)
         });
         assert!(!quiet.load(Ordering::SeqCst), "a task shorter than the quiet start is not reported");

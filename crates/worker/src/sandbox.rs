@@ -46,6 +46,10 @@ impl Sandbox {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
+        let empty = tasks_dir.join(EMPTY_INPUT);
+        std::fs::create_dir_all(&empty).map_err(|e| format!("{}: {e}", empty.display()))?;
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o555))
+            .map_err(|e| format!("{}: {e}", empty.display()))?;
         Ok(Sandbox { scrub: credential_variables(secrets), tasks_dir: Some(tasks_dir), keep, run_as })
     }
 
@@ -54,8 +58,9 @@ impl Sandbox {
     }
 
     /// Prepares `cmd` for `task`: no credential in its environment, its own working
-    /// directory (made here), its user. Returns the directory, to remove once it ended.
-    pub fn prepare(&self, cmd: &mut Command, task: &RunTask) -> Result<Option<PathBuf>, String> {
+    /// directory and output directory (and input directory, if it has inputs), made here, its
+    /// user. Returns the directories, to remove once it ended.
+    pub fn prepare(&self, cmd: &mut Command, task: &RunTask) -> Result<Option<TaskDirs>, String> {
         for name in &self.scrub {
             cmd.env_remove(name);
         }
@@ -78,17 +83,71 @@ impl Sandbox {
             cmd.uid(user.uid).gid(user.gid).env("USER", &user.name).env("LOGNAME", &user.name).env("HOME", &user.home);
         }
         cmd.current_dir(&dir).env("PWD", &dir);
-        Ok(Some(dir))
+        // Beside the working directory, not in it: a task that archives `.` does not take
+        // its outputs along, nor one that cleans `.` lose them.
+        let output = dir.with_extension("out");
+        let input = (!task.inputs.is_empty()).then(|| dir.with_extension("in"));
+        for extra in std::iter::once(&output).chain(input.as_ref()) {
+            let _ = std::fs::remove_dir_all(extra);
+            std::fs::create_dir(extra).map_err(|e| format!("cannot create {}: {e}", extra.display()))?;
+            std::fs::set_permissions(extra, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("{}: {e}", extra.display()))?;
+        }
+        if let Some(user) = &self.run_as {
+            std::os::unix::fs::chown(&output, Some(user.uid), Some(user.gid))
+                .map_err(|e| format!("cannot give {} to {}: {e}", output.display(), user.name))?;
+        }
+        cmd.env("FLOTILLA_OUTPUT_DIR", &output);
+        match &input {
+            Some(input) => cmd.env("FLOTILLA_INPUT_DIR", input),
+            None => cmd.env("FLOTILLA_INPUT_DIR", root.join(EMPTY_INPUT)),
+        };
+        Ok(Some(TaskDirs { work: dir, output, input }))
     }
 
-    /// After an attempt: its directory goes, unless the worker keeps them.
-    pub fn finish(&self, dir: Option<PathBuf>) {
-        if let Some(dir) = dir.filter(|_| !self.keep) {
+    /// After an attempt: its directories go, unless the worker keeps them.
+    pub fn finish(&self, dirs: Option<TaskDirs>) {
+        let Some(dirs) = dirs.filter(|_| !self.keep) else { return };
+        for dir in [Some(dirs.work), Some(dirs.output), dirs.input].into_iter().flatten() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task's directory");
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task's directory");
+                }
             }
         }
     }
+}
+
+impl Sandbox {
+    /// Gives what the worker placed in `dir` (a task's inputs) to the task's user, if tasks run
+    /// as another user.
+    pub fn hand_over(&self, dir: &Path) -> Result<(), String> {
+        let Some(user) = &self.run_as else { return Ok(()) };
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(path) = todo.pop() {
+            std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid))
+                .map_err(|e| format!("cannot give {} to {}: {e}", path.display(), user.name))?;
+            if path.is_dir() {
+                let entries = std::fs::read_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                todo.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The input directory of tasks that have no inputs: empty, and no task may write in it.
+const EMPTY_INPUT: &str = "no-inputs";
+
+/// One attempt's directories.
+#[derive(Clone, Debug)]
+pub struct TaskDirs {
+    /// Its working directory.
+    pub work: PathBuf,
+    /// `$FLOTILLA_OUTPUT_DIR`.
+    pub output: PathBuf,
+    /// `$FLOTILLA_INPUT_DIR`, when it has inputs.
+    pub input: Option<PathBuf>,
 }
 
 /// Sets the job's limits on the task's process, between fork and exec (after the switch to

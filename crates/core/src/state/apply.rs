@@ -29,6 +29,12 @@ impl ClusterState {
     }
 
     pub fn apply_command(&mut self, ctx: ApplyCtx, command: &Command) -> Response {
+        let response = self.apply_one(ctx, command);
+        self.resolve_dependents(ctx);
+        response
+    }
+
+    fn apply_one(&mut self, ctx: ApplyCtx, command: &Command) -> Response {
         match command {
             Command::SubmitJob { spec, request_id } => self.submit(ctx, spec, request_id.as_deref()),
             Command::SubmitJobAs { spec, request_id, owner } => {
@@ -38,18 +44,15 @@ impl ClusterState {
                 }
                 response
             }
-            Command::SubmitLimitedJob { spec, request_id, owner, limits } => {
-                let response = self.submit(ctx, spec, request_id.as_deref());
-                if let Response::JobSubmitted { job, duplicate: false } = response {
-                    if let Some(owner) = owner {
-                        self.added.access.set_owner(job, owner);
-                    }
-                    if !limits.is_empty() {
-                        self.added.task_limits.insert(job, limits.clone());
-                    }
-                }
-                response
+            Command::SubmitJobWith { spec, request_id, owner, options } => {
+                self.submit_with(ctx, spec, request_id.as_deref(), owner.as_deref(), options)
             }
+            Command::TaskFinishedWith { task, fence, worker, outcome, outputs } => {
+                let mut outcome = outcome.clone();
+                outcome.outputs = outputs.clone();
+                self.task_finished(ctx, *task, *fence, worker, &outcome)
+            }
+            Command::SetWorkerEndpoint { worker, address } => self.set_endpoint(ctx, worker, address),
             Command::CreateToken { name, role, hash, by } => {
                 match self.added.access.create(name, *role, *hash, ctx.at_ms, by) {
                     Ok(()) => Response::TokenCreated,
@@ -164,7 +167,7 @@ impl ClusterState {
         Response::Revoked
     }
 
-    fn submit(&mut self, ctx: ApplyCtx, spec: &JobSpec, request_id: Option<&str>) -> Response {
+    pub(super) fn submit(&mut self, ctx: ApplyCtx, spec: &JobSpec, request_id: Option<&str>) -> Response {
         if let Some(existing) = request_id.and_then(|r| self.request_ids.get(r)) {
             return Response::JobSubmitted { job: *existing, duplicate: true };
         }
@@ -208,7 +211,7 @@ impl ClusterState {
         Response::JobSubmitted { job: id, duplicate: false }
     }
 
-    fn cancel(&mut self, ctx: ApplyCtx, id: JobId) -> Response {
+    pub(super) fn cancel(&mut self, ctx: ApplyCtx, id: JobId) -> Response {
         let Some(job) = self.jobs.get_mut(&id) else {
             return Response::Invalid { reason: Refusal::NoJob(id) };
         };
@@ -319,6 +322,7 @@ impl ClusterState {
         );
         self.forget_old_lost_workers();
         self.journal.record(ctx.at_ms, EventKind::WorkerJoined { worker: info.name.clone(), cpus: info.cpus });
+        self.note_peers_changed(ctx);
         Response::WorkerRegistered { incarnation, kill: Vec::new() }
     }
 
@@ -343,6 +347,7 @@ impl ClusterState {
         let held = std::mem::take(&mut worker.tasks);
         let requeued = held.len() as u64;
         self.journal.record(ctx.at_ms, EventKind::WorkerLost { worker: name.to_string(), reason, requeued });
+        self.note_peers_changed(ctx);
         for (task, fence) in held {
             self.requeue_after_loss(ctx, task, fence, name);
         }
@@ -509,6 +514,16 @@ impl ClusterState {
 
         let dest = if outcome.succeeded() {
             task.state = TaskState::Succeeded;
+            if !outcome.outputs.files.is_empty() {
+                // Kept beside the result: the record's encoding (0.1.0's) does not hold them.
+                self.added.outputs.insert(
+                    id,
+                    crate::workflow::TaskOutputs {
+                        files: outcome.outputs.files.clone(),
+                        holders: outcome.outputs.holders.clone(),
+                    },
+                );
+            }
             Dest::Succeeded
         } else {
             task.failures += 1;
@@ -642,6 +657,7 @@ impl ClusterState {
         };
         self.journal.record(ctx.at_ms, EventKind::WorkerMaintenance { worker: name.to_string(), change });
         self.note_drained(ctx, name);
+        self.note_peers_changed(ctx);
         Response::Noted
     }
 
@@ -722,13 +738,14 @@ impl ClusterState {
         self.queue.remove(&(Reverse(job.spec.priority), id));
         self.journal.record(ctx.at_ms, EventKind::JobFinished { job: id, state });
         self.note_finished(id, ctx.at_ms);
+        self.ended_now.0.push((id, state));
     }
 
     /// Keeps `queue` holding exactly the jobs with waiting work.
-    fn refresh_queue(&mut self, id: JobId) {
+    pub(super) fn refresh_queue(&mut self, id: JobId) {
         let Some(job) = self.jobs.get(&id) else { return };
         let key = (Reverse(job.spec.priority), id);
-        if job.has_waiting_work() {
+        if job.has_waiting_work() && !self.added.waiting_on.contains_key(&id) {
             self.queue.insert(key);
         } else {
             self.queue.remove(&key);

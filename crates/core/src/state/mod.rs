@@ -11,6 +11,7 @@
 
 mod apply;
 mod retention;
+mod workflow;
 
 pub use retention::{JobPresence, JobRetention, JobRetentionError, PurgeOutcome, Removal, RemovalReason};
 
@@ -401,21 +402,56 @@ pub struct ClusterState {
     /// Record changes made by entries applied since the shell last took them.
     #[serde(skip)]
     record_ops: RecordOutbox,
+    /// Jobs that ended in the command being applied, whose dependents are seen to before
+    /// the command's response (empty between commands).
+    #[serde(skip)]
+    ended_now: Transient<Vec<(JobId, JobState)>>,
 }
+
+/// Working data of one `apply`, not part of the replicated state: two replicas at the same
+/// index are equal whatever it holds.
+#[derive(Clone, Debug, Default)]
+struct Transient<T>(T);
+
+impl<T> PartialEq for Transient<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> Eq for Transient<T> {}
 
 /// The replicated state release 0.2.0 added, encoded apart from the rest (snapshot format 2's
 /// second section) so that a state without any of it is still one 0.1.0 reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Added {
     pub(crate) access: crate::access::Access,
-    /// The limits of each kept job that asked for them.
-    pub(crate) task_limits: BTreeMap<JobId, crate::model::TaskLimits>,
+    /// The options (limits, dependencies, output policy) of each kept job that asked for any.
+    pub(crate) options: BTreeMap<JobId, crate::workflow::JobOptions>,
+    /// Jobs waiting for others to end, with the ones they still wait for. Such a job is out
+    /// of the scheduling queue.
+    pub(crate) waiting_on: BTreeMap<JobId, BTreeSet<JobId>>,
+    /// The reverse: unfinished jobs and the jobs waiting for them.
+    pub(crate) dependents: BTreeMap<JobId, BTreeSet<JobId>>,
+    /// Jobs cancelled because a job they waited for did not succeed.
+    pub(crate) unmet: BTreeMap<JobId, crate::workflow::Unmet>,
+    /// What each finished task left in its output directory, and where copies are.
+    pub(crate) outputs: BTreeMap<TaskId, crate::workflow::TaskOutputs>,
+    /// Where each worker serves the outputs it holds.
+    pub(crate) endpoints: BTreeMap<String, String>,
+    /// Log index of the last change to which workers can take copies (endpoints, workers
+    /// joining or lost): the leader tells workers their peers again after it.
+    pub(crate) peers_changed: u64,
 }
 
 impl Added {
     /// Whether nothing was ever recorded here (a state an older release can still read).
     pub fn is_empty(&self) -> bool {
-        self.access.is_empty() && self.task_limits.is_empty()
+        self.access.is_empty()
+            && self.options.is_empty()
+            && self.unmet.is_empty()
+            && self.outputs.is_empty()
+            && self.endpoints.is_empty()
     }
 }
 
@@ -454,6 +490,7 @@ impl Default for ClusterState {
             cluster_id: 0,
             added: Added::default(),
             record_ops: RecordOutbox::default(),
+            ended_now: Transient::default(),
         }
     }
 }
@@ -532,7 +569,12 @@ impl ClusterState {
             // Both came with 0.2.0, and only they fill the access section: anything in it
             // shows every voter read 0.2.0's commands.
             crate::version::Feature::Tokens | crate::version::Feature::Audit => !self.added.access.is_empty(),
-            crate::version::Feature::TaskLimits => !self.added.task_limits.is_empty(),
+            crate::version::Feature::TaskLimits => self.added.options.values().any(|o| !o.limits.is_empty()),
+            crate::version::Feature::Workflows => {
+                self.added.options.values().any(|o| o.uses_workflows())
+                    || !self.added.outputs.is_empty()
+                    || !self.added.endpoints.is_empty()
+            }
         }
     }
 
@@ -542,7 +584,53 @@ impl ClusterState {
 
     /// What each task of `job` may use at most, if the job asked for limits.
     pub fn task_limits(&self, job: JobId) -> Option<&crate::model::TaskLimits> {
-        self.added.task_limits.get(&job)
+        self.added.options.get(&job).map(|o| &o.limits).filter(|l| !l.is_empty())
+    }
+
+    /// What `job` asked for beyond its spec, if anything.
+    pub fn job_options(&self, job: JobId) -> Option<&crate::workflow::JobOptions> {
+        self.added.options.get(&job)
+    }
+
+    /// Whether a task of `job` may run only on a worker of release 0.2.0 or later (its
+    /// limits, its inputs or its output policy travel in a message older workers cannot read).
+    pub fn needs_current_workers(&self, job: JobId) -> bool {
+        self.added.options.contains_key(&job)
+    }
+
+    /// The jobs `job` still waits for (empty when it waits for none).
+    pub fn waiting_on(&self, job: JobId) -> Option<&BTreeSet<JobId>> {
+        self.added.waiting_on.get(&job)
+    }
+
+    /// Why `job` was cancelled, if a job it waited for did not succeed.
+    pub fn unmet(&self, job: JobId) -> Option<crate::workflow::Unmet> {
+        self.added.unmet.get(&job).copied()
+    }
+
+    /// The jobs that wait for `job` while it has not ended.
+    pub fn dependents(&self, job: JobId) -> Option<&BTreeSet<JobId>> {
+        self.added.dependents.get(&job)
+    }
+
+    /// What the task left in its output directory, if it left anything.
+    pub fn task_outputs(&self, task: TaskId) -> Option<&crate::workflow::TaskOutputs> {
+        self.added.outputs.get(&task)
+    }
+
+    /// The outputs of every task of `job` that left any, by task.
+    pub fn job_outputs(&self, job: JobId) -> impl Iterator<Item = (&TaskId, &crate::workflow::TaskOutputs)> {
+        self.added.outputs.range(TaskId::array(job, 0)..=TaskId::reduce(job))
+    }
+
+    /// Where `worker` serves its outputs, if it said.
+    pub fn endpoint(&self, worker: &str) -> Option<&str> {
+        self.added.endpoints.get(worker).map(String::as_str)
+    }
+
+    /// Log index of the last change to the workers that can take copies of outputs.
+    pub fn peers_changed(&self) -> u64 {
+        self.added.peers_changed
     }
 
     /// The part of the state a snapshot keeps in a section of its own (see [`Added`]).
@@ -646,7 +734,12 @@ impl ClusterState {
                 job.id
             );
             let queued = self.queue.contains(&(Reverse(job.spec.priority), job.id));
-            assert_eq!(queued, job.has_waiting_work(), "job {} queue membership", job.id);
+            let blocked = self.added.waiting_on.contains_key(&job.id);
+            assert_eq!(queued, job.has_waiting_work() && !blocked, "job {} queue membership", job.id);
+            if blocked {
+                assert!(!job.state.is_terminal(), "finished job {} still waits", job.id);
+                assert_eq!(job.counts.waiting, job.total, "waiting job {} has started tasks", job.id);
+            }
             if job.state.is_terminal() {
                 assert!(job.pending.is_empty() && !job.reduce_pending, "finished job {} has work", job.id);
             }
@@ -689,7 +782,11 @@ impl ClusterState {
             "more finished jobs kept than the retention allows"
         );
         assert!(self.retained.removals.keys().all(|id| !self.jobs.contains_key(id)), "a removed job is back");
-        assert_eq!(self.queue.len(), self.jobs.values().filter(|j| j.has_waiting_work()).count());
+        assert_eq!(
+            self.queue.len(),
+            self.jobs.values().filter(|j| j.has_waiting_work() && !self.added.waiting_on.contains_key(&j.id)).count()
+        );
+        self.added.sanity_check(&self.jobs);
     }
 }
 

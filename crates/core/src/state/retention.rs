@@ -182,8 +182,7 @@ impl ClusterState {
     /// Drops a finished job and everything it holds; journals its summary.
     fn remove_job(&mut self, id: JobId, now: Millis, reason: RemovalReason) {
         let Some(job) = self.jobs.remove(&id) else { return };
-        self.added.access.forget_job(id);
-        self.added.task_limits.remove(&id);
+        self.forget_job_extras(id);
         debug_assert!(job.state.is_terminal(), "removing unfinished job {id}");
         self.record_ops.0.push(crate::records::RecordOp::RemoveJob(id));
         if let Some(at) = job.finished_at {

@@ -869,11 +869,11 @@ fn a_workers_own_drain_keeps_an_operators_decision_and_deadline() {
 fn task_limits_stay_with_their_job_and_go_with_it() {
     let mut d = Driver::new();
     let limits = crate::model::TaskLimits { memory: Some(64 << 20), ..Default::default() };
-    let submitted = d.apply(Command::SubmitLimitedJob {
+    let submitted = d.apply(Command::SubmitJobWith {
         spec: spec("1-2"),
         request_id: None,
         owner: Some("ci".into()),
-        limits: limits.clone(),
+        options: crate::workflow::JobOptions { limits: limits.clone(), ..Default::default() },
     });
     let Response::JobSubmitted { job, .. } = submitted else { panic!("{submitted:?}") };
     let plain = d.submit(spec("1-2"));

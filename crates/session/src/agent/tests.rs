@@ -24,6 +24,8 @@ fn run(index: u64, term: u64) -> RunTask {
         timeout_ms: None,
         stdin: None,
         limits: Default::default(),
+        inputs: Vec::new(),
+        outputs: Default::default(),
     }
 }
 
@@ -40,6 +42,7 @@ impl Worker {
             masters: vec!["m1".into(), "m2".into(), "m3".into()],
             prefetch: 1,
             adaptive_prefetch: false,
+            serves: None,
         };
         Worker { core: AgentCore::new(config, t0), t0, out: Outbox::default() }
     }

@@ -508,9 +508,9 @@ fn a_worker_asking_to_drain_is_drained_and_told_once() {
 }
 
 /// Invariant: a task of a job with limits goes only to a worker whose release sets them. One
-/// that reported no release (0.1.0, which could not decode `RunLimited`) is given none of it,
+/// that reported no release (0.1.0, which could not decode `RunWith`) is given none of it,
 /// while a job without limits runs there; once a worker reports 0.2.0 the task is placed on it
-/// at once and sent as `RunLimited`, its limits inside.
+/// at once and sent as `RunWith`, its limits inside.
 #[test]
 fn a_job_with_limits_runs_only_where_the_release_sets_them() {
     let mut l = Leader::ready();
@@ -547,7 +547,7 @@ fn a_job_with_limits_runs_only_where_the_release_sets_them() {
             _ => None,
         })
         .collect();
-    let [MasterBody::RunLimited { run, limits: sent_limits }] = sent.as_slice() else { panic!("{effects:?}") };
+    let [MasterBody::RunWith { run, limits: sent_limits, .. }] = sent.as_slice() else { panic!("{effects:?}") };
     assert_eq!((run.task, sent_limits), (task, &limits));
 }
 
@@ -594,7 +594,7 @@ fn a_held_run_goes_out_only_if_its_attempt_is_still_current() {
         })
         .flatten()
         .filter_map(|b| match b {
-            MasterBody::RunLimited { run, .. } => Some(run.task),
+            MasterBody::RunWith { run, .. } => Some(run.task),
             _ => None,
         })
         .collect();

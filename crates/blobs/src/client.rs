@@ -1,0 +1,148 @@
+//! Copies blobs between stores over HTTP: to a peer ([`BlobClient::put`]), from a holder into
+//! the local store ([`BlobClient::fetch`], checked), or as a stream ([`BlobClient::open`],
+//! for a master handing a blob to `job fetch`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use flotilla_core::workflow::{Digest, OutputFile};
+use flotilla_tls::{Alpn, Connector, Identity};
+use http_body_util::BodyExt;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("{address}: {why}")]
+    Remote { address: String, why: String },
+    #[error("{address}: not held there")]
+    NotHeld { address: String },
+    #[error("{address}: timed out")]
+    Timeout { address: String },
+    #[error("{0}")]
+    Local(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct BlobClient {
+    inner: Client<Connector, Body>,
+}
+
+/// How long moving `size` bytes may take: a floor for the round trips, then 5 MB/s.
+pub fn allowance(size: u64) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(size / 5_000)
+}
+
+impl BlobClient {
+    /// `identity`: this member's certificates (TLS, verifying the worker it reaches by the
+    /// cluster CA); `None`: plain text.
+    pub fn new(identity: Option<Arc<Identity>>) -> Self {
+        let connector = Connector::new(identity, Alpn::Http1).to_workers().connect_timeout(Duration::from_secs(2));
+        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        BlobClient { inner }
+    }
+
+    fn uri(address: &str, digest: &Digest) -> String {
+        format!("http://{address}/v1/blobs/{}", digest.to_hex())
+    }
+
+    async fn send(
+        &self,
+        address: &str,
+        request: Request<Body>,
+        allowance: Duration,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, TransferError> {
+        let remote = |why: String| TransferError::Remote { address: address.to_string(), why };
+        match tokio::time::timeout(allowance, self.inner.request(request)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    why = format!("{why}: {cause}");
+                    source = cause.source();
+                }
+                Err(remote(why))
+            }
+            Err(_) => Err(TransferError::Timeout { address: address.to_string() }),
+        }
+    }
+
+    /// Copies a stored blob to the worker at `address` (nothing moves if it has it already).
+    pub async fn put(&self, address: &str, store: &Store, file: &OutputFile) -> Result<(), TransferError> {
+        let head = Request::builder()
+            .method(Method::HEAD)
+            .uri(Self::uri(address, &file.sha256))
+            .body(Body::empty())
+            .map_err(|e| TransferError::Remote { address: address.to_string(), why: e.to_string() })?;
+        if self.send(address, head, allowance(0)).await?.status() == StatusCode::OK {
+            return Ok(());
+        }
+        let source = tokio::fs::File::open(store.path(&file.sha256)).await.map_err(StoreError::from)?;
+        let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(source, 256 * 1024));
+        let put = Request::builder()
+            .method(Method::PUT)
+            .uri(Self::uri(address, &file.sha256))
+            .header(hyper::header::CONTENT_LENGTH, file.size)
+            .body(body)
+            .map_err(|e| TransferError::Remote { address: address.to_string(), why: e.to_string() })?;
+        let response = self.send(address, put, allowance(file.size)).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Err(TransferError::Remote {
+            address: address.to_string(),
+            why: format!("{status}: {}", String::from_utf8_lossy(&text).trim()),
+        })
+    }
+
+    /// A blob's bytes as the worker at `address` serves them (not checked: the caller hashes).
+    pub async fn open(
+        &self,
+        address: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, TransferError> {
+        let get = Request::builder()
+            .method(Method::GET)
+            .uri(Self::uri(address, digest))
+            .body(Body::empty())
+            .map_err(|e| TransferError::Remote { address: address.to_string(), why: e.to_string() })?;
+        let response = self.send(address, get, allowance(size)).await?;
+        match response.status() {
+            StatusCode::OK => Ok(response),
+            StatusCode::NOT_FOUND => Err(TransferError::NotHeld { address: address.to_string() }),
+            status => Err(TransferError::Remote { address: address.to_string(), why: status.to_string() }),
+        }
+    }
+
+    /// Copies a blob from the worker at `address` into `store`, refused unless its bytes
+    /// match its digest.
+    pub async fn fetch(&self, address: &str, store: &Store, file: &OutputFile) -> Result<(), TransferError> {
+        let response = self.open(address, &file.sha256, file.size).await?;
+        let mut writer = store.writer()?;
+        let mut body = response.into_body();
+        let read = async {
+            while let Some(frame) = body.frame().await {
+                let frame =
+                    frame.map_err(|e| TransferError::Remote { address: address.to_string(), why: e.to_string() })?;
+                if let Ok(data) = frame.into_data() {
+                    writer.write(&data)?;
+                }
+            }
+            Ok::<(), TransferError>(())
+        };
+        match tokio::time::timeout(allowance(file.size), read).await {
+            Ok(r) => r?,
+            Err(_) => return Err(TransferError::Timeout { address: address.to_string() }),
+        }
+        writer.finish(Some(file.sha256))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! The HTTP face of a worker's store: `GET`/`HEAD /v1/blobs/{sha256}` reads a blob,
+//! `PUT /v1/blobs/{sha256}` stores a copy (refused unless its bytes match the name).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use flotilla_core::workflow::Digest;
+use flotilla_tls::{Connection, Peer, Role};
+use tokio_stream::StreamExt;
+
+use crate::store::{Store, StoreError};
+
+/// The routes, for [`serve`] (and tests).
+pub fn router(store: Arc<Store>) -> Router {
+    Router::new().route("/v1/blobs/{digest}", get(read).put(write)).with_state(store)
+}
+
+/// Serves `store` on `listener` until `stop` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    transport: flotilla_tls::Transport,
+    store: Arc<Store>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let app = router(store);
+    let service_for = move |conn: Connection| {
+        let app = app.clone();
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(conn);
+            let mut app = app.clone();
+            async move { tower_service::Service::call(&mut app, request.map(Body::new)).await }
+        })
+    };
+    flotilla_tls::listener::serve(listener, transport, flotilla_tls::listener::Limits::default(), service_for, stop)
+        .await;
+}
+
+/// Masters and workers of the cluster (shown by their certificates) may read and write; over
+/// plain text there is nothing to tell callers apart by.
+fn admitted(conn: Option<&Connection>) -> bool {
+    match conn.map(|c| c.peer) {
+        Some(Peer::Tls(Some(Role::Master | Role::Worker))) | Some(Peer::Plain) | None => true,
+        Some(Peer::Tls(_)) => false,
+    }
+}
+
+fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
+    (status, why.into()).into_response()
+}
+
+async fn read(
+    State(store): State<Arc<Store>>,
+    Path(digest): Path<String>,
+    conn: Option<Extension<Connection>>,
+) -> Response {
+    if !admitted(conn.as_deref()) {
+        return refuse(StatusCode::FORBIDDEN, "only the cluster's masters and workers read outputs here");
+    }
+    let Some(digest) = Digest::parse(&digest) else {
+        return refuse(StatusCode::BAD_REQUEST, "not a SHA-256 digest");
+    };
+    let file = match tokio::fs::File::open(store.path(&digest)).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return refuse(StatusCode::NOT_FOUND, "not held here"),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+    ([(header::CONTENT_LENGTH, len.to_string())], body).into_response()
+}
+
+async fn write(
+    State(store): State<Arc<Store>>,
+    Path(digest): Path<String>,
+    conn: Option<Extension<Connection>>,
+    body: Body,
+) -> Response {
+    if !admitted(conn.as_deref()) {
+        return refuse(StatusCode::FORBIDDEN, "only the cluster's masters and workers store outputs here");
+    }
+    let Some(digest) = Digest::parse(&digest) else {
+        return refuse(StatusCode::BAD_REQUEST, "not a SHA-256 digest");
+    };
+    if store.contains(&digest) {
+        return StatusCode::OK.into_response();
+    }
+    let mut writer = match store.writer() {
+        Ok(w) => w,
+        Err(e) => return stored_error(e),
+    };
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the copy was cut off: {e}")),
+        };
+        if let Err(e) = writer.write(&chunk) {
+            return stored_error(e);
+        }
+    }
+    match writer.finish(Some(digest)) {
+        Ok(_) => StatusCode::CREATED.into_response(),
+        Err(e) => stored_error(e),
+    }
+}
+
+fn stored_error(e: StoreError) -> Response {
+    match e {
+        StoreError::DiskFull => refuse(StatusCode::INSUFFICIENT_STORAGE, "this worker's disk is full"),
+        StoreError::Mismatch { .. } => refuse(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        other => refuse(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}

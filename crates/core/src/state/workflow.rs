@@ -1,0 +1,169 @@
+//! Dependencies between jobs and the outputs of tasks, as the replicated state keeps them
+//! (see [`crate::workflow`]).
+//!
+//! A job that waits stays `Waiting` with all its tasks pending, out of the scheduling queue,
+//! until every job it waits for has ended; then it enters the queue like a new job. If a job
+//! it needs to succeed fails or is cancelled, it is cancelled, and [`ClusterState::unmet`]
+//! says which job it was. Jobs can only wait for jobs submitted before them, so no cycle can
+//! form.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Added, ApplyCtx, ClusterState, Job};
+use crate::command::Response;
+use crate::model::{JobId, JobSpec, JobState, TaskId};
+use crate::reason::Refusal;
+use crate::workflow::{DependencyError, JobOptions, Unmet};
+
+impl ClusterState {
+    /// `SubmitJobWith`: refused whole if an option is bad or names a job that is not kept.
+    pub(super) fn submit_with(
+        &mut self,
+        ctx: ApplyCtx,
+        spec: &JobSpec,
+        request_id: Option<&str>,
+        owner: Option<&str>,
+        options: &JobOptions,
+    ) -> Response {
+        if let Some(existing) = request_id.and_then(|r| self.request_ids.get(r)) {
+            return Response::JobSubmitted { job: *existing, duplicate: true };
+        }
+        if let Err(e) = options.validate() {
+            return Response::Invalid { reason: Refusal::Dependency(e) };
+        }
+        let upstream = options.upstream();
+        for &up in &upstream {
+            if !self.jobs.contains_key(&up) {
+                let error = if up == 0 || up >= self.next_job_id {
+                    DependencyError::UnknownJob(up)
+                } else {
+                    DependencyError::Removed(up)
+                };
+                return Response::Invalid { reason: Refusal::Dependency(error) };
+            }
+        }
+        let response = self.submit(ctx, spec, request_id);
+        let Response::JobSubmitted { job, duplicate: false } = response else { return response };
+        if let Some(owner) = owner {
+            self.added.access.set_owner(job, owner);
+        }
+        if !options.is_empty() {
+            self.added.options.insert(job, options.clone());
+        }
+        let mut waits = BTreeSet::new();
+        let mut unmet = None;
+        for up in upstream {
+            let state = self.jobs[&up].state;
+            if !state.is_terminal() {
+                waits.insert(up);
+            } else if state != JobState::Succeeded && options.after.contains(&up) {
+                unmet.get_or_insert(Unmet { upstream: up, state });
+            }
+        }
+        if let Some(unmet) = unmet {
+            self.added.unmet.insert(job, unmet);
+            self.cancel(ctx, job);
+        } else if !waits.is_empty() {
+            for up in &waits {
+                self.added.dependents.entry(*up).or_default().insert(job);
+            }
+            self.added.waiting_on.insert(job, waits);
+            self.refresh_queue(job);
+        }
+        response
+    }
+
+    /// Sees to the dependents of the jobs that ended while applying one command: each either
+    /// waits for one job less (and enters the queue when it waits for none), or is cancelled
+    /// because a job it needed did not succeed (which may cancel its own dependents in turn:
+    /// a worklist, not recursion, however long the chain).
+    pub(super) fn resolve_dependents(&mut self, ctx: ApplyCtx) {
+        while let Some((id, state)) = self.ended_now.0.pop() {
+            // A job that ended while it waited (cancelled) waits no more.
+            if let Some(ups) = self.added.waiting_on.remove(&id) {
+                for up in ups {
+                    if let Some(d) = self.added.dependents.get_mut(&up) {
+                        d.remove(&id);
+                        if d.is_empty() {
+                            self.added.dependents.remove(&up);
+                        }
+                    }
+                }
+            }
+            let Some(waiting) = self.added.dependents.remove(&id) else { continue };
+            for dependent in waiting {
+                let needs_success = self.added.options.get(&dependent).is_some_and(|o| o.after.contains(&id));
+                if needs_success && state != JobState::Succeeded {
+                    self.added.unmet.insert(dependent, Unmet { upstream: id, state });
+                    self.cancel(ctx, dependent);
+                } else if let Some(left) = self.added.waiting_on.get_mut(&dependent) {
+                    left.remove(&id);
+                    if left.is_empty() {
+                        self.added.waiting_on.remove(&dependent);
+                        self.refresh_queue(dependent);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn set_endpoint(&mut self, ctx: ApplyCtx, worker: &str, address: &str) -> Response {
+        if !self.workers.contains_key(worker) {
+            return Response::Invalid { reason: Refusal::NoReadyWorker(worker.to_string()) };
+        }
+        if self.added.endpoints.get(worker).map(String::as_str) != Some(address) {
+            self.added.endpoints.insert(worker.to_string(), address.to_string());
+            self.added.peers_changed = ctx.index;
+        }
+        Response::Noted
+    }
+
+    /// Workers joined, left or changed service: the peers each is told change too. Only
+    /// once some worker serves outputs (a state without any stays one 0.1.0 reads).
+    pub(super) fn note_peers_changed(&mut self, ctx: ApplyCtx) {
+        if !self.added.endpoints.is_empty() {
+            self.added.peers_changed = ctx.index;
+        }
+    }
+
+    /// A job is removed (retention, purge): what was kept beside it goes too.
+    pub(super) fn forget_job_extras(&mut self, id: JobId) {
+        self.added.access.forget_job(id);
+        self.added.options.remove(&id);
+        self.added.unmet.remove(&id);
+        let tasks: Vec<TaskId> = self.job_outputs(id).map(|(t, _)| *t).collect();
+        for t in tasks {
+            self.added.outputs.remove(&t);
+        }
+    }
+}
+
+impl Added {
+    /// The dependency maps mirror each other, and name only kept, unfinished jobs.
+    pub(super) fn sanity_check(&self, jobs: &BTreeMap<JobId, Job>) {
+        for (job, ups) in &self.waiting_on {
+            assert!(!ups.is_empty(), "job {job} waits for nothing");
+            assert!(jobs.get(job).is_some_and(|j| !j.state.is_terminal()), "waiting job {job} is gone or ended");
+            for up in ups {
+                assert!(self.dependents.get(up).is_some_and(|d| d.contains(job)), "{job} waits for {up} unseen");
+                assert!(jobs.get(up).is_some_and(|j| !j.state.is_terminal()), "{job} waits for ended job {up}");
+                assert!(up < job, "job {job} waits for a later job {up}");
+            }
+        }
+        for (up, deps) in &self.dependents {
+            assert!(!deps.is_empty(), "job {up} has an empty dependents set");
+            for d in deps {
+                assert!(self.waiting_on.get(d).is_some_and(|u| u.contains(up)), "{d} listed as waiting for {up}");
+            }
+        }
+        for (job, unmet) in &self.unmet {
+            assert!(jobs.get(job).is_none_or(|j| j.state == JobState::Cancelled), "unmet job {job} not cancelled");
+            assert!(unmet.state != JobState::Succeeded, "job {job} cancelled for a success");
+        }
+        for (task, outputs) in &self.outputs {
+            assert!(jobs.contains_key(&task.job), "outputs of removed job {}", task.job);
+            assert!(!outputs.files.is_empty(), "task {task} kept with no outputs");
+        }
+        assert!(self.options.keys().all(|j| jobs.contains_key(j)), "options of a removed job");
+    }
+}
