@@ -442,6 +442,23 @@ pub struct SubmitArgs {
     /// Extra environment variable for the tasks, KEY=VALUE (repeatable).
     #[arg(long = "env")]
     pub env: Vec<String>,
+    /// Start only once these jobs have succeeded (ids, comma-separated or repeated). If one
+    /// fails or is cancelled, this job is cancelled, with a reason naming it. Their tasks'
+    /// outputs are in $FLOTILLA_INPUT_DIR/JOB/INDEX/… of every task of this job.
+    #[arg(long, value_name = "JOB[,JOB]")]
+    pub after: Vec<String>,
+    /// Start only once these jobs have ended, however they ended (their outputs are given
+    /// as for --after).
+    #[arg(long, value_name = "JOB[,JOB]")]
+    pub after_finished: Vec<String>,
+    /// Copies of each task's outputs ($FLOTILLA_OUTPUT_DIR) kept on other workers before the
+    /// task counts as succeeded (default 2; 0 keeps only the worker's own copy).
+    #[arg(long, value_name = "R")]
+    pub replicas: Option<u32>,
+    /// Most bytes of outputs each task may leave, e.g. 200M (default 1G); a task that leaves
+    /// more fails with the reason.
+    #[arg(long, value_name = "SIZE")]
+    pub output_quota: Option<String>,
     /// Read the job from a TOML file (same field names; command-line flags override).
     #[arg(long)]
     pub file: Option<PathBuf>,
@@ -517,6 +534,32 @@ pub enum JobCmd {
         limit: Option<u64>,
         #[arg(long)]
         stale: bool,
+    },
+    /// List the files a job's tasks left in $FLOTILLA_OUTPUT_DIR: path, size, SHA-256 and
+    /// the workers holding a copy.
+    Outputs {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a job's outputs to DIR/INDEX/PATH (DIR/reduce/PATH for the reduce step's),
+    /// each file hash-checked. Files already there with the right bytes are skipped, so an
+    /// interrupted fetch resumes where it stopped.
+    Fetch {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this task's outputs: its index, or `reduce`.
+        #[arg(long, value_name = "INDEX")]
+        task: Option<String>,
+        /// The directory to write into (created if missing).
+        #[arg(long, short = 'o', value_name = "DIR")]
+        output: PathBuf,
+        /// Print what was written as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a job: waiting tasks are dropped, running ones killed.
     Cancel {

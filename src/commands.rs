@@ -56,7 +56,7 @@ fn job_id(text: &str) -> anyhow::Result<u64> {
     text.trim().parse().map_err(|_| anyhow!("'{text}' is not a job id (job ids are numbers)"))
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
@@ -119,12 +119,26 @@ fn submit_request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
         let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env '{kv}' is not KEY=VALUE"))?;
         req.env.insert(k.to_string(), v.to_string());
     }
+    for (flag, given, field) in
+        [("--after", &a.after, &mut req.after), ("--after-finished", &a.after_finished, &mut req.after_finished)]
+    {
+        for text in given.iter().flat_map(|t| t.split(',')) {
+            let id = job_id(text).with_context(|| flag.to_string())?;
+            if !field.contains(&id) {
+                field.push(id);
+            }
+        }
+    }
+    take!(output_quota);
+    if a.replicas.is_some() {
+        req.replicas = a.replicas;
+    }
     if req.command.is_empty() {
         bail!("no command given: put it after --, for example `flotilla submit -- echo hello`");
     }
     // Catch bad input here with a clear message before anything is sent.
     req.to_spec().map_err(|e| anyhow!(e))?;
-    req.to_limits().map_err(|e| anyhow!(e))?;
+    req.to_options().map_err(|e| anyhow!(e))?;
     Ok(req)
 }
 
@@ -240,6 +254,12 @@ async fn job(cmd: JobCmd) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+        }
+        JobCmd::Outputs { id, client, json } => {
+            return crate::fetch::list(&connect(&client)?, job_id(&id)?, json).await;
+        }
+        JobCmd::Fetch { id, client, task, output, json } => {
+            return crate::fetch::fetch(&connect(&client)?, job_id(&id)?, task.as_deref(), &output, json).await;
         }
         JobCmd::Cancel { id, client } => {
             let c = connect(&client)?.cancel(job_id(&id)?).await?;
@@ -377,6 +397,28 @@ fn print_job(j: &JobDetail) {
     if let Some(f) = &j.failure {
         println!("  failure:   {f}");
     }
+    let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+    if !j.after.is_empty() {
+        println!("  after:     {} (succeeded)", ids(&j.after));
+    }
+    if !j.after_finished.is_empty() {
+        println!("  after:     {} (finished)", ids(&j.after_finished));
+    }
+    if !j.waiting_on.is_empty() {
+        println!("  waits for: {}", ids(&j.waiting_on));
+    }
+    if let Some(u) = &j.upstream_failed {
+        println!("  cancelled: job {} it needed {}", u.job, u.state);
+    }
+    if j.output_files > 0 {
+        println!(
+            "  outputs:   {} files, {} ({} copies on other workers; `flotilla job outputs {}`)",
+            j.output_files,
+            flotilla_core::units::format_bytes(j.output_bytes),
+            j.replicas,
+            j.id
+        );
+    }
     if let Some(u) = &j.unschedulable {
         println!("  cannot run: {u}");
     }
@@ -423,6 +465,9 @@ async fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<ExitCode>
             if j.state != JobState::Succeeded {
                 if let Some(f) = &j.failure {
                     eprintln!("{f}");
+                }
+                if let Some(u) = &j.upstream_failed {
+                    eprintln!("job {id} was cancelled: job {} it needed {}", u.job, u.state);
                 }
                 return Ok(ExitCode::from(1));
             }

@@ -6,12 +6,14 @@
 //! - [`config_file`]: `--config FILE` of a master or worker, expanded into flags.
 //! - [`local`]: a cluster of real local processes, used by `up`, `demo` and the tests.
 //! - [`demo`]: the end-to-end demonstration with fault injection.
+//! - [`fetch`]: a job's task outputs, listed or downloaded.
 
 pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod config_file;
 pub mod demo;
+pub mod fetch;
 pub mod incident;
 pub mod local;
 pub mod roles;

@@ -122,6 +122,67 @@ impl BlobClient {
         }
     }
 
+    /// A blob's bytes from the worker at `address`, hashed as they pass: a copy whose bytes
+    /// do not match `digest` (or that ends short) ends the stream with an error instead of
+    /// its last chunk, so whoever reads it never takes it for whole.
+    pub async fn stream(
+        &self,
+        address: &str,
+        digest: Digest,
+        size: u64,
+    ) -> Result<tokio_stream::wrappers::ReceiverStream<Result<bytes::Bytes, TransferError>>, TransferError> {
+        let response = self.open(address, &digest, size).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let address = address.to_string();
+        tokio::spawn(async move {
+            use sha2::Digest as _;
+            let mut hasher = sha2::Sha256::new();
+            let mut body = response.into_body();
+            let mut held: Option<bytes::Bytes> = None;
+            let mut seen = 0u64;
+            let remote = |why: String| TransferError::Remote { address: address.clone(), why };
+            let end = loop {
+                match tokio::time::timeout(allowance(size), body.frame()).await {
+                    Err(_) => break Err(TransferError::Timeout { address: address.clone() }),
+                    Ok(None) => break Ok(()),
+                    Ok(Some(Err(e))) => break Err(remote(e.to_string())),
+                    Ok(Some(Ok(frame))) => {
+                        let Ok(data) = frame.into_data() else { continue };
+                        hasher.update(&data);
+                        seen += data.len() as u64;
+                        // One chunk is held back until the next arrives: the last goes out
+                        // only once the whole has been checked.
+                        if let Some(previous) = held.replace(data) {
+                            if tx.send(Ok(previous)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            let end = end.and_then(|()| {
+                let got = Digest(hasher.finalize().into());
+                if got == digest && seen == size {
+                    Ok(())
+                } else {
+                    tracing::warn!(%address, blob = %digest.to_hex(), got = %got.to_hex(), bytes = seen, "a copy does not match its digest");
+                    Err(remote(format!("copy of {} is corrupt ({seen} bytes, sha256 {})", digest.to_hex(), got.to_hex())))
+                }
+            });
+            match end {
+                Ok(()) => {
+                    if let Some(last) = held {
+                        let _ = tx.send(Ok(last)).await;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                }
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
     /// Copies a blob from the worker at `address` into `store`, refused unless its bytes
     /// match its digest.
     pub async fn fetch(&self, address: &str, store: &Store, file: &OutputFile) -> Result<(), TransferError> {

@@ -343,6 +343,31 @@ impl Client {
     /// Saves a backup of the cluster's state, taken by the leader, to `dest` (the leader is
     /// found as for any request). The caller checks the file ([`flotilla_raft`'s `verify`]).
     pub async fn save_snapshot(&self, dest: &std::path::Path) -> Result<String, ClientError> {
+        self.download("/v1/snapshot", dest, Duration::from_secs(600)).await
+    }
+
+    /// The outputs a job's tasks left: names, sizes, hashes and the workers holding them.
+    pub async fn job_outputs(&self, id: u64) -> Result<flotilla_proto::api::JobOutputs, ClientError> {
+        self.get(&format!("/v1/jobs/{id}/outputs")).await
+    }
+
+    /// One output file's bytes into `dest`, read by the leader from a worker holding a copy;
+    /// `attempt` n starts at the n-th holder (ask again with the next after a copy failed the
+    /// caller's check). Not checked here: the caller hashes the file.
+    pub async fn fetch_output(
+        &self,
+        id: u64,
+        sha256: &str,
+        attempt: u32,
+        dest: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<String, ClientError> {
+        self.download(&format!("/v1/jobs/{id}/outputs/{sha256}?attempt={attempt}"), dest, timeout).await
+    }
+
+    /// A `GET` whose answer is streamed into `dest`, from the leader (found as for any
+    /// request); returns the address of the master that answered.
+    async fn download(&self, path: &str, dest: &std::path::Path, timeout: Duration) -> Result<String, ClientError> {
         let deadline = Instant::now() + self.retry_for;
         let mut last = String::from("no attempt made");
         loop {
@@ -353,7 +378,7 @@ impl Client {
             while i < order.len() {
                 let address = order[i].clone();
                 i += 1;
-                match self.http.download(&address, "/v1/snapshot", dest, Duration::from_secs(600)).await {
+                match self.http.download(&address, path, dest, timeout).await {
                     Ok((status, _)) if status.is_success() => return Ok(address),
                     Ok((status, bytes)) => {
                         let error: ApiError = serde_json::from_slice(&bytes)

@@ -42,6 +42,8 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/results", get(job_results))
         .route("/v1/jobs/{id}/result", get(job_result))
+        .route("/v1/jobs/{id}/outputs", get(crate::outputs::job_outputs))
+        .route("/v1/jobs/{id}/outputs/{sha256}", get(crate::outputs::output_file))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
@@ -354,8 +356,7 @@ pub(crate) async fn show_job(
             let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
             if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(Json(
-                    JobDetail::from_job(job, unschedulable_reason(&data.state, job))
-                        .with_limits(data.state.task_limits(job.id)),
+                    JobDetail::from_job(job, unschedulable_reason(&data.state, job)).with_extras(&data.state),
                 ));
             }
         }
@@ -363,10 +364,7 @@ pub(crate) async fn show_job(
             // The state machine is gone (shutting down): answer with what there is.
             let data = master.shared.read();
             let job = data.state.job(id).ok_or_else(|| missing_job(&data.state, id))?;
-            return Ok(Json(
-                JobDetail::from_job(job, unschedulable_reason(&data.state, job))
-                    .with_limits(data.state.task_limits(job.id)),
-            ));
+            return Ok(Json(JobDetail::from_job(job, unschedulable_reason(&data.state, job)).with_extras(&data.state)));
         }
     }
 }
@@ -383,7 +381,9 @@ pub(crate) async fn job_results(
     read_barrier(&master, &q).await?;
     let (job, records) = job_and_records(&master, id)?;
     let records = records.wait_async().await;
-    Ok(Json(TaskResultView::list(&job, offset, limit, &records).map_err(records_failure)?))
+    let mut rows = TaskResultView::list(&job, offset, limit, &records).map_err(records_failure)?;
+    TaskResultView::note_output_errors(&mut rows, &master.shared.read().state, id);
+    Ok(Json(rows))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs", params(("id" = u64, Path, description = "The job id"), crate::openapi::ReadParams), responses((status = 200, description = "Done", body = JobResult), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError), (status = 404, description = "No such job, worker, master or token", body = ApiError), (status = 410, description = "The job was removed (retention or purge)", body = ApiError)))]

@@ -294,15 +294,17 @@ async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
         let data = master.shared.read();
         let Some(job) = data.state.job(id) else { return cors(crate::api::missing_job(&data.state, id)) };
         (
-            JobDetail::from_job(job, unschedulable_reason(&data.state, job))
-                .with_limits(data.state.task_limits(job.id)),
+            JobDetail::from_job(job, unschedulable_reason(&data.state, job)).with_extras(&data.state),
             job.clone(),
             master.shared.records(),
         )
     };
     let records = records.wait_async().await;
     match TaskResultView::list(&job, 0, JOB_TASKS, &records) {
-        Ok(results) => cors(Json(JobPage { detail, results })),
+        Ok(mut results) => {
+            TaskResultView::note_output_errors(&mut results, &hub.master.shared.read().state, id);
+            cors(Json(JobPage { detail, results }))
+        }
         Err(e) => cors(crate::api::records_failure(e)),
     }
 }

@@ -34,6 +34,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod openapi;
+pub mod outputs;
 pub mod proposer;
 pub mod raft_service;
 pub mod releases;

@@ -73,6 +73,8 @@ pub struct Master {
     pub releases: Arc<crate::releases::Releases>,
     /// This master's certificates, when it has them: what it shows the masters it calls.
     pub identity: Option<Arc<flotilla_tls::Identity>>,
+    /// Reads task outputs from the workers that hold them (for `job fetch`).
+    pub blobs: flotilla_blobs::BlobClient,
     /// Held by a membership change or leadership transfer: one at a time.
     pub membership_lock: tokio::sync::Mutex<()>,
     leadership: Mutex<Option<Leadership>>,
@@ -113,6 +115,7 @@ impl Master {
             rtts,
             membership_lock: tokio::sync::Mutex::new(()),
             releases,
+            blobs: flotilla_blobs::BlobClient::new(identity.clone()),
             identity,
             leadership: Mutex::new(None),
         })

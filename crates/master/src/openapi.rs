@@ -11,6 +11,7 @@ use utoipa::{IntoParams, Modify, OpenApi};
 use flotilla_proto::api::JobState;
 
 use crate::api;
+use crate::outputs;
 use crate::tokens;
 
 /// `?stale=true`: answer from this master's replica without the linearizable barrier.
@@ -69,6 +70,16 @@ pub struct EventsParams {
     pub stale: Option<bool>,
 }
 
+/// The query of `GET /v1/jobs/{id}/outputs/{sha256}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OutputParams {
+    /// Read from the holder after the first `attempt` ones in service (`job fetch` asks
+    /// again this way after a copy failed or did not pass its check).
+    pub attempt: Option<u32>,
+    pub stale: Option<bool>,
+}
+
 /// The query of `POST /v1/cluster/stand`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -92,6 +103,8 @@ pub struct StandParams {
         api::show_job,
         api::job_results,
         api::job_result,
+        outputs::job_outputs,
+        outputs::output_file,
         api::cancel_job,
         api::job_retention,
         api::set_job_retention,
@@ -222,6 +235,8 @@ mod tests {
             "/v1/jobs/{id}",
             "/v1/jobs/{id}/results",
             "/v1/jobs/{id}/result",
+            "/v1/jobs/{id}/outputs",
+            "/v1/jobs/{id}/outputs/{sha256}",
             "/v1/jobs/{id}/cancel",
             "/v1/status",
             "/v1/events",

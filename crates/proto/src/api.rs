@@ -7,6 +7,8 @@
 //! | GET | `/v1/jobs/{id}` | `?stale` | [`JobDetail`] |
 //! | GET | `/v1/jobs/{id}/results` | `?stale&offset&limit` | `[TaskResultView]` |
 //! | GET | `/v1/jobs/{id}/result` | `?stale` | [`JobResult`] |
+//! | GET | `/v1/jobs/{id}/outputs` | `?stale` | [`JobOutputs`] |
+//! | GET | `/v1/jobs/{id}/outputs/{sha256}` | `?attempt&stale` | the file's bytes, read from a worker holding a copy |
 //! | POST | `/v1/jobs/{id}/cancel` | | [`Cancelled`] |
 //! | GET | `/v1/status` | `?stale` | [`Status`] |
 //! | GET | `/v1/events` | `?after&limit&wait_ms&stale` | [`Events`] |
@@ -808,12 +810,53 @@ pub struct JobDetail {
     /// asked.
     #[serde(default)]
     pub limits: Option<TaskLimits>,
+    /// Jobs that must succeed before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<u64>,
+    /// Jobs that must end, however they end, before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_finished: Vec<u64>,
+    /// Of those, the jobs that have not ended yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_on: Vec<u64>,
+    /// Set when the job was cancelled because a job it needed did not succeed.
+    #[serde(default)]
+    pub upstream_failed: Option<UpstreamFailed>,
+    /// Copies of each task's outputs kept on other workers.
+    #[serde(default)]
+    pub replicas: u32,
+    /// Bytes of outputs each task may leave.
+    #[serde(default)]
+    pub output_quota: u64,
+    /// Files its tasks left, and their bytes.
+    #[serde(default)]
+    pub output_files: u64,
+    #[serde(default)]
+    pub output_bytes: u64,
+}
+
+/// The job that a cancelled dependent needed to succeed, and how it ended instead.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct UpstreamFailed {
+    pub job: u64,
+    pub state: JobState,
 }
 
 impl JobDetail {
-    /// With the job's task limits (kept beside the job in the state).
-    pub fn with_limits(mut self, limits: Option<&TaskLimits>) -> Self {
-        self.limits = limits.cloned();
+    /// With what the state keeps beside the job: its limits, dependencies and outputs.
+    pub fn with_extras(mut self, state: &state::ClusterState) -> Self {
+        let options = state.job_options(self.id).cloned().unwrap_or_default();
+        self.limits = state.task_limits(self.id).cloned();
+        self.after = options.after.clone();
+        self.after_finished = options.after_finished.clone();
+        self.waiting_on = state.waiting_on(self.id).map(|w| w.iter().copied().collect()).unwrap_or_default();
+        self.upstream_failed = state.unmet(self.id).map(|u| UpstreamFailed { job: u.upstream, state: u.state.into() });
+        self.replicas = options.replicas();
+        self.output_quota = options.output_quota();
+        for (_, outputs) in state.job_outputs(self.id) {
+            self.output_files += outputs.files.len() as u64;
+            self.output_bytes += outputs.files.iter().map(|f| f.size).sum::<u64>();
+        }
         self
     }
 
@@ -847,8 +890,71 @@ impl JobDetail {
             avoid: job.spec.affinity.avoid.clone(),
             spread: job.spec.affinity.spread.clone(),
             limits: None,
+            after: Vec::new(),
+            after_finished: Vec::new(),
+            waiting_on: Vec::new(),
+            upstream_failed: None,
+            replicas: flotilla_core::workflow::DEFAULT_REPLICAS,
+            output_quota: flotilla_core::workflow::DEFAULT_OUTPUT_QUOTA,
+            output_files: 0,
+            output_bytes: 0,
         }
     }
+}
+
+/// The outputs of a job's tasks (`GET /v1/jobs/{id}/outputs`).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobOutputs {
+    pub job: u64,
+    pub tasks: Vec<TaskOutputsView>,
+}
+
+/// The files one task left and the workers holding a copy of each.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskOutputsView {
+    /// The task's index; absent for the reduce step.
+    pub index: Option<u64>,
+    pub files: Vec<OutputFileView>,
+    /// Workers that hold every file, in the order they got them.
+    pub holders: Vec<String>,
+    /// Of those, the ones in service now (a fetch reads from these).
+    pub available: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct OutputFileView {
+    /// Relative to the task's output directory, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    /// SHA-256 of the bytes, lower-case hex: the name to fetch it by.
+    pub sha256: String,
+}
+
+impl JobOutputs {
+    pub fn of(state: &state::ClusterState, job: u64) -> Self {
+        let tasks = state
+            .job_outputs(job)
+            .map(|(task, outputs)| TaskOutputsView {
+                index: match task.slot {
+                    TaskSlot::Array(i) => Some(i),
+                    TaskSlot::Reduce => None,
+                },
+                files: outputs
+                    .files
+                    .iter()
+                    .map(|f| OutputFileView { path: f.path.clone(), size: f.size, sha256: f.sha256.to_hex() })
+                    .collect(),
+                holders: outputs.holders.clone(),
+                available: outputs.holders.iter().filter(|h| serves_now(state, h)).cloned().collect(),
+            })
+            .collect();
+        JobOutputs { job, tasks }
+    }
+}
+
+/// Whether `worker` is in service and has said where it serves what it holds.
+pub fn serves_now(state: &state::ClusterState, worker: &str) -> bool {
+    state.worker(worker).is_some_and(|w| w.state == state::WorkerState::Ready) && state.endpoint(worker).is_some()
 }
 
 /// One task's state and recorded result (`job results --json` prints an array of these).
@@ -875,6 +981,16 @@ pub struct TaskResultView {
 }
 
 impl TaskResultView {
+    /// Fills in why an attempt whose process succeeded still failed: its outputs could not
+    /// be kept (the state keeps that beside the result).
+    pub fn note_output_errors(rows: &mut [TaskResultView], state: &state::ClusterState, job: u64) {
+        for row in rows.iter_mut().filter(|r| r.error.is_none()) {
+            if let Some(e) = state.output_error(flotilla_core::model::TaskId::array(job, row.index)) {
+                row.error = Some(e.to_string());
+            }
+        }
+    }
+
     pub fn from_task(index: u64, task: &Task) -> Self {
         let r = task.result.as_ref();
         let worker = match task.state.in_flight() {

@@ -509,8 +509,19 @@ impl ClusterState {
             job.measured.count += 1;
         }
         let task = task_mut(job, id.slot).expect("task checked above");
-        task.result =
-            Some(TaskResult { fence, worker: worker.to_string(), outcome: outcome.clone(), finished_at: ctx.at_ms });
+        // The result keeps what its encoding holds; the outputs and their error are kept
+        // beside it, so that a replica restored from a snapshot equals one that applied this.
+        let mut kept = outcome.clone();
+        kept.outputs = Default::default();
+        task.result = Some(TaskResult { fence, worker: worker.to_string(), outcome: kept, finished_at: ctx.at_ms });
+        match &outcome.outputs.error {
+            Some(e) => {
+                self.added.output_errors.insert(id, e.clone());
+            }
+            None => {
+                self.added.output_errors.remove(&id);
+            }
+        }
 
         let dest = if outcome.succeeded() {
             task.state = TaskState::Succeeded;

@@ -437,6 +437,9 @@ pub struct Added {
     pub(crate) unmet: BTreeMap<JobId, crate::workflow::Unmet>,
     /// What each finished task left in its output directory, and where copies are.
     pub(crate) outputs: BTreeMap<TaskId, crate::workflow::TaskOutputs>,
+    /// Tasks whose last attempt failed because its outputs could not be kept, and why (the
+    /// result's encoding, 0.1.0's, has no room for it).
+    pub(crate) output_errors: BTreeMap<TaskId, crate::workflow::OutputError>,
     /// Where each worker serves the outputs it holds.
     pub(crate) endpoints: BTreeMap<String, String>,
     /// Log index of the last change to which workers can take copies (endpoints, workers
@@ -451,6 +454,7 @@ impl Added {
             && self.options.is_empty()
             && self.unmet.is_empty()
             && self.outputs.is_empty()
+            && self.output_errors.is_empty()
             && self.endpoints.is_empty()
     }
 }
@@ -573,6 +577,7 @@ impl ClusterState {
             crate::version::Feature::Workflows => {
                 self.added.options.values().any(|o| o.uses_workflows())
                     || !self.added.outputs.is_empty()
+                    || !self.added.output_errors.is_empty()
                     || !self.added.endpoints.is_empty()
             }
         }
@@ -624,6 +629,11 @@ impl ClusterState {
     }
 
     /// Where `worker` serves its outputs, if it said.
+    /// Why the task's last attempt failed to keep its outputs, if that is why it failed.
+    pub fn output_error(&self, task: TaskId) -> Option<&crate::workflow::OutputError> {
+        self.added.output_errors.get(&task)
+    }
+
     pub fn endpoint(&self, worker: &str) -> Option<&str> {
         self.added.endpoints.get(worker).map(String::as_str)
     }

@@ -131,9 +131,14 @@ impl ClusterState {
         self.added.access.forget_job(id);
         self.added.options.remove(&id);
         self.added.unmet.remove(&id);
-        let tasks: Vec<TaskId> = self.job_outputs(id).map(|(t, _)| *t).collect();
+        let range = TaskId::array(id, 0)..=TaskId::reduce(id);
+        let tasks: Vec<TaskId> = self.added.outputs.range(range.clone()).map(|(t, _)| *t).collect();
         for t in tasks {
             self.added.outputs.remove(&t);
+        }
+        let failed: Vec<TaskId> = self.added.output_errors.range(range).map(|(t, _)| *t).collect();
+        for t in failed {
+            self.added.output_errors.remove(&t);
         }
     }
 }
@@ -165,5 +170,6 @@ impl Added {
             assert!(!outputs.files.is_empty(), "task {task} kept with no outputs");
         }
         assert!(self.options.keys().all(|j| jobs.contains_key(j)), "options of a removed job");
+        assert!(self.output_errors.keys().all(|t| jobs.contains_key(&t.job)), "output error of a removed job");
     }
 }

@@ -1,0 +1,216 @@
+//! Workflows with real processes: jobs that wait for jobs, task outputs kept on several
+//! workers and handed to the jobs downstream, fetched by `flotilla job fetch`.
+
+mod common;
+
+use common::*;
+use flotilla_proto::api::{JobState, SubmitRequest, TaskState};
+
+fn shell(script: &str) -> SubmitRequest {
+    SubmitRequest { command: vec!["sh".into(), "-c".into(), script.into()], ..Default::default() }
+}
+
+fn after(mut request: SubmitRequest, jobs: &[u64]) -> SubmitRequest {
+    request.after = jobs.to_vec();
+    request
+}
+
+/// Invariants, across a leader SIGKILL and the SIGKILL of a worker that produced outputs:
+/// a three-stage pipeline (map → combine → report) runs each stage only after the one before
+/// it succeeded; every map task's output is on 1 + R = 3 workers before it counts as done;
+/// each downstream task finds every upstream file in `$FLOTILLA_INPUT_DIR/JOB/INDEX/PATH`
+/// with its bytes (the sum over them is right); the outputs of the lost worker's tasks can
+/// still be fetched, hash-checked, from the copies; a fetch that was interrupted (a file
+/// missing, one damaged) resumes and rewrites only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_survives_a_leader_kill_and_the_loss_of_a_producer() {
+    let mut t = secure_cluster(3, &[("a", 2), ("b", 2), ("c", 2)]).await;
+    let client = t.client();
+    let gate = t.dir.path().join("gate");
+
+    // The combine step also waits for this job, which ends when the test says so: the
+    // faults happen while the map's outputs exist and nothing downstream has read them.
+    let hold = client
+        .submit(&shell(&format!("while [ ! -e '{}' ]; do sleep 0.1; done", gate.display())))
+        .await
+        .expect("submit the gate")
+        .id;
+    let mut map = shell(
+        "seq 1 $FLOTILLA_TASK_INDEX > \"$FLOTILLA_OUTPUT_DIR/part.txt\" && mkdir -p \"$FLOTILLA_OUTPUT_DIR/deep/er\" \
+         && echo task $FLOTILLA_TASK_INDEX > \"$FLOTILLA_OUTPUT_DIR/deep/er/name.txt\"",
+    );
+    map.array = Some("1-6".into());
+    let map = client.submit(&map).await.expect("submit the map").id;
+    let combine = after(
+        shell(
+            "cat \"$FLOTILLA_INPUT_DIR\"/*/*/part.txt | awk '{s+=$1} END {print s}' > \"$FLOTILLA_OUTPUT_DIR/sum.txt\" \
+             && ls \"$FLOTILLA_INPUT_DIR\"/*/*/deep/er/name.txt | wc -l && cat \"$FLOTILLA_OUTPUT_DIR/sum.txt\"",
+        ),
+        &[map, hold],
+    );
+    let combine = client.submit(&combine).await.expect("submit the combine step").id;
+    let report = after(shell(&format!("echo report: $(cat \"$FLOTILLA_INPUT_DIR/{combine}/0/sum.txt\")")), &[combine]);
+    let report = client.submit(&report).await.expect("submit the report").id;
+
+    let job = client.job(report, false).await.expect("show the report");
+    assert_eq!((job.state, job.waiting_on.clone()), (JobState::Waiting, vec![combine]), "{job:?}");
+    let map_done = wait_job(&t, &client, map, LONG).await;
+    assert_eq!(map_done.state, JobState::Succeeded, "{map_done:?}");
+    let outputs = client.job_outputs(map).await.expect("map outputs");
+    assert_eq!(outputs.tasks.len(), 6, "{outputs:?}");
+    for task in &outputs.tasks {
+        assert_eq!(task.files.len(), 2, "{task:?}");
+        assert_eq!(task.holders.len(), 3, "each output on its worker and 2 others: {task:?}");
+    }
+    let job = client.job(combine, false).await.expect("show the combine step");
+    assert_eq!((job.state, job.waiting_on.clone()), (JobState::Waiting, vec![hold]), "{job:?}");
+
+    // The leader dies, then the worker that ran map task 1.
+    let leader = t.cluster.wait_leader(LONG).await.unwrap_or_else(|| t.fail("no leader"));
+    t.cluster.kill_master(leader);
+    let rows = client.results(map, 0, None, false).await.expect("map results");
+    let producer = rows.iter().find(|r| r.index == 1).and_then(|r| r.worker.clone()).expect("task 1's worker");
+    t.cluster.kill_worker(&producer);
+    std::fs::write(&gate, b"go").expect("open the gate");
+
+    for id in [hold, combine, report] {
+        let job = wait_job(&t, &client, id, LONG).await;
+        if job.state != JobState::Succeeded {
+            t.fail(&format!("job {id} ended {:?} after the faults: {job:?}", job.state));
+        }
+    }
+    let rows = client.results(combine, 0, None, false).await.expect("combine results");
+    assert_eq!(rows[0].stdout.split_whitespace().collect::<Vec<_>>(), ["6", "56"], "{:?}", rows[0]);
+    assert_ne!(rows[0].worker.as_deref(), Some(producer.as_str()));
+    let rows = client.results(report, 0, None, false).await.expect("report results");
+    assert_eq!(rows[0].stdout.trim(), "report: 56");
+
+    // Every map output is still there, from the copies.
+    let env = t.cluster.client_env();
+    let out = t.dir.path().join("fetched");
+    let out_text = out.display().to_string();
+    let (code, stdout, stderr) = cli_with(&env, &["job", "fetch", &map.to_string(), "-o", &out_text]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("fetched ")).count(), 12, "{stdout}");
+    for i in 1..=6u64 {
+        let part = std::fs::read_to_string(out.join(format!("{i}/part.txt"))).expect("a fetched part");
+        let want: String = (1..=i).map(|n| format!("{n}\n")).collect();
+        assert_eq!(part, want, "task {i}'s part");
+        let name = std::fs::read_to_string(out.join(format!("{i}/deep/er/name.txt"))).expect("a nested file");
+        assert_eq!(name.trim(), format!("task {i}"));
+    }
+    // Interrupted: one file gone, one damaged. Only those two are fetched again.
+    std::fs::remove_file(out.join("2/part.txt")).expect("remove");
+    std::fs::write(out.join("3/part.txt"), b"damaged\n").expect("damage");
+    let (code, stdout, stderr) = cli_with(&env, &["job", "fetch", &map.to_string(), "-o", &out_text]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let fetched: Vec<&str> = stdout.lines().filter(|l| l.starts_with("fetched ")).collect();
+    assert_eq!(fetched.len(), 2, "{stdout}");
+    assert_eq!(std::fs::read_to_string(out.join("3/part.txt")).expect("read"), "1\n2\n3\n");
+
+    // One task's outputs, as JSON.
+    let (code, stdout, stderr) =
+        cli_with(&env, &["job", "fetch", &combine.to_string(), "--task", "0", "-o", &out_text, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let written: serde_json::Value = serde_json::from_str(&stdout).expect("fetch --json");
+    assert_eq!(written[0]["path"], "sum.txt", "{written}");
+    assert_eq!(std::fs::read_to_string(out.join("0/sum.txt")).expect("sum").trim(), "56");
+    let (code, _, stderr) = cli_with(&env, &["job", "fetch", &combine.to_string(), "--task", "7", "-o", &out_text]);
+    assert!(code != 0 && stderr.contains("left no outputs"), "{stderr}");
+}
+
+/// Invariants: a job `--after` one that fails is cancelled, and so is the chain waiting on
+/// it, each with the job it needed named; `--after-finished` runs whatever the outcome; a job
+/// `--after` one already failed is cancelled at once; unknown ids are refused at submit with
+/// a clear error and create nothing; a job that waits is not started while it waits, and is
+/// cancelled by `job cancel` like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependents_follow_how_their_upstream_jobs_end() {
+    let t = cluster(1, &[("w", 2)], &[]).await;
+    let client = t.client();
+    let gate = t.dir.path().join("gate");
+    let held = client.submit(&shell(&format!("while [ ! -e '{}' ]; do sleep 0.1; done; exit 3", gate.display()))).await;
+    let held = held.expect("submit").id;
+    let second = client.submit(&after(shell("echo second"), &[held])).await.expect("submit").id;
+    let third = client.submit(&after(shell("echo third"), &[second])).await.expect("submit").id;
+    let mut anyway = shell("echo anyway");
+    anyway.after_finished = vec![held];
+    let anyway = client.submit(&anyway).await.expect("submit").id;
+    let masters = t.cluster.master_list();
+    let (code, stdout, _) = cli(&masters, &["job", "show", &third.to_string()]);
+    assert!(code == 0 && stdout.contains(&format!("waits for: {second}")), "{stdout}");
+
+    std::fs::write(&gate, b"go").expect("open the gate");
+    assert_eq!(wait_job(&t, &client, held, LONG).await.state, JobState::Failed);
+    for (id, needed) in [(second, held), (third, second)] {
+        let job = wait_job(&t, &client, id, LONG).await;
+        assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+        let why = job.upstream_failed.as_ref().unwrap_or_else(|| panic!("no reason: {job:?}"));
+        assert_eq!(why.job, needed);
+        assert_eq!(job.tasks.succeeded + job.tasks.failed, 0, "a cancelled dependent never ran");
+    }
+    let job = wait_job(&t, &client, anyway, LONG).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    let (code, _, stderr) = cli(&masters, &["job", "wait", &second.to_string()]);
+    assert!(code == 1 && stderr.contains(&format!("job {held} it needed failed")), "{stderr}");
+
+    // Already failed: cancelled at once.
+    let late = client.submit(&after(shell("echo late"), &[held])).await.expect("submit").id;
+    let job = client.job(late, false).await.expect("show");
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+
+    // Unknown ids: refused, nothing created.
+    let before = client.jobs(false).await.expect("jobs").len();
+    let (code, _, stderr) = cli(&masters, &["submit", "--after", "9999", "--", "true"]);
+    assert!(code != 0 && stderr.contains("9999"), "{stderr}");
+    let (code, _, stderr) = cli(&masters, &["submit", "--after", "two", "--", "true"]);
+    assert!(code != 0 && stderr.contains("'two' is not a job id"), "{stderr}");
+    assert_eq!(client.jobs(false).await.expect("jobs").len(), before);
+
+    // Waiting jobs can be cancelled, and their dependents go with them.
+    let blocker = client.submit(&shell("sleep 600")).await.expect("submit").id;
+    let waiting = client.submit(&after(shell("echo never"), &[blocker])).await.expect("submit").id;
+    let next = client.submit(&after(shell("echo never"), &[waiting])).await.expect("submit").id;
+    client.cancel(waiting).await.expect("cancel the waiting job");
+    let job = wait_job(&t, &client, next, LONG).await;
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(job.upstream_failed.map(|u| u.job), Some(waiting));
+    client.cancel(blocker).await.expect("cancel");
+}
+
+/// Invariants: a task whose outputs break the rules (a symlink, more bytes than the job's
+/// quota) fails with a reason that says which rule, whatever its exit status, and keeps no
+/// outputs; a task beside it with good outputs is not touched; with `--replicas 0` a task's
+/// outputs stay on its own worker only; a job without outputs lists none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_outputs_fail_the_task_with_a_reason() {
+    let t = cluster(1, &[("w1", 2), ("w2", 2)], &[]).await;
+    let client = t.client();
+    let link = client.submit(&shell("ln -s /etc/passwd \"$FLOTILLA_OUTPUT_DIR/passwd\"")).await.expect("submit").id;
+    let mut big = shell("head -c 4096 /dev/zero > \"$FLOTILLA_OUTPUT_DIR/big\"");
+    big.output_quota = Some("1K".into());
+    let big = client.submit(&big).await.expect("submit").id;
+    let mut good = shell("echo fine > \"$FLOTILLA_OUTPUT_DIR/ok.txt\"");
+    good.replicas = Some(0);
+    let good = client.submit(&good).await.expect("submit").id;
+    let none = client.submit(&shell("true")).await.expect("submit").id;
+
+    for (id, words) in [(link, "symbolic link"), (big, "quota")] {
+        let job = wait_job(&t, &client, id, LONG).await;
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        let rows = client.results(id, 0, None, false).await.expect("results");
+        let error = rows[0].error.clone().unwrap_or_default();
+        assert!(error.contains(words), "job {id}: {error:?} should say {words}");
+        assert_eq!(rows[0].state, TaskState::Failed);
+        assert!(job.failure.as_deref().unwrap_or_default().contains(words), "{job:?}");
+        assert!(client.job_outputs(id).await.expect("outputs").tasks.is_empty());
+    }
+    assert_eq!(wait_job(&t, &client, good, LONG).await.state, JobState::Succeeded);
+    let outputs = client.job_outputs(good).await.expect("outputs");
+    assert_eq!(outputs.tasks[0].holders.len(), 1, "--replicas 0: {outputs:?}");
+    assert_eq!(outputs.tasks[0].files[0].size, 5);
+    assert_eq!(wait_job(&t, &client, none, LONG).await.state, JobState::Succeeded);
+    assert!(client.job_outputs(none).await.expect("outputs").tasks.is_empty());
+    let (code, _, stderr) = cli(&t.cluster.master_list(), &["submit", "--output-quota", "lots", "--", "true"]);
+    assert!(code != 0 && stderr.contains("output quota"), "{stderr}");
+}
