@@ -28,6 +28,25 @@ async fn a_pipeline_survives_a_leader_kill_and_the_loss_of_a_producer() {
     let client = t.client();
     let gate = t.dir.path().join("gate");
 
+    // A worker copies to the peers the leader has told it of; one that has just joined may
+    // not know them all yet (and copies it could not make are not made later: repair is not
+    // built yet). Until every worker knows both others, small jobs are run.
+    wait_until(&t, "every worker replicates to both others", LONG, || async {
+        let mut warm = shell("echo warm > \"$FLOTILLA_OUTPUT_DIR/w\"");
+        warm.array = Some("1-6".into());
+        // Two cpus each: the first three go one to a worker.
+        warm.cpus = Some(2);
+        let Ok(id) = client.submit(&warm).await.map(|s| s.id) else { return false };
+        if wait_job(&t, &client, id, LONG).await.state != JobState::Succeeded {
+            return false;
+        }
+        let Ok(outputs) = client.job_outputs(id).await else { return false };
+        let rows = client.results(id, 0, None, false).await.unwrap_or_default();
+        let workers: std::collections::BTreeSet<_> = rows.iter().filter_map(|r| r.worker.clone()).collect();
+        workers.len() == 3 && outputs.tasks.iter().all(|t| t.holders.len() == 3)
+    })
+    .await;
+
     // The combine step also waits for this job, which ends when the test says so: the
     // faults happen while the map's outputs exist and nothing downstream has read them.
     let hold = client

@@ -112,6 +112,10 @@ pub struct Report {
     pub failed_by_losses: u64,
     /// Finished jobs purged during the run (each checked first, removed exactly once).
     pub purged: u64,
+    /// Jobs submitted `--after` another that ran once it succeeded, and ones cancelled
+    /// because it did not.
+    pub dependents_run: u64,
+    pub dependents_cancelled: u64,
 }
 
 /// Runs one seed; `Err` carries the violated invariant.
@@ -138,6 +142,9 @@ struct Plan {
     flaky: bool,
     /// Submitted with [`SIM_LIMITS`]: every attempt must reach its worker with them.
     limited: bool,
+    /// Submitted `--after` this job: none of its attempts may start before that one
+    /// succeeded, and if it did not, this one is cancelled without running.
+    after: Option<u64>,
 }
 
 /// The task limits of every third job.
@@ -800,12 +807,16 @@ impl Sim {
     /// leave the state), sometimes sending the purge twice as a client retrying would. The
     /// state must remove it once, and only it.
     fn purge_a_finished_job(&mut self) {
-        let Some(job) = self.state.jobs().find(|j| j.state.is_terminal() && !self.purge_asked.contains_key(&j.id))
+        // A job a submission not committed yet waits for stays: the submission would be
+        // refused once it is gone, and retried forever.
+        let named = |id: u64| self.requests.values().any(|(p, _)| p.after == Some(id));
+        let Some(job) =
+            self.state.jobs().find(|j| j.state.is_terminal() && !self.purge_asked.contains_key(&j.id) && !named(j.id))
         else {
             return;
         };
         let plan = &self.plans[&job.id];
-        let checked = match check_job(job, &self.records, plan) {
+        let checked = match check_job(job, &self.records, plan, self.state.unmet(job.id)) {
             Ok(c) => c,
             Err(e) => panic!("before purging: {e}"),
         };
@@ -836,6 +847,8 @@ impl Sim {
                 add: self.rng.range(0, 999),
                 flaky: self.rng.chance(40),
                 limited: self.submitted % 3 == 2,
+                // Every fourth job waits for the newest job committed so far.
+                after: if self.submitted.is_multiple_of(4) { self.plans.keys().next_back().copied() } else { None },
             };
             let spec = JobSpec {
                 command: vec!["sim".into()],
@@ -850,8 +863,12 @@ impl Sim {
         }
         let Some((request_id, (plan, spec))) = self.requests.iter().next() else { return };
         let (spec, request_id) = (spec.clone(), Some(request_id.clone()));
-        let command = if plan.limited {
-            let options = flotilla_core::workflow::JobOptions { limits: SIM_LIMITS, ..Default::default() };
+        let command = if plan.limited || plan.after.is_some() {
+            let options = flotilla_core::workflow::JobOptions {
+                limits: if plan.limited { SIM_LIMITS } else { Default::default() },
+                after: plan.after.into_iter().collect(),
+                ..Default::default()
+            };
             Command::SubmitJobWith { spec, request_id, owner: None, options }
         } else {
             Command::SubmitJob { spec, request_id }
@@ -907,6 +924,15 @@ impl Sim {
                     if let Some(plan) = self.plans.get(&run.task.job) {
                         let expected = if plan.limited { SIM_LIMITS } else { Default::default() };
                         assert_eq!(run.limits, expected, "{} started with the wrong limits", run.task);
+                        // The assignment is committed, so the job it waited for had
+                        // succeeded by then (or was purged after a check that says so).
+                        if let Some(up) = plan.after {
+                            let succeeded = match self.state.job(up) {
+                                Some(j) => j.state == JobState::Succeeded,
+                                None => self.purge_asked.get(&up).is_some_and(|c| !c.failed_by_losses && !c.cancelled),
+                            };
+                            assert!(succeeded, "{} started though job {up} it waits for has not succeeded", run.task);
+                        }
                     }
                     // A worker that gave an attempt back never starts it.
                     assert!(
@@ -1228,9 +1254,16 @@ impl Sim {
                 }
                 continue;
             };
-            let checked = check_job(job, &self.records, plan)?;
+            let checked = check_job(job, &self.records, plan, self.state.unmet(job.id))?;
             self.report.tasks += checked.tasks;
             self.report.failed_by_losses += u64::from(checked.failed_by_losses);
+            if plan.after.is_some() {
+                if checked.cancelled {
+                    self.report.dependents_cancelled += 1;
+                } else {
+                    self.report.dependents_run += 1;
+                }
+            }
         }
         let mut replay = ClusterState::new();
         let mut replayed = MemRecords::new();
@@ -1257,12 +1290,37 @@ impl Sim {
 struct JobCheck {
     tasks: u64,
     failed_by_losses: bool,
+    /// Cancelled, rightly, because the job it waited for did not succeed.
+    cancelled: bool,
 }
 
 /// A finished job is right: it succeeded with every task's expected output from its latest
 /// attempt and the expected reduce result, or it failed only because a task's workers were
 /// lost more often than the limit (by design), its other results still right.
-fn check_job(job: &flotilla_core::state::Job, records: &MemRecords, plan: &Plan) -> Result<JobCheck, String> {
+fn check_job(
+    job: &flotilla_core::state::Job,
+    records: &MemRecords,
+    plan: &Plan,
+    unmet: Option<flotilla_core::workflow::Unmet>,
+) -> Result<JobCheck, String> {
+    // The only cancellation the simulation makes: a dependent of a job that did not
+    // succeed, cancelled before any task of it was placed.
+    if job.state == JobState::Cancelled {
+        return match (plan.after, unmet) {
+            (Some(up), Some(u)) if u.upstream == up && u.state != JobState::Succeeded && job.tasks.is_empty() => {
+                Ok(JobCheck { tasks: 0, failed_by_losses: false, cancelled: true })
+            }
+            _ => Err(format!(
+                "job {} cancelled ({unmet:?}, waited for {:?}, {} tasks placed)",
+                job.id,
+                plan.after,
+                job.tasks.len()
+            )),
+        };
+    }
+    if unmet.is_some() {
+        return Err(format!("job {} is {} but marked cancelled for {unmet:?}", job.id, job.state.name()));
+    }
     let record = |i: u64| {
         records
             .record(TaskId::array(job.id, i))
@@ -1287,7 +1345,7 @@ fn check_job(job: &flotilla_core::state::Job, records: &MemRecords, plan: &Plan)
                 }
             }
         }
-        return Ok(JobCheck { tasks: 0, failed_by_losses: true });
+        return Ok(JobCheck { tasks: 0, failed_by_losses: true, cancelled: false });
     }
     if job.state != JobState::Succeeded {
         return Err(format!(
@@ -1319,7 +1377,7 @@ fn check_job(job: &flotilla_core::state::Job, records: &MemRecords, plan: &Plan)
     if result.as_deref().map(str::trim) != Some(expected.to_string().as_str()) {
         return Err(format!("job {}: reduce result {result:?}, expected {expected}", job.id));
     }
-    Ok(JobCheck { tasks: plan.tasks, failed_by_losses: false })
+    Ok(JobCheck { tasks: plan.tasks, failed_by_losses: false, cancelled: false })
 }
 
 /// Every message goes through the wire encoding, as on a real stream.

@@ -39,6 +39,8 @@ fn main() -> ExitCode {
                 totals.purged += r.purged;
                 totals.drained += r.drained;
                 totals.drain_requeued += r.drain_requeued;
+                totals.dependents_run += r.dependents_run;
+                totals.dependents_cancelled += r.dependents_cancelled;
             }
             Err(e) => {
                 failures += 1;
@@ -47,7 +49,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} sessions refused, {} round trips, {} queue resizes, {} queued attempts revoked, {} jobs failed by worker losses (by design), {} finished jobs purged, {} workers drained on stop, {} attempts re-queued at a drain deadline, {} tasks checked, {failures} violations, {:.1}s",
+        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} sessions refused, {} round trips, {} queue resizes, {} queued attempts revoked, {} jobs failed by worker losses (by design), {} finished jobs purged, {} workers drained on stop, {} attempts re-queued at a drain deadline, {} dependent jobs run after their upstream succeeded, {} cancelled because it did not, {} tasks checked, {failures} violations, {:.1}s",
         totals.faults,
         totals.terms,
         totals.entries,
@@ -60,6 +62,8 @@ fn main() -> ExitCode {
         totals.purged,
         totals.drained,
         totals.drain_requeued,
+        totals.dependents_run,
+        totals.dependents_cancelled,
         totals.tasks,
         t0.elapsed().as_secs_f64()
     );
