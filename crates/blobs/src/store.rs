@@ -74,16 +74,7 @@ impl Store {
         let mut input = File::open(src)?;
         let mut writer = self.writer()?;
         writer.limit = limit;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            writer.write(&buf[..n])?;
-        }
+        each_chunk(&mut input, |chunk| writer.write(chunk))?;
         let size = writer.size;
         Ok((writer.finish(None)?, size))
     }
@@ -107,17 +98,10 @@ impl Store {
         let mut input = File::open(self.path(digest))?;
         let mut out = File::create(dest)?;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
-        }
+        each_chunk(&mut input, |chunk| {
+            hasher.update(chunk);
+            out.write_all(chunk).map_err(StoreError::from)
+        })?;
         if Digest(hasher.finalize().into()) != *digest {
             let _ = std::fs::remove_file(dest);
             let _ = std::fs::remove_file(self.path(digest));
@@ -204,16 +188,24 @@ impl Drop for Writer<'_> {
 pub fn hash_file(path: &Path) -> io::Result<Digest> {
     let mut input = File::open(path)?;
     let mut hasher = Sha256::new();
+    each_chunk(&mut input, |chunk| {
+        hasher.update(chunk);
+        Ok::<(), io::Error>(())
+    })?;
+    Ok(Digest(hasher.finalize().into()))
+}
+
+/// Reads `input` to its end a chunk at a time, handing each to `take`.
+fn each_chunk<E: From<io::Error>>(input: &mut File, mut take: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
     let mut buf = vec![0u8; CHUNK];
     loop {
         match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
+            Ok(0) => return Ok(()),
+            Ok(n) => take(&buf[..n])?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(Digest(hasher.finalize().into()))
 }
 
 /// The SHA-256 of some bytes.

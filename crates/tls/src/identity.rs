@@ -190,35 +190,24 @@ fn build(dir: &Path, role: Role) -> Result<Loaded, TlsError> {
     let config = |e: rustls::Error| TlsError::Config(e.to_string());
     let roots = Arc::new(roots);
     let server = match (&own, role) {
-        (Some((chain, key)), Role::Master) => {
-            // Callers without a certificate (curl, the CLI with only a token) may connect; one
-            // that shows a certificate must show one of this cluster's.
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+        (Some((chain, key)), Role::Master | Role::Worker) => {
+            // A master admits callers without a certificate (curl, the CLI with only a
+            // token); one that shows a certificate must show one of this cluster's. A worker
+            // serves the outputs it holds to other workers and masters only: a certificate of
+            // this cluster is required.
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+            let verifier = if matches!(role, Role::Master) { verifier.allow_unauthenticated() } else { verifier };
+            let verifier = verifier.build().map_err(|e| TlsError::Config(e.to_string()))?;
             let mut server = ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .map_err(config)?
                 .with_client_cert_verifier(verifier)
                 .with_single_cert(chain.clone(), key.clone_key())
                 .map_err(|e| parse(&cert_path, format!("does not pair with {}: {e}", key_path.display())))?;
-            server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            Some(Arc::new(server))
-        }
-        (Some((chain, key)), Role::Worker) => {
-            // A worker serves the outputs it holds to other workers and to masters: only a
-            // caller with a certificate of this cluster gets in.
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
-            let mut server = ServerConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map_err(config)?
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(chain.clone(), key.clone_key())
-                .map_err(|e| parse(&cert_path, format!("does not pair with {}: {e}", key_path.display())))?;
-            server.alpn_protocols = vec![b"http/1.1".to_vec()];
+            server.alpn_protocols = match role {
+                Role::Master => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                _ => vec![b"http/1.1".to_vec()],
+            };
             Some(Arc::new(server))
         }
         _ => None,
