@@ -28,9 +28,9 @@ async fn a_pipeline_survives_a_leader_kill_and_the_loss_of_a_producer() {
     let client = t.client();
     let gate = t.dir.path().join("gate");
 
-    // A worker copies to the peers the leader has told it of; one that has just joined may
-    // not know them all yet (and copies it could not make are not made later: repair is not
-    // built yet). Until every worker knows both others, small jobs are run.
+    // Every worker has run a task and its outputs are on all three (the leader has any copy
+    // a worker could not make when it knew no peers yet made later): the faults below then
+    // meet a cluster in its steady state.
     wait_until(&t, "every worker replicates to both others", LONG, || async {
         let mut warm = shell("echo warm > \"$FLOTILLA_OUTPUT_DIR/w\"");
         warm.array = Some("1-6".into());
@@ -232,4 +232,92 @@ async fn bad_outputs_fail_the_task_with_a_reason() {
     assert!(client.job_outputs(none).await.expect("outputs").tasks.is_empty());
     let (code, _, stderr) = cli(&t.cluster.master_list(), &["submit", "--output-quota", "lots", "--", "true"]);
     assert!(code != 0 && stderr.contains("output quota"), "{stderr}");
+}
+
+/// The outputs of `job` by task index, once every task's are on `copies` workers in service
+/// (`None` while some are not).
+async fn outputs_on(
+    client: &flotilla_client::Client,
+    job: u64,
+    copies: usize,
+) -> Option<Vec<flotilla_proto::api::TaskOutputsView>> {
+    let outputs = client.job_outputs(job).await.ok()?;
+    let whole = !outputs.tasks.is_empty()
+        && outputs.tasks.iter().all(|t| t.holders.len() == copies && t.available.len() == copies);
+    whole.then_some(outputs.tasks)
+}
+
+/// Invariants: the outputs of a task are brought back to 1 + R copies on workers in service
+/// after the SIGKILL of a worker holding one (journalled as gone with the worker, then
+/// copied); a copy damaged on disk is found by the first read of it (the fetch still gets
+/// the right bytes, from another copy), discarded, journalled as corrupt and replaced; the
+/// fetched files are the ones the tasks wrote. Also the default case: workers that joined
+/// together get their full count of copies without waiting to know their peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_and_damaged_copies_of_outputs_are_made_again() {
+    let mut t = secure_cluster(1, &[("a", 1), ("b", 1), ("c", 1), ("d", 1)]).await;
+    let client = t.client();
+    let mut make = shell("echo out $FLOTILLA_TASK_INDEX > \"$FLOTILLA_OUTPUT_DIR/o.txt\"");
+    make.array = Some("1-4".into());
+    let job = client.submit(&make).await.expect("submit").id;
+    assert_eq!(wait_job(&t, &client, job, LONG).await.state, JobState::Succeeded);
+    wait_until(&t, "every task's outputs on 3 workers", LONG, || async { outputs_on(&client, job, 3).await.is_some() })
+        .await;
+    let tasks = outputs_on(&client, job, 3).await.expect("3 copies");
+
+    // A holder of task 1's outputs is killed: they go back to 3 copies without it.
+    let lost = tasks[0].holders[1].clone();
+    t.cluster.kill_worker(&lost);
+    wait_until(&t, "3 copies again without the lost worker", LONG, || async {
+        outputs_on(&client, job, 3).await.is_some_and(|ts| ts.iter().all(|t| !t.holders.contains(&lost)))
+    })
+    .await;
+    let events = client.events(0, 10_000, std::time::Duration::ZERO, false).await.expect("events").events;
+    let gone = events.iter().filter(|e| e.kind.as_str() == "output_copies_gone").collect::<Vec<_>>();
+    assert!(
+        gone.iter().any(|e| e.worker.as_deref() == Some(lost.as_str()) && e.reason.as_deref() == Some("worker_lost")),
+        "{gone:?}"
+    );
+    assert!(events.iter().any(|e| e.kind.as_str() == "outputs_copied"), "no repair journalled");
+
+    // The first holder's copy of task 2's file is damaged on disk (same length).
+    let tasks = outputs_on(&client, job, 3).await.expect("3 copies");
+    let victim = tasks[1].holders[0].clone();
+    let file = &tasks[1].files[0];
+    let hex = &file.sha256;
+    let blob = t.cluster.dir.join(format!("worker-{victim}")).join("outputs").join(&hex[..2]).join(hex);
+    let size = std::fs::metadata(&blob).expect("the stored copy").len() as usize;
+    std::fs::write(&blob, vec![b'x'; size]).expect("damage the copy");
+
+    // A fetch reads it first: the damage is found, the bytes come from another copy.
+    let env = t.cluster.client_env();
+    let out = t.dir.path().join("fetched");
+    let (code, stdout, stderr) =
+        cli_with(&env, &["job", "fetch", &job.to_string(), "--task", "2", "-o", &out.display().to_string()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(std::fs::read_to_string(out.join("2/o.txt")).expect("fetched").trim(), "out 2");
+    wait_until(&t, "the damaged copy journalled as corrupt", LONG, || async {
+        let events = client.events(0, 10_000, std::time::Duration::ZERO, false).await.map(|e| e.events);
+        events.is_ok_and(|es| {
+            es.iter().any(|e| {
+                e.kind.as_str() == "output_copies_gone"
+                    && e.worker.as_deref() == Some(victim.as_str())
+                    && e.reason.as_deref() == Some("corrupt")
+            })
+        })
+    })
+    .await;
+    wait_until(&t, "3 sound copies again", LONG, || async { outputs_on(&client, job, 3).await.is_some() }).await;
+    // Whoever holds it now holds the right bytes (a damaged copy is never kept).
+    if blob.exists() {
+        assert_eq!(std::fs::read_to_string(&blob).expect("read").trim(), "out 2");
+    }
+    let (code, stdout, stderr) = cli_with(&env, &["job", "fetch", &job.to_string(), "-o", &out.display().to_string()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for i in 1..=4 {
+        assert_eq!(
+            std::fs::read_to_string(out.join(format!("{i}/o.txt"))).expect("fetched").trim(),
+            format!("out {i}")
+        );
+    }
 }

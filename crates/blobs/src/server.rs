@@ -70,10 +70,53 @@ async fn read(
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+    let body = Body::from_stream(checked(store, digest, file));
     ([(header::CONTENT_LENGTH, len.to_string())], body).into_response()
 }
 
+/// A stored blob's bytes, hashed as they go: if they do not match the blob's name the
+/// stream ends with an error in place of its last chunk (the reader sees a cut-off body,
+/// never a whole one: the length was announced), and the blob is discarded and reported
+/// ([`Store::discard_corrupt`]).
+fn checked(
+    store: Arc<Store>,
+    digest: Digest,
+    file: tokio::fs::File,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<bytes::Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+        let mut held: Option<bytes::Bytes> = None;
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    hasher.update(&chunk);
+                    if let Some(previous) = held.replace(chunk) {
+                        if tx.send(Ok(previous)).await.is_err() {
+                            return; // the reader went away
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        if Digest(hasher.finalize().into()) == digest {
+            if let Some(last) = held {
+                let _ = tx.send(Ok(last)).await;
+            }
+            return;
+        }
+        store.discard_corrupt(&digest);
+        let damaged = std::io::Error::new(std::io::ErrorKind::InvalidData, "the stored copy is damaged");
+        let _ = tx.send(Err(damaged)).await;
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
 async fn write(
     State(store): State<Arc<Store>>,
     Path(digest): Path<String>,

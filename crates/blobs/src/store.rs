@@ -36,11 +36,20 @@ impl From<io::Error> for StoreError {
     }
 }
 
-#[derive(Debug)]
+/// Called with the digest of each stored blob a read found damaged (after it is removed).
+pub type CorruptHook = Box<dyn Fn(Digest) + Send + Sync>;
+
 pub struct Store {
     root: PathBuf,
     tmp: PathBuf,
     next_tmp: AtomicU64,
+    on_corrupt: std::sync::OnceLock<CorruptHook>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -49,7 +58,23 @@ impl Store {
         let tmp = root.join("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        Ok(Store { root: root.to_path_buf(), tmp, next_tmp: AtomicU64::new(0) })
+        Ok(Store { root: root.to_path_buf(), tmp, next_tmp: AtomicU64::new(0), on_corrupt: Default::default() })
+    }
+
+    /// Whom to tell of each damaged blob found (the worker tells its leader); set once.
+    pub fn on_corrupt(&self, hook: CorruptHook) {
+        let _ = self.on_corrupt.set(hook);
+    }
+
+    /// A read found the blob's bytes do not match its name: it is removed, so that it is
+    /// fetched again from elsewhere rather than served, and the hook is told.
+    pub fn discard_corrupt(&self, digest: &Digest) {
+        let path = self.path(digest);
+        tracing::warn!(digest = %digest, path = %path.display(), "a stored output copy is damaged; discarded");
+        let _ = std::fs::remove_file(&path);
+        if let Some(hook) = self.on_corrupt.get() {
+            hook(*digest);
+        }
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
@@ -87,8 +112,7 @@ impl Store {
         if got == *digest {
             return Ok(true);
         }
-        tracing::warn!(digest = %digest, path = %path.display(), "a stored output copy is damaged; discarded");
-        let _ = std::fs::remove_file(&path);
+        self.discard_corrupt(digest);
         Ok(false)
     }
 
@@ -104,8 +128,7 @@ impl Store {
         })?;
         if Digest(hasher.finalize().into()) != *digest {
             let _ = std::fs::remove_file(dest);
-            let _ = std::fs::remove_file(self.path(digest));
-            tracing::warn!(digest = %digest, "a stored output copy is damaged; discarded");
+            self.discard_corrupt(digest);
             return Ok(false);
         }
         Ok(true)

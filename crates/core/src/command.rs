@@ -178,6 +178,18 @@ pub enum Command {
         worker: String,
         address: String,
     },
+    /// A worker now holds a whole copy of each task's outputs (the leader asked it to copy
+    /// them, to make up for copies lost or damaged).
+    CopiesAdded {
+        worker: String,
+        tasks: Vec<TaskId>,
+    },
+    /// A worker found its copies of these blobs damaged and discarded them: every task
+    /// whose outputs include one no longer counts it as a holder.
+    CopiesCorrupt {
+        worker: String,
+        digests: Vec<crate::workflow::Digest>,
+    },
 }
 
 impl Command {
@@ -211,7 +223,10 @@ impl Command {
             Command::Audit(_) => Some(Feature::Audit),
             Command::SubmitJobWith { options, .. } if options.uses_workflows() => Some(Feature::Workflows),
             Command::SubmitJobWith { .. } => Some(Feature::TaskLimits),
-            Command::TaskFinishedWith { .. } | Command::SetWorkerEndpoint { .. } => Some(Feature::Workflows),
+            Command::TaskFinishedWith { .. }
+            | Command::SetWorkerEndpoint { .. }
+            | Command::CopiesAdded { .. }
+            | Command::CopiesCorrupt { .. } => Some(Feature::Workflows),
         }
     }
 

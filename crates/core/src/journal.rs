@@ -128,6 +128,25 @@ pub enum EventKind {
     },
     /// A request that asked to change something (0.2.0, `Feature::Audit`).
     Audit(crate::access::AuditRecord),
+    /// A worker took copies of the outputs of `tasks` tasks of a job, to make up for copies
+    /// lost or damaged (0.2.0, `Feature::Workflows`, like the three below).
+    OutputsCopied {
+        job: JobId,
+        tasks: u64,
+        worker: String,
+    },
+    /// A worker's copies of the outputs of `tasks` tasks of a job stopped counting.
+    OutputCopiesGone {
+        job: JobId,
+        tasks: u64,
+        worker: String,
+        reason: crate::workflow::CopyLoss,
+    },
+    /// The last copy of the outputs of `tasks` tasks of a job is gone.
+    OutputsLost {
+        job: JobId,
+        tasks: u64,
+    },
 }
 
 impl EventKind {
@@ -153,6 +172,9 @@ impl EventKind {
             EventKind::JobFinished { .. } => "job_finished",
             EventKind::JobRemoved { .. } => "job_removed",
             EventKind::Audit(_) => "audit",
+            EventKind::OutputsCopied { .. } => "outputs_copied",
+            EventKind::OutputCopiesGone { .. } => "output_copies_gone",
+            EventKind::OutputsLost { .. } => "outputs_lost",
         }
     }
 
@@ -225,6 +247,15 @@ impl EventKind {
                 };
                 format!("{who} from {}: {} {} answered {}", a.from, a.method.name(), a.path, a.status)
             }
+            EventKind::OutputsCopied { job, tasks, worker } => {
+                format!("worker {worker} took a copy of the outputs of {tasks} tasks of job {job} (repair)")
+            }
+            EventKind::OutputCopiesGone { job, tasks, worker, reason } => {
+                format!("copies of the outputs of {tasks} tasks of job {job} on worker {worker} are gone: {reason}")
+            }
+            EventKind::OutputsLost { job, tasks } => {
+                format!("every copy of the outputs of {tasks} tasks of job {job} is gone")
+            }
         }
     }
 
@@ -232,7 +263,10 @@ impl EventKind {
         match self {
             EventKind::JobSubmitted { job, .. }
             | EventKind::JobFinished { job, .. }
-            | EventKind::JobRemoved { job, .. } => Some(*job),
+            | EventKind::JobRemoved { job, .. }
+            | EventKind::OutputsCopied { job, .. }
+            | EventKind::OutputCopiesGone { job, .. }
+            | EventKind::OutputsLost { job, .. } => Some(*job),
             EventKind::TaskRescheduled { task, .. }
             | EventKind::TaskFailed { task, .. }
             | EventKind::ResultRejected { task, .. } => Some(task.job),

@@ -227,8 +227,46 @@ pub enum OutputError {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskOutputs {
     pub files: Vec<OutputFile>,
-    /// Workers that hold every file, in the order they got them.
+    /// Workers that hold every file, in the order they got them. A worker lost, or one whose
+    /// copy was found damaged, is taken off; an empty list means every copy is gone.
     pub holders: Vec<String>,
+}
+
+impl TaskOutputs {
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.files.iter().any(|f| f.sha256 == *digest)
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// Why a worker's copy of a task's outputs stopped counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyLoss {
+    /// The worker was declared lost.
+    WorkerLost,
+    /// A read found the bytes no longer match their digest; the worker discarded them.
+    Corrupt,
+}
+
+impl CopyLoss {
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyLoss::WorkerLost => "worker_lost",
+            CopyLoss::Corrupt => "corrupt",
+        }
+    }
+}
+
+impl fmt::Display for CopyLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CopyLoss::WorkerLost => "the worker was lost",
+            CopyLoss::Corrupt => "the copy was found damaged",
+        })
+    }
 }
 
 #[cfg(test)]

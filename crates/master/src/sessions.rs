@@ -152,6 +152,9 @@ impl Sessions {
                 tracing::warn!(%worker, incarnation, silent_s = silent.as_secs_f64(), "worker lost")
             }
             Observation::ProtocolError { session, error } => tracing::debug!(session, %error, "worker session ended"),
+            Observation::CopyFailed { worker, task, error } => {
+                tracing::warn!(%worker, %task, %error, "a worker could not take the copy of outputs it was asked for")
+            }
             Observation::RecordsUnreadable { task, error } => {
                 tracing::error!(%task, %error, "cannot send an assignment: the stored task records are unreadable")
             }

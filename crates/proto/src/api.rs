@@ -360,6 +360,9 @@ pub enum EventType {
     JobFinished,
     JobRemoved,
     Audit,
+    OutputsCopied,
+    OutputCopiesGone,
+    OutputsLost,
     /// A kind this build does not know (from a newer master).
     #[default]
     #[serde(other)]
@@ -386,6 +389,9 @@ impl EventType {
             EventType::JobFinished => "job_finished",
             EventType::JobRemoved => "job_removed",
             EventType::Audit => "audit",
+            EventType::OutputsCopied => "outputs_copied",
+            EventType::OutputCopiesGone => "output_copies_gone",
+            EventType::OutputsLost => "outputs_lost",
             EventType::Unknown => "unknown",
         }
     }
@@ -414,6 +420,9 @@ impl From<&journal::EventKind> for EventType {
             K::JobFinished { .. } => EventType::JobFinished,
             K::JobRemoved { .. } => EventType::JobRemoved,
             K::Audit(_) => EventType::Audit,
+            K::OutputsCopied { .. } => EventType::OutputsCopied,
+            K::OutputCopiesGone { .. } => EventType::OutputCopiesGone,
+            K::OutputsLost { .. } => EventType::OutputsLost,
         }
     }
 }
@@ -1302,7 +1311,8 @@ pub struct EventView {
     /// For `worker_lost`: tasks put back in the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requeued: Option<u64>,
-    /// Why, for `worker_lost`, `task_rescheduled`, `task_failed`, `result_rejected`.
+    /// Why, for `worker_lost`, `task_rescheduled`, `task_failed`, `result_rejected`
+    /// (`worker_lost` or `corrupt` for `output_copies_gone`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// For `job_finished`: succeeded, failed or cancelled.
@@ -1323,6 +1333,9 @@ pub struct EventView {
     /// For `audit`: the caller's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// For `outputs_copied`, `output_copies_gone`, `outputs_lost`: how many tasks' outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<u64>,
 }
 
 impl EventView {
@@ -1398,6 +1411,16 @@ impl EventView {
                 v.status = Some(a.status);
                 v.from = Some(a.from.clone());
             }
+            journal::EventKind::OutputsCopied { tasks, worker, .. } => {
+                v.worker = Some(worker.clone());
+                v.tasks = Some(*tasks);
+            }
+            journal::EventKind::OutputCopiesGone { tasks, worker, reason, .. } => {
+                v.worker = Some(worker.clone());
+                v.tasks = Some(*tasks);
+                v.reason = Some(reason.name().to_string());
+            }
+            journal::EventKind::OutputsLost { tasks, .. } => v.tasks = Some(*tasks),
         }
         v
     }

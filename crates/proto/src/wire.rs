@@ -10,6 +10,9 @@
 //!   ◀─────── Revoke{task, fence}          (an idle worker elsewhere could run it)
 //!   Revoked{task, fence} ──────────────▶  (only if not started; proposed, then Ack)
 //!   Heartbeat ─────────────────────────▶  (liveness, leader memory only)
+//!   ◀─────── Replicate{task, files, sources}  (a task's outputs are short of copies)
+//!   Holds{tasks} | CopyFailed ─────────▶  (proposed: the copies count)
+//!   Corrupt{digests} ──────────────────▶  (a read found a stored copy damaged)
 //! ```
 //!
 //! Every master message carries the sender's Raft term; a worker ignores messages from a term
@@ -21,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use flotilla_core::model::{Fence, NodeId, Outcome, TaskId, TaskLimits, TaskSlot};
 use flotilla_core::state::ClusterState;
 use flotilla_core::version::Feature;
-use flotilla_core::workflow::{OutputFile, Outputs, DEFAULT_OUTPUT_QUOTA, DEFAULT_REPLICAS};
+use flotilla_core::workflow::{Digest, OutputError, OutputFile, Outputs, DEFAULT_OUTPUT_QUOTA, DEFAULT_REPLICAS};
 use flotilla_core::WorkerInfo;
 
 /// Bumped when session messages change incompatibly (3: queued attempts can be revoked).
@@ -95,6 +98,21 @@ pub enum WorkerMsg {
     /// Where this worker serves the outputs it holds, sent after each welcome (0.2.0 on).
     Serves {
         address: String,
+    },
+    /// This worker now holds whole copies of these tasks' outputs, as asked
+    /// ([`MasterBody::Replicate`]).
+    Holds {
+        tasks: Vec<TaskId>,
+    },
+    /// Copying a task's outputs as asked failed (no holder served a sound copy, or this
+    /// worker could not store it).
+    CopyFailed {
+        task: TaskId,
+        error: OutputError,
+    },
+    /// A read found these stored blobs damaged; this worker discarded them.
+    Corrupt {
+        digests: Vec<Digest>,
     },
 }
 
@@ -187,6 +205,14 @@ pub enum MasterBody {
     Peers {
         peers: Vec<(String, String)>,
     },
+    /// Take a copy of this task's outputs from one of `sources` (worker addresses, in the
+    /// order to try), each file checked against its digest; answered by
+    /// [`WorkerMsg::Holds`] or [`WorkerMsg::CopyFailed`].
+    Replicate {
+        task: TaskId,
+        files: Vec<OutputFile>,
+        sources: Vec<String>,
+    },
 }
 
 impl MasterBody {
@@ -212,7 +238,7 @@ impl MasterBody {
                 Some(Feature::Workflows)
             }
             MasterBody::RunWith { .. } => Some(Feature::TaskLimits),
-            MasterBody::Peers { .. } => Some(Feature::Workflows),
+            MasterBody::Peers { .. } | MasterBody::Replicate { .. } => Some(Feature::Workflows),
         }
     }
 

@@ -293,6 +293,9 @@ fn samples() -> Samples {
     s.apply(Command::SubmitJobWith { spec, request_id: Some("r-after".into()), owner: None, options });
     let added = s.state.added().clone();
     assert!(!added.is_empty() && s.state.access().bootstrap_revoked());
+    // 0.2.0's repair of outputs' copies (after the sample of the state above: they change it).
+    s.apply(Command::CopiesAdded { worker: "w2".into(), tasks: vec![made.task] });
+    s.apply(Command::CopiesCorrupt { worker: "w3".into(), digests: vec![file.sha256] });
     let mut samples = s.samples;
     samples.add(Kind::State, "after-script", &state);
     samples.add(Kind::Added, "after-tokens", &added);
@@ -341,6 +344,12 @@ fn samples() -> Samples {
             },
         },
         WorkerMsg::Serves { address: "10.0.0.11:7300".into() },
+        WorkerMsg::Holds { tasks: vec![task] },
+        WorkerMsg::CopyFailed {
+            task,
+            error: flotilla_core::workflow::OutputError::InputUnavailable { task, path: "part-0.txt".into() },
+        },
+        WorkerMsg::Corrupt { digests: vec![output_file().sha256] },
     ];
     for m in &worker_msgs {
         samples.add(Kind::WorkerMsg, &variant(m), m);
@@ -369,6 +378,7 @@ fn samples() -> Samples {
         }
         .into_body(),
         MasterBody::Peers { peers: vec![("w3".into(), "10.0.0.13:7300".into())] },
+        MasterBody::Replicate { task, files: vec![output_file()], sources: vec!["10.0.0.11:7300".into()] },
     ];
     for body in bodies {
         let name = variant(&body);

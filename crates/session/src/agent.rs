@@ -81,6 +81,13 @@ pub enum Effect {
     Exit(Refusal),
     /// Stop the worker: it drained as asked ([`AgentCore::drain`]) and holds nothing.
     Drained,
+    /// Take a copy of a task's outputs from one of `sources`, then call
+    /// [`AgentCore::copied`] with how it went.
+    Copy {
+        task: TaskId,
+        files: Vec<flotilla_core::workflow::OutputFile>,
+        sources: Vec<String>,
+    },
     Observe(Observation),
 }
 
@@ -201,6 +208,8 @@ pub struct AgentCore {
     told_drained: bool,
     /// Workers this one may copy outputs to (name, address), as the leader last said.
     peers: Vec<(String, String)>,
+    /// Damaged blobs found while no leader listened, told to the next one.
+    corrupt_untold: Vec<flotilla_core::workflow::Digest>,
 }
 
 /// A worker draining itself before it stops.
@@ -232,6 +241,7 @@ impl AgentCore {
             draining: None,
             told_drained: false,
             peers: Vec::new(),
+            corrupt_untold: Vec::new(),
         }
     }
 
@@ -479,6 +489,10 @@ impl AgentCore {
                     if let Some(address) = &self.config.serves {
                         out.push(Effect::Send(WorkerMsg::Serves { address: address.clone() }));
                     }
+                    if !self.corrupt_untold.is_empty() {
+                        let digests = std::mem::take(&mut self.corrupt_untold);
+                        out.push(Effect::Send(WorkerMsg::Corrupt { digests }));
+                    }
                     self.send_drain(now, out);
                 }
                 MasterBody::NotLeader { leader } => self.redirect(now, leader, out),
@@ -518,6 +532,7 @@ impl AgentCore {
                     push_actions(actions, out);
                 }
                 MasterBody::Peers { peers } => self.peers = peers,
+                MasterBody::Replicate { task, files, sources } => out.push(Effect::Copy { task, files, sources }),
                 MasterBody::Stop { task, fence } => {
                     let actions = self.book.on_stop(task, fence);
                     push_actions(actions, out);
@@ -560,6 +575,35 @@ impl AgentCore {
         out.push(Effect::Observe(Observation::MastersLearned { addresses: addresses.clone() }));
         self.config.masters = addresses;
         self.next_master = 0;
+    }
+
+    /// A copy asked for ([`Effect::Copy`]) is done, or failed. Told to the leader of the
+    /// open session only: one that asked and is gone re-asks through its successor, who
+    /// finds the copy already here.
+    pub fn copied(
+        &mut self,
+        task: TaskId,
+        result: Result<(), flotilla_core::workflow::OutputError>,
+        out: &mut Vec<Effect>,
+    ) {
+        if !self.is_welcomed() {
+            return;
+        }
+        let msg = match result {
+            Ok(()) => WorkerMsg::Holds { tasks: vec![task] },
+            Err(error) => WorkerMsg::CopyFailed { task, error },
+        };
+        out.push(Effect::Send(msg));
+    }
+
+    /// A read found these stored blobs damaged (they are discarded): the leader stops
+    /// counting this worker's copies of them and has others made.
+    pub fn corrupt(&mut self, digests: Vec<flotilla_core::workflow::Digest>, out: &mut Vec<Effect>) {
+        if self.is_welcomed() {
+            out.push(Effect::Send(WorkerMsg::Corrupt { digests }));
+        } else {
+            self.corrupt_untold.extend(digests);
+        }
     }
 
     /// An attempt has run long enough to be worth reporting as started.

@@ -144,6 +144,12 @@ pub enum Observation {
     },
     /// An assignment could not be sent: the stored records its reduce step reads could not be
     /// read. The worker's next reconcile tries again.
+    /// A worker could not take the copy of a task's outputs it was asked for.
+    CopyFailed {
+        worker: Arc<str>,
+        task: TaskId,
+        error: flotilla_core::workflow::OutputError,
+    },
     RecordsUnreadable {
         task: TaskId,
         error: Arc<str>,
@@ -255,6 +261,17 @@ struct Lead {
     versions: HashMap<Arc<str>, Reported>,
     /// Sessions told their peers, and as of which change of them (`peers_changed`).
     peers_told: HashMap<SessionId, u64>,
+    /// Tasks whose outputs a worker was asked to copy, and until when the answer is waited
+    /// for (then asked again, perhaps of another worker).
+    repairs: HashMap<TaskId, Repair>,
+    /// Where the last look at the tasks short of copies stopped (each look is bounded).
+    repair_cursor: Option<TaskId>,
+}
+
+/// A copy of a task's outputs asked of a worker.
+struct Repair {
+    worker: Arc<str>,
+    until: Instant,
 }
 
 /// A worker's release as it reported it, and parsed once (the scheduler asks per plan).
@@ -306,6 +323,17 @@ pub struct LeaderCore {
 const REVOKE_AGAIN: Duration = Duration::from_secs(1);
 /// Workers one worker is told it may copy outputs to: enough to find `replicas` that answer.
 pub const MAX_PEERS: usize = 16;
+/// Copies of tasks' outputs asked for at once, in all and of one worker.
+pub const MAX_REPAIRS: usize = 64;
+pub const MAX_REPAIRS_PER_WORKER: usize = 4;
+/// Tasks short of copies looked at per liveness period (the rest on the next ones).
+const REPAIR_SCAN: usize = 4096;
+
+/// How long a worker may take to copy `bytes` before it is asked again: a floor for the
+/// round trips, then 5 MB/s (the blob client's own allowance per file).
+fn repair_wait(bytes: u64) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(bytes / 5_000)
+}
 
 /// Most reports turned into one proposal (the shell batches what has arrived up to this).
 pub const MAX_REPORTS: usize = 1024;
@@ -527,6 +555,8 @@ impl LeaderCore {
             told_drained: Default::default(),
             versions: HashMap::new(),
             peers_told: HashMap::new(),
+            repairs: HashMap::new(),
+            repair_cursor: None,
         });
         self.propose(vec![Command::LeaderElected { node: self.config.me }], Origin::Elected, out);
     }
@@ -631,6 +661,22 @@ impl LeaderCore {
                     }
                     (Command::SetWorkerEndpoint { worker, address }, None)
                 }
+                WorkerMsg::Holds { tasks } => {
+                    if let Role::Leading(lead) = &mut self.role {
+                        for task in &tasks {
+                            lead.repairs.remove(task);
+                        }
+                    }
+                    (Command::CopiesAdded { worker, tasks }, None)
+                }
+                WorkerMsg::CopyFailed { task, error } => {
+                    if let Role::Leading(lead) = &mut self.role {
+                        lead.repairs.remove(&task);
+                    }
+                    out.push(Effect::Observe(Observation::CopyFailed { worker: name.clone(), task, error }));
+                    continue;
+                }
+                WorkerMsg::Corrupt { digests } => (Command::CopiesCorrupt { worker, digests }, None),
                 WorkerMsg::Queue { queue } => (Command::SetWorkerQueue { worker, queue }, None),
                 WorkerMsg::Revoked { task, fence } => {
                     (Command::TaskRevoked { task, fence, worker }, Some((task, fence, true)))
@@ -835,6 +881,7 @@ impl LeaderCore {
                 self.check_liveness(now, state, out);
                 self.watch_drains(now, state, out);
                 self.tell_peers(state, None, out);
+                self.repair(now, state, out);
             }
             self.schedule(now, state, out);
         });
@@ -883,6 +930,88 @@ impl LeaderCore {
                 lead.peers_told.insert(session, changed);
             }
             self.send(session, MasterBody::Peers { peers }, out);
+        }
+    }
+
+    /// Tasks whose outputs are short of copies: asks workers in service that lack a copy to
+    /// take one from a holder, a bounded number at a time (see [`MAX_REPAIRS`]). The copy
+    /// counts once its `CopiesAdded` commits; one not reported in time is asked again. A
+    /// task whose every copy is gone has nothing to copy from and is left as it is.
+    fn repair(&mut self, now: Instant, state: &ClusterState, out: &mut Vec<Effect>) {
+        let short = state.short_of_copies();
+        let Role::Leading(lead) = &mut self.role else { return };
+        lead.repairs.retain(|task, r| r.until > now && short.contains(task));
+        if short.is_empty() || lead.repairs.len() >= MAX_REPAIRS {
+            return;
+        }
+        let workflows = flotilla_core::version::Feature::Workflows;
+        // Workers that can take a copy now: in service, serving, connected to this leader,
+        // of a release that copies.
+        let mut takers: Vec<(Arc<str>, SessionId, usize)> = state
+            .workers()
+            .filter(|w| w.takes_work() && state.endpoint(&w.name).is_some())
+            .filter(|w| workflows.allowed(Some(lead.release_of(&w.name))))
+            .filter_map(|w| {
+                let (name, session) = lead.by_worker.get_key_value(w.name.as_str())?;
+                Some((name.clone(), *session, 0))
+            })
+            .collect();
+        if takers.is_empty() {
+            return;
+        }
+        for r in lead.repairs.values() {
+            if let Some(t) = takers.iter_mut().find(|t| t.0 == r.worker) {
+                t.2 += 1;
+            }
+        }
+        // One turn of the set, from after where the last look stopped.
+        let order: Vec<TaskId> = match lead.repair_cursor {
+            Some(c) => {
+                let after = short.range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded));
+                after.chain(short.range(..=c)).take(REPAIR_SCAN).copied().collect()
+            }
+            None => short.iter().take(REPAIR_SCAN).copied().collect(),
+        };
+        let mut asks: Vec<(SessionId, MasterBody)> = Vec::new();
+        for task in order {
+            lead.repair_cursor = Some(task);
+            if lead.repairs.contains_key(&task) {
+                continue;
+            }
+            let Some(outputs) = state.task_outputs(task) else { continue };
+            if outputs.holders.len() >= state.wanted_copies(task.job) {
+                continue;
+            }
+            let sources: Vec<String> = outputs
+                .holders
+                .iter()
+                .filter(|h| state.worker(h).is_some_and(|w| w.state == WorkerState::Ready))
+                .filter_map(|h| state.endpoint(h).map(str::to_string))
+                .collect();
+            if sources.is_empty() {
+                continue;
+            }
+            // From a place in the list that depends on the task, so copies spread.
+            let spread = (task.job as usize).wrapping_mul(31).wrapping_add(match task.slot {
+                flotilla_core::model::TaskSlot::Array(i) => i as usize,
+                flotilla_core::model::TaskSlot::Reduce => 7,
+            });
+            let n = takers.len();
+            let Some(pick) = (0..n).map(|k| (spread + k) % n).find(|&i| {
+                takers[i].2 < MAX_REPAIRS_PER_WORKER && !outputs.holders.iter().any(|h| h.as_str() == &*takers[i].0)
+            }) else {
+                continue;
+            };
+            takers[pick].2 += 1;
+            let until = now + repair_wait(outputs.total_bytes());
+            lead.repairs.insert(task, Repair { worker: takers[pick].0.clone(), until });
+            asks.push((takers[pick].1, MasterBody::Replicate { task, files: outputs.files.clone(), sources }));
+            if lead.repairs.len() >= MAX_REPAIRS {
+                break;
+            }
+        }
+        for (session, body) in asks {
+            self.send(session, body, out);
         }
     }
 

@@ -101,6 +101,10 @@ enum TaskEvent {
     /// asks (a cpu went idle, or the first report of a batch), so a busy worker wakes its
     /// agent once per batch of reports rather than once per task.
     Reports,
+    /// A copy of a task's outputs asked for by the leader is done, or failed.
+    Copied(TaskId, Result<(), flotilla_core::workflow::OutputError>),
+    /// A read found a stored blob damaged (it is discarded).
+    Corrupt(flotilla_core::workflow::Digest),
 }
 
 /// The session core and the stop handles of running processes, shared by the agent and the
@@ -327,7 +331,7 @@ pub async fn run(
         tracing::warn!(leftovers, "killed task processes left by a previous run of this worker");
     }
     let pgids = Arc::new(pgids);
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<TaskEvent>();
     let worker_metrics = Arc::new(metrics::WorkerMetrics::new());
     worker_metrics.cpus.set(i64::from(config.cpus));
     worker_metrics.queue_depth.set(i64::from(config.prefetch));
@@ -341,6 +345,12 @@ pub async fn run(
         flotilla_blobs::Store::open(&config.data_dir.join("outputs"))
             .map_err(|source| WorkerError::DataDir { path: config.data_dir.join("outputs"), source })?,
     );
+    {
+        let events = events_tx.clone();
+        store.on_corrupt(Box::new(move |digest| {
+            let _ = events.send(TaskEvent::Corrupt(digest));
+        }));
+    }
     let listen = config.outputs_listen.unwrap_or_else(|| default_outputs_listen(&config.masters));
     let outputs_listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -492,6 +502,17 @@ impl Agent {
                         tracing::info!("drained: every task finished or moved; stopping");
                         return Ok(());
                     }
+                    Effect::Copy { task, files, sources } => {
+                        let data = self.launcher.data.clone();
+                        let events = self.launcher.events.clone();
+                        tokio::spawn(async move {
+                            let result = data.take_copy(task, &files, &sources).await;
+                            if let Err(e) = &result {
+                                tracing::warn!(%task, error = %e, "could not take a copy of a task's outputs");
+                            }
+                            let _ = events.send(TaskEvent::Copied(task, result));
+                        });
+                    }
                     process @ (Effect::Start(_) | Effect::Kill(..) | Effect::Observe(_)) => {
                         self.input(&mut todo, |_, out| out.push(process))
                     }
@@ -531,6 +552,8 @@ impl Agent {
                             match ev {
                                 TaskEvent::Started(task, fence) => core.started(task, fence, out),
                                 TaskEvent::Reports => reports = true,
+                                TaskEvent::Copied(task, result) => core.copied(task, result, out),
+                                TaskEvent::Corrupt(digest) => core.corrupt(vec![digest], out),
                             }
                         }
                         if reports {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flotilla_blobs::{BlobClient, Store, StoreError};
+use flotilla_core::model::TaskId;
 use flotilla_core::workflow::{valid_output_path, OutputError, OutputFile, Outputs, MAX_OUTPUT_FILES};
 use flotilla_proto::wire::RunTask;
 
@@ -146,6 +147,40 @@ impl Data {
         }
         done.truncate(wanted);
         done
+    }
+
+    /// Takes a copy of one task's outputs into this worker's store, as the leader asked:
+    /// each file this store does not hold soundly is fetched from the first of `sources`
+    /// that serves a copy matching its digest.
+    pub async fn take_copy(&self, task: TaskId, files: &[OutputFile], sources: &[String]) -> Result<(), OutputError> {
+        for file in files {
+            let unavailable = || OutputError::InputUnavailable { task, path: file.path.clone() };
+            if self.store.contains(&file.sha256) {
+                let store = self.store.clone();
+                let digest = file.sha256;
+                let sound = tokio::task::spawn_blocking(move || store.verify(&digest)).await;
+                if matches!(sound, Ok(Ok(true))) {
+                    continue;
+                }
+            }
+            let mut placed = false;
+            for source in sources {
+                match self.client.fetch(source, &self.store, file).await {
+                    Ok(()) => {
+                        placed = true;
+                        break;
+                    }
+                    Err(flotilla_blobs::TransferError::Local(StoreError::DiskFull)) => {
+                        return Err(OutputError::DiskFull)
+                    }
+                    Err(e) => tracing::warn!(%task, path = %file.path, error = %e, "cannot copy an output from there"),
+                }
+            }
+            if !placed {
+                return Err(unavailable());
+            }
+        }
+        Ok(())
     }
 
     /// Places each input in `dir` under `JOB/INDEX/PATH`: from this worker's store when it

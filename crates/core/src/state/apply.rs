@@ -53,6 +53,11 @@ impl ClusterState {
                 self.task_finished(ctx, *task, *fence, worker, &outcome)
             }
             Command::SetWorkerEndpoint { worker, address } => self.set_endpoint(ctx, worker, address),
+            Command::CopiesAdded { worker, tasks } => self.copies_added(ctx, worker, tasks),
+            Command::CopiesCorrupt { worker, digests } => {
+                self.drop_copies(ctx, worker, Some(digests), crate::workflow::CopyLoss::Corrupt);
+                Response::Noted
+            }
             Command::CreateToken { name, role, hash, by } => {
                 match self.added.access.create(name, *role, *hash, ctx.at_ms, by) {
                     Ok(()) => Response::TokenCreated,
@@ -348,6 +353,7 @@ impl ClusterState {
         let requeued = held.len() as u64;
         self.journal.record(ctx.at_ms, EventKind::WorkerLost { worker: name.to_string(), reason, requeued });
         self.note_peers_changed(ctx);
+        self.drop_copies(ctx, name, None, crate::workflow::CopyLoss::WorkerLost);
         for (task, fence) in held {
             self.requeue_after_loss(ctx, task, fence, name);
         }
@@ -527,13 +533,18 @@ impl ClusterState {
             task.state = TaskState::Succeeded;
             if !outcome.outputs.files.is_empty() {
                 // Kept beside the result: the record's encoding (0.1.0's) does not hold them.
-                self.added.outputs.insert(
-                    id,
-                    crate::workflow::TaskOutputs {
-                        files: outcome.outputs.files.clone(),
-                        holders: outcome.outputs.holders.clone(),
-                    },
-                );
+                let outputs = crate::workflow::TaskOutputs {
+                    files: outcome.outputs.files.clone(),
+                    holders: outcome.outputs.holders.clone(),
+                };
+                let wanted = match self.added.options.get(&id.job) {
+                    Some(o) => 1 + o.replicas() as usize,
+                    None => 1 + crate::workflow::DEFAULT_REPLICAS as usize,
+                };
+                if outputs.holders.len() < wanted {
+                    self.added.short_of_copies.insert(id);
+                }
+                self.added.outputs.insert(id, outputs);
             }
             Dest::Succeeded
         } else {

@@ -445,6 +445,12 @@ pub struct Added {
     /// Log index of the last change to which workers can take copies (endpoints, workers
     /// joining or lost): the leader tells workers their peers again after it.
     pub(crate) peers_changed: u64,
+    /// Tasks whose outputs have fewer copies than their job asks for (a copy lost with its
+    /// worker or found damaged, or too few peers when the task ended): the leader has
+    /// workers copy them from a holder until they have enough. Follows from `outputs` and
+    /// `options`, so it is not encoded: [`ClusterState::restore_added`] works it out.
+    #[serde(skip)]
+    pub(crate) short_of_copies: BTreeSet<TaskId>,
 }
 
 impl Added {
@@ -638,6 +644,18 @@ impl ClusterState {
         self.added.endpoints.get(worker).map(String::as_str)
     }
 
+    /// Tasks whose outputs have fewer copies than their job asks for, in task order.
+    pub fn short_of_copies(&self) -> &BTreeSet<TaskId> {
+        &self.added.short_of_copies
+    }
+
+    /// Copies of each output of `job`'s tasks the cluster keeps: the one where it ran and
+    /// the job's replicas.
+    pub fn wanted_copies(&self, job: JobId) -> usize {
+        let replicas = self.added.options.get(&job).map_or(crate::workflow::DEFAULT_REPLICAS, |o| o.replicas());
+        1 + replicas as usize
+    }
+
     /// Log index of the last change to the workers that can take copies of outputs.
     pub fn peers_changed(&self) -> u64 {
         self.added.peers_changed
@@ -652,6 +670,14 @@ impl ClusterState {
     /// hold it).
     pub fn restore_added(&mut self, added: Added) {
         self.added = added;
+        let short: BTreeSet<TaskId> = self
+            .added
+            .outputs
+            .iter()
+            .filter(|(task, outputs)| outputs.holders.len() < self.wanted_copies(task.job))
+            .map(|(task, _)| *task)
+            .collect();
+        self.added.short_of_copies = short;
     }
 
     pub fn retired_masters(&self) -> &BTreeSet<NodeId> {

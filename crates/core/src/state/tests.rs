@@ -890,3 +890,58 @@ fn task_limits_stay_with_their_job_and_go_with_it() {
         Err(crate::model::LimitsError::TooFewFiles)
     );
 }
+
+/// Invariants: a task's outputs list only workers holding a copy — a worker lost or one that
+/// found its copy damaged comes off — and the task is short of copies exactly while it has
+/// fewer than its job asks for; copies made to repair count once, for workers in service;
+/// losing the last copy is journalled; a snapshot's restore works out the same shortfall.
+#[test]
+fn copies_of_outputs_follow_losses_damage_and_repairs() {
+    use crate::workflow::{CopyLoss, Digest, OutputFile, Outputs};
+    let mut d = Driver::new();
+    for w in ["a", "b", "c", "d"] {
+        d.worker(w, 1);
+    }
+    let options = crate::workflow::JobOptions { replicas: Some(1), ..Default::default() };
+    let submitted = d.apply(Command::SubmitJobWith { spec: spec("1"), request_id: None, owner: None, options });
+    let Response::JobSubmitted { job, .. } = submitted else { panic!("{submitted:?}") };
+    let run = d.schedule().pop().expect("placed");
+    let file = OutputFile { path: "out.txt".into(), size: 3, sha256: Digest([7; 32]) };
+    let holder = run.worker.clone();
+    let outcome = Outcome {
+        outputs: Outputs { files: vec![file.clone()], holders: vec![holder.clone()], error: None },
+        ..outcome(0, "")
+    };
+    d.apply(Command::task_finished(run.task, run.fence, holder.clone(), outcome));
+    assert_eq!(d.state.wanted_copies(job), 2);
+    assert!(d.state.short_of_copies().contains(&run.task), "one copy of two");
+
+    let other = ["a", "b", "c", "d"].into_iter().find(|w| *w != holder).expect("another worker").to_string();
+    d.apply(Command::CopiesAdded { worker: other.clone(), tasks: vec![run.task] });
+    d.apply(Command::CopiesAdded { worker: other.clone(), tasks: vec![run.task] });
+    assert_eq!(d.state.task_outputs(run.task).expect("kept").holders, vec![holder.clone(), other.clone()]);
+    assert!(d.state.short_of_copies().is_empty());
+
+    // Damage found on the first holder: only outputs with that blob lose it.
+    d.apply(Command::CopiesCorrupt { worker: holder.clone(), digests: vec![Digest([9; 32])] });
+    assert!(d.state.short_of_copies().is_empty());
+    d.apply(Command::CopiesCorrupt { worker: holder.clone(), digests: vec![file.sha256] });
+    assert_eq!(d.state.task_outputs(run.task).expect("kept").holders, vec![other.clone()]);
+    assert!(d.state.short_of_copies().contains(&run.task));
+
+    // A copy reported by a worker since lost does not count; losing the last holder is told.
+    let incarnation = d.state.worker(&other).expect("registered").incarnation;
+    d.apply(Command::WorkerLost { name: other.clone(), incarnation, reason: LostReason::Restarted });
+    d.apply(Command::CopiesAdded { worker: other.clone(), tasks: vec![run.task] });
+    assert!(d.state.task_outputs(run.task).expect("kept").holders.is_empty());
+    let kinds: Vec<&EventKind> = d.state.journal().since(0, usize::MAX).map(|e| &e.kind).collect();
+    assert!(kinds.iter().any(|k| matches!(k, EventKind::OutputCopiesGone { reason: CopyLoss::Corrupt, tasks: 1, .. })));
+    assert!(kinds.iter().any(|k| matches!(k, EventKind::OutputCopiesGone { reason: CopyLoss::WorkerLost, .. })));
+    assert!(kinds.iter().any(|k| matches!(k, EventKind::OutputsLost { job: j, tasks: 1 } if *j == job)));
+    assert!(kinds.iter().any(|k| matches!(k, EventKind::OutputsCopied { tasks: 1, .. })));
+
+    let mut restored = ClusterState::new();
+    restored.restore_added(d.state.added().clone());
+    assert_eq!(restored.short_of_copies(), d.state.short_of_copies());
+    assert_eq!(d.replay(), d.state);
+}

@@ -9,11 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Added, ApplyCtx, ClusterState, Job};
+use super::{Added, ApplyCtx, ClusterState, Job, WorkerState};
 use crate::command::Response;
+use crate::journal::EventKind;
 use crate::model::{JobId, JobSpec, JobState, TaskId};
 use crate::reason::Refusal;
-use crate::workflow::{DependencyError, JobOptions, Unmet};
+use crate::workflow::{CopyLoss, DependencyError, Digest, JobOptions, Unmet};
 
 impl ClusterState {
     /// `SubmitJobWith`: refused whole if an option is bad or names a job that is not kept.
@@ -126,6 +127,61 @@ impl ClusterState {
         }
     }
 
+    /// `CopiesAdded`: the worker holds whole copies of these tasks' outputs now. Counted only
+    /// for a worker in service (one lost since it reported may not have them any more).
+    pub(super) fn copies_added(&mut self, ctx: ApplyCtx, worker: &str, tasks: &[TaskId]) -> Response {
+        if !self.workers.get(worker).is_some_and(|w| w.state == WorkerState::Ready) {
+            return Response::Noted;
+        }
+        let mut by_job: BTreeMap<JobId, u64> = BTreeMap::new();
+        for task in tasks {
+            let wanted = self.wanted_copies(task.job);
+            let Some(outputs) = self.added.outputs.get_mut(task) else { continue };
+            if outputs.holders.iter().any(|h| h == worker) {
+                continue;
+            }
+            outputs.holders.push(worker.to_string());
+            if outputs.holders.len() >= wanted {
+                self.added.short_of_copies.remove(task);
+            }
+            *by_job.entry(task.job).or_default() += 1;
+        }
+        for (job, tasks) in by_job {
+            self.journal.record(ctx.at_ms, EventKind::OutputsCopied { job, tasks, worker: worker.to_string() });
+        }
+        Response::Noted
+    }
+
+    /// Takes `worker` off the holders of every task's outputs (`digests`: only of outputs
+    /// that include one of them). Those tasks are short of copies now; the ones left with
+    /// none have lost their outputs. One journal event per job, whatever the count.
+    pub(super) fn drop_copies(&mut self, ctx: ApplyCtx, worker: &str, digests: Option<&[Digest]>, reason: CopyLoss) {
+        if self.added.outputs.is_empty() {
+            return;
+        }
+        let mut gone: BTreeMap<JobId, (u64, u64)> = BTreeMap::new();
+        for (task, outputs) in self.added.outputs.iter_mut() {
+            let Some(at) = outputs.holders.iter().position(|h| h == worker) else { continue };
+            if digests.is_some_and(|d| !d.iter().any(|d| outputs.holds(d))) {
+                continue;
+            }
+            outputs.holders.remove(at);
+            self.added.short_of_copies.insert(*task);
+            let counts = gone.entry(task.job).or_default();
+            counts.0 += 1;
+            if outputs.holders.is_empty() {
+                counts.1 += 1;
+            }
+        }
+        for (job, (tasks, lost)) in gone {
+            self.journal
+                .record(ctx.at_ms, EventKind::OutputCopiesGone { job, tasks, worker: worker.to_string(), reason });
+            if lost > 0 {
+                self.journal.record(ctx.at_ms, EventKind::OutputsLost { job, tasks: lost });
+            }
+        }
+    }
+
     /// A job is removed (retention, purge): what was kept beside it goes too.
     pub(super) fn forget_job_extras(&mut self, id: JobId) {
         self.added.access.forget_job(id);
@@ -135,6 +191,7 @@ impl ClusterState {
         let tasks: Vec<TaskId> = self.added.outputs.range(range.clone()).map(|(t, _)| *t).collect();
         for t in tasks {
             self.added.outputs.remove(&t);
+            self.added.short_of_copies.remove(&t);
         }
         let failed: Vec<TaskId> = self.added.output_errors.range(range).map(|(t, _)| *t).collect();
         for t in failed {
@@ -170,6 +227,16 @@ impl Added {
             assert!(!outputs.files.is_empty(), "task {task} kept with no outputs");
         }
         assert!(self.options.keys().all(|j| jobs.contains_key(j)), "options of a removed job");
+        for task in &self.short_of_copies {
+            assert!(self.outputs.contains_key(task), "task {task} short of copies of outputs it does not have");
+        }
+        for (task, outputs) in &self.outputs {
+            let replicas = self.options.get(&task.job).map_or(crate::workflow::DEFAULT_REPLICAS, |o| o.replicas());
+            let short = outputs.holders.len() < 1 + replicas as usize;
+            assert_eq!(short, self.short_of_copies.contains(task), "task {task} short of copies: {short}, not as kept");
+            let mut seen = BTreeSet::new();
+            assert!(outputs.holders.iter().all(|h| seen.insert(h)), "task {task} lists a holder twice");
+        }
         assert!(self.output_errors.keys().all(|t| jobs.contains_key(&t.job)), "output error of a removed job");
     }
 }

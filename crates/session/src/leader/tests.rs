@@ -600,3 +600,91 @@ fn a_held_run_goes_out_only_if_its_attempt_is_still_current() {
         .collect();
     assert_eq!(runs, vec![TaskId::array(kept, 1)], "{effects:?}");
 }
+
+/// The `Replicate` bodies among `effects`, by session.
+fn replicates(effects: &[Effect]) -> Vec<(SessionId, TaskId, Vec<String>)> {
+    effects
+        .iter()
+        .flat_map(|e| match e {
+            Effect::Send { session, msg } => {
+                msg.body.clone().flatten().into_iter().map(|b| (*session, b)).collect::<Vec<_>>()
+            }
+            _ => Vec::new(),
+        })
+        .filter_map(|(session, body)| match body {
+            MasterBody::Replicate { task, sources, .. } => Some((session, task, sources)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Invariants: a task whose outputs have fewer copies than its job asks for gets one more
+/// at a time, asked of a connected worker in service that lacks one, from the holders in
+/// service (by their addresses); a worker's `Holds` becomes `CopiesAdded`; nothing is asked
+/// once the task has its copies, nor of a worker that cannot read the message, nor when no
+/// holder is left to copy from.
+#[test]
+fn outputs_short_of_copies_are_copied_from_a_holder_to_a_worker_without_one() {
+    let mut l = Leader::ready();
+    for (session, name) in [(1, "w1"), (2, "w2"), (3, "w3"), (4, "w4")] {
+        l.admit(10, session, name, 10 + session);
+        l.cluster.commit(
+            TERM,
+            vec![Command::SetWorkerEndpoint { worker: name.into(), address: format!("10.0.0.{session}:7300") }],
+        );
+    }
+    // w4 never says its release: it runs the first one, which cannot take copies.
+    for session in [1, 2, 3] {
+        l.message(20, session, WorkerMsg::Version { version: "0.2.0".into() });
+    }
+    let job = l.cluster.submit(1);
+    let placements = flotilla_core::scheduler::plan(&l.cluster.state, usize::MAX);
+    let Some(Response::Assigned { runs }) = l.cluster.commit(TERM, vec![Command::Assign { placements }]).pop() else {
+        panic!("not placed")
+    };
+    let run = &runs[0];
+    let file = flotilla_core::workflow::OutputFile {
+        path: "o".into(),
+        size: 1,
+        sha256: flotilla_core::workflow::Digest([1; 32]),
+    };
+    let mut outcome = Outcome { exit_code: Some(0), ..Default::default() };
+    outcome.outputs = flotilla_core::workflow::Outputs {
+        files: vec![file],
+        holders: vec![run.worker.clone()],
+        error: None,
+    };
+    l.cluster.commit(TERM, vec![Command::task_finished(run.task, run.fence, run.worker.clone(), outcome)]);
+    assert_eq!(l.cluster.state.wanted_copies(job), 3);
+
+    let asks = replicates(&l.tick(1_000));
+    let holder_session = [1, 2, 3, 4].into_iter().find(|s| format!("w{s}") == run.worker).expect("placed on one");
+    let source = format!("10.0.0.{holder_session}:7300");
+    let [(session, task, sources)] = asks.as_slice() else { panic!("one copy asked at a time: {asks:?}") };
+    assert_eq!((*task, sources.clone()), (run.task, vec![source.clone()]));
+    assert!(*session != holder_session && *session != 4, "asked of {session}");
+    assert!(replicates(&l.tick(1_300)).is_empty(), "asked again while the first is under way");
+
+    let effects = l.message(1_400, *session, WorkerMsg::Holds { tasks: vec![run.task] });
+    let [Effect::Observe(Observation::Heartbeat { .. }), Effect::Propose { commands, .. }] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    let taker = format!("w{session}");
+    assert_eq!(commands, &vec![Command::CopiesAdded { worker: taker.clone(), tasks: vec![run.task] }]);
+    l.cluster.commit(TERM, commands.clone());
+    let asks = replicates(&l.tick(2_000));
+    let [(third, _, sources)] = asks.as_slice() else { panic!("{asks:?}") };
+    assert!(![holder_session, *session, 4].contains(third), "asked of {third}");
+    assert_eq!(sources.len(), 2);
+    l.cluster.commit(TERM, vec![Command::CopiesAdded { worker: format!("w{third}"), tasks: vec![run.task] }]);
+    assert!(l.cluster.state.short_of_copies().is_empty());
+    assert!(replicates(&l.tick(3_000)).is_empty());
+
+    // Every holder lost: nothing to copy from, nothing asked.
+    for name in [run.worker.clone(), taker, format!("w{third}")] {
+        let incarnation = l.cluster.state.worker(&name).expect("registered").incarnation;
+        l.cluster.commit(TERM, vec![Command::WorkerLost { name, incarnation, reason: LostReason::Restarted }]);
+    }
+    assert!(l.cluster.state.task_outputs(run.task).is_some_and(|o| o.holders.is_empty()));
+    assert!(replicates(&l.tick(4_000)).is_empty());
+}
