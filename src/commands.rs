@@ -410,6 +410,9 @@ fn print_job(j: &JobDetail) {
     if let Some(u) = &j.upstream_failed {
         println!("  cancelled: job {} it needed {}", u.job, u.state);
     }
+    if let Some(original) = j.rerun_of {
+        println!("  re-runs:   tasks of job {original} whose every output copy was lost (their outputs go to it)");
+    }
     if j.output_files > 0 {
         println!(
             "  outputs:   {} files, {} ({} copies on other workers; `flotilla job outputs {}`)",

@@ -321,3 +321,59 @@ async fn lost_and_damaged_copies_of_outputs_are_made_again() {
         );
     }
 }
+
+/// Invariants: when the only copy of a task's outputs is lost with its worker (SIGKILL), a
+/// new job runs that task again (journalled `outputs_lost` naming it; `rerun_of` in its
+/// detail; `$FLOTILLA_RERUN_OF` set for its tasks); a job waiting on the producer reads the
+/// outputs made again, not nothing; the producer's outputs are listed on the worker of the
+/// re-run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_whose_every_copy_is_lost_are_made_again() {
+    // Two cpus each: the gate job below holds one of the survivor's while the re-run runs.
+    let mut t = secure_cluster(1, &[("a", 2), ("b", 2)]).await;
+    let client = t.client();
+    let gate = t.dir.path().join("gate");
+    let mut make =
+        shell("echo made by ${FLOTILLA_RERUN_OF:+a re-run of }job $FLOTILLA_JOB_ID > \"$FLOTILLA_OUTPUT_DIR/o.txt\"");
+    make.replicas = Some(0);
+    let producer = client.submit(&make).await.expect("submit").id;
+    assert_eq!(wait_job(&t, &client, producer, LONG).await.state, JobState::Succeeded);
+    let hold = client
+        .submit(&shell(&format!("while [ ! -e '{}' ]; do sleep 0.1; done", gate.display())))
+        .await
+        .expect("submit the gate")
+        .id;
+    let read = after(shell(&format!("cat \"$FLOTILLA_INPUT_DIR/{producer}/0/o.txt\"")), &[producer, hold]);
+    let read = client.submit(&read).await.expect("submit the reader").id;
+
+    let rows = client.results(producer, 0, None, false).await.expect("results");
+    let holder = rows[0].worker.clone().expect("ran somewhere");
+    t.cluster.kill_worker(&holder);
+    let mut rerun = None;
+    wait_until(&t, "a re-run of the producer journalled", LONG, || async {
+        let events = client.events(0, 10_000, std::time::Duration::ZERO, false).await.map(|e| e.events);
+        let found = events.ok().and_then(|es| {
+            es.iter().find(|e| e.kind.as_str() == "outputs_lost" && e.job == Some(producer)).and_then(|e| e.rerun)
+        });
+        found.is_some()
+    })
+    .await;
+    let events = client.events(0, 10_000, std::time::Duration::ZERO, false).await.expect("events").events;
+    for e in &events {
+        if e.kind.as_str() == "outputs_lost" {
+            rerun = e.rerun;
+        }
+    }
+    let rerun = rerun.expect("a re-run");
+    let detail = wait_job(&t, &client, rerun, LONG).await;
+    assert_eq!((detail.state, detail.rerun_of), (JobState::Succeeded, Some(producer)), "{detail:?}");
+    let outputs = client.job_outputs(producer).await.expect("outputs");
+    assert_eq!(outputs.tasks[0].available.len(), 1, "{outputs:?}");
+    assert_ne!(outputs.tasks[0].holders[0], holder);
+
+    std::fs::write(&gate, b"go").expect("open the gate");
+    let done = wait_job(&t, &client, read, LONG).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let rows = client.results(read, 0, None, false).await.expect("results");
+    assert_eq!(rows[0].stdout.trim(), format!("made by a re-run of job {rerun}"));
+}

@@ -142,10 +142,12 @@ pub enum EventKind {
         worker: String,
         reason: crate::workflow::CopyLoss,
     },
-    /// The last copy of the outputs of `tasks` tasks of a job is gone.
+    /// The last copy of the outputs of `tasks` tasks of a job is gone; job `rerun`, if
+    /// any, runs those tasks again to make them anew.
     OutputsLost {
         job: JobId,
         tasks: u64,
+        rerun: Option<JobId>,
     },
 }
 
@@ -253,9 +255,12 @@ impl EventKind {
             EventKind::OutputCopiesGone { job, tasks, worker, reason } => {
                 format!("copies of the outputs of {tasks} tasks of job {job} on worker {worker} are gone: {reason}")
             }
-            EventKind::OutputsLost { job, tasks } => {
-                format!("every copy of the outputs of {tasks} tasks of job {job} is gone")
-            }
+            EventKind::OutputsLost { job, tasks, rerun } => match rerun {
+                Some(rerun) => format!(
+                    "every copy of the outputs of {tasks} tasks of job {job} is gone; job {rerun} runs them again"
+                ),
+                None => format!("every copy of the outputs of {tasks} tasks of job {job} is gone"),
+            },
         }
     }
 

@@ -137,6 +137,10 @@ pub enum RescheduleReason {
     /// Its worker was draining and the drain's deadline passed.
     #[error("worker {0} drained past its deadline")]
     DrainDeadline(String),
+    /// An input was not available because every copy of it was lost, and the task that made
+    /// it runs again (by job `rerun`): this task waits for that instead of failing (0.2.0).
+    #[error("its inputs from job {job} are being made again by job {rerun}")]
+    InputRerun { job: crate::model::JobId, rerun: crate::model::JobId },
 }
 
 /// Why a job failed: the first of its tasks that failed for good.

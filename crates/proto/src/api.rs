@@ -842,6 +842,10 @@ pub struct JobDetail {
     pub output_files: u64,
     #[serde(default)]
     pub output_bytes: u64,
+    /// Set for a job the cluster submitted itself to run again tasks of this job whose every
+    /// output copy was lost: their outputs become that job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<u64>,
 }
 
 /// The job that a cancelled dependent needed to succeed, and how it ended instead.
@@ -862,6 +866,7 @@ impl JobDetail {
         self.upstream_failed = state.unmet(self.id).map(|u| UpstreamFailed { job: u.upstream, state: u.state.into() });
         self.replicas = options.replicas();
         self.output_quota = options.output_quota();
+        self.rerun_of = state.rerun_of(self.id);
         for (_, outputs) in state.job_outputs(self.id) {
             self.output_files += outputs.files.len() as u64;
             self.output_bytes += outputs.files.iter().map(|f| f.size).sum::<u64>();
@@ -907,6 +912,7 @@ impl JobDetail {
             output_quota: flotilla_core::workflow::DEFAULT_OUTPUT_QUOTA,
             output_files: 0,
             output_bytes: 0,
+            rerun_of: None,
         }
     }
 }
@@ -1336,6 +1342,9 @@ pub struct EventView {
     /// For `outputs_copied`, `output_copies_gone`, `outputs_lost`: how many tasks' outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<u64>,
+    /// For `outputs_lost`: the job that runs those tasks again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun: Option<u64>,
 }
 
 impl EventView {
@@ -1420,7 +1429,10 @@ impl EventView {
                 v.tasks = Some(*tasks);
                 v.reason = Some(reason.name().to_string());
             }
-            journal::EventKind::OutputsLost { tasks, .. } => v.tasks = Some(*tasks),
+            journal::EventKind::OutputsLost { tasks, rerun, .. } => {
+                v.tasks = Some(*tasks);
+                v.rerun = *rerun;
+            }
         }
         v
     }

@@ -356,6 +356,9 @@ impl RunTask {
                 env.push(("FLOTILLA_MEMORY".to_string(), grant.memory.to_string()));
             }
         }
+        if let Some(original) = state.rerun_of(task.job) {
+            env.push(("FLOTILLA_RERUN_OF".to_string(), original.to_string()));
+        }
         let options = state.job_options(task.job);
         let limits = options.map(|o| o.limits.clone()).unwrap_or_default();
         let outputs =

@@ -506,6 +506,14 @@ impl ClusterState {
             return self.reject(ctx, id, fence, worker, StaleReason::for_state(&state, fence));
         }
         let was_running = matches!(state, TaskState::Running { .. });
+        // An input missing because every copy of it was lost and is being made again: the
+        // task waits for that (no failure counted) rather than failing for it.
+        let input_rerun = match &outcome.outputs.error {
+            Some(crate::workflow::OutputError::InputUnavailable { task: from, .. }) => {
+                self.rerun_under_way(from.job).map(|rerun| (from.job, rerun))
+            }
+            _ => None,
+        };
         let cpus = self.jobs[&id.job].spec.cpus;
         self.release(ctx, worker, id, cpus);
         let job = self.jobs.get_mut(&id.job).expect("job checked above");
@@ -547,6 +555,17 @@ impl ClusterState {
                 self.added.outputs.insert(id, outputs);
             }
             Dest::Succeeded
+        } else if let Some((from, rerun)) = input_rerun {
+            task.state = TaskState::Waiting;
+            self.journal.record(
+                ctx.at_ms,
+                EventKind::TaskRescheduled {
+                    task: id,
+                    attempt: fence.attempt,
+                    reason: RescheduleReason::InputRerun { job: from, rerun },
+                },
+            );
+            Dest::Waiting
         } else {
             task.failures += 1;
             let failure = outcome.failure();
@@ -587,6 +606,9 @@ impl ClusterState {
         }
         if dest != Dest::Waiting {
             self.settle(id);
+        }
+        if dest == Dest::Succeeded {
+            self.adopt_rerun_outputs(id);
         }
         self.after_task_change(ctx, id.job);
         Response::ResultRecorded

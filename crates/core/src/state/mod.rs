@@ -451,6 +451,9 @@ pub struct Added {
     /// `options`, so it is not encoded: [`ClusterState::restore_added`] works it out.
     #[serde(skip)]
     pub(crate) short_of_copies: BTreeSet<TaskId>,
+    /// Jobs that run tasks again whose every output copy was lost, and the job whose tasks
+    /// they are (their outputs become that job's when they succeed).
+    pub(crate) reruns: BTreeMap<JobId, JobId>,
 }
 
 impl Added {
@@ -462,6 +465,7 @@ impl Added {
             && self.outputs.is_empty()
             && self.output_errors.is_empty()
             && self.endpoints.is_empty()
+            && self.reruns.is_empty()
     }
 }
 
@@ -644,6 +648,11 @@ impl ClusterState {
         self.added.endpoints.get(worker).map(String::as_str)
     }
 
+    /// The job whose lost outputs `job` makes again, if it is such a re-run.
+    pub fn rerun_of(&self, job: JobId) -> Option<JobId> {
+        self.added.reruns.get(&job).copied()
+    }
+
     /// Tasks whose outputs have fewer copies than their job asks for, in task order.
     pub fn short_of_copies(&self) -> &BTreeSet<TaskId> {
         &self.added.short_of_copies
@@ -774,7 +783,11 @@ impl ClusterState {
             assert_eq!(queued, job.has_waiting_work() && !blocked, "job {} queue membership", job.id);
             if blocked {
                 assert!(!job.state.is_terminal(), "finished job {} still waits", job.id);
-                assert_eq!(job.counts.waiting, job.total, "waiting job {} has started tasks", job.id);
+                // A job that reads lost outputs waits for their re-run whatever it started.
+                let for_rerun = self.added.waiting_on[&job.id].iter().any(|up| self.added.reruns.contains_key(up));
+                if !for_rerun {
+                    assert_eq!(job.counts.waiting, job.total, "waiting job {} has started tasks", job.id);
+                }
             }
             if job.state.is_terminal() {
                 assert!(job.pending.is_empty() && !job.reduce_pending, "finished job {} has work", job.id);

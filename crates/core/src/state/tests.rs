@@ -937,11 +937,85 @@ fn copies_of_outputs_follow_losses_damage_and_repairs() {
     let kinds: Vec<&EventKind> = d.state.journal().since(0, usize::MAX).map(|e| &e.kind).collect();
     assert!(kinds.iter().any(|k| matches!(k, EventKind::OutputCopiesGone { reason: CopyLoss::Corrupt, tasks: 1, .. })));
     assert!(kinds.iter().any(|k| matches!(k, EventKind::OutputCopiesGone { reason: CopyLoss::WorkerLost, .. })));
-    assert!(kinds.iter().any(|k| matches!(k, EventKind::OutputsLost { job: j, tasks: 1 } if *j == job)));
+    assert!(kinds
+        .iter()
+        .any(|k| matches!(k, EventKind::OutputsLost { job: j, tasks: 1, rerun: Some(_) } if *j == job)));
     assert!(kinds.iter().any(|k| matches!(k, EventKind::OutputsCopied { tasks: 1, .. })));
 
     let mut restored = ClusterState::new();
     restored.restore_added(d.state.added().clone());
     assert_eq!(restored.short_of_copies(), d.state.short_of_copies());
+    assert_eq!(d.replay(), d.state);
+}
+
+/// Invariants: when every copy of a task's outputs is lost, a new job runs that task again
+/// (same command and index) and is journalled as the re-run; jobs not ended that read the
+/// outputs wait for it (out of the queue), and an attempt of theirs that could not stage the
+/// lost input waits too, with no failure counted; the re-run's outputs become the original
+/// task's, and the readers go on once it ends.
+#[test]
+fn outputs_whose_every_copy_is_lost_are_made_again_by_a_rerun() {
+    use crate::workflow::{Digest, OutputError, OutputFile, Outputs};
+    let mut d = Driver::new();
+    d.worker("a", 1);
+    let options = |after: Vec<JobId>| crate::workflow::JobOptions { after, replicas: Some(0), ..Default::default() };
+    let submit = |d: &mut Driver, array: &str, after: Vec<JobId>| {
+        let command =
+            Command::SubmitJobWith { spec: spec(array), request_id: None, owner: None, options: options(after) };
+        let Response::JobSubmitted { job, .. } = d.apply(command) else { panic!("refused") };
+        job
+    };
+    let with_file = |seed: u8, holder: &str| Outcome {
+        outputs: Outputs {
+            files: vec![OutputFile { path: "o".into(), size: 1, sha256: Digest([seed; 32]) }],
+            holders: vec![holder.to_string()],
+            error: None,
+        },
+        ..outcome(0, "")
+    };
+    let producer = submit(&mut d, "1", vec![]);
+    let run = d.schedule().pop().expect("placed");
+    d.apply(Command::task_finished(run.task, run.fence, "a".into(), with_file(1, "a")));
+    let reader = submit(&mut d, "1-2", vec![producer]);
+    d.worker("b", 1);
+    let reading = d.schedule();
+    assert_eq!(reading.len(), 2, "both reader tasks placed");
+
+    // Worker a is lost with the only copy.
+    let incarnation = d.state.worker("a").expect("registered").incarnation;
+    d.apply(Command::WorkerLost { name: "a".into(), incarnation, reason: LostReason::Restarted });
+    let rerun = d.state.jobs().map(|j| j.id).max().expect("a job");
+    assert_eq!(d.state.rerun_of(rerun), Some(producer));
+    assert_eq!(d.state.job(rerun).expect("kept").total, 1);
+    let lost = d.state.journal().since(0, usize::MAX).find_map(|e| match e.kind {
+        EventKind::OutputsLost { job, tasks, rerun } => Some((job, tasks, rerun)),
+        _ => None,
+    });
+    assert_eq!(lost, Some((producer, 1, Some(rerun))));
+    assert_eq!(d.state.waiting_on(reader).map(|w| w.iter().copied().collect::<Vec<_>>()), Some(vec![rerun]));
+
+    // The reader's attempt on b cannot stage the input: it waits, no failure counted.
+    let on_b = reading.iter().find(|r| r.worker == "b").expect("one on b");
+    let missing = Outcome {
+        outputs: Outputs {
+            error: Some(OutputError::InputUnavailable { task: run.task, path: "o".into() }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    d.apply(Command::task_finished(on_b.task, on_b.fence, "b".into(), missing));
+    let task = d.state.job(reader).and_then(|j| j.task(on_b.task.slot)).expect("kept");
+    assert_eq!((task.state.clone(), task.failures), (TaskState::Waiting, 0));
+
+    // Only the re-run is placed; its outputs become the producer's; then the reader goes on.
+    let runs = d.schedule();
+    assert!(runs.iter().all(|r| r.task.job == rerun) && runs.len() == 1, "{runs:?}");
+    d.apply(Command::task_finished(runs[0].task, runs[0].fence, runs[0].worker.clone(), with_file(2, "b")));
+    let outputs = d.state.task_outputs(run.task).expect("the producer's outputs");
+    assert_eq!((outputs.files[0].sha256, outputs.holders.clone()), (Digest([2; 32]), vec!["b".to_string()]));
+    assert!(d.state.task_outputs(runs[0].task).is_none());
+    assert_eq!(d.state.job(rerun).expect("kept").state, JobState::Succeeded);
+    assert!(d.state.waiting_on(reader).is_none());
+    assert!(d.schedule().iter().any(|r| r.task.job == reader));
     assert_eq!(d.replay(), d.state);
 }

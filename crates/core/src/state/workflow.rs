@@ -159,7 +159,8 @@ impl ClusterState {
         if self.added.outputs.is_empty() {
             return;
         }
-        let mut gone: BTreeMap<JobId, (u64, u64)> = BTreeMap::new();
+        let mut gone: BTreeMap<JobId, u64> = BTreeMap::new();
+        let mut lost: BTreeMap<JobId, Vec<TaskId>> = BTreeMap::new();
         for (task, outputs) in self.added.outputs.iter_mut() {
             let Some(at) = outputs.holders.iter().position(|h| h == worker) else { continue };
             if digests.is_some_and(|d| !d.iter().any(|d| outputs.holds(d))) {
@@ -167,24 +168,118 @@ impl ClusterState {
             }
             outputs.holders.remove(at);
             self.added.short_of_copies.insert(*task);
-            let counts = gone.entry(task.job).or_default();
-            counts.0 += 1;
+            *gone.entry(task.job).or_default() += 1;
             if outputs.holders.is_empty() {
-                counts.1 += 1;
+                lost.entry(task.job).or_default().push(*task);
             }
         }
-        for (job, (tasks, lost)) in gone {
+        for (job, tasks) in gone {
             self.journal
                 .record(ctx.at_ms, EventKind::OutputCopiesGone { job, tasks, worker: worker.to_string(), reason });
-            if lost > 0 {
-                self.journal.record(ctx.at_ms, EventKind::OutputsLost { job, tasks: lost });
+        }
+        let mut reruns = Vec::new();
+        for (job, tasks) in lost {
+            let rerun = self.rerun(ctx, job, &tasks);
+            self.journal.record(ctx.at_ms, EventKind::OutputsLost { job, tasks: tasks.len() as u64, rerun });
+            reruns.extend(rerun.map(|r| (job, r)));
+        }
+        self.hold_for_reruns(&reruns);
+    }
+
+    /// Every copy of these tasks' outputs is gone: a new job runs them again, with the same
+    /// command, indices, inputs and output policy (its id is the new job's; it is told
+    /// `FLOTILLA_RERUN_OF`), and their outputs become `job`'s when they succeed. A reduce
+    /// step's outputs are not made again (its input, the tasks' stdout, is in the records,
+    /// not in a job that can be re-run).
+    fn rerun(&mut self, ctx: ApplyCtx, job: JobId, tasks: &[TaskId]) -> Option<JobId> {
+        let original = self.jobs.get(&job)?;
+        let indices: Vec<u64> = tasks
+            .iter()
+            .filter_map(|t| match t.slot {
+                crate::model::TaskSlot::Array(i) => Some(i),
+                crate::model::TaskSlot::Reduce => None,
+            })
+            .collect();
+        if indices.is_empty() {
+            return None;
+        }
+        let mut spec = original.spec.clone();
+        spec.reduce = None;
+        spec.array = if original.spec.array.is_none() && indices == [0] {
+            None
+        } else {
+            let mut set = crate::index_set::IndexSet::new();
+            for i in indices {
+                set.insert(i);
+            }
+            Some(set)
+        };
+        let options = self.added.options.get(&job).cloned();
+        let owner = self.added.access.owner_of(job).map(str::to_string);
+        let Response::JobSubmitted { job: rerun, duplicate: false } = self.submit(ctx, &spec, None) else {
+            return None;
+        };
+        if let Some(owner) = owner {
+            self.added.access.set_owner(rerun, &owner);
+        }
+        if let Some(options) = options {
+            self.added.options.insert(rerun, options);
+        }
+        self.added.reruns.insert(rerun, job);
+        Some(rerun)
+    }
+
+    /// Jobs not ended that read what a re-run makes again wait for it (out of the queue;
+    /// their running attempts go on), and so does a re-run that needs another's outputs.
+    fn hold_for_reruns(&mut self, reruns: &[(JobId, JobId)]) {
+        for &(original, rerun) in reruns {
+            let readers: Vec<JobId> = self
+                .added
+                .options
+                .iter()
+                .filter(|(reader, o)| **reader != rerun && o.upstream().contains(&original))
+                .map(|(reader, _)| *reader)
+                .filter(|reader| self.jobs.get(reader).is_some_and(|j| !j.state.is_terminal()))
+                .collect();
+            for reader in readers {
+                self.added.waiting_on.entry(reader).or_default().insert(rerun);
+                self.added.dependents.entry(rerun).or_default().insert(reader);
+                self.refresh_queue(reader);
             }
         }
+    }
+
+    /// The re-run that is making `job`'s lost outputs again, if one has not ended.
+    pub(super) fn rerun_under_way(&self, job: JobId) -> Option<JobId> {
+        self.added
+            .reruns
+            .iter()
+            .find(|(rerun, original)| **original == job && self.jobs.get(rerun).is_some_and(|j| !j.state.is_terminal()))
+            .map(|(rerun, _)| *rerun)
+    }
+
+    /// A re-run's task succeeded: its outputs become those of the task it ran again (if that
+    /// job is still kept), which is then short of copies or not by its own job's count.
+    pub(super) fn adopt_rerun_outputs(&mut self, task: TaskId) {
+        let Some(&original) = self.added.reruns.get(&task.job) else { return };
+        let Some(outputs) = self.added.outputs.remove(&task) else { return };
+        self.added.short_of_copies.remove(&task);
+        if !self.jobs.contains_key(&original) {
+            return;
+        }
+        let target = TaskId { job: original, slot: task.slot };
+        if outputs.holders.len() < self.wanted_copies(original) {
+            self.added.short_of_copies.insert(target);
+        } else {
+            self.added.short_of_copies.remove(&target);
+        }
+        self.added.outputs.insert(target, outputs);
     }
 
     /// A job is removed (retention, purge): what was kept beside it goes too.
     pub(super) fn forget_job_extras(&mut self, id: JobId) {
         self.added.access.forget_job(id);
+        self.added.reruns.remove(&id);
         self.added.options.remove(&id);
         self.added.unmet.remove(&id);
         let range = TaskId::array(id, 0)..=TaskId::reduce(id);
@@ -209,7 +304,7 @@ impl Added {
             for up in ups {
                 assert!(self.dependents.get(up).is_some_and(|d| d.contains(job)), "{job} waits for {up} unseen");
                 assert!(jobs.get(up).is_some_and(|j| !j.state.is_terminal()), "{job} waits for ended job {up}");
-                assert!(up < job, "job {job} waits for a later job {up}");
+                assert!(up < job || self.reruns.contains_key(up), "job {job} waits for a later job {up}");
             }
         }
         for (up, deps) in &self.dependents {
@@ -227,6 +322,7 @@ impl Added {
             assert!(!outputs.files.is_empty(), "task {task} kept with no outputs");
         }
         assert!(self.options.keys().all(|j| jobs.contains_key(j)), "options of a removed job");
+        assert!(self.reruns.iter().all(|(r, o)| jobs.contains_key(r) && o < r), "a re-run gone or before its job");
         for task in &self.short_of_copies {
             assert!(self.outputs.contains_key(task), "task {task} short of copies of outputs it does not have");
         }

@@ -649,11 +649,8 @@ fn outputs_short_of_copies_are_copied_from_a_holder_to_a_worker_without_one() {
         sha256: flotilla_core::workflow::Digest([1; 32]),
     };
     let mut outcome = Outcome { exit_code: Some(0), ..Default::default() };
-    outcome.outputs = flotilla_core::workflow::Outputs {
-        files: vec![file],
-        holders: vec![run.worker.clone()],
-        error: None,
-    };
+    outcome.outputs =
+        flotilla_core::workflow::Outputs { files: vec![file], holders: vec![run.worker.clone()], error: None };
     l.cluster.commit(TERM, vec![Command::task_finished(run.task, run.fence, run.worker.clone(), outcome)]);
     assert_eq!(l.cluster.state.wanted_copies(job), 3);
 
