@@ -33,6 +33,12 @@ pub enum Cmd {
     Worker(WorkerCli),
     /// Submit a job; prints its id alone on stdout.
     Submit(SubmitArgs),
+    /// Periodic jobs: `schedule add NAME --cron "0 3 * * *" [--timezone Z] [--overlap
+    /// skip|allow] -- CMD…` submits the job once per period; `schedule list|pause|resume|remove`.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCmd,
+    },
     /// Inspect or control jobs.
     Job {
         #[command(subcommand)]
@@ -379,6 +385,73 @@ pub struct WorkerArgs {
     /// ends; by default it is removed.
     #[arg(long)]
     pub keep_task_dirs: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCmd {
+    /// Add a schedule: the job (every `submit` flag, or --file) is submitted once per period
+    /// of the cron expression, by the leader, exactly once per period across failovers.
+    /// Periods missed while no leader could act are not each made up for: the next leader
+    /// launches the latest one only.
+    Add(Box<ScheduleAddArgs>),
+    /// List the schedules: expression, next and last period, jobs launched and skipped.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON: {schedules: [{name, cron, timezone, overlap, paused, next, last_period,
+        /// last_job, launched, skipped, …}]}.
+        #[arg(long)]
+        json: bool,
+        /// Answer from whichever master responds, without a linearizable read.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Stop launching periods (the schedule is kept).
+    Pause {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Launch periods again, from the next one (periods missed while paused are not launched).
+    Resume {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a schedule (the jobs it submitted stay).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ScheduleAddArgs {
+    /// The schedule's name: 1 to 64 letters, digits, '-', '_' or '.'.
+    pub schedule: String,
+    /// When: five fields (minute hour day-of-month month day-of-week, e.g. "0 3 * * *" for
+    /// 03:00 daily) or six with seconds first ("*/10 * * * * *"); @daily, @hourly, … too.
+    #[arg(long)]
+    pub cron: String,
+    /// The IANA time zone the expression is read in, e.g. Europe/Berlin (default UTC).
+    #[arg(long, default_value = "UTC")]
+    pub timezone: String,
+    /// When a period starts while the previous period's job still runs: skip the period
+    /// (journalled), or allow a second job.
+    #[arg(long, default_value = "skip", value_parser = ["skip", "allow"])]
+    pub overlap: String,
+    /// Print the schedule as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub job: SubmitArgs,
 }
 
 #[derive(Args, Debug)]

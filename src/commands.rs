@@ -27,6 +27,7 @@ pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Worker(crate::cli::WorkerCli { command: Some(command), .. }) => worker(command).await,
         Cmd::Submit(a) => submit(a).await,
         Cmd::Job { command } => job(command).await,
+        Cmd::Schedule { command } => schedule(command).await,
         Cmd::Status { client, json, stale } => status(&connect(&client)?, json, stale).await,
         Cmd::Events(a) => events(a).await,
         Cmd::Incident { command: crate::cli::IncidentCmd::Report(a) } => incident_report(a).await,
@@ -64,6 +65,96 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 /// The job described by the flags, on top of `--file` if given.
+async fn schedule(command: crate::cli::ScheduleCmd) -> anyhow::Result<ExitCode> {
+    use crate::cli::ScheduleCmd;
+    let print = |s: &flotilla_proto::api::ScheduleView, json: bool| -> anyhow::Result<()> {
+        if json {
+            return print_json(s);
+        }
+        let state = if s.paused { "paused" } else { "active" };
+        println!(
+            "schedule {} ({state}): \"{}\" in {}, overlap {}",
+            s.name,
+            s.cron,
+            s.timezone,
+            overlap_name(s.overlap)
+        );
+        println!("  command:  {}", s.command.join(" "));
+        println!("  next:     {}", s.next.as_deref().unwrap_or("-"));
+        let last = match (&s.last_period, s.last_job) {
+            (Some(p), Some(j)) => format!("{p} (job {j})"),
+            (Some(p), None) => p.clone(),
+            _ => "-".to_string(),
+        };
+        println!("  last:     {last}");
+        println!("  launched: {}, skipped: {}", s.launched, s.skipped);
+        Ok(())
+    };
+    match command {
+        ScheduleCmd::Add(a) => {
+            if a.job.wait {
+                bail!("--wait does not apply to a schedule (each period submits a job of its own)");
+            }
+            let job = submit_request(&a.job)?;
+            let overlap = match a.overlap.as_str() {
+                "allow" => flotilla_proto::api::OverlapPolicy::Allow,
+                _ => flotilla_proto::api::OverlapPolicy::Skip,
+            };
+            let request = flotilla_proto::api::ScheduleRequest {
+                name: a.schedule.clone(),
+                cron: a.cron.clone(),
+                timezone: Some(a.timezone.clone()),
+                overlap,
+                job,
+            };
+            let added = connect(&a.job.client)?.add_schedule(&request).await?;
+            print(&added, a.json)?;
+        }
+        ScheduleCmd::List { client, json, stale } => {
+            let list = connect(&client)?.schedules(stale).await?;
+            if json {
+                print_json(&list)?;
+            } else if list.schedules.is_empty() {
+                println!("no schedules (add one with `flotilla schedule add NAME --cron EXPR -- CMD…`)");
+            } else {
+                println!(
+                    "{:<20} {:<7} {:<18} {:<26} {:>8} {:>7}",
+                    "NAME", "STATE", "CRON", "NEXT", "LAUNCHED", "SKIPPED"
+                );
+                for s in &list.schedules {
+                    let state = if s.paused { "paused" } else { "active" };
+                    let next = s.next.as_deref().unwrap_or("-");
+                    println!("{:<20} {state:<7} {:<18} {next:<26} {:>8} {:>7}", s.name, s.cron, s.launched, s.skipped);
+                }
+            }
+        }
+        ScheduleCmd::Pause { name, client, json } => {
+            let s = connect(&client)?.set_schedule_paused(&name, true).await?;
+            print(&s, json)?;
+        }
+        ScheduleCmd::Resume { name, client, json } => {
+            let s = connect(&client)?.set_schedule_paused(&name, false).await?;
+            print(&s, json)?;
+        }
+        ScheduleCmd::Remove { name, client, json } => {
+            let s = connect(&client)?.remove_schedule(&name).await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!("schedule {name} removed ({} jobs launched; they stay)", s.launched);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn overlap_name(o: flotilla_proto::api::OverlapPolicy) -> &'static str {
+    match o {
+        flotilla_proto::api::OverlapPolicy::Skip => "skip",
+        flotilla_proto::api::OverlapPolicy::Allow => "allow",
+    }
+}
+
 fn submit_request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
     let mut req = match &a.file {
         Some(path) => {

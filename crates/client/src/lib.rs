@@ -453,6 +453,33 @@ impl Client {
         self.request::<(), _>(Method::DELETE, &path, None, Duration::from_secs(10)).await
     }
 
+    pub async fn schedules(&self, stale: bool) -> Result<flotilla_proto::api::Schedules, ClientError> {
+        self.get(&format!("/v1/schedules{}", stale_query(stale, '?'))).await
+    }
+
+    pub async fn add_schedule(
+        &self,
+        request: &flotilla_proto::api::ScheduleRequest,
+    ) -> Result<flotilla_proto::api::ScheduleView, ClientError> {
+        self.request(Method::POST, "/v1/schedules", Some(request), ATTEMPT_TIMEOUT).await
+    }
+
+    /// `action`: `pause` or `resume`.
+    pub async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<flotilla_proto::api::ScheduleView, ClientError> {
+        let action = if paused { "pause" } else { "resume" };
+        let path = format!("/v1/schedules/{}/{action}", percent_encode_segment(name));
+        self.request::<(), _>(Method::POST, &path, None, ATTEMPT_TIMEOUT).await
+    }
+
+    pub async fn remove_schedule(&self, name: &str) -> Result<flotilla_proto::api::ScheduleView, ClientError> {
+        let path = format!("/v1/schedules/{}", percent_encode_segment(name));
+        self.request::<(), _>(Method::DELETE, &path, None, ATTEMPT_TIMEOUT).await
+    }
+
     /// One master's own view of itself (never redirected).
     pub async fn node(&self, address: &str) -> Result<NodeInfo, ClientError> {
         let (status, body) = self

@@ -190,6 +190,25 @@ pub enum Command {
         worker: String,
         digests: Vec<crate::workflow::Digest>,
     },
+    /// A periodic job (`schedule add`); refused if the name is taken.
+    AddSchedule {
+        name: String,
+        schedule: Box<crate::schedule::Schedule>,
+    },
+    RemoveSchedule {
+        name: String,
+    },
+    /// Pause or resume: a resumed schedule does not launch the periods it missed.
+    PauseSchedule {
+        name: String,
+        paused: bool,
+    },
+    /// The leader saw this period of the schedule start: its job is submitted (or the period
+    /// skipped), once; a period already done changes nothing.
+    LaunchPeriod {
+        name: String,
+        period: crate::model::Millis,
+    },
 }
 
 impl Command {
@@ -226,7 +245,11 @@ impl Command {
             Command::TaskFinishedWith { .. }
             | Command::SetWorkerEndpoint { .. }
             | Command::CopiesAdded { .. }
-            | Command::CopiesCorrupt { .. } => Some(Feature::Workflows),
+            | Command::CopiesCorrupt { .. }
+            | Command::AddSchedule { .. }
+            | Command::RemoveSchedule { .. }
+            | Command::PauseSchedule { .. }
+            | Command::LaunchPeriod { .. } => Some(Feature::Workflows),
         }
     }
 

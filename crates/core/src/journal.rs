@@ -149,6 +149,18 @@ pub enum EventKind {
         tasks: u64,
         rerun: Option<JobId>,
     },
+    /// A schedule's period started and its job was submitted.
+    ScheduleLaunched {
+        name: String,
+        period: Millis,
+        job: JobId,
+    },
+    /// A schedule's period started while the previous period's job still ran (`--overlap skip`).
+    ScheduleSkipped {
+        name: String,
+        period: Millis,
+        running: JobId,
+    },
 }
 
 impl EventKind {
@@ -177,6 +189,8 @@ impl EventKind {
             EventKind::OutputsCopied { .. } => "outputs_copied",
             EventKind::OutputCopiesGone { .. } => "output_copies_gone",
             EventKind::OutputsLost { .. } => "outputs_lost",
+            EventKind::ScheduleLaunched { .. } => "schedule_launched",
+            EventKind::ScheduleSkipped { .. } => "schedule_skipped",
         }
     }
 
@@ -261,6 +275,10 @@ impl EventKind {
                 ),
                 None => format!("every copy of the outputs of {tasks} tasks of job {job} is gone"),
             },
+            EventKind::ScheduleLaunched { name, job, .. } => format!("schedule {name} submitted job {job}"),
+            EventKind::ScheduleSkipped { name, running, .. } => {
+                format!("schedule {name} skipped a period: job {running} of the previous one still runs")
+            }
         }
     }
 
@@ -271,7 +289,8 @@ impl EventKind {
             | EventKind::JobRemoved { job, .. }
             | EventKind::OutputsCopied { job, .. }
             | EventKind::OutputCopiesGone { job, .. }
-            | EventKind::OutputsLost { job, .. } => Some(*job),
+            | EventKind::OutputsLost { job, .. }
+            | EventKind::ScheduleLaunched { job, .. } => Some(*job),
             EventKind::TaskRescheduled { task, .. }
             | EventKind::TaskFailed { task, .. }
             | EventKind::ResultRejected { task, .. } => Some(task.job),

@@ -17,6 +17,7 @@
 //! - [`units`]: durations and sizes as users write them.
 //! - [`rng`]: a seeded generator for tests, simulations and fault schedules.
 //! - [`workflow`]: jobs that wait for jobs, and tasks' outputs kept on workers.
+//! - [`schedule`]: periodic jobs (cron expressions in a time zone) and when each is due.
 
 pub mod access;
 pub mod command;
@@ -26,6 +27,7 @@ pub mod model;
 pub mod reason;
 pub mod records;
 pub mod rng;
+pub mod schedule;
 pub mod scheduler;
 pub mod session;
 pub mod state;

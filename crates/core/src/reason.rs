@@ -39,6 +39,8 @@ pub enum Refusal {
     Access(crate::access::AccessRefusal),
     #[error("{0}")]
     Dependency(crate::workflow::DependencyError),
+    #[error("{0}")]
+    Schedule(crate::schedule::ScheduleRefusal),
 }
 
 /// Why an attempt's message is fenced off ([`crate::Response::Stale`], and the journal's

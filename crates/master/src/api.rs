@@ -45,6 +45,10 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/jobs/{id}/outputs", get(crate::outputs::job_outputs))
         .route("/v1/jobs/{id}/outputs/{sha256}", get(crate::outputs::output_file))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/schedules", get(crate::schedules::list).post(crate::schedules::add))
+        .route("/v1/schedules/{name}", axum::routing::delete(crate::schedules::remove))
+        .route("/v1/schedules/{name}/pause", post(crate::schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(crate::schedules::resume))
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/events/retention", get(retention).put(set_retention))
@@ -149,6 +153,14 @@ pub fn refusal_code(refusal: &Refusal) -> ApiErrorCode {
         | Refusal::BadResourceName(_)
         | Refusal::BadJobRetention(_)
         | Refusal::Dependency(_) => ApiErrorCode::BadRequest,
+        Refusal::Schedule(e) => match e {
+            flotilla_core::schedule::ScheduleRefusal::Unknown(_) => ApiErrorCode::NotFound,
+            flotilla_core::schedule::ScheduleRefusal::Exists(_) | flotilla_core::schedule::ScheduleRefusal::TooMany => {
+                ApiErrorCode::Conflict
+            }
+            flotilla_core::schedule::ScheduleRefusal::BadName
+            | flotilla_core::schedule::ScheduleRefusal::Dependencies => ApiErrorCode::BadRequest,
+        },
         Refusal::Access(e) => match e {
             AccessRefusal::NoToken(_) => ApiErrorCode::NotFound,
             AccessRefusal::BadName(_) => ApiErrorCode::BadRequest,

@@ -82,12 +82,14 @@ pub fn need_of(method: &Method, path: &str) -> Need {
         // Asked by followers of the leader (their certificate, or the bootstrap token).
         (&Method::GET, ["v1", "cluster", "read-index"]) => Need::Admin,
         (&Method::GET | &Method::HEAD, ["v1", ..] | ["ui", ..] | ["metrics"]) => Need::Read,
-        (&Method::POST, ["v1", "jobs"]) => Need::Submit,
+        (&Method::POST, ["v1", "jobs"] | ["v1", "schedules"]) => Need::Submit,
         // A `submit` token may cancel its own jobs only: the handler checks the owner.
         (&Method::POST, ["v1", "jobs", _, "cancel"]) => Need::Submit,
         (&Method::POST, ["v1", "jobs", "purge"])
         | (&Method::PUT, ["v1", "jobs", "retention"] | ["v1", "events", "retention"] | ["v1", "scheduling"])
         | (&Method::POST, ["v1", "workers", _, "cordon" | "drain" | "uncordon"])
+        | (&Method::POST, ["v1", "schedules", _, "pause" | "resume"])
+        | (&Method::DELETE, ["v1", "schedules", _])
         | (&Method::POST, ["v1", "cluster", "leader"]) => Need::Operate,
         _ => Need::Admin,
     }

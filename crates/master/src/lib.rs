@@ -38,6 +38,7 @@ pub mod outputs;
 pub mod proposer;
 pub mod raft_service;
 pub mod releases;
+pub mod schedules;
 pub mod sessions;
 pub mod tokens;
 pub mod watchdog;

@@ -12,6 +12,7 @@ use flotilla_proto::api::JobState;
 
 use crate::api;
 use crate::outputs;
+use crate::schedules;
 use crate::tokens;
 
 /// `?stale=true`: answer from this master's replica without the linearizable barrier.
@@ -106,6 +107,11 @@ pub struct StandParams {
         outputs::job_outputs,
         outputs::output_file,
         api::cancel_job,
+        schedules::list,
+        schedules::add,
+        schedules::pause,
+        schedules::resume,
+        schedules::remove,
         api::job_retention,
         api::set_job_retention,
         api::purge_jobs,
@@ -238,6 +244,10 @@ mod tests {
             "/v1/jobs/{id}/outputs",
             "/v1/jobs/{id}/outputs/{sha256}",
             "/v1/jobs/{id}/cancel",
+            "/v1/schedules",
+            "/v1/schedules/{name}",
+            "/v1/schedules/{name}/pause",
+            "/v1/schedules/{name}/resume",
             "/v1/status",
             "/v1/events",
             "/v1/events/retention",

@@ -363,6 +363,8 @@ pub enum EventType {
     OutputsCopied,
     OutputCopiesGone,
     OutputsLost,
+    ScheduleLaunched,
+    ScheduleSkipped,
     /// A kind this build does not know (from a newer master).
     #[default]
     #[serde(other)]
@@ -392,6 +394,8 @@ impl EventType {
             EventType::OutputsCopied => "outputs_copied",
             EventType::OutputCopiesGone => "output_copies_gone",
             EventType::OutputsLost => "outputs_lost",
+            EventType::ScheduleLaunched => "schedule_launched",
+            EventType::ScheduleSkipped => "schedule_skipped",
             EventType::Unknown => "unknown",
         }
     }
@@ -423,8 +427,104 @@ impl From<&journal::EventKind> for EventType {
             K::OutputsCopied { .. } => EventType::OutputsCopied,
             K::OutputCopiesGone { .. } => EventType::OutputCopiesGone,
             K::OutputsLost { .. } => EventType::OutputsLost,
+            K::ScheduleLaunched { .. } => EventType::ScheduleLaunched,
+            K::ScheduleSkipped { .. } => EventType::ScheduleSkipped,
         }
     }
+}
+
+/// What a schedule does when the previous period's job still runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlapPolicy {
+    /// Skip the period (journalled `schedule_skipped`).
+    #[default]
+    Skip,
+    /// Submit the period's job anyway.
+    Allow,
+}
+
+impl From<OverlapPolicy> for flotilla_core::schedule::Overlap {
+    fn from(o: OverlapPolicy) -> Self {
+        match o {
+            OverlapPolicy::Skip => flotilla_core::schedule::Overlap::Skip,
+            OverlapPolicy::Allow => flotilla_core::schedule::Overlap::Allow,
+        }
+    }
+}
+
+impl From<flotilla_core::schedule::Overlap> for OverlapPolicy {
+    fn from(o: flotilla_core::schedule::Overlap) -> Self {
+        match o {
+            flotilla_core::schedule::Overlap::Skip => OverlapPolicy::Skip,
+            flotilla_core::schedule::Overlap::Allow => OverlapPolicy::Allow,
+        }
+    }
+}
+
+/// A periodic job to add (`POST /v1/schedules`, `flotilla schedule add`).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    /// 1 to 64 letters, digits, `-`, `_` or `.`.
+    pub name: String,
+    /// Five fields (minute hour day month weekday), or six with seconds first.
+    pub cron: String,
+    /// An IANA time zone the expression is read in; default `UTC`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub overlap: OverlapPolicy,
+    /// The job each period submits (no `after`/`after_finished`).
+    pub job: SubmitRequest,
+}
+
+/// A periodic job as the cluster keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScheduleView {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub overlap: OverlapPolicy,
+    pub paused: bool,
+    pub command: Vec<String>,
+    pub created_at: String,
+    /// When the next period starts (RFC 3339); none while paused.
+    pub next: Option<String>,
+    /// The start of the last period launched or skipped, and the last job submitted.
+    pub last_period: Option<String>,
+    pub last_job: Option<u64>,
+    pub launched: u64,
+    pub skipped: u64,
+}
+
+impl ScheduleView {
+    pub fn new(name: &str, s: &flotilla_core::schedule::Schedule, now_ms: u64) -> Self {
+        let next = match s.paused {
+            true => None,
+            false => s.timing().and_then(|t| t.next_after(s.done_until.max(now_ms))).map(rfc3339),
+        };
+        ScheduleView {
+            name: name.to_string(),
+            cron: s.cron.clone(),
+            timezone: s.timezone.clone(),
+            overlap: s.overlap.into(),
+            paused: s.paused,
+            command: s.spec.command.clone(),
+            created_at: rfc3339(s.created_at),
+            next,
+            last_period: s.last_period.map(rfc3339),
+            last_job: s.last_job,
+            launched: s.launched,
+            skipped: s.skipped,
+        }
+    }
+}
+
+/// Every schedule (`GET /v1/schedules`).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Schedules {
+    pub schedules: Vec<ScheduleView>,
 }
 
 /// A job as submitted over the API or from a job file (`flotilla submit --file job.toml`).
@@ -1345,6 +1445,15 @@ pub struct EventView {
     /// For `outputs_lost`: the job that runs those tasks again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun: Option<u64>,
+    /// For `schedule_launched` and `schedule_skipped`: the schedule, and the start of the
+    /// period (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    /// For `schedule_skipped`: the previous period's job, still running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<u64>,
 }
 
 impl EventView {
@@ -1432,6 +1541,15 @@ impl EventView {
             journal::EventKind::OutputsLost { tasks, rerun, .. } => {
                 v.tasks = Some(*tasks);
                 v.rerun = *rerun;
+            }
+            journal::EventKind::ScheduleLaunched { name, period, .. } => {
+                v.schedule = Some(name.clone());
+                v.period = Some(rfc3339(*period));
+            }
+            journal::EventKind::ScheduleSkipped { name, period, running } => {
+                v.schedule = Some(name.clone());
+                v.period = Some(rfc3339(*period));
+                v.running = Some(*running);
             }
         }
         v

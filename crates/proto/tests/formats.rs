@@ -296,6 +296,26 @@ fn samples() -> Samples {
     // 0.2.0's repair of outputs' copies (after the sample of the state above: they change it).
     s.apply(Command::CopiesAdded { worker: "w2".into(), tasks: vec![made.task] });
     s.apply(Command::CopiesCorrupt { worker: "w3".into(), digests: vec![file.sha256] });
+    // 0.2.0's schedules.
+    let schedule = flotilla_core::schedule::Schedule {
+        cron: "0 3 * * *".into(),
+        timezone: "Europe/Berlin".into(),
+        overlap: flotilla_core::schedule::Overlap::Skip,
+        spec: JobSpec { command: vec!["backup".into()], ..JobSpec::default() },
+        options: Default::default(),
+        owner: Some("ci".into()),
+        paused: false,
+        created_at: 0,
+        done_until: 0,
+        last_period: None,
+        last_job: None,
+        launched: 0,
+        skipped: 0,
+    };
+    s.apply(Command::AddSchedule { name: "nightly".into(), schedule: Box::new(schedule) });
+    s.apply(Command::PauseSchedule { name: "nightly".into(), paused: true });
+    s.apply(Command::LaunchPeriod { name: "nightly".into(), period: 1_764_730_800_000 });
+    s.apply(Command::RemoveSchedule { name: "nightly".into() });
     let mut samples = s.samples;
     samples.add(Kind::State, "after-script", &state);
     samples.add(Kind::Added, "after-tokens", &added);

@@ -8,6 +8,7 @@ use crate::command::{Assigned, Command, Kill, Placement, Proposal, Response, Wor
 use crate::journal::EventKind;
 use crate::model::{Fence, Outcome, TaskId, TaskSlot, MAX_WORKER_LOSSES};
 use crate::reason::{JobFailure, LostReason, Refusal, RescheduleReason, StaleReason, TaskFailure};
+use crate::schedule::ScheduleRefusal;
 
 impl ClusterState {
     /// Applies one log entry's batch of commands; one response per command.
@@ -54,6 +55,13 @@ impl ClusterState {
             }
             Command::SetWorkerEndpoint { worker, address } => self.set_endpoint(ctx, worker, address),
             Command::CopiesAdded { worker, tasks } => self.copies_added(ctx, worker, tasks),
+            Command::AddSchedule { name, schedule } => self.add_schedule(ctx, name, schedule),
+            Command::RemoveSchedule { name } => match self.added.schedules.remove(name) {
+                Some(_) => Response::Noted,
+                None => Response::Invalid { reason: Refusal::Schedule(ScheduleRefusal::Unknown(name.clone())) },
+            },
+            Command::PauseSchedule { name, paused } => self.pause_schedule(ctx, name, *paused),
+            Command::LaunchPeriod { name, period } => self.launch_period(ctx, name, *period),
             Command::CopiesCorrupt { worker, digests } => {
                 self.drop_copies(ctx, worker, Some(digests), crate::workflow::CopyLoss::Corrupt);
                 Response::Noted

@@ -454,6 +454,8 @@ pub struct Added {
     /// Jobs that run tasks again whose every output copy was lost, and the job whose tasks
     /// they are (their outputs become that job's when they succeed).
     pub(crate) reruns: BTreeMap<JobId, JobId>,
+    /// Periodic jobs by name.
+    pub(crate) schedules: BTreeMap<String, crate::schedule::Schedule>,
 }
 
 impl Added {
@@ -466,6 +468,7 @@ impl Added {
             && self.output_errors.is_empty()
             && self.endpoints.is_empty()
             && self.reruns.is_empty()
+            && self.schedules.is_empty()
     }
 }
 
@@ -589,6 +592,7 @@ impl ClusterState {
                     || !self.added.outputs.is_empty()
                     || !self.added.output_errors.is_empty()
                     || !self.added.endpoints.is_empty()
+                    || !self.added.schedules.is_empty()
             }
         }
     }
@@ -646,6 +650,10 @@ impl ClusterState {
 
     pub fn endpoint(&self, worker: &str) -> Option<&str> {
         self.added.endpoints.get(worker).map(String::as_str)
+    }
+
+    pub fn schedules(&self) -> &BTreeMap<String, crate::schedule::Schedule> {
+        &self.added.schedules
     }
 
     /// The job whose lost outputs `job` makes again, if it is such a re-run.

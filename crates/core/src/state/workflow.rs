@@ -14,6 +14,7 @@ use crate::command::Response;
 use crate::journal::EventKind;
 use crate::model::{JobId, JobSpec, JobState, TaskId};
 use crate::reason::Refusal;
+use crate::schedule::{Overlap, Schedule, ScheduleRefusal};
 use crate::workflow::{CopyLoss, DependencyError, Digest, JobOptions, Unmet};
 
 impl ClusterState {
@@ -274,6 +275,85 @@ impl ClusterState {
             self.added.short_of_copies.remove(&target);
         }
         self.added.outputs.insert(target, outputs);
+    }
+
+    /// `AddSchedule`: the periods before this entry are done (a new schedule starts with the
+    /// next one).
+    pub(super) fn add_schedule(&mut self, ctx: ApplyCtx, name: &str, schedule: &Schedule) -> Response {
+        let refuse = |r: ScheduleRefusal| Response::Invalid { reason: Refusal::Schedule(r) };
+        if !crate::schedule::valid_name(name) {
+            return refuse(ScheduleRefusal::BadName);
+        }
+        if self.added.schedules.contains_key(name) {
+            return refuse(ScheduleRefusal::Exists(name.to_string()));
+        }
+        if self.added.schedules.len() >= crate::schedule::MAX_SCHEDULES {
+            return refuse(ScheduleRefusal::TooMany);
+        }
+        if !schedule.options.upstream().is_empty() {
+            return refuse(ScheduleRefusal::Dependencies);
+        }
+        if let Err(e) = schedule.spec.validate() {
+            return Response::Invalid { reason: Refusal::BadSpec(e) };
+        }
+        if let Err(e) = schedule.options.validate() {
+            return Response::Invalid { reason: Refusal::Dependency(e) };
+        }
+        let mut kept = schedule.clone();
+        kept.created_at = ctx.at_ms;
+        kept.done_until = ctx.at_ms;
+        kept.last_period = None;
+        kept.last_job = None;
+        kept.launched = 0;
+        kept.skipped = 0;
+        self.added.schedules.insert(name.to_string(), kept);
+        Response::Noted
+    }
+
+    /// Pausing keeps the schedule; resuming marks the periods missed meanwhile as done.
+    pub(super) fn pause_schedule(&mut self, ctx: ApplyCtx, name: &str, paused: bool) -> Response {
+        let Some(schedule) = self.added.schedules.get_mut(name) else {
+            return Response::Invalid { reason: Refusal::Schedule(ScheduleRefusal::Unknown(name.to_string())) };
+        };
+        if schedule.paused && !paused {
+            schedule.done_until = schedule.done_until.max(ctx.at_ms);
+        }
+        schedule.paused = paused;
+        Response::Noted
+    }
+
+    /// `LaunchPeriod`: the period's job is submitted (as the schedule's owner), or the period
+    /// is skipped if the last one's job still runs and overlaps are not allowed. A period at
+    /// or before `done_until` was done already: nothing changes (a launch proposed by two
+    /// leaders happens once).
+    pub(super) fn launch_period(&mut self, ctx: ApplyCtx, name: &str, period: crate::model::Millis) -> Response {
+        let Some(schedule) = self.added.schedules.get(name) else { return Response::Noted };
+        if schedule.paused || period <= schedule.done_until {
+            return Response::Duplicate;
+        }
+        let running = schedule
+            .last_job
+            .filter(|_| schedule.overlap == Overlap::Skip)
+            .filter(|j| self.jobs.get(j).is_some_and(|j| !j.state.is_terminal()));
+        if let Some(running) = running {
+            let schedule = self.added.schedules.get_mut(name).expect("checked above");
+            schedule.done_until = period;
+            schedule.last_period = Some(period);
+            schedule.skipped += 1;
+            self.journal.record(ctx.at_ms, EventKind::ScheduleSkipped { name: name.to_string(), period, running });
+            return Response::Noted;
+        }
+        let (spec, options, owner) = (schedule.spec.clone(), schedule.options.clone(), schedule.owner.clone());
+        let response = self.submit_with(ctx, &spec, None, owner.as_deref(), &options);
+        let schedule = self.added.schedules.get_mut(name).expect("checked above");
+        schedule.done_until = period;
+        schedule.last_period = Some(period);
+        if let Response::JobSubmitted { job, .. } = response {
+            schedule.last_job = Some(job);
+            schedule.launched += 1;
+            self.journal.record(ctx.at_ms, EventKind::ScheduleLaunched { name: name.to_string(), period, job });
+        }
+        response
     }
 
     /// A job is removed (retention, purge): what was kept beside it goes too.
