@@ -11,6 +11,7 @@
 //! | `fleet` | N simulated workers heartbeating (default 10,000) |
 //! | `soak` | N tasks with output as 10,000-task jobs, a short retention: RSS and speed over time, follower restart (default 20,000,000) |
 //! | `balance` | heterogeneous jobs on 4 real workers, one joining or leaving (`--size` scales it, percent) |
+//! | `artifacts` | replicating an N-MB task output vs plain copies; a chain of jobs with `--after` vs a client-driven chain (default 256 MB) |
 //! | `all` | every one of them |
 //!
 //! `--smoke` runs tiny sizes (CI keeps the benchmarks working with it). The binary also plays
@@ -18,6 +19,7 @@
 //! always the code this benchmark was built from.
 
 mod arrays;
+mod artifacts;
 mod balance;
 mod common;
 mod failover;
@@ -36,7 +38,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "flotilla-bench", about = "Flotilla's benchmarks (see the README's Performance section)")]
 struct Args {
-    /// storm, throughput, arrays, failover, latency, fleet, balance, soak or all.
+    /// storm, throughput, arrays, failover, latency, fleet, balance, soak, artifacts or all.
     name: String,
     /// The main size of the benchmark (tasks, kills, requests or workers).
     #[arg(long)]
@@ -78,7 +80,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let names: Vec<&str> = match args.name.as_str() {
-        "all" => vec!["storm", "throughput", "arrays", "failover", "latency", "fleet", "balance", "soak"],
+        "all" => vec!["storm", "throughput", "arrays", "failover", "latency", "fleet", "balance", "soak", "artifacts"],
         n => vec![n],
     };
     let size = |full: u64, smoke: u64| if args.smoke { args.size.unwrap_or(smoke) } else { args.size.unwrap_or(full) };
@@ -107,9 +109,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "balance" => {
                 balance::run(size(100, 5) as f64 / 100.0).await?;
             }
+            "artifacts" => {
+                let chain = if args.smoke { 10 } else { 200 };
+                artifacts::run(size(256, 4), chain).await?;
+            }
             other => {
                 anyhow::bail!(
-                    "unknown benchmark '{other}' (storm, throughput, arrays, failover, latency, fleet, balance, soak, all)"
+                    "unknown benchmark '{other}' (storm, throughput, arrays, failover, latency, fleet, balance, soak, artifacts, all)"
                 )
             }
         }
