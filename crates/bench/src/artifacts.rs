@@ -92,7 +92,7 @@ pub async fn run(mb: u64, chain: usize) -> anyhow::Result<()> {
         format!("{:.0} ms", t_local.as_secs_f64() * 1e3),
         "",
     );
-    figure("artifacts", &format!("same, --replicas 2"), format!("{:.0} ms", t_replicated.as_secs_f64() * 1e3), "");
+    figure("artifacts", "same, --replicas 2", format!("{:.0} ms", t_replicated.as_secs_f64() * 1e3), "");
     figure("artifacts", "replication throughput (2 copies, TLS)", format!("{rate:.0} MB/s"), "");
     figure("artifacts", "baseline: 2 plain copies on the same disk", format!("{plain_rate:.0} MB/s"), "");
     figure("artifacts", "replication / plain copy", format!("{:.2}x", rate / plain_rate), "");
