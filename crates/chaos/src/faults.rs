@@ -43,9 +43,15 @@ pub enum Kind {
     /// Add a master (3-master groups: a fourth) while it is cut off from the others: it stays
     /// a learner and the group commits on; once healed it catches up, votes, and is removed.
     LearnerCutOff,
+    /// SIGKILL a worker holding copies of task outputs while tasks go on finishing (and
+    /// copying theirs to it), restart it later under the same name.
+    KillHolder,
+    /// Overwrite a stored copy of a task's output on the worker that a fetch reads first:
+    /// the read must find it, and the copy be replaced.
+    CorruptArtifact,
 }
 
-pub const ALL: [Kind; 18] = [
+pub const ALL: [Kind; 20] = [
     Kind::KillLeader,
     Kind::KillMaster,
     Kind::KillTwoMasters,
@@ -64,6 +70,8 @@ pub const ALL: [Kind; 18] = [
     Kind::DrainLeaderKill,
     Kind::RemoveDuringPartition,
     Kind::LearnerCutOff,
+    Kind::KillHolder,
+    Kind::CorruptArtifact,
 ];
 
 impl Kind {
@@ -87,6 +95,8 @@ impl Kind {
             Kind::DrainLeaderKill => "drain-leader-kill",
             Kind::RemoveDuringPartition => "remove-during-partition",
             Kind::LearnerCutOff => "learner-cut-off",
+            Kind::KillHolder => "kill-holder",
+            Kind::CorruptArtifact => "corrupt-artifact",
         }
     }
 
@@ -168,6 +178,12 @@ impl Schedule {
 }
 
 impl JobPlan {
+    /// The bytes of the task's output file `out.txt` (it also leaves `pad.bin`, 256 KiB that
+    /// differ between tasks, so that copies take a moment and are never deduplicated).
+    pub fn expected_output(&self, index: u64) -> String {
+        format!("{}\n", self.expected(index))
+    }
+
     /// The task's expected stdout.
     pub fn expected(&self, index: u64) -> u64 {
         (index * self.mul + self.add) % 100_003
@@ -180,7 +196,8 @@ impl JobPlan {
             ""
         };
         let script = format!(
-            "sleep {}; {fail_first}echo $(( (FLOTILLA_TASK_INDEX * {} + {}) % 100003 ))",
+            "sleep {}; {fail_first}v=$(( (FLOTILLA_TASK_INDEX * {} + {}) % 100003 )); echo $v > \"$FLOTILLA_OUTPUT_DIR/out.txt\"; \
+             {{ echo $FLOTILLA_JOB_ID $FLOTILLA_TASK_INDEX; head -c 262144 /dev/zero; }} > \"$FLOTILLA_OUTPUT_DIR/pad.bin\"; echo $v",
             self.sleep_ms as f64 / 1000.0,
             self.mul,
             self.add

@@ -178,6 +178,8 @@ pub async fn run(cluster: &mut Cluster, schedule: &Schedule) -> anyhow::Result<O
     let _ = list(&shared, &client).await;
 
     let tasks = check_jobs(&client, &plans, &purged.submitted, unknown_submits + purged.unknown, &mut violations).await;
+    let fetched = check_outputs(&client, &plans, &cluster.dir, &mut violations).await;
+    notes.push(format!("{fetched} outputs fetched and checked"));
     check_leaders(&client, &shared, &mut notes, &mut violations).await;
     let history = std::mem::take(&mut shared.history.lock().unwrap_or_else(|p| p.into_inner()).events);
     if let Err(e) = lin::check(&history) {
@@ -564,6 +566,37 @@ async fn inject(
                 }
             }
         }
+        Kind::KillHolder => {
+            let name = match holders(client).await.into_iter().max_by_key(|(_, n)| *n) {
+                Some((name, _)) if cluster.workers.contains_key(&name) => name,
+                _ => frng.pick(&cluster.worker_names).clone(),
+            };
+            notes.push(format!("kill-holder: worker {name}"));
+            cluster.kill_worker(&name);
+            tokio::time::sleep(hold).await;
+            cluster.start_worker(&name)?;
+        }
+        Kind::CorruptArtifact => {
+            // A copy that a fetch reads first (the first holder's), so the check reads it.
+            let mut damaged = None;
+            for _ in 0..100 {
+                if let Some((job, task, worker, sha256)) = first_copy(client, &mut frng).await {
+                    let blob =
+                        cluster.dir.join(format!("worker-{worker}")).join("outputs").join(&sha256[..2]).join(&sha256);
+                    if let Ok(meta) = std::fs::metadata(&blob) {
+                        std::fs::write(&blob, vec![b'#'; meta.len() as usize])?;
+                        damaged = Some((job, task, worker));
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            match damaged {
+                Some((job, task, worker)) => notes.push(format!("corrupt-artifact: job {job} task {task} on {worker}")),
+                None => notes.push("corrupt-artifact: no stored copy found to damage".to_string()),
+            }
+            tokio::time::sleep(hold).await;
+        }
         Kind::PartitionLeader => {
             let others: Vec<String> = followers.iter().map(|id| master_name(*id)).collect();
             cluster.net.partition(&[master_name(leader_id)], &others)?;
@@ -799,6 +832,132 @@ async fn inject(
         }
     }
     Ok(())
+}
+
+/// Workers holding copies of outputs, with how many tasks' outputs each holds.
+async fn holders(client: &Client) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for job in client.jobs(false).await.unwrap_or_default() {
+        for task in client.job_outputs(job.id).await.map(|o| o.tasks).unwrap_or_default() {
+            for h in task.holders {
+                *counts.entry(h).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// A random task's `out.txt` as the first holder in service keeps it: (job, index, worker,
+/// sha256).
+async fn first_copy(client: &Client, rng: &mut Rng) -> Option<(u64, u64, String, String)> {
+    let jobs = client.jobs(false).await.ok()?;
+    let mut found = Vec::new();
+    for job in jobs {
+        for task in client.job_outputs(job.id).await.map(|o| o.tasks).unwrap_or_default() {
+            let (Some(index), Some(first), Some(file)) =
+                (task.index, task.available.first(), task.files.iter().find(|f| f.path == "out.txt"))
+            else {
+                continue;
+            };
+            found.push((job.id, index, first.clone(), file.sha256.clone()));
+        }
+    }
+    if found.is_empty() {
+        return None;
+    }
+    Some(rng.pick(&found).clone())
+}
+
+/// Invariants on the jobs' outputs, once the faults healed: every task of every job lists
+/// its `out.txt` and `pad.bin`; every `out.txt` fetched through the API (from whichever copy
+/// the masters read, hash-checked) holds exactly what the task wrote, damaged copies
+/// included (the read finds them and reads another); and within the bound every task's
+/// outputs are back on every worker (1 + 2 replicas: the cluster has 3), all in service, and
+/// every copy counted holds the right bytes on its worker's disk.
+async fn check_outputs(
+    client: &Client,
+    plans: &BTreeMap<u64, JobPlan>,
+    dir: &std::path::Path,
+    violations: &mut Vec<String>,
+) -> u64 {
+    let mut fetched = 0;
+    for (id, plan) in plans {
+        let outputs = match client.job_outputs(*id).await {
+            Ok(o) => o,
+            Err(e) => {
+                violations.push(format!("job {id}: cannot list outputs: {e}"));
+                continue;
+            }
+        };
+        for index in 1..=plan.tasks {
+            let Some(task) = outputs.tasks.iter().find(|t| t.index == Some(index)) else {
+                violations.push(format!("job {id} task {index}: no outputs listed"));
+                continue;
+            };
+            let names: BTreeSet<&str> = task.files.iter().map(|f| f.path.as_str()).collect();
+            if names != BTreeSet::from(["out.txt", "pad.bin"]) {
+                violations.push(format!("job {id} task {index}: outputs {names:?}"));
+                continue;
+            }
+            let file = task.files.iter().find(|f| f.path == "out.txt").expect("listed");
+            let dest = dir.join(format!("fetched-{id}-{index}"));
+            // Read from every copy in turn (a fetch starts at the copy its attempt names), so
+            // that a damaged one is read and found.
+            let mut got = None;
+            for attempt in 0..task.available.len().max(1) as u32 {
+                if client.fetch_output(*id, &file.sha256, attempt, &dest, Duration::from_secs(30)).await.is_ok() {
+                    got = got.or_else(|| std::fs::read_to_string(&dest).ok());
+                }
+            }
+            let _ = std::fs::remove_file(&dest);
+            fetched += 1;
+            if got.as_deref() != Some(plan.expected_output(index).as_str()) {
+                violations.push(format!(
+                    "job {id} task {index}: fetched out.txt {got:?}, expected {:?}",
+                    plan.expected_output(index)
+                ));
+            }
+        }
+    }
+    let whole = wait_for(Duration::from_secs(60), "every output back on 3 workers", || async {
+        for id in plans.keys() {
+            let Ok(outputs) = client.job_outputs(*id).await else { return false };
+            if outputs.tasks.iter().any(|t| t.holders.len() != 3 || t.available.len() != 3) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    if let Err(e) = whole {
+        let mut short = Vec::new();
+        for id in plans.keys() {
+            for t in client.job_outputs(*id).await.map(|o| o.tasks).unwrap_or_default() {
+                if t.available.len() != 3 {
+                    short.push(format!("{id}/{:?}: {:?} of {:?}", t.index, t.available, t.holders));
+                }
+            }
+        }
+        violations.push(format!("{e:#}: {:?}", &short[..short.len().min(10)]));
+    }
+    // No copy the cluster counts is damaged: each holder's stored bytes match their hash.
+    for id in plans.keys() {
+        for t in client.job_outputs(*id).await.map(|o| o.tasks).unwrap_or_default() {
+            for f in &t.files {
+                for h in &t.holders {
+                    let blob = dir.join(format!("worker-{h}")).join("outputs").join(&f.sha256[..2]).join(&f.sha256);
+                    let sound = flotilla_blobs::store::hash_file(&blob).is_ok_and(|d| d.to_hex() == f.sha256);
+                    if !sound {
+                        violations.push(format!(
+                            "job {id} task {:?}: the copy of {} counted on {h} is damaged or missing",
+                            t.index, f.path
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    fetched
 }
 
 /// The worker holding the most running tasks right now.
