@@ -352,6 +352,14 @@ pub struct WorkerArgs {
     /// uses to reach the first master.
     #[arg(long, value_name = "HOST")]
     pub advertise: Option<String>,
+    /// How often the worker asks the leader which stored outputs no kept job needs any more
+    /// (their job was removed by retention or purge) and deletes those.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub outputs_gc: String,
+    /// Outputs stored more recently than this are not asked about (a task's result may
+    /// still be on its way to the masters).
+    #[arg(long, value_name = "DURATION", default_value = "15m")]
+    pub outputs_gc_age: String,
     /// Memory this worker offers to tasks that ask for memory (`submit --memory`), e.g. 4G.
     /// Default: the machine's total memory.
     #[arg(long)]

@@ -201,6 +201,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         },
         outputs_listen: args.outputs_listen,
         advertise: args.advertise.clone(),
+        outputs_gc: parse_duration(&args.outputs_gc).context("--outputs-gc")?,
+        outputs_gc_age: parse_duration(&args.outputs_gc_age).context("--outputs-gc-age")?,
     };
     let (drain, now) = drain_on_signals();
     flotilla_worker::run(config, drain, now).await?;

@@ -377,3 +377,51 @@ async fn outputs_whose_every_copy_is_lost_are_made_again() {
     let rows = client.results(read, 0, None, false).await.expect("results");
     assert_eq!(rows[0].stdout.trim(), format!("made by a re-run of job {rerun}"));
 }
+
+/// Invariants: once a job is removed (`job purge`), the copies of its outputs are deleted
+/// from every worker's store (the workers ask the leader about what they hold, and delete
+/// what no kept job needs), while the outputs of a job still kept stay on all their holders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_go_away_with_their_job() {
+    let mut t = secure_cluster(1, &[]).await;
+    for name in ["a", "b", "c"] {
+        t.cluster
+            .start_worker_with(name, 1, "", &["--outputs-gc", "300ms", "--outputs-gc-age", "1s"])
+            .expect("start a worker");
+    }
+    if let Err(e) = t.cluster.wait_workers(3, LONG).await {
+        t.fail(&e.to_string());
+    }
+    let client = t.client();
+    let mut make = shell("echo job $FLOTILLA_JOB_ID task $FLOTILLA_TASK_INDEX > \"$FLOTILLA_OUTPUT_DIR/o.txt\"");
+    make.array = Some("1-3".into());
+    let gone = client.submit(&make).await.expect("submit").id;
+    let kept = client.submit(&make).await.expect("submit").id;
+    for id in [gone, kept] {
+        assert_eq!(wait_job(&t, &client, id, LONG).await.state, JobState::Succeeded);
+        wait_until(&t, "3 copies of every output", LONG, || async {
+            client.job_outputs(id).await.is_ok_and(|o| o.tasks.iter().all(|t| t.holders.len() == 3))
+        })
+        .await;
+    }
+    let blob = |worker: &str, sha256: &str| {
+        t.cluster.dir.join(format!("worker-{worker}")).join("outputs").join(&sha256[..2]).join(sha256)
+    };
+    let digests = |outputs: flotilla_proto::api::JobOutputs| -> Vec<String> {
+        outputs.tasks.iter().flat_map(|t| t.files.iter().map(|f| f.sha256.clone())).collect()
+    };
+    let gone_digests = digests(client.job_outputs(gone).await.expect("outputs"));
+    let kept_digests = digests(client.job_outputs(kept).await.expect("outputs"));
+    assert!(gone_digests.iter().all(|d| ["a", "b", "c"].iter().all(|w| blob(w, d).exists())));
+
+    client.purge(&[gone]).await.expect("purge");
+    wait_until(&t, "the removed job's copies deleted everywhere", LONG, || async {
+        gone_digests.iter().all(|d| ["a", "b", "c"].iter().all(|w| !blob(w, d).exists()))
+    })
+    .await;
+    for d in &kept_digests {
+        for w in ["a", "b", "c"] {
+            assert!(blob(w, d).exists(), "a kept job's copy on {w} was deleted");
+        }
+    }
+}

@@ -181,7 +181,7 @@ async fn session(
                         return welcomed;
                     }
                     // Nothing waits in its queue: a revocation has nothing to give back.
-                    MasterBody::Stop { .. } | MasterBody::Ack { .. } | MasterBody::Batch(_) | MasterBody::Echo { .. } | MasterBody::Revoke { .. } | MasterBody::Members { .. } | MasterBody::Drained | MasterBody::Peers { .. } | MasterBody::Replicate { .. } => {}
+                    MasterBody::Stop { .. } | MasterBody::Ack { .. } | MasterBody::Batch(_) | MasterBody::Echo { .. } | MasterBody::Revoke { .. } | MasterBody::Members { .. } | MasterBody::Drained | MasterBody::Peers { .. } | MasterBody::Replicate { .. } | MasterBody::Discard { .. } => {}
                 }
                 }
                 if !reports.is_empty() && tx.send(encode(&WorkerMsg::Batch(reports))).is_err() {

@@ -56,6 +56,7 @@ fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
 async fn read(
     State(store): State<Arc<Store>>,
     Path(digest): Path<String>,
+    method: axum::http::Method,
     conn: Option<Extension<Connection>>,
 ) -> Response {
     if !admitted(conn.as_deref()) {
@@ -66,7 +67,14 @@ async fn read(
     };
     let file = match tokio::fs::File::open(store.path(&digest)).await {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return refuse(StatusCode::NOT_FOUND, "not held here"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A read (not a sender's HEAD asking whether to send it) is of a copy someone
+            // thinks is here: it is not, and the leader should stop counting it.
+            if method == axum::http::Method::GET {
+                store.report_missing(&digest);
+            }
+            return refuse(StatusCode::NOT_FOUND, "not held here");
+        }
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
@@ -130,6 +138,7 @@ async fn write(
         return refuse(StatusCode::BAD_REQUEST, "not a SHA-256 digest");
     };
     if store.contains(&digest) {
+        store.touch(&digest);
         return StatusCode::OK.into_response();
     }
     let mut writer = match store.writer() {

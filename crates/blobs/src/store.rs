@@ -139,6 +139,41 @@ impl Store {
         let _ = std::fs::remove_file(self.path(digest));
     }
 
+    /// A read was asked for a blob this store does not hold: whoever counts this worker as
+    /// a holder of it is told, through the hook, as of a damaged one.
+    pub fn report_missing(&self, digest: &Digest) {
+        tracing::warn!(digest = %digest, "asked for an output copy this worker does not hold");
+        if let Some(hook) = self.on_corrupt.get() {
+            hook(*digest);
+        }
+    }
+
+    /// Marks a blob as just stored (again): it is kept for a new task though it was already
+    /// here, so it must not look old to the collection of garbage ([`Store::older_than`]).
+    pub fn touch(&self, digest: &Digest) {
+        if let Ok(file) = File::options().append(true).open(self.path(digest)) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// Blobs last stored longer ago than `age`.
+    pub fn older_than(&self, age: std::time::Duration) -> Vec<Digest> {
+        let cutoff = std::time::SystemTime::now() - age;
+        self.list()
+            .into_iter()
+            .filter(|d| std::fs::metadata(self.path(d)).and_then(|m| m.modified()).is_ok_and(|t| t < cutoff))
+            .collect()
+    }
+
+    /// Removes a blob the leader called garbage, unless it was stored again within `age`
+    /// (since the inventory that named it was taken). Returns whether it was removed.
+    pub fn discard_if_older(&self, digest: &Digest, age: std::time::Duration) -> bool {
+        let path = self.path(digest);
+        let cutoff = std::time::SystemTime::now() - age;
+        let old = std::fs::metadata(&path).and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+        old && std::fs::remove_file(&path).is_ok()
+    }
+
     /// Every blob held, by digest.
     pub fn list(&self) -> Vec<Digest> {
         let mut out = Vec::new();

@@ -247,7 +247,8 @@ impl TaskOutputs {
 pub enum CopyLoss {
     /// The worker was declared lost.
     WorkerLost,
-    /// A read found the bytes no longer match their digest; the worker discarded them.
+    /// A read found the bytes no longer match their digest (the worker discarded them), or
+    /// not there at all.
     Corrupt,
 }
 
@@ -264,7 +265,7 @@ impl fmt::Display for CopyLoss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             CopyLoss::WorkerLost => "the worker was lost",
-            CopyLoss::Corrupt => "the copy was found damaged",
+            CopyLoss::Corrupt => "the copy was found damaged or missing",
         })
     }
 }

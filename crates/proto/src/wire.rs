@@ -13,6 +13,8 @@
 //!   ◀─────── Replicate{task, files, sources}  (a task's outputs are short of copies)
 //!   Holds{tasks} | CopyFailed ─────────▶  (proposed: the copies count)
 //!   Corrupt{digests} ──────────────────▶  (a read found a stored copy damaged)
+//!   Inventory{digests} ────────────────▶  (what it has held for a while)
+//!   ◀─────── Discard{digests}             (what no kept output counts on it for)
 //! ```
 //!
 //! Every master message carries the sender's Raft term; a worker ignores messages from a term
@@ -110,8 +112,13 @@ pub enum WorkerMsg {
         task: TaskId,
         error: OutputError,
     },
-    /// A read found these stored blobs damaged; this worker discarded them.
+    /// A read found these stored blobs damaged (this worker discarded them) or missing.
     Corrupt {
+        digests: Vec<Digest>,
+    },
+    /// Blobs this worker has held for a while (sent in parts, now and then): the leader
+    /// answers with the ones no kept task's outputs count on it for ([`MasterBody::Discard`]).
+    Inventory {
         digests: Vec<Digest>,
     },
 }
@@ -213,6 +220,11 @@ pub enum MasterBody {
         files: Vec<OutputFile>,
         sources: Vec<String>,
     },
+    /// Delete these blobs: no kept task's outputs count on this worker for them (their job
+    /// was removed, or the copy is one the cluster stopped counting).
+    Discard {
+        digests: Vec<Digest>,
+    },
 }
 
 impl MasterBody {
@@ -238,7 +250,9 @@ impl MasterBody {
                 Some(Feature::Workflows)
             }
             MasterBody::RunWith { .. } => Some(Feature::TaskLimits),
-            MasterBody::Peers { .. } | MasterBody::Replicate { .. } => Some(Feature::Workflows),
+            MasterBody::Peers { .. } | MasterBody::Replicate { .. } | MasterBody::Discard { .. } => {
+                Some(Feature::Workflows)
+            }
         }
     }
 

@@ -370,6 +370,7 @@ fn samples() -> Samples {
             error: flotilla_core::workflow::OutputError::InputUnavailable { task, path: "part-0.txt".into() },
         },
         WorkerMsg::Corrupt { digests: vec![output_file().sha256] },
+        WorkerMsg::Inventory { digests: vec![output_file().sha256] },
     ];
     for m in &worker_msgs {
         samples.add(Kind::WorkerMsg, &variant(m), m);
@@ -399,6 +400,7 @@ fn samples() -> Samples {
         .into_body(),
         MasterBody::Peers { peers: vec![("w3".into(), "10.0.0.13:7300".into())] },
         MasterBody::Replicate { task, files: vec![output_file()], sources: vec!["10.0.0.11:7300".into()] },
+        MasterBody::Discard { digests: vec![output_file().sha256] },
     ];
     for body in bodies {
         let name = variant(&body);

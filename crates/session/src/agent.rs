@@ -81,6 +81,9 @@ pub enum Effect {
     Exit(Refusal),
     /// Stop the worker: it drained as asked ([`AgentCore::drain`]) and holds nothing.
     Drained,
+    /// Delete these blobs from the store (if they are still old: one just stored again for a
+    /// new task is kept).
+    Discard(Vec<flotilla_core::workflow::Digest>),
     /// Take a copy of a task's outputs from one of `sources`, then call
     /// [`AgentCore::copied`] with how it went.
     Copy {
@@ -533,6 +536,7 @@ impl AgentCore {
                 }
                 MasterBody::Peers { peers } => self.peers = peers,
                 MasterBody::Replicate { task, files, sources } => out.push(Effect::Copy { task, files, sources }),
+                MasterBody::Discard { digests } => out.push(Effect::Discard(digests)),
                 MasterBody::Stop { task, fence } => {
                     let actions = self.book.on_stop(task, fence);
                     push_actions(actions, out);
@@ -603,6 +607,14 @@ impl AgentCore {
             out.push(Effect::Send(WorkerMsg::Corrupt { digests }));
         } else {
             self.corrupt_untold.extend(digests);
+        }
+    }
+
+    /// Blobs held for a while, for the leader to say which are garbage (sent only to a
+    /// leader listening; the next inventory tries again).
+    pub fn inventory(&mut self, digests: Vec<flotilla_core::workflow::Digest>, out: &mut Vec<Effect>) {
+        if self.is_welcomed() && !digests.is_empty() {
+            out.push(Effect::Send(WorkerMsg::Inventory { digests }));
         }
     }
 

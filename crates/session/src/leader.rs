@@ -677,6 +677,13 @@ impl LeaderCore {
                     continue;
                 }
                 WorkerMsg::Corrupt { digests } => (Command::CopiesCorrupt { worker, digests }, None),
+                WorkerMsg::Inventory { digests } => {
+                    let discard = state.read(|s, _| unreferenced(s, &worker, digests));
+                    if !discard.is_empty() {
+                        self.send(session, MasterBody::Discard { digests: discard }, out);
+                    }
+                    continue;
+                }
                 WorkerMsg::Queue { queue } => (Command::SetWorkerQueue { worker, queue }, None),
                 WorkerMsg::Revoked { task, fence } => {
                     (Command::TaskRevoked { task, fence, worker }, Some((task, fence, true)))
@@ -1406,6 +1413,26 @@ impl LeaderCore {
             self.send(session, body, out);
         }
     }
+}
+
+/// Of `digests`, those that no kept task's outputs count on `worker` for: garbage there.
+fn unreferenced(
+    state: &ClusterState,
+    worker: &str,
+    digests: Vec<flotilla_core::workflow::Digest>,
+) -> Vec<flotilla_core::workflow::Digest> {
+    let mut left: std::collections::HashSet<_> = digests.into_iter().collect();
+    for outputs in state.all_outputs().filter(|o| o.holders.iter().any(|h| h == worker)) {
+        for f in &outputs.files {
+            left.remove(&f.sha256);
+        }
+        if left.is_empty() {
+            break;
+        }
+    }
+    let mut left: Vec<_> = left.into_iter().collect();
+    left.sort();
+    left
 }
 
 /// Notes a message from `worker`; returns the time since its previous one.

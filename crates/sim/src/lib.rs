@@ -959,6 +959,10 @@ impl Sim {
                 // Simulated workers serve no outputs (they say no address), so no leader asks
                 // them to take copies.
                 agent::Effect::Copy { task, .. } => panic!("worker {} asked to copy {task}", self.workers[w].name),
+                // Nor do they send inventories, so nothing is discarded.
+                agent::Effect::Discard(digests) => {
+                    panic!("worker {} asked to discard {} blobs", self.workers[w].name, digests.len())
+                }
                 agent::Effect::Kill(task, fence) => {
                     let at = self.now + self.rng.range(0, 5);
                     if let Some(p) = self.workers[w].procs.iter_mut().find(|p| p.task == task && p.fence == fence) {

@@ -74,6 +74,10 @@ pub struct WorkerConfig {
     /// Where to serve the outputs this worker holds; `None`: a free port on loopback when
     /// every master is on loopback, on every interface otherwise.
     pub outputs_listen: Option<std::net::SocketAddr>,
+    /// How often the worker asks the leader which of its stored outputs are garbage (their
+    /// job was removed), and how long a blob must have been stored before it is asked about.
+    pub outputs_gc: Duration,
+    pub outputs_gc_age: Duration,
     /// The host other workers and the masters reach that server at; `None`: the listening
     /// address, or (listening on every interface) the address this machine uses to reach
     /// the first master.
@@ -103,8 +107,10 @@ enum TaskEvent {
     Reports,
     /// A copy of a task's outputs asked for by the leader is done, or failed.
     Copied(TaskId, Result<(), flotilla_core::workflow::OutputError>),
-    /// A read found a stored blob damaged (it is discarded).
+    /// A read found a stored blob damaged (it is discarded) or missing.
     Corrupt(flotilla_core::workflow::Digest),
+    /// Part of the inventory of blobs held for a while, for the leader.
+    Inventory(Vec<flotilla_core::workflow::Digest>),
 }
 
 /// The session core and the stop handles of running processes, shared by the agent and the
@@ -284,6 +290,8 @@ struct Agent {
     connector: flotilla_tls::Connector,
     link: Option<Link>,
     drain_deadline: Option<Duration>,
+    /// Blobs stored again within this long are kept though the leader called them garbage.
+    outputs_gc_age: Duration,
 }
 
 /// Runs a worker until `shutdown` is cancelled, or until it drained after `drain` was
@@ -345,6 +353,8 @@ pub async fn run(
         flotilla_blobs::Store::open(&config.data_dir.join("outputs"))
             .map_err(|source| WorkerError::DataDir { path: config.data_dir.join("outputs"), source })?,
     );
+    let agent_store = store.clone();
+    let events_gc = events_tx.clone();
     {
         let events = events_tx.clone();
         store.on_corrupt(Box::new(move |digest| {
@@ -399,7 +409,15 @@ pub async fn run(
         runtime: tokio::runtime::Handle::current(),
         data,
     };
-    let mut agent = Agent { launcher, token, connector, link: None, drain_deadline: config.drain_deadline };
+    tokio::spawn(collect_garbage(agent_store, events_gc, config.outputs_gc, config.outputs_gc_age, shutdown.clone()));
+    let mut agent = Agent {
+        launcher,
+        token,
+        connector,
+        link: None,
+        drain_deadline: config.drain_deadline,
+        outputs_gc_age: config.outputs_gc_age,
+    };
     let result = agent.serve(&mut events_rx, &drain, &shutdown).await;
     worker_metrics.connected.set(0);
     {
@@ -417,6 +435,33 @@ pub async fn run(
         }
     }
     result
+}
+
+/// Blobs in one inventory message.
+const INVENTORY_PART: usize = 4096;
+
+/// Every `every`, the blobs stored longer ago than `age` go to the leader in parts; it
+/// answers with the garbage among them (see `WorkerMsg::Inventory`).
+async fn collect_garbage(
+    store: Arc<flotilla_blobs::Store>,
+    events: mpsc::UnboundedSender<TaskEvent>,
+    every: Duration,
+    age: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let store = store.clone();
+        let Ok(old) = tokio::task::spawn_blocking(move || store.older_than(age)).await else { continue };
+        for part in old.chunks(INVENTORY_PART) {
+            if events.send(TaskEvent::Inventory(part.to_vec())).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Loopback when every master is on loopback (a local cluster), every interface otherwise.
@@ -502,6 +547,16 @@ impl Agent {
                         tracing::info!("drained: every task finished or moved; stopping");
                         return Ok(());
                     }
+                    Effect::Discard(digests) => {
+                        let store = self.launcher.data.store.clone();
+                        let age = self.outputs_gc_age;
+                        tokio::task::spawn_blocking(move || {
+                            let removed = digests.iter().filter(|d| store.discard_if_older(d, age)).count();
+                            if removed > 0 {
+                                tracing::info!(removed, "removed outputs no kept job needs");
+                            }
+                        });
+                    }
                     Effect::Copy { task, files, sources } => {
                         let data = self.launcher.data.clone();
                         let events = self.launcher.events.clone();
@@ -554,6 +609,7 @@ impl Agent {
                                 TaskEvent::Reports => reports = true,
                                 TaskEvent::Copied(task, result) => core.copied(task, result, out),
                                 TaskEvent::Corrupt(digest) => core.corrupt(vec![digest], out),
+                                TaskEvent::Inventory(digests) => core.inventory(digests, out),
                             }
                         }
                         if reports {

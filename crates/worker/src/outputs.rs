@@ -158,7 +158,12 @@ impl Data {
             if self.store.contains(&file.sha256) {
                 let store = self.store.clone();
                 let digest = file.sha256;
-                let sound = tokio::task::spawn_blocking(move || store.verify(&digest)).await;
+                let sound = tokio::task::spawn_blocking(move || {
+                    let sound = store.verify(&digest);
+                    store.touch(&digest);
+                    sound
+                })
+                .await;
                 if matches!(sound, Ok(Ok(true))) {
                     continue;
                 }

@@ -637,6 +637,11 @@ impl ClusterState {
         self.added.outputs.get(&task)
     }
 
+    /// The outputs of every task that left any.
+    pub fn all_outputs(&self) -> impl Iterator<Item = &crate::workflow::TaskOutputs> {
+        self.added.outputs.values()
+    }
+
     /// The outputs of every task of `job` that left any, by task.
     pub fn job_outputs(&self, job: JobId) -> impl Iterator<Item = (&TaskId, &crate::workflow::TaskOutputs)> {
         self.added.outputs.range(TaskId::array(job, 0)..=TaskId::reduce(job))

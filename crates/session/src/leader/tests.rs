@@ -685,3 +685,35 @@ fn outputs_short_of_copies_are_copied_from_a_holder_to_a_worker_without_one() {
     assert!(l.cluster.state.task_outputs(run.task).is_some_and(|o| o.holders.is_empty()));
     assert!(replicates(&l.tick(4_000)).is_empty());
 }
+
+/// Invariant: of the blobs a worker lists as held for a while, the leader calls garbage
+/// exactly those that no kept task's outputs count on that worker for.
+#[test]
+fn an_inventory_is_answered_with_the_blobs_no_kept_output_needs() {
+    use flotilla_core::workflow::{Digest, OutputFile, Outputs};
+    let mut l = Leader::ready();
+    l.admit(10, 1, "w1", 11);
+    l.message(20, 1, WorkerMsg::Version { version: "0.2.0".into() });
+    l.cluster.submit(1);
+    let placements = flotilla_core::scheduler::plan(&l.cluster.state, usize::MAX);
+    let Some(Response::Assigned { runs }) = l.cluster.commit(TERM, vec![Command::Assign { placements }]).pop() else {
+        panic!("not placed")
+    };
+    let mut outcome = Outcome { exit_code: Some(0), ..Default::default() };
+    let (kept, other, garbage) = (Digest([1; 32]), Digest([2; 32]), Digest([3; 32]));
+    outcome.outputs = Outputs {
+        files: vec![OutputFile { path: "o".into(), size: 1, sha256: kept }],
+        holders: vec!["w1".into()],
+        error: None,
+    };
+    l.cluster.commit(TERM, vec![Command::task_finished(runs[0].task, runs[0].fence, "w1".into(), outcome)]);
+    let effects = l.message(30, 1, WorkerMsg::Inventory { digests: vec![garbage, kept, other] });
+    let sent: Vec<&MasterBody> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { msg, .. } => Some(&msg.body),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, vec![&MasterBody::Discard { digests: vec![other, garbage] }]);
+}
