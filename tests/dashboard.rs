@@ -231,6 +231,27 @@ async fn dashboard_follows_a_job_and_a_leader_change_live() {
     assert_eq!(out.as_str().map(str::trim), Some("task 7"), "task 7's stdout is shown");
     screenshot(&browser, "3-job").await;
 
+    // A job `--after` it: its page links the job it needs, and that job's page links it.
+    let after = SubmitRequest { command: vec!["true".into()], after: vec![id], ..Default::default() };
+    let next = client.submit(&after).await.unwrap_or_else(|e| t.fail(&format!("submit: {e}"))).id;
+    eval(&browser, &format!("location.hash = '#/job/{next}'; return true")).await;
+    wait_page(
+        &t,
+        &browser,
+        "the dependent job's page linking the job it needs",
+        &format!("return document.querySelector('#deps a.dep[data-rel=\"after\"][data-job=\"{id}\"]') !== null"),
+    )
+    .await;
+    eval(&browser, &format!("location.hash = '#/job/{id}'; return true")).await;
+    wait_page(
+        &t,
+        &browser,
+        "the upstream job's page linking its dependent",
+        &format!("return document.querySelector('#deps a.dep[data-rel=\"downstream\"][data-job=\"{next}\"]') !== null"),
+    )
+    .await;
+    screenshot(&browser, "3b-dependencies").await;
+
     // A second tab reads from the leader itself: when the leader dies, that page must carry on
     // with another master's stream.
     let first_tab = browser.window().await.expect("window handle");

@@ -946,6 +946,10 @@ pub struct JobDetail {
     /// output copy was lost: their outputs become that job's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<u64>,
+    /// Kept jobs that wait or waited for this one (`--after`, `--after-finished`), and the
+    /// re-runs of its lost outputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub downstream: Vec<u64>,
 }
 
 /// The job that a cancelled dependent needed to succeed, and how it ended instead.
@@ -967,6 +971,7 @@ impl JobDetail {
         self.replicas = options.replicas();
         self.output_quota = options.output_quota();
         self.rerun_of = state.rerun_of(self.id);
+        self.downstream = state.downstream_of(self.id);
         for (_, outputs) in state.job_outputs(self.id) {
             self.output_files += outputs.files.len() as u64;
             self.output_bytes += outputs.files.iter().map(|f| f.size).sum::<u64>();
@@ -1013,6 +1018,7 @@ impl JobDetail {
             output_files: 0,
             output_bytes: 0,
             rerun_of: None,
+            downstream: Vec::new(),
         }
     }
 }

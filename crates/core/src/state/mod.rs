@@ -627,6 +627,22 @@ impl ClusterState {
         self.added.unmet.get(&job).copied()
     }
 
+    /// Every kept job that named `job` in `--after`/`--after-finished`, and the re-runs of
+    /// its lost outputs, in id order (whether or not they still wait).
+    pub fn downstream_of(&self, job: JobId) -> Vec<JobId> {
+        let mut out: Vec<JobId> = self
+            .added
+            .options
+            .iter()
+            .filter(|(_, o)| o.after.contains(&job) || o.after_finished.contains(&job))
+            .map(|(id, _)| *id)
+            .chain(self.added.reruns.iter().filter(|(_, o)| **o == job).map(|(r, _)| *r))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// The jobs that wait for `job` while it has not ended.
     pub fn dependents(&self, job: JobId) -> Option<&BTreeSet<JobId>> {
         self.added.dependents.get(&job)

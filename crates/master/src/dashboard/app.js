@@ -286,12 +286,29 @@ function jobPage(id) {
     <td>${t.stdout || t.stderr ? `<details><summary>output</summary>${t.stdout ? `<pre>${esc(t.stdout)}</pre>` : ""}${t.stderr ? `<pre class="bad">${esc(t.stderr)}</pre>` : ""}</details>` : ""}</td></tr>`).join("");
   return `<h2>Job ${d.id} ${esc(d.name || "")} ${badge(d.state)}</h2>
     ${progress(d)}
+    ${depsOf(d)}
     <p class="muted"><code>${esc(d.command.join(" "))}</code> · array ${esc(d.array || "–")} · ${d.cpus} cpu · retries ${d.retries}
       ${d.failure ? `· <b class="bad">${esc(d.failure)}</b>` : ""}${d.unschedulable ? ` · ${esc(d.unschedulable)}` : ""}</p>
     <div class="filters">State <select id="f-state"><option value="">all</option>${states.map((s) => `<option ${s === f.state ? "selected" : ""}>${esc(s)}</option>`).join("")}</select>
       Search <input id="f-text" value="${esc(f.text)}" placeholder="index, worker or output">
       <span class="muted">${shown.length} of ${j.results.length} tasks${j.results.length < d.tasks.total ? " (first " + j.results.length + ")" : ""}</span></div>
     <table id="tasks"><tr><th>task</th><th>state</th><th>attempts</th><th>recorded result</th><th>worker</th><th>exit</th><th>took</th><th>output</th></tr>${rows}</table>`;
+}
+
+// The job's place in the dependency graph: the jobs it needs, then it, then the jobs that
+// need it; each a link, the ones still waited for marked.
+function depsOf(d) {
+  const waiting = new Set(d.waiting_on || []);
+  const failed = d.upstream_failed ? d.upstream_failed.job : null;
+  const chip = (id, rel) => `<a class="dep dep-${rel}${waiting.has(id) ? " dep-waiting" : ""}${id === failed ? " dep-failed" : ""}" data-job="${id}" data-rel="${rel}" href="#/job/${id}" title="${rel}">#${id}</a>`;
+  const ups = [...(d.after || []).map((id) => chip(id, "after")), ...(d.after_finished || []).map((id) => chip(id, "after-finished"))];
+  if (d.rerun_of != null) ups.push(chip(d.rerun_of, "rerun-of"));
+  const downs = (d.downstream || []).map((id) => chip(id, "downstream"));
+  if (!ups.length && !downs.length) return "";
+  const why = d.upstream_failed ? ` <span class="bad">cancelled: job ${d.upstream_failed.job} it needed ${esc(d.upstream_failed.state)}</span>` : "";
+  const wait = waiting.size ? ` <span class="muted">waits for ${[...waiting].map((w) => "#" + w).join(", ")}</span>` : "";
+  return `<div id="deps" class="deps"><span class="muted">needs</span> <span class="dep-col">${ups.join(" ") || "–"}</span> <span class="dep-arrow">→</span>
+    <span class="dep dep-self">#${d.id}</span> <span class="dep-arrow">→</span> <span class="dep-col">${downs.join(" ") || "–"}</span> <span class="muted">need it</span>${wait}${why}</div>`;
 }
 
 function bindFilters() {
