@@ -642,6 +642,23 @@ pub enum JobCmd {
         #[arg(long)]
         json: bool,
     },
+    /// A task's whole stdout (or --stderr), however long: the first 64 KiB are in the
+    /// results, the rest is kept on the worker that ran the attempt. With --follow, waits for
+    /// the task to finish first (the log is shown once its attempt has ended).
+    Logs {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The task: its index, or `reduce` (default: 0, a job without an array).
+        #[arg(long, value_name = "INDEX", default_value = "0")]
+        task: String,
+        /// Show stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// Wait until the task has finished, then show its log.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Cancel a job: waiting tasks are dropped, running ones killed.
     Cancel {
         id: String,

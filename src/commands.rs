@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context};
 
 use flotilla_client::Client;
 use flotilla_core::units::parse_duration;
-use flotilla_proto::api::{JobDetail, JobQuery, JobState, Retention, SubmitRequest};
+use flotilla_proto::api::{JobDetail, JobQuery, JobState, Retention, SubmitRequest, TaskState};
 
 use crate::cli::{ClientArgs, Cmd, EventsArgs, EventsCmd, JobCmd, RetentionArgs, SubmitArgs};
 use crate::roles::{parse_labels, parse_resources};
@@ -65,6 +65,61 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 /// The job described by the flags, on top of `--file` if given.
+/// `job logs`: the whole stream from the worker that keeps it, or (not longer than a result
+/// keeps) from the result itself.
+async fn task_logs(client: &Client, id: u64, task: &str, stderr: bool, follow: bool) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let index = match task {
+        "reduce" => None,
+        i => Some(i.parse::<u64>().map_err(|_| anyhow!("--task must be an index or 'reduce', not '{i}'"))?),
+    };
+    let mut told = false;
+    let row = loop {
+        let job = client.job(id, false).await?;
+        let row = match index {
+            Some(i) => client.results(id, 0, None, false).await?.into_iter().find(|r| r.index == i),
+            None => None,
+        };
+        let done = match (&row, index) {
+            (Some(r), _) => matches!(r.state, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled),
+            (None, None) => job.state.is_terminal(),
+            (None, Some(i)) => bail!("job {id} has no task {i}"),
+        };
+        if done || !follow {
+            break row;
+        }
+        if !told {
+            eprintln!("task {task} of job {id} has not finished; its log is shown once it has");
+            told = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let dir = tempfile::tempdir().context("a temporary directory")?;
+    let part = dir.path().join("log");
+    match client.task_log(id, task, stream, &part, std::time::Duration::from_secs(3600)).await {
+        Ok(_) => {
+            let mut file = std::fs::File::open(&part).context("the downloaded log")?;
+            std::io::copy(&mut file, &mut std::io::stdout().lock()).context("writing the log")?;
+        }
+        Err(e) if e.is_not_found() && client.job(id, false).await.is_ok() => {
+            let text = match (row, index) {
+                (Some(r), _) => {
+                    if stderr {
+                        r.stderr
+                    } else {
+                        r.stdout
+                    }
+                }
+                (None, _) => client.result(id, false).await?.result.unwrap_or_default(),
+            };
+            std::io::stdout().lock().write_all(text.as_bytes()).context("writing the log")?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn schedule(command: crate::cli::ScheduleCmd) -> anyhow::Result<ExitCode> {
     use crate::cli::ScheduleCmd;
     let print = |s: &flotilla_proto::api::ScheduleView, json: bool| -> anyhow::Result<()> {
@@ -351,6 +406,9 @@ async fn job(cmd: JobCmd) -> anyhow::Result<ExitCode> {
         }
         JobCmd::Fetch { id, client, task, output, json } => {
             return crate::fetch::fetch(&connect(&client)?, job_id(&id)?, task.as_deref(), &output, json).await;
+        }
+        JobCmd::Logs { id, client, task, stderr, follow } => {
+            return task_logs(&connect(&client)?, job_id(&id)?, &task, stderr, follow).await;
         }
         JobCmd::Cancel { id, client } => {
             let c = connect(&client)?.cancel(job_id(&id)?).await?;

@@ -425,3 +425,34 @@ async fn outputs_go_away_with_their_job() {
         }
     }
 }
+
+/// Invariants: a task's whole stdout and stderr are shown by `job logs` however long they
+/// are (beyond the 64 KiB the result keeps), byte for byte, for a failed attempt too; a short
+/// log comes from the result; `--follow` waits for a running task and then shows its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_logs_shows_all_of_a_long_log() {
+    let t = secure_cluster(1, &[("a", 2)]).await;
+    let client = t.client();
+    let env = t.cluster.client_env();
+    let long = client.submit(&shell("seq 1 40000; seq 1 20000 >&2; exit 3")).await.expect("submit").id;
+    let job = wait_job(&t, &client, long, LONG).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    let want_out: String = (1..=40000).map(|n| format!("{n}\n")).collect();
+    let want_err: String = (1..=20000).map(|n| format!("{n}\n")).collect();
+    assert!(want_out.len() > 128 * 1024);
+    let (code, stdout, stderr) = cli_with(&env, &["job", "logs", &long.to_string()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout == want_out, "stdout: {} bytes, expected {}", stdout.len(), want_out.len());
+    let (code, stdout, stderr) = cli_with(&env, &["job", "logs", &long.to_string(), "--stderr"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout == want_err, "stderr: {} bytes, expected {}", stdout.len(), want_err.len());
+
+    let mut slow = shell("sleep 1; echo short and sweet");
+    slow.array = Some("1-2".into());
+    let slow = client.submit(&slow).await.expect("submit").id;
+    let (code, stdout, stderr) = cli_with(&env, &["job", "logs", &slow.to_string(), "--task", "2", "--follow"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "short and sweet\n");
+    let (code, _, stderr) = cli_with(&env, &["job", "logs", &slow.to_string(), "--task", "9"]);
+    assert!(code != 0 && stderr.contains("no task 9"), "{stderr}");
+}

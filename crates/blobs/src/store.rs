@@ -94,6 +94,27 @@ impl Store {
         Ok(Writer { store: self, path, file: Some(file), hasher: Sha256::new(), size: 0, limit: u64::MAX })
     }
 
+    /// A new empty file in the store's temporary directory (a task's long log, written as the
+    /// task runs), to be taken in with [`Store::adopt`] or removed.
+    pub fn temp_file(&self) -> io::Result<(File, PathBuf)> {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("{}-log-{n}", std::process::id()));
+        Ok((File::create(&path)?, path))
+    }
+
+    /// Takes a file from the store's temporary directory in under its digest (hashed here,
+    /// moved, not copied).
+    pub fn adopt(&self, path: &Path) -> Result<(Digest, u64), StoreError> {
+        let digest = hash_file(path)?;
+        let size = std::fs::metadata(path)?.len();
+        let dest = self.path(&digest);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::rename(path, &dest)?;
+        Ok((digest, size))
+    }
+
     /// Copies the file at `src` into the store (hashing as it goes); at most `limit` bytes.
     pub fn put_file(&self, src: &Path, limit: u64) -> Result<(Digest, u64), StoreError> {
         let mut input = File::open(src)?;

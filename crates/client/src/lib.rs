@@ -367,6 +367,20 @@ impl Client {
 
     /// A `GET` whose answer is streamed into `dest`, from the leader (found as for any
     /// request); returns the address of the master that answered.
+    /// A task's whole stdout or stderr (`stream`), into `dest`; 404 when it was not longer
+    /// than the result keeps (the result has it all then).
+    pub async fn task_log(
+        &self,
+        id: u64,
+        task: &str,
+        stream: &str,
+        dest: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<String, ClientError> {
+        let task = percent_encode_segment(task);
+        self.download(&format!("/v1/jobs/{id}/logs/{task}?stream={stream}"), dest, timeout).await
+    }
+
     async fn download(&self, path: &str, dest: &std::path::Path, timeout: Duration) -> Result<String, ClientError> {
         let deadline = Instant::now() + self.retry_for;
         let mut last = String::from("no attempt made");

@@ -177,11 +177,45 @@ pub struct Outputs {
     pub holders: Vec<String>,
     /// Why the outputs could not be kept: the attempt failed, whatever its exit status.
     pub error: Option<OutputError>,
+    /// The attempt's whole stdout or stderr, when longer than the result keeps, stored on its
+    /// worker (whatever the attempt's outcome).
+    pub logs: Vec<LogFile>,
+}
+
+/// Which of a process's streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// One stream of an attempt kept whole, as a blob in its worker's store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFile {
+    pub stream: LogStream,
+    pub size: u64,
+    pub sha256: Digest,
+}
+
+/// The whole logs of a task's latest attempt that had long ones, and the worker holding them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLogs {
+    pub files: Vec<LogFile>,
+    pub holder: String,
 }
 
 impl Outputs {
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.holders.is_empty() && self.error.is_none()
+        self.files.is_empty() && self.holders.is_empty() && self.error.is_none() && self.logs.is_empty()
     }
 
     pub fn total_bytes(&self) -> u64 {

@@ -81,6 +81,15 @@ pub struct OutputParams {
     pub stale: Option<bool>,
 }
 
+/// The query of `GET /v1/jobs/{id}/logs/{task}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogParams {
+    /// `stdout` (the default) or `stderr`.
+    pub stream: Option<String>,
+    pub stale: Option<bool>,
+}
+
 /// The query of `POST /v1/cluster/stand`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -106,6 +115,7 @@ pub struct StandParams {
         api::job_result,
         outputs::job_outputs,
         outputs::output_file,
+        outputs::task_log,
         api::cancel_job,
         schedules::list,
         schedules::add,
@@ -243,6 +253,7 @@ mod tests {
             "/v1/jobs/{id}/result",
             "/v1/jobs/{id}/outputs",
             "/v1/jobs/{id}/outputs/{sha256}",
+            "/v1/jobs/{id}/logs/{task}",
             "/v1/jobs/{id}/cancel",
             "/v1/schedules",
             "/v1/schedules/{name}",

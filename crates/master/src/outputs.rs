@@ -99,3 +99,58 @@ pub(crate) async fn output_file(
     let why = if tried.is_empty() { "no worker holding a copy is in service".to_string() } else { tried.join("; ") };
     Err(failure(ApiErrorCode::Unavailable, format!("cannot read {sha256} of job {id}: {why}")))
 }
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs/{task}", tag = "jobs", params(("id" = u64, Path, description = "The job id"), ("task" = String, Path, description = "The task's index, or `reduce`"), crate::openapi::LogParams), responses((status = 200, description = "The whole stream of the task's latest recorded attempt (checked against its hash as it passes)", content_type = "text/plain"), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the worker holding the log did not answer", body = ApiError), (status = 404, description = "No such job, or the stream was not longer than the result keeps (it is in the results)", body = ApiError), (status = 410, description = "The job was removed (retention or purge)", body = ApiError)))]
+pub(crate) async fn task_log(
+    State(master): State<Arc<Master>>,
+    Path((id, task)): Path<(String, String)>,
+    Query(q): Params,
+) -> Result<Response, Failure> {
+    use flotilla_core::workflow::LogStream;
+    let id = job_id(&id)?;
+    let slot = match task.as_str() {
+        "reduce" => flotilla_core::model::TaskSlot::Reduce,
+        i => flotilla_core::model::TaskSlot::Array(
+            i.parse().map_err(|_| bad_request(format!("task must be an index or 'reduce', not '{i}'")))?,
+        ),
+    };
+    let stream = match q.get("stream").map(String::as_str) {
+        None | Some("stdout") => LogStream::Stdout,
+        Some("stderr") => LogStream::Stderr,
+        Some(other) => return Err(bad_request(format!("stream must be stdout or stderr, not '{other}'"))),
+    };
+    read_barrier(&master, &q).await?;
+    let (file, holder, address) = {
+        let data = master.shared.read();
+        let state = &data.state;
+        state.job(id).ok_or_else(|| missing_job(state, id))?;
+        let task = flotilla_core::model::TaskId { job: id, slot };
+        let logs = state.task_logs(task);
+        let file = logs.and_then(|l| l.files.iter().find(|f| f.stream == stream).cloned()).ok_or_else(|| {
+            not_found(format!(
+                "task {task}'s {} was not longer than a result keeps (64 KiB): `flotilla job results {id}` shows it",
+                stream.name()
+            ))
+        })?;
+        let holder = logs.map(|l| l.holder.clone()).unwrap_or_default();
+        if !serves_now(state, &holder) {
+            return Err(failure(
+                ApiErrorCode::Unavailable,
+                format!("worker {holder}, which keeps task {task}'s whole {}, is not in service", stream.name()),
+            ));
+        }
+        (file, holder.clone(), state.endpoint(&holder).unwrap_or_default().to_string())
+    };
+    match master.blobs.stream(&address, file.sha256, file.size).await {
+        Ok(stream) => Ok((
+            [
+                (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+                (axum::http::header::CONTENT_LENGTH, file.size.to_string()),
+                (axum::http::HeaderName::from_static(HOLDER_HEADER), holder),
+            ],
+            axum::body::Body::from_stream(stream),
+        )
+            .into_response()),
+        Err(e) => Err(failure(ApiErrorCode::Unavailable, format!("cannot read the log from worker {holder}: {e}"))),
+    }
+}

@@ -274,6 +274,11 @@ fn samples() -> Samples {
         files: vec![file.clone()],
         holders: vec![made.worker.clone(), "w3".into()],
         error: None,
+        logs: vec![flotilla_core::workflow::LogFile {
+            stream: flotilla_core::workflow::LogStream::Stdout,
+            size: 1 << 20,
+            sha256: flotilla_core::workflow::Digest([5; 32]),
+        }],
     };
     s.apply(Command::TaskFinishedWith {
         task: made.task,
@@ -351,6 +356,11 @@ fn samples() -> Samples {
                 files: vec![output_file()],
                 holders: vec!["w1".into()],
                 error: None,
+                logs: vec![flotilla_core::workflow::LogFile {
+                    stream: flotilla_core::workflow::LogStream::Stderr,
+                    size: 70_000,
+                    sha256: flotilla_core::workflow::Digest([6; 32]),
+                }],
             },
         },
         WorkerMsg::FinishedWith {
@@ -361,6 +371,7 @@ fn samples() -> Samples {
                 files: Vec::new(),
                 holders: Vec::new(),
                 error: Some(flotilla_core::workflow::OutputError::OverQuota { quota: 1024 }),
+                logs: Vec::new(),
             },
         },
         WorkerMsg::Serves { address: "10.0.0.11:7300".into() },

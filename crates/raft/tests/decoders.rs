@@ -103,6 +103,7 @@ fn samples() -> Vec<Vec<u8>> {
                 }],
                 holders: vec!["w1".into(), "w2".into()],
                 error: None,
+                logs: Vec::new(),
             },
         },
         Command::SetWorkerEndpoint { worker: "w1".into(), address: "127.0.0.1:9".into() },

@@ -1415,7 +1415,7 @@ impl LeaderCore {
     }
 }
 
-/// Of `digests`, those that no kept task's outputs count on `worker` for: garbage there.
+/// Of `digests`, those that no kept task's outputs or logs count on `worker` for: garbage.
 fn unreferenced(
     state: &ClusterState,
     worker: &str,
@@ -1428,6 +1428,11 @@ fn unreferenced(
         }
         if left.is_empty() {
             break;
+        }
+    }
+    for logs in state.all_logs().filter(|l| l.holder == worker) {
+        for f in &logs.files {
+            left.remove(&f.sha256);
         }
     }
     let mut left: Vec<_> = left.into_iter().collect();

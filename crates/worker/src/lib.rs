@@ -150,6 +150,25 @@ impl runner::TaskData for Launcher {
         let peers = self.lock().core.peers().to_vec();
         self.data.keep(task, dir, peers)
     }
+
+    fn spill(&self) -> Option<(std::fs::File, std::path::PathBuf)> {
+        self.data.store.temp_file().ok()
+    }
+
+    fn keep_log(
+        &self,
+        path: &std::path::Path,
+        stream: flotilla_core::workflow::LogStream,
+    ) -> Option<flotilla_core::workflow::LogFile> {
+        match self.data.store.adopt(path) {
+            Ok((sha256, size)) => Some(flotilla_core::workflow::LogFile { stream, size, sha256 }),
+            Err(e) => {
+                tracing::warn!(error = %e, stream = stream.name(), "a long log could not be kept whole");
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        }
+    }
 }
 
 impl Launcher {

@@ -107,7 +107,7 @@ impl Data {
         if holders.len() <= wanted {
             tracing::debug!(task = %task.task, copies = holders.len() - 1, wanted, "fewer copies of outputs than asked");
         }
-        Outputs { files, holders, error: None }
+        Outputs { files, holders, error: None, logs: Vec::new() }
     }
 
     /// Copies every file to peers, `wanted` at a time, until `wanted` hold all of them or

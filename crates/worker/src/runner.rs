@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flotilla_core::model::{Captured, Outcome, TaskSlot, MAX_OUTPUT_BYTES};
-use flotilla_core::workflow::{OutputError, Outputs};
+use flotilla_core::workflow::{LogFile, LogStream, OutputError, Outputs};
 use flotilla_proto::wire::RunTask;
 
 use crate::sandbox::{Sandbox, TaskDirs};
@@ -34,6 +34,20 @@ pub trait TaskData {
     fn stage(&self, task: &RunTask, dir: &Path) -> Result<(), OutputError>;
     /// Keeps what a successful attempt left in `dir` (stored, copied to peers).
     fn keep(&self, task: &RunTask, dir: &Path) -> Outputs;
+    /// A file for a stream longer than the result keeps (`None`: it is not kept whole).
+    fn spill(&self) -> Option<(File, PathBuf)> {
+        None
+    }
+    /// Keeps a spilled stream whole; `None` if it cannot be.
+    fn keep_log(&self, _path: &Path, _stream: LogStream) -> Option<LogFile> {
+        None
+    }
+}
+
+/// A stream written whole to a file as it goes, once it outgrew what the result keeps.
+struct Spill {
+    file: File,
+    path: PathBuf,
 }
 
 /// No store: inputs are not placed and outputs not kept (tests of the runner alone).
@@ -165,13 +179,39 @@ impl PgidJournal {
     }
 }
 
-/// Reads what is available from a non-blocking pipe; false at end of file.
-fn drain(fd: &mut File, kept: &mut Vec<u8>, total: &mut u64) -> bool {
+/// Reads what is available from a non-blocking pipe; false at end of file. Once the stream
+/// outgrows what the result keeps, all of it also goes to a spill file (if `open` gives one).
+fn drain(
+    fd: &mut File,
+    kept: &mut Vec<u8>,
+    total: &mut u64,
+    spill: &mut Option<Spill>,
+    open: &dyn Fn() -> Option<(File, PathBuf)>,
+) -> bool {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match fd.read(&mut buf) {
             Ok(0) => return false,
             Ok(n) => {
+                let whole_so_far = *total == kept.len() as u64;
+                if spill.is_none() && whole_so_far && *total + n as u64 > MAX_OUTPUT_BYTES as u64 {
+                    if let Some((mut file, path)) = open() {
+                        match file.write_all(kept) {
+                            Ok(()) => *spill = Some(Spill { file, path }),
+                            Err(_) => {
+                                let _ = std::fs::remove_file(&path);
+                            }
+                        }
+                    }
+                }
+                if let Some(s) = spill.as_mut() {
+                    if s.file.write_all(&buf[..n]).is_err() {
+                        // A full disk: the stream is not kept whole (its start still is).
+                        if let Some(s) = spill.take() {
+                            let _ = std::fs::remove_file(&s.path);
+                        }
+                    }
+                }
                 *total += n as u64;
                 let room = MAX_OUTPUT_BYTES.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
@@ -213,11 +253,23 @@ pub fn run(
     on_start: impl FnOnce(),
 ) -> Ended {
     let mut dirs = None;
-    let mut ended = run_in(task, worker_name, sandbox, &mut dirs, journal, stopper, data, on_start);
+    let mut spills = [None, None];
+    let mut ended = run_in(task, worker_name, sandbox, &mut dirs, journal, stopper, data, &mut spills, on_start);
     if let (Ended::Finished(outcome), Some(d)) = (&mut ended, &dirs) {
         // Only a successful attempt's outputs are kept; a failed one's go with its directory.
         if outcome.succeeded() && has_entries(&d.output) {
             outcome.outputs = data.keep(task, &d.output);
+        }
+    }
+    // Long logs are kept whatever the outcome (a failed attempt's are the ones people read).
+    for (spill, stream) in spills.into_iter().zip([LogStream::Stdout, LogStream::Stderr]) {
+        let Some(spill) = spill else { continue };
+        drop(spill.file);
+        match &mut ended {
+            Ended::Finished(outcome) => outcome.outputs.logs.extend(data.keep_log(&spill.path, stream)),
+            _ => {
+                let _ = std::fs::remove_file(&spill.path);
+            }
         }
     }
     sandbox.finish(dirs);
@@ -237,6 +289,7 @@ fn run_in(
     journal: &PgidJournal,
     stopper: &Stopper,
     data: &dyn TaskData,
+    spills: &mut [Option<Spill>; 2],
     on_start: impl FnOnce(),
 ) -> Ended {
     let started = Instant::now();
@@ -371,13 +424,14 @@ fn run_in(
         unsafe {
             libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wake.as_millis().min(60_000) as libc::c_int);
         }
+        let open = || data.spill();
         if let Some(f) = stdout.as_mut() {
-            if !drain(f, &mut out, &mut out_total) {
+            if !drain(f, &mut out, &mut out_total, &mut spills[0], &open) {
                 stdout = None;
             }
         }
         if let Some(f) = stderr.as_mut() {
-            if !drain(f, &mut err, &mut err_total) {
+            if !drain(f, &mut err, &mut err_total, &mut spills[1], &open) {
                 stderr = None;
             }
         }

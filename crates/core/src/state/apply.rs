@@ -544,6 +544,13 @@ impl ClusterState {
                 self.added.output_errors.remove(&id);
             }
         }
+        // The latest recorded attempt's long logs (or none: an earlier attempt's go).
+        if outcome.outputs.logs.is_empty() {
+            self.added.logs.remove(&id);
+        } else {
+            let logs = crate::workflow::TaskLogs { files: outcome.outputs.logs.clone(), holder: worker.to_string() };
+            self.added.logs.insert(id, logs);
+        }
 
         let dest = if outcome.succeeded() {
             task.state = TaskState::Succeeded;

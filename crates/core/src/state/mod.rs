@@ -456,6 +456,9 @@ pub struct Added {
     pub(crate) reruns: BTreeMap<JobId, JobId>,
     /// Periodic jobs by name.
     pub(crate) schedules: BTreeMap<String, crate::schedule::Schedule>,
+    /// Whole stdout/stderr of tasks whose latest recorded attempt wrote more than its result
+    /// keeps.
+    pub(crate) logs: BTreeMap<TaskId, crate::workflow::TaskLogs>,
 }
 
 impl Added {
@@ -469,6 +472,7 @@ impl Added {
             && self.endpoints.is_empty()
             && self.reruns.is_empty()
             && self.schedules.is_empty()
+            && self.logs.is_empty()
     }
 }
 
@@ -593,6 +597,7 @@ impl ClusterState {
                     || !self.added.output_errors.is_empty()
                     || !self.added.endpoints.is_empty()
                     || !self.added.schedules.is_empty()
+                    || !self.added.logs.is_empty()
             }
         }
     }
@@ -671,6 +676,16 @@ impl ClusterState {
 
     pub fn endpoint(&self, worker: &str) -> Option<&str> {
         self.added.endpoints.get(worker).map(String::as_str)
+    }
+
+    /// The whole logs of the task's latest attempt, if they were longer than its result keeps.
+    pub fn task_logs(&self, task: TaskId) -> Option<&crate::workflow::TaskLogs> {
+        self.added.logs.get(&task)
+    }
+
+    /// Every task's whole logs, with the worker holding them.
+    pub fn all_logs(&self) -> impl Iterator<Item = &crate::workflow::TaskLogs> {
+        self.added.logs.values()
     }
 
     pub fn schedules(&self) -> &BTreeMap<String, crate::schedule::Schedule> {

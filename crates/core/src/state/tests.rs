@@ -909,7 +909,7 @@ fn copies_of_outputs_follow_losses_damage_and_repairs() {
     let file = OutputFile { path: "out.txt".into(), size: 3, sha256: Digest([7; 32]) };
     let holder = run.worker.clone();
     let outcome = Outcome {
-        outputs: Outputs { files: vec![file.clone()], holders: vec![holder.clone()], error: None },
+        outputs: Outputs { files: vec![file.clone()], holders: vec![holder.clone()], error: None, logs: Vec::new() },
         ..outcome(0, "")
     };
     d.apply(Command::task_finished(run.task, run.fence, holder.clone(), outcome));
@@ -970,6 +970,7 @@ fn outputs_whose_every_copy_is_lost_are_made_again_by_a_rerun() {
             files: vec![OutputFile { path: "o".into(), size: 1, sha256: Digest([seed; 32]) }],
             holders: vec![holder.to_string()],
             error: None,
+            logs: Vec::new(),
         },
         ..outcome(0, "")
     };

@@ -157,6 +157,10 @@ impl ClusterState {
     /// that include one of them). Those tasks are short of copies now; the ones left with
     /// none have lost their outputs. One journal event per job, whatever the count.
     pub(super) fn drop_copies(&mut self, ctx: ApplyCtx, worker: &str, digests: Option<&[Digest]>, reason: CopyLoss) {
+        // Logs are kept on one worker only: they go with it, or with their damaged blob.
+        self.added.logs.retain(|_, l| {
+            l.holder != worker || digests.is_some_and(|d| !l.files.iter().any(|f| d.contains(&f.sha256)))
+        });
         if self.added.outputs.is_empty() {
             return;
         }
@@ -368,6 +372,10 @@ impl ClusterState {
             self.added.outputs.remove(&t);
             self.added.short_of_copies.remove(&t);
         }
+        let logged: Vec<TaskId> = self.added.logs.range(range.clone()).map(|(t, _)| *t).collect();
+        for t in logged {
+            self.added.logs.remove(&t);
+        }
         let failed: Vec<TaskId> = self.added.output_errors.range(range).map(|(t, _)| *t).collect();
         for t in failed {
             self.added.output_errors.remove(&t);
@@ -414,5 +422,6 @@ impl Added {
             assert!(outputs.holders.iter().all(|h| seen.insert(h)), "task {task} lists a holder twice");
         }
         assert!(self.output_errors.keys().all(|t| jobs.contains_key(&t.job)), "output error of a removed job");
+        assert!(self.logs.keys().all(|t| jobs.contains_key(&t.job)), "logs of a removed job");
     }
 }

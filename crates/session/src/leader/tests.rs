@@ -649,8 +649,12 @@ fn outputs_short_of_copies_are_copied_from_a_holder_to_a_worker_without_one() {
         sha256: flotilla_core::workflow::Digest([1; 32]),
     };
     let mut outcome = Outcome { exit_code: Some(0), ..Default::default() };
-    outcome.outputs =
-        flotilla_core::workflow::Outputs { files: vec![file], holders: vec![run.worker.clone()], error: None };
+    outcome.outputs = flotilla_core::workflow::Outputs {
+        files: vec![file],
+        holders: vec![run.worker.clone()],
+        error: None,
+        logs: Vec::new(),
+    };
     l.cluster.commit(TERM, vec![Command::task_finished(run.task, run.fence, run.worker.clone(), outcome)]);
     assert_eq!(l.cluster.state.wanted_copies(job), 3);
 
@@ -687,7 +691,7 @@ fn outputs_short_of_copies_are_copied_from_a_holder_to_a_worker_without_one() {
 }
 
 /// Invariant: of the blobs a worker lists as held for a while, the leader calls garbage
-/// exactly those that no kept task's outputs count on that worker for.
+/// exactly those that no kept task's outputs or whole logs count on that worker for.
 #[test]
 fn an_inventory_is_answered_with_the_blobs_no_kept_output_needs() {
     use flotilla_core::workflow::{Digest, OutputFile, Outputs};
@@ -700,14 +704,19 @@ fn an_inventory_is_answered_with_the_blobs_no_kept_output_needs() {
         panic!("not placed")
     };
     let mut outcome = Outcome { exit_code: Some(0), ..Default::default() };
-    let (kept, other, garbage) = (Digest([1; 32]), Digest([2; 32]), Digest([3; 32]));
+    let (kept, other, garbage, log) = (Digest([1; 32]), Digest([2; 32]), Digest([3; 32]), Digest([4; 32]));
     outcome.outputs = Outputs {
         files: vec![OutputFile { path: "o".into(), size: 1, sha256: kept }],
         holders: vec!["w1".into()],
         error: None,
+        logs: vec![flotilla_core::workflow::LogFile {
+            stream: flotilla_core::workflow::LogStream::Stdout,
+            size: 100_000,
+            sha256: log,
+        }],
     };
     l.cluster.commit(TERM, vec![Command::task_finished(runs[0].task, runs[0].fence, "w1".into(), outcome)]);
-    let effects = l.message(30, 1, WorkerMsg::Inventory { digests: vec![garbage, kept, other] });
+    let effects = l.message(30, 1, WorkerMsg::Inventory { digests: vec![garbage, kept, log, other] });
     let sent: Vec<&MasterBody> = effects
         .iter()
         .filter_map(|e| match e {
