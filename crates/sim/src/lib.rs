@@ -145,6 +145,8 @@ struct Plan {
     /// Submitted `--after` this job: none of its attempts may start before that one
     /// succeeded, and if it did not, this one is cancelled without running.
     after: Option<u64>,
+    /// Its task 1 fails every attempt: the job fails (and so its dependents are cancelled).
+    doomed: bool,
 }
 
 /// The task limits of every third job.
@@ -821,6 +823,14 @@ impl Sim {
             Err(e) => panic!("before purging: {e}"),
         };
         let id = job.id;
+        // Counted here: a dependent purged before the end is not seen by the final check.
+        if plan.after.is_some() {
+            if checked.cancelled {
+                self.report.dependents_cancelled += 1;
+            } else {
+                self.report.dependents_run += 1;
+            }
+        }
         self.purge_asked.insert(id, checked);
         self.propose_as_client(vec![Command::PurgeJobs { jobs: vec![id] }]);
         if self.rng.chance(30) {
@@ -849,6 +859,9 @@ impl Sim {
                 limited: self.submitted % 3 == 2,
                 // Every fourth job waits for the newest job committed so far.
                 after: if self.submitted.is_multiple_of(4) { self.plans.keys().next_back().copied() } else { None },
+                // Half the jobs just before a dependent fail for good, so that the jobs
+                // waiting for them must be cancelled.
+                doomed: self.submitted % 4 == 3 && self.rng.chance(50),
             };
             let spec = JobSpec {
                 command: vec!["sim".into()],
@@ -1037,6 +1050,9 @@ impl Sim {
         let text = match run.task.slot {
             TaskSlot::Array(i) => {
                 let plan = &self.plans[&run.task.job];
+                if plan.doomed && i == 1 {
+                    return Outcome { exit_code: Some(2), ..Default::default() };
+                }
                 if plan.flaky && run.fence.attempt == 1 && i % 7 == 0 {
                     return Outcome { exit_code: Some(1), ..Default::default() };
                 }
@@ -1327,6 +1343,16 @@ fn check_job(
     }
     if unmet.is_some() {
         return Err(format!("job {} is {} but marked cancelled for {unmet:?}", job.id, job.state.name()));
+    }
+    // A doomed job fails, for its task 1 and for nothing else.
+    if plan.doomed {
+        let failure = job.failure.as_ref().map(|f| f.task);
+        return match (job.state, failure) {
+            (JobState::Failed, Some(t)) if t == TaskId::array(job.id, 1) => {
+                Ok(JobCheck { tasks: 0, failed_by_losses: false, cancelled: false })
+            }
+            (state, failure) => Err(format!("doomed job {} is {} (failure {failure:?})", job.id, state.name())),
+        };
     }
     let record = |i: u64| {
         records
