@@ -46,7 +46,7 @@ async fn a_schedule_launches_each_period_once_across_leader_kills() {
     let (code, _, stderr) = cli_with(&env, &["schedule", "add", "tick", "--cron", "* * * * *", "--", "true"]);
     assert!(code != 0 && stderr.contains("exists already"), "{stderr}");
 
-    for round in 0..2 {
+    for _ in 0..2 {
         let before = launches(&client, "tick").await.len();
         wait_until(&t, "three more launches", LONG, || async { launches(&client, "tick").await.len() >= before + 3 })
             .await;
@@ -58,7 +58,6 @@ async fn a_schedule_launches_each_period_once_across_leader_kills() {
         })
         .await;
         t.cluster.start_master(leader).expect("restart the killed master");
-        let _ = round;
     }
 
     // Paused: nothing more; resumed: launches again.

@@ -146,6 +146,32 @@ impl Timing {
 }
 
 impl Schedule {
+    /// A schedule as added: nothing launched yet (`AddSchedule` sets when it starts).
+    pub fn new(
+        cron: &str,
+        timezone: &str,
+        overlap: Overlap,
+        spec: JobSpec,
+        options: JobOptions,
+        owner: Option<String>,
+    ) -> Schedule {
+        Schedule {
+            cron: cron.to_string(),
+            timezone: timezone.to_string(),
+            overlap,
+            spec,
+            options,
+            owner,
+            paused: false,
+            created_at: 0,
+            done_until: 0,
+            last_period: None,
+            last_job: None,
+            launched: 0,
+            skipped: 0,
+        }
+    }
+
     pub fn timing(&self) -> Option<Timing> {
         Timing::parse(&self.cron, &self.timezone).ok()
     }

@@ -48,21 +48,14 @@ pub(crate) async fn add(
     Timing::parse(&request.cron, &timezone).map_err(bad_request)?;
     let spec = request.job.to_spec().map_err(bad_request)?;
     let options = request.job.to_options().map_err(bad_request)?;
-    let schedule = Schedule {
-        cron: request.cron.trim().to_string(),
-        timezone,
-        overlap: request.overlap.into(),
+    let schedule = Schedule::new(
+        request.cron.trim(),
+        &timezone,
+        request.overlap.into(),
         spec,
         options,
-        owner: caller.owner().map(str::to_string),
-        paused: false,
-        created_at: 0,
-        done_until: 0,
-        last_period: None,
-        last_job: None,
-        launched: 0,
-        skipped: 0,
-    };
+        caller.owner().map(str::to_string),
+    );
     let command = Command::AddSchedule { name: request.name.clone(), schedule: Box::new(schedule) };
     match master.proposer.propose_one(command).await.map_err(|e| from_propose(&master, e))? {
         Applied::Noted => view(&master, &request.name),
@@ -111,8 +104,10 @@ pub(crate) async fn remove(
 }
 
 /// The leader's duty: about four times a second, each schedule whose latest period is not
-/// done gets a `LaunchPeriod` for it (applied once however often proposed).
+/// done gets a `LaunchPeriod` for it (applied once however often proposed). Expressions are
+/// parsed once each, outside the state's lock.
 pub(crate) async fn launch_periods(master: Arc<Master>, lead: Leadership) {
+    let mut parsed: std::collections::HashMap<(String, String), Option<Timing>> = Default::default();
     loop {
         tokio::select! {
             _ = lead.cancel.cancelled() => return,
@@ -122,17 +117,20 @@ pub(crate) async fn launch_periods(master: Arc<Master>, lead: Leadership) {
         if master.sessions.ready_term() != Some(lead.term) {
             continue;
         }
-        let now = now_ms();
-        let due: Vec<(String, u64)> = {
+        let active: Vec<(String, String, String, u64)> = {
             let data = master.shared.read();
             data.state
                 .schedules()
                 .iter()
                 .filter(|(_, s)| !s.paused)
-                .filter_map(|(name, s)| Some((name.clone(), s.timing()?.due(s.done_until, now)?)))
+                .map(|(name, s)| (name.clone(), s.cron.clone(), s.timezone.clone(), s.done_until))
                 .collect()
         };
-        for (name, period) in due {
+        parsed.retain(|key, _| active.iter().any(|(_, cron, zone, _)| (cron, zone) == (&key.0, &key.1)));
+        let now = now_ms();
+        for (name, cron, zone, done_until) in active {
+            let timing = parsed.entry((cron, zone)).or_insert_with_key(|(c, z)| Timing::parse(c, z).ok());
+            let Some(period) = timing.as_ref().and_then(|t| t.due(done_until, now)) else { continue };
             if let Err(e) = master.proposer.propose_one(Command::LaunchPeriod { name: name.clone(), period }).await {
                 tracing::debug!(schedule = %name, error = %e, "period not launched (a later leader will)");
             }

@@ -302,21 +302,14 @@ fn samples() -> Samples {
     s.apply(Command::CopiesAdded { worker: "w2".into(), tasks: vec![made.task] });
     s.apply(Command::CopiesCorrupt { worker: "w3".into(), digests: vec![file.sha256] });
     // 0.2.0's schedules.
-    let schedule = flotilla_core::schedule::Schedule {
-        cron: "0 3 * * *".into(),
-        timezone: "Europe/Berlin".into(),
-        overlap: flotilla_core::schedule::Overlap::Skip,
-        spec: JobSpec { command: vec!["backup".into()], ..JobSpec::default() },
-        options: Default::default(),
-        owner: Some("ci".into()),
-        paused: false,
-        created_at: 0,
-        done_until: 0,
-        last_period: None,
-        last_job: None,
-        launched: 0,
-        skipped: 0,
-    };
+    let schedule = flotilla_core::schedule::Schedule::new(
+        "0 3 * * *",
+        "Europe/Berlin",
+        flotilla_core::schedule::Overlap::Skip,
+        JobSpec { command: vec!["backup".into()], ..JobSpec::default() },
+        Default::default(),
+        Some("ci".into()),
+    );
     s.apply(Command::AddSchedule { name: "nightly".into(), schedule: Box::new(schedule) });
     s.apply(Command::PauseSchedule { name: "nightly".into(), paused: true });
     s.apply(Command::LaunchPeriod { name: "nightly".into(), period: 1_764_730_800_000 });

@@ -266,6 +266,10 @@ struct Lead {
     repairs: HashMap<TaskId, Repair>,
     /// Where the last look at the tasks short of copies stopped (each look is bounded).
     repair_cursor: Option<TaskId>,
+    /// The state (applied index) and the workers able to take copies when a whole look
+    /// found nothing to ask: no look again until one of them changes. A cluster smaller than
+    /// a job's copies keeps its tasks short for good, and looking each tick would be waste.
+    repair_idle: Option<(u64, Vec<SessionId>)>,
 }
 
 /// A copy of a task's outputs asked of a worker.
@@ -557,6 +561,7 @@ impl LeaderCore {
             peers_told: HashMap::new(),
             repairs: HashMap::new(),
             repair_cursor: None,
+            repair_idle: None,
         });
         self.propose(vec![Command::LeaderElected { node: self.config.me }], Origin::Elected, out);
     }
@@ -966,6 +971,11 @@ impl LeaderCore {
         if takers.is_empty() {
             return;
         }
+        let seen = (state.applied_index(), takers.iter().map(|t| t.1).collect::<Vec<_>>());
+        if lead.repairs.is_empty() && lead.repair_idle.as_ref() == Some(&seen) {
+            return;
+        }
+        lead.repair_idle = None;
         for r in lead.repairs.values() {
             if let Some(t) = takers.iter_mut().find(|t| t.0 == r.worker) {
                 t.2 += 1;
@@ -1016,6 +1026,9 @@ impl LeaderCore {
             if lead.repairs.len() >= MAX_REPAIRS {
                 break;
             }
+        }
+        if asks.is_empty() && lead.repairs.is_empty() && short.len() <= REPAIR_SCAN {
+            lead.repair_idle = Some(seen);
         }
         for (session, body) in asks {
             self.send(session, body, out);

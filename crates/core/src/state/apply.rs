@@ -516,6 +516,7 @@ impl ClusterState {
         let was_running = matches!(state, TaskState::Running { .. });
         // An input missing because every copy of it was lost and is being made again: the
         // task waits for that (no failure counted) rather than failing for it.
+        let wanted_copies = self.wanted_copies(id.job);
         let input_rerun = match &outcome.outputs.error {
             Some(crate::workflow::OutputError::InputUnavailable { task: from, .. }) => {
                 self.rerun_under_way(from.job).map(|rerun| (from.job, rerun))
@@ -560,11 +561,7 @@ impl ClusterState {
                     files: outcome.outputs.files.clone(),
                     holders: outcome.outputs.holders.clone(),
                 };
-                let wanted = match self.added.options.get(&id.job) {
-                    Some(o) => 1 + o.replicas() as usize,
-                    None => 1 + crate::workflow::DEFAULT_REPLICAS as usize,
-                };
-                if outputs.holders.len() < wanted {
+                if outputs.holders.len() < wanted_copies {
                     self.added.short_of_copies.insert(id);
                 }
                 self.added.outputs.insert(id, outputs);

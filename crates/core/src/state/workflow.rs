@@ -303,13 +303,17 @@ impl ClusterState {
         if let Err(e) = schedule.options.validate() {
             return Response::Invalid { reason: Refusal::Dependency(e) };
         }
-        let mut kept = schedule.clone();
+        // Whatever the proposer filled in, a new schedule starts here with nothing launched.
+        let mut kept = Schedule::new(
+            &schedule.cron,
+            &schedule.timezone,
+            schedule.overlap,
+            schedule.spec.clone(),
+            schedule.options.clone(),
+            schedule.owner.clone(),
+        );
         kept.created_at = ctx.at_ms;
         kept.done_until = ctx.at_ms;
-        kept.last_period = None;
-        kept.last_job = None;
-        kept.launched = 0;
-        kept.skipped = 0;
         self.added.schedules.insert(name.to_string(), kept);
         Response::Noted
     }
