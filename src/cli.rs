@@ -532,6 +532,17 @@ pub struct SubmitArgs {
     /// as for --after).
     #[arg(long, value_name = "JOB[,JOB]")]
     pub after_finished: Vec<String>,
+    /// Pair each task with the task of the same index of these jobs: task i starts as soon
+    /// as their task i has succeeded (not when the whole job has), and reads only its outputs,
+    /// in $FLOTILLA_INPUT_DIR/JOB/i/…. Every index of this job must be one of theirs. If one
+    /// of them fails or is cancelled, this job is cancelled.
+    #[arg(long, value_name = "JOB[,JOB]")]
+    pub each: Vec<String>,
+    /// Tasks of this job that wait for others of it, TASKS=NEEDED (repeatable): `10=1-9` runs
+    /// task 10 once tasks 1 to 9 succeeded, with their outputs in
+    /// $FLOTILLA_INPUT_DIR/THIS_JOB/INDEX/…. A cycle or an index the job lacks is refused.
+    #[arg(long, value_name = "TASKS=NEEDED")]
+    pub needs: Vec<String>,
     /// Copies of each task's outputs ($FLOTILLA_OUTPUT_DIR) kept on other workers before the
     /// task counts as succeeded (default 2; 0 keeps only the worker's own copy).
     #[arg(long, value_name = "R")]

@@ -265,15 +265,22 @@ fn submit_request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
         let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env '{kv}' is not KEY=VALUE"))?;
         req.env.insert(k.to_string(), v.to_string());
     }
-    for (flag, given, field) in
-        [("--after", &a.after, &mut req.after), ("--after-finished", &a.after_finished, &mut req.after_finished)]
-    {
+    for (flag, given, field) in [
+        ("--after", &a.after, &mut req.after),
+        ("--after-finished", &a.after_finished, &mut req.after_finished),
+        ("--each", &a.each, &mut req.each),
+    ] {
         for text in given.iter().flat_map(|t| t.split(',')) {
             let id = job_id(text).with_context(|| flag.to_string())?;
             if !field.contains(&id) {
                 field.push(id);
             }
         }
+    }
+    for rule in &a.needs {
+        let (tasks, needed) =
+            rule.split_once('=').ok_or_else(|| anyhow!("--needs '{rule}' is not TASKS=NEEDED (e.g. 10=1-9)"))?;
+        req.needs.insert(tasks.trim().to_string(), needed.trim().to_string());
     }
     take!(output_quota);
     if a.replicas.is_some() {
@@ -553,8 +560,17 @@ fn print_job(j: &JobDetail) {
     if !j.after_finished.is_empty() {
         println!("  after:     {} (finished)", ids(&j.after_finished));
     }
+    if !j.each.is_empty() {
+        println!("  each:      task i after task i of job {}", ids(&j.each));
+    }
+    for (tasks, needed) in &j.needs {
+        println!("  needs:     tasks {tasks} after tasks {needed}");
+    }
     if !j.waiting_on.is_empty() {
         println!("  waits for: {}", ids(&j.waiting_on));
+    }
+    if let Some(held) = &j.held {
+        println!("  held:      tasks {held} wait for tasks they need");
     }
     if let Some(u) = &j.upstream_failed {
         println!("  cancelled: job {} it needed {}", u.job, u.state);

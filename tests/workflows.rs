@@ -456,3 +456,95 @@ async fn job_logs_shows_all_of_a_long_log() {
     let (code, _, stderr) = cli_with(&env, &["job", "logs", &slow.to_string(), "--task", "9"]);
     assert!(code != 0 && stderr.contains("no task 9"), "{stderr}");
 }
+
+/// Invariants: with `--each`, task i of a job starts once task i of the job it pairs with has
+/// succeeded, while that job still runs (its task 3 waits here until the dependent's task 1
+/// has run: were the whole job waited for, nothing would move), and reads only that task's
+/// outputs; `needs` in a job file orders a job's own tasks and hands the needed tasks'
+/// outputs over; a cycle, an index the paired job lacks and a task the job lacks are refused
+/// at submit with a clear error and create nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_level_dependencies_start_tasks_as_the_ones_they_need_succeed() {
+    let t = cluster(1, &[("w", 4)], &[]).await;
+    let client = t.client();
+    let gate = t.dir.path().join("first-paired-task-ran");
+    let mut up = shell(&format!(
+        "if [ $FLOTILLA_TASK_INDEX = 3 ]; then while [ ! -e '{}' ]; do sleep 0.1; done; fi; \
+         echo part $FLOTILLA_TASK_INDEX > \"$FLOTILLA_OUTPUT_DIR/part.txt\"",
+        gate.display()
+    ));
+    up.array = Some("1-3".into());
+    up.replicas = Some(0);
+    let up = client.submit(&up).await.expect("submit the upstream array").id;
+    let masters = t.cluster.master_list();
+    let (code, stdout, stderr) = cli(
+        &masters,
+        &[
+            "submit",
+            "--array",
+            "1-3",
+            "--each",
+            &up.to_string(),
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "ls \"$FLOTILLA_INPUT_DIR\"/*/* | wc -l; cat \"$FLOTILLA_INPUT_DIR/{up}/$FLOTILLA_TASK_INDEX/part.txt\"; \
+                 [ $FLOTILLA_TASK_INDEX != 1 ] || touch '{}'",
+                gate.display()
+            ),
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let down: u64 = stdout.trim().parse().expect("a job id");
+    let job = wait_job(&t, &client, down, LONG).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.each, vec![up]);
+    assert_eq!(wait_job(&t, &client, up, LONG).await.state, JobState::Succeeded);
+    let rows = client.results(down, 0, None, false).await.expect("results");
+    for row in &rows {
+        let lines: Vec<&str> = row.stdout.lines().map(str::trim).collect();
+        assert_eq!(lines, ["1", &format!("part {}", row.index)], "task {} reads only its pair's outputs", row.index);
+    }
+    let (code, stdout, _) = cli(&masters, &["job", "show", &down.to_string()]);
+    assert!(code == 0 && stdout.contains(&format!("each:      task i after task i of job {up}")), "{stdout}");
+
+    // A job file whose task 3 needs tasks 1 and 2 and sums what they left.
+    let file = t.dir.path().join("job.toml");
+    std::fs::write(
+        &file,
+        r#"command = ["sh", "-c", "if [ $FLOTILLA_TASK_INDEX = 3 ]; then cat \"$FLOTILLA_INPUT_DIR\"/$FLOTILLA_JOB_ID/*/n.txt | awk '{s+=$1} END {print s}'; else echo $((FLOTILLA_TASK_INDEX * 10)) > \"$FLOTILLA_OUTPUT_DIR/n.txt\"; fi"]
+array = "1-3"
+replicas = 0
+
+[needs]
+3 = "1-2"
+"#,
+    )
+    .expect("write the job file");
+    let (code, stdout, stderr) = cli(&masters, &["submit", "--file", &file.display().to_string()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let staged: u64 = stdout.trim().parse().expect("a job id");
+    let job = wait_job(&t, &client, staged, LONG).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.needs.get("3").map(String::as_str), Some("1-2"));
+    let rows = client.results(staged, 0, None, false).await.expect("results");
+    let third = rows.iter().find(|r| r.index == 3).expect("task 3");
+    // With 4 cpus all three would start together; the outputs exist only once 1 and 2 succeeded.
+    assert_eq!(third.stdout.trim(), "30", "task 3 read both tasks' outputs: {third:?}");
+
+    // Refused at submit, nothing created.
+    let before = client.jobs(false).await.expect("jobs").len();
+    for (args, words) in [
+        (vec!["--array", "1-3", "--needs", "1=2", "--needs", "2=1"], "cycle: task 2 needs task 1 needs task 2"),
+        (vec!["--array", "1-3", "--needs", "3=4"], "needs names task 4, which is not a task of this job"),
+        (vec!["--array", "1-5", "--each", &up.to_string()], "task 4 has no task 4 in job"),
+    ] {
+        let mut all = vec!["submit"];
+        all.extend(args);
+        all.extend(["--", "true"]);
+        let (code, _, stderr) = cli(&masters, &all);
+        assert!(code != 0 && stderr.contains(words), "{all:?}: {stderr}");
+    }
+    assert_eq!(client.jobs(false).await.expect("jobs").len(), before);
+}

@@ -161,6 +161,13 @@ pub enum EventKind {
         period: Millis,
         running: JobId,
     },
+    /// Tasks of a job will not run: `needed`, a task of the same job they need (directly or
+    /// through others), failed for good.
+    TasksNotRun {
+        job: JobId,
+        tasks: u64,
+        needed: TaskId,
+    },
 }
 
 impl EventKind {
@@ -191,6 +198,7 @@ impl EventKind {
             EventKind::OutputsLost { .. } => "outputs_lost",
             EventKind::ScheduleLaunched { .. } => "schedule_launched",
             EventKind::ScheduleSkipped { .. } => "schedule_skipped",
+            EventKind::TasksNotRun { .. } => "tasks_not_run",
         }
     }
 
@@ -276,6 +284,9 @@ impl EventKind {
                 None => format!("every copy of the outputs of {tasks} tasks of job {job} is gone"),
             },
             EventKind::ScheduleLaunched { name, job, .. } => format!("schedule {name} submitted job {job}"),
+            EventKind::TasksNotRun { job, tasks, needed } => {
+                format!("{tasks} tasks of job {job} are cancelled: task {needed} they need failed")
+            }
             EventKind::ScheduleSkipped { name, running, .. } => {
                 format!("schedule {name} skipped a period: job {running} of the previous one still runs")
             }
@@ -290,7 +301,8 @@ impl EventKind {
             | EventKind::OutputsCopied { job, .. }
             | EventKind::OutputCopiesGone { job, .. }
             | EventKind::OutputsLost { job, .. }
-            | EventKind::ScheduleLaunched { job, .. } => Some(*job),
+            | EventKind::ScheduleLaunched { job, .. }
+            | EventKind::TasksNotRun { job, .. } => Some(*job),
             EventKind::TaskRescheduled { task, .. }
             | EventKind::TaskFailed { task, .. }
             | EventKind::ResultRejected { task, .. } => Some(task.job),

@@ -34,6 +34,16 @@ pub enum TaskSlot {
     Reduce,
 }
 
+impl TaskSlot {
+    /// The array index, if this is an array task.
+    pub fn array_index(self) -> Option<TaskIndex> {
+        match self {
+            TaskSlot::Array(i) => Some(i),
+            TaskSlot::Reduce => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TaskId {
     pub job: JobId,

@@ -22,6 +22,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use crate::command::Placement;
+use crate::index_set::IndexSet;
 use crate::model::Sharing;
 use crate::model::{Fence, JobSpec, Millis, TaskId, TaskSlot};
 use crate::state::{ClusterState, Job, TaskState, Worker, WorkerState};
@@ -265,7 +266,7 @@ fn place_group<'a>(
                 .then(|| slots.iter().map(|s| affinity.rank(&s.worker.labels)).collect());
             Turn {
                 job,
-                waiting: waiting_tasks(job).peekable(),
+                waiting: waiting_tasks(job, state.held_tasks(job.id)).peekable(),
                 heap: BinaryHeap::new(),
                 ranks,
                 spread: Spread::new(state, job),
@@ -457,11 +458,18 @@ pub fn drain_revocations(state: &ClusterState, skip: impl Fn(TaskId, Fence) -> b
 
 /// A job's waiting tasks in the order they should run: the reduce step, or array indices
 /// lowest first (re-queued tasks have low indices and so go first).
-fn waiting_tasks(job: &Job) -> Box<dyn Iterator<Item = TaskId> + '_> {
+fn waiting_tasks<'a>(job: &'a Job, held: Option<&IndexSet>) -> Box<dyn Iterator<Item = TaskId> + 'a> {
     if job.reduce_pending {
         return Box::new(std::iter::once(TaskId { job: job.id, slot: TaskSlot::Reduce }));
     }
-    Box::new(job.pending.iter().map(move |i| TaskId::array(job.id, i)))
+    match held {
+        // Those waiting for tasks they need are left out, range by range.
+        Some(held) => {
+            let ranges: Vec<(u64, u64)> = job.pending.difference(held).ranges().collect();
+            Box::new(ranges.into_iter().flat_map(|(s, e)| s..=e).map(move |i| TaskId::array(job.id, i)))
+        }
+        None => Box::new(job.pending.iter().map(move |i| TaskId::array(job.id, i))),
+    }
 }
 
 /// Why a job's waiting tasks cannot run on any worker the cluster has now.

@@ -13,7 +13,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{JobId, JobState, TaskLimits};
+use crate::index_set::IndexSet;
+use crate::model::{JobId, JobState, TaskIndex, TaskLimits};
 
 /// Copies of a task's outputs kept on workers other than the one that ran it, by default.
 pub const DEFAULT_REPLICAS: u32 = 2;
@@ -21,6 +22,11 @@ pub const DEFAULT_REPLICAS: u32 = 2;
 pub const MAX_REPLICAS: u32 = 16;
 /// Jobs one job may wait for.
 pub const MAX_UPSTREAM: usize = 256;
+/// Rules of task-level dependencies one job may have (`needs`).
+pub const MAX_NEED_RULES: usize = 1024;
+/// Index ranges all of one job's `needs` rules may hold together (they are compared pairwise
+/// at submit to find cycles).
+pub const MAX_NEED_RANGES: usize = 4096;
 /// Bytes of outputs one task may leave, by default (`--output-quota`).
 pub const DEFAULT_OUTPUT_QUOTA: u64 = 1 << 30;
 /// Files one task may leave.
@@ -41,6 +47,21 @@ pub struct JobOptions {
     pub replicas: Option<u32>,
     /// Bytes of outputs each task may leave; `None`: [`DEFAULT_OUTPUT_QUOTA`].
     pub output_quota: Option<u64>,
+    /// Jobs whose tasks pair with this job's (`--each`): task `i` here starts once task `i`
+    /// of each of them has succeeded, and reads only that task's outputs. If one of them
+    /// fails or is cancelled, this job is cancelled, as with `after`.
+    pub each: Vec<JobId>,
+    /// Dependencies between this job's own tasks.
+    pub needs: Vec<TaskNeeds>,
+}
+
+/// Tasks of a job that wait for other tasks of the same job: each task in `tasks` starts once
+/// every task in `needs` has succeeded, and reads their outputs. Kept as index ranges, so a
+/// rule over a million tasks costs bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskNeeds {
+    pub tasks: IndexSet,
+    pub needs: IndexSet,
 }
 
 impl JobOptions {
@@ -52,16 +73,66 @@ impl JobOptions {
     pub fn uses_workflows(&self) -> bool {
         !self.after.is_empty()
             || !self.after_finished.is_empty()
+            || !self.each.is_empty()
+            || !self.needs.is_empty()
             || self.replicas.is_some()
             || self.output_quota.is_some()
     }
 
-    /// Every job this one waits for, each once.
+    /// Every job this one waits for or pairs its tasks with, each once.
     pub fn upstream(&self) -> Vec<JobId> {
+        let mut all: Vec<JobId> = self.after.iter().chain(&self.after_finished).chain(&self.each).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// The jobs whose every output each task of this one reads (`after`, `after_finished`).
+    pub fn whole_upstream(&self) -> Vec<JobId> {
         let mut all: Vec<JobId> = self.after.iter().chain(&self.after_finished).copied().collect();
         all.sort_unstable();
         all.dedup();
         all
+    }
+
+    /// Whether this job is cancelled if `job` does not succeed.
+    pub fn needs_success_of(&self, job: JobId) -> bool {
+        self.after.contains(&job) || self.each.contains(&job)
+    }
+
+    /// The tasks of its own job that task `index` needs (the union of the rules naming it).
+    pub fn needed_by(&self, index: TaskIndex) -> IndexSet {
+        let mut all = IndexSet::new();
+        for rule in self.needs.iter().filter(|r| r.tasks.contains(index)) {
+            all.union_with(&rule.needs);
+        }
+        all
+    }
+
+    /// What the `needs` rules must satisfy given the job's indices: every index they name is
+    /// one of its tasks, and no task waits for itself through any chain of rules.
+    pub fn check_needs(&self, indices: &IndexSet) -> Result<(), DependencyError> {
+        if self.needs.len() > MAX_NEED_RULES {
+            return Err(DependencyError::TooManyRules { max: MAX_NEED_RULES });
+        }
+        let ranges: usize = self.needs.iter().map(|r| r.tasks.range_count() + r.needs.range_count()).sum();
+        if ranges > MAX_NEED_RANGES {
+            return Err(DependencyError::TooManyRanges { max: MAX_NEED_RANGES });
+        }
+        for rule in &self.needs {
+            if rule.tasks.is_empty() || rule.needs.is_empty() {
+                return Err(DependencyError::EmptyRule);
+            }
+            for set in [&rule.tasks, &rule.needs] {
+                if let Some(task) = set.difference(indices).first() {
+                    return Err(DependencyError::NoSuchTask(task));
+                }
+            }
+        }
+        match needs_cycle(&self.needs) {
+            Some(cycle) => Err(DependencyError::Cycle(cycle)),
+            None => Ok(()),
+        }
     }
 
     pub fn replicas(&self) -> u32 {
@@ -106,6 +177,88 @@ pub enum DependencyError {
     TooManyReplicas { asked: u32, max: u32 },
     #[error("the output quota must be at least 1 byte")]
     ZeroQuota,
+    /// `--each` pairs task `i` with task `i` of the other job, which has none.
+    #[error("task {task} has no task {task} in job {job} to wait for (--each pairs task i with task i)")]
+    EachMissing { job: JobId, task: TaskIndex },
+    #[error("needs names task {0}, which is not a task of this job")]
+    NoSuchTask(TaskIndex),
+    #[error("tasks wait for each other in a cycle: {}", cycle_text(.0))]
+    Cycle(Vec<TaskIndex>),
+    #[error("a needs rule must name tasks and the tasks they need")]
+    EmptyRule,
+    #[error("a job may have at most {max} needs rules")]
+    TooManyRules { max: usize },
+    #[error("a job's needs rules may hold at most {max} index ranges together")]
+    TooManyRanges { max: usize },
+}
+
+/// `3 needs 5 needs 3`.
+fn cycle_text(cycle: &[TaskIndex]) -> String {
+    match cycle {
+        [one] => format!("task {one} needs itself"),
+        _ => {
+            let mut parts: Vec<String> = cycle.iter().map(|t| format!("task {t}")).collect();
+            if let Some(first) = cycle.first() {
+                parts.push(format!("task {first}"));
+            }
+            parts.join(" needs ")
+        }
+    }
+}
+
+/// A cycle among the rules' tasks, as the tasks on it (each needs the next, the last the
+/// first), or `None`. Rule `a` leads to rule `b` when `a` needs one of `b`'s tasks; since every
+/// task of a rule needs every task it names, a cycle of rules is a cycle of tasks, and the
+/// other way round.
+fn needs_cycle(rules: &[TaskNeeds]) -> Option<Vec<TaskIndex>> {
+    let n = rules.len();
+    let edges: Vec<Vec<usize>> =
+        rules.iter().map(|a| (0..n).filter(|&b| a.needs.intersects(&rules[b].tasks)).collect()).collect();
+    // Iterative depth-first search: 0 unvisited, 1 on the path, 2 done.
+    let mut mark = vec![0u8; n];
+    for root in 0..n {
+        if mark[root] != 0 {
+            continue;
+        }
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        mark[root] = 1;
+        while let Some(&mut (rule, ref mut next)) = path.last_mut() {
+            if let Some(&to) = edges[rule].get(*next) {
+                *next += 1;
+                match mark[to] {
+                    0 => {
+                        mark[to] = 1;
+                        path.push((to, 0));
+                    }
+                    1 => {
+                        let start = path.iter().position(|(r, _)| *r == to).unwrap_or(0);
+                        let on_cycle: Vec<usize> = path[start..].iter().map(|(r, _)| *r).collect();
+                        return Some(cycle_tasks(rules, &on_cycle));
+                    }
+                    _ => {}
+                }
+            } else {
+                mark[rule] = 2;
+                path.pop();
+            }
+        }
+    }
+    None
+}
+
+/// One task per step of a cycle of rules `r0 -> r1 -> … -> r0`: `x(k)`, the task of `r(k+1)`
+/// that `rk` needs. Being `r(k+1)`'s, `x(k)` needs `x(k+1)`, so the list reads "needs" left
+/// to right, and the last needs the first (it is `r0`'s).
+fn cycle_tasks(rules: &[TaskNeeds], on_cycle: &[usize]) -> Vec<TaskIndex> {
+    let m = on_cycle.len();
+    let mut tasks: Vec<TaskIndex> = (0..m)
+        .filter_map(|k| {
+            let (from, to) = (&rules[on_cycle[k]], &rules[on_cycle[(k + 1) % m]]);
+            from.needs.intersection(&to.tasks).first()
+        })
+        .collect();
+    tasks.dedup();
+    tasks
 }
 
 /// Why a job was cancelled without anyone asking: a job it waited for did not succeed.
@@ -339,5 +492,39 @@ mod tests {
         assert!(both.uses_workflows());
         assert!(!JobOptions { limits: TaskLimits { processes: Some(3), ..Default::default() }, ..Default::default() }
             .uses_workflows());
+    }
+
+    fn rule(tasks: &str, needs: &str) -> TaskNeeds {
+        TaskNeeds { tasks: IndexSet::parse(tasks).unwrap(), needs: IndexSet::parse(needs).unwrap() }
+    }
+
+    fn with_needs(rules: Vec<TaskNeeds>) -> JobOptions {
+        JobOptions { needs: rules, ..Default::default() }
+    }
+
+    #[test]
+    fn task_needs_name_tasks_of_the_job_and_form_no_cycle() {
+        let indices = IndexSet::parse("1-10").unwrap();
+        let chain = with_needs(vec![rule("10", "1-9"), rule("2-9", "1")]);
+        assert_eq!(chain.check_needs(&indices), Ok(()));
+        assert_eq!(chain.needed_by(10).to_string(), "1-9");
+        assert!(chain.needed_by(1).is_empty());
+        assert_eq!(with_needs(vec![rule("11", "1")]).check_needs(&indices), Err(DependencyError::NoSuchTask(11)));
+        assert_eq!(with_needs(vec![rule("3", "0-2")]).check_needs(&indices), Err(DependencyError::NoSuchTask(0)));
+        let itself = with_needs(vec![rule("2-9", "5")]).check_needs(&indices);
+        assert_eq!(itself, Err(DependencyError::Cycle(vec![5])));
+        assert_eq!(itself.unwrap_err().to_string(), "tasks wait for each other in a cycle: task 5 needs itself");
+        // 3 needs 7, 7 needs 4-5, 5 needs 3: a cycle through three rules.
+        let three = with_needs(vec![rule("3", "7"), rule("7", "4-5"), rule("5", "3"), rule("1", "2")]);
+        let Err(DependencyError::Cycle(cycle)) = three.check_needs(&indices) else { panic!("no cycle found") };
+        assert_eq!(cycle, vec![7, 5, 3]);
+        assert_eq!(
+            DependencyError::Cycle(cycle).to_string(),
+            "tasks wait for each other in a cycle: task 7 needs task 5 needs task 3 needs task 7"
+        );
+        // A million tasks each needing the one before, as two rules: no cycle, no per-task work.
+        let big = IndexSet::parse("1-1000000").unwrap();
+        let stages = with_needs(vec![rule("500001-1000000", "1-500000"), rule("2-500000", "1")]);
+        assert_eq!(stages.check_needs(&big), Ok(()));
     }
 }

@@ -365,6 +365,7 @@ pub enum EventType {
     OutputsLost,
     ScheduleLaunched,
     ScheduleSkipped,
+    TasksNotRun,
     /// A kind this build does not know (from a newer master).
     #[default]
     #[serde(other)]
@@ -396,6 +397,7 @@ impl EventType {
             EventType::OutputsLost => "outputs_lost",
             EventType::ScheduleLaunched => "schedule_launched",
             EventType::ScheduleSkipped => "schedule_skipped",
+            EventType::TasksNotRun => "tasks_not_run",
             EventType::Unknown => "unknown",
         }
     }
@@ -429,6 +431,7 @@ impl From<&journal::EventKind> for EventType {
             K::OutputsLost { .. } => EventType::OutputsLost,
             K::ScheduleLaunched { .. } => EventType::ScheduleLaunched,
             K::ScheduleSkipped { .. } => EventType::ScheduleSkipped,
+            K::TasksNotRun { .. } => EventType::TasksNotRun,
         }
     }
 }
@@ -587,6 +590,16 @@ pub struct SubmitRequest {
     /// Bytes of outputs each task may leave, e.g. `10G` (default 1G).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_quota: Option<String>,
+    /// Jobs whose tasks pair with this job's: task `i` starts once task `i` of each has
+    /// succeeded, and reads only its outputs (in `$FLOTILLA_INPUT_DIR/JOB/i/`). If one of them
+    /// fails or is cancelled, this job is cancelled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub each: Vec<u64>,
+    /// Dependencies between this job's tasks: each key is a set of tasks (`7`, `5-9`,
+    /// `1,3`), its value the tasks they need (they start once those succeeded, and read their
+    /// outputs). `{"10": "1-9"}`: task 10 runs after tasks 1 to 9.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub needs: BTreeMap<String, String>,
 }
 
 /// A job's task limits as a client writes them.
@@ -666,14 +679,25 @@ impl SubmitRequest {
             Some(q) => Some(units::parse_size(q).map_err(|e| format!("invalid output quota: {e}"))?),
             None => None,
         };
+        let mut needs = Vec::with_capacity(self.needs.len());
+        for (tasks, needed) in &self.needs {
+            let parse = |text: &str| IndexSet::parse(text).map_err(|e| format!("invalid needs entry {tasks:?}: {e}"));
+            needs.push(flotilla_core::workflow::TaskNeeds { tasks: parse(tasks)?, needs: parse(needed)? });
+        }
         let options = flotilla_core::workflow::JobOptions {
             limits: self.to_limits()?,
             after: self.after.clone(),
             after_finished: self.after_finished.clone(),
             replicas: self.replicas,
             output_quota,
+            each: self.each.clone(),
+            needs,
         };
         options.validate().map_err(|e| e.to_string())?;
+        if !options.needs.is_empty() {
+            let indices = self.to_spec()?.indices();
+            options.check_needs(&indices).map_err(|e| e.to_string())?;
+        }
         Ok(options)
     }
 
@@ -928,6 +952,15 @@ pub struct JobDetail {
     /// Of those, the jobs that have not ended yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_on: Vec<u64>,
+    /// Jobs its tasks pair with (`--each`): task `i` waits for their task `i`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub each: Vec<u64>,
+    /// Dependencies between its tasks: tasks (`5-9`) and the tasks they need.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub needs: BTreeMap<String, String>,
+    /// Its waiting tasks that wait for tasks they need (pair with, or need in this job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
     /// Set when the job was cancelled because a job it needed did not succeed.
     #[serde(default)]
     pub upstream_failed: Option<UpstreamFailed>,
@@ -946,8 +979,8 @@ pub struct JobDetail {
     /// output copy was lost: their outputs become that job's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<u64>,
-    /// Kept jobs that wait or waited for this one (`--after`, `--after-finished`), and the
-    /// re-runs of its lost outputs.
+    /// Kept jobs that wait or waited for this one (`--after`, `--after-finished`, `--each`),
+    /// and the re-runs of its lost outputs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub downstream: Vec<u64>,
 }
@@ -967,6 +1000,9 @@ impl JobDetail {
         self.after = options.after.clone();
         self.after_finished = options.after_finished.clone();
         self.waiting_on = state.waiting_on(self.id).map(|w| w.iter().copied().collect()).unwrap_or_default();
+        self.each = options.each.clone();
+        self.needs = options.needs.iter().map(|r| (r.tasks.to_string(), r.needs.to_string())).collect();
+        self.held = state.held_tasks(self.id).map(ToString::to_string);
         self.upstream_failed = state.unmet(self.id).map(|u| UpstreamFailed { job: u.upstream, state: u.state.into() });
         self.replicas = options.replicas();
         self.output_quota = options.output_quota();
@@ -1012,6 +1048,9 @@ impl JobDetail {
             after: Vec::new(),
             after_finished: Vec::new(),
             waiting_on: Vec::new(),
+            each: Vec::new(),
+            needs: BTreeMap::new(),
+            held: None,
             upstream_failed: None,
             replicas: flotilla_core::workflow::DEFAULT_REPLICAS,
             output_quota: flotilla_core::workflow::DEFAULT_OUTPUT_QUOTA,
@@ -1445,7 +1484,8 @@ pub struct EventView {
     /// For `audit`: the caller's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    /// For `outputs_copied`, `output_copies_gone`, `outputs_lost`: how many tasks' outputs.
+    /// For `outputs_copied`, `output_copies_gone`, `outputs_lost`: how many tasks' outputs;
+    /// for `tasks_not_run`, how many tasks (and `task`, the failed one they needed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<u64>,
     /// For `outputs_lost`: the job that runs those tasks again.
@@ -1556,6 +1596,10 @@ impl EventView {
                 v.schedule = Some(name.clone());
                 v.period = Some(rfc3339(*period));
                 v.running = Some(*running);
+            }
+            journal::EventKind::TasksNotRun { tasks, needed, .. } => {
+                v.tasks = Some(*tasks);
+                v.task = index_of(needed.slot);
             }
         }
         v

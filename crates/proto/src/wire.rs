@@ -377,12 +377,28 @@ impl RunTask {
         let limits = options.map(|o| o.limits.clone()).unwrap_or_default();
         let outputs =
             options.map(|o| OutputPolicy { replicas: o.replicas(), quota: o.output_quota() }).unwrap_or_default();
-        let mut upstream = options.map(|o| o.upstream()).unwrap_or_default();
+        let mut upstream = options.map(|o| o.whole_upstream()).unwrap_or_default();
         if task.slot == TaskSlot::Reduce {
             // The reduce step reads what its own job's tasks left, too.
             upstream.push(task.job);
         }
-        let inputs = inputs_of(state, &upstream);
+        let mut inputs = inputs_of(state, &upstream);
+        if let (Some(options), TaskSlot::Array(index)) = (options, task.slot) {
+            // Task-level dependencies: the paired tasks' outputs, and those of the tasks of its
+            // own job it needs (a re-run's are the original job's).
+            let mut tasks: Vec<TaskId> = options.each.iter().map(|&up| TaskId::array(up, index)).collect();
+            let own = state.rerun_of(task.job).unwrap_or(task.job);
+            let needed = options.needed_by(index);
+            if !needed.is_empty() {
+                tasks.extend(
+                    state
+                        .job_outputs(own)
+                        .map(|(t, _)| *t)
+                        .filter(|t| t.slot.array_index().is_some_and(|i| needed.contains(i))),
+                );
+            }
+            inputs.extend(inputs_of_tasks(state, &tasks));
+        }
         Ok(Some(RunTask {
             task,
             fence,
@@ -417,18 +433,38 @@ pub fn inputs_of(state: &ClusterState, jobs: &[flotilla_core::model::JobId]) -> 
     let mut inputs = Vec::new();
     for &job in jobs {
         for (from, outputs) in state.job_outputs(job) {
-            let sources: Vec<String> = outputs
-                .holders
-                .iter()
-                .filter(|h| state.worker(h).is_some_and(|w| w.state == flotilla_core::state::WorkerState::Ready))
-                .filter_map(|h| state.endpoint(h).map(str::to_string))
-                .collect();
-            for file in &outputs.files {
-                inputs.push(Input { from: *from, file: file.clone(), sources: sources.clone() });
-            }
+            push_inputs(state, &mut inputs, *from, outputs);
         }
     }
     inputs
+}
+
+/// The outputs of these tasks (those that left any), as [`inputs_of`] gives them.
+pub fn inputs_of_tasks(state: &ClusterState, tasks: &[TaskId]) -> Vec<Input> {
+    let mut inputs = Vec::new();
+    for &task in tasks {
+        if let Some(outputs) = state.task_outputs(task) {
+            push_inputs(state, &mut inputs, task, outputs);
+        }
+    }
+    inputs
+}
+
+fn push_inputs(
+    state: &ClusterState,
+    inputs: &mut Vec<Input>,
+    from: TaskId,
+    outputs: &flotilla_core::workflow::TaskOutputs,
+) {
+    let sources: Vec<String> = outputs
+        .holders
+        .iter()
+        .filter(|h| state.worker(h).is_some_and(|w| w.state == flotilla_core::state::WorkerState::Ready))
+        .filter_map(|h| state.endpoint(h).map(str::to_string))
+        .collect();
+    for file in &outputs.files {
+        inputs.push(Input { from, file: file.clone(), sources: sources.clone() });
+    }
 }
 
 /// `FLOTILLA_RESOURCE_GPU` for `gpu`: upper case, `-` as `_`.

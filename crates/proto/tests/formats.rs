@@ -296,6 +296,23 @@ fn samples() -> Samples {
     };
     let spec = JobSpec { command: vec!["cat".into()], ..JobSpec::default() };
     s.apply(Command::SubmitJobWith { spec, request_id: Some("r-after".into()), owner: None, options });
+    // Task-level dependencies (0.2.0): pairing with the producer, and tasks needing others.
+    let paired = flotilla_core::workflow::JobOptions { each: vec![producer], ..Default::default() };
+    let spec = JobSpec { command: vec!["cat".into()], ..JobSpec::default() };
+    s.apply(Command::SubmitJobWith { spec, request_id: None, owner: None, options: paired });
+    let chained = flotilla_core::workflow::JobOptions {
+        needs: vec![flotilla_core::workflow::TaskNeeds {
+            tasks: flotilla_core::index_set::IndexSet::range(3, 3),
+            needs: flotilla_core::index_set::IndexSet::range(1, 2),
+        }],
+        ..Default::default()
+    };
+    let spec = JobSpec {
+        command: vec!["cat".into()],
+        array: Some(flotilla_core::index_set::IndexSet::range(1, 3)),
+        ..JobSpec::default()
+    };
+    s.apply(Command::SubmitJobWith { spec, request_id: None, owner: None, options: chained });
     let added = s.state.added().clone();
     assert!(!added.is_empty() && s.state.access().bootstrap_revoked());
     // 0.2.0's repair of outputs' copies (after the sample of the state above: they change it).

@@ -88,6 +88,11 @@ fn samples() -> Vec<Vec<u8>> {
                 after_finished: vec![3],
                 replicas: Some(3),
                 output_quota: None,
+                each: vec![4],
+                needs: vec![flotilla_core::workflow::TaskNeeds {
+                    tasks: flotilla_core::index_set::IndexSet::range(5, 9),
+                    needs: flotilla_core::index_set::IndexSet::range(1, 4),
+                }],
             },
         },
         Command::TaskFinishedWith {

@@ -240,7 +240,8 @@ impl ClusterState {
             // A re-queued task ran before: it gets a record like any other.
             never_ran.remove(index);
         }
-        job.never_ran = never_ran;
+        // Tasks cancelled earlier because a task they needed failed stay among them.
+        job.never_ran.union_with(&never_ran);
         job.reduce_pending = false;
         job.counts.waiting -= waiting;
         job.counts.cancelled += waiting;
@@ -427,7 +428,9 @@ impl ClusterState {
         }
         let task = match p.task.slot {
             TaskSlot::Array(i) => {
-                if !job.pending.remove(i) {
+                // A task waiting for tasks it needs is not placed (no leader plans it; a
+                // placement planned from an older state is refused here).
+                if self.added.held.tasks.get(&p.task.job).is_some_and(|h| h.contains(i)) || !job.pending.remove(i) {
                     return None;
                 }
                 job.counts.waiting -= 1;
@@ -621,6 +624,10 @@ impl ClusterState {
         }
         if dest == Dest::Succeeded {
             self.adopt_rerun_outputs(id);
+            self.needed_task_succeeded(id);
+        }
+        if dest == Dest::Failed {
+            self.needed_task_failed(ctx, id);
         }
         self.after_task_change(ctx, id.job);
         Response::ResultRecorded
@@ -790,6 +797,8 @@ impl ClusterState {
         job.state = state;
         job.finished_at = Some(ctx.at_ms);
         job.pending.clear();
+        self.added.held.tasks.remove(&id);
+        self.added.held.left.remove(&id);
         job.reduce_pending = false;
         self.queue.remove(&(Reverse(job.spec.priority), id));
         self.journal.record(ctx.at_ms, EventKind::JobFinished { job: id, state });
@@ -801,7 +810,7 @@ impl ClusterState {
     pub(super) fn refresh_queue(&mut self, id: JobId) {
         let Some(job) = self.jobs.get(&id) else { return };
         let key = (Reverse(job.spec.priority), id);
-        if job.has_waiting_work() && !self.added.waiting_on.contains_key(&id) {
+        if self.has_placeable_work(job) && !self.added.waiting_on.contains_key(&id) {
             self.queue.insert(key);
         } else {
             self.queue.remove(&key);

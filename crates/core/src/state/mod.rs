@@ -10,6 +10,7 @@
 //! replica that applies the same log reaches the same state.
 
 mod apply;
+mod needs;
 mod retention;
 mod workflow;
 
@@ -459,6 +460,10 @@ pub struct Added {
     /// Whole stdout/stderr of tasks whose latest recorded attempt wrote more than its result
     /// keeps.
     pub(crate) logs: BTreeMap<TaskId, crate::workflow::TaskLogs>,
+    /// Tasks waiting for the tasks they need (`--each`, `needs`). Follows from the jobs and
+    /// `options`, so it is not encoded: [`ClusterState::restore_added`] works it out.
+    #[serde(skip)]
+    pub(crate) held: needs::Held,
 }
 
 impl Added {
@@ -639,7 +644,7 @@ impl ClusterState {
             .added
             .options
             .iter()
-            .filter(|(_, o)| o.after.contains(&job) || o.after_finished.contains(&job))
+            .filter(|(_, o)| o.upstream().contains(&job))
             .map(|(id, _)| *id)
             .chain(self.added.reruns.iter().filter(|(_, o)| **o == job).map(|(r, _)| *r))
             .collect();
@@ -731,6 +736,7 @@ impl ClusterState {
             .map(|(task, _)| *task)
             .collect();
         self.added.short_of_copies = short;
+        self.added.held = self.derive_held();
     }
 
     pub fn retired_masters(&self) -> &BTreeSet<NodeId> {
@@ -796,7 +802,13 @@ impl ClusterState {
                     ref other => panic!("task {id} settled as {}", other.name()),
                 }
             }
-            assert!(job.pending.is_empty() || job.never_ran.is_empty(), "job {} both queued and never ran", job.id);
+            // Tasks cancelled because a task they needed failed never ran, beside waiting ones.
+            let partly_cancelled = self.added.options.get(&job.id).is_some_and(|o| !o.needs.is_empty());
+            assert!(
+                job.pending.is_empty() || job.never_ran.is_empty() || partly_cancelled,
+                "job {} both queued and never ran",
+                job.id
+            );
             assert_eq!(job.counts.cancelled, settled_cancelled + job.never_ran.len(), "job {} cancelled count", job.id);
             // Tasks in neither map nor set succeeded at their first attempt.
             let accounted =
@@ -824,7 +836,7 @@ impl ClusterState {
             );
             let queued = self.queue.contains(&(Reverse(job.spec.priority), job.id));
             let blocked = self.added.waiting_on.contains_key(&job.id);
-            assert_eq!(queued, job.has_waiting_work() && !blocked, "job {} queue membership", job.id);
+            assert_eq!(queued, self.has_placeable_work(job) && !blocked, "job {} queue membership", job.id);
             if blocked {
                 assert!(!job.state.is_terminal(), "finished job {} still waits", job.id);
                 // A job that reads lost outputs waits for their re-run whatever it started.
@@ -877,9 +889,13 @@ impl ClusterState {
         assert!(self.retained.removals.keys().all(|id| !self.jobs.contains_key(id)), "a removed job is back");
         assert_eq!(
             self.queue.len(),
-            self.jobs.values().filter(|j| j.has_waiting_work() && !self.added.waiting_on.contains_key(&j.id)).count()
+            self.jobs
+                .values()
+                .filter(|j| self.has_placeable_work(j) && !self.added.waiting_on.contains_key(&j.id))
+                .count()
         );
         self.added.sanity_check(&self.jobs);
+        self.added.held.sanity_check(&self.jobs, &self.derive_held());
     }
 }
 

@@ -442,6 +442,13 @@ enum Op {
     Purge {
         pick: u8,
     },
+    /// A job pairing its tasks with the latest job's (`each`), or whose tasks need each
+    /// other (`needs`), or both.
+    SubmitDependent {
+        tasks: u8,
+        each: bool,
+        chain: bool,
+    },
     NewTerm,
 }
 
@@ -478,6 +485,11 @@ fn op() -> impl Strategy<Value = Op> {
             stale
         }),
         (0u8..8).prop_map(|pick| Op::Cancel { pick }),
+        (1u8..6, any::<bool>(), any::<bool>()).prop_map(|(tasks, each, chain)| Op::SubmitDependent {
+            tasks,
+            each,
+            chain
+        }),
         Just(Op::NewTerm),
     ]
 }
@@ -495,8 +507,36 @@ fn in_flight(state: &ClusterState) -> Vec<(TaskId, String, Fence, bool)> {
     out
 }
 
+/// `needs` rules chaining a job's tasks `1-n`: tasks 2 on need task 1, and task n needs the
+/// ones between.
+fn chained(n: u64) -> Vec<crate::workflow::TaskNeeds> {
+    let mut rules = Vec::new();
+    if n >= 2 {
+        rules.push(crate::workflow::TaskNeeds { tasks: IndexSet::range(2, n), needs: IndexSet::range(1, 1) });
+    }
+    if n >= 3 {
+        rules.push(crate::workflow::TaskNeeds { tasks: IndexSet::range(n, n), needs: IndexSet::range(2, n - 1) });
+    }
+    rules
+}
+
 fn run_op(d: &mut Driver, op: &Op) {
     match op.clone() {
+        Op::SubmitDependent { tasks, each, chain } => {
+            let latest = d.state.jobs().map(|j| j.id).max();
+            let options = crate::workflow::JobOptions {
+                each: latest.filter(|_| each).into_iter().collect(),
+                needs: if chain { chained(u64::from(tasks)) } else { Vec::new() },
+                ..Default::default()
+            };
+            // Refused when the latest job lacks some index: the refusal changes nothing.
+            d.apply(Command::SubmitJobWith {
+                spec: spec(&format!("1-{tasks}")),
+                request_id: None,
+                owner: None,
+                options,
+            });
+        }
         Op::Submit { tasks, cpus, retries, reduce, priority, zone, needs } => {
             let spec = JobSpec {
                 command: vec!["t".into()],
@@ -633,6 +673,9 @@ fn check_plan(state: &ClusterState, placements: &[Placement]) {
     let mut seen = std::collections::BTreeSet::new();
     for p in placements {
         assert!(seen.insert(p.task), "task {} placed twice", p.task);
+        if let TaskSlot::Array(i) = p.task.slot {
+            assert!(!state.is_held(p.task.job, i), "task {} placed while waiting for tasks it needs", p.task);
+        }
         let job = state.job(p.task.job).unwrap();
         let w = state.worker(&p.worker).unwrap();
         assert_eq!(w.state, WorkerState::Ready);
@@ -1018,5 +1061,155 @@ fn outputs_whose_every_copy_is_lost_are_made_again_by_a_rerun() {
     assert_eq!(d.state.job(rerun).expect("kept").state, JobState::Succeeded);
     assert!(d.state.waiting_on(reader).is_none());
     assert!(d.schedule().iter().any(|r| r.task.job == reader));
+    assert_eq!(d.replay(), d.state);
+}
+
+fn submit_with(d: &mut Driver, spec: JobSpec, options: crate::workflow::JobOptions) -> Response {
+    d.apply(Command::SubmitJobWith { spec, request_id: None, owner: None, options })
+}
+
+fn submitted(response: Response) -> JobId {
+    match response {
+        Response::JobSubmitted { job, .. } => job,
+        other => panic!("refused: {other:?}"),
+    }
+}
+
+fn placed_indices(runs: &[crate::command::Assigned], job: JobId) -> Vec<u64> {
+    let mut out: Vec<u64> =
+        runs.iter().filter(|r| r.task.job == job).filter_map(|r| r.task.slot.array_index()).collect();
+    out.sort_unstable();
+    out
+}
+
+/// Invariants: a job pairing with another (`each`) runs task i only once task i of the other
+/// has succeeded, before the other job ends; the held tasks are ranges (a million-task array
+/// pairing with another costs a few of them); what is held is exactly what a restored replica
+/// works out; the dependent ends once every task ran.
+#[test]
+fn each_pairs_task_i_with_task_i_and_starts_it_when_that_one_succeeded() {
+    let mut d = Driver::new();
+    d.worker("a", 16);
+    let up = d.submit(spec("1-4"));
+    let options = crate::workflow::JobOptions { each: vec![up], ..Default::default() };
+    let down = submitted(submit_with(&mut d, spec("1-4"), options.clone()));
+    assert_eq!(d.state.held_tasks(down).map(ToString::to_string), Some("1-4".to_string()));
+    let first = d.schedule();
+    assert_eq!(placed_indices(&first, up), vec![1, 2, 3, 4]);
+    assert!(placed_indices(&first, down).is_empty(), "a paired task placed before its pair ran");
+
+    let two = first.iter().find(|r| r.task == TaskId::array(up, 2)).expect("placed");
+    d.finish(two, 0, "");
+    assert_eq!(d.state.held_tasks(down).map(ToString::to_string), Some("1,3-4".to_string()));
+    let mut restored = ClusterState::new();
+    restored.restore_added(d.state.added().clone());
+    let next = d.schedule();
+    assert_eq!(placed_indices(&next, down), vec![2], "task 2 starts while job {up} still runs");
+    assert!(!d.state.job(up).expect("kept").state.is_terminal());
+
+    for run in first.iter().filter(|r| r.task != two.task).chain(&next) {
+        d.finish(run, 0, "");
+    }
+    let rest = d.schedule();
+    assert_eq!(placed_indices(&rest, down), vec![1, 3, 4]);
+    for run in &rest {
+        d.finish(run, 0, "");
+    }
+    assert_eq!(d.state.job(down).expect("kept").state, JobState::Succeeded);
+    assert!(d.state.held_tasks(down).is_none());
+    assert_eq!(d.replay(), d.state);
+
+    // A million tasks pairing with a million: a range or two, whatever the size.
+    let big_up = d.submit(spec("1-1000000"));
+    let big = submitted(submit_with(
+        &mut d,
+        spec("1-1000000"),
+        crate::workflow::JobOptions { each: vec![big_up], ..Default::default() },
+    ));
+    assert_eq!(d.state.held_tasks(big).map(IndexSet::range_count), Some(1));
+    let runs = d.schedule();
+    assert!(placed_indices(&runs, big).is_empty());
+    assert!(d.state.held_tasks(big).is_some_and(|h| h.range_count() <= 2));
+}
+
+/// Invariants: a paired job that lacks an index, an unknown task, or a cycle is refused at
+/// submit and leaves nothing behind; a job whose pair fails is cancelled, naming it.
+#[test]
+fn task_dependencies_are_checked_at_submit_and_a_failed_pair_cancels() {
+    use crate::workflow::{DependencyError, JobOptions, TaskNeeds};
+    let mut d = Driver::new();
+    d.worker("a", 8);
+    let up = d.submit(spec("1-3"));
+    let before = d.state.jobs().count();
+    let refused = |r: Response| match r {
+        Response::Invalid { reason: Refusal::Dependency(e) } => e,
+        other => panic!("not refused: {other:?}"),
+    };
+    let each = JobOptions { each: vec![up], ..Default::default() };
+    assert_eq!(
+        refused(submit_with(&mut d, spec("2-5"), each.clone())),
+        DependencyError::EachMissing { job: up, task: 4 }
+    );
+    let rule = |t: &str, n: &str| TaskNeeds { tasks: IndexSet::parse(t).unwrap(), needs: IndexSet::parse(n).unwrap() };
+    let cycle = JobOptions { needs: vec![rule("1", "2"), rule("2", "1")], ..Default::default() };
+    assert_eq!(refused(submit_with(&mut d, spec("1-3"), cycle)), DependencyError::Cycle(vec![2, 1]));
+    let unknown = JobOptions { needs: vec![rule("3", "9")], ..Default::default() };
+    assert_eq!(refused(submit_with(&mut d, spec("1-3"), unknown)), DependencyError::NoSuchTask(9));
+    assert_eq!(d.state.jobs().count(), before, "a refused job left something");
+
+    let down = submitted(submit_with(&mut d, spec("1-3"), each));
+    let runs = d.schedule();
+    d.finish(&runs[0], 0, "");
+    let released = d.schedule();
+    assert_eq!(released.len(), 1, "the paired task of the one that succeeded");
+    for run in runs.iter().skip(1) {
+        d.finish(run, 1, "");
+    }
+    let job = d.state.job(down).expect("kept");
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(d.state.unmet(down), Some(crate::workflow::Unmet { upstream: up, state: JobState::Failed }));
+    assert_eq!(d.replay(), d.state);
+}
+
+/// Invariants: a task that needs others of its job starts once every one of them succeeded;
+/// when one fails for good, the tasks needing it (and those needing them) are cancelled
+/// without running and journalled, the rest run, and the job ends failed.
+#[test]
+fn needs_order_a_jobs_tasks_and_a_failure_cancels_what_depends_on_it() {
+    use crate::workflow::{JobOptions, TaskNeeds};
+    let rule = |t: &str, n: &str| TaskNeeds { tasks: IndexSet::parse(t).unwrap(), needs: IndexSet::parse(n).unwrap() };
+    let mut d = Driver::new();
+    d.worker("a", 8);
+    let options = JobOptions { needs: vec![rule("4", "1-3"), rule("3", "1")], ..Default::default() };
+    let job = submitted(submit_with(&mut d, spec("1-4"), options.clone()));
+    let first = d.schedule();
+    assert_eq!(placed_indices(&first, job), vec![1, 2]);
+    d.finish(&first[0], 0, "");
+    let three = d.schedule();
+    assert_eq!(placed_indices(&three, job), vec![3]);
+    d.finish(&three[0], 0, "");
+    assert!(d.schedule().is_empty(), "task 4 waits for task 2");
+    d.finish(&first[1], 0, "");
+    let four = d.schedule();
+    assert_eq!(placed_indices(&four, job), vec![4]);
+    d.finish(&four[0], 0, "");
+    assert_eq!(d.state.job(job).expect("kept").state, JobState::Succeeded);
+
+    // Task 1 fails for good: 3 needs it, 4 needs 3; task 2 runs on; the job fails.
+    let failing = submitted(submit_with(&mut d, spec("1-4"), options));
+    let runs = d.schedule();
+    assert_eq!(placed_indices(&runs, failing), vec![1, 2]);
+    let one = runs.iter().find(|r| r.task == TaskId::array(failing, 1)).expect("placed");
+    d.finish(one, 3, "");
+    let j = d.state.job(failing).expect("kept");
+    assert_eq!((j.counts.cancelled, j.counts.running + j.counts.assigned), (2, 1));
+    let not_run = d.state.journal().since(0, usize::MAX).find_map(|e| match e.kind {
+        EventKind::TasksNotRun { job, tasks, needed } => Some((job, tasks, needed)),
+        _ => None,
+    });
+    assert_eq!(not_run, Some((failing, 2, TaskId::array(failing, 1))));
+    let two = runs.iter().find(|r| r.task == TaskId::array(failing, 2)).expect("placed");
+    d.finish(two, 0, "");
+    assert_eq!(d.state.job(failing).expect("kept").state, JobState::Failed);
     assert_eq!(d.replay(), d.state);
 }

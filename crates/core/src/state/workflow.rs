@@ -44,6 +44,18 @@ impl ClusterState {
                 return Response::Invalid { reason: Refusal::Dependency(error) };
             }
         }
+        if !options.each.is_empty() || !options.needs.is_empty() {
+            let indices = spec.indices();
+            for &up in &options.each {
+                if let Some(task) = indices.difference(&self.jobs[&up].spec.indices()).first() {
+                    let error = DependencyError::EachMissing { job: up, task };
+                    return Response::Invalid { reason: Refusal::Dependency(error) };
+                }
+            }
+            if let Err(e) = options.check_needs(&indices) {
+                return Response::Invalid { reason: Refusal::Dependency(e) };
+            }
+        }
         let response = self.submit(ctx, spec, request_id);
         let Response::JobSubmitted { job, duplicate: false } = response else { return response };
         if let Some(owner) = owner {
@@ -57,21 +69,27 @@ impl ClusterState {
         for up in upstream {
             let state = self.jobs[&up].state;
             if !state.is_terminal() {
-                waits.insert(up);
-            } else if state != JobState::Succeeded && options.after.contains(&up) {
+                // A job paired task by task (`each`) starts before it ends.
+                if options.whole_upstream().contains(&up) {
+                    waits.insert(up);
+                }
+            } else if state != JobState::Succeeded && options.needs_success_of(up) {
                 unmet.get_or_insert(Unmet { upstream: up, state });
             }
         }
         if let Some(unmet) = unmet {
             self.added.unmet.insert(job, unmet);
             self.cancel(ctx, job);
-        } else if !waits.is_empty() {
+            return response;
+        }
+        if !waits.is_empty() {
             for up in &waits {
                 self.added.dependents.entry(*up).or_default().insert(job);
             }
             self.added.waiting_on.insert(job, waits);
             self.refresh_queue(job);
         }
+        self.hold_new_job(job, options);
         response
     }
 
@@ -81,6 +99,7 @@ impl ClusterState {
     /// a worklist, not recursion, however long the chain).
     pub(super) fn resolve_dependents(&mut self, ctx: ApplyCtx) {
         while let Some((id, state)) = self.ended_now.0.pop() {
+            self.needs_job_ended(ctx, id, state);
             // A job that ended while it waited (cancelled) waits no more.
             if let Some(ups) = self.added.waiting_on.remove(&id) {
                 for up in ups {
@@ -427,5 +446,16 @@ impl Added {
         }
         assert!(self.output_errors.keys().all(|t| jobs.contains_key(&t.job)), "output error of a removed job");
         assert!(self.logs.keys().all(|t| jobs.contains_key(&t.job)), "logs of a removed job");
+        for (job, options) in &self.options {
+            let ended = jobs.get(job).is_none_or(|j| j.state.is_terminal());
+            assert!(options.whole_upstream().iter().all(|up| up < job), "job {job} names a later job");
+            assert!(options.each.iter().all(|up| up < job), "job {job} pairs with a later job");
+            if ended {
+                assert!(
+                    !self.held.tasks.contains_key(job) && !self.held.left.contains_key(job),
+                    "ended job {job} holds"
+                );
+            }
+        }
     }
 }

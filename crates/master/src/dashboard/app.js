@@ -301,14 +301,17 @@ function depsOf(d) {
   const waiting = new Set(d.waiting_on || []);
   const failed = d.upstream_failed ? d.upstream_failed.job : null;
   const chip = (id, rel) => `<a class="dep dep-${rel}${waiting.has(id) ? " dep-waiting" : ""}${id === failed ? " dep-failed" : ""}" data-job="${id}" data-rel="${rel}" href="#/job/${id}" title="${rel}">#${id}</a>`;
-  const ups = [...(d.after || []).map((id) => chip(id, "after")), ...(d.after_finished || []).map((id) => chip(id, "after-finished"))];
+  const ups = [...(d.after || []).map((id) => chip(id, "after")), ...(d.after_finished || []).map((id) => chip(id, "after-finished")),
+    ...(d.each || []).map((id) => chip(id, "each"))];
   if (d.rerun_of != null) ups.push(chip(d.rerun_of, "rerun-of"));
   const downs = (d.downstream || []).map((id) => chip(id, "downstream"));
-  if (!ups.length && !downs.length) return "";
+  if (!ups.length && !downs.length && !d.needs) return "";
   const why = d.upstream_failed ? ` <span class="bad">cancelled: job ${d.upstream_failed.job} it needed ${esc(d.upstream_failed.state)}</span>` : "";
   const wait = waiting.size ? ` <span class="muted">waits for ${[...waiting].map((w) => "#" + w).join(", ")}</span>` : "";
+  const needs = Object.entries(d.needs || {}).map(([t, n]) => `tasks ${esc(t)} need ${esc(n)}`).join("; ");
+  const inner = needs ? ` <span id="task-needs" class="muted">${needs}${d.held ? ` (waiting: ${esc(d.held)})` : ""}</span>` : "";
   return `<div id="deps" class="deps"><span class="muted">needs</span> <span class="dep-col">${ups.join(" ") || "–"}</span> <span class="dep-arrow">→</span>
-    <span class="dep dep-self">#${d.id}</span> <span class="dep-arrow">→</span> <span class="dep-col">${downs.join(" ") || "–"}</span> <span class="muted">need it</span>${wait}${why}</div>`;
+    <span class="dep dep-self">#${d.id}</span> <span class="dep-arrow">→</span> <span class="dep-col">${downs.join(" ") || "–"}</span> <span class="muted">need it</span>${wait}${why}${inner}</div>`;
 }
 
 function bindFilters() {
