@@ -116,6 +116,12 @@ pub struct Report {
     /// because it did not.
     pub dependents_run: u64,
     pub dependents_cancelled: u64,
+    /// Jobs pairing their tasks with another's (`each`) that ran, and ones cancelled because
+    /// that job did not succeed.
+    pub paired_run: u64,
+    pub paired_cancelled: u64,
+    /// Jobs whose tasks needed others of the same job (`needs`) that ended.
+    pub needs_jobs: u64,
 }
 
 /// Runs one seed; `Err` carries the violated invariant.
@@ -147,6 +153,23 @@ struct Plan {
     after: Option<u64>,
     /// Its task 1 fails every attempt: the job fails (and so its dependents are cancelled).
     doomed: bool,
+    /// Pairs its tasks with this job's (`each`): task i starts only once that job's task i
+    /// succeeded; if that job does not succeed, this one is cancelled.
+    each: Option<u64>,
+    /// Whether its tasks need others of it (see [`chain_rules`]): none starts before those
+    /// succeeded; when one fails for good (task 1 of a doomed job), the tasks needing it
+    /// never run and the job fails for it.
+    chained: bool,
+}
+
+/// The `needs` of a chained job of `n` tasks: the upper half needs the lower half, and the
+/// last task every other one.
+fn chain_rules(n: u64) -> Vec<flotilla_core::workflow::TaskNeeds> {
+    let half = n / 2;
+    vec![
+        flotilla_core::workflow::TaskNeeds { tasks: IndexSet::range(half + 1, n - 1), needs: IndexSet::range(1, half) },
+        flotilla_core::workflow::TaskNeeds { tasks: IndexSet::range(n, n), needs: IndexSet::range(1, n - 1) },
+    ]
 }
 
 /// The task limits of every third job.
@@ -597,6 +620,9 @@ impl Sim {
                     self.revoked.insert((*task, *fence));
                     self.report.revocations += 1;
                 }
+                (Command::SubmitJobWith { .. }, Response::Invalid { reason }) => {
+                    panic!("a submission was refused: {reason}");
+                }
                 (Command::RegisterWorker(info), Response::WorkerRegistered { incarnation, .. }) => {
                     self.registered.insert((info.name.clone(), *incarnation), self.now);
                 }
@@ -811,7 +837,7 @@ impl Sim {
     fn purge_a_finished_job(&mut self) {
         // A job a submission not committed yet waits for stays: the submission would be
         // refused once it is gone, and retried forever.
-        let named = |id: u64| self.requests.values().any(|(p, _)| p.after == Some(id));
+        let named = |id: u64| self.requests.values().any(|(p, _)| p.after == Some(id) || p.each == Some(id));
         let Some(job) =
             self.state.jobs().find(|j| j.state.is_terminal() && !self.purge_asked.contains_key(&j.id) && !named(j.id))
         else {
@@ -824,13 +850,7 @@ impl Sim {
         };
         let id = job.id;
         // Counted here: a dependent purged before the end is not seen by the final check.
-        if plan.after.is_some() {
-            if checked.cancelled {
-                self.report.dependents_cancelled += 1;
-            } else {
-                self.report.dependents_run += 1;
-            }
-        }
+        count_dependent(&mut self.report, plan, &checked);
         self.purge_asked.insert(id, checked);
         self.propose_as_client(vec![Command::PurgeJobs { jobs: vec![id] }]);
         if self.rng.chance(30) {
@@ -851,17 +871,36 @@ impl Sim {
     fn submit_job(&mut self) {
         if self.submitted < self.config.jobs {
             self.submitted += 1;
+            // The newest committed job not being purged (a purge committed before the
+            // submission would have it refused).
+            let newest = self
+                .plans
+                .iter()
+                .rev()
+                .find(|(id, _)| !self.purge_asked.contains_key(id))
+                .map(|(id, p)| (*id, p.tasks));
+            let mut tasks = self.rng.range(5, 30);
+            // Every fourth job (two after the `after` ones) pairs with the newest committed
+            // job, with no more tasks than it.
+            let each = newest.filter(|_| self.submitted % 4 == 2);
+            if let Some((_, theirs)) = each {
+                tasks = tasks.min(theirs);
+            }
             let plan = Plan {
-                tasks: self.rng.range(5, 30),
+                tasks,
                 mul: self.rng.range(1, 999),
                 add: self.rng.range(0, 999),
                 flaky: self.rng.chance(40),
                 limited: self.submitted % 3 == 2,
                 // Every fourth job waits for the newest job committed so far.
-                after: if self.submitted.is_multiple_of(4) { self.plans.keys().next_back().copied() } else { None },
+                after: if self.submitted.is_multiple_of(4) { newest.map(|(id, _)| id) } else { None },
                 // Half the jobs just before a dependent fail for good, so that the jobs
                 // waiting for them must be cancelled.
-                doomed: self.submitted % 4 == 3 && self.rng.chance(50),
+                // (And some just before a job pairing with them.)
+                doomed: matches!(self.submitted % 4, 1 | 3) && self.rng.chance(50),
+                each: each.map(|(id, _)| id),
+                // Every third job orders its own tasks.
+                chained: self.submitted % 3 == 0,
             };
             let spec = JobSpec {
                 command: vec!["sim".into()],
@@ -876,10 +915,12 @@ impl Sim {
         }
         let Some((request_id, (plan, spec))) = self.requests.iter().next() else { return };
         let (spec, request_id) = (spec.clone(), Some(request_id.clone()));
-        let command = if plan.limited || plan.after.is_some() {
+        let command = if plan.limited || plan.after.is_some() || plan.each.is_some() || plan.chained {
             let options = flotilla_core::workflow::JobOptions {
                 limits: if plan.limited { SIM_LIMITS } else { Default::default() },
                 after: plan.after.into_iter().collect(),
+                each: plan.each.into_iter().collect(),
+                needs: if plan.chained { chain_rules(plan.tasks) } else { Vec::new() },
                 ..Default::default()
             };
             Command::SubmitJobWith { spec, request_id, owner: None, options }
@@ -945,6 +986,37 @@ impl Sim {
                                 None => self.purge_asked.get(&up).is_some_and(|c| !c.failed_by_losses && !c.cancelled),
                             };
                             assert!(succeeded, "{} started though job {up} it waits for has not succeeded", run.task);
+                        }
+                        // Task-level dependencies: the paired task, and the tasks of its
+                        // own job it needs, had succeeded when the assignment committed.
+                        let succeeded = |state: &ClusterState, task: TaskId| {
+                            let Some(index) = task.slot.array_index() else { return true };
+                            match state.job(task.job) {
+                                Some(j) => j.finished(index).is_some_and(|s| s.state == TaskState::Succeeded),
+                                None => self.purge_asked.get(&task.job).is_some_and(|c| !c.cancelled),
+                            }
+                        };
+                        if let (Some(up), Some(index)) = (plan.each, run.task.slot.array_index()) {
+                            let pair = TaskId::array(up, index);
+                            assert!(
+                                succeeded(&self.state, pair),
+                                "{} started before {pair} it pairs with succeeded",
+                                run.task
+                            );
+                        }
+                        if let (true, Some(index)) = (plan.chained, run.task.slot.array_index()) {
+                            let options = flotilla_core::workflow::JobOptions {
+                                needs: chain_rules(plan.tasks),
+                                ..Default::default()
+                            };
+                            for needed in options.needed_by(index).iter() {
+                                let needed = TaskId::array(run.task.job, needed);
+                                assert!(
+                                    succeeded(&self.state, needed),
+                                    "{} started before {needed} it needs succeeded",
+                                    run.task
+                                );
+                            }
                         }
                     }
                     // A worker that gave an attempt back never starts it.
@@ -1280,13 +1352,7 @@ impl Sim {
             let checked = check_job(job, &self.records, plan, self.state.unmet(job.id))?;
             self.report.tasks += checked.tasks;
             self.report.failed_by_losses += u64::from(checked.failed_by_losses);
-            if plan.after.is_some() {
-                if checked.cancelled {
-                    self.report.dependents_cancelled += 1;
-                } else {
-                    self.report.dependents_run += 1;
-                }
-            }
+            count_dependent(&mut self.report, plan, &checked);
         }
         let mut replay = ClusterState::new();
         let mut replayed = MemRecords::new();
@@ -1309,6 +1375,20 @@ impl Sim {
     }
 }
 
+fn count_dependent(report: &mut Report, plan: &Plan, checked: &JobCheck) {
+    let (run, cancelled) = if plan.after.is_some() {
+        (&mut report.dependents_run, &mut report.dependents_cancelled)
+    } else if plan.each.is_some() {
+        (&mut report.paired_run, &mut report.paired_cancelled)
+    } else {
+        if plan.chained {
+            report.needs_jobs += 1;
+        }
+        return;
+    };
+    *if checked.cancelled { cancelled } else { run } += 1;
+}
+
 /// What checking one finished job found.
 struct JobCheck {
     tasks: u64,
@@ -1329,8 +1409,12 @@ fn check_job(
     // The only cancellation the simulation makes: a dependent of a job that did not
     // succeed, cancelled before any task of it was placed.
     if job.state == JobState::Cancelled {
-        return match (plan.after, unmet) {
-            (Some(up), Some(u)) if u.upstream == up && u.state != JobState::Succeeded && job.tasks.is_empty() => {
+        return match (plan.after, plan.each, unmet) {
+            (Some(up), _, Some(u)) if u.upstream == up && u.state != JobState::Succeeded && job.tasks.is_empty() => {
+                Ok(JobCheck { tasks: 0, failed_by_losses: false, cancelled: true })
+            }
+            // A paired job may have run some tasks: those whose pair succeeded.
+            (_, Some(up), Some(u)) if u.upstream == up && u.state != JobState::Succeeded => {
                 Ok(JobCheck { tasks: 0, failed_by_losses: false, cancelled: true })
             }
             _ => Err(format!(

@@ -41,6 +41,9 @@ fn main() -> ExitCode {
                 totals.drain_requeued += r.drain_requeued;
                 totals.dependents_run += r.dependents_run;
                 totals.dependents_cancelled += r.dependents_cancelled;
+                totals.paired_run += r.paired_run;
+                totals.paired_cancelled += r.paired_cancelled;
+                totals.needs_jobs += r.needs_jobs;
             }
             Err(e) => {
                 failures += 1;
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} sessions refused, {} round trips, {} queue resizes, {} queued attempts revoked, {} jobs failed by worker losses (by design), {} finished jobs purged, {} workers drained on stop, {} attempts re-queued at a drain deadline, {} dependent jobs run after their upstream succeeded, {} cancelled because it did not, {} tasks checked, {failures} violations, {:.1}s",
+        "simulation summary: {seeds} seeds, {} faults, {} leader terms, {} log entries, {} messages, {} sessions refused, {} round trips, {} queue resizes, {} queued attempts revoked, {} jobs failed by worker losses (by design), {} finished jobs purged, {} workers drained on stop, {} attempts re-queued at a drain deadline, {} dependent jobs run after their upstream succeeded, {} cancelled because it did not, {} jobs paired task by task run, {} cancelled with their pair, {} jobs ordering their own tasks, {} tasks checked, {failures} violations, {:.1}s",
         totals.faults,
         totals.terms,
         totals.entries,
@@ -64,6 +67,9 @@ fn main() -> ExitCode {
         totals.drain_requeued,
         totals.dependents_run,
         totals.dependents_cancelled,
+        totals.paired_run,
+        totals.paired_cancelled,
+        totals.needs_jobs,
         totals.tasks,
         t0.elapsed().as_secs_f64()
     );
