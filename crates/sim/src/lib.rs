@@ -900,7 +900,7 @@ impl Sim {
                 doomed: matches!(self.submitted % 4, 1 | 3) && self.rng.chance(50),
                 each: each.map(|(id, _)| id),
                 // Every third job orders its own tasks.
-                chained: self.submitted % 3 == 0,
+                chained: self.submitted.is_multiple_of(3),
             };
             let spec = JobSpec {
                 command: vec!["sim".into()],
