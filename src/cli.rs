@@ -654,8 +654,9 @@ pub enum JobCmd {
         json: bool,
     },
     /// A task's whole stdout (or --stderr), however long: the first 64 KiB are in the
-    /// results, the rest is kept on the worker that ran the attempt. With --follow, waits for
-    /// the task to finish first (the log is shown once its attempt has ended).
+    /// results, the rest is kept on the worker that ran the attempt. With --follow, prints
+    /// what a running attempt writes as it writes it (through the leader, from its worker),
+    /// until the task ends; a retry starts a new attempt, marked on stderr.
     Logs {
         id: String,
         #[command(flatten)]
@@ -666,7 +667,7 @@ pub enum JobCmd {
         /// Show stderr instead of stdout.
         #[arg(long)]
         stderr: bool,
-        /// Wait until the task has finished, then show its log.
+        /// Print the running attempt's stream as it is written, until the task has ended.
         #[arg(long)]
         follow: bool,
     },

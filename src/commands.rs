@@ -73,7 +73,10 @@ async fn task_logs(client: &Client, id: u64, task: &str, stderr: bool, follow: b
         "reduce" => None,
         i => Some(i.parse::<u64>().map_err(|_| anyhow!("--task must be an index or 'reduce', not '{i}'"))?),
     };
-    let mut told = false;
+    let stream = if stderr { "stderr" } else { "stdout" };
+    // With --follow: what each running attempt writes, as it writes it, until the task ends.
+    // `shown` is the attempt printed last and how much of it.
+    let mut shown: Option<(String, u64)> = None;
     let row = loop {
         let job = client.job(id, false).await?;
         let row = match index {
@@ -88,18 +91,52 @@ async fn task_logs(client: &Client, id: u64, task: &str, stderr: bool, follow: b
         if done || !follow {
             break row;
         }
-        if !told {
-            eprintln!("task {task} of job {id} has not finished; its log is shown once it has");
-            told = true;
+        let offset = shown.as_ref().map_or(0, |(_, n)| *n);
+        let live = match client.live_log(id, task, stream, offset).await {
+            Ok(l) => l,
+            Err(e) if e.is_not_found() => bail!("{e}"),
+            Err(e) => {
+                eprintln!("cannot read the running attempt's log now: {e}");
+                flotilla_proto::api::LiveLog::default()
+            }
+        };
+        if live.running {
+            let attempt = live.attempt.clone().unwrap_or_default();
+            if shown.as_ref().is_some_and(|(a, _)| *a != attempt) {
+                // A new attempt: its stream starts again (this read was at the old offset).
+                eprintln!("-- attempt {attempt} --");
+                shown = Some((attempt, 0));
+                continue;
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(live.text.as_bytes()).and_then(|()| out.flush()).context("writing the log")?;
+            let more = live.next_offset < live.total;
+            shown = Some((attempt, live.next_offset));
+            if more {
+                continue;
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     };
-    let stream = if stderr { "stderr" } else { "stdout" };
+    // What was printed live of the attempt whose result is recorded is not printed again.
+    let recorded = row.as_ref().and_then(|r| Some(format!("{}.{}", r.term?, r.attempt?)));
+    let skip = match (&shown, &recorded) {
+        (Some((a, n)), Some(r)) if a == r => *n,
+        // A reduce step's row is not at hand: the attempt printed is taken for the one recorded.
+        (Some((_, n)), None) => *n,
+        (Some(_), Some(r)) => {
+            eprintln!("-- attempt {r} (recorded) --");
+            0
+        }
+        (None, _) => 0,
+    };
     let dir = tempfile::tempdir().context("a temporary directory")?;
     let part = dir.path().join("log");
     match client.task_log(id, task, stream, &part, std::time::Duration::from_secs(3600)).await {
         Ok(_) => {
+            use std::io::Seek;
             let mut file = std::fs::File::open(&part).context("the downloaded log")?;
+            file.seek(std::io::SeekFrom::Start(skip)).context("the downloaded log")?;
             std::io::copy(&mut file, &mut std::io::stdout().lock()).context("writing the log")?;
         }
         Err(e) if e.is_not_found() && client.job(id, false).await.is_ok() => {
@@ -113,7 +150,8 @@ async fn task_logs(client: &Client, id: u64, task: &str, stderr: bool, follow: b
                 }
                 (None, _) => client.result(id, false).await?.result.unwrap_or_default(),
             };
-            std::io::stdout().lock().write_all(text.as_bytes()).context("writing the log")?;
+            let rest = text.as_bytes().get(skip as usize..).unwrap_or_default();
+            std::io::stdout().lock().write_all(rest).context("writing the log")?;
         }
         Err(e) => return Err(e.into()),
     }

@@ -428,7 +428,9 @@ async fn outputs_go_away_with_their_job() {
 
 /// Invariants: a task's whole stdout and stderr are shown by `job logs` however long they
 /// are (beyond the 64 KiB the result keeps), byte for byte, for a failed attempt too; a short
-/// log comes from the result; `--follow` waits for a running task and then shows its log.
+/// log comes from the result; `--follow` prints a running task's stream while it runs (past
+/// the 64 KiB too: what it printed before waiting shows before the task may go on) and then
+/// the rest, every byte exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_logs_shows_all_of_a_long_log() {
     let t = secure_cluster(1, &[("a", 2)]).await;
@@ -455,6 +457,64 @@ async fn job_logs_shows_all_of_a_long_log() {
     assert_eq!(stdout, "short and sweet\n");
     let (code, _, stderr) = cli_with(&env, &["job", "logs", &slow.to_string(), "--task", "9"]);
     assert!(code != 0 && stderr.contains("no task 9"), "{stderr}");
+
+    // Followed while it runs: the task waits for a file the test writes only once the
+    // follower has printed what came before.
+    let gate = t.dir.path().join("follow-gate");
+    let script = format!(
+        "echo line 1; head -c 200000 /dev/zero | tr '\\0' x; echo; echo marker; \
+         while [ ! -e '{}' ]; do sleep 0.1; done; echo line 2",
+        gate.display()
+    );
+    let running = client.submit(&shell(&script)).await.expect("submit").id;
+    let mut follower = std::process::Command::new(EXE)
+        .args(["job", "logs", &running.to_string(), "--follow"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the follower");
+    let mut pipe = follower.stdout.take().expect("piped");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let printed = |needle: &str| {
+        let seen = seen.lock().expect("lock");
+        String::from_utf8_lossy(&seen).contains(needle)
+    };
+    wait_until(&t, "the follower prints what the running task wrote", LONG, || async { printed("marker") }).await;
+    assert!(!printed("line 2"));
+    assert_eq!(client.job(running, false).await.expect("show").state, JobState::Running);
+    std::fs::write(&gate, b"go").expect("open the gate");
+    assert_eq!(wait_job(&t, &client, running, LONG).await.state, JobState::Succeeded);
+    let deadline = std::time::Instant::now() + LONG;
+    let status = loop {
+        if let Some(status) = follower.try_wait().expect("the follower's status") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = follower.kill();
+            t.fail("the follower did not end with the task");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+    reader.join().expect("reader");
+    let want = format!("line 1\n{}\nmarker\nline 2\n", "x".repeat(200_000));
+    let got = String::from_utf8_lossy(&seen.lock().expect("lock")).into_owned();
+    assert!(got == want, "followed {} bytes, expected {}: {:?}…", got.len(), want.len(), &got[..got.len().min(80)]);
 }
 
 /// Invariants: with `--each`, task i of a job starts once task i of the job it pairs with has

@@ -27,6 +27,15 @@ pub enum TransferError {
     Local(#[from] StoreError),
 }
 
+/// Part of a running attempt's stream.
+pub struct LiveRead {
+    pub bytes: bytes::Bytes,
+    /// The stream's length so far.
+    pub total: u64,
+    /// The attempt's fence, `TERM.ATTEMPT`.
+    pub attempt: String,
+}
+
 #[derive(Clone)]
 pub struct BlobClient {
     inner: Client<Connector, Body>,
@@ -100,6 +109,38 @@ impl BlobClient {
             address: address.to_string(),
             why: format!("{status}: {}", String::from_utf8_lossy(&text).trim()),
         })
+    }
+
+    /// A running attempt's stream from `offset`, as the worker at `address` has it so far;
+    /// `NotHeld` when no attempt of the task runs there.
+    pub async fn live(
+        &self,
+        address: &str,
+        task: flotilla_core::model::TaskId,
+        stream: flotilla_core::workflow::LogStream,
+        offset: u64,
+    ) -> Result<LiveRead, TransferError> {
+        let remote = |why: String| TransferError::Remote { address: address.to_string(), why };
+        let slot = match task.slot {
+            flotilla_core::model::TaskSlot::Array(i) => i.to_string(),
+            flotilla_core::model::TaskSlot::Reduce => "reduce".to_string(),
+        };
+        let get = Request::builder()
+            .method(Method::GET)
+            .uri(format!("http://{address}/v1/live/{}/{slot}?stream={}&offset={offset}", task.job, stream.name()))
+            .body(Body::empty())
+            .map_err(|e| remote(e.to_string()))?;
+        let response = self.send(address, get, allowance(crate::live::MAX_READ as u64)).await?;
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (total, attempt) = (header(crate::server::LIVE_TOTAL_HEADER), header(crate::server::LIVE_ATTEMPT_HEADER));
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Err(TransferError::NotHeld { address: address.to_string() }),
+            status => return Err(remote(status.to_string())),
+        }
+        let bytes = response.into_body().collect().await.map_err(|e| remote(e.to_string()))?.to_bytes();
+        let total = total.and_then(|t| t.parse().ok()).ok_or_else(|| remote("no stream length".to_string()))?;
+        Ok(LiveRead { bytes, total, attempt: attempt.unwrap_or_default() })
     }
 
     /// A blob's bytes as the worker at `address` serves them (not checked: the caller hashes).

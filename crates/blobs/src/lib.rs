@@ -12,6 +12,7 @@
 //! whoever reaches its address, like the rest of such a cluster.
 
 pub mod client;
+pub mod live;
 pub mod server;
 pub mod store;
 

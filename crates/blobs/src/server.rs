@@ -1,5 +1,6 @@
 //! The HTTP face of a worker's store: `GET`/`HEAD /v1/blobs/{sha256}` reads a blob,
-//! `PUT /v1/blobs/{sha256}` stores a copy (refused unless its bytes match the name).
+//! `PUT /v1/blobs/{sha256}` stores a copy (refused unless its bytes match the name), and
+//! `GET /v1/live/{job}/{task}?stream=&offset=` reads a running attempt's stream so far.
 
 use std::sync::Arc;
 
@@ -13,21 +14,30 @@ use flotilla_core::workflow::Digest;
 use flotilla_tls::{Connection, Peer, Role};
 use tokio_stream::StreamExt;
 
+use crate::live::LiveLogs;
 use crate::store::{Store, StoreError};
 
+/// Headers of a live read: the stream's length so far, and the attempt's fence.
+pub const LIVE_TOTAL_HEADER: &str = "x-flotilla-log-total";
+pub const LIVE_ATTEMPT_HEADER: &str = "x-flotilla-attempt";
+
 /// The routes, for [`serve`] (and tests).
-pub fn router(store: Arc<Store>) -> Router {
-    Router::new().route("/v1/blobs/{digest}", get(read).put(write)).with_state(store)
+pub fn router(store: Arc<Store>, live: Arc<LiveLogs>) -> Router {
+    Router::new()
+        .route("/v1/blobs/{digest}", get(read).put(write))
+        .with_state(store)
+        .merge(Router::new().route("/v1/live/{job}/{task}", get(read_live)).with_state(live))
 }
 
-/// Serves `store` on `listener` until `stop` completes.
+/// Serves `store` and the running attempts' streams on `listener` until `stop` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     transport: flotilla_tls::Transport,
     store: Arc<Store>,
+    live: Arc<LiveLogs>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let app = router(store);
+    let app = router(store, live);
     let service_for = move |conn: Connection| {
         let app = app.clone();
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -51,6 +61,58 @@ fn admitted(conn: Option<&Connection>) -> bool {
 
 fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
     (status, why.into()).into_response()
+}
+
+/// A running attempt's stream from `offset` (up to [`crate::live::MAX_READ`] bytes); `404`
+/// when no attempt of the task runs here.
+async fn read_live(
+    State(live): State<Arc<LiveLogs>>,
+    Path((job, task)): Path<(u64, String)>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    conn: Option<Extension<Connection>>,
+) -> Response {
+    use flotilla_core::model::{TaskId, TaskSlot};
+    use flotilla_core::workflow::LogStream;
+    if !admitted(conn.as_deref()) {
+        return refuse(StatusCode::FORBIDDEN, "only the cluster's masters and workers read logs here");
+    }
+    let slot = match task.as_str() {
+        "reduce" => TaskSlot::Reduce,
+        i => match i.parse() {
+            Ok(i) => TaskSlot::Array(i),
+            Err(_) => return refuse(StatusCode::BAD_REQUEST, "task must be an index or 'reduce'"),
+        },
+    };
+    let stream = match q.get("stream").map(String::as_str) {
+        None | Some("stdout") => LogStream::Stdout,
+        Some("stderr") => LogStream::Stderr,
+        Some(_) => return refuse(StatusCode::BAD_REQUEST, "stream must be stdout or stderr"),
+    };
+    let offset = match q.get("offset").map(|o| o.parse::<u64>()) {
+        None => 0,
+        Some(Ok(o)) => o,
+        Some(Err(_)) => return refuse(StatusCode::BAD_REQUEST, "offset must be a byte count"),
+    };
+    let Some(attempt) = live.get(TaskId { job, slot }) else {
+        return refuse(StatusCode::NOT_FOUND, "no attempt of that task runs here");
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let fence = attempt.fence;
+        attempt.read(stream, offset).map(|r| (r, fence))
+    })
+    .await;
+    match read {
+        Ok(Ok(((bytes, total), fence))) => (
+            [
+                (axum::http::HeaderName::from_static(LIVE_TOTAL_HEADER), total.to_string()),
+                (axum::http::HeaderName::from_static(LIVE_ATTEMPT_HEADER), format!("{}.{}", fence.term, fence.attempt)),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(Err(e)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn read(

@@ -381,6 +381,18 @@ impl Client {
         self.download(&format!("/v1/jobs/{id}/logs/{task}?stream={stream}"), dest, timeout).await
     }
 
+    /// A running attempt's stream from `offset`, as its worker has it so far.
+    pub async fn live_log(
+        &self,
+        id: u64,
+        task: &str,
+        stream: &str,
+        offset: u64,
+    ) -> Result<flotilla_proto::api::LiveLog, ClientError> {
+        let task = percent_encode_segment(task);
+        self.get(&format!("/v1/jobs/{id}/logs/{task}/live?stream={stream}&offset={offset}")).await
+    }
+
     async fn download(&self, path: &str, dest: &std::path::Path, timeout: Duration) -> Result<String, ClientError> {
         let deadline = Instant::now() + self.retry_for;
         let mut last = String::from("no attempt made");

@@ -45,6 +45,7 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/jobs/{id}/outputs", get(crate::outputs::job_outputs))
         .route("/v1/jobs/{id}/outputs/{sha256}", get(crate::outputs::output_file))
         .route("/v1/jobs/{id}/logs/{task}", get(crate::outputs::task_log))
+        .route("/v1/jobs/{id}/logs/{task}/live", get(crate::outputs::live_log))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/schedules", get(crate::schedules::list).post(crate::schedules::add))
         .route("/v1/schedules/{name}", axum::routing::delete(crate::schedules::remove))

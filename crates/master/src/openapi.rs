@@ -81,6 +81,16 @@ pub struct OutputParams {
     pub stale: Option<bool>,
 }
 
+/// The query of `GET /v1/jobs/{id}/logs/{task}/live`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LiveLogParams {
+    /// `stdout` (the default) or `stderr`.
+    pub stream: Option<String>,
+    /// Bytes of the stream already read (`next_offset` of the previous answer).
+    pub offset: Option<u64>,
+}
+
 /// The query of `GET /v1/jobs/{id}/logs/{task}`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -116,6 +126,7 @@ pub struct StandParams {
         outputs::job_outputs,
         outputs::output_file,
         outputs::task_log,
+        outputs::live_log,
         api::cancel_job,
         schedules::list,
         schedules::add,
@@ -254,6 +265,7 @@ mod tests {
             "/v1/jobs/{id}/outputs",
             "/v1/jobs/{id}/outputs/{sha256}",
             "/v1/jobs/{id}/logs/{task}",
+            "/v1/jobs/{id}/logs/{task}/live",
             "/v1/jobs/{id}/cancel",
             "/v1/schedules",
             "/v1/schedules/{name}",

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use flotilla_core::workflow::Digest;
-use flotilla_proto::api::{serves_now, ApiError, ApiErrorCode, JobOutputs};
+use flotilla_proto::api::{serves_now, ApiError, ApiErrorCode, JobOutputs, LiveLog};
 
 use crate::api::{bad_request, failure, missing_job, not_found, read_barrier, Failure, Params};
 use crate::node::Master;
@@ -100,15 +100,15 @@ pub(crate) async fn output_file(
     Err(failure(ApiErrorCode::Unavailable, format!("cannot read {sha256} of job {id}: {why}")))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}/logs/{task}", tag = "jobs", params(("id" = u64, Path, description = "The job id"), ("task" = String, Path, description = "The task's index, or `reduce`"), crate::openapi::LogParams), responses((status = 200, description = "The whole stream of the task's latest recorded attempt (checked against its hash as it passes)", content_type = "text/plain"), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the worker holding the log did not answer", body = ApiError), (status = 404, description = "No such job, or the stream was not longer than the result keeps (it is in the results)", body = ApiError), (status = 410, description = "The job was removed (retention or purge)", body = ApiError)))]
-pub(crate) async fn task_log(
-    State(master): State<Arc<Master>>,
-    Path((id, task)): Path<(String, String)>,
-    Query(q): Params,
-) -> Result<Response, Failure> {
+/// The task and stream a log request names.
+fn log_target(
+    id: &str,
+    task: &str,
+    q: &std::collections::HashMap<String, String>,
+) -> Result<(flotilla_core::model::TaskId, flotilla_core::workflow::LogStream), Failure> {
     use flotilla_core::workflow::LogStream;
-    let id = job_id(&id)?;
-    let slot = match task.as_str() {
+    let job = job_id(id)?;
+    let slot = match task {
         "reduce" => flotilla_core::model::TaskSlot::Reduce,
         i => flotilla_core::model::TaskSlot::Array(
             i.parse().map_err(|_| bad_request(format!("task must be an index or 'reduce', not '{i}'")))?,
@@ -119,6 +119,72 @@ pub(crate) async fn task_log(
         Some("stderr") => LogStream::Stderr,
         Some(other) => return Err(bad_request(format!("stream must be stdout or stderr, not '{other}'"))),
     };
+    Ok((flotilla_core::model::TaskId { job, slot }, stream))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs/{task}/live", tag = "jobs", params(("id" = u64, Path, description = "The job id"), ("task" = String, Path, description = "The task's index, or `reduce`"), crate::openapi::LiveLogParams), responses((status = 200, description = "The running attempt's stream from the offset, as its worker has it so far (`running` false when no attempt is in flight)", body = LiveLog), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 503, description = "The worker running it did not answer", body = ApiError), (status = 404, description = "No such job or task", body = ApiError), (status = 410, description = "The job was removed (retention or purge)", body = ApiError)))]
+pub(crate) async fn live_log(
+    State(master): State<Arc<Master>>,
+    Path((id, task)): Path<(String, String)>,
+    Query(q): Params,
+) -> Result<Json<LiveLog>, Failure> {
+    let (task, stream) = log_target(&id, &task, &q)?;
+    let offset = match q.get("offset").map(|o| o.parse::<u64>()) {
+        None => 0,
+        Some(Ok(o)) => o,
+        Some(Err(_)) => return Err(bad_request("offset must be a byte count")),
+    };
+    // This master's replica says where the attempt runs: a stale answer costs one poll.
+    let (worker, fence, address) = {
+        let data = master.shared.read();
+        let state = &data.state;
+        let job = state.job(task.job).ok_or_else(|| missing_job(state, task.job))?;
+        if let flotilla_core::model::TaskSlot::Array(i) = task.slot {
+            if !job.spec.has_index(i) {
+                return Err(not_found(format!("job {} has no task {i}", task.job)));
+            }
+        }
+        let Some((worker, fence)) = job.task(task.slot).and_then(|t| t.state.in_flight()) else {
+            return Ok(Json(LiveLog { running: false, next_offset: offset, ..Default::default() }));
+        };
+        (worker.to_string(), fence, state.endpoint(worker).map(str::to_string))
+    };
+    let attempt = format!("{}.{}", fence.term, fence.attempt);
+    let waiting = LiveLog {
+        running: true,
+        attempt: Some(attempt.clone()),
+        worker: Some(worker.clone()),
+        next_offset: offset,
+        ..Default::default()
+    };
+    let Some(address) = address else { return Ok(Json(waiting)) };
+    match master.blobs.live(&address, task, stream, offset).await {
+        // Another attempt than the state's (an older replica): it is the one running there.
+        Ok(read) => {
+            let (text, next_offset) = LiveLog::text_of(&read.bytes, offset);
+            Ok(Json(LiveLog {
+                running: true,
+                attempt: Some(read.attempt),
+                worker: Some(worker),
+                text,
+                next_offset,
+                total: read.total,
+            }))
+        }
+        // Not started there yet, or just ended: nothing to show this time.
+        Err(flotilla_blobs::TransferError::NotHeld { .. }) => Ok(Json(waiting)),
+        Err(e) => Err(failure(ApiErrorCode::Unavailable, format!("cannot read the log from worker {worker}: {e}"))),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs/{task}", tag = "jobs", params(("id" = u64, Path, description = "The job id"), ("task" = String, Path, description = "The task's index, or `reduce`"), crate::openapi::LogParams), responses((status = 200, description = "The whole stream of the task's latest recorded attempt (checked against its hash as it passes)", content_type = "text/plain"), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the worker holding the log did not answer", body = ApiError), (status = 404, description = "No such job, or the stream was not longer than the result keeps (it is in the results)", body = ApiError), (status = 410, description = "The job was removed (retention or purge)", body = ApiError)))]
+pub(crate) async fn task_log(
+    State(master): State<Arc<Master>>,
+    Path((id, task)): Path<(String, String)>,
+    Query(q): Params,
+) -> Result<Response, Failure> {
+    let (target, stream) = log_target(&id, &task, &q)?;
+    let (id, slot) = (target.job, target.slot);
     read_barrier(&master, &q).await?;
     let (file, holder, address) = {
         let data = master.shared.read();

@@ -1062,6 +1062,44 @@ impl JobDetail {
     }
 }
 
+/// Part of a task's stream while an attempt of it runs (`GET /v1/jobs/{id}/logs/{task}/live`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LiveLog {
+    /// Whether an attempt of the task is in flight; when not, the task waits to be placed or
+    /// has ended (its log is then at `GET /v1/jobs/{id}/logs/{task}`, or in its result).
+    pub running: bool,
+    /// The running attempt, `TERM.ATTEMPT` (a new one starts its stream from 0).
+    #[serde(default)]
+    pub attempt: Option<String>,
+    /// The worker running it.
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// The stream's text from the offset asked for (a character cut by the read's end comes
+    /// with the next read).
+    #[serde(default)]
+    pub text: String,
+    /// The offset to ask for next.
+    pub next_offset: u64,
+    /// The stream's length so far.
+    pub total: u64,
+}
+
+impl LiveLog {
+    /// `bytes` read at `offset`: the text up to the last whole character (all of it, made
+    /// valid, when it is not UTF-8 at all).
+    pub fn text_of(bytes: &[u8], offset: u64) -> (String, u64) {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => (text.to_string(), offset + bytes.len() as u64),
+            // Cut inside a character at the end: the rest comes with the next read.
+            Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => {
+                let valid = e.valid_up_to();
+                (String::from_utf8_lossy(&bytes[..valid]).into_owned(), offset + valid as u64)
+            }
+            Err(_) => (String::from_utf8_lossy(bytes).into_owned(), offset + bytes.len() as u64),
+        }
+    }
+}
+
 /// The outputs of a job's tasks (`GET /v1/jobs/{id}/outputs`).
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobOutputs {
@@ -1699,6 +1737,16 @@ mod tests {
 
     fn json<T: Serialize>(value: &T) -> String {
         serde_json::to_string(value).unwrap()
+    }
+
+    #[test]
+    fn a_live_read_cut_inside_a_character_leaves_it_for_the_next() {
+        let bytes = "né".as_bytes();
+        assert_eq!(LiveLog::text_of(bytes, 10), ("né".to_string(), 13));
+        assert_eq!(LiveLog::text_of(&bytes[..2], 10), ("n".to_string(), 11));
+        assert_eq!(LiveLog::text_of(&bytes[1..], 11), ("é".to_string(), 13));
+        // Not text at all: given whole, made valid.
+        assert_eq!(LiveLog::text_of(&[0xff, b'a'], 0), ("\u{fffd}a".to_string(), 2));
     }
 
     #[test]

@@ -155,6 +155,14 @@ impl runner::TaskData for Launcher {
         self.data.store.temp_file().ok()
     }
 
+    fn live(&self, task: &RunTask) -> Option<Arc<flotilla_blobs::live::LiveAttempt>> {
+        Some(self.data.live.start(task.task, task.fence))
+    }
+
+    fn live_ended(&self, task: &RunTask) {
+        self.data.live.end(task.task, task.fence);
+    }
+
     fn keep_log(
         &self,
         path: &std::path::Path,
@@ -390,15 +398,18 @@ pub async fn run(
         Some(identity) => flotilla_tls::Transport::Tls(identity.clone()),
         None => flotilla_tls::Transport::Plain,
     };
+    let live = Arc::new(flotilla_blobs::live::LiveLogs::default());
     tokio::spawn(flotilla_blobs::server::serve(
         outputs_listener,
         transport,
         store.clone(),
+        live.clone(),
         shutdown.clone().cancelled_owned(),
     ));
     tracing::info!(listen = %bound, advertised = %serves, "serving the outputs this worker holds");
     let data = Arc::new(outputs::Data {
         store,
+        live,
         client: flotilla_blobs::BlobClient::new(identity.clone()),
         runtime: tokio::runtime::Handle::current(),
         name: Arc::from(config.name.as_str()),

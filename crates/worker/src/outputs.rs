@@ -15,6 +15,8 @@ use flotilla_proto::wire::RunTask;
 /// The store and the means to reach other workers' stores.
 pub struct Data {
     pub store: Arc<Store>,
+    /// The running attempts' streams, read by `job logs --follow` through the leader.
+    pub live: Arc<flotilla_blobs::live::LiveLogs>,
     pub client: BlobClient,
     pub runtime: tokio::runtime::Handle,
     pub name: Arc<str>,

@@ -38,6 +38,14 @@ pub trait TaskData {
     fn spill(&self) -> Option<(File, PathBuf)> {
         None
     }
+    /// Where the attempt's streams can be read while it runs (`job logs --follow`).
+    fn live(&self, _task: &RunTask) -> Option<std::sync::Arc<flotilla_blobs::live::LiveAttempt>> {
+        None
+    }
+
+    /// The attempt ended: its streams are no longer read live.
+    fn live_ended(&self, _task: &RunTask) {}
+
     /// Keeps a spilled stream whole; `None` if it cannot be.
     fn keep_log(&self, _path: &Path, _stream: LogStream) -> Option<LogFile> {
         None
@@ -187,6 +195,7 @@ fn drain(
     total: &mut u64,
     spill: &mut Option<Spill>,
     open: &dyn Fn() -> Option<(File, PathBuf)>,
+    live: Option<(&flotilla_blobs::live::LiveAttempt, LogStream)>,
 ) -> bool {
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -197,7 +206,12 @@ fn drain(
                 if spill.is_none() && whole_so_far && *total + n as u64 > MAX_OUTPUT_BYTES as u64 {
                     if let Some((mut file, path)) = open() {
                         match file.write_all(kept) {
-                            Ok(()) => *spill = Some(Spill { file, path }),
+                            Ok(()) => {
+                                if let Some((live, stream)) = live {
+                                    live.spilled(stream, &path);
+                                }
+                                *spill = Some(Spill { file, path })
+                            }
                             Err(_) => {
                                 let _ = std::fs::remove_file(&path);
                             }
@@ -209,10 +223,16 @@ fn drain(
                         // A full disk: the stream is not kept whole (its start still is).
                         if let Some(s) = spill.take() {
                             let _ = std::fs::remove_file(&s.path);
+                            if let Some((live, stream)) = live {
+                                live.unspilled(stream);
+                            }
                         }
                     }
                 }
                 *total += n as u64;
+                if let Some((live, stream)) = live {
+                    live.append(stream, &buf[..n]);
+                }
                 let room = MAX_OUTPUT_BYTES.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
             }
@@ -254,7 +274,10 @@ pub fn run(
 ) -> Ended {
     let mut dirs = None;
     let mut spills = [None, None];
-    let mut ended = run_in(task, worker_name, sandbox, &mut dirs, journal, stopper, data, &mut spills, on_start);
+    let live = data.live(task);
+    let mut ended =
+        run_in(task, worker_name, sandbox, &mut dirs, journal, stopper, data, &mut spills, live.as_deref(), on_start);
+    data.live_ended(task);
     if let (Ended::Finished(outcome), Some(d)) = (&mut ended, &dirs) {
         // Only a successful attempt's outputs are kept; a failed one's go with its directory.
         if outcome.succeeded() && has_entries(&d.output) {
@@ -290,6 +313,7 @@ fn run_in(
     stopper: &Stopper,
     data: &dyn TaskData,
     spills: &mut [Option<Spill>; 2],
+    live: Option<&flotilla_blobs::live::LiveAttempt>,
     on_start: impl FnOnce(),
 ) -> Ended {
     let started = Instant::now();
@@ -426,12 +450,12 @@ fn run_in(
         }
         let open = || data.spill();
         if let Some(f) = stdout.as_mut() {
-            if !drain(f, &mut out, &mut out_total, &mut spills[0], &open) {
+            if !drain(f, &mut out, &mut out_total, &mut spills[0], &open, live.map(|l| (l, LogStream::Stdout))) {
                 stdout = None;
             }
         }
         if let Some(f) = stderr.as_mut() {
-            if !drain(f, &mut err, &mut err_total, &mut spills[1], &open) {
+            if !drain(f, &mut err, &mut err_total, &mut spills[1], &open, live.map(|l| (l, LogStream::Stderr))) {
                 stderr = None;
             }
         }
