@@ -130,3 +130,53 @@ async fn overlapping_periods_are_skipped() {
     let events = client.events(0, 10_000, Duration::ZERO, false).await.expect("events").events;
     assert!(events.iter().any(|e| e.kind.as_str() == "schedule_skipped" && e.running.is_some()));
 }
+
+/// Invariants, for a literal every-minute schedule (`* * * * *`) over 3 masters while the
+/// leader is SIGKILLed three times (once just after a launch, once a moment before a minute
+/// starts, so that the minute begins during the election, and once more after a launch):
+/// every minute from the first launch on is launched exactly once, on the minute, each with
+/// a job of its own. About 5 minutes, so not in the suite: run it with
+/// `cargo test --test schedules -- --ignored every_minute`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "takes about 5 minutes of wall-clock time"]
+async fn an_every_minute_schedule_launches_once_a_minute_across_leader_kills() {
+    let mut t = secure_cluster(3, &[("a", 2)]).await;
+    let client = t.client();
+    let env = t.cluster.client_env();
+    let (code, _, stderr) = cli_with(&env, &["schedule", "add", "minute", "--cron", "* * * * *", "--", "echo", "tick"]);
+    assert_eq!(code, 0, "{stderr}");
+    let minute = Duration::from_secs(90);
+    for round in 0..3 {
+        wait_until(&t, "the next minute's launch", minute, || async { launches(&client, "minute").await.len() > round })
+            .await;
+        if round == 1 {
+            // Just before the next minute starts: it begins while no leader can commit.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+            let into = Duration::from_millis((now.as_millis() % 60_000) as u64);
+            tokio::time::sleep(Duration::from_millis(59_700).saturating_sub(into)).await;
+        }
+        let leader = t.cluster.wait_leader(LONG).await.unwrap_or_else(|| t.fail("no leader"));
+        t.cluster.kill_master(leader);
+        t.cluster.wait_leader(LONG).await.unwrap_or_else(|| t.fail("no new leader"));
+        t.cluster.start_master(leader).expect("restart the killed master");
+    }
+    wait_until(&t, "a launch under the last leader", minute, || async { launches(&client, "minute").await.len() > 3 })
+        .await;
+    let (code, _, stderr) = cli_with(&env, &["schedule", "remove", "minute"]);
+    assert_eq!(code, 0, "{stderr}");
+
+    let events = launches(&client, "minute").await;
+    let periods: Vec<&str> = events.iter().map(|e| e.period.as_deref().expect("period")).collect();
+    let minutes: Vec<u32> = periods
+        .iter()
+        .map(|p| {
+            assert_eq!(&p[17..19], "00", "{p} is not on the minute");
+            let (h, m): (u32, u32) = (p[11..13].parse().expect("hour"), p[14..16].parse().expect("minute"));
+            h * 60 + m
+        })
+        .collect();
+    assert!(minutes.windows(2).all(|w| (w[1] + 1440 - w[0]) % 1440 == 1), "not one launch per minute: {periods:?}");
+    let jobs: BTreeSet<u64> = events.iter().map(|e| e.job.expect("job")).collect();
+    assert_eq!(jobs.len(), events.len(), "two launches share a job: {periods:?}");
+    eprintln!("launched once each: {periods:?}");
+}
