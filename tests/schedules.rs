@@ -147,8 +147,10 @@ async fn an_every_minute_schedule_launches_once_a_minute_across_leader_kills() {
     assert_eq!(code, 0, "{stderr}");
     let minute = Duration::from_secs(90);
     for round in 0..3 {
-        wait_until(&t, "the next minute's launch", minute, || async { launches(&client, "minute").await.len() > round })
-            .await;
+        wait_until(&t, "the next minute's launch", minute, || async {
+            launches(&client, "minute").await.len() > round
+        })
+        .await;
         if round == 1 {
             // Just before the next minute starts: it begins while no leader can commit.
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
