@@ -96,26 +96,23 @@ impl LiveAttempt {
 
     /// Up to [`MAX_READ`] bytes from `offset`, and how many bytes the stream has so far.
     pub fn read(&self, stream: LogStream, offset: u64) -> std::io::Result<(Vec<u8>, u64)> {
-        let (head, total, spill) = {
+        let (total, path) = {
             let s = self.stream(stream);
-            if offset >= s.total {
-                return Ok((Vec::new(), s.total));
+            let want = (s.total.saturating_sub(offset) as usize).min(MAX_READ);
+            match &s.spill {
+                // The spill file holds the whole stream: read past the head there.
+                Some(path) if offset + want as u64 > s.head.len() as u64 => (s.total, path.clone()),
+                // The head alone (without a spill file, a full disk: no more than it holds).
+                _ => {
+                    let start = (offset as usize).min(s.head.len());
+                    let end = (start + want).min(s.head.len());
+                    return Ok((s.head[start..end].to_vec(), s.total));
+                }
             }
-            let want = ((s.total - offset) as usize).min(MAX_READ);
-            if offset + (want as u64) <= s.head.len() as u64 {
-                let start = offset as usize;
-                return Ok((s.head[start..start + want].to_vec(), s.total));
-            }
-            (s.head.len() as u64, s.total, s.spill.clone())
-        };
-        let Some(path) = spill else {
-            // Past the head without a spill file: only the head can be given.
-            let _ = head;
-            return Ok((Vec::new(), total));
         };
         let mut file = std::fs::File::open(path)?;
         file.seek(SeekFrom::Start(offset))?;
-        let want = ((total - offset) as usize).min(MAX_READ);
+        let want = (total.saturating_sub(offset) as usize).min(MAX_READ);
         let mut out = Vec::with_capacity(want);
         file.take(want as u64).read_to_end(&mut out)?;
         Ok((out, total))
@@ -150,6 +147,11 @@ mod tests {
         live.append(LogStream::Stdout, &whole[11..]);
         let (bytes, total) = live.read(LogStream::Stdout, MAX_OUTPUT_BYTES as u64).unwrap();
         assert_eq!((bytes.len(), total), (100, whole.len() as u64));
+
+        // Without the spill file (a full disk), what the head holds from the offset.
+        live.unspilled(LogStream::Stdout);
+        let (bytes, _) = live.read(LogStream::Stdout, MAX_OUTPUT_BYTES as u64 - 5).unwrap();
+        assert_eq!(bytes, b"xxxxx");
 
         logs.end(task, Fence { term: 1, attempt: 2 });
         assert!(logs.get(task).is_some(), "another attempt's end leaves it");
