@@ -39,6 +39,12 @@ pub enum Cmd {
         #[command(subcommand)]
         command: ScheduleCmd,
     },
+    /// Autoscaling: `autoscale set --provider local|command|slurm --min N --max M [--idle 5m]
+    /// …` keeps a pool of workers that follows the waiting work; `autoscale show|resume|remove`.
+    Autoscale {
+        #[command(subcommand)]
+        command: AutoscaleCmd,
+    },
     /// Inspect or control jobs.
     Job {
         #[command(subcommand)]
@@ -393,6 +399,10 @@ pub struct WorkerArgs {
     /// ends; by default it is removed.
     #[arg(long)]
     pub keep_task_dirs: bool,
+    /// Exit 0 once drained, whoever drained it (`worker drain`, or an autoscaling pool's
+    /// scale-in). The autoscaling providers start their workers with it.
+    #[arg(long, env = "FLOTILLA_EXIT_WHEN_DRAINED")]
+    pub exit_when_drained: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -438,6 +448,111 @@ pub enum ScheduleCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AutoscaleCmd {
+    /// Set a pool's policy (a new pool, or a new policy for one; a paused pool resumes). The
+    /// leader starts workers when waiting work wants more cpus than the pool has, and drains
+    /// and stops a worker that held no task for the idle time; it never stops one that runs
+    /// tasks or holds the only copy of an output.
+    Set(Box<AutoscaleSetArgs>),
+    /// Show the pools: policy, workers and where each is, failures, the last decision.
+    Show {
+        /// Only this pool.
+        pool: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON: {pools: [{pool, provider, min, max, target, idle, workers: [{name,
+        /// stage, state, tasks, …}], joined, pending, retiring, paused, failures, …}]}.
+        #[arg(long)]
+        json: bool,
+        /// Answer from whichever master responds, without a linearizable read.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Resume a pool paused after failed launches.
+    Resume {
+        pool: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop managing a pool (the workers it started stay; drain them with `worker drain`).
+    Remove {
+        pool: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AutoscaleSetArgs {
+    /// What starts and stops the workers: `local` (processes on the leading master's
+    /// machine), `command` (your commands), `slurm` (one sbatch job per worker).
+    #[arg(long, value_parser = ["local", "command", "slurm", "kubernetes"])]
+    pub provider: String,
+    /// The pool's name; its workers are named POOL-1, POOL-2, …
+    #[arg(long, default_value = flotilla_core::autoscale::DEFAULT_POOL)]
+    pub pool: String,
+    /// Workers the pool keeps however idle.
+    #[arg(long, default_value_t = 0)]
+    pub min: u32,
+    /// Workers the pool never goes beyond.
+    #[arg(long)]
+    pub max: u32,
+    /// How long a worker may hold no task before it is drained and stopped.
+    #[arg(long, default_value = "5m")]
+    pub idle: String,
+    /// Labels the pool's workers carry (k=v,…): only jobs whose selector they meet count
+    /// toward the pool.
+    #[arg(long, default_value = "")]
+    pub selector: String,
+    /// Cpus each new worker offers (default: what its machine has).
+    #[arg(long)]
+    pub worker_cpus: Option<u32>,
+    /// `work-per-cpu=DURATION`: at most that much waiting work per cpu (task run times as
+    /// measured; a task not measured yet counts as a whole cpu); or `oldest-waiting=DURATION`:
+    /// one more worker whenever a task has waited that long.
+    #[arg(long, default_value = "work-per-cpu=10s")]
+    pub target: String,
+    /// After a scale-in, no scale-up for this long.
+    #[arg(long, default_value = "10s")]
+    pub cooldown_up: String,
+    /// After a scale-up, no scale-in for this long.
+    #[arg(long, default_value = "10s")]
+    pub cooldown_down: String,
+    /// A started worker that has not joined by then is cancelled (and counts as a failure;
+    /// 10 in a row pause the pool).
+    #[arg(long, default_value = "5m")]
+    pub join_timeout: String,
+    /// `command`: starts the workers named in $FLOTILLA_WORKER_NAMES (space-separated), e.g.
+    /// `for n in $FLOTILLA_WORKER_NAMES; do ssh host flotilla worker --name $n
+    /// $FLOTILLA_WORKER_ARGS & done`. Lines `NAME HANDLE` it prints are kept as handles.
+    #[arg(long)]
+    pub add_command: Option<String>,
+    /// `command`: stops $FLOTILLA_WORKER_NAME ($FLOTILLA_WORKER_HANDLE: what the add command
+    /// printed for it).
+    #[arg(long)]
+    pub remove_command: Option<String>,
+    /// `slurm`: the partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// `slurm`: each worker job's time limit (`1h`); Slurm signals the worker early enough
+    /// for it to drain first.
+    #[arg(long)]
+    pub time_limit: Option<String>,
+    /// `slurm`: one more sbatch argument (repeat it for more), e.g. `--sbatch-arg=--mem=4G`.
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    pub sbatch_args: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print the pool as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

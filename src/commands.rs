@@ -28,6 +28,7 @@ pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Submit(a) => submit(a).await,
         Cmd::Job { command } => job(command).await,
         Cmd::Schedule { command } => schedule(command).await,
+        Cmd::Autoscale { command } => autoscale(command).await,
         Cmd::Status { client, json, stale } => status(&connect(&client)?, json, stale).await,
         Cmd::Events(a) => events(a).await,
         Cmd::Incident { command: crate::cli::IncidentCmd::Report(a) } => incident_report(a).await,
@@ -154,6 +155,120 @@ async fn task_logs(client: &Client, id: u64, task: &str, stderr: bool, follow: b
             std::io::stdout().lock().write_all(rest).context("writing the log")?;
         }
         Err(e) => return Err(e.into()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_pool(p: &flotilla_proto::api::PoolView) {
+    let state = if p.paused { " (paused)" } else { "" };
+    let provider =
+        serde_json::to_value(p.provider).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    println!(
+        "pool {}{state}: {provider}, {} to {} workers, target {}, idle {}",
+        p.pool, p.min, p.max, p.target, p.idle
+    );
+    if !p.selector.is_empty() {
+        let labels: Vec<String> = p.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("  selector:  {}", labels.join(","));
+    }
+    for (k, v) in &p.options {
+        println!("  {k}: {v}");
+    }
+    println!("  workers:   {} joined, {} on their way, {} retiring", p.joined, p.pending, p.retiring);
+    for w in &p.workers {
+        let state = w.state.as_deref().unwrap_or("not joined");
+        let handle = w.handle.as_deref().map(|h| format!(" [{h}]")).unwrap_or_default();
+        println!("    {:<16} {:<10} {state:<10} {} tasks{handle}", w.name, w.stage, w.tasks);
+    }
+    println!("  last:      {}", p.last_decision.as_deref().unwrap_or("-"));
+    println!("  launched {}, retired {}, failed {}", p.launched, p.retired, p.failed);
+    if let Some(f) = &p.last_failure {
+        let retry = p.retry_at.as_deref().map(|r| format!("; next try {r}")).unwrap_or_default();
+        println!("  failures:  {} in a row; last: {f}{retry}", p.failures);
+    }
+    if p.paused {
+        println!("  resume with `flotilla autoscale resume {}` once the provider is fixed", p.pool);
+    }
+}
+
+async fn autoscale(command: crate::cli::AutoscaleCmd) -> anyhow::Result<ExitCode> {
+    use crate::cli::AutoscaleCmd;
+    use flotilla_proto::api::{AutoscaleRequest, ProviderName};
+    match command {
+        AutoscaleCmd::Set(a) => {
+            let provider = match a.provider.as_str() {
+                "local" => ProviderName::Local,
+                "command" => ProviderName::Command,
+                "slurm" => ProviderName::Slurm,
+                _ => ProviderName::Kubernetes,
+            };
+            let request = AutoscaleRequest {
+                pool: Some(a.pool.clone()),
+                provider,
+                min: a.min,
+                max: a.max,
+                selector: crate::roles::parse_labels(&a.selector).context("--selector")?,
+                worker_cpus: a.worker_cpus,
+                target: Some(a.target.clone()),
+                idle: Some(a.idle.clone()),
+                cooldown_up: Some(a.cooldown_up.clone()),
+                cooldown_down: Some(a.cooldown_down.clone()),
+                join_timeout: Some(a.join_timeout.clone()),
+                add_command: a.add_command.clone(),
+                remove_command: a.remove_command.clone(),
+                partition: a.partition.clone(),
+                time_limit: a.time_limit.clone(),
+                sbatch_args: a.sbatch_args.clone(),
+                api: None,
+                namespace: None,
+                statefulset: None,
+            };
+            // Checked here too, so a mistake is named before anything is sent.
+            request.to_policy().map_err(|e| anyhow::anyhow!(e))?;
+            let pool = connect(&a.client)?.set_autoscale(&request).await?;
+            if a.json {
+                print_json(&pool)?;
+            } else {
+                print_pool(&pool);
+            }
+        }
+        AutoscaleCmd::Show { pool, client, json, stale } => {
+            let mut list = connect(&client)?.pools(stale).await?;
+            if let Some(name) = &pool {
+                list.pools.retain(|p| &p.pool == name);
+                if list.pools.is_empty() {
+                    bail!("no autoscaling pool named '{name}'");
+                }
+            }
+            if json {
+                print_json(&list)?;
+            } else if list.pools.is_empty() {
+                println!("no autoscaling pools (set one with `flotilla autoscale set --provider local --max 4`)");
+            } else {
+                for p in &list.pools {
+                    print_pool(p);
+                }
+            }
+        }
+        AutoscaleCmd::Resume { pool, client, json } => {
+            let p = connect(&client)?.resume_autoscale(&pool).await?;
+            if json {
+                print_json(&p)?;
+            } else {
+                print_pool(&p);
+            }
+        }
+        AutoscaleCmd::Remove { pool, client, json } => {
+            let p = connect(&client)?.remove_autoscale(&pool).await?;
+            if json {
+                print_json(&p)?;
+            } else {
+                println!(
+                    "pool {pool} removed; its {} workers stay (drain them with `flotilla worker drain`)",
+                    p.joined
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -203,6 +203,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         advertise: args.advertise.clone(),
         outputs_gc: parse_duration(&args.outputs_gc).context("--outputs-gc")?,
         outputs_gc_age: parse_duration(&args.outputs_gc_age).context("--outputs-gc-age")?,
+        exit_when_drained: args.exit_when_drained,
     };
     let (drain, now) = drain_on_signals();
     flotilla_worker::run(config, drain, now).await?;

@@ -506,6 +506,27 @@ impl Client {
         self.request::<(), _>(Method::DELETE, &path, None, ATTEMPT_TIMEOUT).await
     }
 
+    pub async fn pools(&self, stale: bool) -> Result<flotilla_proto::api::Pools, ClientError> {
+        self.get(&format!("/v1/autoscale{}", stale_query(stale, '?'))).await
+    }
+
+    pub async fn set_autoscale(
+        &self,
+        request: &flotilla_proto::api::AutoscaleRequest,
+    ) -> Result<flotilla_proto::api::PoolView, ClientError> {
+        self.request(Method::POST, "/v1/autoscale", Some(request), ATTEMPT_TIMEOUT).await
+    }
+
+    pub async fn resume_autoscale(&self, pool: &str) -> Result<flotilla_proto::api::PoolView, ClientError> {
+        let path = format!("/v1/autoscale/{}/resume", percent_encode_segment(pool));
+        self.request::<(), _>(Method::POST, &path, None, ATTEMPT_TIMEOUT).await
+    }
+
+    pub async fn remove_autoscale(&self, pool: &str) -> Result<flotilla_proto::api::PoolView, ClientError> {
+        let path = format!("/v1/autoscale/{}", percent_encode_segment(pool));
+        self.request::<(), _>(Method::DELETE, &path, None, ATTEMPT_TIMEOUT).await
+    }
+
     /// One master's own view of itself (never redirected).
     pub async fn node(&self, address: &str) -> Result<NodeInfo, ClientError> {
         let (status, body) = self

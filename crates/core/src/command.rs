@@ -209,6 +209,45 @@ pub enum Command {
         name: String,
         period: crate::model::Millis,
     },
+    /// An autoscaling pool's policy (`autoscale set`): a new pool, or a new policy for one.
+    SetAutoscale {
+        pool: String,
+        policy: crate::autoscale::Policy,
+    },
+    /// The pool is no longer managed; the workers it started stay.
+    RemoveAutoscale {
+        pool: String,
+    },
+    /// A pool paused after failed launches tries again.
+    ResumeAutoscale {
+        pool: String,
+    },
+    /// The leader decided to start `count` workers: their names are chosen here (answered),
+    /// and they count as on their way before any provider is asked.
+    ScaleUp {
+        pool: String,
+        count: u32,
+        reason: crate::autoscale::ScaleUpReason,
+    },
+    /// What the pool's provider said of starting `worker`.
+    LaunchReported {
+        pool: String,
+        worker: String,
+        outcome: crate::autoscale::LaunchOutcome,
+    },
+    /// The leader chose idle workers to go: each that still holds nothing drains (answered
+    /// with those that do).
+    ScaleDown {
+        pool: String,
+        workers: Vec<String>,
+        reason: crate::autoscale::ScaleDownReason,
+    },
+    /// The provider was asked to stop or cancel `worker`: the pool lets go of it.
+    LaunchEnded {
+        pool: String,
+        worker: String,
+        why: crate::autoscale::LaunchEnd,
+    },
 }
 
 impl Command {
@@ -250,6 +289,13 @@ impl Command {
             | Command::RemoveSchedule { .. }
             | Command::PauseSchedule { .. }
             | Command::LaunchPeriod { .. } => Some(Feature::Workflows),
+            Command::SetAutoscale { .. }
+            | Command::RemoveAutoscale { .. }
+            | Command::ResumeAutoscale { .. }
+            | Command::ScaleUp { .. }
+            | Command::LaunchReported { .. }
+            | Command::ScaleDown { .. }
+            | Command::LaunchEnded { .. } => Some(Feature::Autoscale),
         }
     }
 
@@ -348,5 +394,13 @@ pub enum Response {
     /// The revoked token had this role.
     TokenRevoked {
         role: crate::access::Role,
+    },
+    /// The names of the workers a pool now waits for.
+    ScaledUp {
+        workers: Vec<String>,
+    },
+    /// The workers that drain to leave the pool.
+    ScaledDown {
+        workers: Vec<String>,
     },
 }

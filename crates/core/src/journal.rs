@@ -168,6 +168,34 @@ pub enum EventKind {
         tasks: u64,
         needed: TaskId,
     },
+    /// An autoscaling pool asked its provider for these workers (0.2.0, `Feature::Autoscale`,
+    /// like the three below).
+    ScaledUp {
+        pool: String,
+        workers: Vec<String>,
+        reason: crate::autoscale::ScaleUpReason,
+    },
+    /// An autoscaling pool drains these workers, to stop them.
+    ScaledDown {
+        pool: String,
+        workers: Vec<String>,
+        reason: crate::autoscale::ScaleDownReason,
+    },
+    /// A worker a pool asked for did not come; `failures` in a row now (`paused`: the pool
+    /// stopped asking until resumed).
+    LaunchFailed {
+        pool: String,
+        worker: String,
+        failure: crate::autoscale::LaunchFailure,
+        failures: u32,
+        paused: bool,
+    },
+    /// A pool let go of a worker it started: stopped after its drain, lost, or never joined.
+    LaunchEnded {
+        pool: String,
+        worker: String,
+        why: crate::autoscale::LaunchEnd,
+    },
 }
 
 impl EventKind {
@@ -199,6 +227,10 @@ impl EventKind {
             EventKind::ScheduleLaunched { .. } => "schedule_launched",
             EventKind::ScheduleSkipped { .. } => "schedule_skipped",
             EventKind::TasksNotRun { .. } => "tasks_not_run",
+            EventKind::ScaledUp { .. } => "scaled_up",
+            EventKind::ScaledDown { .. } => "scaled_down",
+            EventKind::LaunchFailed { .. } => "launch_failed",
+            EventKind::LaunchEnded { .. } => "launch_ended",
         }
     }
 
@@ -290,6 +322,27 @@ impl EventKind {
             EventKind::ScheduleSkipped { name, running, .. } => {
                 format!("schedule {name} skipped a period: job {running} of the previous one still runs")
             }
+            EventKind::ScaledUp { pool, workers, reason } => {
+                format!("pool {pool} starts {} ({reason})", names(workers))
+            }
+            EventKind::ScaledDown { pool, workers, reason } => {
+                format!("pool {pool} drains and stops {} ({reason})", names(workers))
+            }
+            EventKind::LaunchFailed { pool, worker, failure, failures, paused } => {
+                let then = if *paused {
+                    format!("{failures} failures in a row: the pool is paused until `autoscale resume {pool}`")
+                } else {
+                    format!("{failures} in a row; it backs off")
+                };
+                format!("pool {pool} could not start worker {worker}: {failure}; {then}")
+            }
+            EventKind::LaunchEnded { pool, worker, why } => match why {
+                crate::autoscale::LaunchEnd::Retired => format!("pool {pool} stopped worker {worker} after its drain"),
+                crate::autoscale::LaunchEnd::Lost => format!("pool {pool} let go of worker {worker}, which was lost"),
+                crate::autoscale::LaunchEnd::NeverJoined => {
+                    format!("pool {pool} cancelled worker {worker}, which never joined")
+                }
+            },
         }
     }
 
@@ -308,6 +361,19 @@ impl EventKind {
             | EventKind::ResultRejected { task, .. } => Some(task.job),
             _ => None,
         }
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`; long lists end with how many more.
+fn names(workers: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let shown: Vec<&str> = workers.iter().take(SHOWN).map(String::as_str).collect();
+    let label = if workers.len() == 1 { "worker" } else { "workers" };
+    match (shown.split_last(), workers.len().saturating_sub(SHOWN)) {
+        (None, _) => "no workers".to_string(),
+        (Some((only, [])), _) => format!("{label} {only}"),
+        (Some((last, rest)), 0) => format!("{label} {} and {last}", rest.join(", ")),
+        (Some(_), more) => format!("{label} {} and {more} more", shown.join(", ")),
     }
 }
 

@@ -18,8 +18,10 @@
 //! - [`rng`]: a seeded generator for tests, simulations and fault schedules.
 //! - [`workflow`]: jobs that wait for jobs, and tasks' outputs kept on workers.
 //! - [`schedule`]: periodic jobs (cron expressions in a time zone) and when each is due.
+//! - [`autoscale`]: pools of workers that follow the waiting work, and the leader's decisions.
 
 pub mod access;
+pub mod autoscale;
 pub mod command;
 pub mod index_set;
 pub mod journal;

@@ -41,6 +41,8 @@ pub enum Refusal {
     Dependency(crate::workflow::DependencyError),
     #[error("{0}")]
     Schedule(crate::schedule::ScheduleRefusal),
+    #[error("{0}")]
+    Autoscale(crate::autoscale::AutoscaleRefusal),
 }
 
 /// Why an attempt's message is fenced off ([`crate::Response::Stale`], and the journal's

@@ -53,14 +53,20 @@ pub enum Feature {
     /// (`Command::SubmitJobWith` with dependencies, `Command::TaskFinishedWith`,
     /// `Command::SetWorkerEndpoint`; `MasterBody::RunWith` with inputs, `MasterBody::Peers`).
     Workflows,
+    /// Pools of workers started and stopped by the leader (`Command::SetAutoscale` and the
+    /// commands of its decisions).
+    Autoscale,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 4] = [Feature::Tokens, Feature::Audit, Feature::TaskLimits, Feature::Workflows];
+    pub const ALL: [Feature; 5] =
+        [Feature::Tokens, Feature::Audit, Feature::TaskLimits, Feature::Workflows, Feature::Autoscale];
 
     pub fn since(self) -> Version {
         match self {
-            Feature::Tokens | Feature::Audit | Feature::TaskLimits | Feature::Workflows => Version::new(0, 2, 0),
+            Feature::Tokens | Feature::Audit | Feature::TaskLimits | Feature::Workflows | Feature::Autoscale => {
+                Version::new(0, 2, 0)
+            }
         }
     }
 
@@ -70,6 +76,7 @@ impl Feature {
             Feature::Audit => "the audit journal",
             Feature::TaskLimits => "per-task limits",
             Feature::Workflows => "job dependencies and task outputs",
+            Feature::Autoscale => "autoscaling",
         }
     }
 

@@ -51,6 +51,9 @@ pub fn router(master: Shared) -> Router {
         .route("/v1/schedules/{name}", axum::routing::delete(crate::schedules::remove))
         .route("/v1/schedules/{name}/pause", post(crate::schedules::pause))
         .route("/v1/schedules/{name}/resume", post(crate::schedules::resume))
+        .route("/v1/autoscale", get(crate::autoscale::list).post(crate::autoscale::set))
+        .route("/v1/autoscale/{pool}", axum::routing::delete(crate::autoscale::remove))
+        .route("/v1/autoscale/{pool}/resume", post(crate::autoscale::resume))
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/events/retention", get(retention).put(set_retention))
@@ -163,6 +166,21 @@ pub fn refusal_code(refusal: &Refusal) -> ApiErrorCode {
             flotilla_core::schedule::ScheduleRefusal::BadName
             | flotilla_core::schedule::ScheduleRefusal::Dependencies => ApiErrorCode::BadRequest,
         },
+        Refusal::Autoscale(e) => {
+            use flotilla_core::autoscale::AutoscaleRefusal as A;
+            match e {
+                A::Unknown(_) | A::NoLaunch { .. } => ApiErrorCode::NotFound,
+                A::TooManyPools | A::Paused { .. } | A::CannotGrow { .. } => ApiErrorCode::Conflict,
+                A::BadName
+                | A::MinAboveMax { .. }
+                | A::TooManyWorkers { .. }
+                | A::NoWorkers
+                | A::NoCpus
+                | A::ZeroDuration
+                | A::MissingCommand
+                | A::MissingStatefulSet => ApiErrorCode::BadRequest,
+            }
+        }
         Refusal::Access(e) => match e {
             AccessRefusal::NoToken(_) => ApiErrorCode::NotFound,
             AccessRefusal::BadName(_) => ApiErrorCode::BadRequest,

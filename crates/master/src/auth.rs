@@ -90,6 +90,9 @@ pub fn need_of(method: &Method, path: &str) -> Need {
         | (&Method::POST, ["v1", "workers", _, "cordon" | "drain" | "uncordon"])
         | (&Method::POST, ["v1", "schedules", _, "pause" | "resume"])
         | (&Method::DELETE, ["v1", "schedules", _])
+        // Starting and stopping machines is an operator's business.
+        | (&Method::POST, ["v1", "autoscale"] | ["v1", "autoscale", _, "resume"])
+        | (&Method::DELETE, ["v1", "autoscale", _])
         | (&Method::POST, ["v1", "cluster", "leader"]) => Need::Operate,
         _ => Need::Admin,
     }

@@ -56,6 +56,7 @@ pub async fn watch_leadership(master: Arc<Master>, shutdown: CancellationToken) 
                 master.sessions.lead(term).await;
                 lead.tasks.spawn(watch_masters(master.clone(), lead.clone()));
                 lead.tasks.spawn(crate::schedules::launch_periods(master.clone(), lead.clone()));
+                lead.tasks.spawn(crate::autoscale::scale(master.clone(), lead.clone()));
             }
             (false, current) => {
                 if let Some(l) = current {

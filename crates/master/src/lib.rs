@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod autoscale;
 pub mod config;
 pub mod dashboard;
 pub mod leader;

@@ -11,6 +11,7 @@ use utoipa::{IntoParams, Modify, OpenApi};
 use flotilla_proto::api::JobState;
 
 use crate::api;
+use crate::autoscale;
 use crate::outputs;
 use crate::schedules;
 use crate::tokens;
@@ -133,6 +134,10 @@ pub struct StandParams {
         schedules::pause,
         schedules::resume,
         schedules::remove,
+        autoscale::list,
+        autoscale::set,
+        autoscale::resume,
+        autoscale::remove,
         api::job_retention,
         api::set_job_retention,
         api::purge_jobs,
@@ -271,6 +276,9 @@ mod tests {
             "/v1/schedules/{name}",
             "/v1/schedules/{name}/pause",
             "/v1/schedules/{name}/resume",
+            "/v1/autoscale",
+            "/v1/autoscale/{pool}",
+            "/v1/autoscale/{pool}/resume",
             "/v1/status",
             "/v1/events",
             "/v1/events/retention",

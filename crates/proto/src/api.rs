@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use flotilla_core::autoscale;
 use flotilla_core::index_set::IndexSet;
 /// The body of `PUT /v1/events/retention`.
 pub use flotilla_core::journal::Retention;
@@ -366,6 +367,10 @@ pub enum EventType {
     ScheduleLaunched,
     ScheduleSkipped,
     TasksNotRun,
+    ScaledUp,
+    ScaledDown,
+    LaunchFailed,
+    LaunchEnded,
     /// A kind this build does not know (from a newer master).
     #[default]
     #[serde(other)]
@@ -398,6 +403,10 @@ impl EventType {
             EventType::ScheduleLaunched => "schedule_launched",
             EventType::ScheduleSkipped => "schedule_skipped",
             EventType::TasksNotRun => "tasks_not_run",
+            EventType::ScaledUp => "scaled_up",
+            EventType::ScaledDown => "scaled_down",
+            EventType::LaunchFailed => "launch_failed",
+            EventType::LaunchEnded => "launch_ended",
             EventType::Unknown => "unknown",
         }
     }
@@ -432,6 +441,10 @@ impl From<&journal::EventKind> for EventType {
             K::ScheduleLaunched { .. } => EventType::ScheduleLaunched,
             K::ScheduleSkipped { .. } => EventType::ScheduleSkipped,
             K::TasksNotRun { .. } => EventType::TasksNotRun,
+            K::ScaledUp { .. } => EventType::ScaledUp,
+            K::ScaledDown { .. } => EventType::ScaledDown,
+            K::LaunchFailed { .. } => EventType::LaunchFailed,
+            K::LaunchEnded { .. } => EventType::LaunchEnded,
         }
     }
 }
@@ -528,6 +541,326 @@ impl ScheduleView {
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Schedules {
     pub schedules: Vec<ScheduleView>,
+}
+
+/// Which provider starts a pool's workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderName {
+    /// Worker processes on the leading master's machine.
+    Local,
+    /// Your commands: `add_command` starts the workers named in `$FLOTILLA_WORKER_NAMES`,
+    /// `remove_command` stops `$FLOTILLA_WORKER_NAME`.
+    Command,
+    /// One Slurm job per worker (`sbatch`, `squeue`, `scancel`).
+    Slurm,
+    /// The replica count of a worker StatefulSet.
+    Kubernetes,
+}
+
+/// An autoscaling policy to set (`POST /v1/autoscale`, `flotilla autoscale set`). Durations
+/// are written like `30s`, `5m`.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleRequest {
+    /// The pool's name (default `auto`); its workers are named `POOL-1`, `POOL-2`, …
+    #[serde(default)]
+    pub pool: Option<String>,
+    pub provider: ProviderName,
+    #[serde(default)]
+    pub min: u32,
+    pub max: u32,
+    /// Labels the pool's workers carry; the work counted is that of jobs they can run.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// Cpus each new worker offers (default: what its machine has).
+    #[serde(default)]
+    pub worker_cpus: Option<u32>,
+    /// `work-per-cpu=10s` (the default: at most that much waiting work per cpu) or
+    /// `oldest-waiting=30s` (one more worker whenever a task has waited that long).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Idle time before a worker is drained and stopped (default `5m`).
+    #[serde(default)]
+    pub idle: Option<String>,
+    /// After a scale-in, no scale-up for this long (default `10s`).
+    #[serde(default)]
+    pub cooldown_up: Option<String>,
+    /// After a scale-up, no scale-in for this long (default `10s`).
+    #[serde(default)]
+    pub cooldown_down: Option<String>,
+    /// A started worker that has not joined by then is cancelled (default `5m`).
+    #[serde(default)]
+    pub join_timeout: Option<String>,
+    /// `command` provider.
+    #[serde(default)]
+    pub add_command: Option<String>,
+    #[serde(default)]
+    pub remove_command: Option<String>,
+    /// `slurm` provider: partition, time limit (`1h`; the worker drains before it) and more
+    /// `sbatch` arguments.
+    #[serde(default)]
+    pub partition: Option<String>,
+    #[serde(default)]
+    pub time_limit: Option<String>,
+    #[serde(default)]
+    pub sbatch_args: Vec<String>,
+    /// `kubernetes` provider: the API server (default: the in-cluster one), namespace and
+    /// the workers' StatefulSet.
+    #[serde(default)]
+    pub api: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub statefulset: Option<String>,
+}
+
+fn duration_ms(what: &str, text: &Option<String>, default_ms: u64) -> Result<u64, String> {
+    match text {
+        None => Ok(default_ms),
+        Some(t) => units::parse_duration(t).map(|d| d.as_millis() as u64).map_err(|e| format!("invalid {what}: {e}")),
+    }
+}
+
+/// `work-per-cpu=10s` or `oldest-waiting=30s`.
+pub fn parse_target(text: &str) -> Result<autoscale::Target, String> {
+    let (kind, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid target '{text}': write work-per-cpu=DURATION or oldest-waiting=DURATION"))?;
+    let ms = units::parse_duration(value).map_err(|e| format!("invalid target '{text}': {e}"))?.as_millis() as u64;
+    match kind.trim() {
+        "work-per-cpu" => Ok(autoscale::Target::WorkPerCpu { ms }),
+        "oldest-waiting" => Ok(autoscale::Target::OldestWaiting { ms }),
+        other => Err(format!("invalid target kind '{other}': work-per-cpu or oldest-waiting")),
+    }
+}
+
+pub fn format_target(target: autoscale::Target) -> String {
+    match target {
+        autoscale::Target::WorkPerCpu { ms } => format!("work-per-cpu={}", setting(ms)),
+        autoscale::Target::OldestWaiting { ms } => format!("oldest-waiting={}", setting(ms)),
+    }
+}
+
+/// A duration as a setting is written: `5m`, `10s`, `1500ms` (read back by the same parser).
+fn setting(ms: u64) -> String {
+    match ms {
+        0 => "0s".to_string(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+impl AutoscaleRequest {
+    /// The pool's name and its policy; what does not fit says which field and why.
+    pub fn to_policy(&self) -> Result<(String, autoscale::Policy), String> {
+        let pool = self.pool.clone().unwrap_or_else(|| autoscale::DEFAULT_POOL.to_string());
+        let misplaced = |field: &str, provider: &str| format!("{field} is an option of the {provider} provider");
+        let provider = match self.provider {
+            ProviderName::Local => autoscale::ProviderSpec::Local,
+            ProviderName::Command => autoscale::ProviderSpec::Command {
+                add: self.add_command.clone().ok_or("the command provider needs an add command (--add-command)")?,
+                remove: self
+                    .remove_command
+                    .clone()
+                    .ok_or("the command provider needs a remove command (--remove-command)")?,
+            },
+            ProviderName::Slurm => {
+                let time_limit_min = match &self.time_limit {
+                    None => None,
+                    Some(t) => {
+                        let d = units::parse_duration(t).map_err(|e| format!("invalid time limit: {e}"))?;
+                        let min = d.as_secs().div_ceil(60);
+                        Some(
+                            u32::try_from(min)
+                                .ok()
+                                .filter(|m| *m >= 1)
+                                .ok_or("the time limit must be 1 minute to years")?,
+                        )
+                    }
+                };
+                autoscale::ProviderSpec::Slurm {
+                    partition: self.partition.clone(),
+                    time_limit_min,
+                    args: self.sbatch_args.clone(),
+                }
+            }
+            ProviderName::Kubernetes => autoscale::ProviderSpec::Kubernetes {
+                api: self.api.clone(),
+                namespace: self.namespace.clone().unwrap_or_else(|| "default".to_string()),
+                statefulset: self
+                    .statefulset
+                    .clone()
+                    .ok_or("the kubernetes provider needs the workers' StatefulSet (--statefulset)")?,
+            },
+        };
+        let kind = provider.kind();
+        if kind != autoscale::ProviderKind::Command && (self.add_command.is_some() || self.remove_command.is_some()) {
+            return Err(misplaced("--add-command/--remove-command", "command"));
+        }
+        if kind != autoscale::ProviderKind::Slurm
+            && (self.partition.is_some() || self.time_limit.is_some() || !self.sbatch_args.is_empty())
+        {
+            return Err(misplaced("--partition/--time-limit/--sbatch-arg", "slurm"));
+        }
+        if kind != autoscale::ProviderKind::Kubernetes
+            && (self.api.is_some() || self.namespace.is_some() || self.statefulset.is_some())
+        {
+            return Err(misplaced("--api/--namespace/--statefulset", "kubernetes"));
+        }
+        let mut policy = autoscale::Policy::new(provider, self.min, self.max);
+        policy.selector = self.selector.clone();
+        policy.worker_cpus = self.worker_cpus;
+        if let Some(t) = &self.target {
+            policy.target = parse_target(t)?;
+        }
+        policy.idle_ms = duration_ms("idle time", &self.idle, policy.idle_ms)?;
+        policy.cooldown_up_ms = duration_ms("up cooldown", &self.cooldown_up, policy.cooldown_up_ms)?;
+        policy.cooldown_down_ms = duration_ms("down cooldown", &self.cooldown_down, policy.cooldown_down_ms)?;
+        policy.join_timeout_ms = duration_ms("join timeout", &self.join_timeout, policy.join_timeout_ms)?;
+        if !autoscale::valid_name(&pool) {
+            return Err(autoscale::AutoscaleRefusal::BadName.to_string());
+        }
+        policy.check().map_err(|e| e.to_string())?;
+        Ok((pool, policy))
+    }
+}
+
+/// One worker a pool asked for.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PoolWorkerView {
+    pub name: String,
+    /// `requested`, `started` (the provider took it; not joined yet), `joined` or `retiring`.
+    pub stage: String,
+    /// What the provider calls it (a Slurm job id, a process id).
+    pub handle: Option<String>,
+    pub requested_at: String,
+    /// `ready`, `cordoned`, `draining`, `drained` or `lost`, once it joined.
+    pub state: Option<String>,
+    /// Tasks it holds (running or queued).
+    pub tasks: u64,
+}
+
+/// An autoscaling pool: its policy and what it has under way (`GET /v1/autoscale`).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PoolView {
+    pub pool: String,
+    pub provider: ProviderName,
+    pub min: u32,
+    pub max: u32,
+    pub selector: BTreeMap<String, String>,
+    pub worker_cpus: Option<u32>,
+    pub target: String,
+    pub idle: String,
+    pub cooldown_up: String,
+    pub cooldown_down: String,
+    pub join_timeout: String,
+    /// Provider options (commands, partition, time limit, StatefulSet).
+    pub options: BTreeMap<String, String>,
+    pub workers: Vec<PoolWorkerView>,
+    /// Workers joined and in the pool, on their way, and draining to leave.
+    pub joined: u32,
+    pub pending: u32,
+    pub retiring: u32,
+    pub paused: bool,
+    /// Failed launches in a row, the last failure, and when the next launch may be tried.
+    pub failures: u32,
+    pub last_failure: Option<String>,
+    pub retry_at: Option<String>,
+    pub last_up: Option<String>,
+    pub last_down: Option<String>,
+    /// The pool's latest decision and why.
+    pub last_decision: Option<String>,
+    pub launched: u64,
+    pub retired: u64,
+    pub failed: u64,
+}
+
+impl PoolView {
+    pub fn new(name: &str, pool: &autoscale::Pool, state: &flotilla_core::ClusterState) -> Self {
+        let p = &pool.policy;
+        let mut options = BTreeMap::new();
+        let provider = match &p.provider {
+            autoscale::ProviderSpec::Local => ProviderName::Local,
+            autoscale::ProviderSpec::Command { add, remove } => {
+                options.insert("add_command".to_string(), add.clone());
+                options.insert("remove_command".to_string(), remove.clone());
+                ProviderName::Command
+            }
+            autoscale::ProviderSpec::Slurm { partition, time_limit_min, args } => {
+                if let Some(part) = partition {
+                    options.insert("partition".to_string(), part.clone());
+                }
+                if let Some(m) = time_limit_min {
+                    options.insert("time_limit".to_string(), format!("{m}m"));
+                }
+                if !args.is_empty() {
+                    options.insert("sbatch_args".to_string(), args.join(" "));
+                }
+                ProviderName::Slurm
+            }
+            autoscale::ProviderSpec::Kubernetes { api, namespace, statefulset } => {
+                if let Some(api) = api {
+                    options.insert("api".to_string(), api.clone());
+                }
+                options.insert("namespace".to_string(), namespace.clone());
+                options.insert("statefulset".to_string(), statefulset.clone());
+                ProviderName::Kubernetes
+            }
+        };
+        let workers = pool
+            .launches
+            .iter()
+            .map(|(worker, l)| {
+                let w = state.worker(worker);
+                PoolWorkerView {
+                    name: worker.clone(),
+                    stage: l.stage.name().to_string(),
+                    handle: l.handle.clone(),
+                    requested_at: rfc3339(l.requested_at),
+                    state: w.map(|w| w.condition().name().to_string()),
+                    tasks: w.map_or(0, |w| w.tasks.len() as u64),
+                }
+            })
+            .collect();
+        let last_decision = pool.last_decision.as_ref().map(|(at, d)| format!("{}: {d}", rfc3339(*at)));
+        PoolView {
+            pool: name.to_string(),
+            provider,
+            min: p.min,
+            max: p.max,
+            selector: p.selector.clone(),
+            worker_cpus: p.worker_cpus,
+            target: format_target(p.target),
+            idle: setting(p.idle_ms),
+            cooldown_up: setting(p.cooldown_up_ms),
+            cooldown_down: setting(p.cooldown_down_ms),
+            join_timeout: setting(p.join_timeout_ms),
+            options,
+            workers,
+            joined: pool.count(autoscale::LaunchStage::Joined),
+            pending: pool.pending(),
+            retiring: pool.count(autoscale::LaunchStage::Retiring),
+            paused: pool.paused,
+            failures: pool.failures,
+            last_failure: pool.last_failure.as_ref().map(|f| f.to_string()),
+            retry_at: pool.retry_at.map(rfc3339),
+            last_up: pool.last_up.map(rfc3339),
+            last_down: pool.last_down.map(rfc3339),
+            last_decision,
+            launched: pool.launched,
+            retired: pool.retired,
+            failed: pool.failed,
+        }
+    }
+}
+
+/// Every autoscaling pool (`GET /v1/autoscale`).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Pools {
+    pub pools: Vec<PoolView>,
 }
 
 /// A job as submitted over the API or from a job file (`flotilla submit --file job.toml`).
@@ -1538,6 +1871,12 @@ pub struct EventView {
     /// For `schedule_skipped`: the previous period's job, still running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<u64>,
+    /// For `scaled_up`, `scaled_down`, `launch_failed` and `launch_ended`: the autoscaling
+    /// pool, and the workers it started or stops (`worker`, for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Vec<String>>,
 }
 
 impl EventView {
@@ -1638,6 +1977,33 @@ impl EventView {
             journal::EventKind::TasksNotRun { tasks, needed, .. } => {
                 v.tasks = Some(*tasks);
                 v.task = index_of(needed.slot);
+            }
+            journal::EventKind::ScaledUp { pool, workers, reason } => {
+                v.pool = Some(pool.clone());
+                v.workers = Some(workers.clone());
+                v.reason = Some(reason.to_string());
+            }
+            journal::EventKind::ScaledDown { pool, workers, reason } => {
+                v.pool = Some(pool.clone());
+                v.workers = Some(workers.clone());
+                v.reason = Some(reason.to_string());
+            }
+            journal::EventKind::LaunchFailed { pool, worker, failure, .. } => {
+                v.pool = Some(pool.clone());
+                v.worker = Some(worker.clone());
+                v.reason = Some(failure.to_string());
+            }
+            journal::EventKind::LaunchEnded { pool, worker, why } => {
+                v.pool = Some(pool.clone());
+                v.worker = Some(worker.clone());
+                v.reason = Some(
+                    match why {
+                        autoscale::LaunchEnd::Retired => "retired",
+                        autoscale::LaunchEnd::Lost => "lost",
+                        autoscale::LaunchEnd::NeverJoined => "never_joined",
+                    }
+                    .to_string(),
+                );
             }
         }
         v

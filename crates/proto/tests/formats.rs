@@ -313,8 +313,37 @@ fn samples() -> Samples {
         ..JobSpec::default()
     };
     s.apply(Command::SubmitJobWith { spec, request_id: None, owner: None, options: chained });
+    // 0.2.0's autoscaling: a pool with a launch on its way and a failed one.
+    use flotilla_core::autoscale as scale;
+    let mut policy = scale::Policy::new(
+        scale::ProviderSpec::Slurm {
+            partition: Some("batch".into()),
+            time_limit_min: Some(60),
+            args: vec!["--mem=4G".into()],
+        },
+        1,
+        4,
+    );
+    policy.selector = BTreeMap::from([("pool".into(), "big".into())]);
+    policy.worker_cpus = Some(8);
+    policy.target = scale::Target::OldestWaiting { ms: 30_000 };
+    s.apply(Command::SetAutoscale { pool: "auto".into(), policy });
+    let reason = scale::ScaleUpReason::Demand { waiting_tasks: 40, want_cpus: 40, have_cpus: 0 };
+    s.apply(Command::ScaleUp { pool: "auto".into(), count: 2, reason });
+    let started = scale::LaunchOutcome::Started { handle: Some("1234".into()) };
+    s.apply(Command::LaunchReported { pool: "auto".into(), worker: "auto-1".into(), outcome: started });
+    let failed = scale::LaunchOutcome::Failed(scale::LaunchFailure::Provider { detail: "sbatch: error".into() });
+    s.apply(Command::LaunchReported { pool: "auto".into(), worker: "auto-2".into(), outcome: failed });
     let added = s.state.added().clone();
     assert!(!added.is_empty() && s.state.access().bootstrap_revoked());
+    let reason = scale::ScaleDownReason::Idle { idle_ms: 300_000 };
+    s.apply(Command::ScaleDown { pool: "auto".into(), workers: vec!["auto-1".into()], reason });
+    s.apply(Command::LaunchEnded { pool: "auto".into(), worker: "auto-1".into(), why: scale::LaunchEnd::NeverJoined });
+    s.apply(Command::ResumeAutoscale { pool: "auto".into() });
+    let scripted =
+        scale::Policy::new(scale::ProviderSpec::Command { add: "add.sh".into(), remove: "rm.sh".into() }, 0, 1);
+    s.apply(Command::SetAutoscale { pool: "spare".into(), policy: scripted });
+    s.apply(Command::RemoveAutoscale { pool: "spare".into() });
     // 0.2.0's repair of outputs' copies (after the sample of the state above: they change it).
     s.apply(Command::CopiesAdded { worker: "w2".into(), tasks: vec![made.task] });
     s.apply(Command::CopiesCorrupt { worker: "w3".into(), digests: vec![file.sha256] });

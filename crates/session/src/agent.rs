@@ -61,6 +61,9 @@ pub struct AgentConfig {
     pub adaptive_prefetch: bool,
     /// Where this worker serves the outputs it holds (told to each leader after its welcome).
     pub serves: Option<String>,
+    /// Exit once the leader says this worker is drained, whoever drained it (a worker an
+    /// autoscaling pool started: its scale-in is a drain).
+    pub exit_when_drained: bool,
 }
 
 /// What the shell must do, in this order.
@@ -408,8 +411,10 @@ impl AgentCore {
     /// `spawned` and `spawn_micros`: processes started so far and the time spent starting
     /// them (the runner measures them), carried in heartbeats.
     pub fn on_tick(&mut self, now: Instant, spawned: u64, spawn_micros: u64, out: &mut Vec<Effect>) {
-        if let Some(d) = &self.draining {
-            let overdue = d.deadline.is_some_and(|dl| now.saturating_duration_since(d.since) >= dl + DRAIN_GRACE);
+        if self.draining.is_some() || self.config.exit_when_drained {
+            let overdue = self.draining.as_ref().is_some_and(|d| {
+                d.deadline.is_some_and(|dl| now.saturating_duration_since(d.since) >= dl + DRAIN_GRACE)
+            });
             // Results not yet acknowledged keep the worker until they are.
             let done = self.told_drained && self.book.is_empty();
             if (done || overdue) && !matches!(self.link, Link::Exited) {

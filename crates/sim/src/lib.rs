@@ -372,6 +372,7 @@ fn new_worker(name: String, instance: u64, impostor: bool, config: &SimConfig, n
             prefetch: config.queue,
             adaptive_prefetch: true,
             serves: None,
+            exit_when_drained: false,
         },
         now,
     );

@@ -82,6 +82,9 @@ pub struct WorkerConfig {
     /// address, or (listening on every interface) the address this machine uses to reach
     /// the first master.
     pub advertise: Option<String>,
+    /// Exit 0 once drained, whoever drained it (autoscaled workers: their scale-in is a
+    /// drain).
+    pub exit_when_drained: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -426,6 +429,7 @@ pub async fn run(
             prefetch: config.prefetch,
             adaptive_prefetch: config.adaptive_prefetch,
             serves: Some(serves),
+            exit_when_drained: config.exit_when_drained,
         },
         Instant::now(),
     );

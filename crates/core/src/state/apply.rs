@@ -62,6 +62,13 @@ impl ClusterState {
             },
             Command::PauseSchedule { name, paused } => self.pause_schedule(ctx, name, *paused),
             Command::LaunchPeriod { name, period } => self.launch_period(ctx, name, *period),
+            Command::SetAutoscale { pool, policy } => self.set_pool(ctx, pool, policy),
+            Command::RemoveAutoscale { pool } => self.remove_pool(pool),
+            Command::ResumeAutoscale { pool } => self.resume_pool(pool),
+            Command::ScaleUp { pool, count, reason } => self.scale_up(ctx, pool, *count, reason),
+            Command::LaunchReported { pool, worker, outcome } => self.launch_reported(ctx, pool, worker, outcome),
+            Command::ScaleDown { pool, workers, reason } => self.scale_down(ctx, pool, workers, reason),
+            Command::LaunchEnded { pool, worker, why } => self.launch_ended(ctx, pool, worker, *why),
             Command::CopiesCorrupt { worker, digests } => {
                 self.drop_copies(ctx, worker, Some(digests), crate::workflow::CopyLoss::Corrupt);
                 Response::Noted
@@ -336,6 +343,7 @@ impl ClusterState {
         );
         self.forget_old_lost_workers();
         self.journal.record(ctx.at_ms, EventKind::WorkerJoined { worker: info.name.clone(), cpus: info.cpus });
+        self.pool_worker_joined(&info.name);
         self.note_peers_changed(ctx);
         Response::WorkerRegistered { incarnation, kill: Vec::new() }
     }
@@ -686,7 +694,7 @@ impl ClusterState {
         }
     }
 
-    fn set_maintenance(&mut self, ctx: ApplyCtx, name: &str, change: MaintenanceChange) -> Response {
+    pub(super) fn set_maintenance(&mut self, ctx: ApplyCtx, name: &str, change: MaintenanceChange) -> Response {
         let Some(w) = self.workers.get_mut(name).filter(|w| w.state == WorkerState::Ready) else {
             return Response::Invalid { reason: Refusal::NoReadyWorker(name.to_string()) };
         };

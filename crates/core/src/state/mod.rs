@@ -10,6 +10,7 @@
 //! replica that applies the same log reaches the same state.
 
 mod apply;
+mod autoscale;
 mod needs;
 mod retention;
 mod workflow;
@@ -464,6 +465,8 @@ pub struct Added {
     /// `options`, so it is not encoded: [`ClusterState::restore_added`] works it out.
     #[serde(skip)]
     pub(crate) held: needs::Held,
+    /// Autoscaling pools by name: policy and what each has under way.
+    pub(crate) pools: BTreeMap<String, crate::autoscale::Pool>,
 }
 
 impl Added {
@@ -478,6 +481,7 @@ impl Added {
             && self.reruns.is_empty()
             && self.schedules.is_empty()
             && self.logs.is_empty()
+            && self.pools.is_empty()
     }
 }
 
@@ -604,6 +608,7 @@ impl ClusterState {
                     || !self.added.schedules.is_empty()
                     || !self.added.logs.is_empty()
             }
+            crate::version::Feature::Autoscale => !self.added.pools.is_empty(),
         }
     }
 

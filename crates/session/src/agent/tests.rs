@@ -43,6 +43,7 @@ impl Worker {
             prefetch: 1,
             adaptive_prefetch: false,
             serves: None,
+            exit_when_drained: false,
         };
         Worker { core: AgentCore::new(config, t0), t0, out: Outbox::default() }
     }
