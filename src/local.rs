@@ -27,6 +27,8 @@ pub struct LocalCluster {
     pub workers: BTreeMap<String, Child>,
     /// Extra arguments for every master (e.g. a shorter worker timeout in tests).
     pub master_args: Vec<String>,
+    /// Extra environment for every master (e.g. `SLURM_CONF` for the Slurm provider's test).
+    pub master_env: Vec<(String, String)>,
     /// The cluster's certificates (`DIR/certs`, made on first use): every process talks TLS.
     /// `None`: plain text (`--insecure-plaintext`), for what has to run without TLS.
     pub certs: Option<PathBuf>,
@@ -97,6 +99,7 @@ impl LocalCluster {
             masters: BTreeMap::new(),
             workers: BTreeMap::new(),
             master_args: Vec::new(),
+            master_env: Vec::new(),
             certs: None,
             plaintext_flag: true,
         })
@@ -214,6 +217,7 @@ impl LocalCluster {
             .arg(self.dir.join(format!("master-{id}")))
             .args(bootstrap)
             .args(&self.master_args)
+            .envs(self.master_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -245,3 +245,105 @@ async fn the_command_provider_runs_the_users_scripts() {
     let (code, _, stderr) = cli_with(&env, &["autoscale", "resume", "scripted"]);
     assert!(code != 0 && stderr.contains("no autoscaling pool named 'scripted'"), "{stderr}");
 }
+
+/// Invariants, against a real single-node Slurm (`slurm-wlm` and `munge`, started by the test
+/// in its own directory): a `slurm` pool with min 1 submits one job per worker (`sbatch`; the
+/// Slurm job is named after the worker and its id is the launch's handle); the worker joins
+/// and runs tasks; Slurm signals it ahead of the job's time limit, so it drains and exits
+/// before the limit (the Slurm job ends, not killed, and no task is re-queued), and the pool
+/// submits a new one to keep its minimum; with min 0 an idle worker drains, its job ends and
+/// the queue empties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slurm_pool_submits_worker_jobs_that_drain_before_their_time_limit() {
+    if let Some(why) = slurm::unavailable() {
+        panic!("this test needs a real Slurm: {why} (scripts/test installs it)");
+    }
+    let slurm_dir = tempfile::Builder::new().prefix("flotilla-slurm-").tempdir().expect("temp dir");
+    let slurm = slurm::Slurm::start(slurm_dir.path());
+    let conf = slurm.conf.display().to_string();
+    let t = secure_cluster_with(1, &[], |c| c.master_env.push(("SLURM_CONF".into(), conf.clone()))).await;
+    let client = t.client();
+    let env = t.cluster.client_env();
+
+    let (code, _, stderr) = cli_with(
+        &env,
+        &[
+            "autoscale",
+            "set",
+            "--provider",
+            "slurm",
+            "--min",
+            "1",
+            "--max",
+            "1",
+            "--worker-cpus",
+            "2",
+            "--time-limit",
+            "1m",
+            "--partition",
+            "debug",
+            "--idle",
+            "1h",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    wait_until(&t, "the first Slurm worker joins", LONG, || async {
+        pool(&env, "auto").is_some_and(|p| p.joined == 1 && p.workers[0].handle.is_some())
+    })
+    .await;
+    let first = pool(&env, "auto").expect("pool").workers.remove(0);
+    let job_id = first.handle.clone().expect("a Slurm job id");
+    assert!(slurm.queue().iter().any(|l| l == &format!("{job_id} {} RUNNING", first.name)), "{:?}", slurm.queue());
+    let job = client.submit(&squares_job(6, "0.2")).await.expect("submit").id;
+    let done = wait_job(&t, &client, job, LONG).await;
+    assert_eq!(done.state, flotilla_proto::api::JobState::Succeeded);
+    assert_each_task_recorded_once(&client.results(job, 0, None, false).await.expect("results"), 6, |i| {
+        (i * i).to_string()
+    });
+
+    // Ahead of the 1-minute limit the worker drains itself and its job ends; a new one follows.
+    wait_until(&t, "the first worker drains before its time limit and a second takes over", LONG, || async {
+        pool(&env, "auto").is_some_and(|p| p.joined == 1 && p.workers[0].name != first.name && p.retired >= 1)
+    })
+    .await;
+    let log = std::fs::read_to_string(
+        t.cluster.dir.join("master-1/autoscale/logs").join(format!("{}-{job_id}.log", first.name)),
+    )
+    .unwrap_or_default();
+    assert!(log.contains("drained: every task finished or moved; stopping"), "the worker did not drain: {log}");
+    // Slurm's step prints "CANCELLED" when it delivers the early signal; what matters is how
+    // the job ended: by itself, exit status 0, not at its limit.
+    assert!(!log.contains("DUE TO TIME LIMIT"), "Slurm killed the worker at its limit: {log}");
+    let ctl = std::fs::read_to_string(slurm.dir.join("log/slurmctld.log")).unwrap_or_default();
+    assert!(ctl.contains(&format!("JobId={job_id} WEXITSTATUS 0")), "the worker's job did not end by itself:\n{ctl}");
+    assert!(events(&client, "task_rescheduled").await.is_empty(), "a task was taken away");
+
+    // With min 0 the idle worker goes, and Slurm's queue empties.
+    let (code, _, stderr) = cli_with(
+        &env,
+        &[
+            "autoscale",
+            "set",
+            "--provider",
+            "slurm",
+            "--max",
+            "1",
+            "--worker-cpus",
+            "2",
+            "--time-limit",
+            "1m",
+            "--partition",
+            "debug",
+            "--idle",
+            "2s",
+            "--cooldown-down",
+            "0s",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    wait_until(&t, "the pool empty and no Slurm job left", LONG, || async {
+        pool(&env, "auto").is_some_and(|p| p.workers.is_empty()) && slurm.queue().is_empty()
+    })
+    .await;
+    drop(slurm);
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod relay;
+pub mod slurm;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -79,8 +80,18 @@ pub async fn cluster_with(
 
 /// [`cluster`] as `flotilla up` runs one: TLS everywhere, with certificates of its own CA.
 pub async fn secure_cluster(masters: u64, workers: &[(&str, u32)]) -> TestCluster {
+    secure_cluster_with(masters, workers, |_| {}).await
+}
+
+/// [`secure_cluster`], with `prepare` run on the planned cluster before anything starts.
+pub async fn secure_cluster_with(
+    masters: u64,
+    workers: &[(&str, u32)],
+    prepare: impl FnOnce(&mut LocalCluster),
+) -> TestCluster {
     let dir = tempfile::Builder::new().prefix("flotilla-test-").tempdir().expect("temp dir");
-    let cluster = LocalCluster::new(&PathBuf::from(EXE), dir.path(), masters, None).expect("plan cluster");
+    let mut cluster = LocalCluster::new(&PathBuf::from(EXE), dir.path(), masters, None).expect("plan cluster");
+    prepare(&mut cluster);
     launch(cluster, dir, workers).await
 }
 

@@ -40,6 +40,9 @@ pub const MAX_POOL_NAME: usize = 32;
 pub const MAX_POOL_WORKERS: u32 = 10_000;
 /// Workers asked for in one decision at most: a burst beyond it is met over a few rounds.
 pub const MAX_LAUNCH_BATCH: u32 = 64;
+/// A retiring worker still there this long after it was drained did not exit by itself (one
+/// started without `--exit-when-drained`): its provider is asked to stop it.
+pub const RETIRE_GRACE_MS: u64 = 30_000;
 /// Failed launches in a row after which a pool pauses until an operator resumes it
 /// (HyperQueue pauses an allocation queue after as many failed submissions).
 pub const FAILURES_BEFORE_PAUSE: u32 = 10;
@@ -206,7 +209,8 @@ pub enum LaunchStage {
     Started,
     /// The worker joined and is the pool's.
     Joined,
-    /// Chosen for scale-in: draining, then stopped.
+    /// Leaving: chosen for scale-in (draining), or it drained itself to stop (a Slurm job's
+    /// time limit coming). The pool lets go of it once it is gone.
     Retiring,
 }
 
@@ -229,6 +233,8 @@ impl LaunchStage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Launch {
     pub requested_at: Millis,
+    /// When it reached its stage (leader clock).
+    pub since: Millis,
     /// What the provider calls it (a Slurm job id, a process id), once it said.
     pub handle: Option<String>,
     pub stage: LaunchStage,
@@ -536,12 +542,15 @@ pub fn plan(state: &ClusterState, pool: &Pool, input: &PlanInput<'_>) -> Vec<Dec
                 Some(w) if w.state == WorkerState::Lost => Some(LaunchEnd::Lost),
                 Some(_) => None,
             },
-            // Drained (or, restarted since, out of service and holding nothing), lost or gone.
+            // Gone once drained (it exits by itself: its provider is told only then, so that it
+            // never cuts a worker's last words short), or drained and still there long after.
             LaunchStage::Retiring => match worker {
                 None => Some(LaunchEnd::Retired),
+                Some(w) if w.state == WorkerState::Lost => Some(LaunchEnd::Retired),
                 Some(w)
-                    if w.state == WorkerState::Lost
-                        || (w.tasks.is_empty() && w.maintenance != Maintenance::InService) =>
+                    if w.tasks.is_empty()
+                        && w.maintenance != Maintenance::InService
+                        && now.saturating_sub(launch.since) >= RETIRE_GRACE_MS =>
                 {
                     Some(LaunchEnd::Retired)
                 }

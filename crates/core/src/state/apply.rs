@@ -343,7 +343,7 @@ impl ClusterState {
         );
         self.forget_old_lost_workers();
         self.journal.record(ctx.at_ms, EventKind::WorkerJoined { worker: info.name.clone(), cpus: info.cpus });
-        self.pool_worker_joined(&info.name);
+        self.pool_worker_joined(ctx, &info.name);
         self.note_peers_changed(ctx);
         Response::WorkerRegistered { incarnation, kill: Vec::new() }
     }
@@ -690,6 +690,9 @@ impl ClusterState {
             if w.tasks.is_empty() && w.state == WorkerState::Ready {
                 w.maintenance = Maintenance::Drained { by_worker };
                 self.journal.record(ctx.at_ms, EventKind::WorkerDrained { worker: name.to_string() });
+                if by_worker {
+                    self.pool_worker_stopping(ctx, name);
+                }
             }
         }
     }

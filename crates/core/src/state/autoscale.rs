@@ -82,7 +82,7 @@ impl ClusterState {
             }
             pool.launches.insert(
                 candidate.clone(),
-                Launch { requested_at: ctx.at_ms, handle: None, stage: LaunchStage::Requested },
+                Launch { requested_at: ctx.at_ms, since: ctx.at_ms, handle: None, stage: LaunchStage::Requested },
             );
             names.push(candidate);
         }
@@ -116,6 +116,7 @@ impl ClusterState {
                 launch.handle.clone_from(handle);
                 if launch.stage == LaunchStage::Requested {
                     launch.stage = LaunchStage::Started;
+                    launch.since = ctx.at_ms;
                 }
             }
             // A worker that joined already is there, whatever its provider said after.
@@ -185,6 +186,7 @@ impl ClusterState {
             for worker in &chosen {
                 if let Some(l) = pool.launches.get_mut(worker) {
                     l.stage = LaunchStage::Retiring;
+                    l.since = ctx.at_ms;
                 }
             }
         }
@@ -223,14 +225,26 @@ impl ClusterState {
 
     /// A worker joined: if a pool asked for it, it is that pool's now, and the pool's run of
     /// failures is over.
-    pub(super) fn pool_worker_joined(&mut self, worker: &str) {
+    pub(super) fn pool_worker_joined(&mut self, ctx: ApplyCtx, worker: &str) {
         for pool in self.added.pools.values_mut() {
             if let Some(l) = pool.launches.get_mut(worker) {
                 if l.stage.pending() {
                     l.stage = LaunchStage::Joined;
+                    l.since = ctx.at_ms;
                     pool.failures = 0;
                     pool.retry_at = None;
                 }
+            }
+        }
+    }
+
+    /// A pool's worker drained itself to stop (SIGTERM: a Slurm job's time limit coming): it
+    /// is leaving.
+    pub(super) fn pool_worker_stopping(&mut self, ctx: ApplyCtx, worker: &str) {
+        for pool in self.added.pools.values_mut() {
+            if let Some(l) = pool.launches.get_mut(worker).filter(|l| l.stage == LaunchStage::Joined) {
+                l.stage = LaunchStage::Retiring;
+                l.since = ctx.at_ms;
             }
         }
     }
@@ -385,6 +399,14 @@ mod tests {
             assert!(matches!(d.state.worker(w).unwrap().maintenance, Maintenance::Drained { .. }));
             assert_eq!(pool(&d).launches[w].stage, LaunchStage::Retiring);
         }
+        // Their provider is told once they are gone (lost), or drained for long.
+        assert!(decide(&d, &idle).is_empty(), "still there: they exit by themselves");
+        let gone = workers[0].clone();
+        let incarnation = d.state.worker(&gone).unwrap().incarnation;
+        let silent = crate::reason::LostReason::Silent { silent_ms: 3_000 };
+        d.apply(Command::WorkerLost { name: gone.clone(), incarnation, reason: silent });
+        assert_eq!(decide(&d, &idle), vec![Decision::End { name: gone, why: LaunchEnd::Retired }]);
+        d.now += RETIRE_GRACE_MS;
         let ends = decide(&d, &idle);
         assert_eq!(ends.iter().filter(|e| matches!(e, Decision::End { why: LaunchEnd::Retired, .. })).count(), 2);
         for w in workers.clone() {
@@ -491,6 +513,21 @@ mod tests {
         let up = decide(&d, &BTreeMap::new());
         assert!(matches!(&up[..], [Decision::Up { count: 1, .. }]), "{up:?}");
         assert_eq!(scale_up(&mut d, 1), vec!["auto-2"], "names are never reused");
+    }
+
+    /// Invariant: a pool's worker that drains itself to stop (SIGTERM ahead of a Slurm time
+    /// limit) leaves the pool, which starts another to keep its minimum.
+    #[test]
+    fn a_worker_stopping_by_itself_is_replaced() {
+        let mut d = Driver::new();
+        set(&mut d, policy(1, 1));
+        let names = scale_up(&mut d, 1);
+        join(&mut d, &names[0]);
+        let change = crate::state::MaintenanceChange::Drain { deadline_ms: Some(30_000), by_worker: true };
+        d.apply(Command::SetMaintenance { worker: names[0].clone(), change });
+        assert_eq!(pool(&d).launches[&names[0]].stage, LaunchStage::Retiring);
+        let up = decide(&d, &BTreeMap::new());
+        assert!(matches!(&up[..], [Decision::Up { count: 1, reason: ScaleUpReason::Minimum { .. } }]), "{up:?}");
     }
 
     #[test]
