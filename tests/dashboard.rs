@@ -200,6 +200,32 @@ async fn dashboard_follows_a_job_and_a_leader_change_live() {
     wait_page(&t, &browser, "both workers by zone", "return document.querySelectorAll('#workers .worker').length === 2 && document.querySelectorAll('#workers .zone').length === 2").await;
     screenshot(&browser, "1-cluster").await;
 
+    // An autoscaling pool shows with its bounds and state.
+    let (code, _, stderr) = cli(
+        &t.cluster.master_list(),
+        &[
+            "autoscale",
+            "set",
+            "--provider",
+            "command",
+            "--max",
+            "2",
+            "--add-command",
+            "true",
+            "--remove-command",
+            "true",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    wait_page(
+        &t,
+        &browser,
+        "the autoscaling pool on the cluster page",
+        "const p = document.querySelector('#pools tr.pool[data-pool=\"auto\"]'); \
+         return p !== null && p.dataset.paused === 'false' && p.textContent.includes('0–2')",
+    )
+    .await;
+
     // A job: its progress bar climbs to 100 % on the jobs page.
     let job = SubmitRequest {
         name: Some("dashboard-demo".into()),

@@ -46,12 +46,31 @@ async fn every_master_serves_metrics_that_pass_promtool() {
     let client = t.client();
     let id = client.submit(&squares_job(20, "0")).await.expect("submit").id;
     wait_job(&t, &client, id, LONG).await;
+    // An autoscaling pool with nothing to do: its figures are part of the exposition.
+    let (code, _, stderr) = cli(
+        &t.cluster.master_list(),
+        &[
+            "autoscale",
+            "set",
+            "--provider",
+            "command",
+            "--max",
+            "3",
+            "--add-command",
+            "true",
+            "--remove-command",
+            "true",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
     let leader = t.cluster.wait_leader(LONG).await.expect("leader");
     // Followers apply the last entries a moment after the leader: poll until they agree.
-    wait_until(&t, "every master reports the 20 succeeded tasks", LONG, || async {
+    wait_until(&t, "every master reports the 20 succeeded tasks and the pool", LONG, || async {
         (1..=3).all(|i| {
             let (code, text) = raw_http(&t.cluster.address(i), "GET", "/metrics", &[], b"");
-            code == 200 && sample(&text, "flotilla_tasks{state=\"succeeded\"}") == Some(20.0)
+            code == 200
+                && sample(&text, "flotilla_tasks{state=\"succeeded\"}") == Some(20.0)
+                && sample(&text, "flotilla_autoscale_bounds{pool=\"auto\",bound=\"max\"}") == Some(3.0)
         })
     })
     .await;
@@ -72,6 +91,10 @@ async fn every_master_serves_metrics_that_pass_promtool() {
             "flotilla_workers{state=\"ready\"} 1",
             "flotilla_worker_cpus{worker=\"a\"",
             "flotilla_events_total{kind=\"job_submitted\"} 1",
+            "flotilla_autoscale_bounds{pool=\"auto\",bound=\"max\"} 3",
+            "flotilla_autoscale_workers{pool=\"auto\",stage=\"joined\"} 0",
+            "flotilla_autoscale_paused{pool=\"auto\"} 0",
+            "flotilla_autoscale_launches_total{pool=\"auto\",outcome=\"launched\"} 0",
         ] {
             assert!(text.lines().any(|l| l.starts_with(family)), "master {i} lacks {family}:\n{text}");
         }

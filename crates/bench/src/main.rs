@@ -12,6 +12,7 @@
 //! | `soak` | N tasks with output as 10,000-task jobs, a short retention: RSS and speed over time, follower restart (default 20,000,000) |
 //! | `balance` | heterogeneous jobs on 4 real workers, one joining or leaving (`--size` scales it, percent) |
 //! | `artifacts` | replicating an N-MB task output vs plain copies; a chain of jobs with `--after` vs a client-driven chain (default 256 MB) |
+//! | `autoscale` | a `local` pool from 0 workers: a burst of N 1-s tasks, the idle shrink, a square wave (default 1,000) |
 //! | `all` | every one of them |
 //!
 //! `--smoke` runs tiny sizes (CI keeps the benchmarks working with it). The binary also plays
@@ -20,6 +21,7 @@
 
 mod arrays;
 mod artifacts;
+mod autoscale;
 mod balance;
 mod common;
 mod failover;
@@ -38,7 +40,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "flotilla-bench", about = "Flotilla's benchmarks (see the README's Performance section)")]
 struct Args {
-    /// storm, throughput, arrays, failover, latency, fleet, balance, soak, artifacts or all.
+    /// storm, throughput, arrays, failover, latency, fleet, balance, soak, artifacts, autoscale or all.
     name: String,
     /// The main size of the benchmark (tasks, kills, requests or workers).
     #[arg(long)]
@@ -80,7 +82,18 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let names: Vec<&str> = match args.name.as_str() {
-        "all" => vec!["storm", "throughput", "arrays", "failover", "latency", "fleet", "balance", "soak", "artifacts"],
+        "all" => vec![
+            "storm",
+            "throughput",
+            "arrays",
+            "failover",
+            "latency",
+            "fleet",
+            "balance",
+            "soak",
+            "artifacts",
+            "autoscale",
+        ],
         n => vec![n],
     };
     let size = |full: u64, smoke: u64| if args.smoke { args.size.unwrap_or(smoke) } else { args.size.unwrap_or(full) };
@@ -113,9 +126,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let chain = if args.smoke { 10 } else { 200 };
                 artifacts::run(size(256, 4), chain).await?;
             }
+            "autoscale" => autoscale::run(size(1_000, 40), args.smoke).await?,
             other => {
                 anyhow::bail!(
-                    "unknown benchmark '{other}' (storm, throughput, arrays, failover, latency, fleet, balance, soak, artifacts, all)"
+                    "unknown benchmark '{other}' (storm, throughput, arrays, failover, latency, fleet, balance, soak, artifacts, autoscale, all)"
                 )
             }
         }

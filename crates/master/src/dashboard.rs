@@ -183,6 +183,8 @@ pub struct View {
     pub events: Vec<EventView>,
     /// What needs attention, as `/v1/status` reports it.
     pub warnings: Vec<StatusWarning>,
+    /// Autoscaling pools, as `/v1/autoscale` reports them.
+    pub pools: Vec<flotilla_proto::api::PoolView>,
 }
 
 /// Builds a view: this master's replica plus each other master's own figures.
@@ -245,6 +247,8 @@ pub async fn view(master: &Arc<Master>) -> View {
     let journal = data.state.journal();
     // The journal may keep up to a million events; a view walks only the ones it shows.
     let events = journal.newest(VIEW_EVENTS).map(EventView::from_event).collect();
+    let pools =
+        data.state.pools().iter().map(|(name, p)| flotilla_proto::api::PoolView::new(name, p, &data.state)).collect();
     View {
         leader_silent_ms: (!leading).then(|| master.leader_contact.silent_for().as_millis() as u64),
         node: me,
@@ -255,6 +259,7 @@ pub async fn view(master: &Arc<Master>) -> View {
         jobs,
         events,
         warnings,
+        pools,
     }
 }
 

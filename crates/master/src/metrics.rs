@@ -82,6 +82,11 @@ pub struct Metrics {
     worker_resource_units: Family<Labels, Gauge>,
     worker_resource_held: Family<Labels, Gauge>,
     events: Family<Labels, Counter>,
+    autoscale_workers: Family<Labels, Gauge>,
+    autoscale_bounds: Family<Labels, Gauge>,
+    autoscale_paused: Family<Labels, Gauge>,
+    autoscale_failures: Family<Labels, Gauge>,
+    autoscale_launches: Family<Labels, Counter>,
     reported_running: Family<Labels, Gauge>,
     reported_queued: Family<Labels, Gauge>,
     reported_spawns: Family<Labels, Counter>,
@@ -150,6 +155,11 @@ impl Metrics {
             worker_resource_held: Family::default(),
             worker_queue: Family::default(),
             events: Family::default(),
+            autoscale_workers: Family::default(),
+            autoscale_bounds: Family::default(),
+            autoscale_paused: Family::default(),
+            autoscale_failures: Family::default(),
+            autoscale_launches: Family::default(),
             reported_running: Family::default(),
             reported_queued: Family::default(),
             reported_spawns: Family::default(),
@@ -272,6 +282,27 @@ impl Metrics {
         );
         r.register("worker_queue", "Tasks' cpus a ready worker keeps queued beyond its cpus", m.worker_queue.clone());
         r.register("worker_heartbeats", "Leader only: messages received from workers", m.heartbeats.clone());
+        r.register(
+            "autoscale_workers",
+            "Workers of an autoscaling pool by stage (requested, started, joined, retiring)",
+            m.autoscale_workers.clone(),
+        );
+        r.register("autoscale_bounds", "An autoscaling pool's min and max workers", m.autoscale_bounds.clone());
+        r.register(
+            "autoscale_paused",
+            "1 while an autoscaling pool is paused after failed launches",
+            m.autoscale_paused.clone(),
+        );
+        r.register(
+            "autoscale_failures",
+            "An autoscaling pool's failed launches in a row",
+            m.autoscale_failures.clone(),
+        );
+        r.register(
+            "autoscale_launches",
+            "Workers an autoscaling pool asked for, retired and failed to start",
+            m.autoscale_launches.clone(),
+        );
         r.register_with_unit(
             "worker_heartbeat_gap",
             "Leader only: time between two messages of a worker",
@@ -489,6 +520,27 @@ impl Metrics {
             self.reported_spawn_seconds.get_or_create(&l).inc_by(*micros as f64 / 1e6);
         }
         drop(reports);
+        self.autoscale_workers.clear();
+        self.autoscale_bounds.clear();
+        self.autoscale_paused.clear();
+        self.autoscale_failures.clear();
+        for (name, pool) in state.pools() {
+            use flotilla_core::autoscale::LaunchStage as S;
+            for stage in [S::Requested, S::Started, S::Joined, S::Retiring] {
+                let l = labels(&[("pool", name), ("stage", stage.name())]);
+                self.autoscale_workers.get_or_create(&l).set(i64::from(pool.count(stage)));
+            }
+            let bounds = [("min", pool.policy.min), ("max", pool.policy.max)];
+            for (bound, value) in bounds {
+                self.autoscale_bounds.get_or_create(&labels(&[("pool", name), ("bound", bound)])).set(i64::from(value));
+            }
+            self.autoscale_paused.get_or_create(&labels(&[("pool", name)])).set(i64::from(pool.paused));
+            self.autoscale_failures.get_or_create(&labels(&[("pool", name)])).set(i64::from(pool.failures));
+            for (outcome, total) in [("launched", pool.launched), ("retired", pool.retired), ("failed", pool.failed)] {
+                let counter = self.autoscale_launches.get_or_create(&labels(&[("pool", name), ("outcome", outcome)]));
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
         for (kind, total) in state.journal().totals() {
             let counter = self.events.get_or_create(&labels(&[("kind", kind)]));
             counter.inc_by(total.saturating_sub(counter.get()));

@@ -210,8 +210,16 @@ function clusterPage(v) {
         <div class="load" title="${w.cpus_busy} of ${w.cpus_total} cpus busy, ${w.cpus_free} free, ${w.cpus_queued} queued"><div data-w="${pct}"></div></div>
         <span class="muted">${w.cpus_busy}/${w.cpus_total}${queued}</span></div>`;
     }).join("")}</div>`).join("");
+  const pools = (v.pools || []).map((p) => `
+    <tr class="pool" data-pool="${esc(p.pool)}" data-paused="${p.paused}">
+      <td>${esc(p.pool)}</td><td>${esc(p.provider)}</td><td>${p.min}–${p.max}</td>
+      <td data-count="joined">${p.joined}</td><td data-count="pending">${p.pending}</td><td data-count="retiring">${p.retiring}</td>
+      <td>${p.paused ? badge("paused") : p.failures ? `${p.failures} failed` : badge("active")}</td>
+      <td class="decision">${esc(p.last_decision || "–")}${p.last_failure ? `<br><span class="muted">last failure: ${esc(p.last_failure)}</span>` : ""}</td></tr>`).join("");
   return `<div class="tiles">${tiles}</div>
     ${warnings ? `<div id="warnings">${warnings}</div>` : ""}
+    ${pools ? `<h2>Autoscaling</h2>
+    <table id="pools"><tr><th>pool</th><th>provider</th><th>workers</th><th>joined</th><th>on the way</th><th>retiring</th><th>state</th><th>last decision</th></tr>${pools}</table>` : ""}
     <h2>Masters</h2>
     <table id="masters"><tr><th>id</th><th>address</th><th>role</th><th>term</th><th>applied</th><th>lag</th><th title="round trip from this page's master">rtt</th></tr>${masters}</table>
     <h2>Workers</h2>
@@ -327,10 +335,11 @@ function bindFilters() {
 const LANES = [
   ["masters", ["leader_elected", "master_unreachable", "master_reachable"]],
   ["workers", ["worker_joined", "worker_lost"]],
+  ["autoscaling", ["scaled_up", "scaled_down", "launch_failed", "launch_ended"]],
   ["tasks", ["task_rescheduled", "task_failed", "result_rejected"]],
   ["jobs", ["job_submitted", "job_finished"]],
 ];
-const BAD = new Set(["master_unreachable", "worker_lost", "task_failed", "result_rejected"]);
+const BAD = new Set(["master_unreachable", "worker_lost", "task_failed", "result_rejected", "launch_failed"]);
 
 function timelinePage(v) {
   const events = v.events;
