@@ -491,44 +491,49 @@ pub enum AutoscaleCmd {
 
 #[derive(Args, Debug)]
 pub struct AutoscaleSetArgs {
+    /// A TOML file of the policy, with the API's field names (`provider = "slurm"`, `max = 8`,
+    /// `idle = "10m"`, `selector = { pool = "big" }`, `sbatch_args = ["--mem=4G"]`, …); flags
+    /// given beside it override its fields; an unknown key is an error.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
     /// What starts and stops the workers: `local` (processes on the leading master's
     /// machine), `command` (your commands), `slurm` (one sbatch job per worker).
     #[arg(long, value_parser = ["local", "command", "slurm", "kubernetes"])]
-    pub provider: String,
-    /// The pool's name; its workers are named POOL-1, POOL-2, …
-    #[arg(long, default_value = flotilla_core::autoscale::DEFAULT_POOL)]
-    pub pool: String,
-    /// Workers the pool keeps however idle.
-    #[arg(long, default_value_t = 0)]
-    pub min: u32,
+    pub provider: Option<String>,
+    /// The pool's name (default `auto`); its workers are named POOL-1, POOL-2, …
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Workers the pool keeps however idle (default 0).
+    #[arg(long)]
+    pub min: Option<u32>,
     /// Workers the pool never goes beyond.
     #[arg(long)]
-    pub max: u32,
-    /// How long a worker may hold no task before it is drained and stopped.
-    #[arg(long, default_value = "5m")]
-    pub idle: String,
+    pub max: Option<u32>,
+    /// How long a worker may hold no task before it is drained and stopped (default 5m).
+    #[arg(long)]
+    pub idle: Option<String>,
     /// Labels the pool's workers carry (k=v,…): only jobs whose selector they meet count
     /// toward the pool.
-    #[arg(long, default_value = "")]
-    pub selector: String,
+    #[arg(long)]
+    pub selector: Option<String>,
     /// Cpus each new worker offers (default: what its machine has).
     #[arg(long)]
     pub worker_cpus: Option<u32>,
     /// `work-per-cpu=DURATION`: at most that much waiting work per cpu (task run times as
     /// measured; a task not measured yet counts as a whole cpu); or `oldest-waiting=DURATION`:
-    /// one more worker whenever a task has waited that long.
-    #[arg(long, default_value = "work-per-cpu=10s")]
-    pub target: String,
-    /// After a scale-in, no scale-up for this long.
-    #[arg(long, default_value = "10s")]
-    pub cooldown_up: String,
-    /// After a scale-up, no scale-in for this long.
-    #[arg(long, default_value = "10s")]
-    pub cooldown_down: String,
+    /// one more worker whenever a task has waited that long. Default work-per-cpu=10s.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// After a scale-in, no scale-up for this long (default 10s).
+    #[arg(long)]
+    pub cooldown_up: Option<String>,
+    /// After a scale-up, no scale-in for this long (default 10s).
+    #[arg(long)]
+    pub cooldown_down: Option<String>,
     /// A started worker that has not joined by then is cancelled (and counts as a failure;
-    /// 10 in a row pause the pool).
-    #[arg(long, default_value = "5m")]
-    pub join_timeout: String,
+    /// 10 in a row pause the pool). Default 5m.
+    #[arg(long)]
+    pub join_timeout: Option<String>,
     /// `command`: starts the workers named in $FLOTILLA_WORKER_NAMES (space-separated), e.g.
     /// `for n in $FLOTILLA_WORKER_NAMES; do ssh host flotilla worker --name $n
     /// $FLOTILLA_WORKER_ARGS & done`. Lines `NAME HANDLE` it prints are kept as handles.

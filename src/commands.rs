@@ -191,38 +191,84 @@ fn print_pool(p: &flotilla_proto::api::PoolView) {
     }
 }
 
+fn provider_name(name: &str) -> flotilla_proto::api::ProviderName {
+    use flotilla_proto::api::ProviderName;
+    match name {
+        "local" => ProviderName::Local,
+        "command" => ProviderName::Command,
+        "slurm" => ProviderName::Slurm,
+        _ => ProviderName::Kubernetes,
+    }
+}
+
 async fn autoscale(command: crate::cli::AutoscaleCmd) -> anyhow::Result<ExitCode> {
     use crate::cli::AutoscaleCmd;
-    use flotilla_proto::api::{AutoscaleRequest, ProviderName};
+    use flotilla_proto::api::AutoscaleRequest;
     match command {
         AutoscaleCmd::Set(a) => {
-            let provider = match a.provider.as_str() {
-                "local" => ProviderName::Local,
-                "command" => ProviderName::Command,
-                "slurm" => ProviderName::Slurm,
-                _ => ProviderName::Kubernetes,
+            let mut request: AutoscaleRequest = match &a.file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read policy file {}", path.display()))?;
+                    toml::from_str(&text)
+                        .map_err(|e| anyhow::anyhow!("policy file {}: {}", path.display(), e.message()))?
+                }
+                None => {
+                    let provider = a.provider.as_deref().context("--provider is needed (or a --file)")?;
+                    let max = a.max.context("--max is needed (or a --file)")?;
+                    AutoscaleRequest {
+                        pool: None,
+                        provider: provider_name(provider),
+                        min: 0,
+                        max,
+                        selector: Default::default(),
+                        worker_cpus: None,
+                        target: None,
+                        idle: None,
+                        cooldown_up: None,
+                        cooldown_down: None,
+                        join_timeout: None,
+                        add_command: None,
+                        remove_command: None,
+                        partition: None,
+                        time_limit: None,
+                        sbatch_args: Vec::new(),
+                        api: None,
+                        namespace: None,
+                        statefulset: None,
+                    }
+                }
             };
-            let request = AutoscaleRequest {
-                pool: Some(a.pool.clone()),
-                provider,
-                min: a.min,
-                max: a.max,
-                selector: crate::roles::parse_labels(&a.selector).context("--selector")?,
-                worker_cpus: a.worker_cpus,
-                target: Some(a.target.clone()),
-                idle: Some(a.idle.clone()),
-                cooldown_up: Some(a.cooldown_up.clone()),
-                cooldown_down: Some(a.cooldown_down.clone()),
-                join_timeout: Some(a.join_timeout.clone()),
-                add_command: a.add_command.clone(),
-                remove_command: a.remove_command.clone(),
-                partition: a.partition.clone(),
-                time_limit: a.time_limit.clone(),
-                sbatch_args: a.sbatch_args.clone(),
-                api: None,
-                namespace: None,
-                statefulset: None,
+            // Flags given beside a file override its fields.
+            if let Some(p) = &a.provider {
+                request.provider = provider_name(p);
+            }
+            if a.pool.is_some() {
+                request.pool = a.pool.clone();
+            }
+            request.min = a.min.unwrap_or(request.min);
+            request.max = a.max.unwrap_or(request.max);
+            if let Some(s) = &a.selector {
+                request.selector = crate::roles::parse_labels(s).context("--selector")?;
+            }
+            let or = |flag: &Option<String>, file: &mut Option<String>| {
+                if flag.is_some() {
+                    file.clone_from(flag);
+                }
             };
+            request.worker_cpus = a.worker_cpus.or(request.worker_cpus);
+            or(&a.target, &mut request.target);
+            or(&a.idle, &mut request.idle);
+            or(&a.cooldown_up, &mut request.cooldown_up);
+            or(&a.cooldown_down, &mut request.cooldown_down);
+            or(&a.join_timeout, &mut request.join_timeout);
+            or(&a.add_command, &mut request.add_command);
+            or(&a.remove_command, &mut request.remove_command);
+            or(&a.partition, &mut request.partition);
+            or(&a.time_limit, &mut request.time_limit);
+            if !a.sbatch_args.is_empty() {
+                request.sbatch_args.clone_from(&a.sbatch_args);
+            }
             // Checked here too, so a mistake is named before anything is sent.
             request.to_policy().map_err(|e| anyhow::anyhow!(e))?;
             let pool = connect(&a.client)?.set_autoscale(&request).await?;

@@ -153,28 +153,23 @@ async fn the_command_provider_runs_the_users_scripts() {
     assert!(failing.failures >= 1 && failing.retry_at.is_some() && !failing.paused, "{failing:?}");
     assert!(failing.last_failure.as_deref().unwrap_or("").contains("exit status: 4"), "{failing:?}");
 
-    let (code, _, stderr) = cli_with(
-        &env,
-        &[
-            "autoscale",
-            "set",
-            "--pool",
-            "scripted",
-            "--provider",
-            "command",
-            "--min",
-            "1",
-            "--max",
-            "1",
-            "--idle",
-            "2s",
-            "--add-command",
-            &add,
-            "--remove-command",
-            &remove,
-        ],
+    // The working policy from a file (the API's field names), a flag overriding one field.
+    let file = dir.join("policy.toml");
+    let literal = |s: &str| format!("'''{s}'''");
+    let policy = format!(
+        "pool = \"scripted\"\nprovider = \"command\"\nmin = 1\nmax = 1\nidle = \"1h\"\nadd_command = {}\nremove_command = {}\n",
+        literal(&add),
+        literal(&remove)
     );
+    std::fs::write(&file, policy).expect("policy file");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "provider = \"command\"\nmax = 1\nmaximum = 2\n").expect("bad file");
+    let (code, _, stderr) = cli_with(&env, &["autoscale", "set", "--file", bad.to_str().expect("path")]);
+    assert!(code != 0 && stderr.contains("unknown field `maximum`"), "{stderr}");
+    let (code, stdout, stderr) =
+        cli_with(&env, &["autoscale", "set", "--file", file.to_str().expect("path"), "--idle", "2s", "--json"]);
     assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"idle\": \"2s\""), "the flag overrides the file: {stdout}");
     wait_until(&t, "the scripted worker joins the pool, with the handle its command printed", LONG, || async {
         pool(&env, "scripted").is_some_and(|p| p.joined == 1 && p.failures == 0 && p.workers[0].handle.is_some())
     })

@@ -200,6 +200,34 @@ impl Provider {
         }
     }
 
+    /// Of these launches (name, handle) not joined yet, those whose process or Slurm job has
+    /// ended; `None` when the provider cannot tell (the command provider, or `squeue` failed).
+    pub async fn vanished(&self, launches: &[(String, String)]) -> Option<std::collections::BTreeSet<String>> {
+        match &self.spec {
+            ProviderSpec::Local => Some(
+                launches
+                    .iter()
+                    .filter(|(name, pid)| !pid.parse().is_ok_and(|pid| is_worker_named(pid, name)))
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+            ),
+            ProviderSpec::Slurm { .. } => {
+                let mut command = Command::new("squeue");
+                command.args(["-h", "-o", "%i"]);
+                let out = run("squeue", command).await.ok()?;
+                let queued: std::collections::HashSet<&str> = out.lines().map(str::trim).collect();
+                Some(
+                    launches
+                        .iter()
+                        .filter(|(_, job)| !queued.contains(job.as_str()))
+                        .map(|(name, _)| name.clone())
+                        .collect(),
+                )
+            }
+            ProviderSpec::Command { .. } | ProviderSpec::Kubernetes { .. } => None,
+        }
+    }
+
     fn start_local(&self, name: &str, request: &LaunchRequest) -> Result<Handle, ProviderError> {
         let data = self.template.dir.join(name);
         std::fs::create_dir_all(&data).map_err(|source| ProviderError::Files { path: data.clone(), source })?;

@@ -247,6 +247,8 @@ pub enum LaunchFailure {
     Provider { detail: String },
     /// The provider started the worker but it did not join within the join timeout.
     NeverJoined { waited_ms: u64 },
+    /// What the provider started ended before the worker joined (its Slurm job, its process).
+    EndedBeforeJoining,
 }
 
 impl std::fmt::Display for LaunchFailure {
@@ -255,6 +257,9 @@ impl std::fmt::Display for LaunchFailure {
             LaunchFailure::Provider { detail } => write!(f, "the provider failed: {detail}"),
             LaunchFailure::NeverJoined { waited_ms } => {
                 write!(f, "the worker did not join within {}", crate::units::format_millis(*waited_ms))
+            }
+            LaunchFailure::EndedBeforeJoining => {
+                write!(f, "what the provider started ended before the worker joined (see its log)")
             }
         }
     }
@@ -269,6 +274,8 @@ pub enum LaunchEnd {
     Lost,
     /// It never joined; the provider was asked to cancel it.
     NeverJoined,
+    /// What the provider started ended before the worker joined.
+    EndedBeforeJoining,
 }
 
 /// One pool: its policy and what it has under way.
@@ -455,6 +462,9 @@ pub struct PlanInput<'a> {
     pub now: Millis,
     /// Since when each worker has held no task (workers that hold some are absent).
     pub idle_since: &'a BTreeMap<String, Millis>,
+    /// Launches not joined yet whose provider says what it started has ended (a Slurm job
+    /// gone from the queue, a process gone).
+    pub vanished: &'a std::collections::BTreeSet<String>,
     pub launch_cpus: u32,
 }
 
@@ -534,6 +544,7 @@ pub fn plan(state: &ClusterState, pool: &Pool, input: &PlanInput<'_>) -> Vec<Dec
     for (name, launch) in &pool.launches {
         let worker = state.worker(name);
         let why = match launch.stage {
+            LaunchStage::Started if input.vanished.contains(name) => Some(LaunchEnd::EndedBeforeJoining),
             LaunchStage::Requested | LaunchStage::Started => {
                 (now.saturating_sub(launch.requested_at) >= policy.join_timeout_ms).then_some(LaunchEnd::NeverJoined)
             }

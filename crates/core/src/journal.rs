@@ -342,6 +342,9 @@ impl EventKind {
                 crate::autoscale::LaunchEnd::NeverJoined => {
                     format!("pool {pool} cancelled worker {worker}, which never joined")
                 }
+                crate::autoscale::LaunchEnd::EndedBeforeJoining => {
+                    format!("pool {pool} let go of worker {worker}, which ended before it joined")
+                }
             },
         }
     }

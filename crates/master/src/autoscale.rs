@@ -8,7 +8,7 @@
 //! turn (`LaunchReported`, `LaunchEnded`). A provider call runs in a task of its own, so a
 //! slow `sbatch` holds up neither the other pools nor the next round.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,9 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 
 use flotilla_autoscale::{LaunchRequest, Provider, WorkerTemplate};
-use flotilla_core::autoscale::{plan, Decision, LaunchFailure, LaunchOutcome, PlanInput, Pool, ProviderSpec};
+use flotilla_core::autoscale::{
+    plan, Decision, LaunchFailure, LaunchOutcome, LaunchStage, PlanInput, Pool, ProviderSpec,
+};
 use flotilla_core::model::Millis;
 use flotilla_core::{Command, Response as Applied};
 use flotilla_proto::api::{ApiError, AutoscaleRequest, PoolView, Pools, ProviderName};
@@ -28,6 +30,10 @@ use crate::node::{Leadership, Master};
 
 /// How often the leader plans every pool.
 const ROUND: Duration = Duration::from_millis(250);
+/// How often providers are asked whether what they started for workers that have not joined
+/// is still there (`squeue`, the process): one that ended fails its launch at once instead
+/// of at the join timeout.
+const FOLLOW_EVERY: u32 = 20;
 
 #[utoipa::path(get, path = "/v1/autoscale", tag = "autoscale", params(crate::openapi::ReadParams), responses((status = 200, description = "Done", body = Pools), (status = 400, description = "Malformed or refused request", body = ApiError), (status = 401, description = "No token, or one the cluster does not know", body = ApiError), (status = 403, description = "The token's role may not do this", body = ApiError), (status = 421, description = "A follower: the leader is named", body = ApiError), (status = 503, description = "No leader, or the master cannot serve now", body = ApiError)))]
 pub(crate) async fn list(State(master): State<Arc<Master>>, Query(q): Params) -> Result<Json<Pools>, Failure> {
@@ -141,7 +147,11 @@ pub(crate) async fn scale(master: Arc<Master>, lead: Leadership) {
     let mut providers = Providers { by_pool: HashMap::new(), busy: Arc::new(Mutex::new(HashSet::new())) };
     // Since when each worker has held no task (this leader's watch).
     let mut idle_since: BTreeMap<String, Millis> = BTreeMap::new();
+    // Launches whose provider says what it started has ended before they joined.
+    let vanished: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let mut round: u32 = 0;
     loop {
+        round = round.wrapping_add(1);
         tokio::select! {
             _ = lead.cancel.cancelled() => return,
             _ = tokio::time::sleep(ROUND) => {}
@@ -163,11 +173,17 @@ pub(crate) async fn scale(master: Arc<Master>, lead: Leadership) {
                 idle_since.entry(w.name.clone()).or_insert(now);
             }
             let busy = busy(&providers.busy);
+            let gone = lock(&vanished).clone();
             state
                 .pools()
                 .iter()
                 .map(|(name, pool)| {
-                    let input = PlanInput { now, idle_since: &idle_since, launch_cpus: launch_cpus(state, pool) };
+                    let input = PlanInput {
+                        now,
+                        idle_since: &idle_since,
+                        vanished: &gone,
+                        launch_cpus: launch_cpus(state, pool),
+                    };
                     let decisions = plan(state, pool, &input)
                         .into_iter()
                         .filter(|d| !matches!(d, Decision::End { name, .. } if busy.contains(name)))
@@ -177,12 +193,62 @@ pub(crate) async fn scale(master: Arc<Master>, lead: Leadership) {
                 .filter(|(_, _, d): &(String, Pool, Vec<Decision>)| !d.is_empty())
                 .collect()
         };
+        if round.is_multiple_of(FOLLOW_EVERY) {
+            follow(&master, &mut providers, &vanished, &lead);
+        }
         for (name, pool, decisions) in plans {
             let provider = providers.get(&master, &name, &pool.policy.provider);
             for decision in decisions {
                 carry_out(&master, &lead, &name, &pool, &provider, &providers.busy, decision).await;
             }
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Asks each pool's provider, in the background, which of its launches that have not joined
+/// have ended; what it says becomes the next plans' input.
+fn follow(master: &Master, providers: &mut Providers, vanished: &Arc<Mutex<BTreeSet<String>>>, lead: &Leadership) {
+    // Per pool: its provider, and its launches not joined yet (name, handle).
+    type Ask = (Arc<Provider>, Vec<(String, String)>);
+    let asks: Vec<Ask> = {
+        let data = master.shared.read();
+        let started: BTreeSet<&String> = data
+            .state
+            .pools()
+            .values()
+            .flat_map(|p| p.launches.iter())
+            .filter(|(_, l)| l.stage == LaunchStage::Started)
+            .map(|(n, _)| n)
+            .collect();
+        lock(vanished).retain(|n| started.contains(n));
+        data.state
+            .pools()
+            .iter()
+            .filter_map(|(name, pool)| {
+                let launches: Vec<(String, String)> = pool
+                    .launches
+                    .iter()
+                    .filter(|(_, l)| l.stage == LaunchStage::Started)
+                    .filter_map(|(n, l)| Some((n.clone(), l.handle.clone()?)))
+                    .collect();
+                (!launches.is_empty()).then(|| (name.clone(), pool.policy.provider.clone(), launches))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(name, spec, launches)| (providers.get(master, &name, &spec), launches))
+            .collect()
+    };
+    for (provider, launches) in asks {
+        let vanished = vanished.clone();
+        lead.tasks.spawn(async move {
+            if let Some(gone) = provider.vanished(&launches).await {
+                lock(&vanished).extend(gone);
+            }
+        });
     }
 }
 

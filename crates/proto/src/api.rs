@@ -2001,6 +2001,7 @@ impl EventView {
                         autoscale::LaunchEnd::Retired => "retired",
                         autoscale::LaunchEnd::Lost => "lost",
                         autoscale::LaunchEnd::NeverJoined => "never_joined",
+                        autoscale::LaunchEnd::EndedBeforeJoining => "ended_before_joining",
                     }
                     .to_string(),
                 );

@@ -202,8 +202,11 @@ impl ClusterState {
         match why {
             LaunchEnd::Retired => pool.retired += 1,
             LaunchEnd::Lost => {}
-            LaunchEnd::NeverJoined => {
-                let failure = LaunchFailure::NeverJoined { waited_ms: ctx.at_ms.saturating_sub(launch.requested_at) };
+            LaunchEnd::NeverJoined | LaunchEnd::EndedBeforeJoining => {
+                let failure = match why {
+                    LaunchEnd::EndedBeforeJoining => LaunchFailure::EndedBeforeJoining,
+                    _ => LaunchFailure::NeverJoined { waited_ms: ctx.at_ms.saturating_sub(launch.requested_at) },
+                };
                 pool.failed(ctx.at_ms, failure.clone());
                 let (failures, paused) = (pool.failures, pool.paused);
                 self.journal.record(
@@ -295,7 +298,11 @@ mod tests {
     }
 
     fn decide(d: &Driver, idle: &BTreeMap<String, Millis>) -> Vec<Decision> {
-        plan(&d.state, &pool(d), &PlanInput { now: d.now, idle_since: idle, launch_cpus: 2 })
+        plan(
+            &d.state,
+            &pool(d),
+            &PlanInput { now: d.now, idle_since: idle, vanished: &Default::default(), launch_cpus: 2 },
+        )
     }
 
     fn burst(d: &mut Driver, tasks: &str) -> crate::model::JobId {
@@ -489,6 +496,28 @@ mod tests {
         assert_eq!(pool(&d).failures, 1);
         assert_eq!(d.state.journal().totals().get("launch_failed"), Some(&11));
         assert_eq!(d.replay(), d.state);
+    }
+
+    /// Invariant: a launch whose Slurm job or process ended before its worker joined fails at
+    /// once (not at the join timeout), and counts as a failure.
+    #[test]
+    fn a_launch_that_ends_before_joining_fails_at_once() {
+        let mut d = Driver::new();
+        set(&mut d, policy(1, 1));
+        let names = scale_up(&mut d, 1);
+        let started = LaunchOutcome::Started { handle: Some("77".into()) };
+        d.apply(Command::LaunchReported { pool: "auto".into(), worker: names[0].clone(), outcome: started });
+        let gone: std::collections::BTreeSet<String> = [names[0].clone()].into();
+        let input = PlanInput { now: d.now, idle_since: &BTreeMap::new(), vanished: &gone, launch_cpus: 2 };
+        let ends = plan(&d.state, &pool(&d), &input);
+        assert_eq!(ends, vec![Decision::End { name: names[0].clone(), why: LaunchEnd::EndedBeforeJoining }]);
+        d.apply(Command::LaunchEnded {
+            pool: "auto".into(),
+            worker: names[0].clone(),
+            why: LaunchEnd::EndedBeforeJoining,
+        });
+        let p = pool(&d);
+        assert_eq!((p.failures, p.last_failure), (1, Some(LaunchFailure::EndedBeforeJoining)));
     }
 
     /// Invariant: a pool's workers that are lost leave the pool; its minimum brings new ones.
