@@ -497,7 +497,8 @@ pub struct AutoscaleSetArgs {
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// What starts and stops the workers: `local` (processes on the leading master's
-    /// machine), `command` (your commands), `slurm` (one sbatch job per worker).
+    /// machine), `command` (your commands), `slurm` (one sbatch job per worker), `kubernetes`
+    /// (the replica count of a worker StatefulSet).
     #[arg(long, value_parser = ["local", "command", "slurm", "kubernetes"])]
     pub provider: Option<String>,
     /// The pool's name (default `auto`); its workers are named POOL-1, POOL-2, …
@@ -553,6 +554,18 @@ pub struct AutoscaleSetArgs {
     /// `slurm`: one more sbatch argument (repeat it for more), e.g. `--sbatch-arg=--mem=4G`.
     #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
     pub sbatch_args: Vec<String>,
+    /// `kubernetes`: the workers' StatefulSet (its pods are the workers, named after them;
+    /// see deploy/kubernetes).
+    #[arg(long)]
+    pub statefulset: Option<String>,
+    /// `kubernetes`: its namespace (default `default`).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// `kubernetes`: the API server, https://HOST:PORT (default: the in-cluster one). The
+    /// token and CA are the pod's service account's, or FLOTILLA_KUBE_TOKEN_FILE and
+    /// FLOTILLA_KUBE_CA on the masters.
+    #[arg(long)]
+    pub api: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
     /// Print the pool as JSON.

@@ -266,6 +266,9 @@ async fn autoscale(command: crate::cli::AutoscaleCmd) -> anyhow::Result<ExitCode
             or(&a.remove_command, &mut request.remove_command);
             or(&a.partition, &mut request.partition);
             or(&a.time_limit, &mut request.time_limit);
+            or(&a.statefulset, &mut request.statefulset);
+            or(&a.namespace, &mut request.namespace);
+            or(&a.api, &mut request.api);
             if !a.sbatch_args.is_empty() {
                 request.sbatch_args.clone_from(&a.sbatch_args);
             }

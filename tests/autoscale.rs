@@ -342,3 +342,45 @@ async fn a_slurm_pool_submits_worker_jobs_that_drain_before_their_time_limit() {
     .await;
     drop(slurm);
 }
+
+/// Invariants, for the `kubernetes` provider where no API server can run (this machine): a
+/// StatefulSet name that is not a Kubernetes name is refused; a pool min 1 names its worker
+/// after the StatefulSet's first pod, and, outside a pod and without `--api`, the launch fails
+/// saying so (journalled, backing off), rather than looping or hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_provider_outside_a_cluster_fails_with_the_reason() {
+    let t = secure_cluster_with(1, &[], |c| {
+        c.master_env.push(("KUBERNETES_SERVICE_HOST".into(), String::new()));
+    })
+    .await;
+    let client = t.client();
+    let env = t.cluster.client_env();
+    let (code, _, stderr) =
+        cli_with(&env, &["autoscale", "set", "--provider", "kubernetes", "--statefulset", "Bad_Name", "--max", "2"]);
+    assert!(code != 0 && stderr.contains("Kubernetes name"), "{stderr}");
+    let (code, _, stderr) = cli_with(
+        &env,
+        &[
+            "autoscale",
+            "set",
+            "--provider",
+            "kubernetes",
+            "--statefulset",
+            "flotilla-worker",
+            "--min",
+            "1",
+            "--max",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    wait_until(&t, "the launch fails with the reason", LONG, || async {
+        events(&client, "launch_failed").await.iter().any(|e| {
+            e.worker.as_deref() == Some("flotilla-worker-0")
+                && e.reason.as_deref().unwrap_or("").contains("service account token")
+        })
+    })
+    .await;
+    let p = pool(&env, "auto").expect("the pool");
+    assert!(p.failures >= 1 && p.retry_at.is_some(), "{p:?}");
+}

@@ -11,7 +11,10 @@
 //!   in `FLOTILLA_*` variables.
 //! - [`ProviderSpec::Slurm`]: one `sbatch` job per worker; a time limit makes Slurm signal the
 //!   worker early enough for it to drain.
-//! - [`ProviderSpec::Kubernetes`]: not in this build (refused when a policy is set).
+//! - [`ProviderSpec::Kubernetes`]: the replica count of a worker StatefulSet, through the API
+//!   server ([`kubernetes`]).
+
+pub mod kubernetes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -110,6 +113,8 @@ pub struct LaunchRequest {
     pub names: Vec<String>,
     pub cpus: Option<u32>,
     pub labels: BTreeMap<String, String>,
+    /// `kubernetes`: the StatefulSet's replica count once these have started.
+    pub replicas: Option<u32>,
 }
 
 /// What the provider calls a worker it started (a process id, a Slurm job id), if anything.
@@ -163,16 +168,36 @@ impl Provider {
                 }
                 answers
             }
-            ProviderSpec::Kubernetes { .. } => request
-                .names
-                .iter()
-                .map(|n| (n.clone(), Err(ProviderError::Unsupported(KUBERNETES_UNSUPPORTED.to_string()))))
-                .collect(),
+            ProviderSpec::Kubernetes { api, namespace, statefulset } => {
+                let replicas = request.replicas.unwrap_or(request.names.len() as u32);
+                let scaled = match kubernetes::ApiServer::connect_to(api.as_deref()) {
+                    Ok(server) => server.scale(namespace, statefulset, replicas).await,
+                    Err(e) => Err(e),
+                };
+                match scaled {
+                    Ok(()) => request.names.iter().map(|n| (n.clone(), Ok(None))).collect(),
+                    Err(e) => {
+                        let text = e.to_string();
+                        request
+                            .names
+                            .iter()
+                            .map(|n| (n.clone(), Err(ProviderError::Unsupported(text.clone()))))
+                            .collect()
+                    }
+                }
+            }
         }
     }
 
     /// Stops (or cancels) a worker it started; stopping one that is gone already is no error.
-    pub async fn remove(&self, pool: &str, name: &str, handle: Option<&str>) -> Result<(), ProviderError> {
+    /// `replicas`: for `kubernetes`, the StatefulSet's count without it.
+    pub async fn remove(
+        &self,
+        pool: &str,
+        name: &str,
+        handle: Option<&str>,
+        replicas: Option<u32>,
+    ) -> Result<(), ProviderError> {
         match &self.spec {
             ProviderSpec::Local => {
                 self.stop_local(name, handle);
@@ -196,7 +221,10 @@ impl Provider {
                 };
                 run("scancel", command).await.map(|_| ())
             }
-            ProviderSpec::Kubernetes { .. } => Err(ProviderError::Unsupported(KUBERNETES_UNSUPPORTED.to_string())),
+            ProviderSpec::Kubernetes { api, namespace, statefulset } => {
+                let server = kubernetes::ApiServer::connect_to(api.as_deref())?;
+                server.scale(namespace, statefulset, replicas.unwrap_or(0)).await
+            }
         }
     }
 
@@ -369,9 +397,6 @@ impl Provider {
     }
 }
 
-const KUBERNETES_UNSUPPORTED: &str =
-    "the kubernetes provider is not in this build: scale the workers' StatefulSet with kubectl (see the README)";
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -496,6 +521,7 @@ mod tests {
             names: names.iter().map(|n| n.to_string()).collect(),
             cpus: Some(2),
             labels: [("pool".to_string(), "auto".to_string())].into(),
+            replicas: None,
         }
     }
 
@@ -528,7 +554,7 @@ mod tests {
         assert_eq!(handles, vec![("auto-1", Some("h-auto-1".to_string())), ("auto-2", Some("h-auto-2".to_string()))]);
         let args = std::fs::read_to_string(dir.path().join("args")).expect("args written");
         assert!(args.starts_with("--masters 127.0.0.1:7001,127.0.0.1:7002 --exit-when-drained"), "{args}");
-        let removed = provider.remove("auto", "auto-1", Some("h-auto-1")).await;
+        let removed = provider.remove("auto", "auto-1", Some("h-auto-1"), None).await;
         assert!(matches!(removed, Err(ProviderError::Failed { .. })), "{removed:?}");
     }
 

@@ -191,7 +191,7 @@ impl Policy {
                 Err(AutoscaleRefusal::MissingCommand)
             }
             ProviderSpec::Kubernetes { namespace, statefulset, .. }
-                if namespace.is_empty() || statefulset.is_empty() =>
+                if !dns_label(namespace) || !dns_label(statefulset) =>
             {
                 Err(AutoscaleRefusal::MissingStatefulSet)
             }
@@ -437,7 +437,7 @@ pub enum AutoscaleRefusal {
     ZeroDuration,
     #[error("the command provider needs both --add-command and --remove-command")]
     MissingCommand,
-    #[error("the kubernetes provider needs --namespace and --statefulset")]
+    #[error("the kubernetes provider needs --statefulset and --namespace, each a Kubernetes name (lower-case letters, digits, '-')")]
     MissingStatefulSet,
     #[error("pool '{pool}' is paused after {failures} failed launches in a row; `autoscale resume {pool}` first")]
     Paused { pool: String, failures: u32 },
@@ -445,6 +445,15 @@ pub enum AutoscaleRefusal {
     NoLaunch { pool: String, name: String },
     #[error("pool '{pool}' may not grow by {count} now")]
     CannotGrow { pool: String, count: u32 },
+}
+
+/// A Kubernetes name: 1 to 63 lower-case letters, digits and '-', not starting or ending with '-'.
+fn dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 /// Whether `name` may name a pool.
@@ -555,9 +564,18 @@ pub fn plan(state: &ClusterState, pool: &Pool, input: &PlanInput<'_>) -> Vec<Dec
             },
             // Gone once drained (it exits by itself: its provider is told only then, so that it
             // never cuts a worker's last words short), or drained and still there long after.
+            // A StatefulSet's pod is stopped (SIGTERM, after its grace period) by lowering the
+            // count, so it is told as soon as the worker is drained.
             LaunchStage::Retiring => match worker {
                 None => Some(LaunchEnd::Retired),
                 Some(w) if w.state == WorkerState::Lost => Some(LaunchEnd::Retired),
+                Some(w)
+                    if matches!(policy.provider, ProviderSpec::Kubernetes { .. })
+                        && w.tasks.is_empty()
+                        && matches!(w.maintenance, Maintenance::Drained { .. }) =>
+                {
+                    Some(LaunchEnd::Retired)
+                }
                 Some(w)
                     if w.tasks.is_empty()
                         && w.maintenance != Maintenance::InService
@@ -621,6 +639,7 @@ pub fn plan(state: &ClusterState, pool: &Pool, input: &PlanInput<'_>) -> Vec<Dec
     if pool.last_up.is_some_and(|t| now.saturating_sub(t) < policy.cooldown_down_ms) {
         return out;
     }
+    // Longest idle first.
     let mut idle: Vec<(Millis, &str)> = pool
         .launches
         .iter()
@@ -634,36 +653,61 @@ pub fn plan(state: &ClusterState, pool: &Pool, input: &PlanInput<'_>) -> Vec<Dec
         .collect();
     idle.sort();
     let above_max = active.saturating_sub(policy.max);
-    if above_max > 0 {
-        let workers: Vec<String> = idle
-            .iter()
-            .filter(|(_, name)| !holds_last_copy(state, name))
-            .take(above_max as usize)
-            .map(|(_, n)| n.to_string())
-            .collect();
-        if !workers.is_empty() {
-            out.push(Decision::Down {
-                workers,
-                reason: ScaleDownReason::AboveMaximum { have: active, max: policy.max },
-            });
+    let (count, due): (u32, Vec<(Millis, &str)>) = if above_max > 0 {
+        (above_max, idle)
+    } else {
+        let due = idle.into_iter().filter(|(since, _)| now.saturating_sub(*since) >= policy.idle_ms).collect();
+        (active.saturating_sub(policy.min), due)
+    };
+    let removable: Vec<(Millis, &str)> = due.into_iter().filter(|(_, n)| !holds_last_copy(state, n)).collect();
+    let chosen: Vec<(Millis, &str)> = match &policy.provider {
+        // A StatefulSet shrinks from its highest ordinals: only a run of removable workers at
+        // the top may go.
+        ProviderSpec::Kubernetes { statefulset, .. } => {
+            let mut active: Vec<(u32, &str)> = pool
+                .launches
+                .iter()
+                .filter(|(_, l)| l.stage != LaunchStage::Retiring)
+                .filter_map(|(n, _)| Some((statefulset_ordinal(statefulset, n)?, n.as_str())))
+                .collect();
+            active.sort_by(|a, b| b.cmp(a));
+            active
+                .iter()
+                .map_while(|(_, n)| removable.iter().find(|(_, m)| m == n).copied())
+                .take(count as usize)
+                .collect()
         }
+        _ => removable.into_iter().take(count as usize).collect(),
+    };
+    if chosen.is_empty() {
         return out;
     }
-    let removable = active.saturating_sub(policy.min) as usize;
-    let due: Vec<(Millis, &str)> =
-        idle.into_iter().filter(|(since, _)| now.saturating_sub(*since) >= policy.idle_ms).collect();
-    let workers: Vec<String> = due
-        .iter()
-        .filter(|(_, name)| !holds_last_copy(state, name))
-        .take(removable)
-        .map(|(_, n)| n.to_string())
-        .collect();
-    if let Some(oldest) = due.first().map(|(since, _)| *since) {
-        if !workers.is_empty() {
-            out.push(Decision::Down { workers, reason: ScaleDownReason::Idle { idle_ms: now.saturating_sub(oldest) } });
-        }
-    }
+    let reason = if above_max > 0 {
+        ScaleDownReason::AboveMaximum { have: active, max: policy.max }
+    } else {
+        let oldest = chosen.iter().map(|(since, _)| *since).min().unwrap_or(now);
+        ScaleDownReason::Idle { idle_ms: now.saturating_sub(oldest) }
+    };
+    out.push(Decision::Down { workers: chosen.into_iter().map(|(_, n)| n.to_string()).collect(), reason });
     out
+}
+
+/// A StatefulSet pod's ordinal, from its name (`flotilla-worker-3` → 3).
+pub fn statefulset_ordinal(statefulset: &str, pod: &str) -> Option<u32> {
+    pod.strip_prefix(statefulset)?.strip_prefix('-')?.parse().ok()
+}
+
+/// The replica count that keeps every worker the pool has (and has not chosen to let go):
+/// one past the highest ordinal among its launches that are not retiring.
+pub fn statefulset_replicas(pool: &Pool) -> Option<u32> {
+    let ProviderSpec::Kubernetes { statefulset, .. } = &pool.policy.provider else { return None };
+    let highest = pool
+        .launches
+        .iter()
+        .filter(|(_, l)| l.stage != LaunchStage::Retiring)
+        .filter_map(|(n, _)| statefulset_ordinal(statefulset, n))
+        .max();
+    Some(highest.map_or(0, |h| h + 1))
 }
 
 /// A worker's name in a pool: `POOL-N`.

@@ -18,11 +18,11 @@ use axum::Json;
 
 use flotilla_autoscale::{LaunchRequest, Provider, WorkerTemplate};
 use flotilla_core::autoscale::{
-    plan, Decision, LaunchFailure, LaunchOutcome, LaunchStage, PlanInput, Pool, ProviderSpec,
+    plan, statefulset_replicas, Decision, LaunchFailure, LaunchOutcome, LaunchStage, PlanInput, Pool, ProviderSpec,
 };
 use flotilla_core::model::Millis;
 use flotilla_core::{Command, Response as Applied};
-use flotilla_proto::api::{ApiError, AutoscaleRequest, PoolView, Pools, ProviderName};
+use flotilla_proto::api::{ApiError, AutoscaleRequest, PoolView, Pools};
 use flotilla_proto::time::now_ms;
 
 use crate::api::{bad_request, failure, from_propose, read_barrier, refused, unexpected, Failure, Params};
@@ -57,13 +57,6 @@ fn missing(name: &str) -> Failure {
 pub(crate) async fn set(State(master): State<Arc<Master>>, body: Bytes) -> Result<Json<PoolView>, Failure> {
     let request: AutoscaleRequest =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid autoscaling policy JSON: {e}")))?;
-    if request.provider == ProviderName::Kubernetes {
-        return Err(bad_request(
-            "the kubernetes provider is not in this build: scale the workers' StatefulSet (deploy/kubernetes) \
-             with kubectl or a HorizontalPodAutoscaler"
-                .to_string(),
-        ));
-    }
     let (pool, policy) = request.to_policy().map_err(bad_request)?;
     change(&master, &pool, Command::SetAutoscale { pool: pool.clone(), policy }).await?;
     view(&master, &pool)
@@ -270,11 +263,14 @@ async fn carry_out(
                 Err(e) => return tracing::debug!(pool = pool_name, error = %e, "scale-up not committed"),
             };
             tracing::info!(pool = pool_name, ?workers, "starting workers");
+            // A StatefulSet's count once these are in (the state now holds their launches).
+            let replicas = master.shared.read().state.pools().get(pool_name).and_then(statefulset_replicas);
             let request = LaunchRequest {
                 pool: pool_name.to_string(),
                 names: workers.clone(),
                 cpus: pool.policy.worker_cpus,
                 labels: pool.policy.selector.clone(),
+                replicas,
             };
             busy(busy_set).extend(workers.iter().cloned());
             let (master, provider, busy_set, pool_name) =
@@ -315,11 +311,17 @@ async fn carry_out(
         }
         Decision::End { name, why } => {
             let handle = pool.launches.get(&name).and_then(|l| l.handle.clone());
+            // A StatefulSet keeps every worker not retiring (this one is, or never joined).
+            let replicas = {
+                let mut without = pool.clone();
+                without.launches.remove(&name);
+                statefulset_replicas(&without)
+            };
             busy(busy_set).insert(name.clone());
             let (master, provider, busy_set, pool_name) =
                 (master.clone(), provider.clone(), busy_set.clone(), pool_name.to_string());
             lead.tasks.spawn(async move {
-                if let Err(e) = provider.remove(&pool_name, &name, handle.as_deref()).await {
+                if let Err(e) = provider.remove(&pool_name, &name, handle.as_deref(), replicas).await {
                     // The pool lets go of it all the same: it is drained, lost or never came.
                     tracing::warn!(pool = %pool_name, worker = %name, error = %e, "the provider could not stop a worker");
                 }

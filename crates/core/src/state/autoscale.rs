@@ -73,9 +73,23 @@ impl ClusterState {
             return refused(AutoscaleRefusal::CannotGrow { pool: name.to_string(), count });
         }
         let mut names = Vec::with_capacity(count as usize);
+        // A StatefulSet's pods are NAME-0, NAME-1, …: its workers take the lowest free ordinals.
+        let statefulset = match &pool.policy.provider {
+            crate::autoscale::ProviderSpec::Kubernetes { statefulset, .. } => Some(statefulset.clone()),
+            _ => None,
+        };
+        let mut ordinal = 0u64;
         while names.len() < count as usize {
-            let candidate = crate::autoscale::worker_name(name, pool.next_serial);
-            pool.next_serial += 1;
+            let candidate = match &statefulset {
+                Some(sts) => {
+                    ordinal += 1;
+                    format!("{sts}-{}", ordinal - 1)
+                }
+                None => {
+                    pool.next_serial += 1;
+                    crate::autoscale::worker_name(name, pool.next_serial - 1)
+                }
+            };
             // A name some worker already has (one started by hand, say) is skipped.
             if self.workers.contains_key(&candidate) || pool.launches.contains_key(&candidate) {
                 continue;
@@ -557,6 +571,51 @@ mod tests {
         assert_eq!(pool(&d).launches[&names[0]].stage, LaunchStage::Retiring);
         let up = decide(&d, &BTreeMap::new());
         assert!(matches!(&up[..], [Decision::Up { count: 1, reason: ScaleUpReason::Minimum { .. } }]), "{up:?}");
+    }
+
+    /// Invariants, for a StatefulSet: the pool's workers are named after its pods (the lowest
+    /// free ordinals), the replica count keeps every one not retiring, and only a run of idle
+    /// workers at the highest ordinals goes (a StatefulSet cannot remove a pod in the middle).
+    #[test]
+    fn a_statefulset_pool_grows_and_shrinks_by_ordinal() {
+        let mut d = Driver::new();
+        let provider = ProviderSpec::Kubernetes { api: None, namespace: "batch".into(), statefulset: "fw".into() };
+        let mut p = Policy::new(provider, 0, 4);
+        p.idle_ms = 1_000;
+        p.cooldown_down_ms = 0;
+        set(&mut d, p);
+        let names = scale_up(&mut d, 3);
+        assert_eq!(names, vec!["fw-0", "fw-1", "fw-2"]);
+        assert_eq!(statefulset_replicas(&pool(&d)), Some(3));
+        for n in &names {
+            join(&mut d, n);
+        }
+        // fw-1 holds a task: fw-2 may go, fw-1 and fw-0 may not (fw-0 is below a busy one).
+        burst(&mut d, "1");
+        let runs = d.schedule();
+        let busy = runs[0].worker.clone();
+        let mut idle: BTreeMap<String, Millis> = names.iter().map(|n| (n.clone(), d.now)).collect();
+        idle.remove(&busy);
+        d.now += 5_000;
+        let down = decide(&d, &idle);
+        let expected: Vec<String> = match busy.as_str() {
+            "fw-2" => vec![],
+            "fw-1" => vec!["fw-2".into()],
+            _ => vec!["fw-2".into(), "fw-1".into()],
+        };
+        match &down[..] {
+            [] => assert!(expected.is_empty(), "{busy} busy: expected {expected:?}"),
+            [Decision::Down { workers, .. }] => assert_eq!(workers, &expected, "{busy} busy"),
+            other => panic!("{other:?}"),
+        }
+        if let [Decision::Down { workers, reason }] = &down[..] {
+            d.apply(Command::ScaleDown { pool: "auto".into(), workers: workers.clone(), reason: reason.clone() });
+            // Drained workers of a StatefulSet go at once: the count is lowered, the pod stopped.
+            let ends = decide(&d, &idle);
+            assert_eq!(ends.len(), workers.len(), "{ends:?}");
+            let keep = 3 - workers.len() as u32;
+            assert_eq!(statefulset_replicas(&pool(&d)), Some(keep));
+        }
     }
 
     #[test]
