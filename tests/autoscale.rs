@@ -384,3 +384,41 @@ async fn the_kubernetes_provider_outside_a_cluster_fails_with_the_reason() {
     let p = pool(&env, "auto").expect("the pool");
     assert!(p.failures >= 1 && p.retry_at.is_some(), "{p:?}");
 }
+
+/// Invariants, for a `local` pool over 3 masters whose leader is SIGKILLed during a burst:
+/// no worker name is asked for twice across leaders (names are chosen in the log, and a new
+/// leader knows what is on its way); the dead leader's workers drain and leave (they are told
+/// when the master that started them dies) while the new leader starts its own; the job
+/// finishes with each task recorded once, and the pool shrinks to 0 afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_pool_carries_on_across_a_leader_kill() {
+    let mut t = secure_cluster(3, &[]).await;
+    let client = t.client();
+    let env = t.cluster.client_env();
+    let (code, _, stderr) = cli_with(
+        &env,
+        &["autoscale", "set", "--provider", "local", "--max", "2", "--worker-cpus", "2", "--idle", "3s"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let job = client.submit(&squares_job(40, "0.5")).await.expect("submit").id;
+    wait_until(&t, "a pool worker running tasks", LONG, || async {
+        pool(&env, "auto").is_some_and(|p| p.workers.iter().any(|w| w.tasks > 0))
+    })
+    .await;
+    let leader = t.cluster.wait_leader(LONG).await.unwrap_or_else(|| t.fail("no leader"));
+    t.cluster.kill_master(leader);
+    let done = wait_job(&t, &client, job, LONG).await;
+    assert_eq!(done.state, flotilla_proto::api::JobState::Succeeded, "{done:?}");
+    let rows = client.results(job, 0, None, false).await.expect("results");
+    assert_each_task_recorded_once(&rows, 40, |i| (i * i).to_string());
+    wait_until(&t, "the pool back to 0 workers", LONG, || async {
+        pool(&env, "auto").is_some_and(|p| p.workers.is_empty())
+    })
+    .await;
+    let names: Vec<String> =
+        events(&client, "scaled_up").await.iter().flat_map(|e| e.workers.clone().unwrap_or_default()).collect();
+    let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(distinct.len(), names.len(), "a worker name was asked for twice: {names:?}");
+    assert!(names.len() >= 2, "the new leader started workers of its own: {names:?}");
+    stop_pool_workers(&env, "auto");
+}

@@ -389,7 +389,7 @@ impl std::fmt::Display for ScaleUpReason {
         match self {
             ScaleUpReason::Minimum { have, min } => write!(f, "{have} workers, fewer than the minimum {min}"),
             ScaleUpReason::Demand { waiting_tasks, want_cpus, have_cpus } => {
-                write!(f, "{waiting_tasks} tasks waiting want {want_cpus} cpus, the pool has {have_cpus}")
+                write!(f, "{waiting_tasks} tasks waiting want {want_cpus} cpus, {have_cpus} can take them soon")
             }
             ScaleUpReason::OldestWaiting { waited_ms } => {
                 write!(f, "the oldest waiting task has waited {}", crate::units::format_millis(*waited_ms))
@@ -492,6 +492,9 @@ pub enum Decision {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Demand {
     pub waiting_tasks: u64,
+    /// Milliseconds of it (cpus times run time; a task of a job not measured yet counts as
+    /// the target).
+    pub work_ms: u64,
     /// Cpus the waiting work asks for by the pool's target.
     pub want_cpus: u64,
     /// When the oldest of it was submitted.
@@ -528,12 +531,45 @@ pub fn demand(state: &ClusterState, policy: &Policy, launch_cpus: u32) -> Demand
         work_ms += u128::from(waiting) * u128::from(each_ms) * u128::from(spec.cpus.max(1));
         d.oldest = Some(d.oldest.map_or(job.submitted_at, |o| o.min(job.submitted_at)));
     }
-    // Attempts queued on busy workers wait as much as those in the queue.
-    for w in state.workers().filter(|w| w.takes_work() && meets(&w.labels, &policy.selector)) {
-        work_ms += u128::from(w.cpus_queued()) * u128::from(per_cpu_ms);
+    // Attempts queued on busy workers wait as much as those in the queue, each as long as its
+    // job's tasks take (a worker keeps about 250 ms of known work queued: that is no demand).
+    for w in state.workers().filter(|w| w.takes_work() && w.cpus_queued() > 0 && meets(&w.labels, &policy.selector)) {
+        let (sum, n) = w
+            .tasks
+            .keys()
+            .filter_map(|t| {
+                let job = state.job(t.job)?;
+                matches!(job.task(t.slot)?.state, crate::model::TaskState::Assigned { .. })
+                    .then(|| u128::from(job.measured.mean_ms().unwrap_or(per_cpu_ms).max(1)))
+            })
+            .fold((0u128, 0u128), |(s, n), ms| (s + ms, n + 1));
+        let each = sum.checked_div(n).unwrap_or(u128::from(per_cpu_ms));
+        work_ms += u128::from(w.cpus_queued()) * each;
     }
     d.want_cpus = u64::try_from(work_ms.div_ceil(u128::from(per_cpu_ms))).unwrap_or(u64::MAX);
+    d.work_ms = u64::try_from(work_ms).unwrap_or(u64::MAX);
     d
+}
+
+/// Cpus that take waiting work within the target: free ones, those of workers on their way,
+/// and busy ones whose running task's job takes less than the target (they turn over soon).
+/// A cpu running a long task, or one of a job not measured yet, is not counted.
+fn soon_free_cpus(state: &ClusterState, serving: &[&crate::state::Worker], pending_cpus: u64, target_ms: u64) -> u64 {
+    let mut cpus = pending_cpus;
+    for w in serving {
+        cpus += u64::from(w.free_cpus());
+        let turning: u64 = w
+            .tasks
+            .keys()
+            .filter_map(|t| {
+                let job = state.job(t.job)?;
+                let running = matches!(job.task(t.slot)?.state, crate::model::TaskState::Running { .. });
+                (running && job.measured.mean_ms().is_some_and(|m| m <= target_ms)).then_some(u64::from(job.spec.cpus))
+            })
+            .sum();
+        cpus += turning.min(u64::from(w.cpus_busy()));
+    }
+    cpus
 }
 
 /// Whether `worker` holds the only copy of some kept task's outputs: it is not removed then.
@@ -595,11 +631,10 @@ pub fn plan(state: &ClusterState, pool: &Pool, input: &PlanInput<'_>) -> Vec<Dec
     let pending = pool.pending();
     // Capacity: the pool's own workers in service and those on the way, and any other worker
     // in service that carries the pool's labels (it takes the same work).
+
     let serving: Vec<&crate::state::Worker> =
         state.workers().filter(|w| w.takes_work() && meets(&w.labels, &policy.selector)).collect();
-    let have_cpus: u64 = serving.iter().map(|w| u64::from(w.cpus)).sum::<u64>()
-        + u64::from(pending) * u64::from(input.launch_cpus.max(1));
-    let busy_cpus: u64 = serving.iter().map(|w| u64::from(w.cpus_busy())).sum();
+    let pending_cpus = u64::from(pending) * u64::from(input.launch_cpus.max(1));
     let d = demand(state, policy, input.launch_cpus);
 
     let may_grow = !pool.paused
@@ -610,11 +645,15 @@ pub fn plan(state: &ClusterState, pool: &Pool, input: &PlanInput<'_>) -> Vec<Dec
         Some((policy.min - active, ScaleUpReason::Minimum { have: active, min: policy.min }))
     } else {
         match policy.target {
-            Target::WorkPerCpu { .. } => {
-                let want = busy_cpus.saturating_add(d.want_cpus);
-                (d.waiting_tasks > 0 && want > have_cpus).then(|| {
-                    let missing = (want - have_cpus).div_ceil(u64::from(input.launch_cpus.max(1)));
-                    let reason = ScaleUpReason::Demand { waiting_tasks: d.waiting_tasks, want_cpus: want, have_cpus };
+            // More than the target's worth of waiting work per cpu that takes it soon: enough
+            // cpus for all of it within the target.
+            Target::WorkPerCpu { ms } => {
+                let have_cpus = soon_free_cpus(state, &serving, pending_cpus, ms.max(1));
+                let over = u128::from(d.work_ms) > u128::from(ms.max(1)) * u128::from(have_cpus);
+                (d.waiting_tasks > 0 && over && d.want_cpus > have_cpus).then(|| {
+                    let missing = (d.want_cpus - have_cpus).div_ceil(u64::from(input.launch_cpus.max(1)));
+                    let reason =
+                        ScaleUpReason::Demand { waiting_tasks: d.waiting_tasks, want_cpus: d.want_cpus, have_cpus };
                     (u32::try_from(missing).unwrap_or(u32::MAX), reason)
                 })
             }

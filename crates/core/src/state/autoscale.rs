@@ -618,6 +618,45 @@ mod tests {
         }
     }
 
+    /// Invariant: a busy worker running a stream of short, measured tasks (with its queue full)
+    /// is no demand; a burst of a job not measured yet is, and so is work behind long tasks.
+    #[test]
+    fn short_measured_work_asks_for_no_worker_and_a_new_burst_does() {
+        let mut d = Driver::new();
+        set(&mut d, policy(0, 4));
+        let info = WorkerInfo {
+            name: "static".into(),
+            instance: 1,
+            cpus: 2,
+            queue: 16,
+            memory: None,
+            resources: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        };
+        d.apply(Command::RegisterWorker(info));
+        let short = burst(&mut d, "1-200");
+        for run in d.schedule().into_iter().take(4) {
+            let mut outcome = crate::state::tests::outcome(0, "");
+            outcome.duration_ms = 5;
+            d.apply(Command::TaskStarted { task: run.task, fence: run.fence, worker: run.worker.clone() });
+            d.apply(Command::TaskFinished { task: run.task, fence: run.fence, worker: run.worker, outcome });
+        }
+        d.schedule();
+        let w = d.state.worker("static").unwrap();
+        assert!(w.cpus_queued() > 0, "its queue holds tasks");
+        // Start two so that its cpus are busy with measured work.
+        let held: Vec<(crate::model::TaskId, crate::model::Fence)> =
+            w.tasks.iter().map(|(t, f)| (*t, *f)).take(2).collect();
+        for (task, fence) in held {
+            d.apply(Command::TaskStarted { task, fence, worker: "static".into() });
+        }
+        assert_eq!(d.state.job(short).unwrap().measured.mean_ms(), Some(5));
+        assert_eq!(decide(&d, &BTreeMap::new()), vec![], "5-ms tasks: no demand");
+        burst(&mut d, "1-50");
+        let up = decide(&d, &BTreeMap::new());
+        assert!(matches!(&up[..], [Decision::Up { .. }]), "a new burst: {up:?}");
+    }
+
     #[test]
     fn bad_policies_are_refused_with_the_reason() {
         let mut d = Driver::new();
