@@ -90,8 +90,9 @@ pub fn need_of(method: &Method, path: &str) -> Need {
         | (&Method::POST, ["v1", "workers", _, "cordon" | "drain" | "uncordon"])
         | (&Method::POST, ["v1", "schedules", _, "pause" | "resume"])
         | (&Method::DELETE, ["v1", "schedules", _])
-        // Starting and stopping machines is an operator's business.
-        | (&Method::POST, ["v1", "autoscale"] | ["v1", "autoscale", _, "resume"])
+        // Resuming or dropping a pool is an operator's business; setting a policy is not (the
+        // command provider runs its commands on the masters): that falls to admin below.
+        | (&Method::POST, ["v1", "autoscale", _, "resume"])
         | (&Method::DELETE, ["v1", "autoscale", _])
         | (&Method::POST, ["v1", "cluster", "leader"]) => Need::Operate,
         _ => Need::Admin,
@@ -308,6 +309,11 @@ mod tests {
             (Method::PUT, "/v1/events/retention", Need::Operate),
             (Method::POST, "/v1/workers/w1/drain", Need::Operate),
             (Method::POST, "/v1/cluster/leader", Need::Operate),
+            (Method::GET, "/v1/autoscale", Need::Read),
+            // A policy's commands run on the masters.
+            (Method::POST, "/v1/autoscale", Need::Admin),
+            (Method::POST, "/v1/autoscale/auto/resume", Need::Operate),
+            (Method::DELETE, "/v1/autoscale/auto", Need::Operate),
             (Method::POST, "/v1/cluster/members", Need::Admin),
             (Method::DELETE, "/v1/cluster/members/3", Need::Admin),
             (Method::POST, "/v1/cluster/stand", Need::Admin),
