@@ -4,10 +4,26 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// `flotilla --version`: the release and the git commit it was built from (build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FLOTILLA_COMMIT"), ")");
+
+/// Shown after the top-level `--help` and in the man page.
+const CONVENTIONS: &str = "\
+Exit status: 0 success; 1 an error, or a job that failed or was cancelled (`job wait`, \
+`submit --wait`); 2 a usage error (unknown flag, bad value).
+
+Environment: FLOTILLA_MASTERS (--masters), FLOTILLA_TOKEN or FLOTILLA_TOKEN_FILE (the token), \
+FLOTILLA_CERTS (--certs: TLS, and its admin.token), FLOTILLA_LOG_FORMAT (--log-format of \
+masters and workers), RUST_LOG (log levels).
+
+Every command that prints something takes --json. Shell completions: `flotilla completions \
+bash|zsh|fish`; man pages: `flotilla man --dir DIR`.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "flotilla",
-    version,
+    version = VERSION,
+    after_long_help = CONVENTIONS,
     // A flag given twice keeps the last value: `--config` puts the file's flags first, so the
     // command line's own win.
     args_override_self = true,
@@ -98,6 +114,33 @@ pub enum Cmd {
     Up(UpArgs),
     /// Start a local cluster, run a job, kill the leader and a worker, show the result.
     Demo(DemoArgs),
+    /// Print a shell completion script: `flotilla completions bash > /etc/bash_completion.d/flotilla`,
+    /// `… zsh > "${fpath[1]}/_flotilla"`, `… fish > ~/.config/fish/completions/flotilla.fish`.
+    Completions {
+        /// The shell: bash, zsh, fish (also elvish, powershell).
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages generated from these definitions, one per command
+    /// (flotilla.1, flotilla-job-wait.1, …), into DIR: a man1 directory such as
+    /// /usr/local/share/man/man1 (then `man flotilla-job-wait`), or any (`man -l DIR/flotilla.1`).
+    Man {
+        /// The directory to write into (created if missing), e.g. /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Print the pages written as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How masters and workers write their logs on stderr.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields), for log shippers.
+    Json,
 }
 
 /// How to reach the cluster (every client command takes these).
@@ -195,6 +238,9 @@ pub struct MasterArgs {
     /// error.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log lines as text, or as one JSON object per line for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "FLOTILLA_LOG_FORMAT")]
+    pub log_format: LogFormat,
     /// This master's id in the group (a positive number, unique, never reused).
     // Optional in the type only: `master recover` runs without it.
     #[arg(long, required = true)]
@@ -325,6 +371,9 @@ pub struct WorkerArgs {
     /// command line and FLOTILLA_* variables override it; an unknown key is an error.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log lines as text, or as one JSON object per line for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "FLOTILLA_LOG_FORMAT")]
+    pub log_format: LogFormat,
     /// Master addresses, comma-separated (the worker learns the others from the leader).
     #[arg(long, env = "FLOTILLA_MASTERS", default_value = "127.0.0.1:7001")]
     pub masters: String,
@@ -588,9 +637,7 @@ pub struct ScheduleAddArgs {
     /// (journalled), or allow a second job.
     #[arg(long, default_value = "skip", value_parser = ["skip", "allow"])]
     pub overlap: String,
-    /// Print the schedule as JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// The job's flags; its --json prints the schedule as JSON.
     #[command(flatten)]
     pub job: SubmitArgs,
 }
@@ -690,6 +737,9 @@ pub struct SubmitArgs {
     /// Wait for the job to finish (progress on stderr; exit status 1 if it failed).
     #[arg(long)]
     pub wait: bool,
+    /// Print JSON: {"id": N}; with --wait, the finished job's detail (as `job show --json`).
+    #[arg(long)]
+    pub json: bool,
     /// The program and its arguments, passed verbatim (no shell): `-- echo hi`.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -736,6 +786,9 @@ pub enum JobCmd {
         /// No progress output.
         #[arg(long, short)]
         quiet: bool,
+        /// Print the finished job's detail as JSON on stdout (as `job show --json`).
+        #[arg(long)]
+        json: bool,
     },
     /// Print a job's result: the reduce step's output (or, without one, the tasks' stdout in
     /// index order).
@@ -743,6 +796,9 @@ pub enum JobCmd {
         id: String,
         #[command(flatten)]
         client: ClientArgs,
+        /// Print JSON: {id, state, result, truncated} (result is null until it succeeded).
+        #[arg(long)]
+        json: bool,
     },
     /// Per-task results.
     Results {
@@ -803,12 +859,19 @@ pub enum JobCmd {
         /// Print the running attempt's stream as it is written, until the task has ended.
         #[arg(long)]
         follow: bool,
+        /// Print JSON lines instead of the raw stream: {task, stream, attempt, offset, text}
+        /// for each piece (one for the whole log without --follow).
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a job: waiting tasks are dropped, running ones killed.
     Cancel {
         id: String,
         #[command(flatten)]
         client: ClientArgs,
+        /// Print JSON: {id, stopped}.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove finished jobs now, with their results (every master drops them at the same
     /// Raft entry; the journal keeps each one's summary). Unfinished jobs are refused: cancel
@@ -856,9 +919,13 @@ pub struct IncidentArgs {
     /// End of the window (same forms). Default: now.
     #[arg(long)]
     pub until: Option<String>,
-    /// md (Markdown) or html (one self-contained page with an SVG timeline).
+    /// md (Markdown), html (one self-contained page with an SVG timeline) or json (the
+    /// report's figures and events).
     #[arg(long, default_value = "md")]
     pub format: String,
+    /// The same as --format json.
+    #[arg(long)]
+    pub json: bool,
     /// Write the report here instead of standard output.
     #[arg(short, long)]
     pub output: Option<std::path::PathBuf>,
@@ -1033,6 +1100,9 @@ pub struct UpArgs {
     /// Port of the first master; the others follow.
     #[arg(long, default_value_t = 7001)]
     pub port: u16,
+    /// Print one JSON line on stdout once the cluster is up: masters, certs, dashboard, dir.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -1040,6 +1110,9 @@ pub struct DemoArgs {
     /// Keep the temporary directory (data and logs) for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// Print the outcome as JSON on stdout (the narrative goes to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

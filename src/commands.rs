@@ -3,9 +3,10 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use clap::CommandFactory;
 
 use flotilla_client::Client;
 use flotilla_core::units::parse_duration;
@@ -38,7 +39,45 @@ pub async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Token { command } => token(command).await,
         Cmd::Up(a) => crate::local::up(a).await,
         Cmd::Demo(a) => crate::demo::run(a).await,
+        Cmd::Completions { shell } => {
+            // Generated into memory first: the generator panics on a failed write, and a
+            // closed pipe (`| head`) is no error of ours.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut crate::cli::Cli::command(), "flotilla", &mut script);
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&script).and_then(|()| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Cmd::Man { dir, json } => man_pages(&dir, json),
     }
+}
+
+/// `flotilla man --dir DIR`: a page per command, from the clap definitions.
+fn man_pages(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(crate::cli::Cli::command(), dir)
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    let mut pages: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("flotilla") && n.ends_with(".1"))
+        .collect();
+    pages.sort();
+    if json {
+        print_json(&pages)?;
+    } else {
+        println!(
+            "{} man pages written to {} (read one with `man -l {}/flotilla.1`; installed in a \
+             man1 directory, `man flotilla-submit`)",
+            pages.len(),
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
@@ -68,13 +107,61 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 /// The job described by the flags, on top of `--file` if given.
 /// `job logs`: the whole stream from the worker that keeps it, or (not longer than a result
 /// keeps) from the result itself.
-async fn task_logs(client: &Client, id: u64, task: &str, stderr: bool, follow: bool) -> anyhow::Result<ExitCode> {
-    use std::io::Write;
+/// Where `job logs` writes: the raw stream, or with `--json` one object per piece.
+struct LogSink<'a> {
+    json: bool,
+    task: &'a str,
+    stream: &'a str,
+}
+
+impl LogSink<'_> {
+    fn write(&self, attempt: Option<&str>, offset: u64, bytes: &[u8]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            let piece = serde_json::json!({
+                "task": self.task,
+                "stream": self.stream,
+                "attempt": attempt,
+                "offset": offset,
+                "text": String::from_utf8_lossy(bytes),
+            });
+            writeln!(out, "{piece}").context("writing the log")?;
+        } else {
+            out.write_all(bytes).context("writing the log")?;
+        }
+        out.flush().context("writing the log")
+    }
+
+    /// The rest of a file from `offset`, in pieces of at most 1 MiB.
+    fn copy(&self, attempt: Option<&str>, file: &mut std::fs::File, mut offset: u64) -> anyhow::Result<()> {
+        use std::io::Read;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).context("the downloaded log")?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.write(attempt, offset, &buf[..n])?;
+            offset += n as u64;
+        }
+    }
+}
+
+async fn task_logs(
+    client: &Client,
+    id: u64,
+    task: &str,
+    stderr: bool,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let index = match task {
         "reduce" => None,
         i => Some(i.parse::<u64>().map_err(|_| anyhow!("--task must be an index or 'reduce', not '{i}'"))?),
     };
     let stream = if stderr { "stderr" } else { "stdout" };
+    let sink = LogSink { json, task, stream };
     // With --follow: what each running attempt writes, as it writes it, until the task ends.
     // `shown` is the attempt printed last and how much of it.
     let mut shown: Option<(String, u64)> = None;
@@ -109,8 +196,7 @@ async fn task_logs(client: &Client, id: u64, task: &str, stderr: bool, follow: b
                 shown = Some((attempt, 0));
                 continue;
             }
-            let mut out = std::io::stdout().lock();
-            out.write_all(live.text.as_bytes()).and_then(|()| out.flush()).context("writing the log")?;
+            sink.write(Some(&attempt), offset, live.text.as_bytes())?;
             let more = live.next_offset < live.total;
             shown = Some((attempt, live.next_offset));
             if more {
@@ -138,7 +224,7 @@ async fn task_logs(client: &Client, id: u64, task: &str, stderr: bool, follow: b
             use std::io::Seek;
             let mut file = std::fs::File::open(&part).context("the downloaded log")?;
             file.seek(std::io::SeekFrom::Start(skip)).context("the downloaded log")?;
-            std::io::copy(&mut file, &mut std::io::stdout().lock()).context("writing the log")?;
+            sink.copy(recorded.as_deref(), &mut file, skip)?;
         }
         Err(e) if e.is_not_found() && client.job(id, false).await.is_ok() => {
             let text = match (row, index) {
@@ -152,7 +238,7 @@ async fn task_logs(client: &Client, id: u64, task: &str, stderr: bool, follow: b
                 (None, _) => client.result(id, false).await?.result.unwrap_or_default(),
             };
             let rest = text.as_bytes().get(skip as usize..).unwrap_or_default();
-            std::io::stdout().lock().write_all(rest).context("writing the log")?;
+            sink.write(recorded.as_deref(), skip, rest)?;
         }
         Err(e) => return Err(e.into()),
     }
@@ -365,7 +451,7 @@ async fn schedule(command: crate::cli::ScheduleCmd) -> anyhow::Result<ExitCode> 
                 job,
             };
             let added = connect(&a.job.client)?.add_schedule(&request).await?;
-            print(&added, a.json)?;
+            print(&added, a.job.json)?;
         }
         ScheduleCmd::List { client, json, stale } => {
             let list = connect(&client)?.schedules(stale).await?;
@@ -501,10 +587,17 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let req = submit_request(&a)?;
     let client = connect(&a.client)?;
     let submitted = client.submit(&req).await?;
-    println!("{}", submitted.id);
-    std::io::stdout().flush()?;
     if a.wait {
-        return wait(&client, submitted.id, false).await;
+        if !a.json {
+            println!("{}", submitted.id);
+            std::io::stdout().flush()?;
+        }
+        return wait(&client, submitted.id, false, a.json).await;
+    }
+    if a.json {
+        print_json(&submitted)?;
+    } else {
+        println!("{}", submitted.id);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -575,10 +668,16 @@ async fn job(cmd: JobCmd) -> anyhow::Result<ExitCode> {
                 print_job(&job);
             }
         }
-        JobCmd::Wait { id, client, quiet } => return wait(&connect(&client)?, job_id(&id)?, quiet).await,
-        JobCmd::Result { id, client } => {
+        JobCmd::Wait { id, client, quiet, json } => {
+            return wait(&connect(&client)?, job_id(&id)?, quiet, json).await;
+        }
+        JobCmd::Result { id, client, json } => {
             let id = job_id(&id)?;
             let r = connect(&client)?.result(id, false).await?;
+            if json {
+                print_json(&r)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             match r.result {
                 Some(text) => {
                     print!("{text}");
@@ -616,12 +715,16 @@ async fn job(cmd: JobCmd) -> anyhow::Result<ExitCode> {
         JobCmd::Fetch { id, client, task, output, json } => {
             return crate::fetch::fetch(&connect(&client)?, job_id(&id)?, task.as_deref(), &output, json).await;
         }
-        JobCmd::Logs { id, client, task, stderr, follow } => {
-            return task_logs(&connect(&client)?, job_id(&id)?, &task, stderr, follow).await;
+        JobCmd::Logs { id, client, task, stderr, follow, json } => {
+            return task_logs(&connect(&client)?, job_id(&id)?, &task, stderr, follow, json).await;
         }
-        JobCmd::Cancel { id, client } => {
+        JobCmd::Cancel { id, client, json } => {
             let c = connect(&client)?.cancel(job_id(&id)?).await?;
-            println!("job {} cancelled ({} running attempts stopped)", c.id, c.stopped);
+            if json {
+                print_json(&c)?;
+            } else {
+                println!("job {} cancelled ({} running attempts stopped)", c.id, c.stopped);
+            }
         }
         JobCmd::Purge { ids, client, json } => {
             let ids = ids.iter().map(|i| job_id(i)).collect::<anyhow::Result<Vec<u64>>>()?;
@@ -794,11 +897,10 @@ fn print_job(j: &JobDetail) {
     }
 }
 
-/// Polls a job until it finishes, showing progress on stderr.
-async fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<ExitCode> {
-    let tty = std::io::stderr().is_terminal();
-    let mut last_print = Instant::now() - Duration::from_secs(60);
-    let mut last_line = String::new();
+/// Polls a job until it finishes, showing progress on stderr ([`crate::progress`]); with
+/// `json`, prints the finished job's detail on stdout.
+async fn wait(client: &Client, id: u64, quiet: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let mut progress = crate::progress::Progress::new(quiet, std::io::stderr().is_terminal());
     let mut first = true;
     loop {
         // The first read answers at once; then long polls that return as soon as the job ends
@@ -808,30 +910,11 @@ async fn wait(client: &Client, id: u64, quiet: bool) -> anyhow::Result<ExitCode>
         } else {
             client.job_when_finished(id, Duration::from_secs(1)).await?
         };
-        let t = &j.tasks;
-        let done = t.succeeded + t.failed + t.cancelled;
-        let line = format!(
-            "job {id}: {} — {done}/{} done ({} running, {} failed){}",
-            j.state,
-            t.total,
-            t.running + t.assigned,
-            t.failed,
-            j.unschedulable.as_ref().map(|u| format!("; cannot run: {u}")).unwrap_or_default()
-        );
-        let finished = j.state.is_terminal();
-        if !quiet && (finished || (line != last_line && (tty || last_print.elapsed() > Duration::from_secs(2)))) {
-            if tty {
-                eprint!("\r\x1b[2K{line}");
-                if finished {
-                    eprintln!();
-                }
-            } else {
-                eprintln!("{line}");
+        progress.show(&j);
+        if j.state.is_terminal() {
+            if json {
+                print_json(&j)?;
             }
-            last_print = Instant::now();
-            last_line = line;
-        }
-        if finished {
             if j.state != JobState::Succeeded {
                 if let Some(f) = &j.failure {
                     eprintln!("{f}");
@@ -927,18 +1010,21 @@ pub async fn all_events(
 }
 
 async fn incident_report(a: crate::cli::IncidentArgs) -> anyhow::Result<ExitCode> {
-    let html = match a.format.as_str() {
-        "md" | "markdown" => false,
-        "html" => true,
-        other => anyhow::bail!("--format: {other:?} is not md or html"),
-    };
+    let format = if a.json { "json" } else { a.format.as_str() };
+    if !matches!(format, "md" | "markdown" | "html" | "json") {
+        anyhow::bail!("--format: {format:?} is not md, html or json");
+    }
     let (since, until) = time_window(a.since.as_deref(), a.until.as_deref())?;
     // The report prints its window: an open end is "now".
     let until = until.min(flotilla_proto::time::now_ms() + 1);
     let client = connect(&a.client)?;
     let events = all_events(&client, a.stale).await?;
     let report = crate::incident::build(&events, since, until);
-    let text = if html { report.html() } else { report.markdown() };
+    let text = match format {
+        "html" => report.html(),
+        "json" => serde_json::to_string_pretty(&report)? + "\n",
+        _ => report.markdown(),
+    };
     match &a.output {
         Some(path) => {
             std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;

@@ -34,11 +34,24 @@ fn expected_top(text: &str) -> String {
     rows.iter().take(TOP).map(|(c, w)| format!("{c} {w}\n")).collect()
 }
 
+/// With `--json` the narrative goes to stderr and stdout holds only the JSON outcome.
+static NARRATIVE_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if NARRATIVE_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+
 struct Clock(Instant);
 
 impl Clock {
     fn say(&self, text: impl AsRef<str>) {
-        println!("[{:>5.1}s] {}", self.0.elapsed().as_secs_f64(), text.as_ref());
+        say!("[{:>5.1}s] {}", self.0.elapsed().as_secs_f64(), text.as_ref());
     }
 }
 
@@ -63,17 +76,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the flotilla binary")?;
     let mut cluster = LocalCluster::new(&exe, &dir, 3, None)?;
     let clock = Clock(Instant::now());
-    println!("Flotilla demo: a local cluster of 3 masters and {WORKERS} workers in {}", dir.display());
-    let outcome = demo(&mut cluster, &clock, &dir).await;
+    NARRATIVE_TO_STDERR.store(args.json, std::sync::atomic::Ordering::Relaxed);
+    say!("Flotilla demo: a local cluster of 3 masters and {WORKERS} workers in {}", dir.display());
+    let outcome = demo(&mut cluster, &clock, &dir, args.json).await;
     cluster.stop();
     if args.keep {
         let kept = temp.keep();
-        println!("Data and logs kept in {}", kept.display());
+        say!("Data and logs kept in {}", kept.display());
     }
     outcome
 }
 
-async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn demo(
+    cluster: &mut LocalCluster,
+    clock: &Clock,
+    dir: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     cluster.start_masters()?;
     let leader = cluster.wait_leader(Duration::from_secs(30)).await.context("no leader elected within 30 s")?;
     for i in 1..=WORKERS {
@@ -189,31 +208,31 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
 
     let result = client.result(job, false).await?.result.unwrap_or_default();
     let expected = expected_top(TEXT);
-    println!();
-    println!("Result of job {job} (top {TOP} words, count and word):");
+    say!("");
+    say!("Result of job {job} (top {TOP} words, count and word):");
     for line in result.lines() {
-        println!("    {line}");
+        say!("    {line}");
     }
     let correct = result == expected;
     if correct {
-        println!("The result is correct: it matches a count done in this process.");
+        say!("The result is correct: it matches a count done in this process.");
     } else {
-        println!("The result is WRONG. Expected:\n{expected}");
+        say!("The result is WRONG. Expected:\n{expected}");
     }
-    println!();
-    println!("Failover (measured from outside, by polling):");
-    println!("    leader SIGKILL -> new leader elected:         {:.2}s", to_leader.as_secs_f64());
-    println!("    leader SIGKILL -> first task result committed: {:.2}s", to_result.as_secs_f64());
+    say!("");
+    say!("Failover (measured from outside, by polling):");
+    say!("    leader SIGKILL -> new leader elected:         {:.2}s", to_leader.as_secs_f64());
+    say!("    leader SIGKILL -> first task result committed: {:.2}s", to_result.as_secs_f64());
     if let Some(m) = worker_figures {
-        println!("    worker SIGKILL -> its tasks running elsewhere: {:.2}s (worker timeout 3s)", m.as_secs_f64());
+        say!("    worker SIGKILL -> its tasks running elsewhere: {:.2}s (worker timeout 3s)", m.as_secs_f64());
     }
-    println!();
-    println!("Journal (flotilla events):");
+    say!("");
+    say!("Journal (flotilla events):");
     let events = client.events(0, 1000, Duration::ZERO, false).await?;
     for e in events.events.iter().filter(|e| e.kind != EventType::TaskRescheduled || e.message.contains("lost")) {
-        println!("    {}  {:<18} {}", e.time, e.kind, e.message);
+        say!("    {}  {:<18} {}", e.time, e.kind, e.message);
     }
-    println!();
+    say!("");
     // The post-incident report, from the replicated journal alone.
     let all = crate::commands::all_events(&client, false).await?;
     let report = crate::incident::build(&all, 0, flotilla_proto::time::now_ms() + 1);
@@ -222,24 +241,38 @@ async fn demo(cluster: &mut LocalCluster, clock: &Clock, dir: &std::path::Path) 
     let (md, html) = (out_dir.join("demo-incident-report.md"), out_dir.join("demo-incident-report.html"));
     std::fs::write(&md, report.markdown()).with_context(|| format!("cannot write {}", md.display()))?;
     std::fs::write(&html, report.html()).with_context(|| format!("cannot write {}", html.display()))?;
-    println!("Incident report (flotilla incident report), written to {} and {}:", md.display(), html.display());
+    say!("Incident report (flotilla incident report), written to {} and {}:", md.display(), html.display());
     for line in report.markdown().lines().skip_while(|l| !l.starts_with("## Summary")).skip(1) {
         if line.starts_with("## ") {
             break;
         }
         if !line.is_empty() {
-            println!("    {line}");
+            say!("    {line}");
         }
     }
-    println!();
+    say!("");
     let verdict = if correct && job_state.state == JobState::Succeeded { "correct" } else { "WRONG" };
     let top = result.lines().next().unwrap_or("(none)");
-    println!(
+    say!(
         "Demo result: {verdict} (top word: {top}); new leader {:.2}s and first result {:.2}s after the leader SIGKILL{}",
         to_leader.as_secs_f64(),
         to_result.as_secs_f64(),
         worker_figures.map(|m| format!("; worker loss handled in {:.2}s", m.as_secs_f64())).unwrap_or_default()
     );
+    if json {
+        let outcome = serde_json::json!({
+            "correct": verdict == "correct",
+            "job": job,
+            "state": job_state.state,
+            "result": result,
+            "leader_killed": leader,
+            "new_leader_s": to_leader.as_secs_f64(),
+            "first_result_s": to_result.as_secs_f64(),
+            "worker_loss_handled_s": worker_figures.map(|m| m.as_secs_f64()),
+            "incident_report": {"markdown": md, "html": html},
+        });
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    }
     if verdict != "correct" {
         return Ok(ExitCode::from(1));
     }

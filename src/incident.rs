@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use flotilla_proto::api::{EventType, EventView, JobState};
 use flotilla_proto::time::rfc3339;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Election {
     pub at_ms: u64,
     pub term: u64,
@@ -26,7 +26,7 @@ pub struct Election {
     pub quiet_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LostWorker {
     pub at_ms: u64,
     pub worker: String,
@@ -36,7 +36,7 @@ pub struct LostWorker {
     pub back_at_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AffectedJob {
     pub job: u64,
     pub first_disruption_ms: u64,
@@ -46,7 +46,7 @@ pub struct AffectedJob {
     pub state: Option<JobState>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
     pub since_ms: u64,
     pub until_ms: u64,

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod fetch;
 pub mod incident;
 pub mod local;
+pub mod progress;
 pub mod roles;
 
 use std::io::IsTerminal;
@@ -47,10 +48,24 @@ pub fn main_entry() -> ExitCode {
         .unwrap_or_else(|| default.parse().unwrap_or_else(|_| tracing_subscriber::filter::Targets::new()));
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr))
-        .with(filter)
-        .init();
+    let log_format = match &cli.command {
+        Cmd::Master(m) if m.command.is_none() => m.run.log_format,
+        Cmd::Worker(w) if w.command.is_none() => w.run.log_format,
+        _ => cli::LogFormat::Text,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    match log_format {
+        cli::LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
+            .init(),
+        cli::LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

@@ -403,6 +403,25 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     cluster.wait_workers(args.workers as usize, Duration::from_secs(30)).await?;
     let masters = cluster.master_list();
+    if args.json {
+        let certs = cluster.certs.as_ref().map(|c| std::path::absolute(c).unwrap_or(c.clone()));
+        let scheme = if certs.is_some() { "https" } else { "http" };
+        let up = serde_json::json!({
+            "masters": masters.split(',').collect::<Vec<_>>(),
+            "leader": leader,
+            "workers": args.workers,
+            "cpus": args.cpus,
+            "certs": certs,
+            "dashboard": format!("{scheme}://{}/", masters.split(',').next().unwrap_or_default()),
+            "dir": std::path::absolute(&args.dir).unwrap_or(args.dir.clone()),
+        });
+        println!("{up}");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let stop = crate::roles::shutdown_on_signals();
+        stop.cancelled().await;
+        cluster.stop();
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "Flotilla is up: {} masters (leader: master {leader}), {} workers with {} cpus each.",
         args.masters, args.workers, args.cpus

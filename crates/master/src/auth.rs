@@ -67,6 +67,13 @@ impl Caller {
     }
 }
 
+/// Requests answered without a credential: the dashboard's page and assets, and a master's
+/// view of itself (`GET /v1/node`), which health checks ask (Kubernetes probes and load
+/// balancers carry no token); it tells its role, term and indexes, nothing of the jobs.
+pub fn is_public(method: &Method, path: &str) -> bool {
+    crate::dashboard::is_public(method, path) || (matches!(*method, Method::GET | Method::HEAD) && path == "/v1/node")
+}
+
 /// What a request needs. Unknown routes need an admin: nothing is open by omission.
 pub fn need_of(method: &Method, path: &str) -> Need {
     if path.starts_with(WORKER_SERVICE) {
@@ -116,7 +123,7 @@ pub async fn authenticate(State(master): State<Arc<Master>>, mut request: Reques
     };
     let caller = match caller {
         Some(c) => c,
-        None if crate::dashboard::is_public(request.method(), path) => Caller::Anyone,
+        None if is_public(request.method(), path) => Caller::Anyone,
         None => match identify(&master, &request) {
             Ok(c) => c,
             Err(why) => return refuse(request, ApiErrorCode::Unauthorized, &why).await,

@@ -219,11 +219,17 @@ impl Modify for Roles {
             for (method, operation) in operations {
                 let Some(operation) = operation else { continue };
                 let role = crate::auth::need_of(&method, &concrete).least_role();
-                let note = format!("Needs a token of role `{}` or higher.", role.name());
+                let public = crate::auth::is_public(&method, &concrete);
+                let note = if public {
+                    "Needs no token (health checks ask it).".to_string()
+                } else {
+                    format!("Needs a token of role `{}` or higher.", role.name())
+                };
                 operation.description =
                     Some(operation.description.take().map_or(note.clone(), |d| format!("{d}\n\n{note}")));
                 let extensions = operation.extensions.get_or_insert_with(Default::default);
-                extensions.insert("x-flotilla-role".to_string(), serde_json::Value::from(role.name()));
+                let role = if public { "none" } else { role.name() };
+                extensions.insert("x-flotilla-role".to_string(), serde_json::Value::from(role));
             }
         }
     }
