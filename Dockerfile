@@ -4,6 +4,9 @@
 # Kubernetes manifests using it: deploy/kubernetes/. The README's "Deploy" section has more.
 
 FROM rust:1.95-bookworm AS build
+# `flotilla --version` names this commit: the build context has no .git
+# (docker build --build-arg FLOTILLA_COMMIT="$(git rev-parse --short=12 HEAD)" .).
+ARG FLOTILLA_COMMIT=unknown
 WORKDIR /src
 COPY . .
 # Only the binary, with the release profile of Cargo.toml.
