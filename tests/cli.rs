@@ -270,7 +270,7 @@ async fn events_export_as_ndjson_within_a_time_window() {
     assert!(html.starts_with("<!doctype html>") && html.contains("<svg"), "self-contained with a timeline");
     let (code, _, err) = cli(&masters, &["incident", "report", "--format", "pdf"]);
     assert_ne!(code, 0);
-    assert!(err.contains("not md or html"), "{err}");
+    assert!(err.contains("not md, html or json"), "{err}");
 }
 
 /// Invariant: the journal's retention is a replicated setting: once changed, every master keeps

@@ -250,6 +250,21 @@ async fn dashboard_follows_a_job_and_a_leader_change_live() {
     eprintln!("progress bar went from {first} % to 100 %");
     screenshot(&browser, "2-jobs").await;
 
+    // The cluster page charts the master's own samples: the job's tasks show as throughput.
+    eval(&browser, "location.hash = '#/cluster'; return true").await;
+    let peak = wait_page(
+        &t,
+        &browser,
+        "charts of throughput, waiting tasks, cpus and elections, the job's tasks in the throughput",
+        "const c = (k) => document.querySelector(`#charts .chart[data-chart=\"${k}\"]`); \
+         const ok = ['throughput', 'waiting', 'cpus', 'elections'].every(k => c(k) !== null) \
+             && Number(c('cpus').dataset.points) >= 2 && Number(c('throughput').dataset.peak) > 0; \
+         return ok ? Number(c('throughput').dataset.peak) : null",
+    )
+    .await;
+    eprintln!("throughput chart peaked at {peak} tasks/s");
+    screenshot(&browser, "2b-charts").await;
+
     // The job page lists its tasks with their recorded attempts and output.
     eval(&browser, &format!("location.hash = '#/job/{id}'; return true")).await;
     wait_page(&t, &browser, "16 task rows", "return document.querySelectorAll('#tasks tr.task').length === 16").await;
@@ -274,6 +289,17 @@ async fn dashboard_follows_a_job_and_a_leader_change_live() {
         &browser,
         "the upstream job's page linking its dependent",
         &format!("return document.querySelector('#deps a.dep[data-rel=\"downstream\"][data-job=\"{next}\"]') !== null"),
+    )
+    .await;
+    eval(&browser, "location.hash = '#/graph'; return true").await;
+    wait_page(
+        &t,
+        &browser,
+        "the dependency graph with the edge between the two jobs",
+        &format!(
+            "return document.querySelector('#graph path.edge[data-from=\"{id}\"][data-to=\"{next}\"]') !== null \
+                 && document.querySelectorAll('#graph a.node').length === 2"
+        ),
     )
     .await;
     screenshot(&browser, "3b-dependencies").await;
@@ -317,6 +343,13 @@ async fn dashboard_follows_a_job_and_a_leader_change_live() {
         new_term.as_f64() > old_term.as_f64(),
         "the new leader's term {new_term} is above the old one's {old_term}"
     );
+    wait_page(
+        &t,
+        &browser,
+        "the failover in the elections chart",
+        "const c = document.querySelector('#charts .chart[data-chart=\"elections\"]'); return c !== null && Number(c.dataset.points) >= 1",
+    )
+    .await;
     let marker = eval(&browser, "return window.__flotillaPage || null").await;
     assert_eq!(marker, json!("never reloaded"), "the page was not reloaded");
     screenshot(&browser, "4-new-leader").await;

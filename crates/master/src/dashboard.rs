@@ -57,7 +57,13 @@ pub fn public_router() -> Router {
 
 /// The data routes (behind the token when one is set).
 pub fn router(master: Arc<Master>) -> Router {
-    let hub = Arc::new(Hub { master, views: std::sync::Mutex::new(None) });
+    let history = Arc::new(History::default());
+    // The sampler runs for as long as the master does (it holds it weakly), whether or not a
+    // page is open, so that a page opened now charts the last minutes.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(sample(Arc::downgrade(&master), history.clone()));
+    }
+    let hub = Arc::new(Hub { master, history, views: std::sync::Mutex::new(None) });
     Router::new()
         .route("/ui/snapshot", get(snapshot).options(preflight))
         .route("/ui/stream", get(stream).options(preflight))
@@ -69,6 +75,7 @@ pub fn router(master: Arc<Master>) -> Router {
 /// (asking each peer once) while at least one page listens, and stops when the last goes.
 struct Hub {
     master: Arc<Master>,
+    history: Arc<History>,
     /// The producer's channel while it runs: the newest view, encoded.
     views: std::sync::Mutex<Option<tokio::sync::watch::Sender<Option<Arc<String>>>>>,
 }
@@ -105,7 +112,7 @@ async fn produce(hub: Arc<Hub>, tx: tokio::sync::watch::Sender<Option<Arc<String
     let min_gap = Duration::from_secs(1) / MAX_RATE;
     loop {
         let started = tokio::time::Instant::now();
-        match serde_json::to_string(&view(master).await) {
+        match serde_json::to_string(&view(master, &hub.history).await) {
             Ok(json) => {
                 tx.send_replace(Some(Arc::new(json)));
             }
@@ -185,10 +192,91 @@ pub struct View {
     pub warnings: Vec<StatusWarning>,
     /// Autoscaling pools, as `/v1/autoscale` reports them.
     pub pools: Vec<flotilla_proto::api::PoolView>,
+    /// The charts' samples, oldest first (every [`SAMPLE_EVERY`], the last 10 minutes).
+    pub history: Vec<Sample>,
+    /// Dependencies among the jobs of the view (and the jobs they need).
+    pub deps: Vec<DependencyEdge>,
+}
+
+/// How often the charts' figures are sampled, and how many samples are kept (10 minutes).
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+const HISTORY_LEN: usize = 300;
+
+/// One sample of the figures the dashboard charts, from this master's replica.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Sample {
+    pub at_ms: u64,
+    /// Tasks of the kept jobs that have finished (succeeded, failed or cancelled): its rise
+    /// between two samples is the throughput (it falls when finished jobs are removed).
+    pub done: u64,
+    pub waiting: u64,
+    pub running: u64,
+    /// Cpus of ready workers running tasks, and offered by them.
+    pub cpus_busy: u64,
+    pub cpus_total: u64,
+}
+
+impl Sample {
+    pub fn of(state: &flotilla_core::state::ClusterState, workers: &[WorkerStatus], at_ms: u64) -> Self {
+        let mut sample = Sample { at_ms, done: 0, waiting: 0, running: 0, cpus_busy: 0, cpus_total: 0 };
+        for job in state.jobs() {
+            let c = &job.counts;
+            sample.done += c.succeeded + c.failed + c.cancelled;
+            sample.waiting += c.waiting;
+            sample.running += c.running + c.assigned;
+        }
+        for w in workers.iter().filter(|w| w.state == flotilla_proto::api::WorkerState::Ready) {
+            sample.cpus_busy += u64::from(w.cpus_busy);
+            sample.cpus_total += u64::from(w.cpus_total);
+        }
+        sample
+    }
+}
+
+/// The newest [`HISTORY_LEN`] samples, oldest first.
+#[derive(Default)]
+pub struct History {
+    samples: std::sync::Mutex<std::collections::VecDeque<Sample>>,
+}
+
+impl History {
+    pub fn push(&self, sample: Sample) {
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() == HISTORY_LEN {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+    }
+
+    pub fn all(&self) -> Vec<Sample> {
+        self.samples.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
+    }
+}
+
+async fn sample(master: std::sync::Weak<Master>, history: Arc<History>) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(master) = master.upgrade() else { return };
+        let seen = master.sessions.last_seen_all();
+        let data = master.shared.read();
+        let workers = crate::api::worker_statuses(&seen, &data.state);
+        history.push(Sample::of(&data.state, &workers, now_ms()));
+    }
+}
+
+/// One edge of the dependency graph: job `to` needs job `from` (`rel`: `after`,
+/// `after_finished` or `each`).
+#[derive(Clone, Debug, Serialize)]
+pub struct DependencyEdge {
+    pub from: u64,
+    pub to: u64,
+    pub rel: &'static str,
 }
 
 /// Builds a view: this master's replica plus each other master's own figures.
-pub async fn view(master: &Arc<Master>) -> View {
+pub async fn view(master: &Arc<Master>, history: &History) -> View {
     let mut asks = tokio::task::JoinSet::new();
     for (id, address) in master.others() {
         let m = master.clone();
@@ -249,6 +337,20 @@ pub async fn view(master: &Arc<Master>) -> View {
     let events = journal.newest(VIEW_EVENTS).map(EventView::from_event).collect();
     let pools =
         data.state.pools().iter().map(|(name, p)| flotilla_proto::api::PoolView::new(name, p, &data.state)).collect();
+    let mut deps = Vec::new();
+    for job in &jobs {
+        let Some(options) = data.state.job_options(job.id) else { continue };
+        for (ids, rel) in
+            [(&options.after, "after"), (&options.after_finished, "after_finished"), (&options.each, "each")]
+        {
+            deps.extend(ids.iter().map(|from| DependencyEdge { from: *from, to: job.id, rel }));
+        }
+    }
+    let mut history = history.all();
+    if history.is_empty() {
+        // A master just started: one sample now, so the charts have a point.
+        history.push(Sample::of(&data.state, &workers, now));
+    }
     View {
         leader_silent_ms: (!leading).then(|| master.leader_contact.silent_for().as_millis() as u64),
         node: me,
@@ -260,6 +362,8 @@ pub async fn view(master: &Arc<Master>) -> View {
         events,
         warnings,
         pools,
+        history,
+        deps,
     }
 }
 
@@ -315,7 +419,7 @@ async fn job(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
 }
 
 async fn snapshot(State(hub): State<Arc<Hub>>) -> Response {
-    cors(Json(view(&hub.master).await))
+    cors(Json(view(&hub.master, &hub.history).await))
 }
 
 async fn stream(State(hub): State<Arc<Hub>>) -> Response {

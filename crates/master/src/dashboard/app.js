@@ -162,6 +162,7 @@ function render() {
   if (page === "jobs") main.innerHTML = jobsPage(v);
   else if (page === "job") { main.innerHTML = jobPage(Number(arg)); loadJob(Number(arg)); }
   else if (page === "timeline") main.innerHTML = timelinePage(v);
+  else if (page === "graph") main.innerHTML = graphPage(v);
   else main.innerHTML = clusterPage(v);
   bindFilters();
 }
@@ -217,6 +218,7 @@ function clusterPage(v) {
       <td>${p.paused ? badge("paused") : p.failures ? `${p.failures} failed` : badge("active")}</td>
       <td class="decision">${esc(p.last_decision || "–")}${p.last_failure ? `<br><span class="muted">last failure: ${esc(p.last_failure)}</span>` : ""}</td></tr>`).join("");
   return `<div class="tiles">${tiles}</div>
+    ${chartsHtml(v)}
     ${warnings ? `<div id="warnings">${warnings}</div>` : ""}
     ${pools ? `<h2>Autoscaling</h2>
     <table id="pools"><tr><th>pool</th><th>provider</th><th>workers</th><th>joined</th><th>on the way</th><th>retiring</th><th>state</th><th>last decision</th></tr>${pools}</table>` : ""}
@@ -364,6 +366,115 @@ function timelinePage(v) {
     <svg class="timeline" viewBox="0 0 ${W} ${H + 10}" preserveAspectRatio="none" height="${H + 10}">${lanes}${marks}</svg>
     <div class="filters">Kind <select id="f-kind"><option value="">all</option>${kinds.map((k) => `<option ${k === state.kindFilter ? "selected" : ""}>${esc(k)}</option>`).join("")}</select></div>
     <table id="events"><tr><th>time</th><th>kind</th><th>what happened</th></tr>${list}</table>`;
+}
+
+// ---- charts over time ---------------------------------------------------------------------
+// From the master's own samples (`history`: every 2 s, kept for 10 minutes on every master,
+// so a page opened now sees the last minutes) and the journal's elections.
+
+function seriesOf(history) {
+  const rate = [], waiting = [], busy = [], total = [];
+  for (let i = 0; i < history.length; i++) {
+    const s = history[i];
+    waiting.push([s.at_ms, s.waiting]);
+    busy.push([s.at_ms, s.cpus_busy]);
+    total.push([s.at_ms, s.cpus_total]);
+    if (i > 0) {
+      const p = history[i - 1];
+      const dt = s.at_ms - p.at_ms;
+      // Purged jobs take their finished tasks with them: never a negative rate.
+      if (dt > 0) rate.push([s.at_ms, Math.max(0, s.done - p.done) * 1000 / dt]);
+    }
+  }
+  return { rate, waiting, busy, total };
+}
+
+function fmtNum(n) {
+  return n >= 100 ? Math.round(n).toString() : n >= 10 ? n.toFixed(1) : n.toFixed(2).replace(/\.?0+$/, "") || "0";
+}
+
+// One line chart: `lines` are [name, points, cssClass]; `marks` the elections' times.
+function lineChart(key, title, lines, t0, t1, marks, unit) {
+  const W = 320, H = 110, L = 34, B = 16;
+  const ymax = Math.max(1, ...lines.flatMap(([, pts]) => pts.map((p) => p[1])));
+  const x = (t) => L + ((W - L - 4) * (t - t0)) / Math.max(1, t1 - t0);
+  const y = (v) => H - B - ((H - B - 6) * v) / ymax;
+  const paths = lines.map(([name, pts, cls]) => pts.length
+    ? `<polyline class="${cls}" points="${pts.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ")}"><title>${esc(name)}</title></polyline>` : "").join("");
+  const elections = marks.map((e) => `<line class="election" x1="${x(e.at_ms).toFixed(1)}" x2="${x(e.at_ms).toFixed(1)}" y1="4" y2="${H - B}"><title>${esc(e.time)} ${esc(e.message)}</title></line>`).join("");
+  const main = lines[0][1];
+  const last = main.length ? main[main.length - 1][1] : 0;
+  const peak = Math.max(0, ...main.map((p) => p[1]));
+  const span = t1 - t0 < 60000 ? `${Math.round((t1 - t0) / 1000)} s` : `${Math.round((t1 - t0) / 60000)} min`;
+  return `<figure class="chart" data-chart="${key}" data-points="${main.length}" data-last="${last}" data-peak="${peak}">
+    <figcaption>${esc(title)} <b>${fmtNum(last)}${unit}</b></figcaption>
+    <svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">
+      <line class="axis" x1="${L}" x2="${W - 4}" y1="${H - B}" y2="${H - B}"/><line class="axis" x1="${L}" x2="${L}" y1="4" y2="${H - B}"/>
+      <text x="2" y="12">${fmtNum(ymax)}</text><text x="2" y="${H - B}">0</text>
+      <text x="${L}" y="${H - 3}">−${span}</text><text x="${W - 30}" y="${H - 3}">now</text>
+      ${elections}${paths}</svg></figure>`;
+}
+
+function chartsHtml(v) {
+  const h = v.history || [];
+  if (h.length < 2) return '<div id="charts" class="charts"><p class="muted">Charts appear after a few seconds of samples.</p></div>';
+  const t0 = h[0].at_ms, t1 = h[h.length - 1].at_ms;
+  const s = seriesOf(h);
+  const elections = v.events.filter((e) => e.kind === "leader_elected" && e.at_ms >= t0 && e.at_ms <= t1);
+  const strip = elections.map((e) => `<span class="election-mark" data-term="${e.term ?? ""}" title="${esc(e.time)}">${esc(e.message)}</span>`).join(" ");
+  return `<div id="charts" class="charts">
+    ${lineChart("throughput", "tasks finished / s", [["finished per second", s.rate, "line-ok"]], t0, t1, elections, "")}
+    ${lineChart("waiting", "waiting tasks", [["waiting", s.waiting, "line-wait"]], t0, t1, elections, "")}
+    ${lineChart("cpus", "cpus in use", [["busy", s.busy, "line-busy"], ["offered", s.total, "line-total"]], t0, t1, elections, ` / ${h[h.length - 1].cpus_total}`)}
+    <figure class="chart" data-chart="elections" data-points="${elections.length}"><figcaption>elections <b>${elections.length}</b></figcaption>
+      <div class="elections">${strip || '<span class="muted">none in this window</span>'}</div></figure>
+  </div>`;
+}
+
+// ---- the dependency graph -----------------------------------------------------------------
+// The kept jobs linked by `after`, `after_finished` or `each` (`deps`: edges from the job
+// needed to the job that needs it), in layers: a job right of every job it needs.
+
+function graphPage(v) {
+  const edges = v.deps || [];
+  if (!edges.length) return '<h2>Dependencies</h2><p class="muted">No job depends on another yet (<code>flotilla submit --after JOB</code>, <code>--each JOB</code>).</p>';
+  const jobs = new Map(v.jobs.map((j) => [j.id, j]));
+  const ids = [...new Set(edges.flatMap((e) => [e.from, e.to]))].sort((a, b) => a - b);
+  const ups = new Map(ids.map((id) => [id, edges.filter((e) => e.to === id).map((e) => e.from)]));
+  const layer = new Map();
+  const depth = (id, seen) => {
+    if (layer.has(id)) return layer.get(id);
+    if (seen.has(id)) return 0; // never a cycle, but never loop on one either
+    seen.add(id);
+    const d = Math.max(-1, ...ups.get(id).map((u) => depth(u, seen))) + 1;
+    layer.set(id, d);
+    return d;
+  };
+  ids.forEach((id) => depth(id, new Set()));
+  const rows = new Map();
+  const pos = new Map();
+  for (const id of ids) {
+    const l = layer.get(id);
+    const r = rows.get(l) || 0;
+    rows.set(l, r + 1);
+    pos.set(id, [20 + l * 190, 20 + r * 46]);
+  }
+  const BW = 140, BH = 30;
+  const W = 40 + (Math.max(...layer.values()) + 1) * 190, H = 40 + Math.max(...rows.values()) * 46;
+  const lines = edges.map((e) => {
+    const [x1, y1] = pos.get(e.from), [x2, y2] = pos.get(e.to);
+    return `<path class="edge edge-${esc(e.rel)}" data-from="${e.from}" data-to="${e.to}" d="M${x1 + BW},${y1 + BH / 2} C${x1 + BW + 30},${y1 + BH / 2} ${x2 - 30},${y2 + BH / 2} ${x2},${y2 + BH / 2}"><title>#${e.to} ${esc(e.rel)} #${e.from}</title></path>`;
+  }).join("");
+  const nodes = ids.map((id) => {
+    const [x, y] = pos.get(id);
+    const j = jobs.get(id);
+    const st = j ? j.state : "removed";
+    const label = `#${id} ${j && j.name ? j.name : ""}`.slice(0, 20);
+    return `<a href="#/job/${id}" class="node" data-job="${id}" data-state="${esc(st)}"><rect class="node-${esc(st)}" x="${x}" y="${y}" width="${BW}" height="${BH}" rx="5"/>
+      <text x="${x + 8}" y="${y + 19}">${esc(label)}</text><title>job ${id}: ${esc(st)}</title></a>`;
+  }).join("");
+  return `<h2>Dependencies <span class="muted">(${ids.length} jobs; solid: after, dashed: after-finished, dotted: each)</span></h2>
+    <svg id="graph" class="graph" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}">${lines}${nodes}</svg>`;
 }
 
 streamForever();
