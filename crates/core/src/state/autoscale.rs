@@ -676,4 +676,140 @@ mod tests {
         assert!(matches!(named, Response::Invalid { .. }));
         assert!(d.state.pools().is_empty());
     }
+
+    /// One step of the random walk below.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Burst(u64),
+        Schedule,
+        Finish(usize),
+        /// Runs the queue dry on the workers there are (a quiet spell follows).
+        FinishAll,
+        Tick(u64),
+        Join(usize),
+        Fail(usize),
+        Lose(usize),
+        Plan,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (1u64..40).prop_map(Step::Burst),
+            Just(Step::Schedule),
+            (1usize..20).prop_map(Step::Finish),
+            Just(Step::FinishAll),
+            (100u64..25_000).prop_map(Step::Tick),
+            (0usize..8).prop_map(Step::Join),
+            (0usize..8).prop_map(Step::Fail),
+            (0usize..8).prop_map(Step::Lose),
+            Just(Step::Plan),
+            Just(Step::Plan),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Invariants, whatever the work, the joins, failed launches and lost workers, driving
+        /// the planner as the leader does (every decision applied): the pool never holds more
+        /// than `max` workers; a scale-in names only joined workers in service that hold no
+        /// task, and never takes the pool below `min`; no scale-up within `cooldown_up` of a
+        /// scale-in nor scale-in within `cooldown_down` of a scale-up (no flapping); a paused
+        /// pool launches nothing; and replaying the log gives the same state.
+        #[test]
+        fn the_planner_keeps_its_invariants_on_a_random_walk(steps in proptest::collection::vec(step(), 1..80)) {
+            let mut d = Driver::new();
+            let mut p = policy(1, 4);
+            p.cooldown_up_ms = 5_000;
+            p.cooldown_down_ms = 5_000;
+            p.idle_ms = 8_000;
+            set(&mut d, p.clone());
+            let mut runs: Vec<crate::command::Assigned> = Vec::new();
+            let mut idle: BTreeMap<String, Millis> = BTreeMap::new();
+            for step in steps {
+                match step {
+                    Step::Burst(n) => {
+                        burst(&mut d, &format!("1-{n}"));
+                    }
+                    Step::Schedule => runs.extend(d.schedule()),
+                    Step::Finish(k) => {
+                        for run in runs.drain(..k.min(runs.len())).collect::<Vec<_>>() {
+                            d.finish(&run, 0, "");
+                        }
+                    }
+                    Step::FinishAll => {
+                        for _ in 0..20 {
+                            runs.extend(d.schedule());
+                            if runs.is_empty() {
+                                break;
+                            }
+                            for run in std::mem::take(&mut runs) {
+                                d.finish(&run, 0, "");
+                            }
+                        }
+                    }
+                    Step::Tick(ms) => d.now += ms,
+                    Step::Join(i) | Step::Fail(i) | Step::Lose(i) => {
+                        let pool = pool(&d);
+                        let waiting: Vec<&String> = pool.launches.iter().filter(|(_, l)| l.stage.pending()).map(|(n, _)| n).collect();
+                        let joined: Vec<&String> = pool.launches.iter().filter(|(_, l)| l.stage == LaunchStage::Joined).map(|(n, _)| n).collect();
+                        match step {
+                            Step::Join(_) if !waiting.is_empty() => join(&mut d, &waiting[i % waiting.len()].clone()),
+                            Step::Fail(_) if !waiting.is_empty() => failed(&mut d, &waiting[i % waiting.len()].clone()),
+                            Step::Lose(_) if !joined.is_empty() => {
+                                let name = joined[i % joined.len()].clone();
+                                let incarnation = d.state.worker(&name).map(|w| w.incarnation).unwrap_or(0);
+                                let reason = crate::reason::LostReason::Silent { silent_ms: 3_000 };
+                                d.apply(Command::WorkerLost { name: name.clone(), incarnation, reason });
+                                runs.retain(|r| r.worker != name);
+                            }
+                            _ => {}
+                        }
+                    }
+                    Step::Plan => {
+                        // The leader's idle watch: since when each worker has held nothing.
+                        idle.retain(|n, _| d.state.worker(n).is_some_and(|w| w.tasks.is_empty()));
+                        let now = d.now;
+                        for w in d.state.workers().filter(|w| w.tasks.is_empty()) {
+                            idle.entry(w.name.clone()).or_insert(now);
+                        }
+                        let before = pool(&d);
+                        for decision in decide(&d, &idle) {
+                            match decision {
+                                Decision::Up { count, reason } => {
+                                    proptest::prop_assert!(!before.paused, "a paused pool launched");
+                                    proptest::prop_assert!(before.active() + count <= p.max, "beyond max");
+                                    proptest::prop_assert!(
+                                        before.last_down.is_none_or(|t| d.now - t >= p.cooldown_up_ms),
+                                        "a scale-up within the cooldown after a scale-in"
+                                    );
+                                    d.apply(Command::ScaleUp { pool: "auto".into(), count, reason });
+                                }
+                                Decision::Down { workers, reason } => {
+                                    proptest::prop_assert!(
+                                        before.last_up.is_none_or(|t| d.now - t >= p.cooldown_down_ms),
+                                        "a scale-in within the cooldown after a scale-up"
+                                    );
+                                    proptest::prop_assert!(before.active() - workers.len() as u32 >= p.min, "below min");
+                                    for w in &workers {
+                                        let worker = d.state.worker(w).expect("a scaled-in worker exists");
+                                        proptest::prop_assert!(worker.tasks.is_empty(), "{w} holds tasks");
+                                        proptest::prop_assert_eq!(worker.maintenance.clone(), Maintenance::InService);
+                                        proptest::prop_assert_eq!(before.launches[w].stage, LaunchStage::Joined);
+                                    }
+                                    d.apply(Command::ScaleDown { pool: "auto".into(), workers, reason });
+                                }
+                                Decision::End { name, why } => {
+                                    d.apply(Command::LaunchEnded { pool: "auto".into(), worker: name, why });
+                                }
+                            }
+                        }
+                    }
+                }
+                proptest::prop_assert!(pool(&d).active() <= p.max, "{} workers, max {}", pool(&d).active(), p.max);
+            }
+            proptest::prop_assert_eq!(d.replay(), d.state);
+        }
+    }
 }
