@@ -795,7 +795,7 @@ mod tests {
                                     for w in &workers {
                                         let worker = d.state.worker(w).expect("a scaled-in worker exists");
                                         proptest::prop_assert!(worker.tasks.is_empty(), "{w} holds tasks");
-                                        proptest::prop_assert_eq!(worker.maintenance.clone(), Maintenance::InService);
+                                        proptest::prop_assert_eq!(worker.maintenance, Maintenance::InService);
                                         proptest::prop_assert_eq!(before.launches[w].stage, LaunchStage::Joined);
                                     }
                                     d.apply(Command::ScaleDown { pool: "auto".into(), workers, reason });
