@@ -104,9 +104,6 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The job described by the flags, on top of `--file` if given.
-/// `job logs`: the whole stream from the worker that keeps it, or (not longer than a result
-/// keeps) from the result itself.
 /// Where `job logs` writes: the raw stream, or with `--json` one object per piece.
 struct LogSink<'a> {
     json: bool,
@@ -148,6 +145,8 @@ impl LogSink<'_> {
     }
 }
 
+/// `job logs`: the whole stream from the worker that keeps it, or (not longer than a result
+/// keeps) from the result itself.
 async fn task_logs(
     client: &Client,
     id: u64,

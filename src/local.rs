@@ -417,31 +417,28 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         });
         println!("{up}");
         std::io::Write::flush(&mut std::io::stdout())?;
-        let stop = crate::roles::shutdown_on_signals();
-        stop.cancelled().await;
-        cluster.stop();
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        println!(
+            "Flotilla is up: {} masters (leader: master {leader}), {} workers with {} cpus each.",
+            args.masters, args.workers, args.cpus
+        );
+        println!("Data and logs: {}", args.dir.display());
+        println!();
+        println!("In another shell:");
+        println!("  export FLOTILLA_MASTERS={masters}");
+        if let Some(certs) = &cluster.certs {
+            let certs = std::path::absolute(certs).unwrap_or(certs.clone());
+            println!("  export FLOTILLA_CERTS={}   # TLS, and the admin token in it", certs.display());
+        }
+        println!(
+            r#"  flotilla submit --array 1-100 --reduce "awk '{{s+=\$1}} END {{print s}}'" -- sh -c 'echo $FLOTILLA_TASK_INDEX'"#
+        );
+        println!("  flotilla job wait 1 && flotilla job result 1");
+        println!("  flotilla status");
+        println!("  flotilla events --follow");
+        println!();
+        println!("Press Ctrl-C to stop the cluster.");
     }
-    println!(
-        "Flotilla is up: {} masters (leader: master {leader}), {} workers with {} cpus each.",
-        args.masters, args.workers, args.cpus
-    );
-    println!("Data and logs: {}", args.dir.display());
-    println!();
-    println!("In another shell:");
-    println!("  export FLOTILLA_MASTERS={masters}");
-    if let Some(certs) = &cluster.certs {
-        let certs = std::path::absolute(certs).unwrap_or(certs.clone());
-        println!("  export FLOTILLA_CERTS={}   # TLS, and the admin token in it", certs.display());
-    }
-    println!(
-        r#"  flotilla submit --array 1-100 --reduce "awk '{{s+=\$1}} END {{print s}}'" -- sh -c 'echo $FLOTILLA_TASK_INDEX'"#
-    );
-    println!("  flotilla job wait 1 && flotilla job result 1");
-    println!("  flotilla status");
-    println!("  flotilla events --follow");
-    println!();
-    println!("Press Ctrl-C to stop the cluster.");
     let stop = crate::roles::shutdown_on_signals();
     stop.cancelled().await;
     eprintln!("stopping…");

@@ -251,8 +251,8 @@ class Client(_schema._SubmitFields):
             backoff = min(backoff * 2, 0.5)
 
     def _get(self, path: str, query: Optional[Dict[str, Any]] = None, timeout: float = ATTEMPT_TIMEOUT) -> Any:
-        pairs = {k: ("true" if v is True else "false" if v is False else v) for k, v in (query or {}).items()}
-        pairs = {k: v for k, v in pairs.items() if v is not None and v != "false"}
+        # Flags left at False or None are not sent (the masters' defaults are false).
+        pairs = {k: ("true" if v is True else v) for k, v in (query or {}).items() if v is not None and v is not False}
         return self.request("GET", path + ("?" + urlencode(pairs) if pairs else ""), timeout=timeout)
 
     # -- jobs ------------------------------------------------------------------------------

@@ -210,7 +210,6 @@ pub struct Sample {
     /// between two samples is the throughput (it falls when finished jobs are removed).
     pub done: u64,
     pub waiting: u64,
-    pub running: u64,
     /// Cpus of ready workers running tasks, and offered by them.
     pub cpus_busy: u64,
     pub cpus_total: u64,
@@ -218,12 +217,11 @@ pub struct Sample {
 
 impl Sample {
     pub fn of(state: &flotilla_core::state::ClusterState, workers: &[WorkerStatus], at_ms: u64) -> Self {
-        let mut sample = Sample { at_ms, done: 0, waiting: 0, running: 0, cpus_busy: 0, cpus_total: 0 };
+        let mut sample = Sample { at_ms, done: 0, waiting: 0, cpus_busy: 0, cpus_total: 0 };
         for job in state.jobs() {
             let c = &job.counts;
             sample.done += c.succeeded + c.failed + c.cancelled;
             sample.waiting += c.waiting;
-            sample.running += c.running + c.assigned;
         }
         for w in workers.iter().filter(|w| w.state == flotilla_proto::api::WorkerState::Ready) {
             sample.cpus_busy += u64::from(w.cpus_busy);
